@@ -1,0 +1,37 @@
+# Everything runs inside ./.venv, created on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: install test test-pure bench lint demo clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+install: $(PY)
+	$(PIP) install --quiet -e '.[dev]'
+
+# The whole suite on the native extension, then the suite (less the slow
+# stress tests) on the pure-Python twin.
+test: install
+	$(PY) -m pytest
+	SANDBOXQ_NO_EXTENSIONS=1 $(PY) -m pytest -m 'not slow' -q
+
+test-pure: install
+	SANDBOXQ_NO_EXTENSIONS=1 $(PY) -m pytest
+
+bench: install
+	$(PY) -m pytest benchmarks --benchmark-columns=min,median,ops -p no:timeout
+
+lint: install
+	$(VENV)/bin/ruff check sandboxq tests benchmarks
+	$(VENV)/bin/ruff format --check sandboxq tests benchmarks
+	$(VENV)/bin/mypy
+
+demo: $(PY)
+	$(PIP) install --quiet -e '.[demo]'
+	$(VENV)/bin/sandboxq demo
+
+clean:
+	rm -rf build *.egg-info sandboxq/_fast.c sandboxq/*.so .pytest_cache .mypy_cache

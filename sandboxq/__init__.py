@@ -1,0 +1,35 @@
+"""sandboxq: a Redis job queue with a sandboxed multiprocess worker."""
+
+from sandboxq.errors import (
+    ConnectionFailed,
+    JobFailed,
+    Retry,
+    SandboxqError,
+    Unrecoverable,
+)
+from sandboxq.events import QueueEvents
+from sandboxq.fast import IMPLEMENTATION
+from sandboxq.handlers import JobContext, handler
+from sandboxq.job import Job
+from sandboxq.options import Backoff, Retention
+from sandboxq.queue import JobIsActive, Queue
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IMPLEMENTATION",
+    "Backoff",
+    "ConnectionFailed",
+    "Job",
+    "JobContext",
+    "JobFailed",
+    "JobIsActive",
+    "Queue",
+    "QueueEvents",
+    "Retention",
+    "Retry",
+    "SandboxqError",
+    "Unrecoverable",
+    "__version__",
+    "handler",
+]

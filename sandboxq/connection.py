@@ -1,0 +1,56 @@
+"""Redis connections: where the URL comes from, and errors that name it."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+
+from sandboxq.errors import ConnectionFailed
+
+DEFAULT_URL = "redis://localhost:6379/0"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def resolve_url(url: str | None) -> str:
+    """The argument, else ``$SANDBOXQ_REDIS_URL``, else the local default."""
+    return url or os.environ.get("SANDBOXQ_REDIS_URL") or DEFAULT_URL
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for ``url`` that returns bytes (payloads stay binary-exact)."""
+    try:
+        return redis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+    except ValueError as exc:
+        raise ValueError(f"bad Redis URL {url!r}: {exc}") from None
+
+
+def describe(client: redis.Redis) -> str:
+    """A URL-like description of where ``client`` connects, for messages."""
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    return (
+        f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/"
+        f"{kwargs.get('db', 0)}"
+    )
+
+
+def names_url(method: F) -> F:
+    """Turn a Redis connection error inside ``method`` into one naming the URL.
+
+    The wrapped method's object must have a ``url`` attribute.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ConnectionFailed(f"cannot reach Redis at {self.url}: {exc}") from exc
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,43 @@
+"""Exception types of sandboxq.
+
+Two families: errors raised to the caller (bad input, a failed job, Redis
+trouble) and control-flow errors a handler raises to steer its own job.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sandboxq.job import Job
+
+
+class SandboxqError(Exception):
+    """Base class of every sandboxq error."""
+
+
+class ConnectionFailed(SandboxqError, ConnectionError):
+    """Redis could not be reached; the message names the URL."""
+
+
+class JobFailed(SandboxqError):
+    """Raised by :meth:`Job.wait` when the job ended in the failed state."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.id} ({job.name}) failed: {job.error}")
+        self.job = job
+
+
+# -- raised by handlers ---------------------------------------------------
+class Retry(SandboxqError):
+    """Run this job again after ``delay`` seconds. No attempt is spent."""
+
+    def __init__(self, delay: float = 0.0, reason: str = "") -> None:
+        if delay < 0:
+            raise ValueError(f"Retry delay must be >= 0 seconds, got {delay}")
+        super().__init__(reason or f"retry requested in {delay}s")
+        self.delay = float(delay)
+
+
+class Unrecoverable(SandboxqError):
+    """Fail this job now, without the retries its options allow."""

@@ -1,0 +1,35 @@
+"""The one place that chooses the native hot path or its pure-Python twin.
+
+``SANDBOXQ_NO_EXTENSIONS=1`` forces the twin. Otherwise the compiled
+``sandboxq._fast`` is used when it was built, and ``IMPLEMENTATION`` says
+which one is loaded ("native" or "pure").
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+
+def _choose() -> tuple[ModuleType, str]:
+    if os.environ.get("SANDBOXQ_NO_EXTENSIONS", "") not in ("", "0"):
+        from sandboxq import _fast_py
+
+        return _fast_py, "pure"
+    try:
+        from sandboxq import _fast
+    except ImportError:
+        from sandboxq import _fast_py
+
+        return _fast_py, "pure"
+    return _fast, "native"
+
+
+_impl, IMPLEMENTATION = _choose()
+
+dump_json = _impl.dump_json
+decode_job_flat = _impl.decode_job_flat
+decode_job_mapping = _impl.decode_job_mapping
+decode_fetched = _impl.decode_fetched
+
+__all__ = ["IMPLEMENTATION", "decode_fetched", "decode_job_flat", "decode_job_mapping", "dump_json"]

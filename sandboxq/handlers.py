@@ -1,0 +1,105 @@
+"""Handlers: the functions that run jobs, and what they receive.
+
+A user module registers handlers with the ``@handler`` decorator; a worker
+imports the module and finds them in the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+
+from sandboxq.keys import validate_name
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    queue: str
+    name: str
+    func: Callable[[JobContext], Any]
+    timeout: float | None = None
+
+
+#: Every handler registered by ``@handler``, by (queue, job name).
+REGISTRY: dict[tuple[str, str], Handler] = {}
+
+
+def handler(
+    queue: str, name: str | None = None, *, timeout: float | None = None
+) -> Callable[[F], F]:
+    """Register a function as the handler of job ``name`` (default: the
+    function's name) in ``queue``. ``timeout`` (seconds) applies to every job
+    of that name unless the job sets its own."""
+    validate_name("queue name", queue)
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"handler timeout must be > 0 seconds, got {timeout}")
+
+    def register(func: F) -> F:
+        job_name = validate_name("job name", name or func.__name__)
+        key = (queue, job_name)
+        existing = REGISTRY.get(key)
+        if existing is not None and existing.func is not func:
+            raise ValueError(
+                f"job {job_name!r} of queue {queue!r} already has a handler: "
+                f"{existing.func.__module__}.{existing.func.__qualname__}"
+            )
+        REGISTRY[key] = Handler(queue, job_name, func, timeout)
+        return func
+
+    return register
+
+
+def handlers_for(
+    queue: str, handlers: Mapping[str, Callable[..., Any]] | Iterable[Handler] | None = None
+) -> dict[str, Handler]:
+    """The handlers of ``queue`` by job name: from a ``{name: function}``
+    mapping, a list of :class:`Handler`, or (``None``) the registry."""
+    if handlers is None:
+        return {name: h for (q, name), h in REGISTRY.items() if q == queue}
+    if isinstance(handlers, Mapping):
+        return {name: Handler(queue, name, func) for name, func in handlers.items()}
+    return {h.name: h for h in handlers if h.queue == queue}
+
+
+class JobContext:
+    """What a handler receives: the job's identity and data, and a way to
+    report progress and log lines. In a worker child these travel to the
+    parent, which writes them to Redis; children never talk to Redis."""
+
+    __slots__ = ("_report", "attempts_made", "data", "id", "name", "queue")
+
+    def __init__(
+        self,
+        queue: str,
+        job_id: str,
+        name: str,
+        data: Any,
+        attempts_made: int,
+        report: Callable[[str, str, str], None],
+    ) -> None:
+        self.queue = queue
+        self.id = job_id
+        self.name = name
+        self.data = data
+        self.attempts_made = attempts_made
+        self._report = report
+
+    def __repr__(self) -> str:
+        return f"<JobContext {self.queue}/{self.id} {self.name!r}>"
+
+    def update_progress(self, value: Any) -> None:
+        """Record progress: any JSON value, e.g. a percentage or a dict."""
+        try:
+            encoded = orjson.dumps(value).decode()
+        except TypeError as exc:
+            raise TypeError(f"progress is not JSON-serializable: {exc}") from None
+        self._report(self.id, "progress", encoded)
+
+    def log(self, message: str) -> None:
+        """Append a line to the job's log."""
+        self._report(self.id, "log", str(message))

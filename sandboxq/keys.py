@@ -1,0 +1,80 @@
+"""Every Redis key of one queue, all under one Redis Cluster hash tag.
+
+A queue named ``images`` owns ``sq:{images}:wait``, ``sq:{images}:job:42`` and
+so on. The braces make Redis Cluster put every key of the queue in one slot,
+which is what lets a single Lua script touch all of them atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: The sets that hold job ids, one per state (``active`` is the lease table).
+JOB_SETS = ("wait", "delayed", "active", "completed", "failed")
+
+
+def validate_name(kind: str, value: object) -> str:
+    """Reject names that would break the key layout, with an error naming them."""
+    if not isinstance(value, str):
+        raise TypeError(f"{kind} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{kind} must not be empty")
+    if "{" in value or "}" in value:
+        raise ValueError(f"{kind} {value!r} must not contain '{{' or '}}' (used for the hash tag)")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The names of one queue's keys. Pure naming: no Redis access."""
+
+    name: str
+    prefix: str
+    id_counter: str
+    seq: str
+    wait: str
+    delayed: str
+    active: str
+    completed: str
+    failed: str
+    meta: str
+    marker: str
+    events: str
+
+    @classmethod
+    def for_queue(cls, name: str) -> QueueKeys:
+        validate_name("queue name", name)
+        prefix = f"sq:{{{name}}}:"
+        return cls(
+            name=name,
+            prefix=prefix,
+            id_counter=prefix + "id",
+            seq=prefix + "seq",
+            wait=prefix + "wait",
+            delayed=prefix + "delayed",
+            active=prefix + "active",
+            completed=prefix + "completed",
+            failed=prefix + "failed",
+            meta=prefix + "meta",
+            marker=prefix + "marker",
+            events=prefix + "events",
+        )
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def logs(self, job_id: str) -> str:
+        return f"{self.prefix}logs:{job_id}"
+
+    def state_set(self, state: str) -> str:
+        """The set holding jobs in ``state`` (``waiting`` lives in ``wait``)."""
+        key = {
+            "waiting": self.wait,
+            "delayed": self.delayed,
+            "active": self.active,
+            "completed": self.completed,
+            "failed": self.failed,
+        }.get(state)
+        if key is None:
+            raise ValueError(f"unknown job state {state!r}")
+        return key

@@ -1,0 +1,18 @@
+-- clean: retention trimming of one set of jobs (completed, failed, delayed or
+-- waiting): remove jobs older than an age and/or beyond a count.
+--
+-- KEYS[1] the set   KEYS[2] events
+--
+-- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] max count (-1 = any)
+-- ARGV[4] max age (ms, -1 = any)   ARGV[5] limit (jobs per call)
+-- ARGV[6] events maxlen
+--
+-- For finished sets the score is the finish time, so "age" is time since
+-- finishing. Returns how many jobs were removed; call again while it
+-- returns `limit`.
+--!include common
+--!include retention
+local removed = trim_finished(ARGV[1], KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4]), tonumber(ARGV[5]))
+if removed > 0 then emit(KEYS[2], ARGV[6], 'cleaned', '', 'count', removed) end
+return removed

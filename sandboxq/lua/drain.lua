@@ -1,0 +1,22 @@
+-- drain: remove jobs that have not started: waiting, and optionally delayed.
+--
+-- KEYS[1] wait   KEYS[2] delayed   KEYS[3] events
+--
+-- ARGV[1] key prefix   ARGV[2] "1" to include delayed jobs
+-- ARGV[3] limit (jobs per call)   ARGV[4] events maxlen
+--
+-- Returns how many jobs were removed; call again while it returns `limit`.
+--!include common
+--!include retention
+local prefix, limit = ARGV[1], tonumber(ARGV[3])
+local removed = 0
+local function take(set_key)
+  local ids = redis.call('ZRANGE', set_key, 0, limit - removed - 1)
+  for _, id in ipairs(ids) do delete_job(prefix, id) end
+  if #ids > 0 then redis.call('ZREM', set_key, unpack(ids)) end
+  removed = removed + #ids
+end
+take(KEYS[1])
+if ARGV[2] == '1' and removed < limit then take(KEYS[2]) end
+if removed > 0 then emit(KEYS[3], ARGV[4], 'drained', '', 'count', removed) end
+return removed

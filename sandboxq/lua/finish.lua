@@ -1,0 +1,71 @@
+-- finish: settle a batch of leased jobs: complete, fail, or retry later.
+--
+-- KEYS[1] active    KEYS[2] wait     KEYS[3] delayed   KEYS[4] completed
+-- KEYS[5] failed    KEYS[6] events   KEYS[7] seq       KEYS[8] marker
+--
+-- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] lease token
+-- ARGV[4] events maxlen
+-- then per job 5 values: id, outcome, value, traceback, delay_ms
+--   outcome "completed":     value = result (JSON)
+--   outcome "failed":        value = error message; spends an attempt and is
+--                            retried after delay_ms while attempts remain
+--   outcome "unrecoverable": value = error message; fails for good now
+--   outcome "retry":         the handler asked to run again after delay_ms;
+--                            no attempt is spent
+-- The caller computes delay_ms (backoff and jitter live in Python).
+--
+-- Returns one status per job: "completed", "failed", "retrying", or "lost"
+-- when the job is no longer leased with this token (its lease expired and it
+-- was recovered, or it was removed). A lost job is left untouched.
+--!include common
+--!include retention
+local prefix, now, token, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local out = {}
+
+local function retry_later(job_key, id, delay)
+  if delay > 0 then
+    redis.call('ZADD', KEYS[3], num(now + delay), id)
+    redis.call('HSET', job_key, 'state', 'delayed')
+  else
+    local priority = redis.call('HGET', job_key, 'priority') or '0'
+    make_waiting(job_key, KEYS[2], KEYS[8], id, priority, next_seq(KEYS[7]))
+  end
+  redis.call('HDEL', job_key, 'token')
+  emit(KEYS[6], maxlen, 'retrying', id, 'delay_ms', num(delay))
+  return 'retrying'
+end
+
+local function fail_for_good(job_key, id, message)
+  finalize(prefix, job_key, KEYS[5], id, 'failed', now, 'kf_count', 'kf_age')
+  emit(KEYS[6], maxlen, 'failed', id, 'error', message)
+  return 'failed'
+end
+
+for i = 5, #ARGV, 5 do
+  local id, outcome, value, traceback = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local delay = tonumber(ARGV[i + 4])
+  local job_key = prefix .. 'job:' .. id
+  local status
+  if redis.call('HGET', job_key, 'token') ~= token or redis.call('ZREM', KEYS[1], id) == 0 then
+    status = 'lost'
+  elseif outcome == 'completed' then
+    redis.call('HSET', job_key, 'result', value)
+    redis.call('HINCRBY', job_key, 'attempts_made', 1)
+    finalize(prefix, job_key, KEYS[4], id, 'completed', now, 'kc_count', 'kc_age')
+    emit(KEYS[6], maxlen, 'completed', id)
+    status = 'completed'
+  elseif outcome == 'retry' then
+    status = retry_later(job_key, id, delay)
+  else
+    redis.call('HSET', job_key, 'error', value, 'traceback', traceback)
+    local made = redis.call('HINCRBY', job_key, 'attempts_made', 1)
+    local allowed = tonumber(redis.call('HGET', job_key, 'attempts') or '1')
+    if outcome == 'failed' and made < allowed then
+      status = retry_later(job_key, id, delay)
+    else
+      status = fail_for_good(job_key, id, value)
+    end
+  end
+  out[#out + 1] = status
+end
+return out

@@ -1,0 +1,16 @@
+-- Move delayed jobs whose time has come into the waiting set.
+-- Returns how many were moved (at most `limit`).
+local function promote_due(prefix, delayed_key, wait_key, seq_key, marker_key,
+                           events_key, maxlen, now, limit)
+  local due = redis.call('ZRANGEBYSCORE', delayed_key, '-inf', num(now), 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    local job_key = prefix .. 'job:' .. id
+    local priority = redis.call('HGET', job_key, 'priority') or '0'
+    make_waiting(job_key, wait_key, marker_key, id, priority, next_seq(seq_key))
+    emit(events_key, maxlen, 'waiting', id, 'from', 'delayed')
+  end
+  if #due > 0 then
+    redis.call('ZREM', delayed_key, unpack(due))
+  end
+  return #due
+end

@@ -1,0 +1,24 @@
+-- obliterate: delete a queue's jobs and keys, in bounded steps.
+--
+-- KEYS[1] active   KEYS[2..n] every other key of the queue; the sets of jobs
+-- among them are listed first, as many as ARGV[3] says.
+--
+-- ARGV[1] key prefix   ARGV[2] "1" to go ahead even with active jobs
+-- ARGV[3] how many of KEYS[2..] are job sets   ARGV[4] limit (jobs per call)
+--
+-- Returns -1 if jobs are active and force was not given, else how many jobs
+-- were deleted in this step; 0 means the queue is gone.
+--!include common
+--!include retention
+local prefix, force, nsets, limit = ARGV[1], ARGV[2] == '1', tonumber(ARGV[3]), tonumber(ARGV[4])
+if not force and redis.call('ZCARD', KEYS[1]) > 0 then return -1 end
+local removed = 0
+for k = 1, nsets + 1 do
+  if removed >= limit then return removed end
+  local ids = redis.call('ZRANGE', KEYS[k], 0, limit - removed - 1)
+  for _, id in ipairs(ids) do delete_job(prefix, id) end
+  if #ids > 0 then redis.call('ZREM', KEYS[k], unpack(ids)) end
+  removed = removed + #ids
+end
+if removed == 0 then redis.call('DEL', unpack(KEYS)) end
+return removed

@@ -1,0 +1,22 @@
+-- promote: move delayed jobs into `waiting`: either every job that is due,
+-- or one named job at once (an operator's "run it now").
+--
+-- KEYS[1] delayed   KEYS[2] wait   KEYS[3] seq   KEYS[4] marker   KEYS[5] events
+--
+-- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] events maxlen
+-- ARGV[4] job id, or "" for every due job   ARGV[5] limit (jobs per call)
+--
+-- Returns how many jobs were promoted.
+--!include common
+--!include promote
+local prefix, now, maxlen, id = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+if id == '' then
+  return promote_due(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], maxlen, now,
+    tonumber(ARGV[5]))
+end
+if redis.call('ZREM', KEYS[1], id) == 0 then return 0 end
+local job_key = prefix .. 'job:' .. id
+local priority = redis.call('HGET', job_key, 'priority') or '0'
+make_waiting(job_key, KEYS[2], KEYS[4], id, priority, next_seq(KEYS[3]))
+emit(KEYS[5], maxlen, 'waiting', id, 'from', 'promoted')
+return 1

@@ -1,0 +1,21 @@
+-- remove: delete one job that is not running.
+--
+-- KEYS[1] wait   KEYS[2] delayed   KEYS[3] active   KEYS[4] completed
+-- KEYS[5] failed   KEYS[6] events
+--
+-- ARGV[1] key prefix   ARGV[2] events maxlen   ARGV[3] job id
+--
+-- Returns 1 if removed, 0 if there is no such job, -1 if the job is active
+-- (a worker holds its lease; remove it once it finishes).
+--!include common
+--!include retention
+local prefix, maxlen, id = ARGV[1], ARGV[2], ARGV[3]
+local job_key = prefix .. 'job:' .. id
+if redis.call('EXISTS', job_key) == 0 then return 0 end
+if redis.call('ZSCORE', KEYS[3], id) then return -1 end
+for k = 1, 5 do
+  if k ~= 3 then redis.call('ZREM', KEYS[k], id) end
+end
+delete_job(prefix, id)
+emit(KEYS[6], maxlen, 'removed', id)
+return 1

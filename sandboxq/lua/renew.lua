@@ -1,0 +1,24 @@
+-- renew: extend the leases of a worker's jobs, all in one call.
+--
+-- KEYS[1] active
+--
+-- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] lease token
+-- ARGV[4] lease (ms)   ARGV[5..] job ids
+--
+-- Returns the ids whose lease this token no longer holds (recovered by
+-- another worker after a lapse, or removed): the caller should stop
+-- reporting on them.
+--!include common
+local prefix, now, token, lease = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local deadline = num(now + lease)
+local lost = {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local held = redis.call('HGET', prefix .. 'job:' .. id, 'token') == token
+  if held and redis.call('ZSCORE', KEYS[1], id) then
+    redis.call('ZADD', KEYS[1], 'XX', deadline, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost

@@ -1,0 +1,28 @@
+-- retry: send failed jobs back to `waiting` with a fresh attempt budget.
+--
+-- KEYS[1] failed   KEYS[2] wait   KEYS[3] seq   KEYS[4] marker   KEYS[5] events
+--
+-- ARGV[1] key prefix   ARGV[2] events maxlen
+-- ARGV[3] job id, or "" for the oldest failed jobs   ARGV[4] limit
+--
+-- The last error and traceback stay on the job for reference until it fails
+-- again or completes. Returns the ids moved (empty if the job is not failed).
+--!include common
+local prefix, maxlen, id, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local ids
+if id ~= '' then
+  if not redis.call('ZSCORE', KEYS[1], id) then return {} end
+  ids = {id}
+else
+  ids = redis.call('ZRANGE', KEYS[1], 0, limit - 1)
+end
+for _, job_id in ipairs(ids) do
+  local job_key = prefix .. 'job:' .. job_id
+  redis.call('ZREM', KEYS[1], job_id)
+  redis.call('HSET', job_key, 'attempts_made', 0, 'stalls', 0)
+  redis.call('HDEL', job_key, 'finished_at', 'started_at')
+  local priority = redis.call('HGET', job_key, 'priority') or '0'
+  make_waiting(job_key, KEYS[2], KEYS[4], job_id, priority, next_seq(KEYS[3]))
+  emit(KEYS[5], maxlen, 'waiting', job_id, 'from', 'retry')
+end
+return ids

@@ -1,0 +1,281 @@
+"""The producer and admin API: ``Queue``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+
+from sandboxq import fast
+from sandboxq.connection import connect, describe, names_url, resolve_url
+from sandboxq.errors import SandboxqError
+from sandboxq.job import STATES, Job
+from sandboxq.keys import JOB_SETS, QueueKeys, validate_name
+from sandboxq.options import JOB_OPTION_NAMES, JobOptions, ms
+from sandboxq.scripts import STEP_LIMIT, Scripts, now_ms
+
+#: Default limit on a job's data, as JSON.
+MAX_PAYLOAD_BYTES = 1024 * 1024
+
+#: Jobs per add script call in ``add_bulk``: one round trip each.
+BULK_CHUNK = 1000
+
+
+class JobIsActive(SandboxqError):
+    """The job is running; it cannot be removed until it finishes."""
+
+
+class Queue:
+    """A named queue on Redis: add jobs, look at them, and administer them.
+
+    ``url`` defaults to ``$SANDBOXQ_REDIS_URL``, then ``redis://localhost:6379/0``.
+    Pass ``connection`` to share an existing ``redis.Redis`` (it must not
+    decode responses). Nothing connects until the first call.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str | None = None,
+        connection: redis.Redis | None = None,
+        *,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+    ) -> None:
+        self.name = validate_name("queue name", name)
+        self.keys = QueueKeys.for_queue(name)
+        if connection is not None:
+            self.client = connection
+            self.url = describe(connection)
+        else:
+            self.url = resolve_url(url)
+            self.client = connect(self.url)
+        self.max_payload_bytes = max_payload_bytes
+        self.scripts = Scripts(self.client)
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r} at {self.url}>"
+
+    # -- adding ------------------------------------------------------------
+    def _encode(self, name: Any, data: Any, options: JobOptions) -> list[Any]:
+        """One job as the add script's arguments; raises before any write."""
+        validate_name("job name", name)
+        payload = fast.dump_json(data, f"data of job {name!r}", self.max_payload_bytes)
+        return [
+            options.job_id or "",
+            options.priority,
+            ms(options.delay),
+            "name",
+            name,
+            "data",
+            payload,
+            *options.hash_fields(),
+        ]
+
+    def _add_encoded(
+        self, encoded: list[list[Any]], data: list[Any], options: list[JobOptions]
+    ) -> list[Job]:
+        """Run the add script on encoded jobs; a deduplicated id returns the
+        job that exists (read back), a new one the snapshot we just wrote."""
+        now = now_ms()
+        created = self.scripts.add(self.keys, now, encoded)
+        jobs = []
+        for (job_id, is_new), args, value, opts in zip(
+            created, encoded, data, options, strict=True
+        ):
+            existing = None if is_new else self.get_job(job_id)
+            if existing is not None:
+                jobs.append(existing)
+                continue
+            jobs.append(
+                Job(
+                    self,
+                    job_id,
+                    {
+                        "name": args[4],
+                        "data": value,
+                        "priority": opts.priority,
+                        "attempts": opts.attempts,
+                        "timeout": opts.timeout,
+                        "attempts_made": 0,
+                        "stalls": 0,
+                        "state": "delayed" if opts.delay > 0 else "waiting",
+                        "created_at": now / 1000.0,
+                    },
+                )
+            )
+        return jobs
+
+    @names_url
+    def add(
+        self,
+        name: str,
+        data: Any = None,
+        *,
+        job_id: str | None = None,
+        delay: float = 0.0,
+        priority: int = 0,
+        attempts: int = 1,
+        backoff: Any = None,
+        timeout: float | None = None,
+        keep_completed: Any = None,
+        keep_failed: Any = None,
+    ) -> Job:
+        """Add one job and return it. A ``job_id`` that exists already is a
+        no-op that returns the existing job."""
+        options = JobOptions.build(
+            job_id=job_id,
+            delay=delay,
+            priority=priority,
+            attempts=attempts,
+            backoff=backoff,
+            timeout=timeout,
+            keep_completed=keep_completed,
+            keep_failed=keep_failed,
+        )
+        return self._add_encoded([self._encode(name, data, options)], [data], [options])[0]
+
+    @names_url
+    def add_bulk(self, jobs: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """Add many jobs, one round trip per chunk of 1,000.
+
+        Each item is ``{"name": ..., "data": ..., **options}`` with the option
+        names of :meth:`add`. Every item is checked before anything is written.
+        """
+        specs = list(jobs)
+        encoded, options = [], []
+        for index, spec in enumerate(specs):
+            if not isinstance(spec, Mapping) or "name" not in spec:
+                raise TypeError(f"add_bulk item {index} must be a dict with a 'name', got {spec!r}")
+            unknown = set(spec) - JOB_OPTION_NAMES - {"name", "data"}
+            if unknown:
+                raise TypeError(
+                    f"add_bulk item {index} has unknown options: {', '.join(sorted(unknown))}"
+                )
+            opts = JobOptions.build(**{k: v for k, v in spec.items() if k not in ("name", "data")})
+            encoded.append(self._encode(spec["name"], spec.get("data"), opts))
+            options.append(opts)
+        added: list[Job] = []
+        for start in range(0, len(encoded), BULK_CHUNK):
+            chunk = slice(start, start + BULK_CHUNK)
+            added += self._add_encoded(
+                encoded[chunk], [s.get("data") for s in specs[chunk]], options[chunk]
+            )
+        return added
+
+    # -- looking -----------------------------------------------------------
+    @names_url
+    def get_job(self, job_id: str) -> Job | None:
+        fields = self.client.hgetall(self.keys.job(str(job_id)))
+        if not fields:
+            return None
+        return Job(self, str(job_id), fast.decode_job_mapping(fields))
+
+    @names_url
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each state (one round trip, no scans)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in JOB_SETS:
+            pipe.zcard(getattr(self.keys, key))
+        sizes = pipe.execute()
+        return {state: size for state, size in zip(STATES, sizes, strict=True)}
+
+    @names_url
+    def job_ids(self, state: str, start: int = 0, limit: int = 100) -> list[str]:
+        """Ids in ``state``: the next to run first for waiting and delayed, the
+        most recent first for completed and failed."""
+        key = self.keys.state_set(state)
+        stop = start + limit - 1
+        newest_first = state in ("completed", "failed")
+        ids: Any = (
+            self.client.zrevrange(key, start, stop)
+            if newest_first
+            else self.client.zrange(key, start, stop)
+        )
+        return [i.decode() for i in ids]
+
+    @names_url
+    def job_logs(self, job_id: str) -> list[str]:
+        lines: Any = self.client.lrange(self.keys.logs(job_id), 0, -1)
+        return [line.decode() for line in lines]
+
+    # -- administering -----------------------------------------------------
+    @names_url
+    def pause(self) -> bool:
+        """Stop handing out jobs. Returns False if it was paused already."""
+        return self.scripts.pause(self.keys, True)
+
+    @names_url
+    def resume(self) -> bool:
+        return self.scripts.pause(self.keys, False)
+
+    @names_url
+    def is_paused(self) -> bool:
+        return bool(self.client.hexists(self.keys.meta, "paused"))
+
+    @names_url
+    def retry(self, job_id: str) -> bool:
+        """Send a failed job back to waiting with a fresh attempt budget.
+        Returns False if the job is not in the failed set."""
+        return bool(self.scripts.retry(self.keys, str(job_id)))
+
+    @names_url
+    def retry_failed(self) -> int:
+        """Retry every failed job; returns how many."""
+        total = 0
+        while moved := self.scripts.retry(self.keys, "", STEP_LIMIT):
+            total += len(moved)
+        return total
+
+    @names_url
+    def promote(self, job_id: str) -> bool:
+        """Run a delayed job now. Returns False if it is not delayed."""
+        return self.scripts.promote(self.keys, now_ms(), str(job_id)) == 1
+
+    @names_url
+    def remove(self, job_id: str) -> bool:
+        """Delete a job that is not running. Returns False if there is no such
+        job; raises :class:`JobIsActive` if a worker is running it."""
+        status = self.scripts.remove(self.keys, str(job_id))
+        if status < 0:
+            raise JobIsActive(f"job {job_id} is active; remove it after it finishes")
+        return status == 1
+
+    @names_url
+    def clean(self, state: str, *, older_than: float | None = None, keep: int | None = None) -> int:
+        """Remove jobs in ``state`` finished more than ``older_than`` seconds
+        ago and/or beyond the newest ``keep``. Returns how many."""
+        if state == "active":
+            raise ValueError("active jobs cannot be cleaned; they are running")
+        if older_than is None and keep is None:
+            raise ValueError("clean needs older_than and/or keep")
+        max_age = -1 if older_than is None else ms(older_than)
+        max_count = -1 if keep is None else keep
+        total = 0
+        while (
+            removed := self.scripts.clean(
+                self.keys, state, now_ms(), max_count, max_age, STEP_LIMIT
+            )
+        ) > 0:
+            total += removed
+            if removed < STEP_LIMIT:
+                break
+        return total
+
+    @names_url
+    def drain(self, include_delayed: bool = True) -> int:
+        """Remove every job that has not started. Returns how many."""
+        total = 0
+        while (removed := self.scripts.drain(self.keys, include_delayed, STEP_LIMIT)) > 0:
+            total += removed
+        return total
+
+    @names_url
+    def obliterate(self, *, force: bool = False) -> None:
+        """Delete the queue: every job and key. Refuses while jobs are active
+        unless ``force`` (their workers will find their leases gone)."""
+        while (removed := self.scripts.obliterate(self.keys, force, STEP_LIMIT)) != 0:
+            if removed < 0:
+                raise JobIsActive(
+                    f"queue {self.name!r} has active jobs; pass force=True to obliterate anyway"
+                )

@@ -1,0 +1,242 @@
+"""The Lua state transitions, loaded once and wrapped in typed methods.
+
+Each transition is one file in ``sandboxq/lua/``. A line ``--!include NAME``
+inlines ``lua/include/NAME.lua`` so shared helpers exist once on disk and
+still travel inside each script (Redis 6.2 has no shared functions).
+
+Every method takes the time as milliseconds, so tests control the clock.
+Scripts run through EVALSHA and are reloaded on NOSCRIPT (redis-py's
+``register_script`` does both), also inside pipelines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+
+from sandboxq.keys import QueueKeys
+
+#: How many lifecycle events a queue's stream keeps (approximately).
+EVENTS_MAXLEN = 10_000
+
+#: The most jobs a bulk step (promote, clean, drain, retry-all) touches per call,
+#: so one call never blocks Redis for long.
+STEP_LIMIT = 1000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@cache
+def lua_source(name: str) -> str:
+    """The text of ``lua/NAME.lua`` with its includes inlined."""
+    folder = resources.files("sandboxq") / "lua"
+    lines = []
+    for line in (folder / f"{name}.lua").read_text().splitlines():
+        if line.startswith("--!include "):
+            include = line.split(None, 1)[1].strip()
+            lines.append((folder / "include" / f"{include}.lua").read_text())
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Scripts:
+    """One Redis client's handles on every transition script."""
+
+    NAMES = (
+        "add",
+        "fetch",
+        "finish",
+        "renew",
+        "recover_stalled",
+        "release",
+        "report",
+        "promote",
+        "pause",
+        "remove",
+        "retry",
+        "clean",
+        "drain",
+        "obliterate",
+    )
+
+    def __init__(self, client: redis.Redis, events_maxlen: int = EVENTS_MAXLEN) -> None:
+        self.client = client
+        self.events_maxlen = events_maxlen
+        self._scripts = {name: client.register_script(lua_source(name)) for name in self.NAMES}
+
+    def _run(
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Any:
+        return self._scripts[name](keys=keys, args=args, client=pipe or self.client)
+
+    # -- producer ---------------------------------------------------------
+    def add(self, k: QueueKeys, now: int, jobs: Sequence[Sequence[Any]]) -> list[tuple[str, bool]]:
+        """Add jobs; each item is ``(job_id or "", priority, delay_ms, *field_value_pairs)``."""
+        args: list[Any] = [k.prefix, now, self.events_maxlen]
+        for job_id, priority, delay_ms, *fields in jobs:
+            args += [job_id, priority, delay_ms, len(fields) // 2, *fields]
+        raw = self._run("add", [k.id_counter, k.seq, k.wait, k.delayed, k.marker, k.events], args)
+        return [(_text(raw[i]), raw[i + 1] == 1) for i in range(0, len(raw), 2)]
+
+    # -- worker -----------------------------------------------------------
+    def fetch(
+        self,
+        k: QueueKeys,
+        now: int,
+        count: int,
+        token: str,
+        lease_ms: int,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Any:
+        """Lease up to ``count`` jobs. Returns ``[rows, next_due_ms]`` (see fetch.lua);
+        :func:`sandboxq.fast.decode_fetched` turns the rows into job records."""
+        return self._run(
+            "fetch",
+            [k.wait, k.delayed, k.active, k.meta, k.marker, k.events, k.seq],
+            [k.prefix, now, count, token, lease_ms, self.events_maxlen],
+            pipe,
+        )
+
+    def finish(
+        self,
+        k: QueueKeys,
+        now: int,
+        token: str,
+        outcomes: Sequence[Sequence[Any]],
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Any:
+        """Settle jobs; each outcome is ``(id, outcome, value, traceback, delay_ms)``.
+        Returns one status per job (bytes), or the pipeline when ``pipe`` is given."""
+        args: list[Any] = [k.prefix, now, token, self.events_maxlen]
+        for outcome in outcomes:
+            args.extend(outcome)
+        return self._run(
+            "finish",
+            [k.active, k.wait, k.delayed, k.completed, k.failed, k.events, k.seq, k.marker],
+            args,
+            pipe,
+        )
+
+    def renew(
+        self, k: QueueKeys, now: int, token: str, lease_ms: int, job_ids: Sequence[str]
+    ) -> list[str]:
+        """Extend leases; returns the ids this token no longer holds."""
+        lost = self._run("renew", [k.active], [k.prefix, now, token, lease_ms, *job_ids])
+        return [_text(i) for i in lost]
+
+    def recover_stalled(
+        self, k: QueueKeys, now: int, max_stalls: int, limit: int = STEP_LIMIT
+    ) -> tuple[list[str], list[str]]:
+        requeued, failed = self._run(
+            "recover_stalled",
+            [k.active, k.wait, k.failed, k.events, k.marker],
+            [k.prefix, now, max_stalls, self.events_maxlen, limit],
+        )
+        return [_text(i) for i in requeued], [_text(i) for i in failed]
+
+    def release(self, k: QueueKeys, token: str, job_ids: Sequence[str]) -> list[str]:
+        released = self._run(
+            "release",
+            [k.active, k.wait, k.events, k.marker],
+            [k.prefix, token, self.events_maxlen, *job_ids],
+        )
+        return [_text(i) for i in released]
+
+    def report(
+        self,
+        k: QueueKeys,
+        token: str,
+        reports: Sequence[tuple[str, str, Any]],
+        keep_logs: int = 1000,
+    ) -> int:
+        """Record ``(job_id, "progress" | "log", value)`` reports of running jobs."""
+        args: list[Any] = [k.prefix, token, self.events_maxlen, keep_logs]
+        for report in reports:
+            args.extend(report)
+        return int(self._run("report", [k.events], args))
+
+    # -- admin ------------------------------------------------------------
+    def promote(self, k: QueueKeys, now: int, job_id: str = "", limit: int = STEP_LIMIT) -> int:
+        return int(
+            self._run(
+                "promote",
+                [k.delayed, k.wait, k.seq, k.marker, k.events],
+                [k.prefix, now, self.events_maxlen, job_id, limit],
+            )
+        )
+
+    def pause(self, k: QueueKeys, paused: bool) -> bool:
+        changed = self._run(
+            "pause", [k.meta, k.marker, k.events], ["1" if paused else "0", self.events_maxlen]
+        )
+        return bool(changed == 1)
+
+    def remove(self, k: QueueKeys, job_id: str) -> int:
+        return int(
+            self._run(
+                "remove",
+                [k.wait, k.delayed, k.active, k.completed, k.failed, k.events],
+                [k.prefix, self.events_maxlen, job_id],
+            )
+        )
+
+    def retry(self, k: QueueKeys, job_id: str = "", limit: int = STEP_LIMIT) -> list[str]:
+        moved = self._run(
+            "retry",
+            [k.failed, k.wait, k.seq, k.marker, k.events],
+            [k.prefix, self.events_maxlen, job_id, limit],
+        )
+        return [_text(i) for i in moved]
+
+    def clean(
+        self,
+        k: QueueKeys,
+        state: str,
+        now: int,
+        max_count: int = -1,
+        max_age_ms: int = -1,
+        limit: int = STEP_LIMIT,
+    ) -> int:
+        return int(
+            self._run(
+                "clean",
+                [k.state_set(state), k.events],
+                [k.prefix, now, max_count, max_age_ms, limit, self.events_maxlen],
+            )
+        )
+
+    def drain(self, k: QueueKeys, include_delayed: bool, limit: int = STEP_LIMIT) -> int:
+        return int(
+            self._run(
+                "drain",
+                [k.wait, k.delayed, k.events],
+                [k.prefix, "1" if include_delayed else "0", limit, self.events_maxlen],
+            )
+        )
+
+    def obliterate(self, k: QueueKeys, force: bool, limit: int = STEP_LIMIT) -> int:
+        sets = [k.wait, k.delayed, k.completed, k.failed]
+        others = [k.id_counter, k.seq, k.meta, k.marker, k.events]
+        return int(
+            self._run(
+                "obliterate",
+                [k.active, *sets, *others],
+                [k.prefix, "1" if force else "0", len(sets), limit],
+            )
+        )

@@ -1,0 +1,56 @@
+"""Fixtures: one real redis-server per test session, a fresh queue per test,
+and the two hot-path implementations."""
+
+from __future__ import annotations
+
+import importlib
+import uuid
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+import redis
+
+from sandboxq import Queue
+from sandboxq.local_redis import LocalRedis
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    """A private redis-server on a unix socket in a temp dir, no persistence."""
+    server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: LocalRedis) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(redis_url)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def queue(redis_url: str) -> Iterator[Queue]:
+    """A queue with a name no other test uses, deleted afterwards."""
+    q = Queue(f"t-{uuid.uuid4().hex[:10]}", url=redis_url)
+    yield q
+    q.obliterate(force=True)
+    q.client.close()
+
+
+@pytest.fixture(params=["native", "pure"])
+def fast_impl(request: pytest.FixtureRequest) -> ModuleType:
+    """Each hot-path implementation in turn. A native module that did not
+    build is a failure here, never a skip."""
+    if request.param == "pure":
+        return importlib.import_module("sandboxq._fast_py")
+    try:
+        return importlib.import_module("sandboxq._fast")
+    except ImportError as exc:
+        pytest.fail(f"the native extension sandboxq._fast did not build or import: {exc}")
