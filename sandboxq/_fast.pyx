@@ -14,6 +14,7 @@ cdef int _TEXT = 4
 FIELD_KINDS = {
     b"data": _JSON, b"result": _JSON, b"progress": _JSON, b"backoff": _JSON,
     b"priority": _INT, b"attempts": _INT, b"attempts_made": _INT, b"stalls": _INT,
+    b"retries": _INT,
     b"seq": _INT, b"kc_count": _INT, b"kf_count": _INT,
     b"created_at": _SECONDS, b"started_at": _SECONDS, b"finished_at": _SECONDS,
     b"timeout": _SECONDS, b"kc_age": _SECONDS, b"kf_age": _SECONDS,
@@ -52,23 +53,31 @@ def decode_job_flat(list flat):
     cdef dict out = {}
     cdef Py_ssize_t i, n = len(flat)
     cdef bytes field
-    for i in range(0, n - 1, 2):
-        field = <bytes>flat[i]
-        out[field.decode()] = _decode(field, <bytes>flat[i + 1])
+    cdef str name
+    if n % 2:
+        raise ValueError(f"a job hash needs field/value pairs, got {n} items")
+    for i in range(0, n, 2):
+        field = <bytes?>flat[i]
+        name = field.decode()  # before the value, as the twin does
+        out[name] = _decode(field, <bytes?>flat[i + 1])
     return out
 
 
 def decode_job_mapping(dict mapping):
     cdef dict out = {}
     cdef bytes field
+    cdef str name
     for field, value in mapping.items():
-        out[field.decode()] = _decode(field, <bytes>value)
+        name = field.decode()  # before the value, as the twin does
+        out[name] = _decode(field, <bytes?>value)
     return out
 
 
 def decode_fetched(list rows):
     cdef list out = []
     cdef Py_ssize_t i, n = len(rows)
-    for i in range(0, n - 1, 2):
-        out.append(((<bytes>rows[i]).decode(), decode_job_flat(<list>rows[i + 1])))
+    if n % 2:
+        raise ValueError(f"fetched rows need id/hash pairs, got {n} items")
+    for i in range(0, n, 2):
+        out.append(((<bytes?>rows[i]).decode(), decode_job_flat(<list?>rows[i + 1])))
     return out

@@ -27,6 +27,7 @@ FIELD_KINDS: dict[bytes, int] = {
     b"attempts": _INT,
     b"attempts_made": _INT,
     b"stalls": _INT,
+    b"retries": _INT,
     b"seq": _INT,
     b"kc_count": _INT,
     b"kf_count": _INT,
@@ -66,6 +67,8 @@ def _decode(field: bytes, value: bytes) -> Any:
 
 def decode_job_flat(flat: list[bytes]) -> dict[str, Any]:
     """A job hash as Lua returns it (``[field, value, ...]``) → typed fields."""
+    if len(flat) % 2:
+        raise ValueError(f"a job hash needs field/value pairs, got {len(flat)} items")
     return {flat[i].decode(): _decode(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
@@ -76,4 +79,6 @@ def decode_job_mapping(mapping: dict[bytes, bytes]) -> dict[str, Any]:
 
 def decode_fetched(rows: list[Any]) -> list[tuple[str, dict[str, Any]]]:
     """fetch.lua's ``[id, hash, id, hash, ...]`` → ``[(id, fields), ...]``."""
+    if len(rows) % 2:
+        raise ValueError(f"fetched rows need id/hash pairs, got {len(rows)} items")
     return [(rows[i].decode(), decode_job_flat(rows[i + 1])) for i in range(0, len(rows), 2)]

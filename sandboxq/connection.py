@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import redis
@@ -40,17 +41,22 @@ def describe(client: redis.Redis) -> str:
     )
 
 
-def names_url(method: F) -> F:
-    """Turn a Redis connection error inside ``method`` into one naming the URL.
+@contextmanager
+def url_in_errors(url: str) -> Iterator[None]:
+    """Turn a Redis connection error into a ConnectionFailed naming ``url``."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConnectionFailed(f"cannot reach Redis at {url}: {exc}") from exc
 
-    The wrapped method's object must have a ``url`` attribute.
-    """
+
+def names_url(method: F) -> F:
+    """Decorate a method of an object with a ``url`` attribute so Redis
+    connection errors inside it name that URL."""
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
+        with url_in_errors(self.url):
             return method(self, *args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise ConnectionFailed(f"cannot reach Redis at {self.url}: {exc}") from exc
 
     return wrapper  # type: ignore[return-value]

@@ -12,12 +12,17 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from sandboxq.connection import url_in_errors
+
 if TYPE_CHECKING:
     import redis
 
     from sandboxq.queue import Queue
 
 Event = tuple[str, str, dict[str, str]]
+
+#: The longest one blocking read lasts; callers loop for longer waits.
+MAX_BLOCK_SECONDS = 2.0
 
 
 def last_id(client: redis.Redis, stream: str) -> bytes:
@@ -33,7 +38,8 @@ def read(
 
     Returns the new cursor and ``(entry id, (event, job_id, payload))`` pairs.
     """
-    block_ms = max(int(block_seconds * 1000), 1)
+    # Stay well under the client's socket timeout (redis-py's default is 5 s).
+    block_ms = max(int(min(block_seconds, MAX_BLOCK_SECONDS) * 1000), 1)
     reply: Any = client.xread({stream: cursor}, count=count, block=block_ms)
     entries: list[tuple[bytes, Event]] = []
     for _stream, items in reply or ():
@@ -89,10 +95,12 @@ class QueueEvents:
         ``"0"`` = from the oldest kept). Runs forever unless ``stop_after``
         seconds pass without a new event."""
         client, stream = self.queue.client, self.queue.keys.events
-        cursor = last_id(client, stream) if since is None else since.encode()
+        with url_in_errors(self.queue.url):
+            cursor = last_id(client, stream) if since is None else since.encode()
         idle_since = time.monotonic()
         while stop_after is None or time.monotonic() - idle_since < stop_after:
-            cursor, entries = read(client, stream, cursor, block_seconds)
+            with url_in_errors(self.queue.url):
+                cursor, entries = read(client, stream, cursor, block_seconds)
             for entry_id, event in entries:
                 self.last_id = entry_id.decode()
                 yield event

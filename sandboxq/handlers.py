@@ -71,7 +71,7 @@ class JobContext:
     report progress and log lines. In a worker child these travel to the
     parent, which writes them to Redis; children never talk to Redis."""
 
-    __slots__ = ("_report", "attempts_made", "data", "id", "name", "queue")
+    __slots__ = ("_report", "attempts_made", "data", "id", "name", "queue", "retries")
 
     def __init__(
         self,
@@ -81,12 +81,16 @@ class JobContext:
         data: Any,
         attempts_made: int,
         report: Callable[[str, str, str], None],
+        retries: int = 0,
     ) -> None:
         self.queue = queue
         self.id = job_id
         self.name = name
         self.data = data
+        #: Attempts that ended (failed, or crashed) before this one.
         self.attempts_made = attempts_made
+        #: Times the handler raised Retry for this job (they spend no attempt).
+        self.retries = retries
         self._report = report
 
     def __repr__(self) -> str:

@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from sandboxq import events
+from sandboxq.connection import url_in_errors
 from sandboxq.errors import JobFailed
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ FINISHED_STATES = ("completed", "failed")
 
 #: The longest single blocking read of the events stream inside ``wait``;
 #: between reads the job is re-read, so a missed event costs at most this.
-_WAIT_BLOCK_SECONDS = 5.0
+_WAIT_BLOCK_SECONDS = 2.0
 
 
 class Job:
@@ -45,6 +46,7 @@ class Job:
         self.attempts: int = fields.get("attempts", 1)
         self.attempts_made: int = fields.get("attempts_made", 0)
         self.stalls: int = fields.get("stalls", 0)
+        self.retries: int = fields.get("retries", 0)
         self.timeout: float | None = fields.get("timeout")
         self.created_at: float | None = fields.get("created_at")
         self.started_at: float | None = fields.get("started_at")
@@ -72,6 +74,10 @@ class Job:
         :class:`TimeoutError` if it has not finished within ``timeout``
         seconds. Waiting follows the queue's event stream; it does not poll.
         """
+        with url_in_errors(self.queue.url):
+            return self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         client, stream = self.queue.client, self.queue.keys.events
         cursor = events.last_id(client, stream)

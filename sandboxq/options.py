@@ -142,6 +142,8 @@ def _seconds(what: str, value: Any) -> float:
         raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
     if math.isnan(value) or value < 0:
         raise ValueError(f"{what} must be >= 0 seconds, got {value}")
+    if math.isinf(value):
+        raise ValueError(f"{what} must be a finite number of seconds, got {value}")
     return float(value)
 
 

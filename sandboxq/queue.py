@@ -10,7 +10,7 @@ import redis
 from sandboxq import fast
 from sandboxq.connection import connect, describe, names_url, resolve_url
 from sandboxq.errors import SandboxqError
-from sandboxq.job import STATES, Job
+from sandboxq.job import FINISHED_STATES, STATES, Job
 from sandboxq.keys import JOB_SETS, QueueKeys, validate_name
 from sandboxq.options import JOB_OPTION_NAMES, JobOptions, ms
 from sandboxq.scripts import STEP_LIMIT, Scripts, now_ms
@@ -99,7 +99,9 @@ class Queue:
                         "timeout": opts.timeout,
                         "attempts_made": 0,
                         "stalls": 0,
-                        "state": "delayed" if opts.delay > 0 else "waiting",
+                        # add.lua decides on the delay in ms (args[2]); a
+                        # delay under half a millisecond rounds to none.
+                        "state": "delayed" if args[2] > 0 else "waiting",
                         "created_at": now / 1000.0,
                     },
                 )
@@ -244,11 +246,20 @@ class Queue:
     @names_url
     def clean(self, state: str, *, older_than: float | None = None, keep: int | None = None) -> int:
         """Remove jobs in ``state`` finished more than ``older_than`` seconds
-        ago and/or beyond the newest ``keep``. Returns how many."""
+        ago and/or beyond the newest ``keep``. Returns how many.
+
+        ``older_than`` applies to completed and failed jobs only: the sets of
+        waiting and delayed jobs are ordered by priority and due time, not by
+        age."""
         if state == "active":
             raise ValueError("active jobs cannot be cleaned; they are running")
         if older_than is None and keep is None:
             raise ValueError("clean needs older_than and/or keep")
+        if older_than is not None and state not in FINISHED_STATES:
+            raise ValueError(
+                f"clean({state!r}, older_than=...) is not supported: older_than counts "
+                "from the finish time, so it applies to completed and failed jobs only"
+            )
         max_age = -1 if older_than is None else ms(older_than)
         max_count = -1 if keep is None else keep
         total = 0

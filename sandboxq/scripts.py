@@ -5,6 +5,8 @@ inlines ``lua/include/NAME.lua`` so shared helpers exist once on disk and
 still travel inside each script (Redis 6.2 has no shared functions).
 
 Every method takes the time as milliseconds, so tests control the clock.
+The worker's methods take an optional ``pipe``: the call is then queued on
+that pipeline and its raw reply comes back from ``pipe.execute()``.
 Scripts run through EVALSHA and are reloaded on NOSCRIPT (redis-py's
 ``register_script`` does both), also inside pipelines.
 """
@@ -51,6 +53,11 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def decode_ids(raw: Sequence[bytes | str]) -> list[str]:
+    """A script's array of job ids as text."""
+    return [_text(i) for i in raw]
+
+
 class Scripts:
     """One Redis client's handles on every transition script."""
 
@@ -83,7 +90,20 @@ class Scripts:
         args: Sequence[Any],
         pipe: redis.client.Pipeline | None = None,
     ) -> Any:
-        return self._scripts[name](keys=keys, args=args, client=pipe or self.client)
+        script = self._scripts[name]
+        if pipe is None:
+            return script(keys=keys, args=args)
+        # Straight EVALSHA: redis-py would otherwise send SCRIPT EXISTS before
+        # every pipeline, a second round trip. Callers load the scripts once
+        # (load_all) and again if the pipeline fails with NoScriptError.
+        return pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    def load_all(self) -> None:
+        """Load every script into Redis's cache (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in self.NAMES:
+            pipe.script_load(lua_source(name))
+        pipe.execute()
 
     # -- producer ---------------------------------------------------------
     def add(self, k: QueueKeys, now: int, jobs: Sequence[Sequence[Any]]) -> list[tuple[str, bool]]:
@@ -134,21 +154,37 @@ class Scripts:
         )
 
     def renew(
-        self, k: QueueKeys, now: int, token: str, lease_ms: int, job_ids: Sequence[str]
-    ) -> list[str]:
+        self,
+        k: QueueKeys,
+        now: int,
+        token: str,
+        lease_ms: int,
+        job_ids: Sequence[str],
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Any:
         """Extend leases; returns the ids this token no longer holds."""
-        lost = self._run("renew", [k.active], [k.prefix, now, token, lease_ms, *job_ids])
-        return [_text(i) for i in lost]
+        lost = self._run("renew", [k.active], [k.prefix, now, token, lease_ms, *job_ids], pipe)
+        return lost if pipe is not None else decode_ids(lost)
 
     def recover_stalled(
-        self, k: QueueKeys, now: int, max_stalls: int, limit: int = STEP_LIMIT
-    ) -> tuple[list[str], list[str]]:
-        requeued, failed = self._run(
+        self,
+        k: QueueKeys,
+        now: int,
+        max_stalls: int,
+        limit: int = STEP_LIMIT,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Any:
+        """Requeue or fail jobs whose lease lapsed; returns (requeued, failed) ids."""
+        reply = self._run(
             "recover_stalled",
             [k.active, k.wait, k.failed, k.events, k.marker],
             [k.prefix, now, max_stalls, self.events_maxlen, limit],
+            pipe,
         )
-        return [_text(i) for i in requeued], [_text(i) for i in failed]
+        if pipe is not None:
+            return reply
+        requeued, failed = reply
+        return decode_ids(requeued), decode_ids(failed)
 
     def release(self, k: QueueKeys, token: str, job_ids: Sequence[str]) -> list[str]:
         released = self._run(
@@ -156,7 +192,7 @@ class Scripts:
             [k.active, k.wait, k.events, k.marker],
             [k.prefix, token, self.events_maxlen, *job_ids],
         )
-        return [_text(i) for i in released]
+        return decode_ids(released)
 
     def report(
         self,
@@ -164,12 +200,14 @@ class Scripts:
         token: str,
         reports: Sequence[tuple[str, str, Any]],
         keep_logs: int = 1000,
-    ) -> int:
-        """Record ``(job_id, "progress" | "log", value)`` reports of running jobs."""
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Any:
+        """Record ``(job_id, "progress" | "log", value)`` reports of running jobs;
+        returns how many were recorded."""
         args: list[Any] = [k.prefix, token, self.events_maxlen, keep_logs]
         for report in reports:
             args.extend(report)
-        return int(self._run("report", [k.events], args))
+        return self._run("report", [k.events], args, pipe)
 
     # -- admin ------------------------------------------------------------
     def promote(self, k: QueueKeys, now: int, job_id: str = "", limit: int = STEP_LIMIT) -> int:
@@ -202,7 +240,7 @@ class Scripts:
             [k.failed, k.wait, k.seq, k.marker, k.events],
             [k.prefix, self.events_maxlen, job_id, limit],
         )
-        return [_text(i) for i in moved]
+        return decode_ids(moved)
 
     def clean(
         self,

@@ -70,6 +70,12 @@ def _run_one(
         queue.scripts.report(queue.keys, token, [(jid, kind, value)])
 
     ctx = JobContext(
-        queue.name, job_id, name, fields.get("data"), fields.get("attempts_made", 0), report
+        queue.name,
+        job_id,
+        name,
+        fields.get("data"),
+        fields.get("attempts_made", 0),
+        report,
+        fields.get("retries", 0),
     )
     return execution.run(found.func, ctx)

@@ -8,7 +8,9 @@
 -- ARGV[6] events maxlen
 --
 -- For finished sets the score is the finish time, so "age" is time since
--- finishing. Returns how many jobs were removed; call again while it
+-- finishing. Other sets are not ordered by time (waiting: priority and
+-- sequence; delayed: due time), so pass -1 as the age for them: Queue.clean
+-- refuses older_than there. Returns how many jobs were removed; call again while it
 -- returns `limit`.
 --!include common
 --!include retention

@@ -11,7 +11,7 @@
 --                            retried after delay_ms while attempts remain
 --   outcome "unrecoverable": value = error message; fails for good now
 --   outcome "retry":         the handler asked to run again after delay_ms;
---                            no attempt is spent
+--                            no attempt is spent, `retries` counts it
 -- The caller computes delay_ms (backoff and jitter live in Python).
 --
 -- Returns one status per job: "completed", "failed", "retrying", or "lost"
@@ -26,6 +26,8 @@ local function retry_later(job_key, id, delay)
   if delay > 0 then
     redis.call('ZADD', KEYS[3], num(now + delay), id)
     redis.call('HSET', job_key, 'state', 'delayed')
+    -- Wake a blocked worker so it re-times its sleep to this job's due time.
+    redis.call('ZADD', KEYS[8], 0, '0')
   else
     local priority = redis.call('HGET', job_key, 'priority') or '0'
     make_waiting(job_key, KEYS[2], KEYS[8], id, priority, next_seq(KEYS[7]))
@@ -55,6 +57,7 @@ for i = 5, #ARGV, 5 do
     emit(KEYS[6], maxlen, 'completed', id)
     status = 'completed'
   elseif outcome == 'retry' then
+    redis.call('HINCRBY', job_key, 'retries', 1)
     status = retry_later(job_key, id, delay)
   else
     redis.call('HSET', job_key, 'error', value, 'traceback', traceback)

@@ -1,0 +1,58 @@
+"""Worker logging: one line per job event, as text or JSON.
+
+Job events carry ``job_id``, ``job_name``, ``queue``, ``attempt``, ``pid``
+and ``duration_ms`` in ``record.fields``; both formats print them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+LOGGER_NAME = "sandboxq"
+log = logging.getLogger(LOGGER_NAME)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+        line = f"{stamp} {record.levelname} {record.getMessage()}"
+        fields: dict[str, Any] = getattr(record, "fields", {})
+        if fields:
+            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "msg": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def setup(log_format: str = "text", level: str | int = "INFO") -> None:
+    """Send sandboxq's log lines to stderr in the chosen format."""
+    if log_format not in ("text", "json"):
+        raise ValueError(f"log format must be 'text' or 'json', got {log_format!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    log.handlers[:] = [handler]
+    log.setLevel(level.upper() if isinstance(level, str) else level)
+    log.propagate = False
+
+
+def event(message: str, level: int = logging.INFO, **fields: Any) -> None:
+    if log.isEnabledFor(level):
+        log.log(level, message, extra={"fields": fields})

@@ -1,0 +1,239 @@
+"""The parent's side of Redis: every call a worker makes, batched.
+
+One pipelined round trip settles finished jobs, records progress and logs,
+leases new jobs and, when due, renews every lease and recovers stalled jobs.
+A second connection only ever waits: a BZPOPMIN on the queues' markers,
+sent without waiting for the reply, so the parent loop can watch it next to
+the children's pipes and wake within a millisecond of an add.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from sandboxq import fast
+from sandboxq.connection import connect
+from sandboxq.keys import QueueKeys
+from sandboxq.scripts import Scripts, decode_ids, now_ms
+
+#: The longest a blocking wait lasts before it is re-armed.
+MAX_WAIT_SECONDS = 30.0
+
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+@dataclass(slots=True)
+class StepResult:
+    #: Leased jobs: (queue, job id, decoded hash fields).
+    fetched: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    #: Settled jobs: (queue, job id, status) with status completed, failed,
+    #: retrying or lost.
+    finished: list[tuple[str, str, str]] = field(default_factory=list)
+    #: Jobs recovered from dead workers: (queue, requeued ids, failed ids).
+    recovered: list[tuple[str, list[str], list[str]]] = field(default_factory=list)
+
+
+class Broker:
+    def __init__(
+        self, url: str, queues: list[str], token: str, *, lease: float, max_stalls: int
+    ) -> None:
+        self.url = url
+        self.client = connect(url)
+        self.scripts = Scripts(self.client)
+        self.keys = {q: QueueKeys.for_queue(q) for q in queues}
+        self.queues = list(queues)
+        self.token = token
+        self.lease_ms = int(lease * 1000)
+        self.max_stalls = max_stalls
+        self.renew_every = lease / 3
+        self.recover_every = max(min(lease / 2, 15.0), 0.25)
+        now = time.monotonic()
+        self.next_renew = now + self.renew_every
+        self.next_recover = now  # recover what dead workers left, at once
+        self.finishes: dict[str, list[list[Any]]] = {q: [] for q in queues}
+        self.reports: dict[str, list[tuple[str, str, str]]] = {q: [] for q in queues}
+        self.leased: dict[str, set[str]] = {q: set() for q in queues}
+        self.maybe_work = True  # the queues may hold jobs: fetch before waiting
+        self.next_due_ms: int | None = None
+        self._rotation = 0
+        self._waiter: Any = None  # a redis Connection used only for BZPOPMIN
+        self._armed = False
+        self._scripts_loaded = False
+
+    # -- what the parent loop asks -------------------------------------------
+    def has_pending(self) -> bool:
+        return any(self.finishes.values()) or any(self.reports.values())
+
+    def next_timer(self) -> float:
+        return min(self.next_renew, self.next_recover)
+
+    def leased_count(self) -> int:
+        return sum(len(ids) for ids in self.leased.values())
+
+    def finish(self, queue: str, entry: list[Any]) -> None:
+        self.finishes[queue].append(entry)
+
+    def report(self, queue: str, job_id: str, kind: str, value: str) -> None:
+        self.reports[queue].append((job_id, kind, value))
+
+    # -- the round trip ------------------------------------------------------
+    def step(self, free_slots: int) -> StepResult:
+        """One pipelined round trip (a second one only when the first queue
+        asked could not fill the free slots). Raises a redis error if Redis
+        is unreachable; nothing pending is lost then, the next step retries."""
+        now = now_ms()
+        clock = time.monotonic()
+        renew = clock >= self.next_renew
+        recover = clock >= self.next_recover
+        result = StepResult()
+        order = self._fetch_order() if free_slots > 0 and self.maybe_work else []
+        if not self._scripts_loaded:
+            self.scripts.load_all()
+            self._scripts_loaded = True
+        pipe = self.client.pipeline(transaction=False)
+        plan = self._queue_commands(pipe, now, renew, recover, order[:1], free_slots)
+        try:
+            replies = pipe.execute() if plan else []
+        except redis.exceptions.NoScriptError:
+            # Redis restarted or flushed its script cache: load and resend.
+            self.scripts.load_all()
+            pipe = self.client.pipeline(transaction=False)
+            plan = self._queue_commands(pipe, now, renew, recover, order[:1], free_slots)
+            replies = pipe.execute()
+        # Redis answered: what was sent is settled.
+        for queue in self.queues:
+            self.finishes[queue].clear()
+            self.reports[queue].clear()
+        if renew:
+            self.next_renew = clock + self.renew_every
+        if recover:
+            self.next_recover = clock + self.recover_every
+        next_due: list[int] = []
+        for (kind, queue, sent), reply in zip(plan, replies, strict=True):
+            if kind == "finish":
+                for entry, status in zip(sent, reply, strict=True):
+                    self.leased[queue].discard(entry[0])
+                    result.finished.append((queue, entry[0], status.decode()))
+            elif kind == "renew":
+                self.leased[queue].difference_update(decode_ids(reply))
+            elif kind == "recover":
+                requeued, failed = reply
+                if requeued or failed:
+                    result.recovered.append((queue, decode_ids(requeued), decode_ids(failed)))
+            elif kind == "fetch":
+                self._take(queue, reply, result, next_due)
+        # The first queue could not fill every slot: ask the others in turn.
+        for queue in order[1:]:
+            wanted = free_slots - len(result.fetched)
+            if wanted <= 0:
+                break
+            reply = self.scripts.fetch(
+                self.keys[queue], now_ms(), wanted, self.token, self.lease_ms
+            )
+            self._take(queue, reply, result, next_due)
+        if order:
+            # Fewer jobs than slots: the queues are empty (or paused) for now.
+            self.maybe_work = len(result.fetched) >= free_slots
+            self.next_due_ms = min(next_due, default=None)
+        return result
+
+    def _queue_commands(
+        self,
+        pipe: Any,
+        now: int,
+        renew: bool,
+        recover: bool,
+        fetch_from: list[str],
+        free_slots: int,
+    ) -> list[tuple[str, str, Any]]:
+        """Queue this step's scripts on ``pipe``; returns what each reply is for."""
+        plan: list[tuple[str, str, Any]] = []
+        for queue, k in self.keys.items():
+            if self.finishes[queue]:
+                self.scripts.finish(k, now, self.token, self.finishes[queue], pipe)
+                plan.append(("finish", queue, list(self.finishes[queue])))
+            if self.reports[queue]:
+                self.scripts.report(k, self.token, self.reports[queue], pipe=pipe)
+                plan.append(("report", queue, None))
+            if renew and self.leased[queue]:
+                leased = list(self.leased[queue])
+                self.scripts.renew(k, now, self.token, self.lease_ms, leased, pipe)
+                plan.append(("renew", queue, None))
+            if recover:
+                self.scripts.recover_stalled(k, now, self.max_stalls, pipe=pipe)
+                plan.append(("recover", queue, None))
+        for queue in fetch_from:
+            self.scripts.fetch(self.keys[queue], now, free_slots, self.token, self.lease_ms, pipe)
+            plan.append(("fetch", queue, None))
+        return plan
+
+    def _fetch_order(self) -> list[str]:
+        """The queues, starting one further along each time, so one busy
+        queue cannot starve the others."""
+        self._rotation = (self._rotation + 1) % len(self.queues)
+        return self.queues[self._rotation :] + self.queues[: self._rotation]
+
+    def _take(self, queue: str, reply: Any, result: StepResult, next_due: list[int]) -> None:
+        rows, due = reply
+        for job_id, fields in fast.decode_fetched(rows):
+            self.leased[queue].add(job_id)
+            result.fetched.append((queue, job_id, fields))
+        if due >= 0:
+            next_due.append(int(due))
+
+    def release(self, jobs: list[tuple[str, str]]) -> list[str]:
+        """Hand unfinished jobs straight back to their queues (forced stop)."""
+        released = []
+        for queue in self.queues:
+            ids = [job_id for q, job_id in jobs if q == queue]
+            if ids:
+                released += self.scripts.release(self.keys[queue], self.token, ids)
+                self.leased[queue].difference_update(ids)
+        return released
+
+    # -- the blocking wait -----------------------------------------------------
+    def arm_wait(self) -> int:
+        """Start waiting for a marker (or the next delayed job) unless a wait
+        is armed already; returns the file descriptor to watch."""
+        if self._waiter is None:
+            self._waiter = self.client.connection_pool.make_connection()
+        conn = self._waiter
+        if not self._armed:
+            conn.connect()
+            timeout = MAX_WAIT_SECONDS
+            if self.next_due_ms is not None:
+                timeout = min(timeout, (self.next_due_ms - now_ms()) / 1000.0)
+            markers = [k.marker for k in self.keys.values()]
+            # BZPOPMIN treats 0 as "forever"; a job due now means "look now".
+            conn.send_command("BZPOPMIN", *markers, f"{max(timeout, 0.001):.3f}")
+            self._armed = True
+        assert conn._sock is not None
+        return conn._sock.fileno()
+
+    @property
+    def armed(self) -> bool:
+        return self._armed
+
+    def wait_done(self) -> None:
+        """The armed wait answered (a marker, or its timeout): fetch again."""
+        self._armed = False
+        self.maybe_work = True
+        assert self._waiter is not None
+        try:
+            self._waiter.read_response()
+        except REDIS_ERRORS:
+            self._waiter.disconnect()
+
+    def cancel_wait(self) -> None:
+        """Drop an armed wait (shutting down, or Redis trouble)."""
+        if self._waiter is not None:
+            self._waiter.disconnect()
+        self._armed = False
+
+    def close(self) -> None:
+        self.cancel_wait()
+        self.client.close()

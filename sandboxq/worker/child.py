@@ -1,0 +1,79 @@
+"""The child's side: run one job at a time, report everything over the pipe.
+
+A child never talks to Redis. It reads a job frame, runs the handler, and
+answers with progress/log frames and one ``done`` frame. It exits 0 when the
+parent closes the pipe. Any other exit fails the job it was running, with
+the reason decoded by the parent from the wait status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from setproctitle import setproctitle
+
+from sandboxq import execution
+from sandboxq.handlers import Handler, JobContext
+from sandboxq.worker import protocol
+
+
+def reset_signals() -> None:
+    """Undo the parent's signal handling. SIGTERM kills (the parent's timeout
+    uses it); SIGINT is ignored, so a Ctrl-C in a terminal, which reaches the
+    whole process group, leaves the parent in charge of shutting down."""
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def serve(index: int, sock: socket.socket, handlers: dict[tuple[str, str], Handler]) -> None:
+    """The child's main loop; returns when the parent closes the pipe."""
+    idle_title = f"sandboxq child {index}: idle"
+    setproctitle(idle_title)
+
+    def report(job_id: str, kind: str, value: str) -> None:
+        protocol.send(sock, [kind, job_id, value])
+
+    while (message := protocol.recv(sock)) is not None:
+        _kind, job_id, name, data, attempts_made, retries, queue = message
+        setproctitle(f"sandboxq child {index}: {name}#{job_id}")
+        ctx = JobContext(queue, job_id, name, data, attempts_made, report, retries)
+        outcome = execution.run(handlers[(queue, name)].func, ctx)
+        protocol.send(
+            sock,
+            [protocol.DONE, job_id, outcome.kind, outcome.value, outcome.traceback, outcome.delay],
+        )
+        sys.stdout.flush()
+        setproctitle(idle_title)
+
+
+def main(
+    index: int, sock: socket.socket, handlers: dict[tuple[str, str], Handler], close_fds: list[int]
+) -> Any:
+    """Entry point right after fork (signals still blocked). Never returns."""
+    code = 0
+    try:
+        reset_signals()
+        for fd in close_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        serve(index, sock, handlers)
+    except SystemExit as exc:  # sys.exit() in a handler: exit with its code
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 70  # EX_SOFTWARE
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Skip the atexit handlers inherited from the parent.
+        os._exit(code)

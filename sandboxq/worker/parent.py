@@ -1,0 +1,528 @@
+"""The worker parent: one loop that owns Redis and watches the children.
+
+The loop waits in one ``select`` on: the children's pipes, a wake-up pipe
+(signals and ``stop()`` write to it), and the connection blocked in
+BZPOPMIN. Signal handlers only record the signal; the loop acts on it. The
+parent never blocks on one child: pipes are non-blocking and a child that
+hangs, crashes or grows too big is killed and replaced while the rest run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from setproctitle import setproctitle
+
+from sandboxq import execution, logs
+from sandboxq.connection import resolve_url
+from sandboxq.handlers import REGISTRY, Handler
+from sandboxq.keys import validate_name
+from sandboxq.worker import protocol
+from sandboxq.worker.broker import REDIS_ERRORS, Broker, StepResult
+from sandboxq.worker.cpus import available_cpus
+from sandboxq.worker.pool import Assignment, Child, Pool, describe_exit
+
+EXIT_OK = 0  # drained cleanly
+EXIT_FORCED = 1  # stopped before the jobs in flight finished; they were handed back
+EXIT_BOOT_ERROR = 3  # could not start: bad handlers or modules, children dying at birth
+
+#: Children that die before running any job, in a row, before the worker
+#: gives up instead of respawning forever.
+MAX_BIRTH_FAILURES = 5
+
+#: Redis reconnect backoff, seconds.
+RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
+
+_WAKE, _WAITER = "wake", "waiter"
+
+
+class BootError(RuntimeError):
+    """The worker cannot start; the CLI exits with EXIT_BOOT_ERROR."""
+
+
+@dataclass(slots=True)
+class _Finishing:
+    """A job settled by a child, waiting for Redis to confirm."""
+
+    name: str
+    attempt: int
+    pid: int
+    duration_ms: int
+
+
+def resolve_handlers(
+    queues: Iterable[str] | None,
+    handlers: Mapping[str, Callable[..., Any]] | Iterable[Handler] | None,
+) -> tuple[list[str], dict[tuple[str, str], Handler]]:
+    """The queues to serve and their handlers by (queue, job name).
+
+    ``handlers`` is ``None`` (everything registered with ``@handler``), a list
+    of :class:`Handler`, or ``{job name: function}`` served on every queue.
+    Queues default to those the handlers belong to.
+    """
+    wanted = None if queues is None else [validate_name("queue name", q) for q in queues]
+    if handlers is None:
+        found = list(REGISTRY.values())
+    elif isinstance(handlers, Mapping):
+        if not wanted:
+            raise BootError("a {name: function} handler map needs the queues to serve")
+        found = [Handler(q, name, func) for q in wanted for name, func in handlers.items()]
+    else:
+        found = list(handlers)
+    table = {(h.queue, h.name): h for h in found if wanted is None or h.queue in wanted}
+    queue_list = wanted or sorted({q for q, _ in table})
+    if not queue_list:
+        raise BootError(
+            "no handlers registered: import a module that uses @handler, or pass handlers"
+        )
+    served = {q for q, _ in table}
+    empty = [q for q in queue_list if q not in served]
+    if empty:
+        raise BootError(f"no handler registered for queue(s): {', '.join(empty)}")
+    return queue_list, table
+
+
+class Worker:
+    """Serve ``queues`` with a pool of forked children.
+
+    ``procs`` is a number or ``"auto"`` (the CPUs this process may use).
+    Sizes are bytes, times are seconds. ``run()`` blocks until the worker
+    stops and returns its exit code; ``stop()`` asks it to drain, from any
+    thread.
+    """
+
+    def __init__(
+        self,
+        queues: Iterable[str] | None = None,
+        handlers: Mapping[str, Callable[..., Any]] | Iterable[Handler] | None = None,
+        *,
+        procs: int | str = "auto",
+        url: str | None = None,
+        max_memory_per_child: int | None = None,
+        max_jobs_per_child: int | None = None,
+        shutdown_timeout: float = 30.0,
+        lease: float = 30.0,
+        max_stalls: int = 1,
+        default_timeout: float | None = None,
+        kill_grace: float = 2.0,
+    ) -> None:
+        self.queues, self.handlers = resolve_handlers(queues, handlers)
+        if procs == "auto":
+            procs = available_cpus()
+        if not isinstance(procs, int) or procs < 1:
+            raise ValueError(f"procs must be 'auto' or an int >= 1, got {procs!r}")
+        if lease <= 0 or shutdown_timeout < 0 or max_stalls < 0:
+            raise ValueError("lease must be > 0, shutdown_timeout and max_stalls >= 0")
+        self.procs = procs
+        self.url = resolve_url(url)
+        self.max_memory_per_child = max_memory_per_child
+        self.max_jobs_per_child = max_jobs_per_child
+        self.shutdown_timeout = shutdown_timeout
+        self.lease = lease
+        self.max_stalls = max_stalls
+        self.default_timeout = default_timeout
+        self.kill_grace = kill_grace
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._signals: list[int] = []
+        self._wake_w = -1
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._forced = False
+        self._ready = False
+        self._birth_failures = 0
+        self._redis_retry_at = 0.0
+        self._redis_backoff = RECONNECT_MIN
+        self._finishing: dict[tuple[str, str], _Finishing] = {}
+
+    # -- public ------------------------------------------------------------
+    def stop(self, force: bool = False) -> None:
+        """Drain and stop (``force``: stop now, handing jobs back)."""
+        self._signals.append(signal.SIGQUIT if force else signal.SIGTERM)
+        self._wake()
+
+    def run(self) -> int:
+        """Run until stopped; returns the exit code (EXIT_OK after a clean drain)."""
+        self._open()
+        try:
+            self._loop()
+        finally:
+            self._close()
+        return EXIT_FORCED if self._forced else EXIT_OK
+
+    # -- setup and teardown ---------------------------------------------------
+    def _open(self) -> None:
+        self.broker = Broker(
+            self.url, self.queues, self.token, lease=self.lease, max_stalls=self.max_stalls
+        )
+        wake_r, self._wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._wake_r = wake_r
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(wake_r, selectors.EVENT_READ, _WAKE)
+        if threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+            for signum in (
+                signal.SIGTERM,
+                signal.SIGINT,
+                signal.SIGCHLD,
+                signal.SIGQUIT,
+                signal.SIGHUP,
+            ):
+                signal.signal(signum, self._on_signal)
+        self.pool = Pool(
+            self.procs,
+            self.handlers,
+            max_memory_bytes=self.max_memory_per_child,
+            max_jobs_per_child=self.max_jobs_per_child,
+            kill_grace=self.kill_grace,
+            inherited_fds=[wake_r, self._wake_w, self.selector.fileno()],
+        )
+        setproctitle(f"sandboxq parent: {','.join(self.queues)} [{self.procs} procs]")
+        for _ in range(self.procs):
+            self._spawn()
+
+    def _close(self) -> None:
+        for child in self.pool.children():
+            self.pool.retire(child)
+        deadline = time.monotonic() + max(self.kill_grace, 1.0)
+        while self.pool.by_pid and time.monotonic() < deadline:
+            for child, _status in self.pool.reap():
+                self._forget(child)
+            time.sleep(0.005)  # children exit within milliseconds of EOF
+        for child in self.pool.children():
+            self.pool.kill(child)
+        while self.pool.by_pid:
+            for child, _status in self.pool.reap():
+                self._forget(child)
+        if threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(-1)
+            for signum in (
+                signal.SIGTERM,
+                signal.SIGINT,
+                signal.SIGCHLD,
+                signal.SIGQUIT,
+                signal.SIGHUP,
+            ):
+                signal.signal(signum, signal.SIG_DFL)
+        self.broker.close()
+        self.selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signals.append(signum)  # the loop acts on it
+
+    def _wake(self) -> None:
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"\0")
+
+    # -- the loop -------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            for key, mask in self.selector.select(self._select_timeout()):
+                if key.data == _WAKE:
+                    self._drain_wake_pipe()
+                elif key.data == _WAITER:
+                    self.selector.unregister(key.fileobj)
+                    self.broker.wait_done()
+                else:
+                    self._on_child_io(key.data, mask)
+            if self._handle_signals():
+                self._reap()
+            self.pool.enforce_limits(time.monotonic())
+            self._redis_step()
+            if self._stopping and self._shutdown_step():
+                return
+            self._arm_wait()
+
+    def _select_timeout(self) -> float:
+        now = time.monotonic()
+        if self.broker.has_pending():
+            return 0.0
+        if self.broker.maybe_work and self.pool.idle() and not self._stopping:
+            return max(self._redis_retry_at - now, 0.0)
+        candidates = [self.broker.next_timer(), now + 1.0]
+        if (limit := self.pool.next_deadline(now)) is not None:
+            candidates.append(limit)
+        if self._stopping:
+            candidates.append(self._stop_deadline)
+        return max(min(candidates) - now, 0.0)
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle_signals(self) -> bool:
+        """Act on recorded signals; returns True if a child may have exited."""
+        reap = False
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum == signal.SIGCHLD:
+                reap = True
+            elif signum == signal.SIGINT and self._stopping:
+                self._begin_stop(force=True, why="second SIGINT")
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                self._begin_stop(force=False, why=signal.Signals(signum).name)
+            elif signum == signal.SIGQUIT:
+                self._begin_stop(force=True, why="SIGQUIT")
+        return reap
+
+    # -- children -------------------------------------------------------------
+    def _spawn(self) -> None:
+        child = self.pool.spawn()
+        self.selector.register(child.sock, selectors.EVENT_READ, child)
+
+    def _forget(self, child: Child) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(child.sock)
+        child.sock.close()
+
+    def _on_child_io(self, child: Child, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self.pool.flush(child)
+            if not child.outbox:
+                self.selector.modify(child.sock, selectors.EVENT_READ, child)
+        if mask & selectors.EVENT_READ:
+            messages, eof = self.pool.read(child)
+            for message in messages:
+                self._on_message(child, message)
+            if eof:  # it is exiting; the reaper reports why
+                self.selector.unregister(child.sock)
+
+    def _on_message(self, child: Child, message: list[Any]) -> None:
+        kind, job_id = message[0], message[1]
+        job = child.job
+        if job is None or job.job_id != job_id:
+            return  # a late frame of a job already settled (killed on timeout)
+        if kind == protocol.DONE:
+            _, _, outcome, value, traceback, delay = message
+            self._settle(child, execution.Outcome(outcome, value, traceback, delay))
+            child.jobs_done += 1
+            self._birth_failures = 0
+            if self.max_jobs_per_child and child.jobs_done >= self.max_jobs_per_child:
+                self.pool.retire(child)
+        else:
+            self.broker.report(job.queue, job_id, kind, message[2])
+
+    def _settle(self, child: Child, outcome: execution.Outcome) -> None:
+        job = child.job
+        assert job is not None
+        child.job = None
+        duration_ms = int((time.monotonic() - job.started) * 1000)
+        self.broker.finish(job.queue, execution.finish_entry(job.job_id, job.fields, outcome))
+        self._finishing[(job.queue, job.job_id)] = _Finishing(
+            job.name, job.attempt, child.pid, duration_ms
+        )
+        if outcome.kind != execution.COMPLETED:
+            logs.event(
+                "job attempt failed",
+                logging.WARNING,
+                job_id=job.job_id,
+                job_name=job.name,
+                queue=job.queue,
+                attempt=job.attempt,
+                pid=child.pid,
+                duration_ms=duration_ms,
+                error=outcome.value,
+            )
+
+    def _reap(self) -> None:
+        for child, status in self.pool.reap():
+            messages, _eof = self.pool.read(child)  # frames sent just before it died
+            for message in messages:
+                self._on_message(child, message)
+            self._forget(child)
+            if child.job is not None:
+                reason = describe_exit(status, child.kill_reason)
+                self._settle(child, execution.Outcome(execution.FAILED, reason))
+            elif not child.retiring and child.jobs_done == 0 and status != 0:
+                self._birth_failures += 1
+                if self._birth_failures >= MAX_BIRTH_FAILURES:
+                    raise BootError(
+                        f"{self._birth_failures} children in a row died before "
+                        f"running a job ({describe_exit(status, None)})"
+                    )
+            if not self._stopping:
+                self._spawn()
+
+    # -- Redis ----------------------------------------------------------------
+    def _redis_step(self) -> None:
+        now = time.monotonic()
+        if now < self._redis_retry_at:
+            return
+        idle = self.pool.idle()
+        free = 0 if self._stopping else len(idle)
+        fetch = free > 0 and self.broker.maybe_work
+        if not (fetch or self.broker.has_pending() or now >= self.broker.next_timer()):
+            return
+        try:
+            result = self.broker.step(free if fetch else 0)
+        except REDIS_ERRORS as exc:
+            self._redis_trouble(exc)
+            return
+        self._redis_backoff = RECONNECT_MIN
+        if not self._ready:
+            self._ready = True
+            logs.log.info(
+                "sandboxq worker ready pid=%d queues=%s procs=%d",
+                os.getpid(),
+                ",".join(self.queues),
+                self.procs,
+            )
+        self._after_step(result, idle)
+
+    def _redis_trouble(self, exc: Exception) -> None:
+        logs.event(
+            f"Redis unreachable, retrying in {self._redis_backoff:.1f}s",
+            logging.WARNING,
+            url=self.url,
+            error=str(exc),
+        )
+        self._redis_retry_at = time.monotonic() + self._redis_backoff
+        self._redis_backoff = min(self._redis_backoff * 2, RECONNECT_MAX)
+        self._unarm_wait()
+
+    def _after_step(self, result: StepResult, idle: list[Child]) -> None:
+        for queue, job_id, status in result.finished:
+            done = self._finishing.pop((queue, job_id), None)
+            if done is not None:
+                level = logging.INFO if status != "lost" else logging.WARNING
+                logs.event(
+                    f"job {status}",
+                    level,
+                    job_id=job_id,
+                    job_name=done.name,
+                    queue=queue,
+                    attempt=done.attempt,
+                    pid=done.pid,
+                    duration_ms=done.duration_ms,
+                )
+        for queue, requeued, failed in result.recovered:
+            logs.event(
+                "recovered stalled jobs",
+                logging.WARNING,
+                queue=queue,
+                requeued=",".join(requeued),
+                failed=",".join(failed),
+            )
+        for queue, job_id, fields in result.fetched:
+            self._dispatch(queue, job_id, fields, idle)
+
+    def _dispatch(self, queue: str, job_id: str, fields: dict[str, Any], idle: list[Child]) -> None:
+        name = fields.get("name", "")
+        found = self.handlers.get((queue, name))
+        if found is None:
+            self.broker.finish(
+                queue,
+                execution.finish_entry(
+                    job_id,
+                    fields,
+                    execution.Outcome.error(
+                        f"no handler for job {name!r} in queue {queue!r}", unrecoverable=True
+                    ),
+                ),
+            )
+            return
+        timeout = fields.get("timeout") or found.timeout or self.default_timeout
+        job = Assignment(queue, job_id, name, fields, timeout)
+        child = idle.pop()
+        self.pool.assign(child, job, fields.get("data"))
+        if child.outbox:
+            self.selector.modify(child.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, child)
+        logs.event(
+            "job started",
+            logging.DEBUG,
+            job_id=job_id,
+            job_name=name,
+            queue=queue,
+            attempt=job.attempt,
+            pid=child.pid,
+        )
+
+    def _arm_wait(self) -> None:
+        if (
+            self._stopping
+            or self.broker.maybe_work
+            or self.broker.armed
+            or time.monotonic() < self._redis_retry_at
+            or not self.pool.idle()
+        ):
+            return
+        try:
+            fd = self.broker.arm_wait()
+        except REDIS_ERRORS as exc:
+            self._redis_trouble(exc)
+            return
+        self.selector.register(fd, selectors.EVENT_READ, _WAITER)
+
+    def _unarm_wait(self) -> None:
+        for key in list(self.selector.get_map().values()):
+            if key.data == _WAITER:
+                self.selector.unregister(key.fileobj)
+        self.broker.cancel_wait()
+
+    # -- shutdown ---------------------------------------------------------------
+    def _begin_stop(self, *, force: bool, why: str) -> None:
+        now = time.monotonic()
+        if not self._stopping:
+            self._stopping = True
+            self._stop_deadline = now + self.shutdown_timeout
+            self._unarm_wait()
+            logs.event(
+                "shutting down: no new jobs, finishing those in flight",
+                logging.INFO,
+                signal=why,
+                in_flight=len(self.pool.busy()),
+                timeout_s=self.shutdown_timeout,
+            )
+        if force:
+            self._stop_deadline = now
+
+    def _shutdown_step(self) -> bool:
+        """True once the worker may exit."""
+        busy = self.pool.busy()
+        if not busy and not self.broker.has_pending():
+            logs.log.info("sandboxq worker stopped cleanly")
+            return True
+        if time.monotonic() < self._stop_deadline:
+            return False
+        self._forced = True
+        unfinished = []
+        for child in busy:
+            assert child.job is not None
+            unfinished.append((child.job.queue, child.job.job_id))
+            child.job = None
+            self.pool.kill(child)
+        try:
+            if self.broker.has_pending():
+                self._after_step(self.broker.step(0), [])
+            released = self.broker.release(unfinished)
+        except REDIS_ERRORS as exc:
+            logs.event(
+                "could not reach Redis to hand jobs back; they return when their leases lapse",
+                logging.ERROR,
+                error=str(exc),
+            )
+            return True
+        logs.event(
+            "stopped before jobs finished; handed them back to the queue",
+            logging.WARNING,
+            released=",".join(released),
+        )
+        return True

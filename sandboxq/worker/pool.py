@@ -1,0 +1,254 @@
+"""The pool of forked children: fork, dispatch, reap, limits, recycling.
+
+The pool knows processes and pipes, not Redis. It tells the parent loop what
+happened (messages, deaths with a readable reason) and the parent decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandboxq.handlers import Handler
+from sandboxq.worker import child as child_main
+from sandboxq.worker import protocol
+
+#: Signals the parent handles; blocked around fork() so a child never runs
+#: one of the parent's handlers before it has reset them.
+HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT}
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+MIB = 1024 * 1024
+
+
+@dataclass(slots=True)
+class Assignment:
+    """The job a child is running."""
+
+    queue: str
+    job_id: str
+    name: str
+    fields: dict[str, Any]
+    timeout: float | None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def attempt(self) -> int:
+        return int(self.fields.get("attempts_made", 0)) + 1
+
+
+@dataclass(slots=True, eq=False)
+class Child:
+    index: int
+    pid: int
+    sock: socket.socket
+    reader: protocol.FrameReader = field(default_factory=protocol.FrameReader)
+    outbox: bytearray = field(default_factory=bytearray)
+    job: Assignment | None = None
+    jobs_done: int = 0
+    retiring: bool = False
+    #: Why the parent killed it (timeout, memory); None if it died on its own.
+    kill_reason: str | None = None
+    term_sent_at: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+def describe_exit(status: int, kill_reason: str | None) -> str:
+    """A readable reason for a child's death, from its wait status."""
+    if kill_reason:
+        return kill_reason
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = "unknown signal"
+        reason = f"child killed by signal {signum} ({name})"
+        if signum == signal.SIGKILL:
+            reason += ", probably by the out-of-memory killer"
+        return reason
+    return f"child exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class Pool:
+    def __init__(
+        self,
+        size: int,
+        handlers: dict[tuple[str, str], Handler],
+        *,
+        max_memory_bytes: int | None = None,
+        max_jobs_per_child: int | None = None,
+        kill_grace: float = 2.0,
+        inherited_fds: list[int] | None = None,
+    ) -> None:
+        self.size = size
+        self.handlers = handlers
+        self.max_memory_bytes = max_memory_bytes
+        self.max_jobs_per_child = max_jobs_per_child
+        self.kill_grace = kill_grace
+        self.inherited_fds = inherited_fds or []  # parent fds a child must close
+        self.by_pid: dict[int, Child] = {}
+        self._free_indexes = list(range(size, 0, -1))
+
+    # -- lifecycle ---------------------------------------------------------
+    def spawn(self) -> Child:
+        index = self._free_indexes.pop()
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        close_in_child = [c.sock.fileno() for c in self.by_pid.values()]
+        close_in_child += [parent_sock.fileno(), *self.inherited_fds]
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child, which never returns
+                child_main.main(index, child_sock, self.handlers, close_in_child)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        child_sock.close()
+        parent_sock.setblocking(False)
+        child = Child(index, pid, parent_sock)
+        self.by_pid[pid] = child
+        return child
+
+    def children(self) -> Iterator[Child]:
+        return iter(list(self.by_pid.values()))
+
+    def idle(self) -> list[Child]:
+        return [c for c in self.by_pid.values() if not c.busy and not c.retiring]
+
+    def busy(self) -> list[Child]:
+        return [c for c in self.by_pid.values() if c.busy]
+
+    def reap(self) -> list[tuple[Child, int]]:
+        """Collect every exited child: ours with their wait status. Unknown
+        pids (the parent may be PID 1 in a container) are reaped and ignored."""
+        dead = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            child = self.by_pid.pop(pid, None)
+            if child is not None:  # the caller drains and closes its pipe
+                self._free_indexes.append(child.index)
+                dead.append((child, status))
+        return dead
+
+    def retire(self, child: Child) -> None:
+        """Ask an idle child to exit (end of its pipe); it is reaped later."""
+        child.retiring = True
+        if child.outbox:
+            return  # closing now would cut a frame; it cannot be busy anyway
+        with contextlib.suppress(OSError):
+            child.sock.shutdown(socket.SHUT_WR)
+
+    def kill(self, child: Child, reason: str | None = None, sig: int = signal.SIGKILL) -> None:
+        if reason and child.kill_reason is None:
+            child.kill_reason = reason
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, sig)
+
+    # -- pipes ---------------------------------------------------------------
+    def assign(self, child: Child, job: Assignment, data: Any) -> None:
+        child.job = job
+        child.kill_reason = None
+        child.term_sent_at = None
+        child.outbox += protocol.encode(
+            [
+                protocol.RUN,
+                job.job_id,
+                job.name,
+                data,
+                job.fields.get("attempts_made", 0),
+                job.fields.get("retries", 0),
+                job.queue,
+            ]
+        )
+        self.flush(child)
+
+    def flush(self, child: Child) -> None:
+        """Send what the socket takes now; the rest waits for writability."""
+        try:
+            sent = child.sock.send(child.outbox)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                child.outbox.clear()  # the child is dying; the reaper reports it
+                return
+            raise
+        del child.outbox[:sent]
+
+    def read(self, child: Child) -> tuple[list[list[Any]], bool]:
+        """The whole frames the child has sent, and whether its end closed."""
+        messages: list[list[Any]] = []
+        while True:
+            try:
+                data = child.sock.recv(65536)
+            except BlockingIOError:
+                return messages, False
+            except OSError:
+                return messages, True
+            if not data:
+                return messages, True
+            messages += child.reader.feed(data)
+
+    # -- limits -------------------------------------------------------------
+    def enforce_limits(self, now: float) -> None:
+        """Timeouts (SIGTERM, then SIGKILL after the grace) and memory."""
+        for child in self.busy():
+            job = child.job
+            assert job is not None
+            if child.term_sent_at is not None:
+                if now - child.term_sent_at >= self.kill_grace:
+                    self.kill(child)
+                continue
+            if job.timeout is not None and now - job.started >= job.timeout:
+                self.kill(child, f"timed out after {job.timeout}s", signal.SIGTERM)
+                child.term_sent_at = now
+                continue
+            if self.max_memory_bytes is not None:
+                rss = rss_bytes(child.pid)
+                if rss > self.max_memory_bytes:
+                    self.kill(
+                        child,
+                        f"memory limit exceeded ({rss // MIB} MiB > "
+                        f"{self.max_memory_bytes // MIB} MiB)",
+                    )
+
+    def next_deadline(self, now: float) -> float | None:
+        """When ``enforce_limits`` next has something to do (monotonic)."""
+        deadlines = []
+        for child in self.busy():
+            job = child.job
+            assert job is not None
+            if child.term_sent_at is not None:
+                deadlines.append(child.term_sent_at + self.kill_grace)
+            elif job.timeout is not None:
+                deadlines.append(job.started + job.timeout)
+            if self.max_memory_bytes is not None:
+                deadlines.append(now + 0.1)  # memory is sampled every 100 ms
+        return min(deadlines, default=None)

@@ -1,0 +1,97 @@
+"""Handlers for the worker tests: one crash mode each.
+
+The test worker imports this module (``sandboxq worker tests.jobs``), so it
+must stay importable from the repository root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from typing import Any
+
+from sandboxq import JobContext, Retry, Unrecoverable, handler
+
+Q = os.environ.get("SANDBOXQ_TEST_QUEUE", "crash")
+
+
+@handler(Q)
+def ok(job: JobContext) -> Any:
+    return {"echo": job.data, "pid": os.getpid()}
+
+
+@handler(Q)
+def raise_error(job: JobContext) -> Any:
+    raise ValueError(f"bad input {job.data!r}")
+
+
+@handler(Q)
+def unrecoverable(job: JobContext) -> Any:
+    raise Unrecoverable("card declined")
+
+
+@handler(Q)
+def retry_once(job: JobContext) -> Any:
+    if job.retries == 0:
+        raise Retry(delay=0)
+    return f"retried {job.retries} time(s)"
+
+
+@handler(Q)
+def exit_code(job: JobContext) -> Any:
+    os._exit(int(job.data))
+
+
+@handler(Q)
+def kill_self(job: JobContext) -> Any:
+    os.kill(os.getpid(), int(job.data))
+    time.sleep(10)
+
+
+@handler(Q)
+def segfault(job: JobContext) -> Any:
+    ctypes.string_at(0)
+
+
+@handler(Q)
+def allocate(job: JobContext) -> Any:
+    """Hold ``data`` MiB, touching every page so it is resident."""
+    block = bytearray(int(job.data) * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(30)
+    return len(block)
+
+
+@handler(Q)
+def hang(job: JobContext) -> Any:
+    while True:
+        time.sleep(1)
+
+
+@handler(Q)
+def ignore_term_and_hang(job: JobContext) -> Any:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        time.sleep(1)
+
+
+@handler(Q)
+def sleep(job: JobContext) -> Any:
+    time.sleep(float(job.data))
+    return "slept"
+
+
+@handler(Q)
+def progress(job: JobContext) -> Any:
+    for step in range(1, 4):
+        job.update_progress(step * 33)
+        job.log(f"step {step}")
+    return "done"
+
+
+@handler(Q)
+def noop(job: JobContext) -> Any:
+    return None

@@ -1,0 +1,1162 @@
+"""Each Lua transition, driven directly through ``sandboxq.scripts.Scripts``
+with explicit timestamps, against the real redis-server of the session.
+
+Time is whatever the test passes: ``NOW`` is an arbitrary millisecond clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from redis.crc import key_slot
+
+from sandboxq import Queue, Retention
+from sandboxq.fast import decode_fetched, decode_job_mapping
+from sandboxq.scripts import Scripts
+
+NOW = 1_000_000
+LEASE = 30_000
+TOKEN = "worker-a"
+OTHER = "worker-b"
+
+
+# -- helpers ------------------------------------------------------------------
+def spec(
+    job_id: str = "",
+    *,
+    priority: int = 0,
+    delay_ms: int = 0,
+    name: str = "work",
+    data: Any = None,
+    **fields: Any,
+) -> list[Any]:
+    """One job as the add script takes it."""
+    pairs: list[Any] = ["name", name, "data", orjson.dumps(data)]
+    for field, value in fields.items():
+        pairs += [field, value]
+    return [job_id, priority, delay_ms, *pairs]
+
+
+def add(q: Queue, *jobs: list[Any], now: int = NOW) -> list[str]:
+    return [job_id for job_id, _created in q.scripts.add(q.keys, now, jobs or [spec()])]
+
+
+def fetch(
+    q: Queue, now: int, count: int = 100, token: str = TOKEN, lease_ms: int = LEASE
+) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    rows, next_due = q.scripts.fetch(q.keys, now, count, token, lease_ms)
+    return decode_fetched(rows), next_due
+
+
+def fetch_ids(q: Queue, now: int, count: int = 100, token: str = TOKEN) -> list[str]:
+    return [job_id for job_id, _fields in fetch(q, now, count, token)[0]]
+
+
+def finish(q: Queue, now: int, *outcomes: list[Any], token: str = TOKEN) -> list[str]:
+    return [s.decode() for s in q.scripts.finish(q.keys, now, token, outcomes)]
+
+
+def outcome(job_id: str, kind: str, value: Any = None, traceback: str = "", delay_ms: int = 0):
+    if kind == "completed":
+        value = orjson.dumps(value).decode()
+    return [job_id, kind, value or "", traceback, delay_ms]
+
+
+def fields(q: Queue, job_id: str) -> dict[str, Any]:
+    return decode_job_mapping(q.client.hgetall(q.keys.job(job_id)))
+
+
+def members(q: Queue, key: str) -> list[tuple[str, float]]:
+    return [(m.decode(), s) for m, s in q.client.zrange(key, 0, -1, withscores=True)]
+
+
+def ids(q: Queue, key: str) -> list[str]:
+    return [m.decode() for m in q.client.zrange(key, 0, -1)]
+
+
+def score(q: Queue, key: str, job_id: str) -> float | None:
+    return q.client.zscore(key, job_id)
+
+
+def events(q: Queue, job_id: str | None = None) -> list[tuple[str, dict[str, str]]]:
+    """The queue's event stream as (event, other fields), optionally for one job."""
+    out = []
+    for _entry, raw in q.client.xrange(q.keys.events):
+        entry = {k.decode(): v.decode() for k, v in raw.items()}
+        event, jid = entry.pop("event"), entry.pop("job_id")
+        if job_id is None or jid == job_id:
+            out.append((event, entry))
+    return out
+
+
+def event_names(q: Queue, job_id: str | None = None) -> list[str]:
+    return [event for event, _ in events(q, job_id)]
+
+
+def queue_keys(client: redis.Redis, q: Queue) -> set[bytes]:
+    return set(client.keys(f"sq:{{{q.name}}}:*"))
+
+
+def snapshot(q: Queue, job_id: str) -> dict[bytes, bytes]:
+    return q.client.hgetall(q.keys.job(job_id))
+
+
+# -- add ----------------------------------------------------------------------
+def test_add_without_delay_writes_the_hash_and_puts_the_job_in_wait(queue: Queue) -> None:
+    # Given an empty queue
+    # When a job is added with no delay
+    created = queue.scripts.add(queue.keys, NOW, [spec(priority=0, data={"n": 1}, attempts=3)])
+
+    # Then it gets a generated id, sits in wait, and its hash holds the fields
+    assert created == [("1", True)]
+    assert ids(queue, queue.keys.wait) == ["1"]
+    assert queue.client.zcard(queue.keys.delayed) == 0
+    job = fields(queue, "1")
+    assert job["state"] == "waiting"
+    assert job["name"] == "work"
+    assert job["data"] == {"n": 1}
+    assert job["created_at"] == NOW / 1000
+    assert (job["attempts"], job["attempts_made"], job["stalls"]) == (3, 0, 0)
+    # and a blocked worker is woken, and an event records it
+    assert queue.client.zcard(queue.keys.marker) == 1
+    assert events(queue) == [("added", {"state": "waiting"})]
+
+
+def test_add_with_delay_puts_the_job_in_delayed_due_at_now_plus_delay(queue: Queue) -> None:
+    # Given an empty queue
+    # When a job is added with a delay of 5 s
+    [job_id] = add(queue, spec(delay_ms=5_000))
+
+    # Then it is delayed, due at NOW + 5000, and not waiting
+    assert members(queue, queue.keys.delayed) == [(job_id, NOW + 5_000)]
+    assert queue.client.zcard(queue.keys.wait) == 0
+    assert fields(queue, job_id)["state"] == "delayed"
+    assert events(queue) == [("added", {"state": "delayed", "delay_ms": "5000"})]
+
+
+def test_add_generates_increasing_ids(queue: Queue) -> None:
+    # Given / When: three jobs added in three calls
+    first = add(queue)
+    second = add(queue)
+    third = add(queue)
+
+    # Then the generated ids count up from 1
+    assert first + second + third == ["1", "2", "3"]
+
+
+def test_adding_a_custom_id_twice_returns_created_false_and_changes_nothing(
+    queue: Queue,
+) -> None:
+    # Given a job with a custom id
+    assert queue.scripts.add(queue.keys, NOW, [spec("order-1", data="first")]) == [
+        ("order-1", True)
+    ]
+    before_hash = snapshot(queue, "order-1")
+    before_keys = {k: queue.client.type(k) for k in queue_keys(queue.client, queue)}
+    before_seq = queue.client.get(queue.keys.seq)
+    before_events = queue.client.xlen(queue.keys.events)
+
+    # When the same id is added again, with other data, priority and a delay
+    again = queue.scripts.add(
+        queue.keys, NOW + 10, [spec("order-1", data="second", priority=-5, delay_ms=100)]
+    )
+
+    # Then it reports the existing job and nothing changed
+    assert again == [("order-1", False)]
+    assert snapshot(queue, "order-1") == before_hash
+    assert fields(queue, "order-1")["data"] == "first"
+    assert ids(queue, queue.keys.wait) == ["order-1"]
+    assert queue.client.zcard(queue.keys.delayed) == 0
+    assert queue.client.get(queue.keys.seq) == before_seq
+    assert queue.client.xlen(queue.keys.events) == before_events
+    assert {k: queue.client.type(k) for k in queue_keys(queue.client, queue)} == before_keys
+
+
+def test_add_bulk_creates_every_job_in_one_call_in_order(queue: Queue) -> None:
+    # Given an existing custom-id job
+    add(queue, spec("dup"))
+
+    # When a batch mixes generated ids, a delay, a new custom id and a duplicate
+    created = queue.scripts.add(
+        queue.keys,
+        NOW,
+        [
+            spec(data=0),
+            spec("dup", data="ignored"),
+            spec(data=1, delay_ms=1_000),
+            spec("fresh", data=2),
+            spec(data=3),
+        ],
+    )
+
+    # Then one result per job, in order, and each went where it should
+    assert created == [("1", True), ("dup", False), ("2", True), ("fresh", True), ("3", True)]
+    assert ids(queue, queue.keys.wait) == ["dup", "1", "fresh", "3"]
+    assert members(queue, queue.keys.delayed) == [("2", NOW + 1_000)]
+    assert [fields(queue, i)["data"] for i in ("1", "2", "fresh", "3")] == [0, 1, 2, 3]
+
+
+# -- priority -----------------------------------------------------------------
+def test_lower_priority_runs_first_fifo_within_a_priority_negative_before_zero(
+    queue: Queue,
+) -> None:
+    # Given jobs added in this order with these priorities
+    for label, priority in [("a", 5), ("b", 0), ("c", -3), ("d", 0), ("e", 5), ("f", -3)]:
+        add(queue, spec(priority=priority, data=label))
+
+    # When they are fetched one at a time
+    order = [fields(queue, fetch_ids(queue, NOW, 1)[0])["data"] for _ in range(6)]
+
+    # Then lowest priority first, and first-in first-out within a priority
+    assert order == ["c", "f", "b", "d", "a", "e"]
+
+
+def test_priority_outranks_age_however_many_jobs_came_between(queue: Queue) -> None:
+    # Given an old job of priority 1, then millions of jobs' worth of sequence
+    add(queue, spec(priority=1, data="old"))
+    queue.client.set(queue.keys.seq, 50_000_000)
+
+    # When a job of priority 0 is added
+    add(queue, spec(priority=0, data="new"))
+
+    # Then the new, more urgent job runs first
+    leased, _ = fetch(queue, NOW, 10)
+    assert [job["data"] for _id, job in leased] == ["new", "old"]
+
+
+def test_extreme_priorities_keep_their_order_and_fifo(queue: Queue) -> None:
+    # Given two jobs at each bound of the priority range and two at zero, the
+    # second of each pair with an id that sorts first (so a rounded score,
+    # tied and broken by id, would show)
+    limit = 2**20 - 1
+    for label, priority in (("max", limit), ("zero", 0), ("min", -limit)):
+        add(queue, spec(f"{label}-z-first", priority=priority))
+        add(queue, spec(f"{label}-a-second", priority=priority))
+
+    # When all are fetched at once
+    leased = fetch_ids(queue, NOW, 10)
+
+    # Then the scores kept priority order and FIFO within each priority
+    assert leased == [
+        "min-z-first",
+        "min-a-second",
+        "zero-z-first",
+        "zero-a-second",
+        "max-z-first",
+        "max-a-second",
+    ]
+
+
+# -- fetch --------------------------------------------------------------------
+def test_fetch_leases_a_job_with_the_token_and_a_deadline(queue: Queue) -> None:
+    # Given a waiting job
+    [job_id] = add(queue, spec(data={"x": 1}))
+
+    # When a worker fetches with a 30 s lease
+    leased, next_due = fetch(queue, NOW + 7, 10, TOKEN, LEASE)
+
+    # Then it gets the job's fields, and the lease is stored in Redis
+    assert [(i, job["data"]) for i, job in leased] == [(job_id, {"x": 1})]
+    assert leased[0][1]["state"] == "active"
+    assert next_due == -1
+    assert members(queue, queue.keys.active) == [(job_id, NOW + 7 + LEASE)]
+    assert queue.client.zcard(queue.keys.wait) == 0
+    job = fields(queue, job_id)
+    assert job["token"] == TOKEN
+    assert job["state"] == "active"
+    assert job["started_at"] == (NOW + 7) / 1000
+    assert event_names(queue, job_id) == ["added", "active"]
+
+
+def test_fetch_hands_out_at_most_count_jobs(queue: Queue) -> None:
+    # Given five waiting jobs
+    add(queue, *[spec(data=n) for n in range(5)])
+
+    # When a worker with two free slots fetches
+    got = fetch_ids(queue, NOW, 2)
+
+    # Then it gets the first two; three still wait
+    assert got == ["1", "2"]
+    assert ids(queue, queue.keys.wait) == ["3", "4", "5"]
+    assert ids(queue, queue.keys.active) == ["1", "2"]
+
+
+def test_fetch_with_count_zero_only_promotes(queue: Queue) -> None:
+    # Given a waiting job and a due delayed job
+    add(queue, spec(), spec(delay_ms=10))
+
+    # When a fetch asks for no jobs after the delay
+    leased, _ = fetch(queue, NOW + 10, 0)
+
+    # Then nothing is leased, but the due job was promoted
+    assert leased == []
+    assert ids(queue, queue.keys.wait) == ["1", "2"]
+    assert queue.client.zcard(queue.keys.active) == 0
+
+
+def test_fetch_on_a_paused_queue_returns_nothing(queue: Queue) -> None:
+    # Given a paused queue with a waiting job
+    [job_id] = add(queue)
+    assert queue.scripts.pause(queue.keys, True) is True
+
+    # When a worker fetches
+    leased, _ = fetch(queue, NOW)
+
+    # Then it gets nothing and the job still waits
+    assert leased == []
+    assert ids(queue, queue.keys.wait) == [job_id]
+    assert fields(queue, job_id)["state"] == "waiting"
+
+    # and after resuming, the job is handed out
+    assert queue.scripts.pause(queue.keys, False) is True
+    assert fetch_ids(queue, NOW) == [job_id]
+
+
+def test_fetch_promotes_due_delayed_jobs_and_reports_the_next_due_time(queue: Queue) -> None:
+    # Given delayed jobs due at NOW+5000 and NOW+9000
+    soon, later = add(queue, spec(delay_ms=5_000), spec(delay_ms=9_000))
+
+    # When a worker fetches just before the first is due
+    leased, next_due = fetch(queue, NOW + 4_999)
+
+    # Then it gets nothing, and learns when the next one is due
+    assert leased == []
+    assert next_due == NOW + 5_000
+
+    # When it fetches at the due time
+    leased, next_due = fetch(queue, NOW + 5_000)
+
+    # Then the due job was promoted and leased; the other is still delayed
+    assert [i for i, _ in leased] == [soon]
+    assert next_due == NOW + 9_000
+    assert members(queue, queue.keys.delayed) == [(later, NOW + 9_000)]
+    assert event_names(queue, soon) == ["added", "waiting", "active"]
+    assert events(queue, soon)[1] == ("waiting", {"from": "delayed"})
+
+
+def test_fetch_passes_the_wake_up_on_while_work_remains(queue: Queue) -> None:
+    # Given two waiting jobs and no marker (a worker consumed it)
+    add(queue, spec(), spec())
+    queue.client.delete(queue.keys.marker)
+
+    # When a worker takes one of them
+    fetch_ids(queue, NOW, 1)
+
+    # Then the marker is set again for the next worker
+    assert queue.client.zcard(queue.keys.marker) == 1
+
+    # When the marker is consumed and the last job is taken
+    queue.client.delete(queue.keys.marker)
+    fetch_ids(queue, NOW, 1)
+
+    # Then no marker is left: there is nothing to wake anyone for
+    assert queue.client.exists(queue.keys.marker) == 0
+
+
+# -- finish -------------------------------------------------------------------
+def leased_job(q: Queue, *, now: int = NOW, token: str = TOKEN, **job_fields: Any) -> str:
+    """Add one job and lease it to ``token`` at ``now``."""
+    [job_id] = add(q, spec(**job_fields), now=now)
+    assert fetch_ids(q, now, 1, token) == [job_id]
+    return job_id
+
+
+def test_completing_a_job_stores_the_result_and_moves_it_to_completed(queue: Queue) -> None:
+    # Given a leased job
+    job_id = leased_job(queue)
+
+    # When it completes at NOW+2000
+    statuses = finish(queue, NOW + 2_000, outcome(job_id, "completed", {"ok": [1, 2]}))
+
+    # Then it is in completed, with result, finish time and one attempt made
+    assert statuses == ["completed"]
+    assert members(queue, queue.keys.completed) == [(job_id, NOW + 2_000)]
+    assert queue.client.zcard(queue.keys.active) == 0
+    job = fields(queue, job_id)
+    assert job["state"] == "completed"
+    assert job["result"] == {"ok": [1, 2]}
+    assert job["finished_at"] == (NOW + 2_000) / 1000
+    assert job["attempts_made"] == 1
+    assert "token" not in job
+    assert event_names(queue, job_id) == ["added", "active", "completed"]
+
+
+def test_a_failed_attempt_with_attempts_left_is_retried_after_the_delay(queue: Queue) -> None:
+    # Given a leased job allowed 3 attempts
+    job_id = leased_job(queue, attempts=3)
+
+    # When the attempt fails with a 2 s backoff
+    statuses = finish(
+        queue, NOW + 100, outcome(job_id, "failed", "ValueError: boom", "Traceback...", 2_000)
+    )
+
+    # Then it is delayed until NOW+100+2000 with the error kept and one attempt spent
+    assert statuses == ["retrying"]
+    assert members(queue, queue.keys.delayed) == [(job_id, NOW + 2_100)]
+    assert queue.client.zcard(queue.keys.active) == 0
+    assert queue.client.zcard(queue.keys.failed) == 0
+    job = fields(queue, job_id)
+    assert job["state"] == "delayed"
+    assert (job["error"], job["traceback"]) == ("ValueError: boom", "Traceback...")
+    assert job["attempts_made"] == 1
+    assert "token" not in job
+    assert events(queue, job_id)[-1] == ("retrying", {"delay_ms": "2000"})
+
+
+def test_a_failed_attempt_with_no_delay_goes_straight_back_to_wait(queue: Queue) -> None:
+    # Given a leased job allowed 2 attempts, and another job waiting behind it
+    job_id = leased_job(queue, attempts=2)
+    [behind] = add(queue)
+
+    # When the attempt fails with no backoff
+    statuses = finish(queue, NOW + 100, outcome(job_id, "failed", "boom"))
+
+    # Then it waits again (behind the job added meanwhile) and can be fetched
+    assert statuses == ["retrying"]
+    assert ids(queue, queue.keys.wait) == [behind, job_id]
+    assert queue.client.zcard(queue.keys.delayed) == 0
+    assert fields(queue, job_id)["state"] == "waiting"
+    assert fetch_ids(queue, NOW + 200) == [behind, job_id]
+
+
+def test_a_failed_last_attempt_fails_the_job_for_good(queue: Queue) -> None:
+    # Given a job on its second and last attempt
+    job_id = leased_job(queue, attempts=2)
+    finish(queue, NOW + 1, outcome(job_id, "failed", "first"))
+    assert fetch_ids(queue, NOW + 2) == [job_id]
+
+    # When that attempt fails too
+    statuses = finish(queue, NOW + 3, outcome(job_id, "failed", "second", "tb", 5_000))
+
+    # Then the job is failed, with the last error, and not scheduled again
+    assert statuses == ["failed"]
+    assert members(queue, queue.keys.failed) == [(job_id, NOW + 3)]
+    assert queue.client.zcard(queue.keys.delayed) == 0
+    assert queue.client.zcard(queue.keys.wait) == 0
+    job = fields(queue, job_id)
+    assert (job["state"], job["error"], job["traceback"]) == ("failed", "second", "tb")
+    assert job["attempts_made"] == 2
+    assert job["finished_at"] == (NOW + 3) / 1000
+    assert events(queue, job_id)[-1] == ("failed", {"error": "second"})
+
+
+def test_an_unrecoverable_error_fails_at_once_despite_attempts_left(queue: Queue) -> None:
+    # Given a leased job allowed 5 attempts
+    job_id = leased_job(queue, attempts=5)
+
+    # When the handler says it cannot succeed
+    statuses = finish(queue, NOW + 1, outcome(job_id, "unrecoverable", "Unrecoverable: bad"))
+
+    # Then it fails now, after one attempt
+    assert statuses == ["failed"]
+    assert ids(queue, queue.keys.failed) == [job_id]
+    job = fields(queue, job_id)
+    assert (job["state"], job["error"], job["attempts_made"]) == (
+        "failed",
+        "Unrecoverable: bad",
+        1,
+    )
+
+
+def test_a_retry_outcome_reschedules_without_spending_an_attempt(queue: Queue) -> None:
+    # Given a leased job with a single attempt
+    job_id = leased_job(queue, attempts=1)
+
+    # When the handler asks to run again in 1 s
+    statuses = finish(queue, NOW + 10, outcome(job_id, "retry", "later", delay_ms=1_000))
+
+    # Then it is delayed and its one attempt is still unspent
+    assert statuses == ["retrying"]
+    assert members(queue, queue.keys.delayed) == [(job_id, NOW + 1_010)]
+    assert fields(queue, job_id)["attempts_made"] == 0
+
+    # and when it runs again and fails, that first real attempt fails it
+    assert fetch_ids(queue, NOW + 1_010) == [job_id]
+    assert finish(queue, NOW + 1_020, outcome(job_id, "failed", "boom")) == ["failed"]
+    assert fields(queue, job_id)["attempts_made"] == 1
+
+
+def test_finish_settles_a_batch_with_one_status_per_job(queue: Queue) -> None:
+    # Given three leased jobs
+    add(queue, spec(attempts=1), spec(attempts=2), spec(attempts=1))
+    a, b, c = fetch_ids(queue, NOW, 3)
+
+    # When they are settled in one call
+    statuses = finish(
+        queue,
+        NOW + 1,
+        outcome(a, "completed", 1),
+        outcome(b, "failed", "x"),
+        outcome(c, "failed", "y"),
+    )
+
+    # Then each got its own status, in order
+    assert statuses == ["completed", "retrying", "failed"]
+    assert (ids(queue, queue.keys.completed), ids(queue, queue.keys.wait)) == ([a], [b])
+    assert ids(queue, queue.keys.failed) == [c]
+
+
+def test_finish_with_a_wrong_token_is_lost_and_changes_nothing(queue: Queue) -> None:
+    # Given a job leased to worker A
+    job_id = leased_job(queue, token=TOKEN)
+    before = snapshot(queue, job_id)
+    before_events = queue.client.xlen(queue.keys.events)
+
+    # When worker B tries to complete it
+    statuses = finish(queue, NOW + 1, outcome(job_id, "completed", 1), token=OTHER)
+
+    # Then the job is reported lost and is still A's active job
+    assert statuses == ["lost"]
+    assert snapshot(queue, job_id) == before
+    assert members(queue, queue.keys.active) == [(job_id, NOW + LEASE)]
+    assert queue.client.zcard(queue.keys.completed) == 0
+    assert queue.client.xlen(queue.keys.events) == before_events
+
+
+def test_finish_of_a_job_that_is_not_leased_is_lost_and_changes_nothing(queue: Queue) -> None:
+    # Given a job that is only waiting (nobody leased it)
+    [job_id] = add(queue)
+    before = snapshot(queue, job_id)
+
+    # When a worker reports it failed
+    statuses = finish(queue, NOW + 1, outcome(job_id, "failed", "boom"))
+
+    # Then it is lost and still waits untouched
+    assert statuses == ["lost"]
+    assert snapshot(queue, job_id) == before
+    assert ids(queue, queue.keys.wait) == [job_id]
+    assert queue.client.zcard(queue.keys.failed) == 0
+
+
+def test_finish_after_the_lease_was_recovered_is_lost(queue: Queue) -> None:
+    # Given a job whose lease expired and was recovered
+    job_id = leased_job(queue)
+    queue.scripts.recover_stalled(queue.keys, NOW + LEASE + 1, max_stalls=5)
+    before = snapshot(queue, job_id)
+
+    # When the original worker finally completes it
+    statuses = finish(queue, NOW + LEASE + 2, outcome(job_id, "completed", 1))
+
+    # Then the late result is dropped
+    assert statuses == ["lost"]
+    assert snapshot(queue, job_id) == before
+    assert ids(queue, queue.keys.wait) == [job_id]
+
+
+# -- renew --------------------------------------------------------------------
+def test_renew_moves_the_deadline(queue: Queue) -> None:
+    # Given a job leased at NOW for 30 s
+    job_id = leased_job(queue)
+
+    # When the worker renews at NOW+10000 for another 30 s
+    lost = queue.scripts.renew(queue.keys, NOW + 10_000, TOKEN, LEASE, [job_id])
+
+    # Then the deadline is NOW+40000 and nothing is lost
+    assert lost == []
+    assert score(queue, queue.keys.active, job_id) == NOW + 10_000 + LEASE
+
+
+def test_renew_returns_the_ids_this_token_no_longer_holds(queue: Queue) -> None:
+    # Given a job of worker A, a job of worker B, a recovered job and an unknown id
+    mine = leased_job(queue, token=TOKEN)
+    theirs = leased_job(queue, token=OTHER, now=NOW + 5)
+    recovered = leased_job(queue, now=NOW - LEASE - 10)
+    assert queue.scripts.recover_stalled(queue.keys, NOW, max_stalls=5) == ([recovered], [])
+
+    # When worker A renews all of them
+    lost = queue.scripts.renew(
+        queue.keys, NOW + 1_000, TOKEN, LEASE, [mine, theirs, recovered, "nope"]
+    )
+
+    # Then only its own live lease is extended; the rest come back as lost
+    assert lost == [theirs, recovered, "nope"]
+    assert score(queue, queue.keys.active, mine) == NOW + 1_000 + LEASE
+    assert score(queue, queue.keys.active, theirs) == NOW + 5 + LEASE
+    assert score(queue, queue.keys.active, recovered) is None
+
+
+# -- recover_stalled ----------------------------------------------------------
+def test_an_expired_lease_goes_back_to_wait_at_its_original_place(queue: Queue) -> None:
+    # Given three jobs; the first is leased for 1 s and its worker died
+    first, second, third = add(queue, spec(), spec(), spec())
+    assert fetch_ids(queue, NOW, 1) == [first]
+
+    # When stalled jobs are recovered after the deadline
+    requeued, failed = queue.scripts.recover_stalled(queue.keys, NOW + LEASE + 1, max_stalls=1)
+
+    # Then the job is first in line again, with one stall counted
+    assert (requeued, failed) == ([first], [])
+    assert ids(queue, queue.keys.wait) == [first, second, third]
+    assert queue.client.zcard(queue.keys.active) == 0
+    job = fields(queue, first)
+    assert (job["state"], job["stalls"], job["attempts_made"]) == ("waiting", 1, 0)
+    assert "token" not in job
+    assert events(queue, first)[-2:] == [
+        ("stalled", {"stalls": "1"}),
+        ("waiting", {"from": "stalled"}),
+    ]
+
+
+def test_a_job_that_stalls_more_than_max_stalls_fails(queue: Queue) -> None:
+    # Given a job that already stalled once (max_stalls = 1)
+    job_id = leased_job(queue)
+    queue.scripts.recover_stalled(queue.keys, NOW + LEASE + 1, max_stalls=1)
+    assert fetch_ids(queue, NOW + LEASE + 2) == [job_id]
+
+    # When it stalls a second time
+    later = NOW + 2 * LEASE + 10
+    requeued, failed = queue.scripts.recover_stalled(queue.keys, later, max_stalls=1)
+
+    # Then it fails with the reason, instead of looping forever
+    assert (requeued, failed) == ([], [job_id])
+    assert members(queue, queue.keys.failed) == [(job_id, later)]
+    assert queue.client.zcard(queue.keys.wait) == 0
+    job = fields(queue, job_id)
+    assert (job["state"], job["error"], job["stalls"]) == ("failed", "stalled 2 times", 2)
+    assert job["finished_at"] == later / 1000
+    assert events(queue, job_id)[-1] == ("failed", {"error": "stalled 2 times"})
+
+
+def test_unexpired_leases_are_left_alone(queue: Queue) -> None:
+    # Given a job leased until NOW+LEASE
+    job_id = leased_job(queue)
+    before = snapshot(queue, job_id)
+
+    # When recovery runs before and exactly at the deadline
+    early = queue.scripts.recover_stalled(queue.keys, NOW + LEASE - 1, max_stalls=0)
+    at_deadline = queue.scripts.recover_stalled(queue.keys, NOW + LEASE, max_stalls=0)
+
+    # Then nothing moves
+    assert early == at_deadline == ([], [])
+    assert members(queue, queue.keys.active) == [(job_id, NOW + LEASE)]
+    assert snapshot(queue, job_id) == before
+
+
+def test_recovery_is_bounded_by_its_limit(queue: Queue) -> None:
+    # Given three expired leases
+    add(queue, spec(), spec(), spec())
+    fetch_ids(queue, NOW, 3)
+
+    # When recovery runs with a limit of two, then again
+    first = queue.scripts.recover_stalled(queue.keys, NOW + LEASE + 1, max_stalls=3, limit=2)
+    second = queue.scripts.recover_stalled(queue.keys, NOW + LEASE + 1, max_stalls=3, limit=2)
+
+    # Then two, then the last one, are requeued
+    assert (len(first[0]), len(second[0])) == (2, 1)
+    assert queue.client.zcard(queue.keys.wait) == 3
+
+
+# -- release ------------------------------------------------------------------
+def test_release_gives_jobs_back_at_their_place_without_counting_a_stall(
+    queue: Queue,
+) -> None:
+    # Given two jobs leased to a worker that is shutting down, and one waiting
+    first, second, third = add(queue, spec(), spec(), spec())
+    assert fetch_ids(queue, NOW, 2) == [first, second]
+
+    # When it releases them
+    released = queue.scripts.release(queue.keys, TOKEN, [first, second])
+
+    # Then they wait again in their original order, with no stall or attempt counted
+    assert released == [first, second]
+    assert ids(queue, queue.keys.wait) == [first, second, third]
+    assert queue.client.zcard(queue.keys.active) == 0
+    job = fields(queue, first)
+    assert (job["state"], job["stalls"], job["attempts_made"]) == ("waiting", 0, 0)
+    assert "token" not in job and "started_at" not in job
+    assert events(queue, first)[-1] == ("waiting", {"from": "released"})
+
+
+def test_release_ignores_jobs_of_another_token(queue: Queue) -> None:
+    # Given a job leased to worker B
+    job_id = leased_job(queue, token=OTHER)
+
+    # When worker A tries to release it
+    released = queue.scripts.release(queue.keys, TOKEN, [job_id])
+
+    # Then nothing happens
+    assert released == []
+    assert ids(queue, queue.keys.active) == [job_id]
+    assert fields(queue, job_id)["token"] == OTHER
+
+
+# -- retention ----------------------------------------------------------------
+def run_to_completion(q: Queue, job_id: str, now: int, kind: str = "completed") -> None:
+    """Lease ``job_id`` (the only waiting job) and settle it at ``now``."""
+    assert fetch_ids(q, now, 1) == [job_id]
+    value = 1 if kind == "completed" else "boom"
+    assert finish(q, now, outcome(job_id, kind, value)) == [
+        "completed" if kind == "completed" else "failed"
+    ]
+
+
+def test_queue_add_writes_the_retention_fields_in_milliseconds(queue: Queue) -> None:
+    # When jobs are added with retention options
+    job = queue.add("x", keep_completed={"count": 2, "age": 10}, keep_failed=Retention(0, 1.5))
+
+    # Then the hash carries them as the scripts read them
+    raw = snapshot(queue, job.id)
+    assert (raw[b"kc_count"], raw[b"kc_age"]) == (b"2", b"10000")
+    assert (raw[b"kf_count"], raw[b"kf_age"]) == (b"0", b"1500")
+
+
+def test_keep_completed_count_keeps_only_the_newest_jobs(queue: Queue) -> None:
+    # Given three jobs that each keep at most 2 completed jobs, one with logs
+    jobs = [queue.add("x", keep_completed=2).id for _ in range(3)]
+    assert fetch_ids(queue, NOW, 1) == [jobs[0]]
+    queue.scripts.report(queue.keys, TOKEN, [(jobs[0], "log", "line")])
+    assert finish(queue, NOW, outcome(jobs[0], "completed", 1)) == ["completed"]
+
+    # When the others complete later
+    run_to_completion(queue, jobs[1], NOW + 1)
+    run_to_completion(queue, jobs[2], NOW + 2)
+
+    # Then only the newest two remain; the oldest one's hash and logs are gone
+    assert ids(queue, queue.keys.completed) == [jobs[1], jobs[2]]
+    assert queue.client.exists(queue.keys.job(jobs[0]), queue.keys.logs(jobs[0])) == 0
+    assert queue.client.exists(queue.keys.job(jobs[1])) == 1
+
+
+def test_keep_completed_age_drops_jobs_finished_too_long_ago(queue: Queue) -> None:
+    # Given jobs that keep completed jobs for 10 s
+    a, b, c = (queue.add("x", keep_completed={"age": 10}).id for _ in range(3))
+    run_to_completion(queue, a, NOW)
+
+    # When another completes 20 s later
+    run_to_completion(queue, b, NOW + 20_000)
+
+    # Then the first is removed
+    assert ids(queue, queue.keys.completed) == [b]
+    assert queue.client.exists(queue.keys.job(a)) == 0
+
+    # and one finishing 5 s after that keeps the second (younger than 10 s)
+    run_to_completion(queue, c, NOW + 25_000)
+    assert ids(queue, queue.keys.completed) == [b, c]
+
+
+def test_keep_failed_count_and_age_trim_the_failed_set(queue: Queue) -> None:
+    # Given jobs that keep at most 2 failed jobs, none older than 60 s
+    jobs = [queue.add("x", keep_failed={"count": 2, "age": 60}).id for _ in range(4)]
+
+    # When three fail in a row, then one fails 2 minutes later
+    run_to_completion(queue, jobs[0], NOW, "failed")
+    run_to_completion(queue, jobs[1], NOW + 1, "failed")
+    run_to_completion(queue, jobs[2], NOW + 2, "failed")
+    after_count = ids(queue, queue.keys.failed)
+    run_to_completion(queue, jobs[3], NOW + 120_000, "failed")
+
+    # Then the count kept the newest two, and the age then dropped those too
+    assert after_count == [jobs[1], jobs[2]]
+    assert ids(queue, queue.keys.failed) == [jobs[3]]
+    assert [queue.client.exists(queue.keys.job(j)) for j in jobs] == [0, 0, 0, 1]
+
+
+def test_retention_count_zero_removes_the_job_as_it_finishes(queue: Queue) -> None:
+    # Given a job that keeps no completed jobs, and one that keeps no failed ones
+    done = queue.add("x", keep_completed=Retention(count=0)).id
+    broken = queue.add("x", keep_failed=Retention(count=0)).id
+
+    # When they finish
+    run_to_completion(queue, done, NOW)
+    run_to_completion(queue, broken, NOW + 1, "failed")
+
+    # Then neither set nor hash is left, but the events were still recorded
+    assert queue.client.zcard(queue.keys.completed) == 0
+    assert queue.client.zcard(queue.keys.failed) == 0
+    assert queue.client.exists(queue.keys.job(done), queue.keys.job(broken)) == 0
+    assert event_names(queue, done)[-1] == "completed"
+    assert event_names(queue, broken)[-1] == "failed"
+
+
+def test_without_retention_finished_jobs_are_kept(queue: Queue) -> None:
+    # Given jobs with no retention options
+    a, b = queue.add("x").id, queue.add("x").id
+
+    # When they complete far apart in time
+    run_to_completion(queue, a, NOW)
+    run_to_completion(queue, b, NOW + 10**9)
+
+    # Then both are kept
+    assert ids(queue, queue.keys.completed) == [a, b]
+
+
+# -- clean --------------------------------------------------------------------
+def completed_at(q: Queue, *times: int) -> list[str]:
+    """Complete one new job at each of ``times``; returns their ids."""
+    job_ids = []
+    for t in times:
+        [job_id] = add(q, now=t)
+        run_to_completion(q, job_id, t)
+        job_ids.append(job_id)
+    return job_ids
+
+
+def test_clean_by_age_removes_jobs_finished_before_the_cutoff(queue: Queue) -> None:
+    # Given jobs completed at NOW, NOW+1000 and NOW+2000
+    a, b, c = completed_at(queue, NOW, NOW + 1_000, NOW + 2_000)
+
+    # When jobs older than 1 s are cleaned at NOW+2500
+    removed = queue.scripts.clean(queue.keys, "completed", NOW + 2_500, max_age_ms=1_000)
+
+    # Then the two older ones are gone, hashes included
+    assert removed == 2
+    assert ids(queue, queue.keys.completed) == [c]
+    assert queue.client.exists(queue.keys.job(a), queue.keys.job(b)) == 0
+    assert events(queue)[-1] == ("cleaned", {"count": "2"})
+
+
+def test_clean_by_count_keeps_the_newest(queue: Queue) -> None:
+    # Given three completed jobs
+    a, b, c = completed_at(queue, NOW, NOW + 1, NOW + 2)
+
+    # When all but the newest one are cleaned
+    removed = queue.scripts.clean(queue.keys, "completed", NOW + 3, max_count=1)
+
+    # Then only the newest is left
+    assert removed == 2
+    assert ids(queue, queue.keys.completed) == [c]
+    assert queue.client.exists(queue.keys.job(a), queue.keys.job(b)) == 0
+
+
+def test_clean_works_in_steps_of_limit(queue: Queue) -> None:
+    # Given three failed jobs
+    for t in (NOW, NOW + 1, NOW + 2):
+        [job_id] = add(queue, now=t)
+        run_to_completion(queue, job_id, t, "failed")
+
+    # When cleaned with a limit of two per call
+    first = queue.scripts.clean(queue.keys, "failed", NOW + 10, max_age_ms=0, limit=2)
+    second = queue.scripts.clean(queue.keys, "failed", NOW + 10, max_age_ms=0, limit=2)
+    third = queue.scripts.clean(queue.keys, "failed", NOW + 10, max_age_ms=0, limit=2)
+
+    # Then two, one, then nothing
+    assert (first, second, third) == (2, 1, 0)
+    assert queue.client.zcard(queue.keys.failed) == 0
+
+
+# -- drain --------------------------------------------------------------------
+def test_drain_removes_jobs_that_have_not_started(queue: Queue) -> None:
+    # Given an active job, two waiting jobs and a delayed one
+    running = leased_job(queue)
+    w1, w2, later = add(queue, spec(), spec(), spec(delay_ms=60_000))
+
+    # When the queue is drained without the delayed jobs
+    removed = queue.scripts.drain(queue.keys, include_delayed=False)
+
+    # Then the waiting jobs are gone, hashes included; the others stay
+    assert removed == 2
+    assert queue.client.zcard(queue.keys.wait) == 0
+    assert queue.client.exists(queue.keys.job(w1), queue.keys.job(w2)) == 0
+    assert ids(queue, queue.keys.delayed) == [later]
+    assert events(queue)[-1] == ("drained", {"count": "2"})
+
+    # When drained again including delayed jobs
+    assert queue.scripts.drain(queue.keys, include_delayed=True) == 1
+
+    # Then the delayed job is gone and the running job is untouched
+    assert queue.client.exists(queue.keys.job(later)) == 0
+    assert ids(queue, queue.keys.active) == [running]
+    assert fields(queue, running)["state"] == "active"
+
+
+def test_drain_works_in_steps_of_limit(queue: Queue) -> None:
+    # Given two waiting and two delayed jobs
+    add(queue, spec(), spec(), spec(delay_ms=1), spec(delay_ms=1))
+
+    # When drained two at a time
+    steps = [queue.scripts.drain(queue.keys, True, limit=2) for _ in range(3)]
+
+    # Then it takes two full steps and a final empty one
+    assert steps == [2, 2, 0]
+    assert queue.client.zcard(queue.keys.delayed) == 0
+
+
+# -- obliterate ---------------------------------------------------------------
+def populate_every_state(q: Queue) -> str:
+    """One job in each state, plus logs, progress, pause flag and events.
+    Returns the active job's id."""
+    done = leased_job(q)
+    q.scripts.report(q.keys, TOKEN, [(done, "log", "hello"), (done, "progress", "50")])
+    finish(q, NOW, outcome(done, "completed", 1))
+    broken = leased_job(q)
+    finish(q, NOW, outcome(broken, "failed", "boom"))
+    active = leased_job(q)
+    q.scripts.report(q.keys, TOKEN, [(active, "log", "running")])
+    add(q, spec(), spec(delay_ms=1_000))
+    q.scripts.pause(q.keys, True)
+    return active
+
+
+def test_obliterate_refuses_while_jobs_are_active(client: redis.Redis, queue: Queue) -> None:
+    # Given a queue with an active job
+    populate_every_state(queue)
+    before = {k: client.dump(k) for k in queue_keys(client, queue)}
+
+    # When it is obliterated without force
+    result = queue.scripts.obliterate(queue.keys, force=False)
+
+    # Then it refuses and deletes nothing
+    assert result == -1
+    assert {k: client.dump(k) for k in queue_keys(client, queue)} == before
+
+
+def test_obliterate_with_force_leaves_no_key_behind(client: redis.Redis, queue: Queue) -> None:
+    # Given a queue with jobs in every state
+    populate_every_state(queue)
+    assert len(queue_keys(client, queue)) > 10
+
+    # When it is obliterated with force, in steps of two jobs
+    steps = []
+    while (removed := queue.scripts.obliterate(queue.keys, force=True, limit=2)) != 0:
+        steps.append(removed)
+
+    # Then every job was deleted, step by step, and no key of the queue is left
+    assert steps == [2, 2, 1]
+    assert queue_keys(client, queue) == set()
+
+
+def test_obliterate_without_active_jobs_needs_no_force(client: redis.Redis, queue: Queue) -> None:
+    # Given a queue whose jobs are all finished or waiting
+    add(queue, spec(), spec(delay_ms=5))
+    run_to_completion(queue, "1", NOW)
+
+    # When it is obliterated without force
+    while queue.scripts.obliterate(queue.keys, force=False) > 0:
+        pass
+
+    # Then nothing of it is left
+    assert queue_keys(client, queue) == set()
+
+
+# -- pause / resume -----------------------------------------------------------
+def test_pause_and_resume_report_whether_they_changed_anything(queue: Queue) -> None:
+    # Given a running queue
+    # When it is paused twice
+    first, second = queue.scripts.pause(queue.keys, True), queue.scripts.pause(queue.keys, True)
+
+    # Then only the first pause changed the state
+    assert (first, second) == (True, False)
+    assert queue.client.hget(queue.keys.meta, "paused") == b"1"
+
+    # When it is resumed twice
+    queue.client.delete(queue.keys.marker)
+    first, second = queue.scripts.pause(queue.keys, False), queue.scripts.pause(queue.keys, False)
+
+    # Then only the first resume changed it, and it woke the workers
+    assert (first, second) == (True, False)
+    assert queue.client.hexists(queue.keys.meta, "paused") == 0
+    assert queue.client.zcard(queue.keys.marker) == 1
+    assert event_names(queue) == ["paused", "resumed"]
+
+
+# -- promote ------------------------------------------------------------------
+def test_promote_one_job_runs_it_now_ahead_of_its_delay(queue: Queue) -> None:
+    # Given a job delayed for a minute and a waiting job
+    [later, waiting] = add(queue, spec(delay_ms=60_000), spec())
+
+    # When the delayed job is promoted by id
+    promoted = queue.scripts.promote(queue.keys, NOW, later)
+
+    # Then it waits now, behind the job that was already waiting
+    assert promoted == 1
+    assert queue.client.zcard(queue.keys.delayed) == 0
+    assert ids(queue, queue.keys.wait) == [waiting, later]
+    assert fields(queue, later)["state"] == "waiting"
+    assert events(queue, later)[-1] == ("waiting", {"from": "promoted"})
+
+
+def test_promote_of_a_job_that_is_not_delayed_does_nothing(queue: Queue) -> None:
+    # Given a waiting job
+    [job_id] = add(queue)
+
+    # When it is promoted, and so is an unknown id
+    # Then neither call moves anything
+    assert queue.scripts.promote(queue.keys, NOW, job_id) == 0
+    assert queue.scripts.promote(queue.keys, NOW, "missing") == 0
+    assert ids(queue, queue.keys.wait) == [job_id]
+
+
+def test_promote_all_moves_every_due_job_and_keeps_priorities(queue: Queue) -> None:
+    # Given delayed jobs due at +1 s (priority 3), +2 s (priority -1) and +9 s
+    a, b, c = add(
+        queue,
+        spec(delay_ms=1_000, priority=3),
+        spec(delay_ms=2_000, priority=-1),
+        spec(delay_ms=9_000),
+    )
+
+    # When the due jobs are promoted at +2 s
+    promoted = queue.scripts.promote(queue.keys, NOW + 2_000)
+
+    # Then the two due ones wait, in priority order; the third is still delayed
+    assert promoted == 2
+    assert ids(queue, queue.keys.wait) == [b, a]
+    assert ids(queue, queue.keys.delayed) == [c]
+
+
+def test_promote_all_is_bounded_by_its_limit(queue: Queue) -> None:
+    # Given three due delayed jobs
+    add(queue, spec(delay_ms=1), spec(delay_ms=2), spec(delay_ms=3))
+
+    # When promoted with a limit of two
+    promoted = queue.scripts.promote(queue.keys, NOW + 10, limit=2)
+
+    # Then the two earliest moved
+    assert promoted == 2
+    assert ids(queue, queue.keys.wait) == ["1", "2"]
+    assert ids(queue, queue.keys.delayed) == ["3"]
+
+
+# -- report -------------------------------------------------------------------
+def test_report_records_progress_and_logs_for_the_lease_holder_only(queue: Queue) -> None:
+    # Given a job leased to worker A
+    job_id = leased_job(queue)
+
+    # When A and a stale worker B both report on it
+    mine = queue.scripts.report(
+        queue.keys,
+        TOKEN,
+        [(job_id, "progress", '{"pct": 40}'), (job_id, "log", "one"), (job_id, "log", "two")],
+    )
+    theirs = queue.scripts.report(
+        queue.keys, OTHER, [(job_id, "progress", "99"), (job_id, "log", "stale")]
+    )
+
+    # Then only A's reports are recorded
+    assert (mine, theirs) == (3, 0)
+    assert fields(queue, job_id)["progress"] == {"pct": 40}
+    assert queue.client.lrange(queue.keys.logs(job_id), 0, -1) == [b"one", b"two"]
+    assert events(queue, job_id)[-1] == ("progress", {"progress": '{"pct": 40}'})
+
+
+def test_report_keeps_only_the_newest_log_lines(queue: Queue) -> None:
+    # Given a leased job
+    job_id = leased_job(queue)
+
+    # When it logs five lines with room for three
+    queue.scripts.report(
+        queue.keys, TOKEN, [(job_id, "log", str(n)) for n in range(5)], keep_logs=3
+    )
+
+    # Then the three newest are kept
+    assert queue.client.lrange(queue.keys.logs(job_id), 0, -1) == [b"2", b"3", b"4"]
+
+
+# -- remove and retry ---------------------------------------------------------
+def test_remove_deletes_a_job_that_is_not_running(queue: Queue) -> None:
+    # Given an active job, and a waiting job with logs left from an earlier run
+    running = leased_job(queue)
+    [waiting] = add(queue)
+    queue.client.rpush(queue.keys.logs(waiting), "old")
+
+    # When each is removed, and an unknown id too
+    results = [queue.scripts.remove(queue.keys, i) for i in (waiting, running, "missing")]
+
+    # Then the waiting job is gone, the active one refused, the unknown one absent
+    assert results == [1, -1, 0]
+    assert queue.client.exists(queue.keys.job(waiting), queue.keys.logs(waiting)) == 0
+    assert queue.client.zcard(queue.keys.wait) == 0
+    assert ids(queue, queue.keys.active) == [running]
+    assert events(queue, waiting)[-1] == ("removed", {})
+
+
+def test_retry_sends_a_failed_job_back_with_a_fresh_budget(queue: Queue) -> None:
+    # Given a job that failed its only attempt, and a job waiting meanwhile
+    job_id = leased_job(queue, attempts=1)
+    finish(queue, NOW + 1, outcome(job_id, "failed", "boom"))
+    [waiting] = add(queue)
+
+    # When it is retried
+    moved = queue.scripts.retry(queue.keys, job_id)
+
+    # Then it waits (at the back), with no attempts made and the last error kept
+    assert moved == [job_id]
+    assert ids(queue, queue.keys.wait) == [waiting, job_id]
+    assert queue.client.zcard(queue.keys.failed) == 0
+    job = fields(queue, job_id)
+    assert (job["state"], job["attempts_made"], job["error"]) == ("waiting", 0, "boom")
+    assert "finished_at" not in job and "started_at" not in job
+    # and retrying a job that is not failed does nothing
+    assert queue.scripts.retry(queue.keys, waiting) == []
+
+
+# -- events and keys ----------------------------------------------------------
+def test_the_event_stream_records_each_transition_of_a_job(queue: Queue) -> None:
+    # Given a job with two attempts
+    [job_id] = add(queue, spec(attempts=2))
+
+    # When it fails once with a backoff, is promoted by fetch, then completes
+    fetch_ids(queue, NOW)
+    finish(queue, NOW + 1, outcome(job_id, "failed", "boom", delay_ms=500))
+    fetch_ids(queue, NOW + 501)
+    finish(queue, NOW + 502, outcome(job_id, "completed", "ok"))
+
+    # Then the stream lists every step in order
+    assert events(queue, job_id) == [
+        ("added", {"state": "waiting"}),
+        ("active", {}),
+        ("retrying", {"delay_ms": "500"}),
+        ("waiting", {"from": "delayed"}),
+        ("active", {}),
+        ("completed", {}),
+    ]
+
+
+def test_the_event_stream_is_capped(queue: Queue) -> None:
+    # Given scripts that keep about 10 events
+    scripts = Scripts(queue.client, events_maxlen=10)
+
+    # When 500 jobs are added one by one
+    for _ in range(500):
+        scripts.add(queue.keys, NOW, [spec()])
+
+    # Then the stream was trimmed (approximately, as MAXLEN ~ does)
+    assert queue.client.xlen(queue.keys.events) < 500
+
+
+def test_every_key_the_scripts_touch_is_under_the_queue_hash_tag(
+    client: redis.Redis, queue: Queue
+) -> None:
+    # Given the keys of the whole database before
+    before = set(client.keys("*"))
+
+    # When every script runs over a queue's lifetime
+    populate_every_state(queue)
+    queue.scripts.renew(queue.keys, NOW, TOKEN, LEASE, ["3"])
+    queue.scripts.pause(queue.keys, False)
+    add(queue, spec("custom", delay_ms=5))
+    queue.scripts.promote(queue.keys, NOW, "custom")
+    queue.scripts.promote(queue.keys, NOW + 10)
+    queue.scripts.recover_stalled(queue.keys, NOW + 10 * LEASE, max_stalls=0)
+    queue.scripts.retry(queue.keys)
+    add(queue)
+    fetch_ids(queue, NOW + 20 * LEASE)
+    queue.scripts.release(queue.keys, TOKEN, ["custom", "1", "2", "3", "4", "5"])
+    queue.scripts.remove(queue.keys, "4")
+    created = set(client.keys("*")) - before
+    queue.scripts.clean(queue.keys, "failed", NOW, max_count=0)
+    queue.scripts.drain(queue.keys, True)
+
+    # Then every key created is the queue's, and all hash to one cluster slot
+    assert created
+    prefix = f"sq:{{{queue.name}}}:".encode()
+    assert all(key.startswith(prefix) for key in created), created
+    assert {key_slot(key) for key in created} == {key_slot(prefix)}
+
+
+@pytest.mark.parametrize("name", ["a", "images", "with:colon", "ünï"])
+def test_every_named_key_of_a_queue_shares_the_hash_tag(name: str) -> None:
+    # Given the keys of a queue
+    from sandboxq.keys import QueueKeys
+
+    keys = QueueKeys.for_queue(name)
+
+    # When every key name is listed
+    names = [getattr(keys, f) for f in keys.__dataclass_fields__ if f not in ("name", "prefix")]
+    names += [keys.job("1"), keys.logs("1")]
+
+    # Then all hash to the slot of the tag
+    assert {key_slot(n.encode()) for n in names} == {key_slot(f"{{{name}}}".encode())}
