@@ -175,9 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "worker":
         return run_worker(args)
-    from sandboxq import demo
+    from sandboxq.demo import run as run_demo
 
-    return demo.run(args.jobs, args.procs, args.dir)
+    return run_demo(args.jobs, args.procs, args.dir)
 
 
 if __name__ == "__main__":  # pragma: no cover
