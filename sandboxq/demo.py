@@ -74,9 +74,27 @@ def export_csv(job: JobContext) -> dict[str, Any]:
     return {"path": str(path), "rows": rows}
 
 
-def _bar(done: int, total: int, width: int = 40) -> str:
-    filled = width * done // max(total, 1)
-    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+class _Progress:
+    """A live bar on a terminal; a line per tenth of the work elsewhere (CI logs)."""
+
+    def __init__(self, total: int, width: int = 40) -> None:
+        self.total, self.width = total, width
+        self.live = sys.stdout.isatty()
+        self.last_tenth = -1
+
+    def show(self, counts: dict[str, int], final: bool = False) -> None:
+        done = counts["completed"] + counts["failed"]
+        filled = self.width * done // max(self.total, 1)
+        line = (
+            f"  [{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total}  "
+            f"active {counts['active']}  failed {counts['failed']}"
+        )
+        if self.live:
+            sys.stdout.write("\r" + line + ("\n" if final else ""))
+        elif final or 10 * done // max(self.total, 1) > self.last_tenth:
+            self.last_tenth = 10 * done // max(self.total, 1)
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def run(jobs: int = 200, procs: int | str = "auto", directory: str = ".sandboxq") -> int:
@@ -116,20 +134,17 @@ def run(jobs: int = 200, procs: int | str = "auto", directory: str = ".sandboxq"
         )
         threading.Thread(target=_show_worker_problems, args=(worker,), daemon=True).start()
         started = time.monotonic()
+        progress = _Progress(total)
         counts = queue.counts()
         while counts["completed"] + counts["failed"] < total:
             if worker.poll() is not None:
                 print(f"\nthe worker exited early with code {worker.returncode}")
                 return 1
-            sys.stdout.write(
-                f"\r  {_bar(counts['completed'] + counts['failed'], total)}  "
-                f"active {counts['active']}  failed {counts['failed']}"
-            )
-            sys.stdout.flush()
+            progress.show(counts)
             time.sleep(0.1)  # progress bar refresh rate
             counts = queue.counts()
         elapsed = time.monotonic() - started
-        sys.stdout.write(f"\r  {_bar(total, total)}  done{' ' * 20}\n")
+        progress.show(counts, final=True)
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(60)
     print(
