@@ -40,6 +40,9 @@ class QueueKeys:
     meta: str
     marker: str
     events: str
+    schedules: str
+    schedule_times: str
+    schedule_counts: str
 
     @classmethod
     def for_queue(cls, name: str) -> QueueKeys:
@@ -58,6 +61,9 @@ class QueueKeys:
             meta=prefix + "meta",
             marker=prefix + "marker",
             events=prefix + "events",
+            schedules=prefix + "schedules",
+            schedule_times=prefix + "schedule_times",
+            schedule_counts=prefix + "schedule_counts",
         )
 
     def job(self, job_id: str) -> str:

@@ -13,6 +13,7 @@ from sandboxq.errors import SandboxqError
 from sandboxq.job import FINISHED_STATES, STATES, Job
 from sandboxq.keys import JOB_SETS, QueueKeys, validate_name
 from sandboxq.options import JOB_OPTION_NAMES, JobOptions, ms
+from sandboxq.schedule import Schedule
 from sandboxq.scripts import STEP_LIMIT, Scripts, now_ms
 
 #: Default limit on a job's data, as JSON.
@@ -280,6 +281,92 @@ class Queue:
         while (removed := self.scripts.drain(self.keys, include_delayed, STEP_LIMIT)) > 0:
             total += removed
         return total
+
+    # -- schedules ---------------------------------------------------------
+    @names_url
+    def schedule(
+        self,
+        key: str,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        tz: str = "UTC",
+        name: str | None = None,
+        data: Any = None,
+        start_at: Any = None,
+        end_at: Any = None,
+        limit: int | None = None,
+        misfire: str = "once",
+        **job_options: Any,
+    ) -> dict[str, Any]:
+        """Create or update (by ``key``) a repeatable job: ``cron`` (with
+        ``tz``) or ``every`` seconds, between ``start_at`` and ``end_at``
+        (datetimes or epoch seconds), at most ``limit`` times.
+
+        Each occurrence is enqueued once, by whichever worker is alive. When
+        none was at the due time, ``misfire`` decides: ``skip`` drops missed
+        runs, ``once`` runs one catch-up, ``all`` runs each (at most 100).
+        ``job_options`` are those of :meth:`add` except ``job_id`` and
+        ``delay``. Bad cron, time zones or options raise here, writing nothing.
+        """
+        now = now_ms()
+        spec = Schedule.build(
+            key,
+            now_ms=now,
+            cron=cron,
+            every=every,
+            tz=tz,
+            name=name,
+            data=data,
+            start_at=start_at,
+            end_at=end_at,
+            limit=limit,
+            misfire=misfire,
+            options=job_options,
+        )
+        fast.dump_json(data, f"data of schedule {key!r}", self.max_payload_bytes)
+        first = spec.next_after(now)
+        self.scripts.schedule(self.keys, key, spec.to_json(), -1 if first is None else first)
+        return self._describe_schedule(spec, first, 0)
+
+    @names_url
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule of this queue with its next run (epoch seconds)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.schedules)
+        pipe.zrange(self.keys.schedule_times, 0, -1, withscores=True)
+        pipe.hgetall(self.keys.schedule_counts)
+        specs, times, counts = pipe.execute()
+        next_by_key = {k.decode(): int(score) for k, score in times}
+        found = []
+        for raw_key, raw_spec in sorted(specs.items()):
+            key = raw_key.decode()
+            found.append(
+                self._describe_schedule(
+                    Schedule.from_json(raw_spec), next_by_key.get(key), int(counts.get(raw_key, 0))
+                )
+            )
+        return found
+
+    @names_url
+    def unschedule(self, key: str) -> bool:
+        """Delete a schedule (jobs it already enqueued stay). False if unknown."""
+        return self.scripts.schedule(self.keys, key, None)
+
+    @staticmethod
+    def _describe_schedule(spec: Schedule, next_ms: int | None, count: int) -> dict[str, Any]:
+        return {
+            "key": spec.key,
+            "name": spec.name,
+            "cron": spec.cron,
+            "every": None if spec.every_ms is None else spec.every_ms / 1000.0,
+            "tz": spec.tz,
+            "next_run": None if next_ms is None else next_ms / 1000.0,
+            "count": count,
+            "limit": spec.limit,
+            "misfire": spec.misfire,
+            "data": spec.data,
+        }
 
     @names_url
     def obliterate(self, *, force: bool = False) -> None:

@@ -53,6 +53,14 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _job_args(jobs: Sequence[Sequence[Any]]) -> list[Any]:
+    """Jobs as add_jobs.lua reads them: id, priority, delay_ms, n, n pairs."""
+    args: list[Any] = []
+    for job_id, priority, delay_ms, *fields in jobs:
+        args += [job_id, priority, delay_ms, len(fields) // 2, *fields]
+    return args
+
+
 def decode_ids(raw: Sequence[bytes | str]) -> list[str]:
     """A script's array of job ids as text."""
     return [_text(i) for i in raw]
@@ -76,6 +84,8 @@ class Scripts:
         "clean",
         "drain",
         "obliterate",
+        "schedule",
+        "fire_schedule",
     )
 
     def __init__(self, client: redis.Redis, events_maxlen: int = EVENTS_MAXLEN) -> None:
@@ -108,9 +118,7 @@ class Scripts:
     # -- producer ---------------------------------------------------------
     def add(self, k: QueueKeys, now: int, jobs: Sequence[Sequence[Any]]) -> list[tuple[str, bool]]:
         """Add jobs; each item is ``(job_id or "", priority, delay_ms, *field_value_pairs)``."""
-        args: list[Any] = [k.prefix, now, self.events_maxlen]
-        for job_id, priority, delay_ms, *fields in jobs:
-            args += [job_id, priority, delay_ms, len(fields) // 2, *fields]
+        args: list[Any] = [k.prefix, now, self.events_maxlen, *_job_args(jobs)]
         raw = self._run("add", [k.id_counter, k.seq, k.wait, k.delayed, k.marker, k.events], args)
         return [(_text(raw[i]), raw[i + 1] == 1) for i in range(0, len(raw), 2)]
 
@@ -270,7 +278,16 @@ class Scripts:
 
     def obliterate(self, k: QueueKeys, force: bool, limit: int = STEP_LIMIT) -> int:
         sets = [k.wait, k.delayed, k.completed, k.failed]
-        others = [k.id_counter, k.seq, k.meta, k.marker, k.events]
+        others = [
+            k.id_counter,
+            k.seq,
+            k.meta,
+            k.marker,
+            k.events,
+            k.schedules,
+            k.schedule_times,
+            k.schedule_counts,
+        ]
         return int(
             self._run(
                 "obliterate",
@@ -278,3 +295,48 @@ class Scripts:
                 [k.prefix, "1" if force else "0", len(sets), limit],
             )
         )
+
+    # -- schedules --------------------------------------------------------
+    def schedule(self, k: QueueKeys, key: str, spec: bytes | None, next_ms: int = -1) -> bool:
+        """Upsert (``spec``) or delete (``None``) a schedule; True if it was
+        new (upsert) or existed (delete)."""
+        keys = [k.schedules, k.schedule_times, k.events, k.schedule_counts]
+        if spec is None:
+            return bool(self._run("schedule", keys, ["del", key, self.events_maxlen]) == 1)
+        return bool(
+            self._run("schedule", keys, ["set", key, self.events_maxlen, spec, next_ms]) == 1
+        )
+
+    def fire_schedule(
+        self,
+        k: QueueKeys,
+        now: int,
+        key: str,
+        expected_next: int,
+        new_next: int,
+        counted: int,
+        jobs: Sequence[Sequence[Any]],
+    ) -> int:
+        """Enqueue a schedule's occurrences if its next time is still
+        ``expected_next``; returns jobs created, or -1 if it moved on."""
+        args: list[Any] = [
+            k.prefix,
+            now,
+            self.events_maxlen,
+            key,
+            expected_next,
+            new_next,
+            counted,
+            *_job_args(jobs),
+        ]
+        keys = [
+            k.schedule_counts,
+            k.schedule_times,
+            k.id_counter,
+            k.seq,
+            k.wait,
+            k.delayed,
+            k.marker,
+            k.events,
+        ]
+        return int(self._run("fire_schedule", keys, args))

@@ -1,0 +1,45 @@
+-- Create jobs from a run of ARGV, shared by add.lua and fire_schedule.lua.
+-- Per job: job_id ("" = generate), priority, delay_ms, n, then n field/value
+-- pairs written to the job hash as they are. A job id that exists already
+-- is left alone (deduplication).
+--
+-- `k` holds the key names: id, seq, wait, delayed, marker, events.
+-- Returns a flat array (id, 1 if created else 0, ...).
+local function add_jobs(prefix, now, maxlen, k, args, first_index)
+  local out = {}
+  local woke = false
+  local i = first_index
+  while i <= #args do
+    local id, priority, delay = args[i], args[i + 1], tonumber(args[i + 2])
+    local n = tonumber(args[i + 3])
+    local first, last = i + 4, i + 3 + 2 * n
+    i = last + 1
+    if id == '' then id = tostring(redis.call('INCR', k.id)) end
+    local job_key = prefix .. 'job:' .. id
+    if redis.call('EXISTS', job_key) == 1 then
+      out[#out + 1] = id
+      out[#out + 1] = 0
+    else
+      local seq = next_seq(k.seq)
+      redis.call('HSET', job_key, 'priority', priority, 'seq', seq,
+        'created_at', num(now), 'attempts_made', 0, 'stalls', 0,
+        unpack(args, first, last))
+      if delay > 0 then
+        redis.call('ZADD', k.delayed, num(now + delay), id)
+        redis.call('HSET', job_key, 'state', 'delayed')
+        emit(k.events, maxlen, 'added', id, 'state', 'delayed', 'delay_ms', num(delay))
+      else
+        redis.call('ZADD', k.wait, wait_score(priority, seq), id)
+        redis.call('HSET', job_key, 'state', 'waiting')
+        emit(k.events, maxlen, 'added', id, 'state', 'waiting')
+      end
+      woke = true
+      out[#out + 1] = id
+      out[#out + 1] = 1
+    end
+  end
+  -- One marker per call wakes a blocked worker: for a new waiting job, or so it
+  -- recomputes how long to sleep until the earliest delayed job.
+  if woke then redis.call('ZADD', k.marker, 0, '0') end
+  return out
+end

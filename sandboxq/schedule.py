@@ -1,0 +1,254 @@
+"""Schedules (repeatable jobs): cron or fixed-interval occurrences.
+
+A schedule lives in Redis (``schedules`` hash: key → spec JSON, and
+``schedule_times`` zset: key → next occurrence). Any worker parent may do
+the scheduling duty: it reads which schedules are due, works out the
+occurrences in Python (croniter, zoneinfo), and fires them with
+``fire_schedule.lua``, which succeeds for exactly one caller per "next time"
+and gives each occurrence a job id derived from its time. So each
+occurrence is enqueued once, however many workers run, restart or deploy.
+
+Cron parsing uses croniter: a well-kept library that handles the details
+(ranges, steps, names, DST transitions together with zoneinfo) that a
+hand-written parser would get wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from croniter import croniter
+
+from sandboxq.keys import validate_name
+from sandboxq.options import JobOptions, ms
+
+if TYPE_CHECKING:
+    from sandboxq.keys import QueueKeys
+    from sandboxq.scripts import Scripts
+
+MISFIRE_POLICIES = ("skip", "once", "all")
+
+#: An occurrence fired at most this late still counts as on time ("skip"
+#: keeps it); older ones were missed.
+MISFIRE_GRACE_MS = 2000
+
+#: "all" enqueues at most this many missed occurrences, the most recent.
+MAX_CATCH_UP = 100
+
+#: Schedules fired per due check, per queue.
+DUE_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """One schedule's spec, as stored in Redis. Times are epoch milliseconds."""
+
+    key: str
+    name: str
+    data: Any = None
+    cron: str | None = None
+    every_ms: int | None = None
+    tz: str = "UTC"
+    anchor_ms: int = 0  # "every" occurrences fall on anchor + k * every
+    start_ms: int | None = None
+    end_ms: int | None = None
+    limit: int | None = None
+    misfire: str = "once"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        key: str,
+        *,
+        now_ms: int,
+        cron: str | None,
+        every: float | None,
+        tz: str,
+        name: str | None,
+        data: Any,
+        start_at: Any,
+        end_at: Any,
+        limit: int | None,
+        misfire: str,
+        options: dict[str, Any],
+    ) -> Schedule:
+        """Validate everything ``Queue.schedule`` accepts; clear errors, no writes."""
+        validate_name("schedule key", key)
+        if (cron is None) == (every is None):
+            raise ValueError("a schedule needs exactly one of cron= or every=")
+        if cron is not None and (not isinstance(cron, str) or not croniter.is_valid(cron)):
+            raise ValueError(f"bad cron expression {cron!r}")
+        every_ms = None
+        if every is not None:
+            if (
+                isinstance(every, bool)
+                or not isinstance(every, (int, float))
+                or not math.isfinite(every)
+                or every <= 0
+            ):
+                raise ValueError(f"every must be a positive number of seconds, got {every!r}")
+            every_ms = max(ms(every), 1)
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise ValueError(f"unknown time zone {tz!r}") from None
+        if misfire not in MISFIRE_POLICIES:
+            raise ValueError(
+                f"misfire must be one of {', '.join(MISFIRE_POLICIES)}, got {misfire!r}"
+            )
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+        start_ms, end_ms = _epoch_ms("start_at", start_at), _epoch_ms("end_at", end_at)
+        if start_ms is not None and end_ms is not None and end_ms <= start_ms:
+            raise ValueError("end_at must be after start_at")
+        unknown = set(options) - {
+            "priority",
+            "attempts",
+            "backoff",
+            "timeout",
+            "keep_completed",
+            "keep_failed",
+        }
+        if unknown:
+            raise TypeError(f"unknown schedule options: {', '.join(sorted(unknown))}")
+        JobOptions.build(**options)  # validate now, rebuilt at each occurrence
+        job_name = validate_name("job name", name if name is not None else key)
+        return cls(
+            key=key,
+            name=job_name,
+            data=data,
+            cron=cron,
+            every_ms=every_ms,
+            tz=tz,
+            anchor_ms=start_ms if start_ms is not None else now_ms,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            limit=limit,
+            misfire=misfire,
+            options=dict(options),
+        )
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Schedule:
+        return cls(**orjson.loads(raw))
+
+    def next_after(self, t_ms: int) -> int | None:
+        """The first occurrence strictly after ``t_ms``, or None past end_at."""
+        if self.start_ms is not None and t_ms < self.start_ms:
+            t_ms = self.start_ms - 1
+        if self.every_ms is not None:
+            steps = max((t_ms - self.anchor_ms) // self.every_ms + 1, 0)
+            occurrence = self.anchor_ms + steps * self.every_ms
+        else:
+            assert self.cron is not None
+            start = datetime.fromtimestamp(t_ms / 1000.0, ZoneInfo(self.tz))
+            nxt = croniter(self.cron, start).get_next(datetime)
+            occurrence = int(nxt.timestamp() * 1000)
+        if self.end_ms is not None and occurrence > self.end_ms:
+            return None
+        return occurrence
+
+    def describe(self) -> str:
+        return f"cron {self.cron!r} ({self.tz})" if self.cron else f"every {self.every_ms} ms"
+
+
+def _epoch_ms(what: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"{what} must be timezone-aware")
+        return int(value.timestamp() * 1000)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{what} must be a datetime or epoch seconds, got {value!r}")
+    return int(value * 1000)
+
+
+def plan_occurrences(
+    schedule: Schedule, next_ms: int, count: int, now_ms: int
+) -> tuple[list[int], int]:
+    """Which due occurrences to enqueue, and the next time to store (-1: done).
+
+    ``next_ms`` is the stored next occurrence (due: ``<= now_ms``). Missed
+    occurrences (older than the grace) follow the misfire policy.
+    """
+    due = [next_ms]
+    upcoming = schedule.next_after(next_ms)
+    while upcoming is not None and upcoming <= now_ms and len(due) < 100_000:
+        due.append(upcoming)
+        upcoming = schedule.next_after(upcoming)
+    if upcoming is not None and upcoming <= now_ms:  # absurd backlog: jump ahead
+        upcoming = schedule.next_after(now_ms)
+    on_time = [o for o in due if now_ms - o <= MISFIRE_GRACE_MS]
+    if schedule.misfire == "all":
+        fire = due[-MAX_CATCH_UP:]
+    elif schedule.misfire == "once":
+        fire = due[-1:]
+    else:
+        fire = on_time[-1:]
+    if schedule.limit is not None:
+        fire = fire[: max(schedule.limit - count, 0)]
+        if count + len(fire) >= schedule.limit:
+            upcoming = None
+    return fire, -1 if upcoming is None else upcoming
+
+
+def occurrence_job_id(key: str, occurrence_ms: int) -> str:
+    """The job id of one occurrence: the same whoever fires it."""
+    return f"{key}@{occurrence_ms}"
+
+
+def fire_due(
+    scripts: Scripts, keys: QueueKeys, now_ms: int, max_payload_bytes: int = 1024 * 1024
+) -> int:
+    """Enqueue every due occurrence of the queue's schedules; returns how
+    many jobs were created. Safe to call from any number of processes."""
+    from sandboxq import fast
+
+    client = scripts.client
+    due: Any = client.zrangebyscore(
+        keys.schedule_times, "-inf", now_ms, start=0, num=DUE_BATCH, withscores=True
+    )
+    created = 0
+    for raw_key, score in due:
+        key = raw_key.decode()
+        pipe = client.pipeline(transaction=False)
+        pipe.hget(keys.schedules, key)
+        pipe.hget(keys.schedule_counts, key)
+        spec_raw, count_raw = pipe.execute()
+        if spec_raw is None:
+            continue
+        schedule = Schedule.from_json(spec_raw)
+        count = int(count_raw or 0)
+        fire, new_next = plan_occurrences(schedule, int(score), count, now_ms)
+        options = JobOptions.build(**schedule.options)
+        payload = fast.dump_json(schedule.data, f"data of schedule {key!r}", max_payload_bytes)
+        jobs = [
+            [
+                occurrence_job_id(key, o),
+                options.priority,
+                0,
+                "name",
+                schedule.name,
+                "data",
+                payload,
+                "schedule",
+                key,
+                *options.hash_fields(),
+            ]
+            for o in fire
+        ]
+        result = scripts.fire_schedule(keys, now_ms, key, int(score), new_next, len(fire), jobs)
+        created += max(result, 0)
+    return created
