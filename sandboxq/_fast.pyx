@@ -14,7 +14,7 @@ cdef int _TEXT = 4
 FIELD_KINDS = {
     b"data": _JSON, b"result": _JSON, b"progress": _JSON, b"backoff": _JSON,
     b"priority": _INT, b"attempts": _INT, b"attempts_made": _INT, b"stalls": _INT,
-    b"retries": _INT,
+    b"retries": _INT, b"pending": _INT, b"children": _JSON,
     b"seq": _INT, b"kc_count": _INT, b"kf_count": _INT,
     b"created_at": _SECONDS, b"started_at": _SECONDS, b"finished_at": _SECONDS,
     b"timeout": _SECONDS, b"kc_age": _SECONDS, b"kf_age": _SECONDS,

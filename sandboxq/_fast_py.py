@@ -20,6 +20,7 @@ _TEXT = 4
 
 FIELD_KINDS: dict[bytes, int] = {
     b"data": _JSON,
+    b"children": _JSON,
     b"result": _JSON,
     b"progress": _JSON,
     b"backoff": _JSON,
@@ -28,6 +29,7 @@ FIELD_KINDS: dict[bytes, int] = {
     b"attempts_made": _INT,
     b"stalls": _INT,
     b"retries": _INT,
+    b"pending": _INT,
     b"seq": _INT,
     b"kc_count": _INT,
     b"kf_count": _INT,

@@ -71,7 +71,7 @@ class JobContext:
     report progress and log lines. In a worker child these travel to the
     parent, which writes them to Redis; children never talk to Redis."""
 
-    __slots__ = ("_report", "attempts_made", "data", "id", "name", "queue", "retries")
+    __slots__ = ("_children", "_report", "attempts_made", "data", "id", "name", "queue", "retries")
 
     def __init__(
         self,
@@ -82,6 +82,7 @@ class JobContext:
         attempts_made: int,
         report: Callable[[str, str, str], None],
         retries: int = 0,
+        children: dict[str, Any] | None = None,
     ) -> None:
         self.queue = queue
         self.id = job_id
@@ -91,10 +92,15 @@ class JobContext:
         self.attempts_made = attempts_made
         #: Times the handler raised Retry for this job (they spend no attempt).
         self.retries = retries
+        self._children = children
         self._report = report
 
     def __repr__(self) -> str:
         return f"<JobContext {self.queue}/{self.id} {self.name!r}>"
+
+    def children_results(self) -> dict[str, Any]:
+        """In a flow parent: each finished child's result, by ``"queue:id"``."""
+        return dict(self._children or {})
 
     def update_progress(self, value: Any) -> None:
         """Record progress: any JSON value, e.g. a percentage or a dict."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from sandboxq import events
 from sandboxq.connection import url_in_errors
 from sandboxq.errors import JobFailed
@@ -13,7 +15,7 @@ if TYPE_CHECKING:
     from sandboxq.queue import Queue
 
 #: Every state a job can be in.
-STATES = ("waiting", "delayed", "active", "completed", "failed")
+STATES = ("waiting", "delayed", "active", "completed", "failed", "waiting-children")
 FINISHED_STATES = ("completed", "failed")
 
 #: The longest single blocking read of the events stream inside ``wait``;
@@ -62,6 +64,18 @@ class Job:
             raise LookupError(f"job {self.id} no longer exists in queue {self.queue.name!r}")
         self._load(fresh.fields)
         return self
+
+    def children_results(self) -> dict[str, Any]:
+        """A flow parent's finished children's results, by ``"queue:id"``."""
+        with url_in_errors(self.queue.url):
+            raw: Any = self.queue.client.hgetall(self.queue.keys.deps(self.id))
+        return {ref.decode(): orjson.loads(value) for ref, value in raw.items()}
+
+    def children_failures(self) -> dict[str, str]:
+        """Children that failed and were skipped (``ignore_failed_children``)."""
+        with url_in_errors(self.queue.url):
+            raw: Any = self.queue.client.hgetall(self.queue.keys.ignored(self.id))
+        return {ref.decode(): error.decode() for ref, error in raw.items()}
 
     def logs(self) -> list[str]:
         """The log lines the handler wrote (the newest 1,000)."""

@@ -3,14 +3,19 @@
 A queue named ``images`` owns ``sq:{images}:wait``, ``sq:{images}:job:42`` and
 so on. The braces make Redis Cluster put every key of the queue in one slot,
 which is what lets a single Lua script touch all of them atomically.
+
+Queues that must share a slot (a flow whose children run in other queues)
+are named ``GROUP:NAME``: ``media:thumbs`` owns ``sq:{media}/thumbs:wait``,
+in the same slot as every other ``media:...`` queue and as ``media`` itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: The sets that hold job ids, one per state (``active`` is the lease table).
-JOB_SETS = ("wait", "delayed", "active", "completed", "failed")
+#: The sets that hold job ids, one per state (``active`` is the lease table),
+#: in the order of ``sandboxq.job.STATES``.
+JOB_SETS = ("wait", "delayed", "active", "completed", "failed", "waiting_children")
 
 
 def validate_name(kind: str, value: object) -> str:
@@ -43,11 +48,20 @@ class QueueKeys:
     schedules: str
     schedule_times: str
     schedule_counts: str
+    waiting_children: str
+
+    @property
+    def hash_tag(self) -> str:
+        return self.prefix[self.prefix.index("{") + 1 : self.prefix.index("}")]
 
     @classmethod
     def for_queue(cls, name: str) -> QueueKeys:
         validate_name("queue name", name)
         prefix = f"sq:{{{name}}}:"
+        if ":" in name:
+            group, rest = name.split(":", 1)
+            validate_name("queue group", group)
+            prefix = f"sq:{{{group}}}/{rest}:"
         return cls(
             name=name,
             prefix=prefix,
@@ -64,6 +78,7 @@ class QueueKeys:
             schedules=prefix + "schedules",
             schedule_times=prefix + "schedule_times",
             schedule_counts=prefix + "schedule_counts",
+            waiting_children=prefix + "waiting_children",
         )
 
     def job(self, job_id: str) -> str:
@@ -71,6 +86,14 @@ class QueueKeys:
 
     def logs(self, job_id: str) -> str:
         return f"{self.prefix}logs:{job_id}"
+
+    def deps(self, job_id: str) -> str:
+        """A flow parent's children's results: ``queue:id`` → result JSON."""
+        return f"{self.prefix}deps:{job_id}"
+
+    def ignored(self, job_id: str) -> str:
+        """A flow parent's children that failed and were skipped: ``queue:id`` → error."""
+        return f"{self.prefix}ignored:{job_id}"
 
     def state_set(self, state: str) -> str:
         """The set holding jobs in ``state`` (``waiting`` lives in ``wait``)."""
@@ -80,6 +103,7 @@ class QueueKeys:
             "active": self.active,
             "completed": self.completed,
             "failed": self.failed,
+            "waiting-children": self.waiting_children,
         }.get(state)
         if key is None:
             raise ValueError(f"unknown job state {state!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -21,6 +22,14 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 
 #: Jobs per add script call in ``add_bulk``: one round trip each.
 BULK_CHUNK = 1000
+
+
+@dataclass
+class Flow:
+    """A job of a flow and the flows of its children, as added."""
+
+    job: Job
+    children: list[Flow] = field(default_factory=list)
 
 
 class JobIsActive(SandboxqError):
@@ -165,6 +174,114 @@ class Queue:
                 encoded[chunk], [s.get("data") for s in specs[chunk]], options[chunk]
             )
         return added
+
+    # -- flows ---------------------------------------------------------------
+    @names_url
+    def add_flow(
+        self,
+        parent: Mapping[str, Any],
+        children: Iterable[Mapping[str, Any]],
+        *,
+        fail_parent_on_failure: bool = True,
+        ignore_failed_children: bool = False,
+    ) -> Flow:
+        """Add a parent job and its children (each may have ``children`` of
+        its own) atomically. A parent waits in ``waiting-children`` until
+        every child finished; its handler then reads ``children_results()``.
+
+        Nodes are dicts: ``name``, ``data``, the options of :meth:`add`
+        (except ``job_id``), ``queue`` (children; default: this queue — other
+        queues must share its hash tag, e.g. ``media:thumbs`` and
+        ``media:index``), ``children``, and per child
+        ``fail_parent_on_failure`` / ``ignore_failed_children`` overriding the
+        flow's defaults. A child that failed for good fails its parent, or with
+        ``ignore_failed_children`` is skipped; with neither, the parent keeps
+        waiting until that child is retried and completes.
+        """
+        root = {**parent, "children": list(children), "queue": self.name}
+        defaults = (fail_parent_on_failure, ignore_failed_children)
+        nodes: list[list[Any]] = []
+        queues: list[Queue] = []
+        self._flatten(root, 0, defaults, nodes, queues)
+        ids = self.scripts.add_flow(self.keys, now_ms(), nodes)
+        flows = [
+            Flow(
+                Job(
+                    q,
+                    job_id,
+                    {
+                        "name": node[9],
+                        "state": "waiting-children"
+                        if node[5]
+                        else ("delayed" if node[7] > 0 else "waiting"),
+                    },
+                )
+            )
+            for q, job_id, node in zip(queues, ids, nodes, strict=True)
+        ]
+        for flow, node in zip(flows, nodes, strict=True):
+            if node[2]:
+                flows[node[2] - 1].children.append(flow)
+        return flows[0]
+
+    def _flatten(
+        self,
+        node: Mapping[str, Any],
+        parent_index: int,
+        defaults: tuple[bool, bool],
+        nodes: list[list[Any]],
+        queues: list[Queue],
+    ) -> None:
+        """Validate one node and its subtree, parents first, into ``nodes``."""
+        if not isinstance(node, Mapping) or "name" not in node:
+            raise TypeError(f"a flow node must be a dict with a 'name', got {node!r}")
+        flow_keys = {
+            "name",
+            "data",
+            "queue",
+            "children",
+            "fail_parent_on_failure",
+            "ignore_failed_children",
+        }
+        options = {k: v for k, v in node.items() if k not in flow_keys}
+        if "job_id" in options:
+            raise TypeError("flow nodes take no job_id: their ids are generated")
+        if set(options) - JOB_OPTION_NAMES:
+            raise TypeError(
+                f"unknown flow node options: {', '.join(sorted(set(options) - JOB_OPTION_NAMES))}"
+            )
+        queue_name = node.get("queue") or self.name
+        queue = (
+            self
+            if queue_name == self.name
+            else Queue(queue_name, connection=self.client, max_payload_bytes=self.max_payload_bytes)
+        )
+        if queue.keys.hash_tag != self.keys.hash_tag:
+            raise ValueError(
+                f"flow queue {queue_name!r} must share the hash tag of "
+                f"{self.name!r} ({{{self.keys.hash_tag}}}): name the queues "
+                f"'{self.keys.hash_tag}:...'"
+            )
+        opts = JobOptions.build(**options)
+        children = list(node.get("children") or ())
+        fail = node.get("fail_parent_on_failure", defaults[0])
+        ignore = node.get("ignore_failed_children", defaults[1])
+        encoded = self._encode(node["name"], node.get("data"), opts)
+        nodes.append(
+            [
+                queue.keys.prefix,
+                queue_name,
+                parent_index,
+                "1" if fail else "0",
+                "1" if ignore else "0",
+                len(children),
+                *encoded[1:],
+            ]
+        )
+        queues.append(queue)
+        index = len(nodes)
+        for child in children:
+            self._flatten(child, index, defaults, nodes, queues)
 
     # -- looking -----------------------------------------------------------
     @names_url

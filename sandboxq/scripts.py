@@ -86,6 +86,7 @@ class Scripts:
         "obliterate",
         "schedule",
         "fire_schedule",
+        "add_flow",
     )
 
     def __init__(self, client: redis.Redis, events_maxlen: int = EVENTS_MAXLEN) -> None:
@@ -237,7 +238,7 @@ class Scripts:
         return int(
             self._run(
                 "remove",
-                [k.wait, k.delayed, k.active, k.completed, k.failed, k.events],
+                [k.wait, k.delayed, k.active, k.completed, k.failed, k.events, k.waiting_children],
                 [k.prefix, self.events_maxlen, job_id],
             )
         )
@@ -277,7 +278,7 @@ class Scripts:
         )
 
     def obliterate(self, k: QueueKeys, force: bool, limit: int = STEP_LIMIT) -> int:
-        sets = [k.wait, k.delayed, k.completed, k.failed]
+        sets = [k.wait, k.delayed, k.completed, k.failed, k.waiting_children]
         others = [
             k.id_counter,
             k.seq,
@@ -340,3 +341,24 @@ class Scripts:
             k.events,
         ]
         return int(self._run("fire_schedule", keys, args))
+
+    # -- flows ------------------------------------------------------------
+    def add_flow(self, root: QueueKeys, now: int, nodes: Sequence[Sequence[Any]]) -> list[str]:
+        """Add a tree of jobs; each node is ``(prefix, queue, parent_index,
+        fail_parent, ignore_failure, n_children, priority, delay_ms,
+        *field_value_pairs)`` with parents first. Returns the ids in order."""
+        args: list[Any] = [now, self.events_maxlen]
+        for prefix, queue, parent, fail, ignore, children, priority, delay_ms, *fields in nodes:
+            args += [
+                prefix,
+                queue,
+                parent,
+                fail,
+                ignore,
+                children,
+                priority,
+                delay_ms,
+                len(fields) // 2,
+                *fields,
+            ]
+        return decode_ids(self._run("add_flow", [root.events], args))

@@ -77,5 +77,6 @@ def _run_one(
         fields.get("attempts_made", 0),
         report,
         fields.get("retries", 0),
+        fields.get("children"),
     )
     return execution.run(found.func, ctx)

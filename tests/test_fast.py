@@ -20,13 +20,14 @@ from sandboxq import _fast, _fast_py, fast
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 
-JSON_FIELDS = ("data", "result", "progress", "backoff")
+JSON_FIELDS = ("data", "result", "progress", "backoff", "children")
 INT_FIELDS = (
     "priority",
     "attempts",
     "attempts_made",
     "stalls",
     "retries",
+    "pending",
     "seq",
     "kc_count",
     "kf_count",

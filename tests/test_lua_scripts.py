@@ -1156,7 +1156,17 @@ def test_every_named_key_of_a_queue_shares_the_hash_tag(name: str) -> None:
 
     # When every key name is listed
     names = [getattr(keys, f) for f in keys.__dataclass_fields__ if f not in ("name", "prefix")]
-    names += [keys.job("1"), keys.logs("1")]
+    names += [keys.job("1"), keys.logs("1"), keys.deps("1"), keys.ignored("1")]
 
-    # Then all hash to the slot of the tag
-    assert {key_slot(n.encode()) for n in names} == {key_slot(f"{{{name}}}".encode())}
+    # Then all hash to the slot of the tag: the name, or its group before a colon
+    assert keys.hash_tag == name.split(":")[0]
+    assert {key_slot(n.encode()) for n in names} == {key_slot(f"{{{keys.hash_tag}}}".encode())}
+
+
+def test_queues_of_one_group_share_a_slot_but_not_keys() -> None:
+    from sandboxq.keys import QueueKeys
+
+    group, member = QueueKeys.for_queue("media"), QueueKeys.for_queue("media:thumbs")
+    assert key_slot(group.wait.encode()) == key_slot(member.wait.encode())
+    assert member.wait == "sq:{media}/thumbs:wait"
+    assert group.wait != member.wait

@@ -29,7 +29,14 @@ from sandboxq.handlers import JobContext
 from sandboxq.scripts import now_ms
 from sandboxq.testing import run_until_empty
 
-EMPTY = {"waiting": 0, "delayed": 0, "active": 0, "completed": 0, "failed": 0}
+EMPTY = {
+    "waiting": 0,
+    "delayed": 0,
+    "active": 0,
+    "completed": 0,
+    "failed": 0,
+    "waiting-children": 0,
+}
 
 
 # -- helpers ------------------------------------------------------------------
@@ -427,7 +434,7 @@ def test_counts_and_job_ids_per_state(queue: Queue) -> None:
     counts = queue.counts()
 
     # Then each state has its jobs, next-to-run first or newest first
-    assert counts == {"waiting": 1, "delayed": 1, "active": 1, "completed": 2, "failed": 1}
+    assert counts == {**EMPTY, "waiting": 1, "delayed": 1, "active": 1, "completed": 2, "failed": 1}
     assert running == high.id
     assert queue.job_ids("waiting") == [low.id]
     assert queue.job_ids("active") == [high.id]

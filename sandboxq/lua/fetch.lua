@@ -14,6 +14,8 @@
 -- earliest delayed job, or -1 when there is none.
 --!include common
 --!include promote
+--!include retention
+--!include flow
 local prefix, now, count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local token, lease, maxlen = ARGV[4], tonumber(ARGV[5]), ARGV[6]
 
@@ -30,8 +32,13 @@ if count > 0 and redis.call('HEXISTS', KEYS[4], 'paused') == 0 then
       redis.call('ZADD', KEYS[3], deadline, id)
       redis.call('HSET', job_key, 'state', 'active', 'started_at', num(now), 'token', token)
       emit(KEYS[6], maxlen, 'active', id)
+      local fields = redis.call('HGETALL', job_key)
+      if redis.call('HEXISTS', job_key, 'pending') == 1 then  -- a flow parent
+        fields[#fields + 1] = 'children'
+        fields[#fields + 1] = children_json(prefix, id)
+      end
       jobs[#jobs + 1] = id
-      jobs[#jobs + 1] = redis.call('HGETALL', job_key)
+      jobs[#jobs + 1] = fields
     end
   end
   -- More work left: pass the wake-up on to the next blocked worker.

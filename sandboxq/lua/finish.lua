@@ -19,6 +19,7 @@
 -- was recovered, or it was removed). A lost job is left untouched.
 --!include common
 --!include retention
+--!include flow
 local prefix, now, token, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local out = {}
 
@@ -38,6 +39,7 @@ local function retry_later(job_key, id, delay)
 end
 
 local function fail_for_good(job_key, id, message)
+  notify_parent(job_key, now, maxlen, false, message)
   finalize(prefix, job_key, KEYS[5], id, 'failed', now, 'kf_count', 'kf_age')
   emit(KEYS[6], maxlen, 'failed', id, 'error', message)
   return 'failed'
@@ -53,6 +55,7 @@ for i = 5, #ARGV, 5 do
   elseif outcome == 'completed' then
     redis.call('HSET', job_key, 'result', value)
     redis.call('HINCRBY', job_key, 'attempts_made', 1)
+    notify_parent(job_key, now, maxlen, true, value)
     finalize(prefix, job_key, KEYS[4], id, 'completed', now, 'kc_count', 'kc_age')
     emit(KEYS[6], maxlen, 'completed', id)
     status = 'completed'

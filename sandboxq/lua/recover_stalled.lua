@@ -14,6 +14,7 @@
 -- Returns {requeued ids, failed ids}.
 --!include common
 --!include retention
+--!include flow
 local prefix, now, max_stalls = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local maxlen, limit = ARGV[4], tonumber(ARGV[5])
 local requeued, failed = {}, {}
@@ -28,6 +29,7 @@ for _, id in ipairs(expired) do
       local message = 'stalled ' .. stalls .. ' times'
       redis.call('HSET', job_key, 'error', message, 'traceback', '')
       redis.call('HINCRBY', job_key, 'attempts_made', 1)
+      notify_parent(job_key, now, maxlen, false, message)
       finalize(prefix, job_key, KEYS[3], id, 'failed', now, 'kf_count', 'kf_age')
       emit(KEYS[4], maxlen, 'failed', id, 'error', message)
       failed[#failed + 1] = id

@@ -1,7 +1,7 @@
 -- remove: delete one job that is not running.
 --
 -- KEYS[1] wait   KEYS[2] delayed   KEYS[3] active   KEYS[4] completed
--- KEYS[5] failed   KEYS[6] events
+-- KEYS[5] failed   KEYS[6] events   KEYS[7] waiting-children
 --
 -- ARGV[1] key prefix   ARGV[2] events maxlen   ARGV[3] job id
 --
@@ -16,6 +16,7 @@ if redis.call('ZSCORE', KEYS[3], id) then return -1 end
 for k = 1, 5 do
   if k ~= 3 then redis.call('ZREM', KEYS[k], id) end
 end
+redis.call('ZREM', KEYS[7], id)
 delete_job(prefix, id)
 emit(KEYS[6], maxlen, 'removed', id)
 return 1

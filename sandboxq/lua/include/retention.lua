@@ -1,7 +1,8 @@
 -- Retention: drop the oldest finished jobs of one set (completed or failed)
 -- beyond a count and/or an age. A negative value means "no bound".
 local function delete_job(prefix, id)
-  redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'logs:' .. id)
+  redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'logs:' .. id,
+    prefix .. 'deps:' .. id, prefix .. 'ignored:' .. id)
 end
 
 -- Returns the number of jobs removed; never more than `limit` per call so a

@@ -1,0 +1,52 @@
+-- add_flow: add a tree of jobs atomically. Parents wait in
+-- `waiting-children` until every child has finished (see include/flow.lua).
+--
+-- KEYS[1] the root queue's events stream (names the slot; every queue of the
+--         flow shares its hash tag, checked by the caller)
+--
+-- ARGV[1] now (ms)   ARGV[2] events maxlen
+-- then per node, parents before their children:
+--   key prefix, queue name, parent node index (1-based; 0 = the root),
+--   fail_parent ("1"/"0"), ignore_failure ("1"/"0"), number of children,
+--   priority, delay_ms, n, then n field/value pairs for the job hash.
+--
+-- Returns the new job ids, one per node, in the same order.
+--!include common
+--!include retention
+local now, maxlen = tonumber(ARGV[1]), ARGV[2]
+local ids, prefixes = {}, {}
+local i = 3
+while i <= #ARGV do
+  local prefix, queue, parent = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local fail_parent, ignore_failure = ARGV[i + 3], ARGV[i + 4]
+  local children = tonumber(ARGV[i + 5])
+  local priority, delay, n = ARGV[i + 6], tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8])
+  local first, last = i + 9, i + 8 + 2 * n
+  i = last + 1
+  local id = tostring(redis.call('INCR', prefix .. 'id'))
+  local job_key = prefix .. 'job:' .. id
+  local seq = next_seq(prefix .. 'seq')
+  redis.call('HSET', job_key, 'priority', priority, 'seq', seq, 'created_at', num(now),
+    'attempts_made', 0, 'stalls', 0, unpack(ARGV, first, last))
+  if parent > 0 then
+    redis.call('HSET', job_key, 'parent_prefix', prefixes[parent], 'parent_id', ids[parent],
+      'ref', queue .. ':' .. id, 'fail_parent', fail_parent, 'ignore_failure', ignore_failure)
+  end
+  local events = prefix .. 'events'
+  if children > 0 then
+    redis.call('HSET', job_key, 'state', 'waiting-children', 'pending', children)
+    redis.call('ZADD', prefix .. 'waiting_children', num(now), id)
+    emit(events, maxlen, 'added', id, 'state', 'waiting-children')
+  elseif delay > 0 then
+    redis.call('ZADD', prefix .. 'delayed', num(now + delay), id)
+    redis.call('HSET', job_key, 'state', 'delayed')
+    redis.call('ZADD', prefix .. 'marker', 0, '0')
+    emit(events, maxlen, 'added', id, 'state', 'delayed', 'delay_ms', num(delay))
+  else
+    make_waiting(job_key, prefix .. 'wait', prefix .. 'marker', id, priority, seq)
+    emit(events, maxlen, 'added', id, 'state', 'waiting')
+  end
+  ids[#ids + 1] = id
+  prefixes[#prefixes + 1] = prefix
+end
+return ids
