@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import pytest
@@ -13,6 +13,7 @@ import redis
 
 from sandboxq import Queue
 from sandboxq.local_redis import LocalRedis
+from tests.worker_harness import WorkerProcess
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +55,31 @@ def fast_impl(request: pytest.FixtureRequest) -> ModuleType:
         return importlib.import_module("sandboxq._fast")
     except ImportError as exc:
         pytest.fail(f"the native extension sandboxq._fast did not build or import: {exc}")
+
+
+@pytest.fixture
+def start_worker(queue: Queue, redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``sandboxq worker tests.jobs`` subprocesses serving ``queue``;
+    whatever is left of them (children too) is killed after the test.
+
+    ``start_worker("--lease", "1", procs=2, wait_ready=True, url=..., env=...)``
+    """
+    started: list[WorkerProcess] = []
+
+    def start(
+        *args: str,
+        procs: int | str | None = 2,
+        wait_ready: bool = True,
+        url: str | None = None,
+        modules: tuple[str, ...] = ("tests.jobs",),
+        env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
+        worker = WorkerProcess(
+            queue.name, url or redis_url, args, modules=modules, env=env, procs=procs
+        )
+        started.append(worker)
+        return worker.start(wait_ready=wait_ready)
+
+    yield start
+    for worker in started:
+        worker.cleanup()

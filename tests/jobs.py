@@ -95,3 +95,36 @@ def progress(job: JobContext) -> Any:
 @handler(Q)
 def noop(job: JobContext) -> Any:
     return None
+
+
+@handler(Q)
+def kill_parent(job: JobContext) -> Any:
+    """SIGKILL the worker parent (a poison job that keeps killing its worker),
+    then return once the parent is gone: the result frame finds no reader."""
+    parent = os.getppid()
+    os.kill(parent, signal.SIGKILL)
+    while os.getppid() == parent:
+        time.sleep(0.01)
+    return "outlived my parent"
+
+
+@handler(Q)
+def chaos(job: JobContext) -> Any:
+    """Record this run, then do what ``data`` says: return, raise or exit.
+
+    ``data``: {"runs": path, "action": "ok" | "raise" | "exit",
+    "sleep": seconds, "code": exit code}. Each run appends the job id to
+    ``runs`` in one O_APPEND write, so concurrent runs never interleave.
+    """
+    fd = os.open(job.data["runs"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{job.id}\n".encode())
+    finally:
+        os.close(fd)
+    time.sleep(job.data.get("sleep", 0))
+    action = job.data["action"]
+    if action == "raise":
+        raise ValueError(f"chaos raised in job {job.id}")
+    if action == "exit":
+        os._exit(job.data.get("code", 5))
+    return job.id

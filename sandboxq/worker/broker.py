@@ -153,12 +153,15 @@ class Broker:
         """Queue this step's scripts on ``pipe``; returns what each reply is for."""
         plan: list[tuple[str, str, Any]] = []
         for queue, k in self.keys.items():
-            if self.finishes[queue]:
-                self.scripts.finish(k, now, self.token, self.finishes[queue], pipe)
-                plan.append(("finish", queue, list(self.finishes[queue])))
+            # Reports before finishes: a job's last progress and log lines
+            # usually travel in the same step as its result, and finishing
+            # drops the lease token that report.lua checks.
             if self.reports[queue]:
                 self.scripts.report(k, self.token, self.reports[queue], pipe=pipe)
                 plan.append(("report", queue, None))
+            if self.finishes[queue]:
+                self.scripts.finish(k, now, self.token, self.finishes[queue], pipe)
+                plan.append(("finish", queue, list(self.finishes[queue])))
             if renew and self.leased[queue]:
                 leased = list(self.leased[queue])
                 self.scripts.renew(k, now, self.token, self.lease_ms, leased, pipe)
@@ -212,7 +215,8 @@ class Broker:
             conn.send_command("BZPOPMIN", *markers, f"{max(timeout, 0.001):.3f}")
             self._armed = True
         assert conn._sock is not None
-        return conn._sock.fileno()
+        fileno: int = conn._sock.fileno()
+        return fileno
 
     @property
     def armed(self) -> bool:

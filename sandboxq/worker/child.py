@@ -9,6 +9,7 @@ the reason decoded by the parent from the wait status.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -30,6 +31,24 @@ def reset_signals() -> None:
     for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+#: prctl(2) option: the signal this process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this child when the parent dies (Linux). An
+    orphan would run its job with no timeout or memory limit, while the job
+    runs again elsewhere once its lease lapses. If the parent died before
+    this call, exit now."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def serve(index: int, sock: socket.socket, handlers: dict[tuple[str, str], Handler]) -> None:
@@ -54,11 +73,16 @@ def serve(index: int, sock: socket.socket, handlers: dict[tuple[str, str], Handl
 
 
 def main(
-    index: int, sock: socket.socket, handlers: dict[tuple[str, str], Handler], close_fds: list[int]
+    index: int,
+    sock: socket.socket,
+    handlers: dict[tuple[str, str], Handler],
+    close_fds: list[int],
+    parent_pid: int,
 ) -> Any:
     """Entry point right after fork (signals still blocked). Never returns."""
     code = 0
     try:
+        die_with_parent(parent_pid)
         reset_signals()
         for fd in close_fds:
             with contextlib.suppress(OSError):

@@ -250,11 +250,17 @@ class Worker:
 
     def _select_timeout(self) -> float:
         now = time.monotonic()
-        if self.broker.has_pending():
-            return 0.0
-        if self.broker.maybe_work and self.pool.idle() and not self._stopping:
-            return max(self._redis_retry_at - now, 0.0)
-        candidates = [self.broker.next_timer(), now + 1.0]
+        # Redis is due now with results to send or free children to feed,
+        # else at the next renew/recover. After a failed round trip nothing
+        # is due before the retry time: waiting for it must not spin.
+        if self.broker.has_pending() or (
+            self.broker.maybe_work and self.pool.idle() and not self._stopping
+        ):
+            redis_due = now
+        else:
+            redis_due = self.broker.next_timer()
+        # The children's limits and the shutdown deadline are kept meanwhile.
+        candidates = [max(redis_due, self._redis_retry_at), now + 1.0]
         if (limit := self.pool.next_deadline(now)) is not None:
             candidates.append(limit)
         if self._stopping:

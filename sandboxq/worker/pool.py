@@ -118,11 +118,12 @@ class Pool:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         close_in_child = [c.sock.fileno() for c in self.by_pid.values()]
         close_in_child += [parent_sock.fileno(), *self.inherited_fds]
+        parent_pid = os.getpid()
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child, which never returns
-                child_main.main(index, child_sock, self.handlers, close_in_child)
+                child_main.main(index, child_sock, self.handlers, close_in_child, parent_pid)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         child_sock.close()

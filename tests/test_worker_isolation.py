@@ -1,0 +1,327 @@
+"""The sandbox: whatever a job does to its child, only that job fails.
+
+Every test runs a real ``sandboxq worker tests.jobs`` subprocess with two
+children. One child runs a bystander job (a short sleep) while the other
+crashes in one particular way. Each test then checks that only the crashing
+job failed, with the reason the parent decoded, that the bystander and a
+next job complete, and that the pool is back to full size within a second.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sandboxq import Job, Queue
+from sandboxq.worker.cpus import available_cpus
+from tests.worker_harness import (
+    WorkerProcess,
+    assert_counts,
+    process_title,
+    wait_for_job,
+    wait_for_jobs,
+    wait_until,
+)
+
+StartWorker = Callable[..., WorkerProcess]
+
+PROCS = 2
+#: How long the bystander job runs next to the crash.
+BYSTANDER_SECONDS = 0.8
+
+
+def start_bystander(worker: WorkerProcess, queue: Queue) -> tuple[Job, int]:
+    """A job that runs on one child while the other one crashes; returns the
+    job and the pid of the child running it. Its own timeout overrides any
+    --default-timeout a test gives the worker."""
+    bystander = queue.add("sleep", BYSTANDER_SECONDS, timeout=30)
+    return bystander, worker.child_running("sleep", bystander.id)
+
+
+def assert_only_that_job_failed(
+    worker: WorkerProcess,
+    queue: Queue,
+    *,
+    crashed: Job,
+    error: str,
+    bystander: Job,
+    bystander_pid: int,
+    pool_before: list[int],
+    child_survives: bool = False,
+) -> Job:
+    """The shared Then of every crash test. ``error`` is a regex the job's
+    error must match in full. Returns the failed job."""
+    failed = wait_for_job(queue, crashed.id, timeout=10.0)
+    assert failed.state == "failed", failed.fields
+    assert failed.error is not None and re.fullmatch(error, failed.error), failed.error
+    assert failed.attempts_made == 1
+    assert failed.stalls == 0
+
+    # The pool is back to full size within a second of the failure.
+    pool_after = worker.wait_pool_size(PROCS, timeout=1.0)
+    assert bystander_pid in pool_after, "the bystander's child must not be touched"
+    if child_survives:
+        assert sorted(pool_after) == sorted(pool_before)
+    else:
+        replaced = set(pool_before) - set(pool_after)
+        assert len(replaced) == 1 and bystander_pid not in replaced, (pool_before, pool_after)
+
+    # The job that shared the worker with the crash is unaffected.
+    finished_bystander = wait_for_job(queue, bystander.id)
+    assert finished_bystander.state == "completed", finished_bystander.fields
+    assert finished_bystander.result == "slept"
+
+    # A next job succeeds.
+    next_job = queue.add("ok", "after the crash")
+    done = wait_for_job(queue, next_job.id)
+    assert done.state == "completed", done.fields
+    assert done.result["echo"] == "after the crash"
+    assert done.result["pid"] in worker.children()
+
+    # Only that job failed.
+    assert_counts(queue, completed=2, failed=1)
+    assert worker.running()
+    return failed
+
+
+def crash_case(
+    start_worker: StartWorker,
+    queue: Queue,
+    job_name: str,
+    data: Any = None,
+    *,
+    error: str,
+    worker_args: tuple[str, ...] = (),
+    job_options: dict[str, Any] | None = None,
+    from_outside: int | None = None,
+    child_survives: bool = False,
+) -> Job:
+    """Given a worker with two children, one busy with a bystander job;
+    when ``job_name`` runs on the other (and, with ``from_outside``, the test
+    sends that signal to the child running it); then only that job fails."""
+    worker = start_worker(*worker_args, procs=PROCS)
+    pool_before = worker.wait_pool_size(PROCS, timeout=5.0)
+    bystander, bystander_pid = start_bystander(worker, queue)
+
+    crashed = queue.add(job_name, data, **(job_options or {}))
+    if from_outside is not None:
+        os.kill(worker.child_running(job_name, crashed.id), from_outside)
+
+    return assert_only_that_job_failed(
+        worker,
+        queue,
+        crashed=crashed,
+        error=error,
+        bystander=bystander,
+        bystander_pid=bystander_pid,
+        pool_before=pool_before,
+        child_survives=child_survives,
+    )
+
+
+# -- one crash mode per test -------------------------------------------------------
+def test_handler_exception_fails_the_job_and_the_child_survives(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given a worker; when a handler raises ValueError
+    failed = crash_case(
+        start_worker,
+        queue,
+        "raise_error",
+        42,
+        error=r"ValueError: bad input 42",
+        child_survives=True,
+    )
+    # Then the job carries the traceback, and no child was replaced (checked above)
+    assert failed.traceback is not None
+    assert "Traceback (most recent call last)" in failed.traceback
+    assert "ValueError: bad input 42" in failed.traceback
+
+
+def test_child_exit_code_fails_the_job(start_worker: StartWorker, queue: Queue) -> None:
+    # Given a worker; when a handler calls os._exit(3); then its job fails
+    # with the exit code and the child is replaced
+    failed = crash_case(start_worker, queue, "exit_code", 3, error=r"child exited with code 3")
+    assert not failed.traceback
+
+
+def test_segfault_fails_the_job(start_worker: StartWorker, queue: Queue) -> None:
+    # Given a worker; when a handler dereferences NULL through ctypes; then
+    # its job fails with the decoded signal
+    crash_case(start_worker, queue, "segfault", error=r"child killed by signal 11 \(SIGSEGV\)")
+
+
+def test_external_sigkill_is_reported_as_a_probable_oom_kill(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given a worker running a long job; when something outside the worker
+    # (the OOM killer, an operator) SIGKILLs the child running it; then the
+    # job fails as a probable OOM kill, since no timeout was behind it
+    crash_case(
+        start_worker,
+        queue,
+        "sleep",
+        30,
+        from_outside=signal.SIGKILL,
+        error=r"child killed by signal 9 \(SIGKILL\), probably by the out-of-memory killer",
+    )
+
+
+def test_external_sigterm_to_a_child_fails_only_its_job(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given a worker running a long job; when something outside sends SIGTERM
+    # to that child (children do not keep the parent's handlers); then the
+    # job fails with that signal, and the parent keeps running
+    crash_case(
+        start_worker,
+        queue,
+        "sleep",
+        30,
+        from_outside=signal.SIGTERM,
+        error=r"child killed by signal 15 \(SIGTERM\)",
+    )
+
+
+def test_handler_killing_itself_with_a_signal_fails_the_job(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given a worker; when a handler sends SIGABRT to its own process; then
+    # the job fails with that signal
+    crash_case(
+        start_worker,
+        queue,
+        "kill_self",
+        int(signal.SIGABRT),
+        error=r"child killed by signal 6 \(SIGABRT\)",
+    )
+
+
+def test_timeout_stops_a_hanging_job_with_sigterm(start_worker: StartWorker, queue: Queue) -> None:
+    # Given a job with a 0.5 s timeout and a 1 s kill grace; when its handler
+    # hangs; then SIGTERM ends it at the timeout, without waiting for the grace
+    failed = crash_case(
+        start_worker,
+        queue,
+        "hang",
+        worker_args=("--kill-grace", "1"),
+        job_options={"timeout": 0.5},
+        error=r"timed out after 0\.5s",
+    )
+    assert failed.started_at is not None and failed.finished_at is not None
+    ran_for = failed.finished_at - failed.started_at
+    assert 0.45 <= ran_for < 1.3, ran_for
+
+
+def test_timeout_escalates_to_sigkill_when_sigterm_is_ignored(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given a worker whose jobs time out after 0.5 s by default, with a 1 s
+    # kill grace; when a handler ignores SIGTERM and hangs; then SIGKILL ends
+    # it after the grace, and the reason is still the timeout
+    failed = crash_case(
+        start_worker,
+        queue,
+        "ignore_term_and_hang",
+        worker_args=("--default-timeout", "0.5", "--kill-grace", "1"),
+        error=r"timed out after 0\.5s",
+    )
+    assert failed.started_at is not None and failed.finished_at is not None
+    ran_for = failed.finished_at - failed.started_at
+    assert ran_for >= 1.45, f"killed before the grace was over: {ran_for:.3f}s"
+    assert ran_for < 4.0, ran_for
+
+
+def test_memory_limit_kills_the_child_and_fails_the_job(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given a worker whose children may use 100 MiB; when a handler touches
+    # 200 MiB; then the parent kills that child and names the limit
+    failed = crash_case(
+        start_worker,
+        queue,
+        "allocate",
+        200,
+        worker_args=("--max-memory-per-child", "100M"),
+        error=r"memory limit exceeded \((\d+) MiB > 100 MiB\)",
+    )
+    assert failed.error is not None
+    used = int(re.findall(r"\d+", failed.error)[0])
+    assert 100 < used < 400, failed.error
+
+
+# -- recycling -------------------------------------------------------------------
+def test_max_jobs_per_child_recycles_children(start_worker: StartWorker, queue: Queue) -> None:
+    # Given a one-child worker that replaces its child after 2 jobs
+    worker = start_worker("--max-jobs-per-child", "2", procs=1)
+    first_child = worker.wait_pool_size(1, timeout=5.0)[0]
+
+    # When 6 jobs run, one after another
+    added = [queue.add("ok", n) for n in range(6)]
+    jobs = wait_for_jobs(queue, [job.id for job in added])
+
+    # Then they all complete, on three children that ran two jobs each
+    assert all(job.state == "completed" for job in jobs.values()), [
+        job.fields for job in jobs.values()
+    ]
+    pids = Counter(job.result["pid"] for job in jobs.values())
+    assert sorted(pids.values()) == [2, 2, 2], pids
+    assert first_child in pids
+    # and the last child was replaced too: the pool is full, with a new pid
+    last = worker.wait_pool_size(1, timeout=1.0)[0]
+    assert last not in pids
+    assert queue.counts()["failed"] == 0
+
+
+# -- process titles -----------------------------------------------------------------
+def test_process_titles_show_queue_child_index_and_current_job(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given a worker with two children
+    worker = start_worker(procs=PROCS)
+    pool = worker.wait_pool_size(PROCS, timeout=5.0)
+
+    # Then the parent and the idle children say what they are
+    assert process_title(worker.pid) == f"sandboxq parent: {queue.name} [2 procs]"
+    titles = sorted(process_title(pid) or "" for pid in pool)
+    assert titles == ["sandboxq child 1: idle", "sandboxq child 2: idle"]
+
+    # When a job runs, its child's title names the job
+    job = queue.add("sleep", 0.5)
+    busy = worker.child_running("sleep", job.id)
+    assert re.fullmatch(rf"sandboxq child [12]: sleep#{job.id}", process_title(busy) or "")
+
+    # Then the child goes back to idle once the job is done
+    assert wait_for_job(queue, job.id).state == "completed"
+    wait_until(lambda: (process_title(busy) or "").endswith(": idle"), 2.0, "the child to be idle")
+
+
+@pytest.mark.parametrize("pinned", [False, True], ids=["inherited-affinity", "pinned-to-one-cpu"])
+def test_procs_auto_starts_one_child_per_usable_cpu(
+    start_worker: StartWorker, queue: Queue, pinned: bool
+) -> None:
+    # Given the CPUs a process may use (its affinity, capped by the cgroup
+    # quota), possibly narrowed to one CPU for the worker
+    allowed = os.sched_getaffinity(0)
+    try:
+        if pinned:
+            os.sched_setaffinity(0, {min(allowed)})  # the worker inherits it
+        expected = available_cpus()
+        assert expected <= len(os.sched_getaffinity(0))
+
+        # When a worker starts with --procs auto
+        worker = start_worker(procs="auto")
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+    # Then its READY line and its pool have that many children
+    assert worker.matching_lines(rf"sandboxq worker ready pid={worker.pid} .* procs={expected}$")
+    assert len(worker.wait_pool_size(expected, timeout=5.0)) == expected
+    if pinned:
+        assert expected == 1
