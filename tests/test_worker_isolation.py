@@ -14,6 +14,7 @@ import re
 import signal
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -325,3 +326,24 @@ def test_procs_auto_starts_one_child_per_usable_cpu(
     assert len(worker.wait_pool_size(expected, timeout=5.0)) == expected
     if pinned:
         assert expected == 1
+
+
+def test_cgroup_quota_is_read_along_the_process_cgroup_path(tmp_path: Path) -> None:
+    # Given a v2 hierarchy whose quota is set on a parent cgroup, and a v1 one
+    from sandboxq.worker.cpus import _cgroup_dirs, _quota
+
+    (tmp_path / "app" / "worker").mkdir(parents=True)
+    (tmp_path / "app" / "cpu.max").write_text("150000 100000\n")
+    (tmp_path / "app" / "worker" / "cpu.max").write_text("max 100000\n")
+    v1 = tmp_path / "cpu" / "job"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("50000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+
+    # When the directories that apply are listed and their quotas read
+    dirs = _cgroup_dirs(tmp_path, "0::/app/worker\n3:cpu,cpuacct:/job\n4:memory:/job\n")
+    quotas = [q for d in dirs if (q := _quota(d)) is not None]
+
+    # Then the nested quota and the v1 one are both found
+    assert tmp_path / "app" / "worker" in dirs and v1 in dirs
+    assert sorted(quotas) == [0.5, 1.5]

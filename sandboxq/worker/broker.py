@@ -35,6 +35,8 @@ class StepResult:
     finished: list[tuple[str, str, str]] = field(default_factory=list)
     #: Jobs recovered from dead workers: (queue, requeued ids, failed ids).
     recovered: list[tuple[str, list[str], list[str]]] = field(default_factory=list)
+    #: Jobs fetched again while this worker still runs them: (queue, job id).
+    still_running: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Broker:
@@ -137,7 +139,7 @@ class Broker:
             self._take(queue, reply, result, next_due)
         if order:
             # Fewer jobs than slots: the queues are empty (or paused) for now.
-            self.maybe_work = len(result.fetched) >= free_slots
+            self.maybe_work = len(result.fetched) + len(result.still_running) >= free_slots
             self.next_due_ms = min(next_due, default=None)
         return result
 
@@ -183,6 +185,12 @@ class Broker:
     def _take(self, queue: str, reply: Any, result: StepResult, next_due: list[int]) -> None:
         rows, due = reply
         for job_id, fields in fast.decode_fetched(rows):
+            if job_id in self.leased[queue]:
+                # Our own lease lapsed (the parent was frozen, or Redis slow)
+                # and the job came back to us while a child still runs it:
+                # keep the fresh lease for that run instead of starting another.
+                result.still_running.append((queue, job_id))
+                continue
             self.leased[queue].add(job_id)
             result.fetched.append((queue, job_id, fields))
         if due >= 0:

@@ -427,6 +427,13 @@ class Worker:
                 requeued=",".join(requeued),
                 failed=",".join(failed),
             )
+        for queue, job_id in result.still_running:
+            logs.event(
+                "lease lapsed while the job ran here; kept this run",
+                logging.WARNING,
+                queue=queue,
+                job_id=job_id,
+            )
         for queue, job_id, fields in result.fetched:
             self._dispatch(queue, job_id, fields, idle)
 

@@ -57,6 +57,7 @@ class Child:
     #: Why the parent killed it (timeout, memory); None if it died on its own.
     kill_reason: str | None = None
     term_sent_at: float | None = None
+    sigkilled: bool = False
 
     @property
     def busy(self) -> bool:
@@ -167,16 +168,20 @@ class Pool:
             child.sock.shutdown(socket.SHUT_WR)
 
     def kill(self, child: Child, reason: str | None = None, sig: int = signal.SIGKILL) -> None:
+        """Signal a child the parent gave up on. It is never given another
+        job, even if it survives the signal or its job finishes meanwhile."""
         if reason and child.kill_reason is None:
             child.kill_reason = reason
+        if sig == signal.SIGTERM:
+            child.term_sent_at = time.monotonic()
+        child.sigkilled = child.sigkilled or sig == signal.SIGKILL
+        self.retire(child)
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, sig)
 
     # -- pipes ---------------------------------------------------------------
     def assign(self, child: Child, job: Assignment, data: Any) -> None:
         child.job = job
-        child.kill_reason = None
-        child.term_sent_at = None
         child.outbox += protocol.encode(
             [
                 protocol.RUN,
@@ -223,13 +228,14 @@ class Pool:
         for child in self.busy():
             job = child.job
             assert job is not None
+            if child.sigkilled:
+                continue  # only the reaper has something left to do
             if child.term_sent_at is not None:
                 if now - child.term_sent_at >= self.kill_grace:
                     self.kill(child)
                 continue
             if job.timeout is not None and now - job.started >= job.timeout:
                 self.kill(child, f"timed out after {job.timeout}s", signal.SIGTERM)
-                child.term_sent_at = now
                 continue
             if self.max_memory_bytes is not None:
                 rss = rss_bytes(child.pid)
@@ -246,6 +252,8 @@ class Pool:
         for child in self.busy():
             job = child.job
             assert job is not None
+            if child.sigkilled:
+                continue
             if child.term_sent_at is not None:
                 deadlines.append(child.term_sent_at + self.kill_grace)
             elif job.timeout is not None:
