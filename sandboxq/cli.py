@@ -7,8 +7,11 @@ import importlib
 import os
 import re
 import sys
+import time
 import traceback
 from collections.abc import Sequence
+
+import orjson
 
 from sandboxq import logs
 
@@ -124,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--jobs", type=int, default=200, help="thumbnail jobs to run [200]")
     demo.add_argument("--procs", type=parse_procs, default="auto")
     demo.add_argument("--dir", default=".sandboxq", help="where Redis and outputs go")
+
+    schedules = commands.add_parser("schedules", help="list a queue's schedules")
+    schedules.add_argument("queue", metavar="QUEUE")
+    schedules.add_argument("--url", help="Redis URL [$SANDBOXQ_REDIS_URL]")
+    schedules.add_argument("--json", action="store_true", help="print JSON, for scripts")
     return parser
 
 
@@ -175,9 +183,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "worker":
         return run_worker(args)
+    if args.command == "schedules":
+        return show_schedules(args)
     from sandboxq.demo import run as run_demo
 
     return run_demo(args.jobs, args.procs, args.dir)
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def show_schedules(args: argparse.Namespace) -> int:
+    from sandboxq.errors import ConnectionFailed
+    from sandboxq.queue import Queue
+
+    try:
+        found = Queue(args.queue, url=args.url).schedules()
+    except ConnectionFailed as exc:
+        print(f"sandboxq: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    rows = [("KEY", "JOB", "WHEN", "NEXT RUN", "RUNS", "MISFIRE")]
+    for s in found:
+        when = f"cron {s['cron']} {s['tz']}" if s["cron"] else f"every {s['every']:g}s"
+        runs = f"{s['count']}/{s['limit']}" if s["limit"] else str(s["count"])
+        rows.append((s["key"], s["name"], when, _when(s["next_run"]), runs, s["misfire"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    if not found:
+        print(f"(no schedules on queue {args.queue!r})")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

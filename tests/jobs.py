@@ -128,3 +128,9 @@ def chaos(job: JobContext) -> Any:
     if action == "exit":
         os._exit(job.data.get("code", 5))
     return job.id
+
+
+@handler(Q)
+def sum_tree(job: JobContext) -> Any:
+    """A flow node: its own number plus its children's results."""
+    return int(job.data) + sum(job.children_results().values())

@@ -195,3 +195,31 @@ def test_plan_caps_catch_up_at_the_most_recent_occurrences() -> None:
     assert len(fire) == 100
     assert fire[-1] == T0 + 1000 + 500_000
     assert upcoming == T0 + 1000 + 501_000
+
+
+def test_cli_lists_schedules_as_a_table_and_as_json(
+    queue: Queue, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from sandboxq.cli import main
+
+    queue.schedule("nightly", cron="30 2 * * *", tz="Europe/Berlin", name="report")
+    queue.schedule("tick", every=5, limit=3)
+
+    assert main(["schedules", queue.name, "--url", redis_url]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["KEY", "JOB", "WHEN", "NEXT", "RUN", "RUNS", "MISFIRE"]
+    assert table[1].split()[:5] == ["nightly", "report", "cron", "30", "2"]
+    assert "every 5s" in table[2] and "0/3" in table[2]
+
+    assert main(["schedules", queue.name, "--url", redis_url, "--json"]) == 0
+    parsed = json.loads(capsys.readouterr().out)
+    assert [s["key"] for s in parsed] == ["nightly", "tick"]
+
+
+def test_cli_names_the_url_when_redis_is_down(capsys: pytest.CaptureFixture[str]) -> None:
+    from sandboxq.cli import main
+
+    assert main(["schedules", "q", "--url", "redis://127.0.0.1:1/0"]) == 2
+    assert "redis://127.0.0.1:1/0" in capsys.readouterr().err

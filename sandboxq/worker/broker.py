@@ -18,10 +18,15 @@ import redis
 from sandboxq import fast
 from sandboxq.connection import connect
 from sandboxq.keys import QueueKeys
+from sandboxq.schedule import fire_due
 from sandboxq.scripts import Scripts, decode_ids, now_ms
 
 #: The longest a blocking wait lasts before it is re-armed.
 MAX_WAIT_SECONDS = 30.0
+
+#: How often a worker does the scheduling duty (fires due schedules). Every
+#: worker does it; fire_schedule.lua makes each occurrence happen once.
+SCHEDULE_CHECK_SECONDS = 0.25
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
@@ -35,6 +40,8 @@ class StepResult:
     finished: list[tuple[str, str, str]] = field(default_factory=list)
     #: Jobs recovered from dead workers: (queue, requeued ids, failed ids).
     recovered: list[tuple[str, list[str], list[str]]] = field(default_factory=list)
+    #: Schedule occurrences this worker enqueued: (queue, how many).
+    scheduled: list[tuple[str, int]] = field(default_factory=list)
     #: Jobs fetched again while this worker still runs them: (queue, job id).
     still_running: list[tuple[str, str]] = field(default_factory=list)
 
@@ -56,6 +63,7 @@ class Broker:
         now = time.monotonic()
         self.next_renew = now + self.renew_every
         self.next_recover = now  # recover what dead workers left, at once
+        self.next_schedules = now
         self.finishes: dict[str, list[list[Any]]] = {q: [] for q in queues}
         self.reports: dict[str, list[tuple[str, str, str]]] = {q: [] for q in queues}
         self.leased: dict[str, set[str]] = {q: set() for q in queues}
@@ -71,7 +79,7 @@ class Broker:
         return any(self.finishes.values()) or any(self.reports.values())
 
     def next_timer(self) -> float:
-        return min(self.next_renew, self.next_recover)
+        return min(self.next_renew, self.next_recover, self.next_schedules)
 
     def leased_count(self) -> int:
         return sum(len(ids) for ids in self.leased.values())
@@ -114,6 +122,12 @@ class Broker:
             self.next_renew = clock + self.renew_every
         if recover:
             self.next_recover = clock + self.recover_every
+        if clock >= self.next_schedules:
+            self.next_schedules = clock + SCHEDULE_CHECK_SECONDS
+            for queue, k in self.keys.items():
+                if created := fire_due(self.scripts, k, now):
+                    result.scheduled.append((queue, created))
+                    self.maybe_work = True
         next_due: list[int] = []
         for (kind, queue, sent), reply in zip(plan, replies, strict=True):
             if kind == "finish":

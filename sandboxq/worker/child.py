@@ -60,9 +60,18 @@ def serve(index: int, sock: socket.socket, handlers: dict[tuple[str, str], Handl
         protocol.send(sock, [kind, job_id, value])
 
     while (message := protocol.recv(sock)) is not None:
-        _kind, job_id, name, data, attempts_made, retries, queue = message
+        _kind, job_id, name, data, queue, meta = message
         setproctitle(f"sandboxq child {index}: {name}#{job_id}")
-        ctx = JobContext(queue, job_id, name, data, attempts_made, report, retries)
+        ctx = JobContext(
+            queue,
+            job_id,
+            name,
+            data,
+            meta["attempts_made"],
+            report,
+            meta.get("retries", 0),
+            meta.get("children"),
+        )
         outcome = execution.run(handlers[(queue, name)].func, ctx)
         protocol.send(
             sock,

@@ -427,6 +427,8 @@ class Worker:
                 requeued=",".join(requeued),
                 failed=",".join(failed),
             )
+        for queue, created in result.scheduled:
+            logs.event("enqueued scheduled jobs", logging.INFO, queue=queue, count=created)
         for queue, job_id in result.still_running:
             logs.event(
                 "lease lapsed while the job ran here; kept this run",

@@ -182,17 +182,13 @@ class Pool:
     # -- pipes ---------------------------------------------------------------
     def assign(self, child: Child, job: Assignment, data: Any) -> None:
         child.job = job
-        child.outbox += protocol.encode(
-            [
-                protocol.RUN,
-                job.job_id,
-                job.name,
-                data,
-                job.fields.get("attempts_made", 0),
-                job.fields.get("retries", 0),
-                job.queue,
-            ]
-        )
+        fields = job.fields
+        meta = {"attempts_made": fields.get("attempts_made", 0)}
+        if fields.get("retries"):
+            meta["retries"] = fields["retries"]
+        if "children" in fields:
+            meta["children"] = fields["children"]
+        child.outbox += protocol.encode([protocol.RUN, job.job_id, job.name, data, job.queue, meta])
         self.flush(child)
 
     def flush(self, child: Child) -> None:

@@ -4,7 +4,9 @@ A frame is a 4-byte big-endian length and a JSON array whose first item is
 the message kind. One child runs one job at a time, so a child's death maps
 to exactly one job: whatever it was sent last and has not answered.
 
-Parent → child:  ["run", job_id, name, data, attempts_made, retries, queue]
+Parent → child:  ["run", job_id, name, data, queue, meta]
+                 meta: {"attempts_made": n, "retries": n, "children": {ref: result}},
+                 keys other than attempts_made only when they apply
 Child → parent:  ["progress", job_id, value_json]
                  ["log", job_id, message]
                  ["done", job_id, outcome, value, traceback, delay_seconds]
