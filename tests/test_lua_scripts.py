@@ -134,7 +134,10 @@ def test_add_with_delay_puts_the_job_in_delayed_due_at_now_plus_delay(queue: Que
     assert members(queue, queue.keys.delayed) == [(job_id, NOW + 5_000)]
     assert queue.client.zcard(queue.keys.wait) == 0
     assert fields(queue, job_id)["state"] == "delayed"
-    assert events(queue) == [("added", {"state": "delayed", "delay_ms": "5000"})]
+    assert events(queue) == [
+        ("added", {"state": "delayed", "delay_ms": "5000"}),
+        ("delayed", {"delay_ms": "5000"}),
+    ]
 
 
 def test_add_generates_increasing_ids(queue: Queue) -> None:
@@ -333,8 +336,8 @@ def test_fetch_promotes_due_delayed_jobs_and_reports_the_next_due_time(queue: Qu
     assert [i for i, _ in leased] == [soon]
     assert next_due == NOW + 9_000
     assert members(queue, queue.keys.delayed) == [(later, NOW + 9_000)]
-    assert event_names(queue, soon) == ["added", "waiting", "active"]
-    assert events(queue, soon)[1] == ("waiting", {"from": "delayed"})
+    assert event_names(queue, soon) == ["added", "delayed", "waiting", "active"]
+    assert events(queue, soon)[2] == ("waiting", {"from": "delayed"})
 
 
 def test_fetch_passes_the_wake_up_on_while_work_remains(queue: Queue) -> None:
@@ -403,7 +406,10 @@ def test_a_failed_attempt_with_attempts_left_is_retried_after_the_delay(queue: Q
     assert (job["error"], job["traceback"]) == ("ValueError: boom", "Traceback...")
     assert job["attempts_made"] == 1
     assert "token" not in job
-    assert events(queue, job_id)[-1] == ("retrying", {"delay_ms": "2000"})
+    assert events(queue, job_id)[-2:] == [
+        ("retrying", {"delay_ms": "2000"}),
+        ("delayed", {"delay_ms": "2000"}),
+    ]
 
 
 def test_a_failed_attempt_with_no_delay_goes_straight_back_to_wait(queue: Queue) -> None:
@@ -1099,6 +1105,7 @@ def test_the_event_stream_records_each_transition_of_a_job(queue: Queue) -> None
         ("added", {"state": "waiting"}),
         ("active", {}),
         ("retrying", {"delay_ms": "500"}),
+        ("delayed", {"delay_ms": "500"}),
         ("waiting", {"from": "delayed"}),
         ("active", {}),
         ("completed", {}),

@@ -223,3 +223,19 @@ def test_cli_names_the_url_when_redis_is_down(capsys: pytest.CaptureFixture[str]
 
     assert main(["schedules", "q", "--url", "redis://127.0.0.1:1/0"]) == 2
     assert "redis://127.0.0.1:1/0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("misfire", "expected_minutes"),
+    [("skip", []), ("once", [4]), ("all", [0, 1, 2, 3, 4])],
+)
+def test_a_cron_schedule_missed_while_no_worker_ran_follows_misfire(
+    queue: Queue, misfire: str, expected_minutes: list[int]
+) -> None:
+    # Given an every-minute cron whose next five due times pass with no worker
+    first = int(queue.schedule("minutely", cron="* * * * *", misfire=misfire)["next_run"] * 1000)
+    # When a worker fires what is due 4 minutes and 5 seconds after the first
+    fire_due(queue.scripts, queue.keys, first + 4 * 60_000 + 5000)
+    # Then the policy decided which minutes ran, and the next run is minute 5
+    assert job_ids(queue) == sorted(f"minutely@{first + m * 60_000}" for m in expected_minutes)
+    assert queue.schedules()[0]["next_run"] * 1000 == first + 5 * 60_000

@@ -42,6 +42,7 @@ while i <= #ARGV do
     redis.call('HSET', job_key, 'state', 'delayed')
     redis.call('ZADD', prefix .. 'marker', 0, '0')
     emit(events, maxlen, 'added', id, 'state', 'delayed', 'delay_ms', num(delay))
+    emit(events, maxlen, 'delayed', id, 'delay_ms', num(delay))
   else
     make_waiting(job_key, prefix .. 'wait', prefix .. 'marker', id, priority, seq)
     emit(events, maxlen, 'added', id, 'state', 'waiting')

@@ -35,6 +35,7 @@ local function retry_later(job_key, id, delay)
   end
   redis.call('HDEL', job_key, 'token')
   emit(KEYS[6], maxlen, 'retrying', id, 'delay_ms', num(delay))
+  if delay > 0 then emit(KEYS[6], maxlen, 'delayed', id, 'delay_ms', num(delay)) end
   return 'retrying'
 end
 

@@ -28,6 +28,7 @@ local function add_jobs(prefix, now, maxlen, k, args, first_index)
         redis.call('ZADD', k.delayed, num(now + delay), id)
         redis.call('HSET', job_key, 'state', 'delayed')
         emit(k.events, maxlen, 'added', id, 'state', 'delayed', 'delay_ms', num(delay))
+        emit(k.events, maxlen, 'delayed', id, 'delay_ms', num(delay))
       else
         redis.call('ZADD', k.wait, wait_score(priority, seq), id)
         redis.call('HSET', job_key, 'state', 'waiting')
