@@ -3,6 +3,7 @@
 from sandboxq.errors import (
     ConnectionFailed,
     JobFailed,
+    RateLimited,
     Retry,
     SandboxqError,
     Unrecoverable,
@@ -26,6 +27,7 @@ __all__ = [
     "JobIsActive",
     "Queue",
     "QueueEvents",
+    "RateLimited",
     "Retention",
     "Retry",
     "SandboxqError",

@@ -39,6 +39,21 @@ def parse_procs(text: str) -> int | str:
     return value
 
 
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h)?\s*$")
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``100/60s``, ``20/s``, ``5/2m``, ``1000/h`` → (max jobs, seconds)."""
+    match = _RATE.match(text)
+    if not match or int(match.group(1)) < 1 or (not match.group(2) and not match.group(3)):
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r} (try 100/60s or 20/s)")
+    amount = float(match.group(2) or 1)
+    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(3) or "s"]
+    if amount * unit <= 0:
+        raise argparse.ArgumentTypeError(f"the period of {text!r} must be > 0")
+    return int(match.group(1)), amount * unit
+
+
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -118,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="after a timeout's SIGTERM, wait this long before SIGKILL [2]",
     )
+    worker.add_argument(
+        "--rate-limit",
+        type=parse_rate,
+        metavar="N/PERIOD",
+        help="at most N job starts per period across all workers, e.g. 100/60s, 20/s, 5/2m "
+        "(stored on the queues, like Queue.set_rate_limit)",
+    )
     worker.add_argument("--log-format", choices=("text", "json"), default="text")
     worker.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
@@ -172,6 +194,7 @@ def run_worker(args: argparse.Namespace) -> int:
             max_stalls=args.max_stalls,
             default_timeout=args.default_timeout,
             kill_grace=args.kill_grace,
+            rate_limit=args.rate_limit,
         )
         return worker.run()
     except (BootError, ValueError) as exc:

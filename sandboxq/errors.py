@@ -39,5 +39,17 @@ class Retry(SandboxqError):
         self.delay = float(delay)
 
 
+class RateLimited(SandboxqError):
+    """A downstream service said "slow down" (e.g. HTTP 429): put this job
+    back without spending an attempt, and pause its group (or, for a job with
+    no group, the queue) for ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float, reason: str = "") -> None:
+        if retry_after < 0:
+            raise ValueError(f"retry_after must be >= 0 seconds, got {retry_after}")
+        super().__init__(reason or f"rate limited for {retry_after}s")
+        self.retry_after = float(retry_after)
+
+
 class Unrecoverable(SandboxqError):
     """Fail this job now, without the retries its options allow."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from sandboxq.errors import Retry, Unrecoverable
+from sandboxq.errors import RateLimited, Retry, Unrecoverable
 from sandboxq.handlers import JobContext
 from sandboxq.options import Backoff, ms
 
@@ -20,6 +20,7 @@ COMPLETED = "completed"
 FAILED = "failed"  # an attempt failed; retries may follow
 UNRECOVERABLE = "unrecoverable"  # fail now, no retries
 RETRY = "retry"  # the handler asked to run again later; no attempt spent
+RATE_LIMITED = "ratelimited"  # a downstream limit: pause the job's scope; no attempt spent
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,8 @@ def run(func: Any, ctx: JobContext) -> Outcome:
         result = func(ctx)
     except Retry as exc:
         return Outcome(RETRY, describe_error(exc), delay=exc.delay)
+    except RateLimited as exc:
+        return Outcome(RATE_LIMITED, describe_error(exc), delay=exc.retry_after)
     except Unrecoverable as exc:
         return Outcome(UNRECOVERABLE, describe_error(exc), traceback.format_exc())
     except Exception as exc:

@@ -49,6 +49,13 @@ class QueueKeys:
     schedule_times: str
     schedule_counts: str
     waiting_children: str
+    groups: str  # groups with ready jobs, in round-robin order
+    group_paused: str  # groups paused by a rate limit, score = until (ms)
+    group_active: str  # group -> active jobs
+    group_names: str  # every group seen
+    group_rr: str  # round-robin counter
+    gcount: str  # waiting jobs that belong to a group
+    limiter: str  # the queue's rate-limit log of start times
 
     @property
     def hash_tag(self) -> str:
@@ -79,6 +86,13 @@ class QueueKeys:
             schedule_times=prefix + "schedule_times",
             schedule_counts=prefix + "schedule_counts",
             waiting_children=prefix + "waiting_children",
+            groups=prefix + "groups",
+            group_paused=prefix + "group_paused",
+            group_active=prefix + "group_active",
+            group_names=prefix + "group_names",
+            group_rr=prefix + "group_rr",
+            gcount=prefix + "gcount",
+            limiter=prefix + "limiter",
         )
 
     def job(self, job_id: str) -> str:
@@ -90,6 +104,10 @@ class QueueKeys:
     def deps(self, job_id: str) -> str:
         """A flow parent's children's results: ``queue:id`` → result JSON."""
         return f"{self.prefix}deps:{job_id}"
+
+    def group_wait(self, group: str) -> str:
+        """The waiting jobs of one group."""
+        return f"{self.prefix}gwait:{group}"
 
     def ignored(self, job_id: str) -> str:
         """A flow parent's children that failed and were skipped: ``queue:id`` → error."""

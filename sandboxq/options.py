@@ -30,6 +30,7 @@ JOB_OPTION_NAMES = frozenset(
         "timeout",
         "keep_completed",
         "keep_failed",
+        "group",
     }
 )
 
@@ -80,12 +81,12 @@ class Backoff:
                 f"unknown backoff spec {spec!r}: type must be 'fixed' or "
                 "'exponential', keys among type, delay, jitter, max"
             )
-        delay = _seconds("backoff delay", spec.get("delay", 0.0))
+        delay = seconds("backoff delay", spec.get("delay", 0.0))
         jitter = float(spec.get("jitter") or 0.0)
         if not 0.0 <= jitter <= 1.0:
             raise ValueError(f"backoff jitter must be between 0 and 1, got {jitter}")
         cap = spec.get("max")
-        max_delay = None if cap is None else _seconds("backoff max", cap)
+        max_delay = None if cap is None else seconds("backoff max", cap)
         return cls(kind, delay, jitter, max_delay)
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,10 +135,10 @@ class Retention:
             not isinstance(count, int) or isinstance(count, bool) or count < 0
         ):
             raise ValueError(f"{what} count must be an int >= 0, got {count!r}")
-        return cls(count, None if age is None else _seconds(f"{what} age", age))
+        return cls(count, None if age is None else seconds(f"{what} age", age))
 
 
-def _seconds(what: str, value: Any) -> float:
+def seconds(what: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
     if math.isnan(value) or value < 0:
@@ -163,6 +164,7 @@ class JobOptions:
     timeout: float | None = None
     keep_completed: Retention | None = None
     keep_failed: Retention | None = None
+    group: str | None = None
 
     @classmethod
     def build(
@@ -176,6 +178,7 @@ class JobOptions:
         timeout: Any = None,
         keep_completed: Any = None,
         keep_failed: Any = None,
+        group: Any = None,
     ) -> JobOptions:
         if job_id is not None:
             if isinstance(job_id, int) and not isinstance(job_id, bool):
@@ -198,23 +201,26 @@ class JobOptions:
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {attempts}")
         if timeout is not None:
-            timeout = _seconds("timeout", timeout)
+            timeout = seconds("timeout", timeout)
             if timeout == 0:
                 raise ValueError("timeout must be > 0 seconds (None for no timeout)")
         return cls(
             job_id=job_id,
-            delay=_seconds("delay", delay),
+            delay=seconds("delay", delay),
             priority=priority,
             attempts=attempts,
             backoff=None if backoff is None else Backoff.parse(backoff),
             timeout=timeout,
             keep_completed=Retention.parse("keep_completed", keep_completed),
             keep_failed=Retention.parse("keep_failed", keep_failed),
+            group=None if group is None else validate_name("group", group),
         )
 
     def hash_fields(self) -> list[Any]:
         """The job-hash fields these options set, as a flat field/value list."""
         fields: list[Any] = ["attempts", self.attempts]
+        if self.group is not None:
+            fields += ["group", self.group]
         if self.backoff is not None:
             fields += ["backoff", orjson.dumps(self.backoff.to_dict())]
         if self.timeout is not None:
@@ -225,3 +231,25 @@ class JobOptions:
             if keep is not None and keep.age is not None:
                 fields += [f"{prefix}_age", ms(keep.age)]
         return fields
+
+
+def positive_int(what: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be an int >= 1 (None to clear), got {value!r}")
+    return value
+
+
+def rate_limit_fields(
+    prefix: str, max_jobs: int | None, per_seconds: float | None
+) -> dict[str, Any]:
+    """Meta fields of a rate limit: ``max_jobs`` per ``per_seconds`` (or clear)."""
+    if max_jobs is None:
+        return {f"{prefix}_max": None, f"{prefix}_window_ms": None}
+    if per_seconds is None or seconds("per_seconds", per_seconds) == 0:
+        raise ValueError(f"a rate limit needs per_seconds > 0, got {per_seconds!r}")
+    return {
+        f"{prefix}_max": positive_int("max_jobs", max_jobs),
+        f"{prefix}_window_ms": max(ms(per_seconds), 1),
+    }

@@ -13,7 +13,14 @@ from sandboxq.connection import connect, describe, names_url, resolve_url
 from sandboxq.errors import SandboxqError
 from sandboxq.job import FINISHED_STATES, STATES, Job
 from sandboxq.keys import JOB_SETS, QueueKeys, validate_name
-from sandboxq.options import JOB_OPTION_NAMES, JobOptions, ms
+from sandboxq.options import (
+    JOB_OPTION_NAMES,
+    JobOptions,
+    ms,
+    positive_int,
+    rate_limit_fields,
+    seconds,
+)
 from sandboxq.schedule import Schedule
 from sandboxq.scripts import STEP_LIMIT, Scripts, now_ms
 
@@ -132,6 +139,7 @@ class Queue:
         timeout: float | None = None,
         keep_completed: Any = None,
         keep_failed: Any = None,
+        group: str | None = None,
     ) -> Job:
         """Add one job and return it. A ``job_id`` that exists already is a
         no-op that returns the existing job."""
@@ -144,6 +152,7 @@ class Queue:
             timeout=timeout,
             keep_completed=keep_completed,
             keep_failed=keep_failed,
+            group=group,
         )
         return self._add_encoded([self._encode(name, data, options)], [data], [options])[0]
 
@@ -297,8 +306,11 @@ class Queue:
         pipe = self.client.pipeline(transaction=False)
         for key in JOB_SETS:
             pipe.zcard(getattr(self.keys, key))
-        sizes = pipe.execute()
-        return {state: size for state, size in zip(STATES, sizes, strict=True)}
+        pipe.get(self.keys.gcount)
+        *sizes, grouped = pipe.execute()
+        counts = {state: size for state, size in zip(STATES, sizes, strict=True)}
+        counts["waiting"] += int(grouped or 0)  # grouped jobs wait in their group's set
+        return counts
 
     @names_url
     def job_ids(self, state: str, start: int = 0, limit: int = 100) -> list[str]:
@@ -398,6 +410,62 @@ class Queue:
         while (removed := self.scripts.drain(self.keys, include_delayed, STEP_LIMIT)) > 0:
             total += removed
         return total
+
+    # -- flow control --------------------------------------------------------
+    @names_url
+    def set_rate_limit(self, max_jobs: int | None, per_seconds: float | None = None) -> None:
+        """At most ``max_jobs`` starts of this queue's jobs in any window of
+        ``per_seconds``, across every worker. ``None`` clears the limit."""
+        self.scripts.configure(self.keys, rate_limit_fields("rl", max_jobs, per_seconds))
+
+    @names_url
+    def set_group_rate_limit(self, max_jobs: int | None, per_seconds: float | None = None) -> None:
+        """The same limit for each group separately (``add(..., group=...)``)."""
+        self.scripts.configure(self.keys, rate_limit_fields("grl", max_jobs, per_seconds))
+
+    @names_url
+    def set_concurrency(self, max_active: int | None) -> None:
+        """At most ``max_active`` jobs of this queue active across all workers."""
+        self.scripts.configure(self.keys, {"concurrency": positive_int("concurrency", max_active)})
+
+    @names_url
+    def set_group_concurrency(self, max_active: int | None) -> None:
+        """At most ``max_active`` active jobs per group."""
+        self.scripts.configure(
+            self.keys, {"gconcurrency": positive_int("group concurrency", max_active)}
+        )
+
+    @names_url
+    def set_priority_aging(self, seconds_per_level: float | None) -> None:
+        """Opt in to priority aging: a waiting job's effective priority improves
+        by one level per ``seconds_per_level`` it waits, so low priorities
+        cannot starve. ``None``: strict priority (the default)."""
+        aging = None
+        if seconds_per_level is not None:
+            if seconds("seconds_per_level", seconds_per_level) == 0:
+                raise ValueError("seconds_per_level must be > 0 (None for strict priority)")
+            aging = max(ms(seconds_per_level), 1)
+        self.scripts.configure(self.keys, {"aging_ms": aging})
+
+    @names_url
+    def limits(self) -> dict[str, Any]:
+        """The flow-control settings in force (seconds; None when unset)."""
+        raw: Any = self.client.hgetall(self.keys.meta)
+        meta = {k.decode(): int(v) for k, v in raw.items() if k != b"paused" and v.isdigit()}
+
+        def rate(prefix: str) -> tuple[int, float] | None:
+            if f"{prefix}_max" not in meta:
+                return None
+            return meta[f"{prefix}_max"], meta[f"{prefix}_window_ms"] / 1000.0
+
+        return {
+            "rate_limit": rate("rl"),
+            "group_rate_limit": rate("grl"),
+            "concurrency": meta.get("concurrency"),
+            "group_concurrency": meta.get("gconcurrency"),
+            "priority_aging": meta["aging_ms"] / 1000.0 if "aging_ms" in meta else None,
+            "rate_limited_until": meta["rl_until"] / 1000.0 if "rl_until" in meta else None,
+        }
 
     # -- schedules ---------------------------------------------------------
     @names_url

@@ -87,6 +87,7 @@ class Scripts:
         "schedule",
         "fire_schedule",
         "add_flow",
+        "configure",
     )
 
     def __init__(self, client: redis.Redis, events_maxlen: int = EVENTS_MAXLEN) -> None:
@@ -195,11 +196,13 @@ class Scripts:
         requeued, failed = reply
         return decode_ids(requeued), decode_ids(failed)
 
-    def release(self, k: QueueKeys, token: str, job_ids: Sequence[str]) -> list[str]:
+    def release(
+        self, k: QueueKeys, token: str, job_ids: Sequence[str], now: int | None = None
+    ) -> list[str]:
         released = self._run(
             "release",
             [k.active, k.wait, k.events, k.marker],
-            [k.prefix, token, self.events_maxlen, *job_ids],
+            [k.prefix, token, self.events_maxlen, now_ms() if now is None else now, *job_ids],
         )
         return decode_ids(released)
 
@@ -243,11 +246,13 @@ class Scripts:
             )
         )
 
-    def retry(self, k: QueueKeys, job_id: str = "", limit: int = STEP_LIMIT) -> list[str]:
+    def retry(
+        self, k: QueueKeys, job_id: str = "", limit: int = STEP_LIMIT, now: int | None = None
+    ) -> list[str]:
         moved = self._run(
             "retry",
             [k.failed, k.wait, k.seq, k.marker, k.events],
-            [k.prefix, self.events_maxlen, job_id, limit],
+            [k.prefix, self.events_maxlen, job_id, limit, now_ms() if now is None else now],
         )
         return decode_ids(moved)
 
@@ -280,6 +285,13 @@ class Scripts:
     def obliterate(self, k: QueueKeys, force: bool, limit: int = STEP_LIMIT) -> int:
         sets = [k.wait, k.delayed, k.completed, k.failed, k.waiting_children]
         others = [
+            k.groups,
+            k.group_paused,
+            k.group_active,
+            k.group_names,
+            k.group_rr,
+            k.gcount,
+            k.limiter,
             k.id_counter,
             k.seq,
             k.meta,
@@ -362,3 +374,11 @@ class Scripts:
                 *fields,
             ]
         return decode_ids(self._run("add_flow", [root.events], args))
+
+    def configure(self, k: QueueKeys, settings: dict[str, Any]) -> int:
+        """Set (or, with ``None``, clear) flow-control meta fields and wake the
+        workers; returns how many waiting jobs were rescored."""
+        args: list[Any] = [k.prefix, self.events_maxlen]
+        for field, value in settings.items():
+            args += [field, "" if value is None else value]
+        return int(self._run("configure", [k.meta, k.marker, k.events], args))

@@ -25,8 +25,7 @@ while i <= #ARGV do
   i = last + 1
   local id = tostring(redis.call('INCR', prefix .. 'id'))
   local job_key = prefix .. 'job:' .. id
-  local seq = next_seq(prefix .. 'seq')
-  redis.call('HSET', job_key, 'priority', priority, 'seq', seq, 'created_at', num(now),
+  redis.call('HSET', job_key, 'priority', priority, 'created_at', num(now),
     'attempts_made', 0, 'stalls', 0, unpack(ARGV, first, last))
   if parent > 0 then
     redis.call('HSET', job_key, 'parent_prefix', prefixes[parent], 'parent_id', ids[parent],
@@ -44,7 +43,7 @@ while i <= #ARGV do
     emit(events, maxlen, 'added', id, 'state', 'delayed', 'delay_ms', num(delay))
     emit(events, maxlen, 'delayed', id, 'delay_ms', num(delay))
   else
-    make_waiting(job_key, prefix .. 'wait', prefix .. 'marker', id, priority, seq)
+    make_waiting(prefix, job_key, id, now, false)
     emit(events, maxlen, 'added', id, 'state', 'waiting')
   end
   ids[#ids + 1] = id

@@ -1,4 +1,5 @@
--- drain: remove jobs that have not started: waiting, and optionally delayed.
+-- drain: remove jobs that have not started: waiting (grouped too), and
+-- optionally delayed.
 --
 -- KEYS[1] wait   KEYS[2] delayed   KEYS[3] events
 --
@@ -17,6 +18,12 @@ local function take(set_key)
   removed = removed + #ids
 end
 take(KEYS[1])
+for _, group in ipairs(redis.call('SMEMBERS', prefix .. 'group_names')) do
+  if removed >= limit then break end
+  local before = removed
+  take(prefix .. 'gwait:' .. group)
+  redis.call('DECRBY', prefix .. 'gcount', removed - before)
+end
 if ARGV[2] == '1' and removed < limit then take(KEYS[2]) end
 if removed > 0 then emit(KEYS[3], ARGV[4], 'drained', '', 'count', removed) end
 return removed

@@ -1,4 +1,5 @@
--- fetch: promote due delayed jobs, then lease up to `count` waiting jobs.
+-- fetch: promote due delayed jobs, then lease up to `count` waiting jobs,
+-- within the queue's limits.
 --
 -- KEYS[1] wait     KEYS[2] delayed   KEYS[3] active   KEYS[4] meta
 -- KEYS[5] marker   KEYS[6] events    KEYS[7] seq counter
@@ -9,24 +10,122 @@
 -- A lease is the token stored on the job plus a deadline, the job's score in
 -- `active`. Renewing moves the deadline; a deadline in the past means stalled.
 --
--- Returns {jobs, next_due}: jobs is a flat array of (id, hash as a flat
--- field/value array) per leased job; next_due is the due time (ms) of the
--- earliest delayed job, or -1 when there is none.
+-- Limits (meta fields, set by configure.lua): paused; rl_until (a handler's
+-- RateLimited); concurrency (active jobs across all workers); rl_max and
+-- rl_window_ms (starts per sliding window, log in `limiter`); per group:
+-- gconcurrency, grl_max and grl_window_ms (log in glimiter:<group>). Ungrouped
+-- jobs and groups take turns; groups take turns among themselves (`groups`,
+-- round robin), so a big group cannot starve a small one.
+--
+-- Returns {jobs, next_check}: jobs is a flat array of (id, hash as a flat
+-- field/value array) per leased job; next_check is the earliest time (ms)
+-- something may become ready without an add (a delayed job due, a rate
+-- window opening, a paused group resuming), or -1.
 --!include common
 --!include promote
 --!include retention
 --!include flow
 local prefix, now, count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local token, lease, maxlen = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local checks = {}
 
 promote_due(prefix, KEYS[2], KEYS[1], KEYS[7], KEYS[5], KEYS[6], maxlen, now, 1000)
 
+local s = redis.call('HMGET', KEYS[4], 'paused', 'rl_until', 'concurrency', 'rl_max',
+  'rl_window_ms', 'gconcurrency', 'grl_max', 'grl_window_ms', 'turn')
+local allowed = count
+if s[1] then allowed = 0 end
+local rl_until = tonumber(s[2] or '0')
+if rl_until > now then
+  allowed = 0
+  checks[#checks + 1] = rl_until
+end
+local concurrency = tonumber(s[3] or '0')
+if allowed > 0 and concurrency > 0 then
+  allowed = math.min(allowed, concurrency - redis.call('ZCARD', KEYS[3]))
+end
+
+-- A sliding window log: at most `max` starts in any `window` ms. Returns how
+-- many more may start now; when none, notes when the oldest start expires.
+local function window_room(log_key, max, window)
+  redis.call('ZREMRANGEBYSCORE', log_key, '-inf', num(now - window))
+  local used = redis.call('ZCARD', log_key)
+  if used < max then return max - used end
+  local oldest = redis.call('ZRANGE', log_key, 0, 0, 'WITHSCORES')
+  return 0, tonumber(oldest[2]) + window
+end
+
+local limiter = prefix .. 'limiter'
+local rl_max, rl_window = tonumber(s[4] or '0'), tonumber(s[5] or '0')
+if allowed > 0 and rl_max > 0 then
+  local room, opens = window_room(limiter, rl_max, rl_window)
+  allowed = math.min(allowed, room)
+  if opens then checks[#checks + 1] = opens end
+end
+
+-- Groups whose pause ended take their turn again.
+local paused_key = prefix .. 'group_paused'
+for _, group in ipairs(redis.call('ZRANGEBYSCORE', paused_key, '-inf', num(now))) do
+  redis.call('ZREM', paused_key, group)
+  if redis.call('ZCARD', prefix .. 'gwait:' .. group) > 0 then ready_group(prefix, group) end
+end
+
+local gconc = tonumber(s[6] or '0')
+local grl_max, grl_window = tonumber(s[7] or '0'), tonumber(s[8] or '0')
+local groups_key = prefix .. 'groups'
+
+-- The next job of the group whose turn it is, or nil if that group is at a
+-- limit (it then leaves the rotation until a slot frees or its window opens).
+local function take_from_group(group)
+  if gconc > 0 and tonumber(redis.call('HGET', prefix .. 'group_active', group) or '0') >= gconc then
+    redis.call('ZREM', groups_key, group)  -- leave_active() puts it back
+    return nil
+  end
+  local glog = prefix .. 'glimiter:' .. group
+  if grl_max > 0 then
+    local room, opens = window_room(glog, grl_max, grl_window)
+    if room <= 0 then
+      redis.call('ZREM', groups_key, group)
+      redis.call('ZADD', paused_key, num(opens), group)
+      return nil
+    end
+  end
+  local gwait = prefix .. 'gwait:' .. group
+  local id = redis.call('ZPOPMIN', gwait)[1]
+  redis.call('DECR', prefix .. 'gcount')
+  if redis.call('ZCARD', gwait) > 0 then
+    redis.call('ZADD', groups_key, redis.call('INCR', prefix .. 'group_rr'), group)
+  else
+    redis.call('ZREM', groups_key, group)
+  end
+  redis.call('HINCRBY', prefix .. 'group_active', group, 1)
+  if grl_max > 0 then
+    redis.call('ZADD', glog, num(now), id .. ':' .. now)
+    local room, opens = window_room(glog, grl_max, grl_window)
+    if room <= 0 and redis.call('ZSCORE', groups_key, group) then  -- full: pause it now
+      redis.call('ZREM', groups_key, group)
+      redis.call('ZADD', paused_key, num(opens), group)
+    end
+  end
+  return id
+end
+
 local jobs = {}
-if count > 0 and redis.call('HEXISTS', KEYS[4], 'paused') == 0 then
-  local popped = redis.call('ZPOPMIN', KEYS[1], count)
-  local deadline = num(now + lease)
-  for j = 1, #popped, 2 do
-    local id = popped[j]
+local taken = 0
+local group_turn = s[9] == 'g'
+local deadline = num(now + lease)
+while taken < allowed do
+  local next_group = redis.call('ZRANGE', groups_key, 0, 0)[1]
+  local has_plain = redis.call('ZCARD', KEYS[1]) > 0
+  if not next_group and not has_plain then break end
+  local id
+  if next_group and (group_turn or not has_plain) then
+    id = take_from_group(next_group)
+  else
+    id = redis.call('ZPOPMIN', KEYS[1])[1]
+  end
+  if next_group and has_plain then group_turn = not group_turn end
+  if id then
     local job_key = prefix .. 'job:' .. id
     if redis.call('EXISTS', job_key) == 1 then
       redis.call('ZADD', KEYS[3], deadline, id)
@@ -39,13 +138,32 @@ if count > 0 and redis.call('HEXISTS', KEYS[4], 'paused') == 0 then
       end
       jobs[#jobs + 1] = id
       jobs[#jobs + 1] = fields
+      taken = taken + 1
+      if rl_max > 0 then redis.call('ZADD', limiter, num(now), id .. ':' .. now) end
     end
   end
-  -- More work left: pass the wake-up on to the next blocked worker.
-  if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('ZADD', KEYS[5], 0, '0') end
+end
+if rl_max > 0 then  -- the window filled up: say when it opens
+  local _room, opens = window_room(limiter, rl_max, rl_window)
+  if opens then checks[#checks + 1] = opens end
+end
+if (s[9] == 'g') ~= group_turn then
+  if group_turn then redis.call('HSET', KEYS[4], 'turn', 'g') else redis.call('HDEL', KEYS[4], 'turn') end
+end
+-- Filled every slot with work left over: pass the wake-up on to the next
+-- blocked worker. (Short of slots because of a limit: the others would find
+-- the same limit, so they sleep until next_check.)
+if taken == count and count > 0 and (redis.call('ZCARD', KEYS[1]) > 0
+    or redis.call('ZCARD', groups_key) > 0) then
+  redis.call('ZADD', KEYS[5], 0, '0')
 end
 
-local next_due = -1
-local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-if #first > 0 then next_due = tonumber(first[2]) end
-return {jobs, next_due}
+local first_delayed = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if #first_delayed > 0 then checks[#checks + 1] = tonumber(first_delayed[2]) end
+local first_paused = redis.call('ZRANGE', paused_key, 0, 0, 'WITHSCORES')
+if #first_paused > 0 then checks[#checks + 1] = tonumber(first_paused[2]) end
+local next_check = -1
+for _, t in ipairs(checks) do
+  if next_check < 0 or t < next_check then next_check = t end
+end
+return {jobs, next_check}

@@ -12,9 +12,13 @@
 --   outcome "unrecoverable": value = error message; fails for good now
 --   outcome "retry":         the handler asked to run again after delay_ms;
 --                            no attempt is spent, `retries` counts it
+--   outcome "ratelimited":   the handler hit a downstream rate limit: the
+--                            job's group (or the queue) pauses for delay_ms
+--                            and the job waits at its place; no attempt spent
 -- The caller computes delay_ms (backoff and jitter live in Python).
 --
--- Returns one status per job: "completed", "failed", "retrying", or "lost"
+-- Returns one status per job: "completed", "failed", "retrying",
+-- "rate-limited", or "lost"
 -- when the job is no longer leased with this token (its lease expired and it
 -- was recovered, or it was removed). A lost job is left untouched.
 --!include common
@@ -30,13 +34,31 @@ local function retry_later(job_key, id, delay)
     -- Wake a blocked worker so it re-times its sleep to this job's due time.
     redis.call('ZADD', KEYS[8], 0, '0')
   else
-    local priority = redis.call('HGET', job_key, 'priority') or '0'
-    make_waiting(job_key, KEYS[2], KEYS[8], id, priority, next_seq(KEYS[7]))
+    make_waiting(prefix, job_key, id, now, false)
   end
   redis.call('HDEL', job_key, 'token')
   emit(KEYS[6], maxlen, 'retrying', id, 'delay_ms', num(delay))
   if delay > 0 then emit(KEYS[6], maxlen, 'delayed', id, 'delay_ms', num(delay)) end
   return 'retrying'
+end
+
+-- The handler hit a downstream limit: pause its scope (the job's group, else
+-- the queue) for delay_ms, and put the job back at its place in line. No
+-- attempt is spent.
+local function rate_limited(job_key, id, delay)
+  local group = redis.call('HGET', job_key, 'group')
+  local until_ms = num(now + delay)
+  if group then
+    redis.call('ZREM', prefix .. 'groups', group)
+    redis.call('ZADD', prefix .. 'group_paused', until_ms, group)
+  else
+    local current = tonumber(redis.call('HGET', prefix .. 'meta', 'rl_until') or '0')
+    if now + delay > current then redis.call('HSET', prefix .. 'meta', 'rl_until', until_ms) end
+  end
+  redis.call('HDEL', job_key, 'token')
+  make_waiting(prefix, job_key, id, now, true)
+  emit(KEYS[6], maxlen, 'rate-limited', id, 'until_ms', until_ms, 'scope', group or '')
+  return 'rate-limited'
 end
 
 local function fail_for_good(job_key, id, message)
@@ -53,6 +75,11 @@ for i = 5, #ARGV, 5 do
   local status
   if redis.call('HGET', job_key, 'token') ~= token or redis.call('ZREM', KEYS[1], id) == 0 then
     status = 'lost'
+  else
+    leave_active(prefix, job_key)
+  end
+  if status then
+    -- lost: left untouched
   elseif outcome == 'completed' then
     redis.call('HSET', job_key, 'result', value)
     redis.call('HINCRBY', job_key, 'attempts_made', 1)
@@ -63,6 +90,8 @@ for i = 5, #ARGV, 5 do
   elseif outcome == 'retry' then
     redis.call('HINCRBY', job_key, 'retries', 1)
     status = retry_later(job_key, id, delay)
+  elseif outcome == 'ratelimited' then
+    status = rate_limited(job_key, id, delay)
   else
     redis.call('HSET', job_key, 'error', value, 'traceback', traceback)
     local made = redis.call('HINCRBY', job_key, 'attempts_made', 1)

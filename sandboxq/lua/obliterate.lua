@@ -13,12 +13,21 @@
 local prefix, force, nsets, limit = ARGV[1], ARGV[2] == '1', tonumber(ARGV[3]), tonumber(ARGV[4])
 if not force and redis.call('ZCARD', KEYS[1]) > 0 then return -1 end
 local removed = 0
-for k = 1, nsets + 1 do
+local groups = redis.call('SMEMBERS', prefix .. 'group_names')
+local sets = {}
+for k = 1, nsets + 1 do sets[#sets + 1] = KEYS[k] end
+for _, group in ipairs(groups) do sets[#sets + 1] = prefix .. 'gwait:' .. group end
+for _, set_key in ipairs(sets) do
   if removed >= limit then return removed end
-  local ids = redis.call('ZRANGE', KEYS[k], 0, limit - removed - 1)
+  local ids = redis.call('ZRANGE', set_key, 0, limit - removed - 1)
   for _, id in ipairs(ids) do delete_job(prefix, id) end
-  if #ids > 0 then redis.call('ZREM', KEYS[k], unpack(ids)) end
+  if #ids > 0 then redis.call('ZREM', set_key, unpack(ids)) end
   removed = removed + #ids
 end
-if removed == 0 then redis.call('DEL', unpack(KEYS)) end
+if removed == 0 then
+  for _, group in ipairs(groups) do
+    redis.call('DEL', prefix .. 'gwait:' .. group, prefix .. 'glimiter:' .. group)
+  end
+  redis.call('DEL', unpack(KEYS))
+end
 return removed

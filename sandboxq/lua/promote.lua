@@ -16,7 +16,6 @@ if id == '' then
 end
 if redis.call('ZREM', KEYS[1], id) == 0 then return 0 end
 local job_key = prefix .. 'job:' .. id
-local priority = redis.call('HGET', job_key, 'priority') or '0'
-make_waiting(job_key, KEYS[2], KEYS[4], id, priority, next_seq(KEYS[3]))
+make_waiting(prefix, job_key, id, now, false)
 emit(KEYS[5], maxlen, 'waiting', id, 'from', 'promoted')
 return 1

@@ -23,6 +23,7 @@ for _, id in ipairs(expired) do
   local job_key = prefix .. 'job:' .. id
   redis.call('ZREM', KEYS[1], id)
   if redis.call('EXISTS', job_key) == 1 then
+    leave_active(prefix, job_key)
     local stalls = redis.call('HINCRBY', job_key, 'stalls', 1)
     emit(KEYS[4], maxlen, 'stalled', id, 'stalls', stalls)
     if stalls > max_stalls then
@@ -34,9 +35,8 @@ for _, id in ipairs(expired) do
       emit(KEYS[4], maxlen, 'failed', id, 'error', message)
       failed[#failed + 1] = id
     else
-      local fields = redis.call('HMGET', job_key, 'priority', 'seq')
       redis.call('HDEL', job_key, 'token')
-      make_waiting(job_key, KEYS[2], KEYS[5], id, fields[1] or '0', fields[2] or '0')
+      make_waiting(prefix, job_key, id, now, true)
       emit(KEYS[4], maxlen, 'waiting', id, 'from', 'stalled')
       requeued[#requeued + 1] = id
     end

@@ -5,19 +5,19 @@
 -- KEYS[1] active   KEYS[2] wait   KEYS[3] events   KEYS[4] marker
 --
 -- ARGV[1] key prefix   ARGV[2] lease token   ARGV[3] events maxlen
--- ARGV[4..] job ids
+-- ARGV[4] now (ms)   ARGV[5..] job ids
 --
 -- Returns the ids released (those still leased with this token).
 --!include common
-local prefix, token, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local prefix, token, maxlen, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local released = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local id = ARGV[i]
   local job_key = prefix .. 'job:' .. id
   if redis.call('HGET', job_key, 'token') == token and redis.call('ZREM', KEYS[1], id) == 1 then
-    local fields = redis.call('HMGET', job_key, 'priority', 'seq')
     redis.call('HDEL', job_key, 'token', 'started_at')
-    make_waiting(job_key, KEYS[2], KEYS[4], id, fields[1] or '0', fields[2] or '0')
+    leave_active(prefix, job_key)
+    make_waiting(prefix, job_key, id, now, true)
     emit(KEYS[3], maxlen, 'waiting', id, 'from', 'released')
     released[#released + 1] = id
   end

@@ -13,7 +13,8 @@ local prefix, maxlen, id = ARGV[1], ARGV[2], ARGV[3]
 local job_key = prefix .. 'job:' .. id
 if redis.call('EXISTS', job_key) == 0 then return 0 end
 if redis.call('ZSCORE', KEYS[3], id) then return -1 end
-for k = 1, 5 do
+unwait(prefix, job_key, id)
+for k = 2, 5 do
   if k ~= 3 then redis.call('ZREM', KEYS[k], id) end
 end
 redis.call('ZREM', KEYS[7], id)

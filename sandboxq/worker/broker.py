@@ -48,7 +48,14 @@ class StepResult:
 
 class Broker:
     def __init__(
-        self, url: str, queues: list[str], token: str, *, lease: float, max_stalls: int
+        self,
+        url: str,
+        queues: list[str],
+        token: str,
+        *,
+        lease: float,
+        max_stalls: int,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.url = url
         self.client = connect(url)
@@ -73,6 +80,7 @@ class Broker:
         self._waiter: Any = None  # a redis Connection used only for BZPOPMIN
         self._armed = False
         self._scripts_loaded = False
+        self.settings = settings or {}
 
     # -- what the parent loop asks -------------------------------------------
     def has_pending(self) -> bool:
@@ -103,6 +111,9 @@ class Broker:
         order = self._fetch_order() if free_slots > 0 and self.maybe_work else []
         if not self._scripts_loaded:
             self.scripts.load_all()
+            for k in self.keys.values():  # the worker's own flow-control options
+                if self.settings:
+                    self.scripts.configure(k, self.settings)
             self._scripts_loaded = True
         pipe = self.client.pipeline(transaction=False)
         plan = self._queue_commands(pipe, now, renew, recover, order[:1], free_slots)

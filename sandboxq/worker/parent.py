@@ -28,6 +28,7 @@ from sandboxq import execution, logs
 from sandboxq.connection import resolve_url
 from sandboxq.handlers import REGISTRY, Handler
 from sandboxq.keys import validate_name
+from sandboxq.options import rate_limit_fields
 from sandboxq.worker import protocol
 from sandboxq.worker.broker import REDIS_ERRORS, Broker, StepResult
 from sandboxq.worker.cpus import available_cpus
@@ -116,8 +117,12 @@ class Worker:
         max_stalls: int = 1,
         default_timeout: float | None = None,
         kill_grace: float = 2.0,
+        rate_limit: tuple[int, float] | None = None,
     ) -> None:
         self.queues, self.handlers = resolve_handlers(queues, handlers)
+        # --rate-limit is stored on the queues (Queue.set_rate_limit), so it
+        # holds across every worker, not per process.
+        self.settings = {} if rate_limit is None else rate_limit_fields("rl", *rate_limit)
         if procs == "auto":
             procs = available_cpus()
         if not isinstance(procs, int) or procs < 1:
@@ -163,7 +168,12 @@ class Worker:
     # -- setup and teardown ---------------------------------------------------
     def _open(self) -> None:
         self.broker = Broker(
-            self.url, self.queues, self.token, lease=self.lease, max_stalls=self.max_stalls
+            self.url,
+            self.queues,
+            self.token,
+            lease=self.lease,
+            max_stalls=self.max_stalls,
+            settings=self.settings,
         )
         wake_r, self._wake_w = os.pipe()
         os.set_blocking(wake_r, False)

@@ -20,8 +20,7 @@ local function add_jobs(prefix, now, maxlen, k, args, first_index)
       out[#out + 1] = id
       out[#out + 1] = 0
     else
-      local seq = next_seq(k.seq)
-      redis.call('HSET', job_key, 'priority', priority, 'seq', seq,
+      redis.call('HSET', job_key, 'priority', priority,
         'created_at', num(now), 'attempts_made', 0, 'stalls', 0,
         unpack(args, first, last))
       if delay > 0 then
@@ -30,8 +29,7 @@ local function add_jobs(prefix, now, maxlen, k, args, first_index)
         emit(k.events, maxlen, 'added', id, 'state', 'delayed', 'delay_ms', num(delay))
         emit(k.events, maxlen, 'delayed', id, 'delay_ms', num(delay))
       else
-        redis.call('ZADD', k.wait, wait_score(priority, seq), id)
-        redis.call('HSET', job_key, 'state', 'waiting')
+        make_waiting(prefix, job_key, id, now, false)
         emit(k.events, maxlen, 'added', id, 'state', 'waiting')
       end
       woke = true

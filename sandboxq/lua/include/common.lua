@@ -1,17 +1,39 @@
 -- Shared helpers, inlined into every script by scripts.py (`--!include common`).
+-- Key names below are built from the queue's hash-tagged prefix only.
 
--- Redis formats Lua numbers passed to redis.call with "%.14g", which rounds
--- large scores and millisecond timestamps. Every number that becomes a score
--- or a stored integer goes through num() instead.
+-- Redis formats Lua numbers passed to redis.call with "%.14g" (6.2: "%.17g"),
+-- which can round large scores and millisecond timestamps. Every number that
+-- becomes a score or a stored integer goes through num() instead.
 local function num(x)
   return string.format('%.0f', x)
 end
 
--- Waiting jobs sit in one sorted set ordered by priority, then by a sequence
--- number: lower priority first, FIFO within a priority.
-local SEQ_SPAN = 4294967296
+local function next_seq(seq_key)
+  return redis.call('INCR', seq_key)
+end
 
-local function wait_score(priority, seq)
+-- Waiting jobs are ordered by priority (lower first), then FIFO. Strict
+-- priority: score = priority * 2^32 + seq. With priority aging on (meta field
+-- aging_ms = milliseconds per priority level), score = priority * aging_ms +
+-- the time the job started waiting, so a job's effective priority improves by
+-- one level per aging_ms it waits and low priorities cannot starve.
+local SEQ_SPAN = 4294967296
+local aging_cache = {}
+
+local function aging_ms(prefix)
+  local cached = aging_cache[prefix]
+  if cached == nil then
+    cached = tonumber(redis.call('HGET', prefix .. 'meta', 'aging_ms') or '0')
+    aging_cache[prefix] = cached
+  end
+  return cached
+end
+
+local function wait_score(prefix, priority, seq, since)
+  local aging = aging_ms(prefix)
+  if aging > 0 then
+    return num(tonumber(priority) * aging + tonumber(since))
+  end
   return num(tonumber(priority) * SEQ_SPAN + (tonumber(seq) % SEQ_SPAN))
 end
 
@@ -21,15 +43,63 @@ local function emit(events_key, maxlen, event, job_id, ...)
     'event', event, 'job_id', job_id, ...)
 end
 
--- Put a job id into the waiting set and wake one blocked worker.
--- `seq` may be the job's original sequence number (to keep its place in line)
--- or a fresh one from the queue's counter.
-local function make_waiting(job_key, wait_key, marker_key, id, priority, seq)
-  redis.call('ZADD', wait_key, wait_score(priority, seq), id)
-  redis.call('HSET', job_key, 'state', 'waiting')
-  redis.call('ZADD', marker_key, 0, '0')
+-- Groups: a grouped job waits in its group's own set (gwait:<group>); the
+-- groups with ready jobs take turns in `groups` (score = a round-robin
+-- counter), unless paused by a rate limit (`group_paused`, score = until).
+-- `group_names` remembers every group, for drain and rescoring.
+local function ready_group(prefix, group)
+  if redis.call('ZSCORE', prefix .. 'group_paused', group) then return end
+  if redis.call('ZSCORE', prefix .. 'groups', group) then return end
+  redis.call('ZADD', prefix .. 'groups', redis.call('INCR', prefix .. 'group_rr'), group)
 end
 
-local function next_seq(seq_key)
-  return redis.call('INCR', seq_key)
+-- Put a job into waiting (its group's set, or the queue's) and wake one
+-- blocked worker. keep_place: requeue at its original place in line (a
+-- stalled or released job), else join the end of its priority.
+local function make_waiting(prefix, job_key, id, now, keep_place)
+  local f = redis.call('HMGET', job_key, 'priority', 'seq', 'waiting_since', 'group')
+  local seq, since = f[2], f[3]
+  if not keep_place or not seq or not since then
+    seq, since = next_seq(prefix .. 'seq'), num(now)
+    redis.call('HSET', job_key, 'seq', seq, 'waiting_since', since)
+  end
+  local score = wait_score(prefix, f[1] or '0', seq, since)
+  local group = f[4]
+  if group then
+    redis.call('SADD', prefix .. 'group_names', group)
+    redis.call('INCR', prefix .. 'gcount')
+    redis.call('ZADD', prefix .. 'gwait:' .. group, score, id)
+    ready_group(prefix, group)
+  else
+    redis.call('ZADD', prefix .. 'wait', score, id)
+  end
+  redis.call('HSET', job_key, 'state', 'waiting')
+  redis.call('ZADD', prefix .. 'marker', 0, '0')
+end
+
+-- Take a job out of whichever waiting set holds it; true if it was waiting.
+local function unwait(prefix, job_key, id)
+  local group = redis.call('HGET', job_key, 'group')
+  if group then
+    local removed = redis.call('ZREM', prefix .. 'gwait:' .. group, id) == 1
+    if removed then redis.call('DECR', prefix .. 'gcount') end
+    return removed
+  end
+  return redis.call('ZREM', prefix .. 'wait', id) == 1
+end
+
+-- A job left `active` (finished, released or stalled): free its group's
+-- concurrency slot, and wake a blocked worker when a concurrency cap may
+-- have been what kept jobs waiting.
+local function leave_active(prefix, job_key)
+  local group = redis.call('HGET', job_key, 'group')
+  if group then
+    if redis.call('HINCRBY', prefix .. 'group_active', group, -1) <= 0 then
+      redis.call('HDEL', prefix .. 'group_active', group)
+    end
+    if redis.call('ZCARD', prefix .. 'gwait:' .. group) > 0 then ready_group(prefix, group) end
+  end
+  if group or redis.call('HEXISTS', prefix .. 'meta', 'concurrency') == 1 then
+    redis.call('ZADD', prefix .. 'marker', 0, '0')
+  end
 end

@@ -32,9 +32,7 @@ local function notify_parent(job_key, now, maxlen, completed, value)
       redis.call('HSET', pprefix .. where .. pid, ref, value)
       if redis.call('HINCRBY', pkey, 'pending', -1) <= 0 then
         redis.call('ZREM', pprefix .. 'waiting_children', pid)
-        local priority = redis.call('HGET', pkey, 'priority') or '0'
-        make_waiting(pkey, pprefix .. 'wait', pprefix .. 'marker', pid, priority,
-          next_seq(pprefix .. 'seq'))
+        make_waiting(pprefix, pkey, pid, now, false)
         emit(pprefix .. 'events', maxlen, 'waiting', pid, 'from', 'children')
       end
       return

@@ -5,8 +5,7 @@ local function promote_due(prefix, delayed_key, wait_key, seq_key, marker_key,
   local due = redis.call('ZRANGEBYSCORE', delayed_key, '-inf', num(now), 'LIMIT', 0, limit)
   for _, id in ipairs(due) do
     local job_key = prefix .. 'job:' .. id
-    local priority = redis.call('HGET', job_key, 'priority') or '0'
-    make_waiting(job_key, wait_key, marker_key, id, priority, next_seq(seq_key))
+    make_waiting(prefix, job_key, id, now, false)
     emit(events_key, maxlen, 'waiting', id, 'from', 'delayed')
   end
   if #due > 0 then
