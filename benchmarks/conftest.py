@@ -5,6 +5,11 @@ Run with ``python -m pytest benchmarks -p no:timeout`` (see README.md). The
 ``bench_*.py`` files are collected by ``pytest_collect_file`` below, so no
 ``-o python_files=...`` is needed.
 
+The worker benchmarks also get a real ``sandboxq worker`` subprocess
+(``workers``), a measure of how busy other processes kept the machine
+(``ForeignLoad``), and a second summary section for figures that are not a
+native/pure pair (``record_summary``).
+
 No benchmark asserts anything about timing: the machine is shared, so only
 ratios measured in the same run mean something, and they are printed, never
 checked.
@@ -12,9 +17,15 @@ checked.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import importlib
+import os
+import signal
+import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -148,32 +159,268 @@ def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Imp
     return Impl(request.param, module)
 
 
+# -- a real worker --------------------------------------------------------------
+#: The repository root: the worker runs there so ``benchmarks.bench_jobs`` imports.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+#: What the worker prints on stderr once its first Redis round trip succeeded.
+#: It is logged at INFO, so ``--log-level WARNING`` (what the benchmarks run
+#: with, to keep per-job log lines out of the figures) does not print it.
+READY_LINE = "sandboxq worker ready"
+
+
+def blocked_waiters(client: redis.Redis) -> set[str]:
+    """Client ids blocked in BZPOPMIN: an idle worker's wait for new jobs."""
+    return {
+        c["id"]
+        for c in client.client_list()
+        if c.get("cmd") == "bzpopmin" and "b" in c.get("flags", "")
+    }
+
+
+class WorkerProcess:
+    """``python -m sandboxq worker benchmarks.bench_jobs`` as a subprocess on
+    the private Redis, serving ``queue``. ``pure`` sets
+    ``SANDBOXQ_NO_EXTENSIONS=1`` in its environment. A thread keeps draining
+    its stderr into ``lines``, so the worker never blocks on a full pipe."""
+
+    def __init__(
+        self,
+        url: str,
+        client: redis.Redis,
+        queue: str,
+        *,
+        procs: int = 2,
+        pure: bool = False,
+        log_level: str = "WARNING",
+        module: str = "benchmarks.bench_jobs",
+    ) -> None:
+        self.client = client
+        self.queue = queue
+        self.log_level = log_level
+        env = dict(os.environ, SANDBOXQ_REDIS_URL=url, SANDBOXQ_BENCH_QUEUE=queue)
+        env.pop("SANDBOXQ_NO_EXTENSIONS", None)
+        if pure:
+            env["SANDBOXQ_NO_EXTENSIONS"] = "1"
+        self.args = [
+            sys.executable,
+            "-m",
+            "sandboxq",
+            "worker",
+            module,
+            "--procs",
+            str(procs),
+            "--log-level",
+            log_level,
+        ]
+        # Waits already blocked before this worker started are not its own.
+        self._foreign = blocked_waiters(client)
+        self.lines: list[str] = []
+        self.ready_line = threading.Event()
+        self.process = subprocess.Popen(
+            self.args,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._drain, name="worker-stderr", daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if READY_LINE in line:
+                self.ready_line.set()
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Until the worker is up and idle: blocked in BZPOPMIN, waiting for
+        jobs, which it only does after its first successful round trip (when
+        it would log ``READY_LINE``) and with every child free. At INFO or
+        DEBUG the ready line must have been printed as well."""
+        wants_line = self.log_level in ("INFO", "DEBUG")
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"the worker exited with {self.process.returncode} before it was idle:\n"
+                    + self.stderr
+                )
+            if (not wants_line or self.ready_line.is_set()) and (
+                blocked_waiters(self.client) - self._foreign
+            ):
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"the worker was not idle after {timeout} s:\n{self.stderr}")
+            time.sleep(0.005)
+
+    def parent_cpu_seconds(self) -> float:
+        """CPU time the worker's parent process has used so far (its own,
+        not its children's): where the hot-path implementation runs."""
+        with open(f"/proc/{self.process.pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (drain and exit), then its exit code. Also waits until its
+        blocking wait left Redis, so the next worker's is the only one."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                pytest.fail(f"the worker did not stop within {timeout} s of SIGTERM")
+        self._reader.join(5.0)
+        deadline = time.monotonic() + 5.0
+        while blocked_waiters(self.client) - self._foreign and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.process.returncode
+
+
+def _tree_cpu_seconds() -> float:
+    """CPU time of this process and every live descendant (redis-server, the
+    worker and its children, Pool processes), including what they reaped."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone already
+        ppid = int(fields[1])
+        used = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        stats[int(entry)] = (ppid, used / _TICK)
+    ours, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _) in stats.items():
+            if ppid == parent and pid not in ours:
+                ours.add(pid)
+                frontier.append(pid)
+    return sum(stats[pid][1] for pid in ours if pid in stats)
+
+
+def _machine_busy_seconds() -> float:
+    """CPU time every CPU spent busy (or stolen by the hypervisor) since boot."""
+    with open("/proc/stat", "rb") as stat:
+        fields = [int(f) for f in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+class ForeignLoad:
+    """``with ForeignLoad() as load: ...``, then ``load.share``: the part of
+    the machine's CPUs that processes outside this test run used (or the
+    hypervisor stole) meanwhile. The machine is shared, and a figure taken
+    while it was busy elsewhere is not worth comparing."""
+
+    share = 0.0
+
+    def __enter__(self) -> ForeignLoad:
+        self._start = (time.monotonic(), _machine_busy_seconds(), _tree_cpu_seconds())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        wall, busy, ours = self._start
+        wall = time.monotonic() - wall
+        foreign = (_machine_busy_seconds() - busy) - (_tree_cpu_seconds() - ours)
+        self.share = max(foreign, 0.0) / (wall * (os.cpu_count() or 1))
+
+
+class WorkerFactory:
+    def __init__(self, url: str, client: redis.Redis) -> None:
+        self.url = url
+        self.client = client
+        self.started: list[WorkerProcess] = []
+
+    def start(self, queue: str, **options: Any) -> WorkerProcess:
+        worker = WorkerProcess(self.url, self.client, queue, **options)
+        self.started.append(worker)
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.started:
+            if worker.process.poll() is None:
+                with contextlib.suppress(BaseException):  # the test failed already
+                    worker.stop(10.0)
+            if worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait()
+
+
+@pytest.fixture
+def workers(redis_server: LocalRedis, redis_client: redis.Redis) -> Iterator[WorkerFactory]:
+    """``workers.start(queue, pure=False, procs=2)``: real worker subprocesses
+    on the private Redis; any still running at the end of the test are stopped."""
+    factory = WorkerFactory(redis_server.url, redis_client)
+    yield factory
+    factory.stop_all()
+
+
 # -- ratio table ---------------------------------------------------------------
 @dataclass
 class Rate:
     per_second: float  # from the median round
     best_per_second: float  # from the fastest round
     unit: str
+    one_round: bool = False  # a single measurement: no "fastest round" to show
 
 
 _RATES = pytest.StashKey[dict[str, dict[str, Rate]]]()
+_SUMMARY = pytest.StashKey[dict[str, str]]()
 
 
 @pytest.fixture
 def record_rate(request: pytest.FixtureRequest, benchmark: Any) -> Callable[..., None]:
-    """``record_rate(label, impl_name, per_round=1, unit="calls")``, called after
-    the benchmark ran: turns the median time of a round into units/s, stores it
-    in ``benchmark.extra_info`` and keeps it for the summary table."""
+    """``record_rate(label, impl_name, per_round=1, unit="calls", seconds=None)``,
+    called after the benchmark ran: turns the median time of a round (or
+    ``seconds``, a time the test measured itself) into units/s, stores it in
+    ``benchmark.extra_info`` and keeps it for the summary table."""
     rates = request.config.stash.setdefault(_RATES, {})
 
-    def record(label: str, impl_name: str, per_round: int = 1, unit: str = "calls") -> None:
-        if benchmark.stats is None:  # --benchmark-disable: ran once, nothing measured
+    def record(
+        label: str,
+        impl_name: str,
+        per_round: int = 1,
+        unit: str = "calls",
+        seconds: float | None = None,
+    ) -> None:
+        if seconds is not None:
+            rate = Rate(per_round / seconds, per_round / seconds, unit, one_round=True)
+        elif benchmark.stats is None:  # --benchmark-disable: ran once, nothing measured
             return
-        stats = benchmark.stats.stats
-        per_second = per_round / stats.median
-        benchmark.extra_info[f"{unit}_per_s"] = round(per_second, 1)
+        else:
+            stats = benchmark.stats.stats
+            rate = Rate(per_round / stats.median, per_round / stats.min, unit)
+        benchmark.extra_info[f"{unit}_per_s"] = round(rate.per_second, 1)
         benchmark.extra_info[f"{unit}_per_round"] = per_round
-        rates.setdefault(label, {})[impl_name] = Rate(per_second, per_round / stats.min, unit)
+        rates.setdefault(label, {})[impl_name] = rate
+
+    return record
+
+
+@pytest.fixture
+def record_summary(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
+    """``record_summary(label, text)``: one line of the worker section printed
+    after the native vs pure table."""
+    lines = request.config.stash.setdefault(_SUMMARY, {})
+
+    def record(label: str, text: str) -> None:
+        lines.pop(label, None)  # a line recorded again moves to the end
+        lines[label] = text
 
     return record
 
@@ -182,20 +429,31 @@ def _fmt(rate: Rate | None) -> str:
     return "n/a" if rate is None else f"{rate.per_second:,.0f} {rate.unit}/s"
 
 
+def _ratio(native: Rate | None, pure: Rate | None) -> str:
+    if native is None or pure is None:
+        return "n/a"
+    ratio = f"{native.per_second / pure.per_second:.2f}x"
+    if native.one_round or pure.one_round:
+        return f"{ratio} (one round each)"
+    return f"{ratio} (fastest rounds: {native.best_per_second / pure.best_per_second:.2f}x)"
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    rates = config.stash.get(_RATES, {})
-    if not rates:
-        return
     tr = terminalreporter
-    tr.section("native vs pure (medians of this run; ratio = native / pure throughput)")
-    width = max(len(label) for label in rates)
-    for label, by_impl in rates.items():
-        native, pure = by_impl.get("native"), by_impl.get("pure")
-        ratio = (
-            "n/a"
-            if native is None or pure is None
-            else f"{native.per_second / pure.per_second:.2f}x"
-            f" (fastest rounds: {native.best_per_second / pure.best_per_second:.2f}x)"
-        )
-        tr.write_line(f"{label:<{width}}: native {_fmt(native)}, pure {_fmt(pure)}, ratio {ratio}")
+    rates = config.stash.get(_RATES, {})
+    if rates:
+        tr.section("native vs pure (medians of this run; ratio = native / pure throughput)")
+        width = max(len(label) for label in rates)
+        for label, by_impl in rates.items():
+            native, pure = by_impl.get("native"), by_impl.get("pure")
+            tr.write_line(
+                f"{label:<{width}}: native {_fmt(native)}, pure {_fmt(pure)}, "
+                f"ratio {_ratio(native, pure)}"
+            )
+    lines = config.stash.get(_SUMMARY, {})
+    if lines:
+        tr.section("worker (this run, --procs 2; see benchmarks/README.md)")
+        width = max(len(label) for label in lines)
+        for label, text in lines.items():
+            tr.write_line(f"{label:<{width}}: {text}")

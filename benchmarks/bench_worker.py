@@ -1,0 +1,357 @@
+"""The worker, end to end: a real ``python -m sandboxq worker`` subprocess
+with ``--procs 2`` on the private redis-server, running handlers from
+``benchmarks/bench_jobs.py``.
+
+- ``test_noop_drain``: 20,000 no-op jobs, queued while the queue is paused,
+  drained after ``resume()``; jobs/s with the native hot path and with
+  ``SANDBOXQ_NO_EXTENSIONS=1`` in the worker's environment.
+- ``test_cpu_efficiency``: 200 jobs of ~25 ms of pure-Python work, against
+  ``multiprocessing.Pool(2)`` running the same function 200 times, in three
+  cycles of Pool, sandboxq, sandboxq, Pool.
+- ``test_latency``: one job at a time into an idle worker: enqueue → start,
+  add → handler running, and add → ``Job.wait()`` returned, p50/p99.
+
+Each test is one ``benchmark.pedantic(rounds=1)`` round. The summary's
+figures end at the last job's finish time as Redis recorded it, not at the
+producer's poll (see README.md), and say how busy other processes kept the
+machine meanwhile. Nothing asserts on timing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+import redis
+
+from benchmarks import bench_jobs
+from benchmarks.conftest import ForeignLoad
+from sandboxq import Queue
+
+if TYPE_CHECKING:
+    from benchmarks.conftest import WorkerFactory, WorkerProcess
+
+PROCS = 2
+#: No-op jobs drained per implementation.
+NOOP_JOBS = 20_000
+#: CPU-bound jobs per run, and cycles of (Pool, sandboxq, sandboxq, Pool).
+CPU_JOBS = 200
+CPU_CYCLES = 3
+#: Latency samples, after a few unrecorded warm-up jobs, with a short pause
+#: before each add so the worker is back in its blocking wait.
+LATENCY_SAMPLES = 300
+LATENCY_WARMUP = 10
+LATENCY_GAP = 0.005
+#: How often the producer looks at ``counts()`` while the worker drains. The
+#: figures do not depend on it: their end is the last job's finish time, as
+#: the worker's finish script recorded it.
+POLL_SECONDS = 0.05
+
+
+def fresh_queue(client: redis.Redis, kind: str) -> Queue:
+    return Queue(f"bench-worker-{kind}-{uuid.uuid4().hex[:8]}", connection=client)
+
+
+def wait_completed(queue: Queue, expected: int, worker: WorkerProcess, timeout: float) -> None:
+    """Poll ``counts()`` until ``expected`` jobs have completed; fail on any
+    failed job, a dead worker, or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = queue.counts()
+        if counts["failed"]:
+            failed = queue.get_job(queue.job_ids("failed", limit=1)[0])
+            pytest.fail(f"a benchmark job failed: {failed and failed.error}\n{worker.stderr}")
+        if counts["completed"] >= expected:
+            return
+        if worker.process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(
+                f"{counts['completed']} of {expected} jobs completed, worker exit code "
+                f"{worker.process.returncode}:\n{worker.stderr}"
+            )
+        time.sleep(POLL_SECONDS)
+
+
+def last_finished(queue: Queue) -> float:
+    """The newest finish time in ``completed`` (epoch seconds, ms precision):
+    the score the finish script gives a job when the worker settles it."""
+    newest: Any = queue.client.zrange(queue.keys.completed, -1, -1, withscores=True)
+    return float(newest[0][1]) / 1000.0
+
+
+def start_idle_worker(workers: WorkerFactory, queue: Queue, *, pure: bool = False) -> WorkerProcess:
+    """A worker on ``queue``, checked to run the expected hot path, idle."""
+    worker = workers.start(queue.name, procs=PROCS, pure=pure)
+    worker.wait_idle()
+    probe = queue.add("implementation")
+    loaded = probe.wait(timeout=30)
+    assert loaded == ("pure" if pure else "native"), f"the worker loaded {loaded}"
+    queue.remove(probe.id)  # leave ``completed`` empty for the counts below
+    worker.wait_idle()
+    return worker
+
+
+def stop_worker(worker: WorkerProcess) -> None:
+    code = worker.stop()
+    assert code == 0, f"the worker exited with {code}:\n{worker.stderr}"
+    assert not worker.lines, f"the worker logged warnings or errors:\n{worker.stderr}"
+
+
+#: The worker parent's CPU time per no-op job, by implementation.
+_PARENT_CPU: dict[str, float] = {}
+
+#: CPU share of the machine that other processes used during each timed part.
+_FOREIGN: dict[str, float] = {}
+
+
+def record_foreign(
+    record_summary: Callable[[str, str], None], what: str, load: ForeignLoad
+) -> None:
+    """Add ``what`` to the summary line that says how busy the machine was
+    with other work while each figure was taken."""
+    _FOREIGN[what] = load.share
+    record_summary(
+        "CPU used by other processes",
+        ", ".join(f"{name} {share:.0%}" for name, share in _FOREIGN.items())
+        + " of the machine (0% = a quiet machine; above ~10%, re-run)",
+    )
+
+
+def percentile(samples: list[float], pct: int) -> float:
+    """The ``pct``-th percentile (inclusive method: within the samples)."""
+    return statistics.quantiles(samples, n=100, method="inclusive")[pct - 1]
+
+
+# -- 1. no-op throughput, native vs pure --------------------------------------------
+@pytest.mark.parametrize("impl_name", ["native", "pure"])
+@pytest.mark.benchmark(group="worker: drain 20k no-op jobs")
+def test_noop_drain(
+    benchmark: Any,
+    impl_name: str,
+    redis_client: redis.Redis,
+    workers: WorkerFactory,
+    record_rate: Callable[..., None],
+    record_summary: Callable[[str, str], None],
+) -> None:
+    queue = fresh_queue(redis_client, "noop")
+    worker = start_idle_worker(workers, queue, pure=impl_name == "pure")
+    # Queue everything while paused: the worker wakes, finds nothing it may
+    # take and goes back to its blocking wait, warm (scripts loaded).
+    queue.pause()
+    queue.add_bulk([{"name": "noop"}] * NOOP_JOBS)
+    assert queue.counts()["waiting"] == NOOP_JOBS
+    worker.wait_idle()
+    marks: dict[str, float] = {}
+
+    def drain() -> None:
+        marks["start"] = time.time()
+        queue.resume()
+        wait_completed(queue, NOOP_JOBS, worker, timeout=120)
+
+    cpu_before = worker.parent_cpu_seconds()
+    with ForeignLoad() as load:
+        benchmark.pedantic(drain, rounds=1, iterations=1)
+    seconds = last_finished(queue) - marks["start"]
+    parent_us = (worker.parent_cpu_seconds() - cpu_before) / NOOP_JOBS * 1e6
+    stop_worker(worker)
+    counts = queue.counts()
+    assert counts.pop("completed") == NOOP_JOBS
+    assert not any(counts.values()), counts
+    benchmark.extra_info["drain_seconds"] = round(seconds, 3)
+    record_rate(f"worker drain ({NOOP_JOBS:,} no-op jobs)", impl_name, NOOP_JOBS, "jobs", seconds)
+    benchmark.extra_info["parent_cpu_us_per_job"] = round(parent_us, 1)
+    benchmark.extra_info["foreign_cpu_share"] = round(load.share, 3)
+    _PARENT_CPU[impl_name] = parent_us
+    record_summary(
+        "no-op drain: worker parent's CPU per job",
+        ", ".join(f"{name} {us:.0f} us" for name, us in _PARENT_CPU.items())
+        + f" (its CPU time during the drain / {NOOP_JOBS:,}; /proc counts 10 ms ticks)",
+    )
+    record_foreign(record_summary, f"drain {impl_name}", load)
+    queue.obliterate(force=True)
+
+
+# -- 2. CPU-bound efficiency against multiprocessing.Pool ------------------------
+Spans = list[tuple[int, float, float]]  # (pid, start, end) of each spin call
+
+
+def run_pool(pool: Any) -> tuple[float, Spans]:
+    started = time.perf_counter()
+    spans = list(pool.imap_unordered(bench_jobs.spin_task, range(CPU_JOBS), chunksize=1))
+    return time.perf_counter() - started, spans
+
+
+def run_sandboxq(queue: Queue, worker: WorkerProcess, done_before: int) -> tuple[float, Spans]:
+    specs = [{"name": "cpu"}] * CPU_JOBS
+    worker.wait_idle()
+    started = time.time()
+    jobs = queue.add_bulk(specs)
+    wait_completed(queue, done_before + CPU_JOBS, worker, timeout=60)
+    seconds = last_finished(queue) - started
+    pipe = queue.client.pipeline(transaction=False)
+    for job in jobs:
+        pipe.hget(queue.keys.job(job.id), "result")
+    return seconds, [tuple(orjson.loads(raw)) for raw in pipe.execute()]
+
+
+def idle_between_calls(runs: list[Spans]) -> tuple[float, float]:
+    """How long a process sat between the end of one spin call and the start
+    of its next: the median gap (ms), and all gaps as a share of the time
+    from each process's first call to its last."""
+    gaps: list[float] = []
+    busy_span = 0.0
+    for spans in runs:
+        by_pid: dict[int, list[tuple[float, float]]] = {}
+        for pid, start, end in spans:
+            by_pid.setdefault(pid, []).append((start, end))
+        for calls in by_pid.values():
+            calls.sort()
+            busy_span += calls[-1][1] - calls[0][0]
+            gaps += [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(calls)]
+    return statistics.median(gaps) * 1000, sum(gaps) / busy_span
+
+
+@pytest.mark.benchmark(group="worker: cpu-bound 200 x 25 ms")
+def test_cpu_efficiency(
+    benchmark: Any,
+    redis_client: redis.Redis,
+    workers: WorkerFactory,
+    record_summary: Callable[[str, str], None],
+) -> None:
+    # One call in this process, for the record: the ideal is CPU_JOBS calls / PROCS.
+    calls = []
+    for _ in range(5):
+        started = time.perf_counter()
+        bench_jobs.spin()
+        calls.append(time.perf_counter() - started)
+    one_call = statistics.median(calls)
+
+    queue = fresh_queue(redis_client, "cpu")
+    worker = start_idle_worker(workers, queue)
+    runs: dict[str, list[tuple[float, Spans]]] = {"pool": [], "sandboxq": []}
+    # Fork the pool's processes now (an untimed map starts them all), so its
+    # start-up is excluded as the worker's is.
+    with multiprocessing.get_context("fork").Pool(PROCS) as pool:
+        pool.map(abs, range(4 * PROCS), chunksize=1)
+
+        def alternate() -> None:
+            # A B B A, repeated: a steady drift in the machine's load cancels
+            # out, and the spread of the pairs shows what a burst of load
+            # elsewhere did to one side.
+            for _ in range(CPU_CYCLES):
+                runs["pool"].append(run_pool(pool))
+                for _ in range(2):
+                    done = CPU_JOBS * len(runs["sandboxq"])
+                    runs["sandboxq"].append(run_sandboxq(queue, worker, done))
+                runs["pool"].append(run_pool(pool))
+
+        with ForeignLoad() as load:
+            benchmark.pedantic(alternate, rounds=1, iterations=1)
+    stop_worker(worker)
+    assert queue.counts()["completed"] == 2 * CPU_CYCLES * CPU_JOBS
+    queue.obliterate(force=True)
+
+    times = {side: [seconds for seconds, _ in done] for side, done in runs.items()}
+    idle = {side: idle_between_calls([spans for _, spans in done]) for side, done in runs.items()}
+    pool_s, sandboxq_s = statistics.mean(times["pool"]), statistics.mean(times["sandboxq"])
+    efficiency = pool_s / sandboxq_s
+    pairs = [p / q for p, q in zip(times["pool"], times["sandboxq"], strict=True)]
+    benchmark.extra_info.update(
+        {
+            "spin_call_ms": round(one_call * 1000, 2),
+            "pool_seconds": [round(t, 3) for t in times["pool"]],
+            "sandboxq_seconds": [round(t, 3) for t in times["sandboxq"]],
+            "efficiency": round(efficiency, 3),
+            "efficiency_pairs": [round(r, 3) for r in pairs],
+            "idle_gap_median_ms": {side: round(gap, 3) for side, (gap, _) in idle.items()},
+            "idle_share": {side: round(share, 4) for side, (_, share) in idle.items()},
+            "foreign_cpu_share": round(load.share, 3),
+        }
+    )
+    runs_each = 2 * CPU_CYCLES
+    record_summary(
+        f"cpu-bound efficiency ({CPU_JOBS} x ~25 ms)",
+        f"{efficiency:.3f} = Pool(2) {pool_s:.3f} s / sandboxq {sandboxq_s:.3f} s "
+        f"(means of {runs_each} runs each; run pairs {min(pairs):.3f} to {max(pairs):.3f}, "
+        f"median {statistics.median(pairs):.3f}); one spin call here {one_call * 1000:.1f} ms, "
+        f"so {CPU_JOBS * one_call / PROCS:.3f} s would be perfect",
+    )
+    record_summary(
+        "  a process idle between 2 calls",
+        "sandboxq child median {:.2f} ms ({:.1%} of its time), Pool worker median "
+        "{:.2f} ms ({:.1%})".format(*idle["sandboxq"], *idle["pool"]),
+    )
+    record_foreign(record_summary, "cpu-bound", load)
+
+
+# -- 3. latency on an idle worker -------------------------------------------------
+def summarize(samples: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(percentile(samples, 50), 3),
+        "p99": round(percentile(samples, 99), 3),
+        "mean": round(statistics.mean(samples), 3),
+        "max": round(max(samples), 3),
+    }
+
+
+@pytest.mark.benchmark(group="worker: latency, one job at a time")
+def test_latency(
+    benchmark: Any,
+    redis_client: redis.Redis,
+    workers: WorkerFactory,
+    record_summary: Callable[[str, str], None],
+) -> None:
+    queue = fresh_queue(redis_client, "latency")
+    worker = start_idle_worker(workers, queue)
+    samples: dict[str, list[float]] = {"to_start": [], "to_handler": [], "round_trip": []}
+
+    def one_at_a_time() -> None:
+        for n in range(LATENCY_WARMUP + LATENCY_SAMPLES):
+            time.sleep(LATENCY_GAP)  # the worker is back in BZPOPMIN
+            added_at = time.time()
+            started = time.perf_counter()
+            job = queue.add("stamp")
+            handler_at = job.wait(timeout=30)  # re-reads the job: started_at is set
+            elapsed = time.perf_counter() - started
+            if n < LATENCY_WARMUP:
+                continue
+            assert job.started_at is not None and job.created_at is not None
+            samples["to_start"].append((job.started_at - job.created_at) * 1000)
+            samples["to_handler"].append((handler_at - added_at) * 1000)
+            samples["round_trip"].append(elapsed * 1000)
+
+    with ForeignLoad() as load:
+        benchmark.pedantic(one_at_a_time, rounds=1, iterations=1)
+    stop_worker(worker)
+    queue.obliterate(force=True)
+
+    figures = {name: summarize(values) for name, values in samples.items()}
+    for name, summary in figures.items():
+        benchmark.extra_info[f"{name}_ms"] = summary
+    benchmark.extra_info["foreign_cpu_share"] = round(load.share, 3)
+    labels = {
+        "to_start": "enqueue -> start (started_at - created_at)",
+        "to_handler": "  add() called -> handler running",
+        "round_trip": "add() called -> Job.wait() returned",
+    }
+    notes = {
+        "to_start": "Redis stamps in whole ms: +/- 1 ms each",
+        "to_handler": "time.time() in the producer and in the child",
+        "round_trip": "what a producer waits for a no-op job",
+    }
+    for name, label in labels.items():
+        f = figures[name]
+        digits = 0 if name == "to_start" else 2  # the stamps are whole ms
+        record_summary(
+            label,
+            f"p50 {f['p50']:.{digits}f} ms, p99 {f['p99']:.{digits}f} ms, "
+            f"mean {f['mean']:.2f} ms, max {f['max']:.{digits}f} ms "
+            f"({LATENCY_SAMPLES} jobs; {notes[name]})",
+        )
+    record_foreign(record_summary, "latency", load)
