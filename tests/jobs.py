@@ -12,7 +12,7 @@ import signal
 import time
 from typing import Any
 
-from sandboxq import JobContext, Retry, Unrecoverable, handler
+from sandboxq import JobContext, RateLimited, Retry, Unrecoverable, handler
 
 Q = os.environ.get("SANDBOXQ_TEST_QUEUE", "crash")
 
@@ -134,3 +134,21 @@ def chaos(job: JobContext) -> Any:
 def sum_tree(job: JobContext) -> Any:
     """A flow node: its own number plus its children's results."""
     return int(job.data) + sum(job.children_results().values())
+
+
+@handler(Q)
+def stamp(job: JobContext) -> Any:
+    """Return when it started (seconds since the epoch)."""
+    return time.time()
+
+
+@handler(Q)
+def downstream_limited(job: JobContext) -> Any:
+    """The first run (in any process) reports a downstream rate limit of
+    ``data["retry_after"]`` seconds; later runs return when they started."""
+    try:
+        fd = os.open(job.data["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return time.time()
+    os.close(fd)
+    raise RateLimited(retry_after=float(job.data["retry_after"]))

@@ -395,7 +395,9 @@ class Worker:
         self._redis_backoff = RECONNECT_MIN
         if not self._ready:
             self._ready = True
-            logs.log.info(
+            # Supervisors and tests wait for this line: print it at any level.
+            logs.log.log(
+                max(logging.INFO, logs.log.getEffectiveLevel()),
                 "sandboxq worker ready pid=%d queues=%s procs=%d",
                 os.getpid(),
                 ",".join(self.queues),
