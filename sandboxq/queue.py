@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from sandboxq import fast
+from sandboxq import fast, registry
 from sandboxq.connection import connect, describe, names_url, resolve_url
 from sandboxq.errors import SandboxqError
 from sandboxq.job import FINISHED_STATES, STATES, Job
@@ -325,6 +325,24 @@ class Queue:
             else self.client.zrange(key, start, stop)
         )
         return [i.decode() for i in ids]
+
+    @names_url
+    def workers(self) -> list[dict[str, Any]]:
+        """Live worker parents (any queue): host, pid, queues, procs,
+        started_at and last_seen (epoch seconds)."""
+        return registry.live_workers(self.client, now_ms())
+
+    @names_url
+    def throughput(self, window: float = 60.0) -> dict[str, float]:
+        """Jobs finished per second over the last ``window`` seconds, by
+        outcome, counted from the finished sets' times (no scan; jobs that
+        retention already removed are not counted)."""
+        now = now_ms()
+        pipe = self.client.pipeline(transaction=False)
+        for key in (self.keys.completed, self.keys.failed):
+            pipe.zcount(key, now - ms(window), now)
+        completed, failed = pipe.execute()
+        return {"completed": completed / window, "failed": failed / window}
 
     @names_url
     def job_logs(self, job_id: str) -> list[str]:

@@ -9,13 +9,14 @@ the children's pipes and wake within a millisecond of an add.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from sandboxq import fast
+from sandboxq import fast, registry
 from sandboxq.connection import connect
 from sandboxq.keys import QueueKeys
 from sandboxq.schedule import fire_due
@@ -56,6 +57,7 @@ class Broker:
         lease: float,
         max_stalls: int,
         settings: dict[str, Any] | None = None,
+        description: dict[str, Any] | None = None,
     ) -> None:
         self.url = url
         self.client = connect(url)
@@ -81,6 +83,7 @@ class Broker:
         self._armed = False
         self._scripts_loaded = False
         self.settings = settings or {}
+        self.description = description or {}
 
     # -- what the parent loop asks -------------------------------------------
     def has_pending(self) -> bool:
@@ -196,6 +199,9 @@ class Broker:
             if recover:
                 self.scripts.recover_stalled(k, now, self.max_stalls, pipe=pipe)
                 plan.append(("recover", queue, None))
+        if recover and self.description:  # the same cadence: at start, then <= 15 s
+            registry.heartbeat(pipe, self.token, self.description, now)
+            plan.append(("heartbeat", "", None))
         for queue in fetch_from:
             self.scripts.fetch(self.keys[queue], now, free_slots, self.token, self.lease_ms, pipe)
             plan.append(("fetch", queue, None))
@@ -273,4 +279,7 @@ class Broker:
 
     def close(self) -> None:
         self.cancel_wait()
+        if self.description:
+            with contextlib.suppress(*REDIS_ERRORS):
+                registry.forget(self.client, self.token)
         self.client.close()

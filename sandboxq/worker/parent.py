@@ -174,6 +174,13 @@ class Worker:
             lease=self.lease,
             max_stalls=self.max_stalls,
             settings=self.settings,
+            description={
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "queues": self.queues,
+                "procs": self.procs,
+                "started_at": time.time(),
+            },
         )
         wake_r, self._wake_w = os.pipe()
         os.set_blocking(wake_r, False)

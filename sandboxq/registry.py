@@ -1,0 +1,42 @@
+"""A heartbeat registry of live worker parents, for ``sandboxq workers``.
+
+Each worker parent writes its description (host, pid, queues, procs, start
+time) with a heartbeat time, in the same pipelined round trip as its other
+periodic work; readers list those seen recently. The key is global (not per
+queue): a worker may serve many queues.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+WORKERS = "sq:workers"  # hash: token -> description with last_seen (JSON)
+
+#: A worker not seen for this long is presumed gone (it beats every <= 15 s).
+STALE_MS = 60_000
+
+
+def heartbeat(pipe: Any, token: str, description: dict[str, Any], now_ms: int) -> None:
+    """Queue this worker's heartbeat on a pipeline: one command."""
+    pipe.hset(WORKERS, token, orjson.dumps({**description, "last_seen": now_ms / 1000.0}))
+
+
+def forget(client: Any, token: str) -> None:
+    """A worker that stops cleanly leaves the registry at once."""
+    client.hdel(WORKERS, token)
+
+
+def live_workers(client: Any, now_ms: int, stale_ms: int = STALE_MS) -> list[dict[str, Any]]:
+    """Workers seen within ``stale_ms``, oldest first; forgets the others."""
+    live, gone = [], []
+    for token, raw in client.hgetall(WORKERS).items():
+        entry = orjson.loads(raw)
+        if now_ms - entry.get("last_seen", 0) * 1000 > stale_ms:
+            gone.append(token)
+        else:
+            live.append({**entry, "token": token.decode()})
+    if gone:
+        client.hdel(WORKERS, *gone)
+    return sorted(live, key=lambda w: w.get("started_at", 0))
