@@ -7,6 +7,12 @@ against the same cases (``tests/test_fast.py``).
 
 from __future__ import annotations
 
+import operator
+import struct
+from bisect import bisect_right, insort
+from collections import deque
+from collections.abc import Iterable
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -84,3 +90,164 @@ def decode_fetched(rows: list[Any]) -> list[tuple[str, dict[str, Any]]]:
     if len(rows) % 2:
         raise ValueError(f"fetched rows need id/hash pairs, got {len(rows)} items")
     return [(rows[i].decode(), decode_job_flat(rows[i + 1])) for i in range(0, len(rows), 2)]
+
+
+# -- limits shared with the native module -------------------------------------
+#: The largest frame body a FrameDecoder accepts unless told otherwise.
+MAX_FRAME_SIZE = 64 * 1024 * 1024
+#: What a 4-byte big-endian length can declare.
+MAX_FRAME_LIMIT = 0xFFFF_FFFF
+#: max_jobs and window_ms must fit a signed 64-bit integer.
+INT64_LIMIT = 2**63 - 1
+
+
+def _bounded(name: str, value: int, minimum: int, maximum: int) -> int:
+    value = operator.index(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value}")
+    return value
+
+
+# -- the parent <-> child frame codec -----------------------------------------
+_HEADER = struct.Struct(">I")
+
+
+def encode_frame(message: list[Any]) -> bytes:
+    """A frame: the 4-byte big-endian length of the body, then the body, the
+    message as a JSON array."""
+    body = orjson.dumps(message)
+    if len(body) > MAX_FRAME_LIMIT:
+        raise ValueError(f"a frame body of {len(body)} bytes does not fit a 4-byte length")
+    return _HEADER.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Reassembles frames from chunks of a byte stream cut anywhere.
+
+    A header declaring more than ``max_frame_size`` bytes raises ValueError as
+    soon as it arrives, before any of its body is buffered. After an error the
+    offending frame stays at the front, so every later ``feed`` raises again.
+    """
+
+    __slots__ = ("_buffer", "_max")
+
+    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+        self._max = _bounded("max_frame_size", max_frame_size, 1, MAX_FRAME_LIMIT)
+        self._buffer = bytearray()
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._max
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of a frame not complete yet."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[list[Any]]:
+        """The frames ``data`` completes, in order; the rest is kept."""
+        buffer = self._buffer
+        buffer += data
+        messages = []
+        start = 0
+        try:
+            while len(buffer) - start >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(buffer, start)
+                if size > self._max:
+                    raise ValueError(
+                        f"a frame declares {size} bytes, over the limit of "
+                        f"{self._max} bytes (max_frame_size)"
+                    )
+                end = start + _HEADER.size + size
+                if end > len(buffer):
+                    break
+                messages.append(orjson.loads(buffer[start + _HEADER.size : end]))
+                start = end
+        finally:
+            del buffer[:start]  # bytearray drops a prefix without moving the rest
+        return messages
+
+
+# -- limiter bookkeeping --------------------------------------------------------
+class SlidingWindow:
+    """The worker parent's copy of a queue's sliding-window limit: at most
+    ``max_jobs`` starts in any ``window_ms``. A start at ``t`` counts while
+    ``t > now - window_ms``.
+
+    Time never runs backwards here: every call takes ``now_ms`` as the latest
+    time any call has seen. Starts are kept in order, at most ``max_jobs`` of
+    them (the newest: older ones cannot change any answer), and dropped once
+    they leave the window.
+    """
+
+    __slots__ = ("_latest", "_log", "_max", "_window")
+
+    def __init__(self, max_jobs: int, window_ms: int) -> None:
+        self._max = _bounded("max_jobs", max_jobs, 1, INT64_LIMIT)
+        self._window = _bounded("window_ms", window_ms, 1, INT64_LIMIT)
+        self._log: deque[int] = deque(maxlen=self._max)
+        self._latest: int | None = None  # no time seen yet
+
+    @property
+    def max_jobs(self) -> int:
+        return self._max
+
+    @property
+    def window_ms(self) -> int:
+        return self._window
+
+    def __len__(self) -> int:
+        """Starts in the window at the latest time seen (at most max_jobs)."""
+        return len(self._log)
+
+    def _advance(self, now_ms: int) -> int:
+        """The latest time seen, ``now_ms`` included; drops starts it expired."""
+        now = self._latest
+        if now is None or now_ms > now:
+            self._latest = now = now_ms
+        cutoff = now - self._window
+        log = self._log
+        while log and log[0] <= cutoff:
+            log.popleft()
+        return now
+
+    def allowed(self, now_ms: int) -> int:
+        """How many more starts the window takes now."""
+        self._advance(now_ms)
+        return self._max - len(self._log)
+
+    def opens_at(self, now_ms: int) -> int:
+        """When ``allowed`` is next above 0: now, or when the oldest start leaves."""
+        now = self._advance(now_ms)
+        log = self._log
+        if len(log) < self._max:
+            return now
+        return log[0] + self._window
+
+    def record(self, now_ms: int, count: int) -> None:
+        """``count`` jobs started at ``now_ms``."""
+        if count < 0:
+            raise ValueError(f"count must be at least 0, got {count}")
+        now = self._advance(now_ms)
+        count = min(count, self._max)
+        if count == 0 or now_ms <= now - self._window:
+            return
+        log = self._log
+        if not log or now_ms >= log[-1]:
+            log.extend(repeat(now_ms, count))  # maxlen drops the oldest
+            return
+        for _ in range(count):  # the clock stepped back: insert in order
+            if len(log) == self._max:
+                if now_ms <= log[0]:
+                    return  # older than every start kept: it cannot matter
+                log.popleft()
+            insort(log, now_ms)
+
+    def sync(self, starts_ms: Iterable[int]) -> None:
+        """Replace the log with starts read from Redis (any order)."""
+        starts = sorted(starts_ms)
+        first = 0 if self._latest is None else bisect_right(starts, self._latest - self._window)
+        self._log.clear()
+        self._log.extend(starts[first:])  # maxlen keeps the newest

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 
 def _choose() -> tuple[ModuleType, str]:
@@ -32,4 +33,27 @@ decode_job_flat = _impl.decode_job_flat
 decode_job_mapping = _impl.decode_job_mapping
 decode_fetched = _impl.decode_fetched
 
-__all__ = ["IMPLEMENTATION", "decode_fetched", "decode_job_flat", "decode_job_mapping", "dump_json"]
+if TYPE_CHECKING:  # the classes by name, so they can annotate (both share _fast.pyi)
+    from sandboxq._fast import (
+        MAX_FRAME_SIZE,
+        FrameDecoder,
+        SlidingWindow,
+        encode_frame,
+    )
+else:
+    MAX_FRAME_SIZE = _impl.MAX_FRAME_SIZE
+    encode_frame = _impl.encode_frame
+    FrameDecoder = _impl.FrameDecoder
+    SlidingWindow = _impl.SlidingWindow
+
+__all__ = [
+    "IMPLEMENTATION",
+    "MAX_FRAME_SIZE",
+    "FrameDecoder",
+    "SlidingWindow",
+    "decode_fetched",
+    "decode_job_flat",
+    "decode_job_mapping",
+    "dump_json",
+    "encode_frame",
+]

@@ -77,6 +77,12 @@ class Job:
             raw: Any = self.queue.client.hgetall(self.queue.keys.ignored(self.id))
         return {ref.decode(): error.decode() for ref, error in raw.items()}
 
+    def audit(self) -> list[dict[str, Any]]:
+        """Manual actions on this job, oldest first: at, by, action."""
+        with url_in_errors(self.queue.url):
+            raw: Any = self.queue.client.lrange(self.queue.keys.job_audit(self.id), 0, -1)
+        return [orjson.loads(entry) for entry in raw]
+
     def logs(self) -> list[str]:
         """The log lines the handler wrote (the newest 1,000)."""
         return self.queue.job_logs(self.id)

@@ -56,6 +56,7 @@ class QueueKeys:
     group_rr: str  # round-robin counter
     gcount: str  # waiting jobs that belong to a group
     limiter: str  # the queue's rate-limit log of start times
+    audit: str  # stream of manual actions (retry, remove, pause...)
 
     @property
     def hash_tag(self) -> str:
@@ -93,6 +94,7 @@ class QueueKeys:
             group_rr=prefix + "group_rr",
             gcount=prefix + "gcount",
             limiter=prefix + "limiter",
+            audit=prefix + "audit",
         )
 
     def job(self, job_id: str) -> str:
@@ -104,6 +106,10 @@ class QueueKeys:
     def deps(self, job_id: str) -> str:
         """A flow parent's children's results: ``queue:id`` → result JSON."""
         return f"{self.prefix}deps:{job_id}"
+
+    def job_audit(self, job_id: str) -> str:
+        """The manual actions on one job (JSON entries)."""
+        return f"{self.prefix}audit:{job_id}"
 
     def group_wait(self, group: str) -> str:
         """The waiting jobs of one group."""

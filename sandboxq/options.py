@@ -31,6 +31,7 @@ JOB_OPTION_NAMES = frozenset(
         "keep_completed",
         "keep_failed",
         "group",
+        "manual_retry_only",
     }
 )
 
@@ -165,6 +166,7 @@ class JobOptions:
     keep_completed: Retention | None = None
     keep_failed: Retention | None = None
     group: str | None = None
+    manual_retry_only: bool = False
 
     @classmethod
     def build(
@@ -179,6 +181,7 @@ class JobOptions:
         keep_completed: Any = None,
         keep_failed: Any = None,
         group: Any = None,
+        manual_retry_only: Any = False,
     ) -> JobOptions:
         if job_id is not None:
             if isinstance(job_id, int) and not isinstance(job_id, bool):
@@ -214,6 +217,7 @@ class JobOptions:
             keep_completed=Retention.parse("keep_completed", keep_completed),
             keep_failed=Retention.parse("keep_failed", keep_failed),
             group=None if group is None else validate_name("group", group),
+            manual_retry_only=_flag("manual_retry_only", manual_retry_only),
         )
 
     def hash_fields(self) -> list[Any]:
@@ -221,6 +225,8 @@ class JobOptions:
         fields: list[Any] = ["attempts", self.attempts]
         if self.group is not None:
             fields += ["group", self.group]
+        if self.manual_retry_only:
+            fields += ["manual_retry_only", "1"]
         if self.backoff is not None:
             fields += ["backoff", orjson.dumps(self.backoff.to_dict())]
         if self.timeout is not None:
@@ -231,6 +237,12 @@ class JobOptions:
             if keep is not None and keep.age is not None:
                 fields += [f"{prefix}_age", ms(keep.age)]
         return fields
+
+
+def _flag(what: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be True or False, not {type(value).__name__}")
+    return value
 
 
 def positive_int(what: str, value: Any) -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,6 +142,7 @@ class Queue:
         keep_completed: Any = None,
         keep_failed: Any = None,
         group: str | None = None,
+        manual_retry_only: bool = False,
     ) -> Job:
         """Add one job and return it. A ``job_id`` that exists already is a
         no-op that returns the existing job."""
@@ -153,6 +156,7 @@ class Queue:
             keep_completed=keep_completed,
             keep_failed=keep_failed,
             group=group,
+            manual_retry_only=manual_retry_only,
         )
         return self._add_encoded([self._encode(name, data, options)], [data], [options])[0]
 
@@ -327,6 +331,17 @@ class Queue:
         return [i.decode() for i in ids]
 
     @names_url
+    def audit_log(self, count: int = 100) -> list[dict[str, Any]]:
+        """The newest manual actions on this queue and its jobs (retries,
+        removals, promotions, pauses), newest first: at, by, action, job_id."""
+        raw: Any = self.client.xrevrange(self.keys.audit, count=count)
+        entries = []
+        for _entry_id, fields in raw:
+            entry = {k.decode(): v.decode() for k, v in fields.items()}
+            entries.append({**entry, "at": int(entry["at"]) / 1000.0})
+        return entries
+
+    @names_url
     def workers(self) -> list[dict[str, Any]]:
         """Live worker parents (any queue): host, pid, queues, procs,
         started_at and last_seen (epoch seconds)."""
@@ -351,42 +366,43 @@ class Queue:
 
     # -- administering -----------------------------------------------------
     @names_url
-    def pause(self) -> bool:
+    def pause(self, *, by: str | None = None) -> bool:
         """Stop handing out jobs. Returns False if it was paused already."""
-        return self.scripts.pause(self.keys, True)
+        return self.scripts.pause(self.keys, True, by=_who(by))
 
     @names_url
-    def resume(self) -> bool:
-        return self.scripts.pause(self.keys, False)
+    def resume(self, *, by: str | None = None) -> bool:
+        return self.scripts.pause(self.keys, False, by=_who(by))
 
     @names_url
     def is_paused(self) -> bool:
         return bool(self.client.hexists(self.keys.meta, "paused"))
 
     @names_url
-    def retry(self, job_id: str) -> bool:
+    def retry(self, job_id: str, *, by: str | None = None) -> bool:
         """Send a failed job back to waiting with a fresh attempt budget.
         Returns False if the job is not in the failed set."""
-        return bool(self.scripts.retry(self.keys, str(job_id)))
+        return bool(self.scripts.retry(self.keys, str(job_id), by=_who(by)))
 
     @names_url
-    def retry_failed(self) -> int:
+    def retry_failed(self, *, by: str | None = None) -> int:
         """Retry every failed job; returns how many."""
         total = 0
-        while moved := self.scripts.retry(self.keys, "", STEP_LIMIT):
+        who = _who(by)
+        while moved := self.scripts.retry(self.keys, "", STEP_LIMIT, by=who):
             total += len(moved)
         return total
 
     @names_url
-    def promote(self, job_id: str) -> bool:
+    def promote(self, job_id: str, *, by: str | None = None) -> bool:
         """Run a delayed job now. Returns False if it is not delayed."""
-        return self.scripts.promote(self.keys, now_ms(), str(job_id)) == 1
+        return self.scripts.promote(self.keys, now_ms(), str(job_id), by=_who(by)) == 1
 
     @names_url
-    def remove(self, job_id: str) -> bool:
+    def remove(self, job_id: str, *, by: str | None = None) -> bool:
         """Delete a job that is not running. Returns False if there is no such
         job; raises :class:`JobIsActive` if a worker is running it."""
-        status = self.scripts.remove(self.keys, str(job_id))
+        status = self.scripts.remove(self.keys, str(job_id), by=_who(by))
         if status < 0:
             raise JobIsActive(f"job {job_id} is active; remove it after it finishes")
         return status == 1
@@ -580,3 +596,13 @@ class Queue:
                 raise JobIsActive(
                     f"queue {self.name!r} has active jobs; pass force=True to obliterate anyway"
                 )
+
+
+def _who(by: str | None) -> str:
+    """Who did a manual action: as given, else the OS user."""
+    if by:
+        return by
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"

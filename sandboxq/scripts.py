@@ -222,37 +222,53 @@ class Scripts:
         return self._run("report", [k.events], args, pipe)
 
     # -- admin ------------------------------------------------------------
-    def promote(self, k: QueueKeys, now: int, job_id: str = "", limit: int = STEP_LIMIT) -> int:
+    # The admin transitions take ``by``: who asked, for the audit log.
+    def promote(
+        self, k: QueueKeys, now: int, job_id: str = "", limit: int = STEP_LIMIT, by: str = ""
+    ) -> int:
         return int(
             self._run(
                 "promote",
                 [k.delayed, k.wait, k.seq, k.marker, k.events],
-                [k.prefix, now, self.events_maxlen, job_id, limit],
+                [k.prefix, now, self.events_maxlen, job_id, limit, by],
             )
         )
 
-    def pause(self, k: QueueKeys, paused: bool) -> bool:
+    def pause(self, k: QueueKeys, paused: bool, by: str = "", now: int | None = None) -> bool:
         changed = self._run(
-            "pause", [k.meta, k.marker, k.events], ["1" if paused else "0", self.events_maxlen]
+            "pause",
+            [k.meta, k.marker, k.events],
+            [
+                "1" if paused else "0",
+                self.events_maxlen,
+                k.prefix,
+                now_ms() if now is None else now,
+                by,
+            ],
         )
         return bool(changed == 1)
 
-    def remove(self, k: QueueKeys, job_id: str) -> int:
+    def remove(self, k: QueueKeys, job_id: str, by: str = "", now: int | None = None) -> int:
         return int(
             self._run(
                 "remove",
                 [k.wait, k.delayed, k.active, k.completed, k.failed, k.events, k.waiting_children],
-                [k.prefix, self.events_maxlen, job_id],
+                [k.prefix, self.events_maxlen, job_id, now_ms() if now is None else now, by],
             )
         )
 
     def retry(
-        self, k: QueueKeys, job_id: str = "", limit: int = STEP_LIMIT, now: int | None = None
+        self,
+        k: QueueKeys,
+        job_id: str = "",
+        limit: int = STEP_LIMIT,
+        now: int | None = None,
+        by: str = "",
     ) -> list[str]:
         moved = self._run(
             "retry",
             [k.failed, k.wait, k.seq, k.marker, k.events],
-            [k.prefix, self.events_maxlen, job_id, limit, now_ms() if now is None else now],
+            [k.prefix, self.events_maxlen, job_id, limit, now_ms() if now is None else now, by],
         )
         return decode_ids(moved)
 
@@ -292,6 +308,7 @@ class Scripts:
             k.group_rr,
             k.gcount,
             k.limiter,
+            k.audit,
             k.id_counter,
             k.seq,
             k.meta,

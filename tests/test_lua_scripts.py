@@ -1066,7 +1066,7 @@ def test_remove_deletes_a_job_that_is_not_running(queue: Queue) -> None:
     assert queue.client.exists(queue.keys.job(waiting), queue.keys.logs(waiting)) == 0
     assert queue.client.zcard(queue.keys.wait) == 0
     assert ids(queue, queue.keys.active) == [running]
-    assert events(queue, waiting)[-1] == ("removed", {})
+    assert events(queue, waiting)[-1] == ("removed", {"by": ""})
 
 
 def test_retry_sends_a_failed_job_back_with_a_fresh_budget(queue: Queue) -> None:

@@ -16,6 +16,8 @@
 --                            job's group (or the queue) pauses for delay_ms
 --                            and the job waits at its place; no attempt spent
 -- The caller computes delay_ms (backoff and jitter live in Python).
+-- A job with manual_retry_only = "1" is never retried automatically: any
+-- outcome but "completed" fails it for good.
 --
 -- Returns one status per job: "completed", "failed", "retrying",
 -- "rate-limited", or "lost"
@@ -78,8 +80,20 @@ for i = 5, #ARGV, 5 do
   else
     leave_active(prefix, job_key)
   end
+  local manual_only = status == nil
+    and redis.call('HGET', job_key, 'manual_retry_only') == '1' and outcome ~= 'completed'
   if status then
     -- lost: left untouched
+  elseif manual_only then
+    -- Never retried automatically (e.g. a charge): any unfinished run is a
+    -- failure that only a person's retry can send back.
+    local message = value
+    if outcome == 'retry' or outcome == 'ratelimited' then
+      message = value .. ' (not retried: manual_retry_only)'
+    end
+    redis.call('HSET', job_key, 'error', message, 'traceback', traceback)
+    redis.call('HINCRBY', job_key, 'attempts_made', 1)
+    status = fail_for_good(job_key, id, message)
   elseif outcome == 'completed' then
     redis.call('HSET', job_key, 'result', value)
     redis.call('HINCRBY', job_key, 'attempts_made', 1)

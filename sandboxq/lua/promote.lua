@@ -5,6 +5,7 @@
 --
 -- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] events maxlen
 -- ARGV[4] job id, or "" for every due job   ARGV[5] limit (jobs per call)
+-- ARGV[6] who asked, for one named job (recorded in the audit log)
 --
 -- Returns how many jobs were promoted.
 --!include common
@@ -17,5 +18,6 @@ end
 if redis.call('ZREM', KEYS[1], id) == 0 then return 0 end
 local job_key = prefix .. 'job:' .. id
 make_waiting(prefix, job_key, id, now, false)
+audit(prefix, id, now, ARGV[6] or '', 'promote')
 emit(KEYS[5], maxlen, 'waiting', id, 'from', 'promoted')
 return 1

@@ -26,8 +26,10 @@ for _, id in ipairs(expired) do
     leave_active(prefix, job_key)
     local stalls = redis.call('HINCRBY', job_key, 'stalls', 1)
     emit(KEYS[4], maxlen, 'stalled', id, 'stalls', stalls)
-    if stalls > max_stalls then
+    local manual_only = redis.call('HGET', job_key, 'manual_retry_only') == '1'
+    if stalls > max_stalls or manual_only then
       local message = 'stalled ' .. stalls .. ' times'
+      if manual_only then message = message .. ' (not retried: manual_retry_only)' end
       redis.call('HSET', job_key, 'error', message, 'traceback', '')
       redis.call('HINCRBY', job_key, 'attempts_made', 1)
       notify_parent(job_key, now, maxlen, false, message)

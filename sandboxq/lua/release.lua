@@ -1,6 +1,7 @@
 -- release: give a worker's unfinished jobs back to the queue at once (a forced
 -- shutdown), instead of waiting for their leases to lapse. The jobs keep their
--- place in line and no attempt or stall is counted.
+-- place in line and no attempt or stall is counted. A manual_retry_only job
+-- fails instead: it may have half-run.
 --
 -- KEYS[1] active   KEYS[2] wait   KEYS[3] events   KEYS[4] marker
 --
@@ -9,17 +10,29 @@
 --
 -- Returns the ids released (those still leased with this token).
 --!include common
+--!include retention
+--!include flow
 local prefix, token, maxlen, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local released = {}
 for i = 5, #ARGV do
   local id = ARGV[i]
   local job_key = prefix .. 'job:' .. id
   if redis.call('HGET', job_key, 'token') == token and redis.call('ZREM', KEYS[1], id) == 1 then
-    redis.call('HDEL', job_key, 'token', 'started_at')
     leave_active(prefix, job_key)
-    make_waiting(prefix, job_key, id, now, true)
-    emit(KEYS[3], maxlen, 'waiting', id, 'from', 'released')
-    released[#released + 1] = id
+    if redis.call('HGET', job_key, 'manual_retry_only') == '1' then
+      -- It may have half-run (a charge): only a person may send it back.
+      local message = 'interrupted by a forced shutdown (not retried: manual_retry_only)'
+      redis.call('HSET', job_key, 'error', message, 'traceback', '')
+      redis.call('HINCRBY', job_key, 'attempts_made', 1)
+      notify_parent(job_key, now, maxlen, false, message)
+      finalize(prefix, job_key, prefix .. 'failed', id, 'failed', now, 'kf_count', 'kf_age')
+      emit(KEYS[3], maxlen, 'failed', id, 'error', message)
+    else
+      redis.call('HDEL', job_key, 'token', 'started_at')
+      make_waiting(prefix, job_key, id, now, true)
+      emit(KEYS[3], maxlen, 'waiting', id, 'from', 'released')
+      released[#released + 1] = id
+    end
   end
 end
 return released

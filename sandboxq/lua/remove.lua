@@ -4,12 +4,13 @@
 -- KEYS[5] failed   KEYS[6] events   KEYS[7] waiting-children
 --
 -- ARGV[1] key prefix   ARGV[2] events maxlen   ARGV[3] job id
+-- ARGV[4] now (ms)   ARGV[5] who asked (kept in the queue's audit log)
 --
 -- Returns 1 if removed, 0 if there is no such job, -1 if the job is active
 -- (a worker holds its lease; remove it once it finishes).
 --!include common
 --!include retention
-local prefix, maxlen, id = ARGV[1], ARGV[2], ARGV[3]
+local prefix, maxlen, id, now, by = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local job_key = prefix .. 'job:' .. id
 if redis.call('EXISTS', job_key) == 0 then return 0 end
 if redis.call('ZSCORE', KEYS[3], id) then return -1 end
@@ -18,6 +19,7 @@ for k = 2, 5 do
   if k ~= 3 then redis.call('ZREM', KEYS[k], id) end
 end
 redis.call('ZREM', KEYS[7], id)
+audit(prefix, id, now, by, 'remove')  -- the queue's audit log outlives the job
 delete_job(prefix, id)
-emit(KEYS[6], maxlen, 'removed', id)
+emit(KEYS[6], maxlen, 'removed', id, 'by', by)
 return 1

@@ -4,13 +4,13 @@
 --
 -- ARGV[1] key prefix   ARGV[2] events maxlen
 -- ARGV[3] job id, or "" for the oldest failed jobs   ARGV[4] limit
--- ARGV[5] now (ms)
+-- ARGV[5] now (ms)   ARGV[6] who asked (recorded in the audit log)
 --
 -- The last error and traceback stay on the job for reference until it fails
 -- again or completes. Returns the ids moved (empty if the job is not failed).
 --!include common
 local prefix, maxlen, id, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local now = tonumber(ARGV[5])
+local now, by = tonumber(ARGV[5]), ARGV[6]
 local ids
 if id ~= '' then
   if not redis.call('ZSCORE', KEYS[1], id) then return {} end
@@ -24,6 +24,7 @@ for _, job_id in ipairs(ids) do
   redis.call('HSET', job_key, 'attempts_made', 0, 'stalls', 0)
   redis.call('HDEL', job_key, 'finished_at', 'started_at')
   make_waiting(prefix, job_key, job_id, now, false)
+  audit(prefix, job_id, now, by, 'retry')
   emit(KEYS[5], maxlen, 'waiting', job_id, 'from', 'retry')
 end
 return ids

@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from sandboxq import fast
+
 RUN = "run"
 PROGRESS = "progress"
 LOG = "log"
@@ -27,14 +29,30 @@ DONE = "done"
 
 _HEADER = struct.Struct(">I")
 
+#: The largest frame body the parent reads; a child refuses to send a bigger one.
+MAX_FRAME_SIZE = fast.MAX_FRAME_SIZE
 
-def encode(message: list[Any]) -> bytes:
-    body = orjson.dumps(message)
-    return _HEADER.pack(len(body)) + body
+#: A frame for ``message``: its 4-byte big-endian length and its JSON.
+encode = fast.encode_frame
+
+#: Reassembles frames from whatever a non-blocking socket hands over: the
+#: parent's side, which must never wait on one child. ``feed(data)`` returns
+#: the whole frames; a header declaring more than MAX_FRAME_SIZE bytes raises
+#: ValueError (a corrupt stream), as does a body that is not JSON.
+FrameReader = fast.FrameDecoder
 
 
 def send(sock: socket.socket, message: list[Any]) -> None:
-    sock.sendall(encode(message))
+    """Send one frame (blocking): the child's side. A frame over
+    MAX_FRAME_SIZE raises ValueError here, in the child, rather than in the
+    parent that would refuse it."""
+    frame = encode(message)
+    if len(frame) - _HEADER.size > MAX_FRAME_SIZE:
+        raise ValueError(
+            f"a {message[0]!r} frame of {len(frame) - _HEADER.size} bytes is over the "
+            f"limit of {MAX_FRAME_SIZE} bytes the worker parent reads"
+        )
+    sock.sendall(frame)
 
 
 def recv_exact(sock: socket.socket, size: int) -> bytes | None:
@@ -56,28 +74,3 @@ def recv(sock: socket.socket) -> list[Any] | None:
         return None
     body = recv_exact(sock, _HEADER.unpack(header)[0])
     return None if body is None else orjson.loads(body)
-
-
-class FrameReader:
-    """Reassembles frames from whatever a non-blocking socket hands over:
-    the parent's side, which must never wait on one child."""
-
-    __slots__ = ("_buffer",)
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[list[Any]]:
-        self._buffer += data
-        messages = []
-        view = self._buffer
-        offset = 0
-        while len(view) - offset >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(view, offset)
-            end = offset + _HEADER.size + size
-            if end > len(view):
-                break
-            messages.append(orjson.loads(bytes(view[offset + _HEADER.size : end])))
-            offset = end
-        del self._buffer[:offset]
-        return messages

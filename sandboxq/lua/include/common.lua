@@ -103,3 +103,16 @@ local function leave_active(prefix, job_key)
     redis.call('ZADD', prefix .. 'marker', 0, '0')
   end
 end
+
+-- Record a manual action (retry, removal, promotion, pause...) by a person:
+-- on the job (audit:<id>, removed with it) and in the queue's capped audit
+-- log, which outlives removed jobs. job_id "" means the queue itself.
+local function audit(prefix, job_id, now, by, action)
+  local at = num(now)
+  if job_id ~= '' then
+    redis.call('RPUSH', prefix .. 'audit:' .. job_id,
+      cjson.encode({at = tonumber(at) / 1000, by = by, action = action}))
+  end
+  redis.call('XADD', prefix .. 'audit', 'MAXLEN', '~', 10000, '*',
+    'job_id', job_id, 'by', by, 'action', action, 'at', at)
+end

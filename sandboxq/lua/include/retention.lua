@@ -2,7 +2,7 @@
 -- beyond a count and/or an age. A negative value means "no bound".
 local function delete_job(prefix, id)
   redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'logs:' .. id,
-    prefix .. 'deps:' .. id, prefix .. 'ignored:' .. id)
+    prefix .. 'deps:' .. id, prefix .. 'ignored:' .. id, prefix .. 'audit:' .. id)
 end
 
 -- Returns the number of jobs removed; never more than `limit` per call so a
