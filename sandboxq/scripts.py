@@ -134,7 +134,7 @@ class Scripts:
         lease_ms: int,
         pipe: redis.client.Pipeline | None = None,
     ) -> Any:
-        """Lease up to ``count`` jobs. Returns ``[rows, next_due_ms]`` (see fetch.lua);
+        """Lease up to ``count`` jobs. Returns ``[rows, next_check_ms, limited]`` (see fetch.lua);
         :func:`sandboxq.fast.decode_fetched` turns the rows into job records."""
         return self._run(
             "fetch",

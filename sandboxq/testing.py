@@ -43,7 +43,7 @@ def run_until_empty(
     done = 0
     while max_jobs is None or done < max_jobs:
         count = batch if max_jobs is None else min(batch, max_jobs - done)
-        rows, _next_due = queue.scripts.fetch(queue.keys, now_ms(), count, token, _LEASE_MS)
+        rows, *_ = queue.scripts.fetch(queue.keys, now_ms(), count, token, _LEASE_MS)
         if not rows:
             break
         entries = []

@@ -47,7 +47,7 @@ def add(q: Queue, *jobs: list[Any], now: int = NOW) -> list[str]:
 def fetch(
     q: Queue, now: int, count: int = 100, token: str = TOKEN, lease_ms: int = LEASE
 ) -> tuple[list[tuple[str, dict[str, Any]]], int]:
-    rows, next_due = q.scripts.fetch(q.keys, now, count, token, lease_ms)
+    rows, next_due, _limited = q.scripts.fetch(q.keys, now, count, token, lease_ms)
     return decode_fetched(rows), next_due
 
 

@@ -54,7 +54,7 @@ def queue_keys(q: Queue) -> set[bytes]:
 
 def lease(q: Queue, count: int = 1) -> list[str]:
     """Take jobs the way a worker does (a real lease), without running them."""
-    rows, _ = q.scripts.fetch(q.keys, now_ms(), count, "test-worker", 60_000)
+    rows, *_ = q.scripts.fetch(q.keys, now_ms(), count, "test-worker", 60_000)
     return [rows[i].decode() for i in range(0, len(rows), 2)]
 
 

@@ -17,10 +17,11 @@
 -- jobs and groups take turns; groups take turns among themselves (`groups`,
 -- round robin), so a big group cannot starve a small one.
 --
--- Returns {jobs, next_check}: jobs is a flat array of (id, hash as a flat
--- field/value array) per leased job; next_check is the earliest time (ms)
--- something may become ready without an add (a delayed job due, a rate
--- window opening, a paused group resuming), or -1.
+-- Returns {jobs, next_check, limited}: jobs is a flat array of (id, hash as
+-- a flat field/value array) per leased job; next_check is the earliest time
+-- (ms) something may become ready without an add (a delayed job due, a rate
+-- window opening, a paused group resuming), or -1; limited is 1 when a
+-- limit (not an empty queue) held jobs back.
 --!include common
 --!include promote
 --!include retention
@@ -34,15 +35,18 @@ promote_due(prefix, KEYS[2], KEYS[1], KEYS[7], KEYS[5], KEYS[6], maxlen, now, 10
 local s = redis.call('HMGET', KEYS[4], 'paused', 'rl_until', 'concurrency', 'rl_max',
   'rl_window_ms', 'gconcurrency', 'grl_max', 'grl_window_ms', 'turn')
 local allowed = count
+local limited = false
 if s[1] then allowed = 0 end
 local rl_until = tonumber(s[2] or '0')
 if rl_until > now then
   allowed = 0
+  limited = true
   checks[#checks + 1] = rl_until
 end
 local concurrency = tonumber(s[3] or '0')
 if allowed > 0 and concurrency > 0 then
-  allowed = math.min(allowed, concurrency - redis.call('ZCARD', KEYS[3]))
+  local room = concurrency - redis.call('ZCARD', KEYS[3])
+  if room < allowed then allowed, limited = math.max(room, 0), true end
 end
 
 -- A sliding window log: at most `max` starts in any `window` ms. Returns how
@@ -59,7 +63,7 @@ local limiter = prefix .. 'limiter'
 local rl_max, rl_window = tonumber(s[4] or '0'), tonumber(s[5] or '0')
 if allowed > 0 and rl_max > 0 then
   local room, opens = window_room(limiter, rl_max, rl_window)
-  allowed = math.min(allowed, room)
+  if room < allowed then allowed, limited = room, true end
   if opens then checks[#checks + 1] = opens end
 end
 
@@ -79,6 +83,7 @@ local groups_key = prefix .. 'groups'
 local function take_from_group(group)
   if gconc > 0 and tonumber(redis.call('HGET', prefix .. 'group_active', group) or '0') >= gconc then
     redis.call('ZREM', groups_key, group)  -- leave_active() puts it back
+    limited = true
     return nil
   end
   local glog = prefix .. 'glimiter:' .. group
@@ -87,6 +92,7 @@ local function take_from_group(group)
     if room <= 0 then
       redis.call('ZREM', groups_key, group)
       redis.call('ZADD', paused_key, num(opens), group)
+      limited = true
       return nil
     end
   end
@@ -166,4 +172,4 @@ local next_check = -1
 for _, t in ipairs(checks) do
   if next_check < 0 or t < next_check then next_check = t end
 end
-return {jobs, next_check}
+return {jobs, next_check, limited and 1 or 0}

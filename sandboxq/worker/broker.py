@@ -41,6 +41,8 @@ class StepResult:
     finished: list[tuple[str, str, str]] = field(default_factory=list)
     #: Jobs recovered from dead workers: (queue, requeued ids, failed ids).
     recovered: list[tuple[str, list[str], list[str]]] = field(default_factory=list)
+    #: Queues where a limit (rate, concurrency, a paused group) held jobs back.
+    rate_limited: list[str] = field(default_factory=list)
     #: Schedule occurrences this worker enqueued: (queue, how many).
     scheduled: list[tuple[str, int]] = field(default_factory=list)
     #: Jobs fetched again while this worker still runs them: (queue, job id).
@@ -214,7 +216,9 @@ class Broker:
         return self.queues[self._rotation :] + self.queues[: self._rotation]
 
     def _take(self, queue: str, reply: Any, result: StepResult, next_due: list[int]) -> None:
-        rows, due = reply
+        rows, due, limited = reply
+        if limited:
+            result.rate_limited.append(queue)
         for job_id, fields in fast.decode_fetched(rows):
             if job_id in self.leased[queue]:
                 # Our own lease lapsed (the parent was frozen, or Redis slow)
