@@ -1,16 +1,22 @@
 """Microbenchmarks of each hot-path function, native (``sandboxq._fast``) vs
 pure (``sandboxq._fast_py``), on realistic inputs.
 
-The inputs come from the real thing: jobs with typical options are added to
-a private redis-server and leased with the fetch script once, so the job
-hashes have the fields and encodings the package writes (JSON data and
+The job-hash inputs come from the real thing: jobs with typical options are
+added to a private redis-server and leased with the fetch script once, so the
+job hashes have the fields and encodings the package writes (JSON data and
 backoff, millisecond times, counters, state and token). The functions are
 then called directly; Redis is not involved in the timed part.
+
+The frame codec gets the frames the worker sends: a RUN frame as
+``Pool.assign`` builds it, and a 64 KiB read of DONE frames as a child sends
+them. The limiter gets loops of 1,000 calls on a full window, the way the
+worker parent would consult it.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +34,31 @@ if TYPE_CHECKING:
 BATCH = 50
 
 SMALL_DATA = {"user_id": 48213, "template": "welcome", "to": "ada@example.com", "locale": "en"}
+
+#: A RUN frame as ``Pool.assign`` encodes it.
+RUN_FRAME = ["run", "123", "resize", {"path": "/x.png", "w": 256}, "images", {"attempts_made": 0}]
+
+#: What one ``recv(65536)`` of the parent could hold.
+CHUNK_BYTES = 64 * 1024
+
+#: The limiter loops: calls per round, and the window they run on.
+WINDOW_CALLS = 1000
+WINDOW_MAX_JOBS = 100
+WINDOW_MS = 1000
+
+
+def done_frames() -> bytes:
+    """As many whole DONE frames (a small JSON result each) as fit 64 KiB."""
+    from sandboxq import _fast_py
+
+    chunk = bytearray()
+    for n in range(CHUNK_BYTES):
+        value = f'{{"ok":true,"thumb":"/t/{n}.png"}}'
+        frame = _fast_py.encode_frame(["done", str(40_000 + n), "completed", value, "", 0.0])
+        if len(chunk) + len(frame) > CHUNK_BYTES:
+            return bytes(chunk)
+        chunk += frame
+    raise AssertionError("unreachable")
 
 
 def realistic_job(n: int) -> dict[str, Any]:
@@ -60,7 +91,8 @@ def inputs(redis_client: redis.Redis) -> Inputs:
     queue = Queue(f"bench-fast-{uuid.uuid4().hex[:10]}", connection=redis_client)
     try:
         queue.add_bulk(realistic_job(n) for n in range(BATCH))
-        rows, _next_due = queue.scripts.fetch(queue.keys, now_ms(), BATCH, "bench-token", 60_000)
+        # fetch.lua returns [rows, next_check_ms, ...]: only the rows matter here
+        rows = queue.scripts.fetch(queue.keys, now_ms(), BATCH, "bench-token", 60_000)[0]
         assert len(rows) == 2 * BATCH
         mapping = redis_client.hgetall(queue.keys.job(rows[0].decode()))
     finally:
@@ -116,3 +148,101 @@ def test_dump_json(benchmark: Any, impl: Impl, expected: dict[str, Any], record_
     )
     assert result == expected["dump"]
     record_rate("dump_json (small dict)", impl.name)
+
+
+# -- the frame codec -------------------------------------------------------------
+@pytest.mark.benchmark(group="fast: encode_frame")
+def test_encode_frame(benchmark: Any, impl: Impl, record_rate: Any) -> None:
+    from sandboxq import _fast_py
+
+    result = benchmark(impl.module.encode_frame, RUN_FRAME)
+    assert result == _fast_py.encode_frame(RUN_FRAME)
+    record_rate("encode_frame (RUN frame)", impl.name)
+
+
+@pytest.mark.benchmark(group="fast: FrameDecoder.feed")
+def test_frame_decoder_feed(benchmark: Any, impl: Impl, record_rate: Any) -> None:
+    from sandboxq import _fast_py
+
+    chunk = done_frames()
+    expected = _fast_py.FrameDecoder().feed(chunk)
+    decoder = impl.module.FrameDecoder()
+    result = benchmark(decoder.feed, chunk)  # whole frames: nothing is left between calls
+    assert result == expected and decoder.buffered == 0
+    record_rate(
+        f"FrameDecoder.feed (64 KiB, {len(expected)} DONE frames)",
+        impl.name,
+        len(expected),
+        "frames",
+    )
+
+
+# -- limiter bookkeeping ----------------------------------------------------------
+#: The clock of every loop: the window holds one start every 10 ms of the last
+#: second, and each call comes 1 ms after the one before, so starts leave the
+#: window as the loop goes (and ``record`` keeps it full).
+START_MS = 1_700_000_000_000
+
+
+def full_window(module: Any) -> Any:
+    window = module.SlidingWindow(WINDOW_MAX_JOBS, WINDOW_MS)
+    window.sync(range(START_MS - WINDOW_MS + 10, START_MS + 1, 10))
+    assert window.allowed(START_MS) == 0
+    return window
+
+
+def allowed_loop(window: Any) -> None:
+    allowed = window.allowed
+    for now in range(START_MS, START_MS + WINDOW_CALLS):
+        allowed(now)
+
+
+def record_loop(window: Any) -> None:
+    record = window.record
+    for now in range(START_MS, START_MS + WINDOW_CALLS):
+        record(now, 1)
+
+
+def opens_at_loop(window: Any) -> None:
+    opens_at = window.opens_at
+    for now in range(START_MS, START_MS + WINDOW_CALLS):
+        opens_at(now)
+
+
+WINDOW_LOOPS: dict[str, Callable[[Any], None]] = {
+    "allowed": allowed_loop,
+    "record": record_loop,
+    "opens_at": opens_at_loop,
+}
+
+
+def trace(module: Any, method: str) -> list[Any]:
+    """What a loop's calls return, and what the window holds after each."""
+    window = full_window(module)
+    out = []
+    for now in range(START_MS, START_MS + WINDOW_CALLS):
+        args = (now, 1) if method == "record" else (now,)
+        out.append((getattr(window, method)(*args), len(window)))
+    return out
+
+
+@pytest.mark.parametrize("method", list(WINDOW_LOOPS))
+def test_sliding_window(benchmark: Any, impl: Impl, record_rate: Any, method: str) -> None:
+    from sandboxq import _fast_py
+
+    benchmark.group = f"fast: SlidingWindow.{method}"
+    loop = WINDOW_LOOPS[method]
+    # A fresh full window per round (untimed), so every round does the same work.
+    benchmark.pedantic(
+        loop,
+        setup=lambda: ((full_window(impl.module),), {}),
+        rounds=400,
+        warmup_rounds=20,
+    )
+    assert trace(impl.module, method) == trace(_fast_py, method)
+    record_rate(
+        f"SlidingWindow.{method} ({WINDOW_CALLS} calls, max_jobs={WINDOW_MAX_JOBS})",
+        impl.name,
+        WINDOW_CALLS,
+        "calls",
+    )

@@ -22,10 +22,13 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get("SANDBOXQ_REDIS_URL") or DEFAULT_URL
 
 
-def connect(url: str) -> redis.Redis:
-    """A client for ``url`` that returns bytes (payloads stay binary-exact)."""
+def connect(url: str, **options: Any) -> redis.Redis:
+    """A client for ``url`` that returns bytes (payloads stay binary-exact);
+    ``options`` go to redis-py (e.g. ``socket_timeout``)."""
     try:
-        return redis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+        return redis.Redis.from_url(
+            url, decode_responses=False, health_check_interval=30, **options
+        )
     except ValueError as exc:
         raise ValueError(f"bad Redis URL {url!r}: {exc}") from None
 

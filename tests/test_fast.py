@@ -7,7 +7,11 @@ generated input, including input they must reject.
 
 from __future__ import annotations
 
+import itertools
 import os
+import select
+import socket
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -17,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sandboxq import _fast, _fast_py, fast
+from sandboxq.worker import protocol
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 
@@ -91,8 +96,25 @@ def test_the_selector_honours_sandboxq_no_extensions() -> None:
     expected = "pure" if pure else "native"
     assert expected == fast.IMPLEMENTATION
     chosen = _fast_py if pure else _fast
-    for name in ("dump_json", "decode_job_flat", "decode_job_mapping", "decode_fetched"):
+    for name in (
+        "dump_json",
+        "decode_job_flat",
+        "decode_job_mapping",
+        "decode_fetched",
+        "encode_frame",
+        "FrameDecoder",
+        "SlidingWindow",
+        "MAX_FRAME_SIZE",
+    ):
         assert getattr(fast, name) is getattr(chosen, name)
+
+
+def test_both_implementations_share_their_limits() -> None:
+    # Given the limits each module states
+    # Then they are the same numbers
+    for name in ("MAX_FRAME_SIZE", "MAX_FRAME_LIMIT", "INT64_LIMIT"):
+        assert getattr(_fast, name) == getattr(_fast_py, name)
+    assert _fast.MAX_FRAME_SIZE == 64 * 1024 * 1024
 
 
 def test_both_implementations_know_the_same_fields() -> None:
@@ -271,3 +293,453 @@ def test_native_and_pure_dump_json_identically(value: Any, max_bytes: int) -> No
     assert outcome(_fast.dump_json, value, "data of job 'x'", max_bytes) == outcome(
         _fast_py.dump_json, value, "data of job 'x'", max_bytes
     )
+
+
+# -- the frame codec -------------------------------------------------------------
+IMPLS = (_fast, _fast_py)
+json_messages = st.lists(json_values, max_size=6)
+
+
+def frame(body: bytes) -> bytes:
+    """The model of a frame: a 4-byte big-endian length, then the body."""
+    return len(body).to_bytes(4, "big") + body
+
+
+def cut(stream: bytes, cuts: list[int]) -> list[bytes]:
+    """``stream`` in chunks, split at the given offsets (any, repeats allowed)."""
+    points = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    return [stream[a:b] for a, b in itertools.pairwise(points)]
+
+
+def feed_all(decoder: Any, chunks: list[bytes]) -> list[tuple[str, Any, int | None]]:
+    """Each feed's outcome, and what the decoder held afterwards."""
+    results: list[tuple[str, Any, int | None]] = []
+    for chunk in chunks:
+        kind, value = outcome(decoder.feed, chunk)
+        results.append((kind, value, decoder.buffered if kind == "returned" else None))
+    return results
+
+
+@FIXTURE_OK
+@given(json_messages)
+def test_encode_frame_is_the_length_then_orjson(fast_impl: ModuleType, message: list[Any]) -> None:
+    # When a message is encoded
+    encoded = fast_impl.encode_frame(message)
+
+    # Then it is orjson's bytes after their length, big-endian
+    assert encoded == frame(orjson.dumps(message))
+
+
+@given(json_messages | st.lists(st.sets(st.integers(), max_size=2) | st.binary(), max_size=3))
+def test_native_and_pure_encode_frames_byte_for_byte(message: list[Any]) -> None:
+    # Given a message, JSON or not
+    # When both implementations encode it
+    # Then they give the same bytes, or the same error
+    assert outcome(_fast.encode_frame, message) == outcome(_fast_py.encode_frame, message)
+
+
+def test_protocol_encodes_and_reads_through_the_selected_implementation() -> None:
+    # Given the protocol module's names
+    # Then they are the hot path's, so pool.py and child.py use it unchanged
+    assert protocol.encode is fast.encode_frame
+    assert protocol.FrameReader is fast.FrameDecoder
+    assert protocol.MAX_FRAME_SIZE == fast.MAX_FRAME_SIZE
+
+
+@FIXTURE_OK
+@given(
+    st.lists(st.tuples(st.sampled_from(IMPLS), json_messages), max_size=8),
+    st.lists(st.integers(min_value=0), max_size=12),
+)
+def test_a_stream_decodes_to_its_messages_however_it_is_chunked(
+    fast_impl: ModuleType, sent: list[tuple[ModuleType, list[Any]]], cuts: list[int]
+) -> None:
+    # Given frames, each written by either implementation, cut into chunks anywhere
+    stream = b"".join(writer.encode_frame(message) for writer, message in sent)
+    decoder = fast_impl.FrameDecoder()
+
+    # When the chunks are fed one by one
+    received = [m for chunk in cut(stream, cuts) for m in decoder.feed(chunk)]
+
+    # Then every message comes out once, in order, and nothing is left over
+    assert received == [message for _writer, message in sent]
+    assert decoder.buffered == 0
+
+
+@given(
+    st.lists(json_messages, min_size=1, max_size=5),
+    st.lists(st.integers(min_value=0), max_size=12),
+    st.data(),
+)
+def test_native_and_pure_decoders_agree_chunk_by_chunk(
+    messages: list[list[Any]], cuts: list[int], data: st.DataObject
+) -> None:
+    # Given a stream that may end in the middle of a frame
+    stream = b"".join(_fast.encode_frame(m) for m in messages)
+    stream = stream[: data.draw(st.integers(min_value=0, max_value=len(stream)))]
+    chunks = cut(stream, cuts)
+
+    # When each implementation is fed the same chunks
+    native, pure = feed_all(_fast.FrameDecoder(), chunks), feed_all(_fast_py.FrameDecoder(), chunks)
+
+    # Then they return the same frames after each chunk, and hold the same tail
+    assert native == pure
+    # the complete frames, in order, and the bytes of the one cut short
+    complete = _complete(messages, stream)
+    assert [m for _kind, returned, _held in native for m in returned] == complete
+    held = native[-1][2] if native else 0
+    assert held == len(stream) - sum(len(_fast.encode_frame(m)) for m in complete)
+
+
+def _complete(messages: list[list[Any]], stream: bytes) -> list[list[Any]]:
+    """The messages whose whole frame is within ``stream``."""
+    done, size = [], 0
+    for message in messages:
+        size += len(_fast.encode_frame(message))
+        if size > len(stream):
+            break
+        done.append(message)
+    return done
+
+
+segments = st.one_of(
+    json_messages.map(lambda m: frame(orjson.dumps(m))),  # a good frame
+    st.binary(max_size=40).map(frame),  # a body that is likely not JSON
+    st.tuples(st.integers(0, 2**32 - 1), st.binary(max_size=12)).map(  # any declared length
+        lambda t: t[0].to_bytes(4, "big") + t[1]
+    ),
+    st.binary(max_size=10),  # noise
+)
+
+
+@given(
+    st.lists(segments, max_size=6),
+    st.lists(st.integers(min_value=0), max_size=12),
+    st.integers(min_value=1, max_value=80),
+)
+def test_native_and_pure_decoders_agree_on_corrupt_streams(
+    parts: list[bytes], cuts: list[int], max_frame_size: int
+) -> None:
+    # Given a stream of good frames, bad JSON, wild lengths and noise, in chunks
+    chunks = cut(b"".join(parts), cuts)
+
+    # When each implementation is fed the same chunks
+    native = feed_all(_fast.FrameDecoder(max_frame_size), chunks)
+    pure = feed_all(_fast_py.FrameDecoder(max_frame_size), chunks)
+
+    # Then each feed returns the same frames or raises the same error; once one
+    # raised, every later feed raises it again
+    assert native == pure
+    raised = [kind == "raised" for kind, _v, _b in native]
+    if True in raised:
+        assert all(raised[raised.index(True) :])
+
+
+@FIXTURE_OK
+@given(
+    st.integers(min_value=1, max_value=2**20),
+    st.integers(min_value=1, max_value=2**32 - 1),
+    st.integers(min_value=0, max_value=3),
+)
+def test_an_oversize_declared_length_is_refused_as_soon_as_the_header_arrives(
+    fast_impl: ModuleType, max_frame_size: int, over: int, split: int
+) -> None:
+    # Given a decoder with a limit, and a header declaring more than it
+    declared = min(max_frame_size + over, 2**32 - 1)
+    header = declared.to_bytes(4, "big")
+    decoder = fast_impl.FrameDecoder(max_frame_size)
+
+    # When the header arrives, maybe in two pieces, with no body yet
+    # Then the decoder refuses it, naming the length and the limit
+    assert decoder.feed(header[:split]) == []
+    message = rf"^a frame declares {declared} bytes, over the limit of {max_frame_size} bytes"
+    with pytest.raises(ValueError, match=message):
+        decoder.feed(header[split:])
+    # and the stream stays refused
+    with pytest.raises(ValueError, match=message):
+        decoder.feed(b"[]")
+
+
+def test_a_frame_at_the_limit_is_read_and_one_byte_over_is_not(fast_impl: ModuleType) -> None:
+    # Given a frame whose body is exactly 13 bytes
+    body = orjson.dumps(["x", "12345"])
+    assert len(body) == 13
+
+    # Then a decoder with a limit of 13 reads it, one with 12 refuses it
+    assert fast_impl.FrameDecoder(13).feed(frame(body)) == [["x", "12345"]]
+    with pytest.raises(ValueError, match="declares 13 bytes, over the limit of 12 bytes"):
+        fast_impl.FrameDecoder(12).feed(frame(body))
+
+
+def test_the_default_frame_limit_is_64_mib(fast_impl: ModuleType) -> None:
+    decoder = fast_impl.FrameDecoder()
+    assert decoder.max_frame_size == 64 * 1024 * 1024
+    with pytest.raises(ValueError, match="over the limit of 67108864 bytes"):
+        decoder.feed((64 * 1024 * 1024 + 1).to_bytes(4, "big"))
+
+
+@pytest.mark.parametrize("value", [0, -1, 2**32, 2**64, 1.5, "64"])
+def test_native_and_pure_check_max_frame_size_alike(value: Any) -> None:
+    # When a decoder is built with a limit a 4-byte length cannot use
+    # Then both refuse it with the same error
+    native, pure = outcome(_fast.FrameDecoder, value), outcome(_fast_py.FrameDecoder, value)
+    assert native[0] == pure[0] == "raised"
+    assert native == pure
+
+
+def test_a_bad_body_is_a_decode_error_that_repeats(fast_impl: ModuleType) -> None:
+    # Given a good frame, then one whose body is not JSON, in one chunk
+    decoder = fast_impl.FrameDecoder()
+    stream = frame(b'["ok"]') + frame(b"[nope") + frame(b'["later"]')
+
+    # When it is fed
+    # Then the decode error surfaces, and again on the next feed
+    with pytest.raises(orjson.JSONDecodeError):
+        decoder.feed(stream)
+    with pytest.raises(orjson.JSONDecodeError):
+        decoder.feed(b"")
+
+
+def test_frames_cross_a_real_socket(fast_impl: ModuleType) -> None:
+    # Given a socketpair, the child's blocking side and the parent's non-blocking one
+    child, parent = socket.socketpair()
+    parent.setblocking(False)
+    decoder = fast_impl.FrameDecoder()
+    big = "x" * 300_000  # more than one recv() of 64 KiB
+    try:
+        # When the child sends frames and the parent reads what is there
+        def send() -> None:
+            protocol.send(child, [protocol.PROGRESS, "1", "50"])
+            protocol.send(child, [protocol.DONE, "1", "completed", big, "", 0.0])
+            child.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        received: list[list[Any]] = []
+        while True:
+            select.select([parent], [], [], 5)
+            try:
+                chunk = parent.recv(65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            received += decoder.feed(chunk)
+        sender.join()
+
+        # Then the parent gets both frames whole
+        assert received == [["progress", "1", "50"], ["done", "1", "completed", big, "", 0.0]]
+
+        # And the parent's RUN frame reaches the child's blocking reader
+        parent.sendall(fast_impl.encode_frame([protocol.RUN, "2", "resize", {"w": 1}, "q", {}]))
+        assert protocol.recv(child) == ["run", "2", "resize", {"w": 1}, "q", {}]
+    finally:
+        child.close()
+        parent.close()
+
+
+def test_a_child_refuses_to_send_a_frame_the_parent_would_refuse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a limit of 10 bytes
+    monkeypatch.setattr(protocol, "MAX_FRAME_SIZE", 10)
+    child, parent = socket.socketpair()
+    try:
+        # When the child sends a bigger frame
+        # Then it fails there, and nothing is sent
+        with pytest.raises(ValueError, match=r"a 'done' frame of 14 bytes is over the limit of 10"):
+            protocol.send(child, ["done", "123"])
+        parent.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            parent.recv(1)
+    finally:
+        child.close()
+        parent.close()
+
+
+# -- the sliding window ------------------------------------------------------------
+class WindowModel:
+    """Brute force: every start ever recorded; a start at t counts at time T
+    while t > T - window_ms. Time is the latest now any call has seen."""
+
+    def __init__(self, max_jobs: int, window_ms: int) -> None:
+        self.max_jobs, self.window_ms = max_jobs, window_ms
+        self.starts: list[int] = []
+        self.latest: int | None = None
+
+    def _at(self, now_ms: int) -> int:
+        self.latest = now_ms if self.latest is None else max(self.latest, now_ms)
+        return self.latest
+
+    def _counted(self, at: int | None) -> int:
+        if at is None:
+            return len(self.starts)
+        return sum(1 for t in self.starts if t > at - self.window_ms)
+
+    def allowed(self, now_ms: int) -> int:
+        return max(0, self.max_jobs - self._counted(self._at(now_ms)))
+
+    def record(self, now_ms: int, count: int) -> None:
+        self._at(now_ms)
+        self.starts += [now_ms] * count
+
+    def opens_at(self, now_ms: int) -> int:
+        at = self._at(now_ms)
+        # The count only drops when a start leaves, at t + window_ms.
+        times = [at] + [t + self.window_ms for t in self.starts if t + self.window_ms > at]
+        return min(time for time in times if self._counted(time) < self.max_jobs)
+
+    def sync(self, starts_ms: list[int]) -> None:
+        self.starts = list(starts_ms)
+
+    def __len__(self) -> int:
+        return min(self.max_jobs, self._counted(self.latest))
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def run_ops(window: Any, ops: list[tuple[Any, ...]]) -> list[tuple[str, Any]]:
+    """Apply the operations; what each call returned or raised, then len()."""
+    results = []
+    for name, *args in ops:
+        results.append((name, outcome(getattr(window, name), *args)))
+        results.append(("len", len(window)))
+    return results
+
+
+def clamp64(value: int) -> int:
+    return min(max(value, INT64_MIN), INT64_MAX)
+
+
+@st.composite
+def window_ops(draw: st.DrawFn, *, monotonic: bool) -> tuple[int, int, list[tuple[Any, ...]]]:
+    """A window's size, and calls to it. With ``monotonic`` now never goes
+    back; otherwise it also steps back (to around earlier times, often just
+    before the oldest start) and syncs logs whose starts sit on the edges."""
+    max_jobs = draw(st.integers(min_value=1, max_value=8))
+    window_ms = draw(st.sampled_from([1, 10, 1000]) | st.integers(1, INT64_MAX))
+    now = draw(st.integers(0, 2**45) | st.integers(INT64_MIN, INT64_MAX))
+    latest, seen = now, [now]
+    ops: list[tuple[Any, ...]] = []
+    for _ in range(draw(st.integers(0, 40))):
+        if not monotonic and draw(st.booleans()):
+            back = st.integers(0, 2 * window_ms).map(lambda b, now=now: now - b)
+            near = st.tuples(st.sampled_from(seen), st.sampled_from([-1, 0, 1]))
+            now = clamp64(draw(back | near.map(sum)))
+        else:
+            step = st.sampled_from([0, 1, window_ms // 2, window_ms]) | st.integers(
+                0, 2 * window_ms
+            )
+            now = clamp64(now + draw(step))
+        latest = max(latest, now)
+        seen.append(now)
+        kind = draw(st.sampled_from(["record", "record", "allowed", "opens_at", "sync"]))
+        if kind == "record":
+            ops.append(("record", now, draw(st.integers(0, max_jobs + 2))))
+        elif kind == "sync" and not monotonic:
+            edge = latest - window_ms  # a start here has just left the window
+            spread = st.integers(clamp64(latest - 2 * window_ms), clamp64(latest + 2))
+            edges = st.sampled_from([clamp64(edge), clamp64(edge + 1), latest, *seen])
+            ops.append(("sync", draw(st.lists(spread | edges, max_size=max_jobs + 3))))
+        elif kind in ("allowed", "opens_at"):
+            ops.append((kind, now))
+    return max_jobs, window_ms, ops
+
+
+@given(window_ops(monotonic=True))
+def test_native_pure_and_the_model_agree_on_a_clock_that_only_goes_forward(
+    case: tuple[int, int, list[tuple[Any, ...]]],
+) -> None:
+    # Given a window and calls at non-decreasing times, recording 0 or more starts
+    max_jobs, window_ms, ops = case
+
+    # When each implementation and the brute-force model make the same calls
+    native = run_ops(_fast.SlidingWindow(max_jobs, window_ms), ops)
+    pure = run_ops(_fast_py.SlidingWindow(max_jobs, window_ms), ops)
+    model = run_ops(WindowModel(max_jobs, window_ms), ops)
+
+    # Then every allowed / opens_at / len answer is the same
+    assert native == pure == model
+
+
+@given(window_ops(monotonic=False))
+def test_native_pure_and_the_model_agree_when_the_clock_steps_back_and_redis_syncs(
+    case: tuple[int, int, list[tuple[Any, ...]]],
+) -> None:
+    # Given calls whose time jumps back and forth, and logs read from Redis
+    max_jobs, window_ms, ops = case
+
+    # When each implementation and the model make the same calls
+    native = run_ops(_fast.SlidingWindow(max_jobs, window_ms), ops)
+    pure = run_ops(_fast_py.SlidingWindow(max_jobs, window_ms), ops)
+    model = run_ops(WindowModel(max_jobs, window_ms), ops)
+
+    # Then they still agree (opens_at may pass 2**63 - 1: it is a Python int)
+    assert native == pure == model
+
+
+def test_a_window_counts_starts_and_opens_when_the_oldest_leaves(fast_impl: ModuleType) -> None:
+    # Given 3 starts per second
+    window = fast_impl.SlidingWindow(3, 1000)
+    assert (window.allowed(0), window.opens_at(0), len(window)) == (3, 0, 0)
+
+    # When 2 start at 100 ms and 1 at 400 ms
+    window.record(100, 2)
+    window.record(400, 1)
+
+    # Then it is full until the first two leave, at 1100 ms
+    assert (window.allowed(500), window.opens_at(500), len(window)) == (0, 1100, 3)
+    assert window.allowed(1099) == 0
+    assert (window.allowed(1100), window.opens_at(1100), len(window)) == (2, 1100, 1)
+    assert window.opens_at(1400) == 1400 and len(window) == 0
+
+
+def test_sync_replaces_the_log_with_redis_starts(fast_impl: ModuleType) -> None:
+    # Given a window that saw time 5000 and recorded nothing
+    window = fast_impl.SlidingWindow(2, 1000)
+    assert window.allowed(5000) == 2
+
+    # When Redis says other workers started jobs at these times (any order)
+    window.sync([4800, 3000, 4500, 4900])
+
+    # Then the expired one is dropped and only the newest 2 are kept
+    assert (len(window), window.allowed(5000), window.opens_at(5000)) == (2, 0, 5800)
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ((0, 1000), "max_jobs must be at least 1, got 0"),
+        ((-5, 1000), "max_jobs must be at least 1, got -5"),
+        ((1, 0), "window_ms must be at least 1, got 0"),
+        ((2**63, 1000), "max_jobs must be at most 9223372036854775807, got 9223372036854775808"),
+        ((1, 2**64), "window_ms must be at most 9223372036854775807, got 18446744073709551616"),
+    ],
+)
+def test_a_window_refuses_bad_sizes(
+    fast_impl: ModuleType, args: tuple[int, int], error: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{error}$"):
+        fast_impl.SlidingWindow(*args)
+
+
+def test_record_refuses_a_negative_count_and_changes_nothing(fast_impl: ModuleType) -> None:
+    window = fast_impl.SlidingWindow(2, 1000)
+    with pytest.raises(ValueError, match=r"^count must be at least 0, got -1$"):
+        window.record(10, -1)
+    assert len(window) == 0 and window.allowed(0) == 2
+
+
+@pytest.mark.parametrize(
+    "args", [(0, 1), (1, 0), (1.5, 10), (10, "1"), (None, 10), (True, 1), (2**63, 1)]
+)
+def test_native_and_pure_validate_window_sizes_alike(args: tuple[Any, Any]) -> None:
+    # When a window is built with odd sizes
+    native, pure = outcome(_fast.SlidingWindow, *args), outcome(_fast_py.SlidingWindow, *args)
+
+    # Then both refuse it with the same error, or both take it as the same sizes
+    if native[0] == "raised" or pure[0] == "raised":
+        assert native == pure
+    else:
+        assert (native[1].max_jobs, native[1].window_ms) == (pure[1].max_jobs, pure[1].window_ms)

@@ -217,3 +217,18 @@ def test_bad_flow_control_settings_are_rejected(queue: Queue, call: Any, message
         call(queue)
     assert queue.limits()["rate_limit"] is None
     assert queue.counts()["waiting"] == 0
+
+
+def test_a_lowered_rate_limit_opens_when_enough_starts_expired(queue: Queue) -> None:
+    # Given 4 starts at 100 ms intervals under a limit of 10 per second
+    queue.set_rate_limit(10, 1.0)
+    for step in range(4):
+        add(queue, "j")
+        assert len(fetch(queue, 1, NOW + step * 100)[0]) == 1
+    add(queue, "j")
+    # When the limit is lowered to 2 per second
+    queue.set_rate_limit(2, 1.0)
+    # Then room opens once the third-newest start expired, not the oldest
+    taken, next_check = fetch(queue, 1, NOW + 300)
+    assert taken == []
+    assert next_check == NOW + 200 + 1000

@@ -347,3 +347,28 @@ def test_cgroup_quota_is_read_along_the_process_cgroup_path(tmp_path: Path) -> N
     # Then the nested quota and the v1 one are both found
     assert tmp_path / "app" / "worker" in dirs and v1 in dirs
     assert sorted(quotas) == [0.5, 1.5]
+
+
+def test_a_corrupt_frame_kills_only_the_child_that_sent_it() -> None:
+    # Given a child process and its pipe, over which it sends a corrupt frame
+    import socket as socket_module
+    import struct
+    import subprocess
+
+    from sandboxq.worker.pool import Child, Pool
+
+    process = subprocess.Popen(["sleep", "30"])
+    parent_end, child_end = socket_module.socketpair()
+    parent_end.setblocking(False)
+    child = Child(1, process.pid, parent_end)
+    pool = Pool(1, {})
+    child_end.sendall(struct.pack(">I", 2**31) + b"{")
+    # When the parent reads it
+    messages, closed = pool.read(child)
+    # Then the parent survives, the child is killed with a reason, and never reused
+    assert (messages, closed) == ([], True)
+    assert process.wait(5) == -signal.SIGKILL
+    assert child.kill_reason is not None and "corrupt frame" in child.kill_reason
+    assert child.retiring
+    parent_end.close()
+    child_end.close()

@@ -55,8 +55,10 @@ local function window_room(log_key, max, window)
   redis.call('ZREMRANGEBYSCORE', log_key, '-inf', num(now - window))
   local used = redis.call('ZCARD', log_key)
   if used < max then return max - used end
-  local oldest = redis.call('ZRANGE', log_key, 0, 0, 'WITHSCORES')
-  return 0, tonumber(oldest[2]) + window
+  -- Room opens when enough starts expire to bring the log under max (more
+  -- than one if the limit was lowered since they started).
+  local blocking = redis.call('ZRANGE', log_key, used - max, used - max, 'WITHSCORES')
+  return 0, tonumber(blocking[2]) + window
 end
 
 local limiter = prefix .. 'limiter'

@@ -25,10 +25,12 @@ from typing import Any
 from setproctitle import setproctitle
 
 from sandboxq import execution, logs
-from sandboxq.connection import resolve_url
+from sandboxq.connection import connect, resolve_url
 from sandboxq.handlers import REGISTRY, Handler
 from sandboxq.keys import validate_name
+from sandboxq.metrics import Health, WorkerMetrics, crash_kind, serve
 from sandboxq.options import rate_limit_fields
+from sandboxq.queue import Queue
 from sandboxq.worker import protocol
 from sandboxq.worker.broker import REDIS_ERRORS, Broker, StepResult
 from sandboxq.worker.cpus import available_cpus
@@ -118,6 +120,10 @@ class Worker:
         default_timeout: float | None = None,
         kill_grace: float = 2.0,
         rate_limit: tuple[int, float] | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "0.0.0.0",
+        liveness_tick_timeout: float = 30.0,
+        liveness_idle_timeout: float = 600.0,
     ) -> None:
         self.queues, self.handlers = resolve_handlers(queues, handlers)
         # --rate-limit is stored on the queues (Queue.set_rate_limit), so it
@@ -138,6 +144,9 @@ class Worker:
         self.max_stalls = max_stalls
         self.default_timeout = default_timeout
         self.kill_grace = kill_grace
+        self.metrics_port, self.metrics_host = metrics_port, metrics_host
+        self.liveness_tick_timeout = liveness_tick_timeout
+        self.liveness_idle_timeout = liveness_idle_timeout
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._signals: list[int] = []
         self._wake_w = -1
@@ -209,8 +218,37 @@ class Worker:
         setproctitle(f"sandboxq parent: {','.join(self.queues)} [{self.procs} procs]")
         for _ in range(self.procs):
             self._spawn()
+        self._open_metrics()
+
+    def _open_metrics(self) -> None:
+        """Metrics are always counted; the HTTP endpoint only with a port.
+        Scrapes and probes use their own short-timeout Redis client, so a
+        slow scrape never holds up the loop."""
+        probe = connect(self.url, socket_timeout=1.0)
+        queues = [Queue(name, connection=probe) for name in self.queues]
+        self.metrics = WorkerMetrics(
+            self.procs,
+            active=lambda: len(self.pool.busy()),
+            counts=lambda: {q.name: q.counts() for q in queues},
+        )
+        self.health = Health(
+            tick_timeout=self.liveness_tick_timeout,
+            idle_timeout=self.liveness_idle_timeout,
+            redis_ok=lambda: bool(probe.ping()),
+            pool_up=lambda: len(self.pool.by_pid) == self.procs and not self._stopping,
+            queues_empty=lambda: all(q.counts()["waiting"] == 0 for q in queues),
+        )
+        self._probe = probe
+        self._http = None
+        if self.metrics_port is not None:
+            self._http = serve(self.metrics, self.health, self.metrics_host, self.metrics_port)
+            self.pool.inherited_fds.append(self._http.fileno())
 
     def _close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        self._probe.close()
         for child in self.pool.children():
             self.pool.retire(child)
         deadline = time.monotonic() + max(self.kill_grace, 1.0)
@@ -249,6 +287,7 @@ class Worker:
     # -- the loop -------------------------------------------------------------
     def _loop(self) -> None:
         while True:
+            self.health.tick()
             for key, mask in self.selector.select(self._select_timeout()):
                 if key.data == _WAKE:
                     self._drain_wake_pipe()
@@ -373,6 +412,7 @@ class Worker:
             self._forget(child)
             if child.job is not None:
                 reason = describe_exit(status, child.kill_reason)
+                self.metrics.crashes.labels(crash_kind(reason)).inc()
                 self._settle(child, execution.Outcome(execution.FAILED, reason))
             elif not child.retiring and child.jobs_done == 0 and status != 0:
                 self._birth_failures += 1
@@ -427,6 +467,8 @@ class Worker:
         for queue, job_id, status in result.finished:
             done = self._finishing.pop((queue, job_id), None)
             if done is not None:
+                self.metrics.settled(queue, done.name, status, done.duration_ms)
+                self.health.job_finished()
                 level = logging.INFO if status != "lost" else logging.WARNING
                 logs.event(
                     f"job {status}",
@@ -438,7 +480,11 @@ class Worker:
                     pid=done.pid,
                     duration_ms=done.duration_ms,
                 )
+        for queue in result.rate_limited:
+            self.metrics.rate_limit_waits.labels(queue).inc()
         for queue, requeued, failed in result.recovered:
+            self.metrics.stalled.labels(queue, "requeued").inc(len(requeued))
+            self.metrics.stalled.labels(queue, "failed").inc(len(failed))
             logs.event(
                 "recovered stalled jobs",
                 logging.WARNING,

@@ -216,7 +216,11 @@ class Pool:
                 return messages, True
             if not data:
                 return messages, True
-            messages += child.reader.feed(data)
+            try:
+                messages += child.reader.feed(data)
+            except ValueError as exc:  # a corrupt stream: that child is done for
+                self.kill(child, f"child sent a corrupt frame: {exc}")
+                return messages, True
 
     # -- limits -------------------------------------------------------------
     def enforce_limits(self, now: float) -> None:

@@ -1,0 +1,182 @@
+"""Prometheus metrics of a worker parent, and its health endpoints.
+
+Children report only through the parent, so one process owns every number
+and prometheus-client's multiprocess mode is not needed. The HTTP server
+runs in a thread of the parent: /metrics, /healthz (liveness) and /readyz
+(readiness) on one port.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+#: Job-duration buckets, seconds: from no-op jobs to hour-long exports.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class QueueDepth:
+    """A collector that reads each queue's counts at scrape time: ZCARDs in
+    one round trip per queue, no scan, and no work for the parent loop."""
+
+    def __init__(self, counts: Callable[[], dict[str, dict[str, int]]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "sandboxq_queue_jobs", "Jobs in a queue, by state", labels=["queue", "state"]
+        )
+        try:
+            per_queue = self.counts()
+        except Exception:  # Redis is down: no sample rather than a failed scrape
+            per_queue = {}
+        for queue, counts in per_queue.items():
+            for state, value in counts.items():
+                family.add_metric([queue, state], value)
+        yield family
+
+
+class WorkerMetrics:
+    """Every metric family a worker exports, in a registry of its own."""
+
+    def __init__(
+        self, procs: int, active: Callable[[], int], counts: Callable[[], dict[str, dict[str, int]]]
+    ) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.jobs = Counter(
+            "sandboxq_jobs",
+            "Jobs settled by this worker, by outcome",
+            ["queue", "name", "outcome"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "sandboxq_job_duration_seconds",
+            "Time a job ran in a child",
+            ["queue", "name"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.crashes = Counter(
+            "sandboxq_child_crashes",
+            "Children lost while running a job, by kind (exit, signal, timeout, memory)",
+            ["kind"],
+            registry=r,
+        )
+        self.stalled = Counter(
+            "sandboxq_stalled_recoveries",
+            "Jobs of dead workers this worker recovered, by result",
+            ["queue", "result"],
+            registry=r,
+        )
+        self.rate_limit_waits = Counter(
+            "sandboxq_rate_limit_waits",
+            "Fetches a limit held back (rate, concurrency, a paused group)",
+            ["queue"],
+            registry=r,
+        )
+        pool = Gauge("sandboxq_pool_size", "Child processes this worker keeps", registry=r)
+        pool.set(procs)
+        busy = Gauge("sandboxq_active_jobs", "Children running a job now", registry=r)
+        busy.set_function(active)
+        r.register(QueueDepth(counts))
+
+    def settled(self, queue: str, name: str, outcome: str, duration_ms: int) -> None:
+        self.jobs.labels(queue, name, outcome).inc()
+        self.duration.labels(queue, name).observe(duration_ms / 1000.0)
+
+
+def crash_kind(reason: str) -> str:
+    """exit, signal, timeout or memory, from a child's failure reason."""
+    if reason.startswith("timed out"):
+        return "timeout"
+    if reason.startswith("memory limit"):
+        return "memory"
+    return "signal" if "killed by signal" in reason else "exit"
+
+
+class Health:
+    """What the health endpoints judge, written by the parent loop."""
+
+    def __init__(
+        self,
+        *,
+        tick_timeout: float,
+        idle_timeout: float,
+        redis_ok: Callable[[], bool],
+        pool_up: Callable[[], bool],
+        queues_empty: Callable[[], bool],
+    ) -> None:
+        self.tick_timeout = tick_timeout
+        self.idle_timeout = idle_timeout
+        self.redis_ok, self.pool_up, self.queues_empty = redis_ok, pool_up, queues_empty
+        self.last_tick = time.monotonic()
+        self.last_job = time.monotonic()
+
+    def tick(self) -> None:
+        self.last_tick = time.monotonic()
+
+    def job_finished(self) -> None:
+        self.last_job = time.monotonic()
+
+    def liveness(self) -> tuple[bool, str]:
+        """Alive: the loop ticked recently, and it finished a job recently or
+        has nothing to do. (A Redis outage alone does not make it dead.)"""
+        now = time.monotonic()
+        if now - self.last_tick > self.tick_timeout:
+            return False, f"the worker loop has not run for {now - self.last_tick:.1f}s"
+        if now - self.last_job > self.idle_timeout:
+            try:
+                empty = self.queues_empty()
+            except Exception:
+                empty = True  # cannot tell while Redis is down: readiness reports that
+            if not empty:
+                return False, (
+                    f"no job finished for {now - self.last_job:.0f}s while jobs are waiting"
+                )
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.pool_up():
+            return False, "the pool is not up"
+        try:
+            reachable = self.redis_ok()
+        except Exception as exc:
+            return False, f"Redis: {exc}"
+        return (True, "ok") if reachable else (False, "Redis did not answer")
+
+
+def serve(metrics: WorkerMetrics, health: Health, host: str, port: int) -> ThreadingHTTPServer:
+    """Start the HTTP server in a daemon thread; returns it (for shutdown())."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+            elif self.path in ("/healthz", "/readyz"):
+                ok, why = health.liveness() if self.path == "/healthz" else health.readiness()
+                self._reply(200 if ok else 503, (why + "\n").encode(), "text/plain")
+            else:
+                self._reply(404, b"not found\n", "text/plain")
+
+        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass  # scrapes every few seconds are not news
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="sandboxq-http", daemon=True).start()
+    return server

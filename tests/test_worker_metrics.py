@@ -1,0 +1,163 @@
+"""Prometheus metrics and health endpoints of a real worker process."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sandboxq import Queue
+from sandboxq.local_redis import LocalRedis
+from tests.worker_harness import WorkerProcess, wait_for_job, wait_until
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, text = get(port, "/metrics")
+    assert status == 200
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(found: dict, metric: str, /, **labels: str) -> float:
+    return found.get((metric, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_families_have_live_values_during_a_run(
+    queue: Queue, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    # Given a job a dead worker left behind, and a rate limit of one start a minute
+    stranded = queue.add("ok", 1)
+    queue.scripts.fetch(queue.keys, 1_000, 1, "dead-worker", 1)
+    port = free_port()
+    worker = start_worker("--metrics-port", str(port), "--metrics-host", "127.0.0.1", procs=2)
+    wait_for_job(queue, stranded.id, "completed", timeout=10)
+    # When jobs complete, fail, crash, time out, and meet the rate limit
+    done = [
+        queue.add("ok", 2),
+        queue.add("raise_error", 3),
+        queue.add("exit_code", 3),
+        queue.add("hang", timeout=0.3),
+    ]
+    for job in done:
+        wait_for_job(queue, job.id, ("completed", "failed"), timeout=15)
+    queue.set_rate_limit(1, 60)
+    held = [queue.add("ok", 4), queue.add("ok", 5)]
+    wait_for_job(queue, held[0].id, "completed", timeout=10)
+
+    def rate_limit_seen() -> dict | None:
+        found = samples(port)
+        waits = value(found, "sandboxq_rate_limit_waits_total", queue=queue.name)
+        return found if waits >= 1 else None
+
+    found = wait_until(rate_limit_seen, timeout=10, what="a rate-limit wait")
+    # Then every family shows it
+    q = queue.name
+    assert value(found, "sandboxq_jobs_total", queue=q, name="ok", outcome="completed") == 3
+    assert value(found, "sandboxq_jobs_total", queue=q, name="raise_error", outcome="failed") == 1
+    assert value(found, "sandboxq_job_duration_seconds_count", queue=q, name="ok") == 3
+    assert value(found, "sandboxq_child_crashes_total", kind="exit") == 1
+    assert value(found, "sandboxq_child_crashes_total", kind="timeout") == 1
+    assert value(found, "sandboxq_stalled_recoveries_total", queue=q, result="requeued") == 1
+    assert value(found, "sandboxq_pool_size") == 2
+    assert value(found, "sandboxq_active_jobs") == 0
+    assert value(found, "sandboxq_queue_jobs", queue=q, state="waiting") == 1  # held back
+    assert value(found, "sandboxq_queue_jobs", queue=q, state="failed") == 3
+    assert worker.running()
+
+
+def test_health_endpoints_are_green_when_all_is_well(
+    queue: Queue, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    port = free_port()
+    start_worker("--metrics-port", str(port), "--metrics-host", "127.0.0.1")
+    assert get(port, "/healthz") == (200, "ok\n")
+    assert get(port, "/readyz") == (200, "ok\n")
+    assert get(port, "/nope")[0] == 404
+
+
+@pytest.mark.slow
+def test_a_frozen_redis_turns_readiness_red_and_a_stuck_loop_turns_liveness_red(
+    tmp_path: Path, queue: Queue
+) -> None:
+    # Given a worker on its own Redis, judged stuck after 1 s without a loop pass
+    server = LocalRedis(tmp_path / "redis").start()
+    port = free_port()
+    worker = WorkerProcess(
+        queue.name,
+        server.url,
+        [
+            "--metrics-port",
+            str(port),
+            "--metrics-host",
+            "127.0.0.1",
+            "--liveness-tick-timeout",
+            "1",
+        ],
+    )
+    try:
+        worker.start()
+        assert get(port, "/healthz")[0] == 200
+        # When Redis freezes (SIGSTOP): the loop blocks in its next Redis call
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        wait_until(lambda: get(port, "/healthz")[0] == 503, timeout=10, what="liveness red")
+        status, why = get(port, "/readyz")
+        assert status == 503 and "Redis" in why
+        # And when it thaws, both turn green again
+        server.process.send_signal(signal.SIGCONT)
+        wait_until(lambda: get(port, "/healthz")[0] == 200, timeout=15, what="liveness green")
+        wait_until(lambda: get(port, "/readyz")[0] == 200, timeout=15, what="readiness green")
+        # When Redis is gone, readiness is red but the worker is alive (it reconnects)
+        server.stop()
+        wait_until(lambda: get(port, "/readyz")[0] == 503, timeout=10, what="readiness red")
+        assert get(port, "/healthz")[0] == 200
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        worker.cleanup()
+        server.stop()
+
+
+def test_liveness_fails_when_jobs_wait_but_none_finishes(
+    queue: Queue, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    # Given one child stuck in a job that never ends, and a job waiting behind it
+    port = free_port()
+    start_worker(
+        "--metrics-port",
+        str(port),
+        "--metrics-host",
+        "127.0.0.1",
+        "--liveness-idle-timeout",
+        "1",
+        procs=1,
+    )
+    stuck = queue.add("hang")
+    wait_for_job(queue, stuck.id, "active", timeout=10)
+    queue.add("ok", 1)
+    # Then after the idle timeout, liveness says why it is red
+    wait_until(lambda: get(port, "/healthz")[0] == 503, timeout=10, what="liveness red")
+    assert "no job finished" in get(port, "/healthz")[1]
