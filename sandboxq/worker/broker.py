@@ -19,6 +19,7 @@ import redis
 from sandboxq import fast, registry
 from sandboxq.connection import connect
 from sandboxq.keys import QueueKeys
+from sandboxq.redis_checks import check_server
 from sandboxq.schedule import fire_due
 from sandboxq.scripts import Scripts, decode_ids, now_ms
 
@@ -85,6 +86,8 @@ class Broker:
         self._armed = False
         self._scripts_loaded = False
         self.settings = settings or {}
+        #: What the server check found worth a warning, at (re)connection.
+        self.warnings: list[str] = []
         self.description = description or {}
 
     # -- what the parent loop asks -------------------------------------------
@@ -115,6 +118,7 @@ class Broker:
         result = StepResult()
         order = self._fetch_order() if free_slots > 0 and self.maybe_work else []
         if not self._scripts_loaded:
+            self.warnings = check_server(self.client)  # may raise UnsupportedRedis
             self.scripts.load_all()
             for k in self.keys.values():  # the worker's own flow-control options
                 if self.settings:

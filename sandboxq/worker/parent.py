@@ -31,6 +31,7 @@ from sandboxq.keys import validate_name
 from sandboxq.metrics import Health, WorkerMetrics, crash_kind, serve
 from sandboxq.options import rate_limit_fields
 from sandboxq.queue import Queue
+from sandboxq.redis_checks import UnsupportedRedis
 from sandboxq.worker import protocol
 from sandboxq.worker.broker import REDIS_ERRORS, Broker, StepResult
 from sandboxq.worker.cpus import available_cpus
@@ -439,6 +440,10 @@ class Worker:
         except REDIS_ERRORS as exc:
             self._redis_trouble(exc)
             return
+        except UnsupportedRedis as exc:
+            raise BootError(str(exc)) from None
+        while self.broker.warnings:
+            logs.event(self.broker.warnings.pop(0), logging.WARNING, url=self.url)
         self._redis_backoff = RECONNECT_MIN
         if not self._ready:
             self._ready = True
