@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from sandboxq import Queue
 from tests.worker_harness import WorkerProcess, wait_for_job, wait_until
@@ -165,3 +166,27 @@ def test_aging_lets_a_low_priority_job_start_under_constant_high_priority_load(
     assert overtook_late == 0
     # And the stream did not simply run dry: later jobs were there, behind it
     assert waited_behind > 0
+
+
+def evalsha_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0))
+
+
+def test_a_rate_limited_worker_does_not_ask_redis_for_jobs_it_may_not_start(
+    queue: Queue, client: redis.Redis, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    # Given a limit of one start a minute, used up by a first job
+    queue.set_rate_limit(1, 60)
+    start_worker(procs=1)
+    first = queue.add("ok", 1)
+    wait_for_job(queue, first.id, "completed", timeout=10)
+    # When 20 more jobs arrive one by one, each waking the worker
+    before = evalsha_calls(client)
+    for i in range(20):
+        queue.add("ok", i)
+    wait_until(lambda: client.zcard(queue.keys.marker) == 0, timeout=5, what="the wake-ups")
+    # Then its local mirror of the window kept it from fetching (the adds
+    # themselves are 20 script calls)
+    assert evalsha_calls(client) - before < 20 + 5
+    assert queue.counts()["waiting"] == 20

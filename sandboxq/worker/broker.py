@@ -89,6 +89,14 @@ class Broker:
         #: What the server check found worth a warning, at (re)connection.
         self.warnings: list[str] = []
         self.description = description or {}
+        #: A local mirror of each rate-limited queue's window (fast.SlidingWindow):
+        #: the parent asks Redis for no more jobs than it allows, and does not
+        #: ask again before it opens. Redis stays the authority: the mirror is
+        #: re-read at start, every recover tick, after a wake-up (a limit may
+        #: have changed) and whenever fetch says a limit held jobs back.
+        self.windows: dict[str, fast.SlidingWindow] = {}
+        self._window_params: dict[str, tuple[int, int]] = {}
+        self._resync: set[str] = set(queues)
 
     # -- what the parent loop asks -------------------------------------------
     def has_pending(self) -> bool:
@@ -124,15 +132,16 @@ class Broker:
                 if self.settings:
                     self.scripts.configure(k, self.settings)
             self._scripts_loaded = True
+        next_due: list[int] = []
         pipe = self.client.pipeline(transaction=False)
-        plan = self._queue_commands(pipe, now, renew, recover, order[:1], free_slots)
+        plan = self._queue_commands(pipe, now, renew, recover, order[:1], free_slots, next_due)
         try:
             replies = pipe.execute() if plan else []
         except redis.exceptions.NoScriptError:
             # Redis restarted or flushed its script cache: load and resend.
             self.scripts.load_all()
             pipe = self.client.pipeline(transaction=False)
-            plan = self._queue_commands(pipe, now, renew, recover, order[:1], free_slots)
+            plan = self._queue_commands(pipe, now, renew, recover, order[:1], free_slots, next_due)
             replies = pipe.execute()
         # Redis answered: what was sent is settled.
         for queue in self.queues:
@@ -148,7 +157,6 @@ class Broker:
                 if created := fire_due(self.scripts, k, now):
                     result.scheduled.append((queue, created))
                     self.maybe_work = True
-        next_due: list[int] = []
         for (kind, queue, sent), reply in zip(plan, replies, strict=True):
             if kind == "finish":
                 for entry, status in zip(sent, reply, strict=True):
@@ -161,16 +169,21 @@ class Broker:
                 if requeued or failed:
                     result.recovered.append((queue, decode_ids(requeued), decode_ids(failed)))
             elif kind == "fetch":
-                self._take(queue, reply, result, next_due)
+                self._take(queue, reply, result, next_due, now)
+            elif kind == "limits":
+                self._mirror_limits(queue, reply)
+            elif kind == "limiter" and (window := self.windows.get(queue)) is not None:
+                window.sync([int(score) for _member, score in reply])
         # The first queue could not fill every slot: ask the others in turn.
         for queue in order[1:]:
-            wanted = free_slots - len(result.fetched)
+            wanted = self._room(queue, free_slots - len(result.fetched), now, next_due)
             if wanted <= 0:
-                break
+                continue
+            fetched_at = now_ms()
             reply = self.scripts.fetch(
-                self.keys[queue], now_ms(), wanted, self.token, self.lease_ms
+                self.keys[queue], fetched_at, wanted, self.token, self.lease_ms
             )
-            self._take(queue, reply, result, next_due)
+            self._take(queue, reply, result, next_due, fetched_at)
         if order:
             # Fewer jobs than slots: the queues are empty (or paused) for now.
             self.maybe_work = len(result.fetched) + len(result.still_running) >= free_slots
@@ -185,8 +198,11 @@ class Broker:
         recover: bool,
         fetch_from: list[str],
         free_slots: int,
+        next_due: list[int],
     ) -> list[tuple[str, str, Any]]:
-        """Queue this step's scripts on ``pipe``; returns what each reply is for."""
+        """Queue this step's scripts on ``pipe``; returns what each reply is for.
+        A fetch the local rate window rules out is not sent; when that window
+        opens goes to ``next_due``."""
         plan: list[tuple[str, str, Any]] = []
         for queue, k in self.keys.items():
             # Reports before finishes: a job's last progress and log lines
@@ -208,10 +224,42 @@ class Broker:
         if recover and self.description:  # the same cadence: at start, then <= 15 s
             registry.heartbeat(pipe, self.token, self.description, now)
             plan.append(("heartbeat", "", None))
+        for queue, k in self.keys.items():
+            if recover or queue in self._resync:
+                pipe.hmget(k.meta, "rl_max", "rl_window_ms")
+                pipe.zrange(k.limiter, 0, -1, withscores=True)
+                plan += [("limits", queue, None), ("limiter", queue, None)]
+        self._resync.clear()
         for queue in fetch_from:
-            self.scripts.fetch(self.keys[queue], now, free_slots, self.token, self.lease_ms, pipe)
-            plan.append(("fetch", queue, None))
+            count = self._room(queue, free_slots, now, next_due)
+            if count > 0:
+                self.scripts.fetch(self.keys[queue], now, count, self.token, self.lease_ms, pipe)
+                plan.append(("fetch", queue, None))
         return plan
+
+    def _room(self, queue: str, wanted: int, now: int, next_due: list[int]) -> int:
+        """How many jobs to ask ``queue`` for: ``wanted``, or fewer if its
+        mirrored rate window is fuller (then note when it opens)."""
+        window = self.windows.get(queue)
+        if window is None or wanted <= 0:
+            return wanted
+        room = window.allowed(now)
+        if room <= 0:
+            next_due.append(window.opens_at(now))
+        return min(wanted, room)
+
+    def _mirror_limits(self, queue: str, reply: Any) -> None:
+        """Keep the mirror in step with the queue's rate limit (or drop it);
+        the limiter log read next in the same reply fills it."""
+        raw_max, raw_window = reply
+        if raw_max is None or raw_window is None:
+            self.windows.pop(queue, None)
+            self._window_params.pop(queue, None)
+            return
+        params = (int(raw_max), int(raw_window))
+        if self._window_params.get(queue) != params:
+            self.windows[queue] = fast.SlidingWindow(*params)
+            self._window_params[queue] = params
 
     def _fetch_order(self) -> list[str]:
         """The queues, starting one further along each time, so one busy
@@ -219,11 +267,17 @@ class Broker:
         self._rotation = (self._rotation + 1) % len(self.queues)
         return self.queues[self._rotation :] + self.queues[: self._rotation]
 
-    def _take(self, queue: str, reply: Any, result: StepResult, next_due: list[int]) -> None:
+    def _take(
+        self, queue: str, reply: Any, result: StepResult, next_due: list[int], now: int
+    ) -> None:
         rows, due, limited = reply
         if limited:
             result.rate_limited.append(queue)
-        for job_id, fields in fast.decode_fetched(rows):
+            self._resync.add(queue)  # Redis saw starts the mirror did not
+        fetched = fast.decode_fetched(rows)
+        if fetched and (window := self.windows.get(queue)) is not None:
+            window.record(now, len(fetched))
+        for job_id, fields in fetched:
             if job_id in self.leased[queue]:
                 # Our own lease lapsed (the parent was frozen, or Redis slow)
                 # and the job came back to us while a child still runs it:
@@ -273,6 +327,7 @@ class Broker:
         """The armed wait answered (a marker, or its timeout): fetch again."""
         self._armed = False
         self.maybe_work = True
+        self._resync.update(self.windows)  # a wake-up may be a changed limit
         assert self._waiter is not None
         try:
             self._waiter.read_response()
