@@ -1,4 +1,9 @@
-"""The ``sandboxq`` command: ``worker`` and ``demo``."""
+"""The ``sandboxq`` command: run a worker (``worker``), a local Redis for
+development (``dev``) or the demo, and look at and administer queues and jobs
+(``stats``, ``jobs``, ``job``, ``retry``, ``remove``, ``pause``, ``resume``,
+``clean``, ``workers``, ``add``, ``schedules``)."""
+
+# This module parses and dispatches; sandboxq.admin implements the admin commands.
 
 from __future__ import annotations
 
@@ -7,13 +12,13 @@ import importlib
 import os
 import re
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 
 import orjson
 
 from sandboxq import logs
+from sandboxq.job import STATES
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
@@ -62,6 +67,47 @@ def positive_seconds(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
     return value
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_SECONDS_PER = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``15m``, ``2h``, ``1d``, ``1w``, ``500ms`` or plain seconds → seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (try 30s, 15m, 2h, 1d or 1w; plain numbers are seconds)"
+        )
+    return float(match.group(1)) * _SECONDS_PER[match.group(2) or "s"]
+
+
+def parse_json(text: str) -> object:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not JSON: {exc} (quote it for the shell, e.g. --data '{{\"n\": 1}}')"
+        ) from None
+
+
+def _whole_number(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    return _whole_number(text, 0)
+
+
+def positive_int(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +186,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most N job starts per period across all workers, e.g. 100/60s, 20/s, 5/2m "
         "(stored on the queues, like Queue.set_rate_limit)",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus /metrics and the /healthz and /readyz probes on this port",
+    )
+    worker.add_argument("--metrics-host", default="0.0.0.0", help="address to bind [0.0.0.0]")
+    worker.add_argument(
+        "--liveness-tick-timeout",
+        type=positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="/healthz fails when the worker loop has not run for this long [30]",
+    )
+    worker.add_argument(
+        "--liveness-idle-timeout",
+        type=positive_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="/healthz fails when no job finished for this long while jobs wait [600]",
+    )
     worker.add_argument("--log-format", choices=("text", "json"), default="text")
     worker.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
@@ -154,7 +221,127 @@ def build_parser() -> argparse.ArgumentParser:
     schedules.add_argument("queue", metavar="QUEUE")
     schedules.add_argument("--url", help="Redis URL [$SANDBOXQ_REDIS_URL]")
     schedules.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    add_admin_commands(commands)
+    add_dev_command(commands)
     return parser
+
+
+#: The commands ``sandboxq.admin.run`` implements.
+ADMIN_COMMANDS = (
+    "stats",
+    "jobs",
+    "job",
+    "retry",
+    "remove",
+    "pause",
+    "resume",
+    "clean",
+    "workers",
+    "add",
+)
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url", help="Redis URL [$SANDBOXQ_REDIS_URL, else redis://localhost:6379/0]"
+    )
+    common.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    return common
+
+
+def _by_option() -> argparse.ArgumentParser:
+    by = argparse.ArgumentParser(add_help=False)
+    by.add_argument("--by", metavar="WHO", help="who did it, for the audit log [the OS user]")
+    return by
+
+
+def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common, by = _common_options(), _by_option()
+
+    def command(name: str, summary: str, *, audited: bool = False) -> argparse.ArgumentParser:
+        parents = [common, by] if audited else [common]
+        return commands.add_parser(name, help=summary, description=summary, parents=parents)
+
+    stats = command(
+        "stats",
+        "job counts, paused flag, throughput (jobs per second over the last minute) "
+        "and live workers, per queue",
+    )
+    stats.add_argument("queue", nargs="?", metavar="QUEUE", help="one queue [every queue]")
+    stats.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    stats.add_argument(
+        "--interval",
+        type=parse_duration,
+        default=2.0,
+        metavar="SECONDS",
+        help="between refreshes with --watch [2s]",
+    )
+    stats.add_argument(
+        "--iterations",
+        type=positive_int,
+        metavar="N",
+        help="with --watch, stop after N refreshes (implies --watch)",
+    )
+
+    jobs = command("jobs", "list the jobs in one state, newest first for finished jobs")
+    jobs.add_argument("queue", metavar="QUEUE")
+    jobs.add_argument("--state", choices=STATES, default="failed", help="[failed]")
+    jobs.add_argument("--limit", type=positive_int, default=20, metavar="N", help="[20]")
+
+    job = command("job", "everything about one job: data, options, logs, error, audit...")
+    job.add_argument("queue", metavar="QUEUE")
+    job.add_argument("job_id", metavar="ID")
+
+    retry = command("retry", "send a failed job (or all) back to waiting", audited=True)
+    retry.add_argument("queue", metavar="QUEUE")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("job_id", nargs="?", metavar="ID")
+    which.add_argument("--all-failed", action="store_true", help="every failed job")
+
+    remove = command("remove", "delete a job that is not running", audited=True)
+    remove.add_argument("queue", metavar="QUEUE")
+    remove.add_argument("job_id", metavar="ID")
+
+    for name, summary in (("pause", "stop handing out jobs"), ("resume", "hand out jobs again")):
+        command(name, summary, audited=True).add_argument("queue", metavar="QUEUE")
+
+    clean = command("clean", "delete finished jobs older than AGE, or all but the newest N")
+    clean.add_argument("queue", metavar="QUEUE")
+    clean.add_argument("--state", required=True, choices=[s for s in STATES if s != "active"])
+    clean.add_argument(
+        "--older-than",
+        type=parse_duration,
+        metavar="AGE",
+        help="finished more than AGE ago, e.g. 30s, 15m, 2h, 1d, 1w",
+    )
+    clean.add_argument("--keep", type=non_negative_int, metavar="N", help="all but the newest N")
+
+    command("workers", "live workers: host, pid, queues, procs, uptime")
+
+    add = command("add", "add a job")
+    add.add_argument("queue", metavar="QUEUE")
+    add.add_argument("name", metavar="NAME", help="job name (picks the handler)")
+    add.add_argument("--data", type=parse_json, metavar="JSON", help="job data [null]")
+    add.add_argument(
+        "--delay", type=parse_duration, default=0.0, metavar="SECONDS", help="run later"
+    )
+    add.add_argument("--priority", type=int, default=0, metavar="N", help="lower runs first [0]")
+    add.add_argument("--attempts", type=int, default=1, metavar="N", help="tries in all [1]")
+    add.add_argument("--job-id", metavar="ID", help="custom id; an existing id adds nothing")
+
+
+def add_dev_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dev = commands.add_parser(
+        "dev",
+        help="run a local Redis for development (AOF on) until Ctrl-C",
+        description="Start a persistent local Redis, print the export line of its URL, "
+        "and keep it running until SIGINT or SIGTERM.",
+    )
+    dev.add_argument("--dir", default=".sandboxq", help="Redis goes in DIR/dev-redis [.sandboxq]")
+    dev.add_argument(
+        "--port", type=int, metavar="PORT", help="also listen on 127.0.0.1:PORT [unix socket only]"
+    )
 
 
 def import_modules(names: Sequence[str]) -> None:
@@ -195,6 +382,10 @@ def run_worker(args: argparse.Namespace) -> int:
             default_timeout=args.default_timeout,
             kill_grace=args.kill_grace,
             rate_limit=args.rate_limit,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            liveness_tick_timeout=args.liveness_tick_timeout,
+            liveness_idle_timeout=args.liveness_idle_timeout,
         )
         return worker.run()
     except (BootError, ValueError) as exc:
@@ -208,18 +399,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_worker(args)
     if args.command == "schedules":
         return show_schedules(args)
+    if args.command == "dev":
+        from sandboxq.admin import run_dev
+
+        return run_dev(args)
+    if args.command in ADMIN_COMMANDS:
+        from sandboxq.admin import run as run_admin
+
+        return run_admin(args)
     from sandboxq.demo import run as run_demo
 
     return run_demo(args.jobs, args.procs, args.dir)
 
 
-def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
-
-
 def show_schedules(args: argparse.Namespace) -> int:
+    from sandboxq.admin import format_time, print_json, print_table
     from sandboxq.errors import ConnectionFailed
     from sandboxq.queue import Queue
 
@@ -229,16 +423,14 @@ def show_schedules(args: argparse.Namespace) -> int:
         print(f"sandboxq: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+        print_json(found)
         return 0
-    rows = [("KEY", "JOB", "WHEN", "NEXT RUN", "RUNS", "MISFIRE")]
+    rows = []
     for s in found:
         when = f"cron {s['cron']} {s['tz']}" if s["cron"] else f"every {s['every']:g}s"
         runs = f"{s['count']}/{s['limit']}" if s["limit"] else str(s["count"])
-        rows.append((s["key"], s["name"], when, _when(s["next_run"]), runs, s["misfire"]))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        rows.append((s["key"], s["name"], when, format_time(s["next_run"]), runs, s["misfire"]))
+    print_table(rows, ("KEY", "JOB", "WHEN", "NEXT RUN", "RUNS", "MISFIRE"))
     if not found:
         print(f"(no schedules on queue {args.queue!r})")
     return 0

@@ -38,17 +38,27 @@ class LocalRedis:
     """A redis-server listening on a unix socket inside ``directory``.
 
     ``persistent=True`` turns on AOF (``appendfsync everysec``), for
-    development; otherwise nothing is written to disk.
+    development; otherwise nothing is written to disk. ``port`` also listens
+    on TCP, on 127.0.0.1 only, and makes :attr:`url` a TCP URL.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        persistent: bool = False,
+        port: int | None = None,
+    ) -> None:
         self.directory = Path(directory).resolve()
         self.socket = self.directory / "redis.sock"
         self.persistent = persistent
+        self.port = port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.port:
+            return f"redis://127.0.0.1:{self.port}/0"
         return f"unix://{self.socket}?db=0"
 
     def start(self, timeout: float = 10.0) -> LocalRedis:
@@ -56,7 +66,9 @@ class LocalRedis:
         args = [
             find_redis_server(),
             "--port",
-            "0",
+            str(self.port or 0),
+            "--bind",
+            "127.0.0.1",
             "--unixsocket",
             str(self.socket),
             "--unixsocketperm",

@@ -1,0 +1,632 @@
+"""The admin commands of ``sandboxq``: look at queues and jobs, and act on them.
+
+``sandboxq.cli`` parses the arguments and calls :func:`run` (or
+:func:`run_dev`). Each command prints an aligned table or text by default and
+JSON with ``--json``, and returns the exit code: 0 done, 1 the action could
+not be done (no such job, the job is active...), 2 bad input or a Redis that
+cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from sandboxq import fast, registry
+from sandboxq.connection import connect, describe, resolve_url, url_in_errors
+from sandboxq.errors import ConnectionFailed
+from sandboxq.job import STATES, Job
+from sandboxq.keys import QueueKeys
+from sandboxq.local_redis import LocalRedis
+from sandboxq.queue import JobIsActive, Queue
+from sandboxq.scripts import now_ms
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: ``stats`` reports throughput over this many seconds.
+THROUGHPUT_WINDOW = 60.0
+
+#: Errors are cut to this many characters in the ``jobs`` table.
+ERROR_WIDTH = 60
+
+
+class CommandError(Exception):
+    """A command could not do what was asked; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- output ----------------------------------------------------------------------
+def print_json(value: Any, *, compact: bool = False) -> None:
+    option = 0 if compact else orjson.OPT_INDENT_2
+    print(orjson.dumps(value, option=option).decode(), flush=True)
+
+
+def cell(value: Any) -> str:
+    """One table cell: ``-`` for nothing, yes/no, floats to 2 decimals."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def table_lines(rows: Sequence[Sequence[Any]], headers: Sequence[str] = ()) -> list[str]:
+    """Rows as aligned columns (two spaces apart); numeric columns align right."""
+    grid = ([list(headers)] if headers else []) + [[cell(v) for v in row] for row in rows]
+    if not grid:
+        return []
+    columns = range(len(grid[0]))
+    widths = [max(len(line[i]) for line in grid) for i in columns]
+    right = [bool(rows) and all(_is_number(row[i]) for row in rows) for i in columns]
+    return [
+        "  ".join(
+            text.rjust(widths[i]) if right[i] else text.ljust(widths[i])
+            for i, text in enumerate(line)
+        ).rstrip()
+        for line in grid
+    ]
+
+
+def print_table(
+    rows: Sequence[Sequence[Any]], headers: Sequence[str] = (), indent: str = ""
+) -> None:
+    for line in table_lines(rows, headers):
+        print(indent + line)
+
+
+def format_time(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def format_duration(seconds: float) -> str:
+    """The two largest units: ``42s``, ``5m 3s``, ``2h 0m``, ``3d 4h``."""
+    left = max(int(seconds), 0)
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, left = divmod(left, size)
+        if amount or parts:
+            parts.append(f"{amount}{unit}")
+    return " ".join(parts[:2]) or "0s"
+
+
+def first_line(text: str | None, width: int) -> str | None:
+    if text is None:
+        return None
+    line = text.strip().split("\n", 1)[0]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def print_section(title: str, lines: Iterable[str]) -> None:
+    print(f"\n{title}")
+    for line in lines:
+        print(f"  {line}")
+
+
+def pretty_json(value: Any) -> list[str]:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode().splitlines()
+
+
+# -- connecting ----------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    """Run the admin command ``args.command`` against ``args.url``."""
+    try:
+        client = connect(resolve_url(args.url))
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    try:
+        with url_in_errors(describe(client)):
+            return COMMANDS[args.command](args, client)
+    except CommandError as exc:
+        return _fail(str(exc), exc.code)
+    except ConnectionFailed as exc:
+        return _fail(" ".join(str(exc).split()), EXIT_USAGE)  # one line, naming the URL
+    finally:
+        client.close()
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"sandboxq: {message}", file=sys.stderr)
+    return code
+
+
+def open_queue(client: redis.Redis, name: str) -> Queue:
+    try:
+        return Queue(name, connection=client)
+    except (TypeError, ValueError) as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+
+
+def existing_job(queue: Queue, job_id: str) -> Job:
+    job = queue.get_job(job_id)
+    if job is None:
+        raise CommandError(f"no job {job_id} in queue {queue.name!r}")
+    return job
+
+
+def queue_name_of(prefix: str) -> str | None:
+    """The queue whose keys start with ``prefix`` (``sq:{images}:`` → images,
+    ``sq:{media}/thumbs:`` → media:thumbs), or None if no queue's do."""
+    match = re.fullmatch(r"sq:\{([^{}]+)\}(?:/([^{}]+))?:", prefix)
+    if match is None:
+        return None
+    name = match[1] if match[2] is None else f"{match[1]}:{match[2]}"
+    return name if QueueKeys.for_queue(name).prefix == prefix else None
+
+
+def discover_queues(client: redis.Redis) -> list[str]:
+    """The name of every queue on this Redis, sorted.
+
+    Every script that changes a queue (add, pause, schedule, configure...)
+    appends to its events stream, and trimming never deletes the stream, so
+    each queue in use has one. SCAN rather than KEYS: it walks the keyspace in
+    small steps without blocking Redis. A full walk is fine for an operator's
+    command, never for a worker's hot path. ``TYPE stream`` skips the per-job
+    keys (lists, hashes) of a job whose id happens to end in ``:events``.
+    """
+    names = set()
+    for key in client.scan_iter(match="sq:{*:events", count=1000, _type="stream"):
+        name = queue_name_of(key.decode()[: -len("events")])
+        if name is not None:
+            names.add(name)
+    return sorted(names)
+
+
+def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
+    """As :meth:`Queue.workers`, with ``uptime`` in seconds."""
+    now = time.time()
+    return [
+        {**w, "uptime": now - w["started_at"] if "started_at" in w else None}
+        for w in registry.live_workers(client, now_ms())
+    ]
+
+
+# -- stats -----------------------------------------------------------------------
+STATS_HEADERS = (
+    "QUEUE",
+    *(state.upper() for state in STATES),
+    "PAUSED",
+    "COMPLETED/S",
+    "FAILED/S",
+    "WORKERS",
+)
+
+
+def queue_stats(queue: Queue, workers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "queue": queue.name,
+        "counts": queue.counts(),
+        "paused": queue.is_paused(),
+        "throughput": queue.throughput(THROUGHPUT_WINDOW),
+        "workers": [w for w in workers if queue.name in w.get("queues", ())],
+    }
+
+
+def collect_stats(client: redis.Redis, name: str | None) -> list[dict[str, Any]]:
+    names = [name] if name else discover_queues(client)
+    workers = live_workers(client)
+    return [queue_stats(open_queue(client, n), workers) for n in names]
+
+
+def show_stats(found: list[dict[str, Any]], name: str | None) -> None:
+    rows = [
+        (
+            s["queue"],
+            *(s["counts"][state] for state in STATES),
+            s["paused"],
+            s["throughput"]["completed"],
+            s["throughput"]["failed"],
+            len(s["workers"]),
+        )
+        for s in found
+    ]
+    print_table(rows, STATS_HEADERS)
+    if not found:
+        print("(no queues found)")
+    elif name is not None and found[0]["workers"]:
+        print()
+        show_workers(found[0]["workers"])
+
+
+def stats(args: argparse.Namespace, client: redis.Redis) -> int:
+    watching = args.watch or args.iterations is not None
+    refreshes = itertools.count(1) if args.iterations is None else range(1, args.iterations + 1)
+    try:
+        for refresh in refreshes:
+            if refresh > 1:
+                time.sleep(args.interval)
+            _stats_once(args, client, watching)
+            if not watching:
+                break
+    except KeyboardInterrupt:  # how --watch ends
+        pass
+    return EXIT_OK
+
+
+def _stats_once(args: argparse.Namespace, client: redis.Redis, watching: bool) -> None:
+    found = collect_stats(client, args.queue)
+    if args.json:  # watching: one JSON document per line
+        print_json(found[0] if args.queue else found, compact=watching)
+        return
+    if watching:
+        _watch_header(args.interval)
+    show_stats(found, args.queue)
+
+
+def _watch_header(interval: float) -> None:
+    if sys.stdout.isatty():
+        print("\033[H\033[2J", end="")  # clear the screen, like watch(1)
+    print(f"every {interval:g}s, Ctrl-C to stop  {format_time(time.time())}", flush=True)
+
+
+# -- jobs --------------------------------------------------------------------------
+def fetch_jobs(queue: Queue, job_ids: list[str]) -> list[Job]:
+    """The jobs with these ids in one round trip; those gone meanwhile are skipped."""
+    pipe = queue.client.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hgetall(queue.keys.job(job_id))
+    found = zip(job_ids, pipe.execute(), strict=True)
+    return [Job(queue, i, fast.decode_job_mapping(fields)) for i, fields in found if fields]
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "name": job.name,
+        "state": job.state,
+        "attempts_made": job.attempts_made,
+        "attempts": job.attempts,
+        "error": job.error,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def jobs(args: argparse.Namespace, client: redis.Redis) -> int:
+    queue = open_queue(client, args.queue)
+    found = [job_summary(j) for j in fetch_jobs(queue, queue.job_ids(args.state, 0, args.limit))]
+    if args.json:
+        print_json(found)
+        return EXIT_OK
+    rows = [
+        (
+            j["id"],
+            j["name"],
+            f"{j['attempts_made']}/{j['attempts']}",
+            first_line(j["error"], ERROR_WIDTH),
+        )
+        for j in found
+    ]
+    print_table(rows, ("ID", "NAME", "ATTEMPTS", "ERROR"))
+    if not found:
+        print(f"(no {args.state} jobs in queue {queue.name!r})")
+    return EXIT_OK
+
+
+# -- job ---------------------------------------------------------------------------
+def _retention(fields: dict[str, Any], prefix: str) -> dict[str, Any] | None:
+    count, age = fields.get(f"{prefix}_count"), fields.get(f"{prefix}_age")
+    return None if count is None and age is None else {"count": count, "age": age}
+
+
+def job_options(fields: dict[str, Any]) -> dict[str, Any]:
+    """The options a job was added with, as :meth:`Queue.add` names them."""
+    return {
+        "priority": fields.get("priority", 0),
+        "attempts": fields.get("attempts", 1),
+        "timeout": fields.get("timeout"),
+        "backoff": fields.get("backoff"),
+        "group": fields.get("group"),
+        "manual_retry_only": fields.get("manual_retry_only") == "1",
+        "keep_completed": _retention(fields, "kc"),
+        "keep_failed": _retention(fields, "kf"),
+    }
+
+
+def job_parent(fields: dict[str, Any]) -> dict[str, Any] | None:
+    if "parent_id" not in fields:
+        return None
+    return {"queue": queue_name_of(fields.get("parent_prefix", "")), "id": fields["parent_id"]}
+
+
+def job_report(job: Job) -> dict[str, Any]:
+    """Everything known about a job."""
+    return {
+        "queue": job.queue.name,
+        "id": job.id,
+        "name": job.name,
+        "state": job.state,
+        "data": job.data,
+        "options": job_options(job.fields),
+        "progress": job.progress,
+        "result": job.result,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "attempts_made": job.attempts_made,
+        "attempts": job.attempts,
+        "stalls": job.stalls,
+        "retries": job.retries,
+        "error": job.error,
+        "traceback": job.traceback,
+        "logs": job.logs(),
+        "audit": job.audit(),
+        "parent": job_parent(job.fields),
+        "children_pending": job.fields.get("pending"),
+        "children_results": job.children_results(),
+        "children_failures": job.children_failures(),
+    }
+
+
+def show_job(report: dict[str, Any]) -> None:
+    took = None
+    if report["started_at"] and report["finished_at"]:
+        took = f"{report['finished_at'] - report['started_at']:.3f}s"
+    parent, pending = report["parent"], report["children_pending"]
+    summary = [
+        ("state", report["state"]),
+        (
+            "attempts",
+            f"{report['attempts_made']}/{report['attempts']} "
+            f"(stalls {report['stalls']}, retries {report['retries']})",
+        ),
+        ("progress", report["progress"]),
+        ("created", format_time(report["created_at"])),
+        ("started", format_time(report["started_at"])),
+        ("finished", format_time(report["finished_at"])),
+        ("took", took),
+        ("parent", f"{parent['queue']} {parent['id']}" if parent else None),
+        ("children", f"{pending} pending" if pending else None),
+    ]
+    print(f"job {report['id']} ({report['name']}) in queue {report['queue']!r}")
+    print_table([row for row in summary if row[1] is not None], indent="  ")
+    print_section("data", pretty_json(report["data"]))
+    print_section("options", table_lines(list(report["options"].items())))
+    _optional_sections(report)
+
+
+def _optional_sections(report: dict[str, Any]) -> None:
+    if report["result"] is not None:
+        print_section("result", pretty_json(report["result"]))
+    if report["error"]:
+        print_section("error", report["error"].splitlines())
+    if report["traceback"]:
+        print_section("traceback", report["traceback"].rstrip().splitlines())
+    if report["logs"]:
+        print_section(f"logs ({len(report['logs'])})", report["logs"])
+    if report["audit"]:
+        rows = [(format_time(e.get("at")), e.get("by"), e.get("action")) for e in report["audit"]]
+        print_section(f"audit ({len(rows)})", table_lines(rows))
+    for title, found in (
+        ("children results", report["children_results"]),
+        ("children failed and skipped", report["children_failures"]),
+    ):
+        if found:
+            print_section(f"{title} ({len(found)})", table_lines(list(found.items())))
+
+
+def job(args: argparse.Namespace, client: redis.Redis) -> int:
+    report = job_report(existing_job(open_queue(client, args.queue), args.job_id))
+    if args.json:
+        print_json(report)
+    else:
+        show_job(report)
+    return EXIT_OK
+
+
+# -- actions -------------------------------------------------------------------------
+def _done(args: argparse.Namespace, message: str, result: dict[str, Any]) -> int:
+    if args.json:
+        print_json(result)
+    else:
+        print(message)
+    return EXIT_OK
+
+
+def retry(args: argparse.Namespace, client: redis.Redis) -> int:
+    queue = open_queue(client, args.queue)
+    if args.all_failed:
+        count = queue.retry_failed(by=args.by)
+        message = f"retried {count} failed job(s) of queue {queue.name!r}"
+        return _done(args, message, {"queue": queue.name, "retried": count})
+    if not queue.retry(args.job_id, by=args.by):
+        state = existing_job(queue, args.job_id).state
+        raise CommandError(f"job {args.job_id} is {state}, not failed: nothing to retry")
+    message = f"retried job {args.job_id} of queue {queue.name!r}: waiting"
+    return _done(args, message, {"queue": queue.name, "retried": 1, "id": args.job_id})
+
+
+def remove(args: argparse.Namespace, client: redis.Redis) -> int:
+    queue = open_queue(client, args.queue)
+    try:
+        removed = queue.remove(args.job_id, by=args.by)
+    except JobIsActive as exc:
+        raise CommandError(str(exc)) from None
+    if not removed:
+        raise CommandError(f"no job {args.job_id} in queue {queue.name!r}")
+    message = f"removed job {args.job_id} from queue {queue.name!r}"
+    return _done(args, message, {"queue": queue.name, "removed": 1, "id": args.job_id})
+
+
+def _pause_or_resume(args: argparse.Namespace, client: redis.Redis, pause: bool) -> int:
+    queue = open_queue(client, args.queue)
+    changed = queue.pause(by=args.by) if pause else queue.resume(by=args.by)
+    message = f"{'paused' if pause else 'resumed'} queue {queue.name!r}"
+    if not changed:
+        message = f"queue {queue.name!r} was {'paused already' if pause else 'not paused'}"
+    return _done(args, message, {"queue": queue.name, "paused": pause, "changed": changed})
+
+
+def pause(args: argparse.Namespace, client: redis.Redis) -> int:
+    return _pause_or_resume(args, client, True)
+
+
+def resume(args: argparse.Namespace, client: redis.Redis) -> int:
+    return _pause_or_resume(args, client, False)
+
+
+def clean(args: argparse.Namespace, client: redis.Redis) -> int:
+    if args.older_than is None and args.keep is None:
+        raise CommandError("clean needs --older-than and/or --keep", EXIT_USAGE)
+    if args.older_than is not None and args.state not in ("completed", "failed"):
+        raise CommandError(
+            "--older-than counts from the finish time: it applies to completed and failed "
+            "jobs only (use --keep for the others)",
+            EXIT_USAGE,
+        )
+    queue = open_queue(client, args.queue)
+    count = queue.clean(args.state, older_than=args.older_than, keep=args.keep)
+    message = f"removed {count} {args.state} job(s) from queue {queue.name!r}"
+    return _done(args, message, {"queue": queue.name, "state": args.state, "removed": count})
+
+
+def add(args: argparse.Namespace, client: redis.Redis) -> int:
+    queue = open_queue(client, args.queue)
+    existed = args.job_id is not None and queue.get_job(args.job_id) is not None
+    try:
+        added = queue.add(
+            args.name,
+            args.data,
+            job_id=args.job_id,
+            delay=args.delay,
+            priority=args.priority,
+            attempts=args.attempts,
+        )
+    except (TypeError, ValueError) as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    message = f"added job {added.id} ({added.name}) to queue {queue.name!r}: {added.state}"
+    if existed:
+        message = f"job {added.id} exists already ({added.state}): nothing added"
+    result = {"queue": queue.name, "id": added.id, "name": added.name, "state": added.state}
+    return _done(args, message, {**result, "added": not existed})
+
+
+# -- workers -------------------------------------------------------------------------
+def show_workers(found: list[dict[str, Any]]) -> None:
+    rows = [
+        (
+            w.get("host"),
+            w.get("pid"),
+            ",".join(w.get("queues", ())),
+            w.get("procs"),
+            None if w["uptime"] is None else format_duration(w["uptime"]),
+        )
+        for w in found
+    ]
+    print_table(rows, ("HOST", "PID", "QUEUES", "PROCS", "UPTIME"))
+
+
+def workers(args: argparse.Namespace, client: redis.Redis) -> int:
+    found = live_workers(client)
+    if args.json:
+        print_json(found)
+        return EXIT_OK
+    show_workers(found)
+    if not found:
+        print("(no live workers)")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, redis.Redis], int]] = {
+    "stats": stats,
+    "jobs": jobs,
+    "job": job,
+    "retry": retry,
+    "remove": remove,
+    "pause": pause,
+    "resume": resume,
+    "clean": clean,
+    "workers": workers,
+    "add": add,
+}
+
+
+# -- dev -----------------------------------------------------------------------------
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    """Run a persistent Redis under ``<dir>/dev-redis`` until SIGINT or SIGTERM."""
+    server = LocalRedis(Path(args.dir) / "dev-redis", persistent=True, port=args.port)
+    if _answers(server):
+        return _fail(f"a Redis is running in {server.directory} already", EXIT_FAILED)
+    try:
+        server.start()
+    except (OSError, RuntimeError) as exc:
+        return _fail(f"cannot start Redis: {exc}", EXIT_FAILED)
+    try:
+        return serve_until_signal(server)
+    finally:
+        server.stop()
+
+
+def _answers(server: LocalRedis) -> bool:
+    if not server.socket.exists():
+        return False
+    client = redis.Redis(unix_socket_path=str(server.socket))
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def serve_until_signal(server: LocalRedis) -> int:
+    """Print the export line, wait for a stop signal (or Redis exiting on its
+    own), then stop Redis. Signals are blocked and taken with sigwait: no
+    handler can interrupt the clean stop halfway."""
+    assert server.process is not None
+    watched = {*_STOP_SIGNALS, signal.SIGCHLD}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    try:
+        print(f"export SANDBOXQ_REDIS_URL={shlex.quote(server.url)}", flush=True)
+        print(
+            f"sandboxq dev: Redis in {server.directory} (AOF on); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        while server.process.poll() is None:
+            if signal.sigwait(watched) != signal.SIGCHLD:
+                server.stop()
+                print("sandboxq dev: Redis stopped, data kept", file=sys.stderr)
+                return EXIT_OK
+        code = server.process.returncode
+        if code == 0:  # told to shut down from elsewhere (SHUTDOWN, the terminal's Ctrl-C)
+            return EXIT_OK
+        log = server.directory / "redis.log"
+        return _fail(f"redis-server exited with code {code}; see {log}", EXIT_FAILED)
+    finally:
+        _unblock_dropping_pending(old_mask)
+
+
+def _unblock_dropping_pending(old_mask: Iterable[int]) -> None:
+    """Restore the signal mask; a second Ctrl-C still pending is dropped."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in _STOP_SIGNALS}
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    for signum, handler in previous.items():
+        if handler is not None:
+            signal.signal(signum, handler)
