@@ -28,6 +28,7 @@ lint: install
 	$(VENV)/bin/ruff check sandboxq tests benchmarks
 	$(VENV)/bin/ruff format --check sandboxq tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 
 demo: $(PY)
 	$(PIP) install --quiet -e '.[demo]'
