@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 from sandboxq import Queue
 from sandboxq.local_redis import LocalRedis
@@ -439,7 +440,9 @@ def test_worker_rides_out_a_redis_restart(queue: Queue, tmp_path: Path) -> None:
         server.stop()
 
         # Then the worker says so when it has a result to send, and keeps running
-        worker.wait_for_line("WARNING Redis unreachable, retrying in", timeout=10.0, start=mark)
+        worker.wait_for_line(
+            "WARNING Redis unreachable or refusing writes, retrying in", timeout=10.0, start=mark
+        )
         assert worker.running()
         # and waits for Redis without spinning the CPU
         used, since = cpu_seconds(worker.pid), time.monotonic()
@@ -477,4 +480,25 @@ def test_worker_rides_out_a_redis_restart(queue: Queue, tmp_path: Path) -> None:
     finally:
         worker.cleanup()
         own_queue.client.close()
+        server.stop()
+
+
+def test_a_full_redis_is_waited_out_not_fatal(tmp_path: Path, queue: Queue) -> None:
+    # Given a worker on a Redis that has just hit maxmemory under noeviction
+    server = LocalRedis(tmp_path / "full").start()
+    worker = WorkerProcess(queue.name, server.url, ["--lease", "2"], procs=1)
+    client = redis.Redis.from_url(server.url)
+    try:
+        worker.start()
+        producer = Queue(queue.name, url=server.url)
+        producer.add("ok", 1).wait(10)
+        client.config_set("maxmemory", 1)  # every write is refused now
+        worker.wait_for_line("command not allowed when used memory", timeout=20)
+        # When room comes back, the worker carries on
+        client.config_set("maxmemory", 0)
+        assert producer.add("ok", 2).wait(20)["echo"] == 2
+        assert worker.running()
+    finally:
+        client.config_set("maxmemory", 0)
+        worker.cleanup()
         server.stop()

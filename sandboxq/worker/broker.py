@@ -30,7 +30,15 @@ MAX_WAIT_SECONDS = 30.0
 #: worker does it; fire_schedule.lua makes each occurrence happen once.
 SCHEDULE_CHECK_SECONDS = 0.25
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+#: Redis trouble the worker waits out, retrying with backoff and keeping what
+#: is pending: unreachable, too slow, full (noeviction at maxmemory), or a
+#: replica during a failover.
+REDIS_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+)
 
 
 @dataclass(slots=True)

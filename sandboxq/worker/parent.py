@@ -237,7 +237,8 @@ class Worker:
             idle_timeout=self.liveness_idle_timeout,
             redis_ok=lambda: bool(probe.ping()),
             pool_up=lambda: len(self.pool.by_pid) == self.procs and not self._stopping,
-            queues_empty=lambda: all(q.counts()["waiting"] == 0 for q in queues),
+            # A paused queue's waiting jobs are not work this worker may do.
+            queues_empty=lambda: all(q.counts()["waiting"] == 0 or q.is_paused() for q in queues),
         )
         self._probe = probe
         self._http = None
@@ -459,7 +460,7 @@ class Worker:
 
     def _redis_trouble(self, exc: Exception) -> None:
         logs.event(
-            f"Redis unreachable, retrying in {self._redis_backoff:.1f}s",
+            f"Redis unreachable or refusing writes, retrying in {self._redis_backoff:.1f}s",
             logging.WARNING,
             url=self.url,
             error=str(exc),
