@@ -8,6 +8,7 @@ import operator
 
 import orjson
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t
@@ -28,6 +29,8 @@ FIELD_KINDS = {
 }
 
 cdef dict _KINDS = FIELD_KINDS
+# Known field names decoded once: a lookup instead of a decode per field.
+cdef dict _NAMES = {field: field.decode() for field in FIELD_KINDS}
 cdef object _loads = orjson.loads
 cdef object _dumps = orjson.dumps
 
@@ -44,16 +47,43 @@ def dump_json(value, str what, Py_ssize_t max_bytes):
     return raw
 
 
+cdef inline bint _parse_int(bytes value, int64_t* out):
+    """Canonical decimal integers ("-"? digits, at most 15 of them, so exact
+    as a double) in C; anything else is left to Python's int(), so both twins
+    accept and reject exactly the same inputs."""
+    cdef const char* text = PyBytes_AS_STRING(value)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(value), i = 0
+    cdef int64_t number = 0
+    cdef bint negative = size > 0 and text[0] == 45  # '-'
+    if negative:
+        i = 1
+    if size - i < 1 or size - i > 15:
+        return False
+    while i < size:
+        if text[i] < 48 or text[i] > 57:  # not '0'..'9'
+            return False
+        number = number * 10 + (text[i] - 48)
+        i += 1
+    out[0] = -number if negative else number
+    return True
+
+
 cdef inline object _decode(bytes field, bytes value):
     cdef object kind_obj = _KINDS.get(field)
     cdef int kind = _TEXT if kind_obj is None else <int>kind_obj
+    cdef int64_t number
     if kind == _JSON:
         return _loads(value)
     if kind == _INT:
-        return int(value)
+        return number if _parse_int(value, &number) else int(value)
     if kind == _SECONDS:
-        return int(value) / 1000.0
-    return value.decode()
+        return number / 1000.0 if _parse_int(value, &number) else int(value) / 1000.0
+    return PyUnicode_DecodeUTF8(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), NULL)
+
+
+cdef inline str _name(bytes field):
+    cdef object known = _NAMES.get(field)
+    return field.decode() if known is None else <str>known
 
 
 def decode_job_flat(list flat):
@@ -65,7 +95,7 @@ def decode_job_flat(list flat):
         raise ValueError(f"a job hash needs field/value pairs, got {n} items")
     for i in range(0, n, 2):
         field = <bytes?>flat[i]
-        name = field.decode()  # before the value, as the twin does
+        name = _name(field)  # before the value, as the twin does
         out[name] = _decode(field, <bytes?>flat[i + 1])
     return out
 
@@ -75,7 +105,7 @@ def decode_job_mapping(dict mapping):
     cdef bytes field
     cdef str name
     for field, value in mapping.items():
-        name = field.decode()  # before the value, as the twin does
+        name = _name(field)  # before the value, as the twin does
         out[name] = _decode(field, <bytes?>value)
     return out
 
