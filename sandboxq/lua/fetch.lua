@@ -30,7 +30,7 @@ local prefix, now, count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local token, lease, maxlen = ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local checks = {}
 
-promote_due(prefix, KEYS[2], KEYS[1], KEYS[7], KEYS[5], KEYS[6], maxlen, now, 1000)
+promote_due(prefix, KEYS[2], KEYS[6], maxlen, now, 1000)
 
 local s = redis.call('HMGET', KEYS[4], 'paused', 'rl_until', 'concurrency', 'rl_max',
   'rl_window_ms', 'gconcurrency', 'grl_max', 'grl_window_ms', 'turn')

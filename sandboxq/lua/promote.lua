@@ -12,8 +12,7 @@
 --!include promote
 local prefix, now, maxlen, id = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 if id == '' then
-  return promote_due(prefix, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], maxlen, now,
-    tonumber(ARGV[5]))
+  return promote_due(prefix, KEYS[1], KEYS[5], maxlen, now, tonumber(ARGV[5]))
 end
 if redis.call('ZREM', KEYS[1], id) == 0 then return 0 end
 local job_key = prefix .. 'job:' .. id

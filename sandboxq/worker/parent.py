@@ -35,7 +35,7 @@ from sandboxq.redis_checks import UnsupportedRedis
 from sandboxq.worker import protocol
 from sandboxq.worker.broker import REDIS_ERRORS, Broker, StepResult
 from sandboxq.worker.cpus import available_cpus
-from sandboxq.worker.pool import Assignment, Child, Pool, describe_exit
+from sandboxq.worker.pool import HANDLED_SIGNALS, Assignment, Child, Pool, describe_exit
 
 EXIT_OK = 0  # drained cleanly
 EXIT_FORCED = 1  # stopped before the jobs in flight finished; they were handed back
@@ -200,13 +200,7 @@ class Worker:
         self.selector.register(wake_r, selectors.EVENT_READ, _WAKE)
         if threading.current_thread() is threading.main_thread():
             signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-            for signum in (
-                signal.SIGTERM,
-                signal.SIGINT,
-                signal.SIGCHLD,
-                signal.SIGQUIT,
-                signal.SIGHUP,
-            ):
+            for signum in HANDLED_SIGNALS:
                 signal.signal(signum, self._on_signal)
         self.pool = Pool(
             self.procs,
@@ -265,13 +259,7 @@ class Worker:
                 self._forget(child)
         if threading.current_thread() is threading.main_thread():
             signal.set_wakeup_fd(-1)
-            for signum in (
-                signal.SIGTERM,
-                signal.SIGINT,
-                signal.SIGCHLD,
-                signal.SIGQUIT,
-                signal.SIGHUP,
-            ):
+            for signum in HANDLED_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
         self.broker.close()
         self.selector.close()

@@ -1,7 +1,6 @@
 -- Move delayed jobs whose time has come into the waiting set.
 -- Returns how many were moved (at most `limit`).
-local function promote_due(prefix, delayed_key, wait_key, seq_key, marker_key,
-                           events_key, maxlen, now, limit)
+local function promote_due(prefix, delayed_key, events_key, maxlen, now, limit)
   local due = redis.call('ZRANGEBYSCORE', delayed_key, '-inf', num(now), 'LIMIT', 0, limit)
   for _, id in ipairs(due) do
     local job_key = prefix .. 'job:' .. id
