@@ -23,7 +23,6 @@ def test_the_wheel_ships_every_module_script_and_the_extension(tmp_path: Path) -
             "pip",
             "wheel",
             "--no-deps",
-            "--no-build-isolation",
             "-q",
             "-w",
             str(tmp_path),
