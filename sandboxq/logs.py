@@ -53,6 +53,22 @@ def setup(log_format: str = "text", level: str | int = "INFO") -> None:
     log.propagate = False
 
 
+def always(message: str, **fields: Any) -> None:
+    """An INFO line printed whatever the log level (the ready line, which
+    supervisors and tests wait for)."""
+    record = log.makeRecord(
+        log.name,
+        logging.INFO,
+        "(sandboxq)",
+        0,
+        message,
+        (),
+        None,
+        extra={"fields": fields} if fields else None,
+    )
+    log.handle(record)  # handle() skips the level check, not the handlers
+
+
 def event(message: str, level: int = logging.INFO, **fields: Any) -> None:
     if log.isEnabledFor(level):
         log.log(level, message, extra={"fields": fields})

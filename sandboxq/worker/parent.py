@@ -437,12 +437,9 @@ class Worker:
         if not self._ready:
             self._ready = True
             # Supervisors and tests wait for this line: print it at any level.
-            logs.log.log(
-                max(logging.INFO, logs.log.getEffectiveLevel()),
-                "sandboxq worker ready pid=%d queues=%s procs=%d",
-                os.getpid(),
-                ",".join(self.queues),
-                self.procs,
+            logs.always(
+                f"sandboxq worker ready pid={os.getpid()} queues={','.join(self.queues)} "
+                f"procs={self.procs}"
             )
         self._after_step(result, idle)
 
