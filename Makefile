@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install test test-pure bench lint demo clean
+.PHONY: install browser test test-pure bench lint demo clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -12,9 +12,15 @@ $(PY):
 install: $(PY)
 	$(PIP) install --quiet -e '.[dev]'
 
+# The dashboard's browser tests drive Debian's Chromium (no browser download).
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium for the browser tests (needs root)"; \
+	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
 # The whole suite on the native extension, then the suite (less the slow
 # stress tests) on the pure-Python twin.
-test: install
+test: install browser
 	$(PY) -m pytest
 	SANDBOXQ_NO_EXTENSIONS=1 $(PY) -m pytest -m 'not slow' -q
 

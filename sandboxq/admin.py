@@ -498,7 +498,7 @@ def clean(args: argparse.Namespace, client: redis.Redis) -> int:
             EXIT_USAGE,
         )
     queue = open_queue(client, args.queue)
-    count = queue.clean(args.state, older_than=args.older_than, keep=args.keep)
+    count = queue.clean(args.state, older_than=args.older_than, keep=args.keep, by=args.by)
     message = f"removed {count} {args.state} job(s) from queue {queue.name!r}"
     return _done(args, message, {"queue": queue.name, "state": args.state, "removed": count})
 

@@ -1,7 +1,7 @@
 """The ``sandboxq`` command: run a worker (``worker``), a local Redis for
 development (``dev``) or the demo, and look at and administer queues and jobs
 (``stats``, ``jobs``, ``job``, ``retry``, ``remove``, ``pause``, ``resume``,
-``clean``, ``workers``, ``add``, ``schedules``)."""
+``clean``, ``workers``, ``add``, ``schedules``), or serve the web ``dashboard``."""
 
 # This module parses and dispatches; sandboxq.admin implements the admin commands.
 
@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     schedules.add_argument("--json", action="store_true", help="print JSON, for scripts")
     add_admin_commands(commands)
     add_dev_command(commands)
+    add_dashboard_command(commands)
     return parser
 
 
@@ -306,7 +307,9 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     for name, summary in (("pause", "stop handing out jobs"), ("resume", "hand out jobs again")):
         command(name, summary, audited=True).add_argument("queue", metavar="QUEUE")
 
-    clean = command("clean", "delete finished jobs older than AGE, or all but the newest N")
+    clean = command(
+        "clean", "delete finished jobs older than AGE, or all but the newest N", audited=True
+    )
     clean.add_argument("queue", metavar="QUEUE")
     clean.add_argument("--state", required=True, choices=[s for s in STATES if s != "active"])
     clean.add_argument(
@@ -342,6 +345,23 @@ def add_dev_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
     dev.add_argument(
         "--port", type=int, metavar="PORT", help="also listen on 127.0.0.1:PORT [unix socket only]"
     )
+
+
+def add_dashboard_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dash = commands.add_parser(
+        "dashboard",
+        help="serve the web dashboard (needs: pip install 'sandboxq[dashboard]')",
+        description="Serve the web dashboard: queues, jobs, schedules and admin actions. "
+        "A token is required unless bound to a loopback address with --no-auth.",
+    )
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind [127.0.0.1]")
+    dash.add_argument("--port", type=int, default=8080, help="[8080]")
+    dash.add_argument("--url", help="Redis URL [$SANDBOXQ_REDIS_URL or redis://localhost:6379/0]")
+    dash.add_argument("--token", help="the access token [$SANDBOXQ_DASHBOARD_TOKEN]")
+    dash.add_argument(
+        "--no-auth", action="store_true", help="no authentication (loopback addresses only)"
+    )
+    dash.add_argument("--read-only", action="store_true", help="hide actions and refuse POSTs")
 
 
 def import_modules(names: Sequence[str]) -> None:
@@ -399,6 +419,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_worker(args)
     if args.command == "schedules":
         return show_schedules(args)
+    if args.command == "dashboard":
+        from sandboxq.dashboard.server import run as run_dashboard
+
+        return run_dashboard(args)
     if args.command == "dev":
         from sandboxq.admin import run_dev
 

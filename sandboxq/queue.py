@@ -408,9 +408,17 @@ class Queue:
         return status == 1
 
     @names_url
-    def clean(self, state: str, *, older_than: float | None = None, keep: int | None = None) -> int:
+    def clean(
+        self,
+        state: str,
+        *,
+        older_than: float | None = None,
+        keep: int | None = None,
+        by: str | None = None,
+    ) -> int:
         """Remove jobs in ``state`` finished more than ``older_than`` seconds
-        ago and/or beyond the newest ``keep``. Returns how many.
+        ago and/or beyond the newest ``keep``. Returns how many; the queue's
+        audit log records who cleaned (``by``, default the OS user).
 
         ``older_than`` applies to completed and failed jobs only: the sets of
         waiting and delayed jobs are ordered by priority and due time, not by
@@ -426,10 +434,10 @@ class Queue:
             )
         max_age = -1 if older_than is None else ms(older_than)
         max_count = -1 if keep is None else keep
-        total = 0
+        total, who = 0, _who(by)
         while (
             removed := self.scripts.clean(
-                self.keys, state, now_ms(), max_count, max_age, STEP_LIMIT
+                self.keys, state, now_ms(), max_count, max_age, STEP_LIMIT, by=who
             )
         ) > 0:
             total += removed

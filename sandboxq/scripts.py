@@ -280,12 +280,13 @@ class Scripts:
         max_count: int = -1,
         max_age_ms: int = -1,
         limit: int = STEP_LIMIT,
+        by: str = "",
     ) -> int:
         return int(
             self._run(
                 "clean",
                 [k.state_set(state), k.events],
-                [k.prefix, now, max_count, max_age_ms, limit, self.events_maxlen],
+                [k.prefix, now, max_count, max_age_ms, limit, self.events_maxlen, by, state],
             )
         )
 

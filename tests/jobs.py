@@ -152,3 +152,13 @@ def downstream_limited(job: JobContext) -> Any:
         return time.time()
     os.close(fd)
     raise RateLimited(retry_after=float(job.data["retry_after"]))
+
+
+@handler(Q)
+def fail_until_marker(job: JobContext) -> Any:
+    """Fails until the file named by ``data["marker"]`` exists: a job that a
+    manual retry can fix (the dashboard's browser test)."""
+    marker = job.data["marker"]
+    if not os.path.exists(marker):
+        raise RuntimeError(f"marker file {marker} is missing")
+    return {"fixed": True}

@@ -102,3 +102,12 @@ def test_a_released_manual_retry_only_job_fails_instead_of_going_back(queue: Que
 def test_manual_retry_only_must_be_a_bool(queue: Queue) -> None:
     with pytest.raises(TypeError, match="manual_retry_only must be True or False"):
         queue.add("charge", manual_retry_only="yes")  # type: ignore[arg-type]
+
+
+def test_a_clean_is_kept_in_the_queue_audit_log(queue: Queue) -> None:
+    for _ in range(3):
+        queue.add("x")
+    run_until_empty(queue, {"x": lambda job: 1})
+    assert queue.clean("completed", keep=1, by="ops") == 2
+    entry = queue.audit_log()[0]
+    assert (entry["by"], entry["action"]) == ("ops", "clean completed (2 removed)")

@@ -5,7 +5,8 @@
 --
 -- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] max count (-1 = any)
 -- ARGV[4] max age (ms, -1 = any)   ARGV[5] limit (jobs per call)
--- ARGV[6] events maxlen
+-- ARGV[6] events maxlen   ARGV[7] who asked ("" = no audit entry)
+-- ARGV[8] the state's name, for the audit entry
 --
 -- For finished sets the score is the finish time, so "age" is time since
 -- finishing. Other sets are not ordered by time (waiting: priority and
@@ -16,5 +17,10 @@
 --!include retention
 local removed = trim_finished(ARGV[1], KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4]), tonumber(ARGV[5]))
-if removed > 0 then emit(KEYS[2], ARGV[6], 'cleaned', '', 'count', removed) end
+if removed > 0 then
+  emit(KEYS[2], ARGV[6], 'cleaned', '', 'count', removed)
+  if (ARGV[7] or '') ~= '' then
+    audit(ARGV[1], '', tonumber(ARGV[2]), ARGV[7], 'clean ' .. ARGV[8] .. ' (' .. removed .. ' removed)')
+  end
+end
 return removed

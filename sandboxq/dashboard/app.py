@@ -1,0 +1,313 @@
+"""The dashboard's ASGI application: routing, authentication, actions.
+
+Written against raw ASGI (no framework). Each request is handled in a worker
+thread (``asyncio.to_thread``): the Redis client is synchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any
+
+import redis
+
+from sandboxq.connection import connect, resolve_url
+from sandboxq.dashboard import templates
+from sandboxq.dashboard.auth import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, Auth, Identity
+from sandboxq.dashboard.http import BodyTooLarge, Receive, Request, Response, Scope, Send, read_body
+from sandboxq.dashboard.redact import Redactor
+from sandboxq.dashboard.store import NotFound, Store
+from sandboxq.errors import ConnectionFailed
+from sandboxq.job import STATES
+from sandboxq.queue import JobIsActive
+
+DEFAULT_REDACT = ("password", "token", "card", "secret")
+TOKEN_ENV = "SANDBOXQ_DASHBOARD_TOKEN"
+
+ASGIApp = Callable[[Scope, Receive, Send], Any]
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def app(
+    url: str | None = None,
+    *,
+    token: str | None = None,
+    read_only: bool = False,
+    redact: Sequence[str] = DEFAULT_REDACT,
+    queues: Sequence[str] | None = None,
+) -> Dashboard:
+    """The dashboard as an ASGI application.
+
+    ``token`` (else ``$SANDBOXQ_DASHBOARD_TOKEN``) is required as a bearer
+    token, a basic-auth password or through the login form. With neither, the
+    app requires no authentication: mount it behind your own. ``queues``
+    limits it to those queues (default: every queue found on the Redis).
+    """
+    return Dashboard(
+        url,
+        token=token if token is not None else os.environ.get(TOKEN_ENV),
+        read_only=read_only,
+        redact=redact,
+        queues=queues,
+    )
+
+
+class Dashboard:
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        token: str | None,
+        read_only: bool,
+        redact: Sequence[str],
+        queues: Sequence[str] | None,
+    ) -> None:
+        self.url = resolve_url(url)
+        self.client = connect(self.url)
+        self.auth = Auth(token)
+        self.read_only = read_only
+        self.store = Store(self.client, Redactor(redact), queues)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            body = await read_body(receive)
+        except BodyTooLarge as exc:
+            await Response.html(str(exc), 413).send(send)
+            return
+        request = Request.from_scope(scope, body)
+        response = await asyncio.to_thread(self.respond, request)
+        await response.send(send)
+
+    # -- dispatch ------------------------------------------------------------------
+    def respond(self, request: Request) -> Response:
+        seg = request.segments
+        if seg == ["static", "dashboard.js"] and request.method == "GET":
+            return Response(200, _script(), "text/javascript; charset=utf-8")
+        if seg == ["login"]:
+            return self.login(request)
+        identity = self.auth.identify(request.headers, request.cookies)
+        if identity is None:
+            return self.unauthorized(request)
+        ctx = templates.Context(
+            request.root, self.auth.csrf_token(identity), self.read_only, identity.user
+        )
+        try:
+            if request.method == "POST":
+                return self.post(request, identity, ctx)
+            if request.method in ("GET", "HEAD"):
+                return self.get(request, ctx)
+            raise HTTPError(405, f"method {request.method} not allowed")
+        except HTTPError as exc:
+            return _error(request, ctx, exc.status, str(exc))
+        except NotFound as exc:
+            return _error(request, ctx, 404, str(exc))
+        except JobIsActive as exc:
+            return _error(request, ctx, 409, str(exc))
+        except ValueError as exc:
+            return _error(request, ctx, 400, str(exc))
+        except ConnectionFailed as exc:
+            return _error(request, ctx, 503, str(exc))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return _error(request, ctx, 503, f"cannot reach Redis at {self.url}: {exc}")
+
+    def unauthorized(self, request: Request) -> Response:
+        challenge = [("www-authenticate", 'Bearer realm="sandboxq"')]
+        if request.wants_json or request.method != "GET":
+            response = Response.json({"error": "authentication required"}, 401)
+        else:
+            response = Response.html(templates.login_page(request.root), 401)
+        response.headers += challenge
+        return response
+
+    def login(self, request: Request) -> Response:
+        if request.method != "POST":
+            return Response.html(templates.login_page(request.root))
+        if not self.auth.required:
+            return Response.redirect(request.root + "/")
+        if not self.auth.login(request.form.get("password", "")):
+            return Response.html(templates.login_page(request.root, "Wrong token."), 401)
+        cookie = self.auth.new_session(request.form.get("username", ""))
+        response = Response.redirect(request.root + "/")
+        response.headers.append(("set-cookie", _cookie(request.root, cookie)))
+        return response
+
+    def get(self, request: Request, ctx: templates.Context) -> Response:
+        seg, query = request.segments, request.query
+        api = bool(seg) and seg[0] == "api"
+        path = seg[1:] if api else seg
+        match path:
+            case []:
+                return Response.html(templates.overview_page(ctx, self.store.overview()))
+            case ["queues"] if api:
+                return Response.json({"queues": self.store.overview()})
+            case ["queues", q] | ["queues", q, "jobs"]:
+                page = self.store.job_page(
+                    q,
+                    query.get("state", "failed"),
+                    _int(query.get("page"), 1),
+                    job_id=query.get("id", "").strip(),
+                    search=query.get("q", "").strip(),
+                )
+                if api:
+                    return Response.json(page)
+                return Response.html(templates.jobs_page(ctx, page))
+            case ["queues", q, "jobs", job_id]:
+                report = self.store.job(q, job_id)
+                if api:
+                    return Response.json(report)
+                return Response.html(templates.job_page(ctx, report))
+            case ["queues", q, "schedules"]:
+                found = self.store.schedules(q)
+                if api:
+                    return Response.json({"queue": q, "schedules": found})
+                return Response.html(templates.schedules_page(ctx, q, found))
+            case ["logout"]:
+                return Response.html(templates.login_page(request.root))
+        raise HTTPError(404, "no such page")
+
+    # -- actions -------------------------------------------------------------------
+    def post(self, request: Request, identity: Identity, ctx: templates.Context) -> Response:
+        if request.segments == ["logout"]:
+            response = Response.redirect(request.root + "/login")
+            response.headers.append(("set-cookie", _cookie(request.root, "", expire=True)))
+            return response
+        if self.read_only:
+            raise HTTPError(403, "this dashboard is read-only")
+        given = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD, "")
+        if not self.auth.csrf_ok(identity, given):
+            raise HTTPError(403, "missing or wrong CSRF token; reload the page")
+        if not _same_origin(request):
+            raise HTTPError(403, "cross-origin request refused")
+        path = request.segments[1:] if request.segments[:1] == ["api"] else request.segments
+        by = f"dashboard:{identity.user}"
+        message, result, back = self.act(path, request.form, by, request.root)
+        if request.wants_json or CSRF_HEADER in request.headers:
+            return Response.json({"ok": True, "message": message, "result": result})
+        return Response.redirect(back)
+
+    def act(
+        self, path: list[str], form: dict[str, str], by: str, root: str
+    ) -> tuple[str, Any, str]:
+        """Run one action; (message, result, page to go back to)."""
+        url = templates.url
+        match path:
+            case ["queues", q, "jobs", job_id, verb] if verb in ("retry", "promote", "remove"):
+                queue = self.store.queue(q)
+                back = url(root, "queues", q, "jobs", job_id)
+                if verb == "retry":
+                    done = queue.retry(job_id, by=by)
+                elif verb == "promote":
+                    done = queue.promote(job_id, by=by)
+                else:
+                    done = queue.remove(job_id, by=by)
+                    back = url(root, "queues", q)
+                if not done:
+                    raise HTTPError(
+                        409, f"cannot {verb} job {job_id}: not in a state that allows it"
+                    )
+                return f"{verb}: job {job_id}", done, back
+            case ["queues", q, verb] if verb in ("pause", "resume"):
+                queue = self.store.queue(q)
+                done = queue.pause(by=by) if verb == "pause" else queue.resume(by=by)
+                return (
+                    f"{verb}d queue {q}" if done else f"queue {q} was already {verb}d",
+                    done,
+                    url(root, "queues", q),
+                )
+            case ["queues", q, "retry-failed"]:
+                moved = self.store.queue(q).retry_failed(by=by)
+                return (
+                    f"retried {moved} failed job(s)",
+                    moved,
+                    url(root, "queues", q, state="failed"),
+                )
+            case ["queues", q, "clean"]:
+                state = form.get("state", "")
+                if state not in STATES:
+                    raise HTTPError(400, f"unknown state {state!r}")
+                older = form.get("older_than") or None
+                keep = form.get("keep") or None
+                removed = self.store.queue(q).clean(
+                    state,
+                    older_than=None if older is None else _number(older, "older_than"),
+                    keep=None if keep is None else int(_number(keep, "keep")),
+                    by=by,
+                )
+                return (
+                    f"removed {removed} {state} job(s)",
+                    removed,
+                    url(root, "queues", q, state=state),
+                )
+        raise HTTPError(404, "no such action")
+
+
+# -- helpers -------------------------------------------------------------------------
+def _error(request: Request, ctx: templates.Context, status: int, message: str) -> Response:
+    if request.wants_json or CSRF_HEADER in request.headers:
+        return Response.json({"error": message}, status)
+    return Response.html(templates.error_page(ctx, status, message), status)
+
+
+def _cookie(root: str, value: str, *, expire: bool = False) -> str:
+    parts = [f"{SESSION_COOKIE}={value}", f"Path={root or '/'}", "HttpOnly", "SameSite=Strict"]
+    if expire:
+        parts.append("Max-Age=0")
+    return "; ".join(parts)
+
+
+def _same_origin(request: Request) -> bool:
+    """A browser's Origin, when sent, must name this host."""
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        return origin != "null"
+    return origin.split("://", 1)[-1] == request.headers.get("host", "")
+
+
+def _int(text: str | None, default: int) -> int:
+    try:
+        return int(text) if text else default
+    except ValueError:
+        return default
+
+
+def _number(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise HTTPError(400, f"{name} must be a number, got {text!r}") from None
+    if value < 0:
+        raise HTTPError(400, f"{name} must be >= 0")
+    return value
+
+
+_SCRIPT: bytes | None = None
+
+
+def _script() -> bytes:
+    global _SCRIPT
+    if _SCRIPT is None:
+        _SCRIPT = resources.files("sandboxq.dashboard").joinpath("static/dashboard.js").read_bytes()
+    return _SCRIPT
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,94 @@
+"""Who is asking: a bearer token, the basic-auth password or a session cookie
+from the login form; and the CSRF token every POST must carry.
+
+The session cookie holds ``user:nonce:HMAC(secret, user:nonce)``, never the
+token. The CSRF token is ``HMAC(secret, "csrf:" + user:nonce)``: bound to the
+session, so a page of another origin can neither read nor guess it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+SESSION_COOKIE = "sandboxq_session"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+
+
+@dataclass(frozen=True)
+class Identity:
+    user: str
+    session: str  # "user:nonce" of a cookie session, else "user:"
+
+
+class Auth:
+    """``token=None``: no authentication (everyone is ``anonymous``)."""
+
+    def __init__(self, token: str | None) -> None:
+        self.token = token or None
+        # With a token, sessions survive restarts; without, a random secret
+        # still makes CSRF tokens unguessable.
+        seed = self.token.encode() if self.token else secrets.token_bytes(32)
+        self.secret = hashlib.sha256(b"sandboxq-dashboard:" + seed).digest()
+
+    @property
+    def required(self) -> bool:
+        return self.token is not None
+
+    def _mac(self, message: str) -> str:
+        return hmac.new(self.secret, message.encode(), hashlib.sha256).hexdigest()
+
+    def _token_ok(self, given: str) -> bool:
+        return self.token is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    # -- identifying --------------------------------------------------------------
+    def identify(self, headers: dict[str, str], cookies: dict[str, str]) -> Identity | None:
+        """The caller, or None if authentication is required and missing/wrong."""
+        session = self.check_session(cookies.get(SESSION_COOKIE, ""))
+        if session is not None:
+            return session
+        if not self.required:
+            return Identity("anonymous", "anonymous:")
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and self._token_ok(value.strip()):
+            return Identity("token", "token:")
+        if scheme.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(value.strip()).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            if self._token_ok(password):
+                user = clean_user(user) or "basic"
+                return Identity(user, f"{user}:")
+        return None
+
+    def new_session(self, user: str) -> str:
+        """A cookie value for a user who just logged in."""
+        session = f"{clean_user(user) or 'admin'}:{secrets.token_hex(12)}"
+        return f"{session}:{self._mac('session:' + session)}"
+
+    def check_session(self, cookie: str) -> Identity | None:
+        session, _, mac = cookie.rpartition(":")
+        if not session or not hmac.compare_digest(mac, self._mac("session:" + session)):
+            return None
+        return Identity(session.partition(":")[0], session)
+
+    def login(self, password: str) -> bool:
+        return self._token_ok(password)
+
+    # -- CSRF ---------------------------------------------------------------------
+    def csrf_token(self, identity: Identity) -> str:
+        return self._mac("csrf:" + identity.session)
+
+    def csrf_ok(self, identity: Identity, given: str) -> bool:
+        return bool(given) and hmac.compare_digest(given, self.csrf_token(identity))
+
+
+def clean_user(user: str) -> str:
+    """A user name safe for the audit log: printable, no colons, short."""
+    return "".join(c for c in user if c.isprintable() and c not in ":\r\n")[:64].strip()

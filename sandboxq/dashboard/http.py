@@ -1,0 +1,127 @@
+"""The little HTTP the dashboard needs over raw ASGI: requests, responses."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+import orjson
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: The largest request body read (forms are tiny).
+MAX_BODY = 64 * 1024
+
+
+class BodyTooLarge(ValueError):
+    pass
+
+
+@dataclass
+class Request:
+    method: str
+    segments: list[str]  # the path below root_path, split and percent-decoded
+    query: dict[str, str]
+    headers: dict[str, str]
+    cookies: dict[str, str]
+    root: str  # root_path: every link starts with it
+    form: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def wants_json(self) -> bool:
+        return "application/json" in self.headers.get("accept", "") or (
+            bool(self.segments) and self.segments[0] == "api"
+        )
+
+    @classmethod
+    def from_scope(cls, scope: Scope, body: bytes) -> Request:
+        root = str(scope.get("root_path", "")).rstrip("/")
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1").split("?", 1)[0] if raw else str(scope["path"])
+        # Servers differ on whether path includes root_path; accept both.
+        if root and path.startswith(root + "/"):
+            path = path[len(root) :]
+        elif root and path == root:
+            path = "/"
+        segments = [unquote(s) for s in path.split("/") if s]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        cookies: dict[str, str] = {}
+        if "cookie" in headers:
+            jar: SimpleCookie = SimpleCookie()
+            try:
+                jar.load(headers["cookie"])
+            except Exception:  # a malformed cookie header: ignore it
+                jar = SimpleCookie()
+            cookies = {k: m.value for k, m in jar.items()}
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        form: dict[str, str] = {}
+        if "application/x-www-form-urlencoded" in headers.get("content-type", ""):
+            form = dict(parse_qsl(body.decode("utf-8", "replace")))
+        elif body and "application/json" in headers.get("content-type", ""):
+            try:
+                loaded = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                loaded = {}
+            if isinstance(loaded, dict):
+                form = {str(k): str(v) for k, v in loaded.items()}
+        return cls(scope["method"], segments, query, headers, cookies, root, form)
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/html; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def json(cls, value: Any, status: int = 200) -> Response:
+        body = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str)
+        return cls(status, body, "application/json")
+
+    @classmethod
+    def html(cls, text: str, status: int = 200) -> Response:
+        return cls(status, text.encode())
+
+    @classmethod
+    def redirect(cls, location: str) -> Response:
+        return cls(303, b"", "text/plain", [("location", location)])
+
+    async def send(self, send: Send) -> None:
+        headers = [
+            (b"content-type", self.content_type.encode()),
+            (b"content-length", str(len(self.body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+            (b"referrer-policy", b"same-origin"),
+            (
+                b"content-security-policy",
+                b"default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers),
+        ]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+async def read_body(receive: Receive) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise BodyTooLarge(f"request body over {MAX_BODY} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)

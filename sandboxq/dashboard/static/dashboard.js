@@ -1,0 +1,165 @@
+// sandboxq dashboard: live refresh (polls the JSON API, updates the DOM in
+// place) and action buttons (POST with the CSRF token, no page reload).
+(function () {
+  "use strict";
+  var meta = function (name) {
+    var el = document.querySelector('meta[name="' + name + '"]');
+    return el ? el.getAttribute("content") : "";
+  };
+  var root = meta("sandboxq-root"), csrf = meta("sandboxq-csrf");
+  var body = document.body, page = body.dataset.page;
+  var INTERVAL = 2000;
+  var enc = encodeURIComponent;
+
+  function flash(text, isError) {
+    var el = document.getElementById("flash");
+    if (!el) return;
+    el.textContent = text;
+    el.className = isError ? "err" : "";
+  }
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function when(epoch) {
+    if (!epoch) return "";
+    var d = new Date(epoch * 1000);
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+      pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  }
+  function json(value) { return JSON.stringify(value === undefined ? null : value, null, 2); }
+  function setText(scope, field, text) {
+    var el = scope.querySelector('[data-field="' + field + '"]');
+    if (el && el.textContent !== String(text)) el.textContent = text;
+    return el;
+  }
+  function getJSON(path) {
+    return fetch(root + path, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+      .then(function (r) {
+        if (r.status === 401) { window.location.href = root + "/login"; throw new Error("401"); }
+        return r.json().then(function (data) { return { status: r.status, data: data }; });
+      });
+  }
+  function updateCounts(counts) {
+    Object.keys(counts).forEach(function (state) {
+      document.querySelectorAll('[data-count="' + state + '"]').forEach(function (el) {
+        var target = el.querySelector("a") || el;
+        if (target.textContent !== String(counts[state])) target.textContent = counts[state];
+      });
+    });
+  }
+
+  function refreshOverview() {
+    return getJSON("/api/queues").then(function (res) {
+      var rows = document.querySelectorAll("#queues tr[data-queue]");
+      if (rows.length !== res.data.queues.length) { window.location.reload(); return; }
+      res.data.queues.forEach(function (q) {
+        var row = document.querySelector('#queues tr[data-queue="' + CSS.escape(q.queue) + '"]');
+        if (!row) { window.location.reload(); return; }
+        Object.keys(q.counts).forEach(function (state) {
+          var a = row.querySelector('[data-count="' + state + '"] a');
+          if (a && a.textContent !== String(q.counts[state])) a.textContent = q.counts[state];
+        });
+        setText(row, "paused", q.paused ? "paused" : "");
+        setText(row, "throughput", q.throughput.completed.toFixed(2) + " / " + q.throughput.failed.toFixed(2));
+        setText(row, "workers", q.workers.length);
+      });
+    });
+  }
+
+  function cell(text, cls) {
+    var td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    return td;
+  }
+  function refreshJobs() {
+    if (!body.dataset.live) return Promise.resolve();
+    var q = body.dataset.queue, state = body.dataset.state;
+    return getJSON("/api/queues/" + enc(q) + "/jobs?state=" + enc(state) + "&page=" + enc(body.dataset.pageNumber))
+      .then(function (res) {
+        var data = res.data, tbody = document.getElementById("jobs");
+        updateCounts(data.counts);
+        setText(document, "paused", data.paused ? "paused" : "");
+        setText(document, "pages", data.pages);
+        if (!tbody) return;
+        var rows = data.jobs.map(function (job) {
+          var tr = document.createElement("tr"), td = document.createElement("td");
+          var a = document.createElement("a");
+          tr.dataset.job = job.id;
+          a.href = root + "/queues/" + enc(q) + "/jobs/" + enc(job.id);
+          a.textContent = job.id;
+          td.appendChild(a);
+          tr.appendChild(td);
+          tr.appendChild(cell(job.name));
+          tr.appendChild(cell(job.state, "state " + job.state));
+          tr.appendChild(cell(job.attempts_made + "/" + job.attempts, "n"));
+          tr.appendChild(cell(when(job.created_at)));
+          tr.appendChild(cell(when(job.finished_at)));
+          tr.appendChild(cell((job.error || "").split("\n")[0]));
+          return tr;
+        });
+        tbody.replaceChildren.apply(tbody, rows);
+      });
+  }
+
+  function showActions(state) {
+    document.querySelectorAll("form.action[data-states]").forEach(function (form) {
+      form.hidden = form.dataset.states.split(" ").indexOf(state) < 0;
+    });
+  }
+  function refreshJob() {
+    var q = body.dataset.queue, id = body.dataset.job;
+    return getJSON("/api/queues/" + enc(q) + "/jobs/" + enc(id)).then(function (res) {
+      if (res.status === 404) { flash("This job no longer exists.", true); return; }
+      var r = res.data;
+      var st = setText(document, "state", r.state);
+      if (st) st.className = "state " + r.state;
+      body.dataset.state = r.state;
+      showActions(r.state);
+      setText(document, "attempts", r.attempts_made + "/" + r.attempts);
+      setText(document, "started_at", when(r.started_at));
+      setText(document, "finished_at", when(r.finished_at));
+      setText(document, "progress", json(r.progress));
+      setText(document, "result", json(r.result));
+      setText(document, "error", r.error || "");
+      setText(document, "traceback", r.traceback || "");
+      setText(document, "logs", (r.logs || []).join("\n"));
+    });
+  }
+
+  var refreshers = { overview: refreshOverview, jobs: refreshJobs, job: refreshJob };
+  var busy = false;
+  function refresh() {
+    var fn = refreshers[page];
+    if (!fn || busy || document.hidden) return;
+    busy = true;
+    fn().catch(function () {}).then(function () { busy = false; });
+  }
+
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.classList || !form.classList.contains("action")) return;
+    event.preventDefault();
+    var buttons = form.querySelectorAll("button");
+    buttons.forEach(function (b) { b.disabled = true; });
+    fetch(form.action, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrf, Accept: "application/json",
+                 "Content-Type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams(new FormData(form)).toString(),
+    }).then(function (r) {
+      return r.json().then(function (data) {
+        if (!r.ok) throw new Error(data.error || ("HTTP " + r.status));
+        flash(data.message);
+        if (/\/(remove|pause|resume)$/.test(form.action) && page !== "overview") {
+          window.location.href = form.action.replace(/\/jobs\/[^/]+\/remove$/, "").replace(/\/(pause|resume)$/, "");
+          return;
+        }
+        refresh();
+      });
+    }).catch(function (err) { flash(err.message, true); })
+      .then(function () { buttons.forEach(function (b) { b.disabled = false; }); });
+  });
+
+  if (page === "job") showActions(body.dataset.state);
+  setInterval(refresh, INTERVAL);
+})();

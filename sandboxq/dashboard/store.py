@@ -1,0 +1,158 @@
+"""What the dashboard shows, read from Redis through the public Queue API.
+
+Every view goes through a :class:`Store`, which also applies redaction, so
+no page or JSON endpoint can show a sensitive field by forgetting to.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from sandboxq.admin import discover_queues, fetch_jobs, job_report, job_summary
+from sandboxq.dashboard.redact import Redactor
+from sandboxq.job import STATES
+from sandboxq.keys import QueueKeys
+from sandboxq.queue import Queue
+from sandboxq.registry import live_workers
+from sandboxq.scripts import now_ms
+
+#: Jobs per page of a job list.
+PER_PAGE = 50
+#: How long a SCAN for queue names is reused (a full SCAN walks every key).
+DISCOVERY_TTL = 5.0
+THROUGHPUT_WINDOW = 60.0
+#: The audit stream's cap, as the Lua scripts' (include/common.lua).
+
+
+class NotFound(LookupError):
+    """No such queue or job."""
+
+
+class Store:
+    def __init__(
+        self, client: redis.Redis, redactor: Redactor, queues: Sequence[str] | None = None
+    ) -> None:
+        self.client = client
+        self.redact = redactor
+        self.fixed = None if queues is None else tuple(queues)
+        self._found: tuple[float, list[str]] = (0.0, [])
+        self._lock = threading.Lock()
+        self._queues: dict[str, Queue] = {}
+
+    # -- queues ----------------------------------------------------------------
+    def queue_names(self) -> list[str]:
+        if self.fixed is not None:
+            return list(self.fixed)
+        with self._lock:
+            at, names = self._found
+            if time.monotonic() - at > DISCOVERY_TTL:
+                names = discover_queues(self.client)
+                self._found = (time.monotonic(), names)
+            return names
+
+    def queue(self, name: str) -> Queue:
+        """The queue ``name``; NotFound unless it is served and exists (one
+        EXISTS on its events stream, never a SCAN)."""
+        if self.fixed is not None and name not in self.fixed:
+            raise NotFound(f"queue {name!r} is not served here")
+        with self._lock:
+            found = self._queues.get(name)
+        if found is not None:
+            return found
+        try:
+            keys = QueueKeys.for_queue(name)
+        except (TypeError, ValueError):
+            raise NotFound(f"bad queue name {name!r}") from None
+        if self.fixed is None and not self.client.exists(keys.events):
+            raise NotFound(f"no queue {name!r}")
+        queue = Queue(name, connection=self.client)
+        with self._lock:
+            self._queues[name] = queue
+        return queue
+
+    def overview(self) -> list[dict[str, Any]]:
+        workers = live_workers(self.client, now_ms())
+        found = []
+        for name in self.queue_names():
+            queue = Queue(name, connection=self.client)
+            found.append(
+                {
+                    "queue": name,
+                    "counts": queue.counts(),
+                    "paused": queue.is_paused(),
+                    "throughput": queue.throughput(THROUGHPUT_WINDOW),
+                    "workers": [w for w in workers if name in w.get("queues", ())],
+                }
+            )
+        return found
+
+    # -- jobs ------------------------------------------------------------------
+    def job_page(
+        self, name: str, state: str, page: int, *, job_id: str = "", search: str = ""
+    ) -> dict[str, Any]:
+        """One page of ``state``'s jobs: ZRANGE by rank, then every hash in one
+        pipeline. ``job_id`` looks one job up instead; ``search`` keeps the
+        page's jobs whose name contains it."""
+        if state not in STATES:
+            raise NotFound(f"unknown state {state!r}")
+        queue = self.queue(name)
+        counts = queue.counts()
+        total = counts[state]
+        pages = max(1, -(-total // PER_PAGE))
+        page = min(max(page, 1), pages)
+        if job_id:
+            one = queue.get_job(job_id)
+            jobs = [] if one is None else [one]
+        else:
+            jobs = fetch_jobs(queue, queue.job_ids(state, (page - 1) * PER_PAGE, PER_PAGE))
+        rows = [job_summary(j) for j in jobs]
+        if search:
+            rows = [r for r in rows if search.lower() in str(r["name"]).lower()]
+        return {
+            "queue": name,
+            "state": state,
+            "page": page,
+            "pages": pages,
+            "per_page": PER_PAGE,
+            "total": total,
+            "counts": counts,
+            "paused": queue.is_paused(),
+            "job_id": job_id,
+            "search": search,
+            "jobs": rows,
+        }
+
+    def job(self, name: str, job_id: str) -> dict[str, Any]:
+        queue = self.queue(name)
+        job = queue.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r} in queue {name!r}")
+        report = job_report(job)
+        for field in ("data", "result", "progress", "children_results"):
+            report[field] = self.redact(report[field])
+        report["children"] = [
+            {"ref": ref, **split_ref(ref), "result": value}
+            for ref, value in report["children_results"].items()
+        ]
+        report["children_failed"] = [
+            {"ref": ref, **split_ref(ref), "error": error}
+            for ref, error in report["children_failures"].items()
+        ]
+        return report
+
+    def schedules(self, name: str) -> list[dict[str, Any]]:
+        found = self.queue(name).schedules()
+        for schedule in found:
+            schedule["data"] = self.redact(schedule["data"])
+        return found
+
+
+def split_ref(ref: str) -> dict[str, str]:
+    """``media:thumbs:12`` (a flow child's ``queue:id``) → queue and id."""
+    queue, _, job_id = ref.rpartition(":")
+    return {"queue": queue, "id": job_id}

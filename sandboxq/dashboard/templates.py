@@ -1,0 +1,365 @@
+"""HTML pages as small string templates. Every value goes through ``h``
+(html.escape) or ``url``; only fragments built here are inserted raw."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from html import escape
+from string import Template
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import orjson
+
+from sandboxq.job import FINISHED_STATES, STATES
+
+
+@dataclass(frozen=True)
+class Context:
+    root: str
+    csrf: str
+    read_only: bool
+    user: str
+
+
+def h(value: Any) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def url(ctx_root: str, *segments: str, **query: Any) -> str:
+    path = "/".join(quote(str(s), safe="") for s in segments)
+    found = {k: v for k, v in query.items() if v not in (None, "")}
+    return f"{ctx_root}/{path}" + (f"?{urlencode(found)}" if found else "")
+
+
+def when(epoch: float | None) -> str:
+    if not epoch:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def link(href: str, text: Any) -> str:
+    return f'<a href="{h(href)}">{h(text)}</a>'
+
+
+def pretty(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode()
+
+
+LAYOUT = Template("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="sandboxq-root" content="$root">
+<meta name="sandboxq-csrf" content="$csrf">
+<title>$title · sandboxq</title>
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#283447;color:#fff;padding:.6em 1.2em;display:flex;gap:1.5em;align-items:center}
+header a{color:#fff;text-decoration:none}header .who{margin-left:auto;opacity:.8}
+main{padding:1em 1.2em}table{border-collapse:collapse;background:#fff;margin:.5em 0}
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f0f2f5}td.n{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#fff;border:1px solid #ddd;padding:.6em;overflow:auto;max-height:30em}
+form.action{display:inline;margin:0 .2em}form[hidden]{display:none}button{cursor:pointer}
+.state{font-weight:bold}.failed{color:#b00020}.completed{color:#1b7f3b}
+.paused{color:#b36b00;font-weight:bold}nav.states a{margin-right:.8em}
+nav.states a.current{font-weight:bold;text-decoration:none;color:#000}
+#flash{color:#1b7f3b;min-height:1.4em}.err{color:#b00020}
+</style></head>
+<body data-page="$page" $attrs>
+<header><a href="$root/"><b>sandboxq</b></a><a href="$root/">Queues</a>
+<span class="who">$who</span></header>
+<main><div id="flash"></div>
+$body
+</main><script src="$root/static/dashboard.js"></script></body></html>
+""")
+
+
+def layout(ctx: Context, title: str, body: str, page: str, **attrs: str) -> str:
+    extra = " ".join(f'data-{k.replace("_", "-")}="{h(v)}"' for k, v in attrs.items())
+    who = f"{h(ctx.user)}" + (" · read-only" if ctx.read_only else "")
+    return LAYOUT.substitute(
+        root=h(ctx.root),
+        csrf=h(ctx.csrf),
+        title=h(title),
+        page=h(page),
+        attrs=extra,
+        who=who,
+        body=body,
+    )
+
+
+def action(
+    ctx: Context, path: str, label: str, fields: dict[str, str] | None = None, **kw: str
+) -> str:
+    """A POST button carrying the CSRF token; nothing when read-only."""
+    if ctx.read_only:
+        return ""
+    hidden = "".join(
+        f'<input type="hidden" name="{h(k)}" value="{h(v)}">'
+        for k, v in {"csrf_token": ctx.csrf, **(fields or {})}.items()
+    )
+    data = " ".join(f'data-{k.replace("_", "-")}="{h(v)}"' for k, v in kw.items())
+    return (
+        f'<form class="action" method="post" action="{h(path)}" {data}>{hidden}'
+        f'<button type="submit" name="do" value="{h(label)}">{h(label)}</button></form>'
+    )
+
+
+def table(headers: Sequence[str], rows: Iterable[str], tbody_id: str = "") -> str:
+    head = "".join(f"<th>{h(x)}</th>" for x in headers)
+    ident = f' id="{h(tbody_id)}"' if tbody_id else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody{ident}>{''.join(rows)}</tbody></table>"
+
+
+# -- pages ----------------------------------------------------------------------------
+def overview_page(ctx: Context, stats: list[dict[str, Any]]) -> str:
+    rows = []
+    for s in stats:
+        q = s["queue"]
+        cells = "".join(
+            f'<td class="n" data-count="{h(state)}">'
+            f"{link(url(ctx.root, 'queues', q, state=state), s['counts'][state])}</td>"
+            for state in STATES
+        )
+        thr = s["throughput"]
+        rate = f"{thr['completed']:.2f} / {thr['failed']:.2f}"
+        rows.append(
+            f'<tr data-queue="{h(q)}"><td><a href="{h(url(ctx.root, "queues", q))}">{h(q)}</a></td>'
+            f"{cells}"
+            f'<td data-field="paused" class="paused">{"paused" if s["paused"] else ""}</td>'
+            f'<td class="n" data-field="throughput">{rate}</td>'
+            f'<td class="n" data-field="workers">{len(s["workers"])}</td></tr>'
+        )
+    body = "<h1>Queues</h1>" + table(
+        ["Queue", *STATES, "Paused", "Done/s ok / failed (1 min)", "Workers"], rows, "queues"
+    )
+    if not stats:
+        body += "<p>No queues found.</p>"
+    workers = [w for s in stats for w in s["workers"]]
+    seen: dict[str, dict[str, Any]] = {}
+    for w in workers:
+        seen[f"{w.get('host')}:{w.get('pid')}"] = w
+    body += "<h2>Live workers</h2>" + table(
+        ["Host", "PID", "Queues", "Procs", "Started", "Last seen"],
+        (
+            f"<tr><td>{h(w.get('host'))}</td><td>{h(w.get('pid'))}</td>"
+            f"<td>{h(', '.join(w.get('queues', ())))}</td><td>{h(w.get('procs'))}</td>"
+            f"<td>{h(when(w.get('started_at')))}</td><td>{h(when(w.get('last_seen')))}</td></tr>"
+            for w in seen.values()
+        ),
+        "workers",
+    )
+    return layout(ctx, "Queues", body, "overview")
+
+
+def queue_header(ctx: Context, q: str, paused: bool, counts: dict[str, int], state: str) -> str:
+    links = "".join(
+        f'<a class="{"current" if s == state else ""}" '
+        f'href="{h(url(ctx.root, "queues", q, state=s))}">{h(s)} '
+        f'(<span data-count="{h(s)}">{h(counts[s])}</span>)</a>'
+        for s in STATES
+    )
+    toggle = (
+        action(ctx, url(ctx.root, "queues", q, "resume"), "Resume")
+        if paused
+        else action(ctx, url(ctx.root, "queues", q, "pause"), "Pause")
+    )
+    return (
+        f'<h1>Queue {h(q)} <span class="paused" data-field="paused">'
+        f"{'paused' if paused else ''}</span></h1>"
+        f'<p>{toggle} <a href="{h(url(ctx.root, "queues", q, "schedules"))}">Schedules</a></p>'
+        f'<nav class="states">{links}</nav>'
+    )
+
+
+def job_row(ctx: Context, q: str, job: dict[str, Any]) -> str:
+    error = (job.get("error") or "").splitlines()
+    return (
+        f'<tr data-job="{h(job["id"])}">'
+        f'<td><a href="{h(url(ctx.root, "queues", q, "jobs", job["id"]))}">{h(job["id"])}</a></td>'
+        f'<td>{h(job["name"])}</td><td class="state {h(job["state"])}">{h(job["state"])}</td>'
+        f'<td class="n">{h(job["attempts_made"])}/{h(job["attempts"])}</td>'
+        f"<td>{h(when(job['created_at']))}</td><td>{h(when(job['finished_at']))}</td>"
+        f"<td>{h(error[0] if error else '')}</td></tr>"
+    )
+
+
+def jobs_page(ctx: Context, page: dict[str, Any]) -> str:
+    q, state = page["queue"], page["state"]
+    body = queue_header(ctx, q, page["paused"], page["counts"], state)
+    search = (
+        f'<form method="get" action="{h(url(ctx.root, "queues", q))}">'
+        f'<input type="hidden" name="state" value="{h(state)}">'
+        f'<input name="id" placeholder="job id" value="{h(page["job_id"])}"> '
+        f'<input name="q" placeholder="name contains (this page)" value="{h(page["search"])}"> '
+        f"<button>Search</button></form>"
+    )
+    bulk = []
+    if state == "failed":
+        bulk.append(action(ctx, url(ctx.root, "queues", q, "retry-failed"), "Retry all failed"))
+    if state != "active":
+        fields = (
+            {"state": state, "older_than": "3600"}
+            if state in FINISHED_STATES
+            else {"state": state, "keep": "0"}
+        )
+        label = "Clean older than 1h" if state in FINISHED_STATES else f"Clean all {state}"
+        bulk.append(action(ctx, url(ctx.root, "queues", q, "clean"), label, fields))
+    pager = []
+    if page["page"] > 1:
+        pager.append(
+            link(url(ctx.root, "queues", q, state=state, page=page["page"] - 1), "« newer")
+        )
+    pager.append(
+        f'page <span data-field="page">{h(page["page"])}</span> of '
+        f'<span data-field="pages">{h(page["pages"])}</span>'
+    )
+    if page["page"] < page["pages"]:
+        pager.append(
+            link(url(ctx.root, "queues", q, state=state, page=page["page"] + 1), "older »")
+        )
+    body += search + f"<p>{' '.join(bulk)}</p>" + f"<p>{' · '.join(pager)}</p>"
+    body += table(
+        ["Id", "Name", "State", "Attempts", "Created", "Finished", "Error"],
+        (job_row(ctx, q, j) for j in page["jobs"]),
+        "jobs",
+    )
+    if not page["jobs"]:
+        body += f"<p>No {h(state)} jobs{' match' if page['job_id'] or page['search'] else ''}.</p>"
+    live = "" if page["job_id"] or page["search"] else "1"
+    return layout(
+        ctx,
+        f"{q} · {state}",
+        body,
+        "jobs",
+        queue=q,
+        state=state,
+        page_number=str(page["page"]),
+        live=live,
+    )
+
+
+def section(title: str, content: str, ident: str = "") -> str:
+    ident_attr = f' id="{h(ident)}"' if ident else ""
+    return f"<section{ident_attr}><h2>{h(title)}</h2>{content}</section>"
+
+
+def job_page(ctx: Context, r: dict[str, Any]) -> str:
+    q, jid = r["queue"], r["id"]
+    base = url(ctx.root, "queues", q, "jobs", jid)
+    buttons = (
+        action(ctx, base + "/retry", "Retry", states="failed")
+        + action(ctx, base + "/promote", "Promote", states="delayed")
+        + action(
+            ctx,
+            base + "/remove",
+            "Remove",
+            states="waiting delayed completed failed waiting-children",
+        )
+    )
+    summary = [
+        ("State", f'<span class="state {h(r["state"])}" data-field="state">{h(r["state"])}</span>'),
+        (
+            "Attempts",
+            f'<span data-field="attempts">{h(r["attempts_made"])}/{h(r["attempts"])}</span>'
+            f" (stalls {h(r['stalls'])}, retries {h(r['retries'])})",
+        ),
+        ("Created", h(when(r["created_at"]))),
+        ("Started", f'<span data-field="started_at">{h(when(r["started_at"]))}</span>'),
+        ("Finished", f'<span data-field="finished_at">{h(when(r["finished_at"]))}</span>'),
+    ]
+    if r["parent"]:
+        p = r["parent"]
+        summary.append(
+            (
+                "Parent",
+                f'<a href="{h(url(ctx.root, "queues", p["queue"] or "", "jobs", p["id"]))}">'
+                f"{h(p['queue'])} {h(p['id'])}</a>",
+            )
+        )
+    if r["children_pending"]:
+        summary.append(("Children pending", h(r["children_pending"])))
+    body = (
+        f"<h1>Job {h(jid)} <small>{h(r['name'])}</small></h1>"
+        f"<p>{link(url(ctx.root, 'queues', q, state=r['state']), '« queue ' + q)} {buttons}</p>"
+        + table(["", ""], (f"<tr><th>{h(k)}</th><td>{v}</td></tr>" for k, v in summary))
+        + section("Data", f"<pre>{h(pretty(r['data']))}</pre>")
+        + section("Options", f"<pre>{h(pretty(r['options']))}</pre>")
+        + section("Progress", f'<pre data-field="progress">{h(pretty(r["progress"]))}</pre>')
+        + section("Result", f'<pre data-field="result">{h(pretty(r["result"]))}</pre>')
+        + section("Error", f'<pre data-field="error" class="err">{h(r["error"] or "")}</pre>')
+        + section(
+            "Traceback", f'<pre data-field="traceback">{h(r["traceback"] or "")}</pre>', "traceback"
+        )
+        + section(
+            f"Logs ({len(r['logs'])})", f'<pre data-field="logs">{h(chr(10).join(r["logs"]))}</pre>'
+        )
+        + section(
+            "Audit",
+            table(
+                ["At", "By", "Action"],
+                (
+                    f"<tr><td>{h(when(e.get('at')))}</td><td>{h(e.get('by'))}</td><td>{h(e.get('action'))}</td></tr>"
+                    for e in r["audit"]
+                ),
+                "audit",
+            ),
+        )
+    )
+    if r["children"] or r["children_failed"]:
+        rows = [
+            f"<tr><td>{link(url(ctx.root, 'queues', c['queue'], 'jobs', c['id']), c['ref'])}</td>"
+            f"<td><pre>{h(pretty(c['result']))}</pre></td></tr>"
+            for c in r["children"]
+        ] + [
+            f"<tr><td>{link(url(ctx.root, 'queues', c['queue'], 'jobs', c['id']), c['ref'])}</td>"
+            f'<td class="err">failed, skipped: {h(c["error"])}</td></tr>'
+            for c in r["children_failed"]
+        ]
+        body += section("Children", table(["Child", "Result"], rows))
+    return layout(ctx, f"job {jid}", body, "job", queue=q, job=jid, state=r["state"])
+
+
+def schedule_when(s: dict[str, Any]) -> str:
+    if s["cron"]:
+        return f"cron {s['cron']} {s['tz']}"
+    return f"every {s['every']:g}s"
+
+
+def schedules_page(ctx: Context, q: str, found: list[dict[str, Any]]) -> str:
+    rows = (
+        f"<tr><td>{h(s['key'])}</td><td>{h(s['name'])}</td>"
+        f"<td>{h(schedule_when(s))}</td>"
+        f'<td>{h(when(s["next_run"]))}</td><td class="n">{h(s["count"])}'
+        f"{h('/' + str(s['limit']) if s['limit'] else '')}</td><td>{h(s['misfire'])}</td>"
+        f"<td><pre>{h(pretty(s['data']))}</pre></td></tr>"
+        for s in found
+    )
+    body = (
+        f"<h1>Schedules of {h(q)}</h1><p>{link(url(ctx.root, 'queues', q), '« queue ' + q)}</p>"
+        + table(["Key", "Job", "When", "Next run", "Runs", "Misfire", "Data"], rows, "schedules")
+    )
+    if not found:
+        body += "<p>No schedules.</p>"
+    return layout(ctx, f"{q} schedules", body, "schedules", queue=q)
+
+
+def login_page(root: str, error: str = "") -> str:
+    message = f'<p class="err">{h(error)}</p>' if error else ""
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Log in · sandboxq</title></head><body style="font:14px system-ui;margin:3em">
+<h1>sandboxq dashboard</h1>{message}
+<form method="post" action="{h(root)}/login">
+<p><label>User <input name="username" autocomplete="username"></label></p>
+<p><label>Token <input name="password" type="password" autocomplete="current-password"
+ autofocus></label></p><p><button type="submit">Log in</button></p></form></body></html>"""
+
+
+def error_page(ctx: Context | None, status: int, message: str) -> str:
+    body = f"<h1>{h(status)}</h1><p>{h(message)}</p>"
+    if ctx is None:
+        return f"<!doctype html><html><body>{body}</body></html>"
+    return layout(ctx, str(status), body, "error")

@@ -1,0 +1,314 @@
+"""The dashboard's ASGI app over HTTP, in process (tests/asgi_client.py),
+against the real Redis of the session: authentication, CSRF, read-only,
+redaction, pagination and the audit entry of every action."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from sandboxq import Queue
+from sandboxq.dashboard import app
+from sandboxq.dashboard.app import Dashboard
+from sandboxq.dashboard.server import check_auth, is_loopback
+from sandboxq.testing import run_until_empty
+from tests.asgi_client import Client
+from tests.dashboard_data import fill_completed
+
+TOKEN = "t0ken-for-tests"
+
+
+@pytest.fixture
+def dash(redis_url: str, queue: Queue) -> Iterator[Dashboard]:
+    application = app(redis_url, token=TOKEN, queues=[queue.name])
+    yield application
+    application.client.close()
+
+
+@pytest.fixture
+def user(dash: Dashboard) -> Client:
+    return Client(dash).bearer(TOKEN)
+
+
+def csrf_of(client: Client, path: str = "/") -> str:
+    page = client.get(path)
+    assert page.status == 200, page.text
+    found = re.search(r'name="sandboxq-csrf" content="([^"]+)"', page.text)
+    assert found is not None
+    return found[1]
+
+
+def failing_job(queue: Queue, data: object = None) -> str:
+    job = queue.add("raise_error", data)
+    run_until_empty(queue, {"raise_error": _fail})
+    assert queue.get_job(job.id).state == "failed"  # type: ignore[union-attr]
+    return job.id
+
+
+def _fail(job: object) -> None:
+    raise ValueError("boom")
+
+
+# -- authentication ------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/", "/api/queues", "/queues/x/jobs/1"])
+def test_requests_without_auth_get_401(dash: Dashboard, path: str) -> None:
+    reply = Client(dash).get(path)
+    assert reply.status == 401
+    assert reply.header("www-authenticate") == 'Bearer realm="sandboxq"'
+
+
+def test_api_401_is_json_and_html_401_is_the_login_form(dash: Dashboard) -> None:
+    api = Client(dash).get("/api/queues")
+    assert api.json() == {"error": "authentication required"}
+    page = Client(dash).get("/")
+    assert 'action="/login"' in page.text and 'type="password"' in page.text
+
+
+def test_wrong_credentials_are_refused(dash: Dashboard) -> None:
+    assert Client(dash).bearer("nope").get("/").status == 401
+    assert Client(dash).basic("alice", "nope").get("/").status == 401
+    assert Client(dash, cookies={"sandboxq_session": "alice:x:forged"}).get("/").status == 401
+
+
+def test_bearer_and_basic_auth_are_accepted(dash: Dashboard, queue: Queue) -> None:
+    queue.add("ok")
+    assert Client(dash).bearer(TOKEN).get("/api/queues").status == 200
+    reply = Client(dash).basic("alice", TOKEN).get("/")
+    assert reply.status == 200
+    assert "alice" in reply.text and queue.name in reply.text
+
+
+def test_login_form_sets_an_httponly_strict_hmac_cookie(dash: Dashboard) -> None:
+    browser = Client(dash)
+    assert browser.get("/login").status == 200
+    bad = browser.post("/login", {"username": "bob", "password": "wrong"})
+    assert bad.status == 401 and "Wrong token" in bad.text
+    assert not browser.cookies
+    reply = browser.post("/login", {"username": "bob", "password": TOKEN})
+    assert reply.status == 303 and reply.header("location") == "/"
+    cookie = reply.header("set-cookie")
+    assert cookie is not None
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert TOKEN not in cookie
+    assert browser.cookies["sandboxq_session"].startswith("bob:")
+    assert browser.get("/").status == 200
+    browser.post("/logout")
+    assert browser.get("/").status == 401
+
+
+def test_links_respect_root_path(dash: Dashboard, queue: Queue) -> None:
+    queue.add("ok")
+    mounted = Client(dash, root_path="/admin/queues").bearer(TOKEN)
+    page = mounted.get("/")
+    assert page.status == 200
+    assert 'src="/admin/queues/static/dashboard.js"' in page.text
+    assert f'href="/admin/queues/queues/{queue.name}"' in page.text
+    assert mounted.get(f"/queues/{queue.name}?state=waiting").status == 200
+
+
+# -- CSRF and read-only ----------------------------------------------------------------
+def test_post_without_or_with_a_wrong_csrf_token_is_refused(user: Client, queue: Queue) -> None:
+    assert user.post(f"/queues/{queue.name}/pause", {}).status == 403
+    assert user.post(f"/queues/{queue.name}/pause", {"csrf_token": "x" * 64}).status == 403
+    assert not queue.is_paused()
+    assert queue.audit_log() == []
+
+
+def test_csrf_token_is_bound_to_the_session(dash: Dashboard, queue: Queue) -> None:
+    alice = Client(dash)
+    alice.post("/login", {"username": "alice", "password": TOKEN})
+    mallory = Client(dash)
+    mallory.post("/login", {"username": "mallory", "password": TOKEN})
+    token = csrf_of(mallory)
+    assert alice.post(f"/queues/{queue.name}/pause", {"csrf_token": token}).status == 403
+    assert alice.post(f"/queues/{queue.name}/pause", {"csrf_token": csrf_of(alice)}).status == 303
+
+
+def test_cross_origin_post_is_refused(user: Client, queue: Queue) -> None:
+    token = csrf_of(user)
+    reply = user.post(
+        f"/queues/{queue.name}/pause", {"csrf_token": token}, origin="http://evil.example"
+    )
+    assert reply.status == 403 and not queue.is_paused()
+
+
+def test_read_only_hides_actions_and_refuses_posts(redis_url: str, queue: Queue) -> None:
+    job_id = failing_job(queue)
+    application = app(redis_url, token=TOKEN, read_only=True)
+    try:
+        ro = Client(application).bearer(TOKEN)
+        page = ro.get(f"/queues/{queue.name}/jobs/{job_id}")
+        assert page.status == 200 and "<form" not in page.text and "read-only" in page.text
+        token = re.search(r'name="sandboxq-csrf" content="([^"]+)"', page.text)[1]  # type: ignore[index]
+        for path in (f"/queues/{queue.name}/jobs/{job_id}/retry", f"/queues/{queue.name}/pause"):
+            assert ro.post(path, {"csrf_token": token}).status == 403
+        assert queue.get_job(job_id).state == "failed"  # type: ignore[union-attr]
+        assert not queue.is_paused()
+    finally:
+        application.client.close()
+
+
+# -- redaction ------------------------------------------------------------------------
+def test_sensitive_fields_are_redacted_everywhere(user: Client, queue: Queue) -> None:
+    data = {
+        "user": {"name": "ann", "Password": "hunter2", "cards": [{"CARD_number": "4111"}]},
+        "items": [{"api_token": "abc123"}, {"keep": "visible-value"}],
+        "client_secret": {"nested": "s3cr3t"},
+    }
+    job = queue.add("ok", data)
+    run_until_empty(queue, {"ok": lambda j: {"echo": j.data, "token": "tok-result"}})
+    report = user.get(f"/api/queues/{queue.name}/jobs/{job.id}").json()
+    assert report["data"] == {
+        "user": {"name": "ann", "Password": "[redacted]", "cards": "[redacted]"},
+        "items": [{"api_token": "[redacted]"}, {"keep": "visible-value"}],
+        "client_secret": "[redacted]",
+    }
+    assert report["result"]["token"] == "[redacted]"
+    page = user.get(f"/queues/{queue.name}/jobs/{job.id}").text
+    for secret in ("hunter2", "4111", "abc123", "s3cr3t", "tok-result"):
+        assert secret not in page
+        assert secret not in str(report)
+    assert "visible-value" in page
+
+
+def test_html_is_escaped(user: Client, queue: Queue) -> None:
+    job = queue.add("ok", {"x": "<script>alert(1)</script>"}, job_id="<b>id</b>")
+    page = user.get(f"/queues/{queue.name}/jobs/%3Cb%3Eid%3C%2Fb%3E")
+    assert page.status == 200, page.text
+    assert "<script>alert(1)" not in page.text and "&lt;b&gt;id&lt;/b&gt;" in page.text
+    assert job.id == "<b>id</b>"
+
+
+# -- pages ----------------------------------------------------------------------------
+def test_pagination_over_5000_completed_jobs(user: Client, queue: Queue) -> None:
+    ids = fill_completed(queue, 5000)
+    queue.add("ok")  # the queue's events stream, as any real queue has
+    newest_first = ids[::-1]
+    started = time.perf_counter()
+    page = user.get(f"/api/queues/{queue.name}/jobs?state=completed&page=3").json()
+    took = time.perf_counter() - started
+    assert page["total"] == 5000 and page["pages"] == 100 and page["page"] == 3
+    assert [j["id"] for j in page["jobs"]] == newest_first[100:150]
+    assert took < 2.0, f"a page took {took:.3f}s"
+    last = user.get(f"/api/queues/{queue.name}/jobs?state=completed&page=100").json()
+    assert [j["id"] for j in last["jobs"]] == newest_first[4950:]
+    html = user.get(f"/queues/{queue.name}?state=completed&page=2")
+    assert html.status == 200 and f">{newest_first[50]}<" in html.text
+    assert "page=3" in html.text and "page=1" in html.text
+
+
+def test_search_by_id_and_by_name(user: Client, queue: Queue) -> None:
+    fill_completed(queue, 120)
+    queue.add("ok")
+    found = user.get(f"/api/queues/{queue.name}/jobs?state=completed&id=7").json()
+    assert [j["id"] for j in found["jobs"]] == ["7"]
+    missing = user.get(f"/api/queues/{queue.name}/jobs?state=completed&id=nope").json()
+    assert missing["jobs"] == []
+    named = user.get(f"/api/queues/{queue.name}/jobs?state=completed&q=bulk-3").json()
+    assert named["jobs"] and all(j["name"] == "bulk-3" for j in named["jobs"])
+
+
+def test_overview_job_and_schedules_pages(user: Client, queue: Queue) -> None:
+    job_id = failing_job(queue, {"n": 1})
+    queue.schedule("nightly", cron="30 2 * * *", data={"secret": "zzz"})
+    overview = user.get("/").text
+    assert queue.name in overview and 'data-count="failed"' in overview
+    stats = user.get("/api/queues").json()["queues"]
+    assert stats[0]["counts"]["failed"] == 1 and stats[0]["paused"] is False
+    job = user.get(f"/queues/{queue.name}/jobs/{job_id}").text
+    assert "ValueError: boom" in job and "Traceback" in job
+    schedules = user.get(f"/queues/{queue.name}/schedules")
+    assert schedules.status == 200 and "nightly" in schedules.text
+    assert "30 2 * * *" in schedules.text
+    assert "zzz" not in schedules.text
+    assert user.get(f"/queues/{queue.name}/jobs/999999").status == 404
+    assert user.get("/queues/not-served").status == 404
+
+
+def test_flow_links(user: Client, queue: Queue) -> None:
+    flow = queue.add_flow(parent={"name": "parent"}, children=[{"name": "child"}])
+    child = flow.children[0].job
+    run_until_empty(queue, {"child": lambda j: {"c": 1}, "parent": lambda j: "p"})
+    parent_page = user.get(f"/queues/{queue.name}/jobs/{flow.job.id}").text
+    assert f'href="/queues/{queue.name}/jobs/{child.id}"' in parent_page
+    child_page = user.get(f"/queues/{queue.name}/jobs/{child.id}").text
+    assert f'href="/queues/{queue.name}/jobs/{flow.job.id}"' in child_page
+
+
+# -- actions and their audit entries ------------------------------------------------------
+def test_each_action_writes_its_audit_entry(dash: Dashboard, queue: Queue) -> None:
+    browser = Client(dash)
+    browser.post("/login", {"username": "carol", "password": TOKEN})
+    token = csrf_of(browser)
+    q = queue.name
+    by = "dashboard:carol"
+
+    def post(path: str, **form: str) -> None:
+        reply = browser.post(path, {"csrf_token": token, **form})
+        assert reply.status == 303, reply.text
+
+    failed = failing_job(queue)
+    post(f"/queues/{q}/jobs/{failed}/retry")
+    assert queue.get_job(failed).audit()[-1]["by"] == by  # type: ignore[union-attr]
+    run_until_empty(queue, {"raise_error": _fail})
+    post(f"/queues/{q}/retry-failed")
+    delayed = queue.add("ok", delay=3600).id
+    post(f"/queues/{q}/jobs/{delayed}/promote")
+    assert queue.get_job(delayed).state == "waiting"  # type: ignore[union-attr]
+    post(f"/queues/{q}/jobs/{delayed}/remove")
+    assert queue.get_job(delayed) is None
+    post(f"/queues/{q}/pause")
+    assert queue.is_paused()
+    post(f"/queues/{q}/resume")
+    post(f"/queues/{q}/clean", state="waiting", keep="0")
+    entries = queue.audit_log()
+    assert all(e["by"] == by for e in entries)
+    actions = [e["action"] for e in reversed(entries)]
+    assert actions[:5] == ["retry", "retry", "promote", "remove", "pause"]
+    assert actions[5] == "resume" and actions[6].startswith("clean waiting")
+
+
+def test_json_action_with_csrf_header(user: Client, queue: Queue) -> None:
+    token = csrf_of(user)
+    reply = user.post(f"/queues/{queue.name}/pause", {}, x_csrf_token=token)
+    assert reply.status == 200 and reply.json()["ok"] is True
+    assert queue.audit_log()[0]["by"] == "dashboard:token"
+    again = user.post(f"/queues/{queue.name}/jobs/nope/retry", {}, x_csrf_token=token)
+    assert again.status == 409 and "cannot retry" in again.json()["error"]
+    bad = user.post(f"/queues/{queue.name}/clean", {"state": "completed"}, x_csrf_token=token)
+    assert bad.status == 400
+
+
+# -- serving ----------------------------------------------------------------------------
+def test_auth_policy_of_the_server() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
+    assert check_auth("127.0.0.1", None, no_auth=True) is None
+    assert check_auth("0.0.0.0", "tok", no_auth=False) is None
+    assert "needs a token" in (check_auth("127.0.0.1", None, no_auth=False) or "")
+    assert "not a loopback" in (check_auth("0.0.0.0", None, no_auth=True) or "")
+
+
+def test_cli_refuses_non_loopback_without_auth(redis_url: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", "SANDBOXQ_REDIS_URL": redis_url}
+    for args in (["--host", "0.0.0.0", "--no-auth"], ["--host", "0.0.0.0"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "sandboxq", "dashboard", *args, "--port", "1"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "SANDBOXQ_DASHBOARD_TOKEN" in done.stderr
+
+
+def test_redis_down_is_a_503_not_a_crash() -> None:
+    application = app("redis://127.0.0.1:1/0", token=TOKEN)
+    reply = Client(application).bearer(TOKEN).get("/api/queues")
+    assert reply.status == 503 and "cannot reach Redis" in reply.json()["error"]

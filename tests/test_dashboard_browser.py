@@ -1,0 +1,191 @@
+"""The dashboard in a real browser (Debian's Chromium driven by Playwright),
+against a real Redis, a real worker and uvicorn on a free port: log in, watch
+the overview refresh, open a failed job, read its traceback, click Retry and
+see the job complete without reloading the page.
+
+Needs ``/usr/bin/chromium`` (``apt-get install chromium``; ``.ci/run`` installs
+it). Without it these tests FAIL, saying so; set ``SANDBOXQ_BROWSER_TESTS=0``
+to skip them on a machine without a browser. ``playwright install`` is never
+needed: the system Chromium is launched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxq import Queue
+from sandboxq.dashboard import app
+from tests.worker_harness import ROOT, WorkerProcess, wait_for_job
+
+CHROMIUM = os.environ.get("SANDBOXQ_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+TOKEN = "browser-test-token"
+SCREENSHOTS = ROOT / "docs" / "img"
+HOW_TO_INSTALL = (
+    "install Debian's Chromium (as root: apt-get update && apt-get install -y chromium) "
+    "and the test extra (pip install -e '.[test]'), or set SANDBOXQ_BROWSER_TESTS=0 to skip "
+    "the browser tests"
+)
+
+
+def _browser_missing() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"no Chromium at {CHROMIUM}"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is not installed"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    missing = _browser_missing()
+    if missing is not None:
+        if os.environ.get("SANDBOXQ_BROWSER_TESTS") == "0":
+            pytest.skip(f"{missing} (SANDBOXQ_BROWSER_TESTS=0)")
+        pytest.fail(f"browser tests cannot run: {missing}; {HOW_TO_INSTALL}", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def server(redis_url: str, queue: Queue) -> Iterator[str]:
+    """uvicorn serving the dashboard (token auth) in a thread; its base URL."""
+    import uvicorn
+
+    application = app(redis_url, token=TOKEN, queues=[queue.name])
+    port = _free_port()
+    config = uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, name="dashboard", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not uv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    thread.join(10)
+    application.client.close()
+
+
+def _status(url: str, data: bytes | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_unauthenticated_requests_get_401_and_posts_need_csrf(
+    browser: Any, server: str, queue: Queue
+) -> None:
+    queue.add("ok")
+    assert _status(f"{server}/") == 401
+    assert _status(f"{server}/api/queues") == 401
+    assert _status(f"{server}/queues/{queue.name}/pause", data=b"") == 401
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        first = page.goto(f"{server}/")
+        assert first is not None and first.status == 401
+        assert page.locator("input[type=password]").is_visible()
+        page.fill("input[name=username]", "e2e")
+        page.fill("input[name=password]", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#queues")
+        # Logged in (cookie), but a POST without the CSRF token is refused.
+        refused = context.request.post(f"{server}/queues/{queue.name}/pause", form={})
+        assert refused.status == 403
+        assert not queue.is_paused()
+    finally:
+        context.close()
+
+
+def test_failed_job_traceback_retry_and_live_refresh(
+    browser: Any,
+    server: str,
+    queue: Queue,
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    from playwright.sync_api import expect
+
+    start_worker(procs=1)
+    for i in range(3):
+        wait_for_job(queue, queue.add("ok", {"n": i}).id)
+    wait_for_job(queue, queue.add("raise_error", {"n": "x"}).id)
+    marker = tmp_path / "fixed"
+    job = queue.add("fail_until_marker", {"marker": str(marker), "password": "hunter2"})
+    assert wait_for_job(queue, job.id).state == "failed"
+
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        page.goto(f"{server}/login")
+        page.fill("input[name=username]", "e2e")
+        page.fill("input[name=password]", TOKEN)
+        page.click("button[type=submit]")
+        row = page.locator(f'#queues tr[data-queue="{queue.name}"]')
+        row.wait_for()
+        assert row.locator('[data-count="failed"]').inner_text() == "2"
+        assert row.locator('[data-count="completed"]').inner_text() == "3"
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "dashboard-overview.png"), full_page=True)
+
+        # Live refresh: a job completes and the count changes without a reload.
+        page.evaluate("window.__notReloaded = true")
+        wait_for_job(queue, queue.add("ok").id)
+        expect(row.locator('[data-count="completed"]')).to_have_text("4", timeout=10_000)
+        assert page.evaluate("window.__notReloaded") is True
+
+        # The failed jobs list, then the job page with its traceback.
+        row.locator('[data-count="failed"] a').click()
+        page.locator(f'#jobs tr[data-job="{job.id}"] a').click()
+        page.wait_for_selector('[data-field="state"]')
+        assert page.locator('[data-field="state"]').inner_text() == "failed"
+        traceback = page.locator('[data-field="traceback"]').inner_text()
+        assert "Traceback" in traceback and "marker file" in traceback
+        assert "hunter2" not in page.content()
+        page.screenshot(path=str(SCREENSHOTS / "dashboard-job.png"), full_page=True)
+
+        # Fix the cause, click Retry, watch the job complete in place.
+        marker.touch()
+        page.evaluate("window.__notReloaded = true")
+        page.get_by_role("button", name="Retry").click()
+        expect(page.locator('[data-field="state"]')).to_have_text("completed", timeout=15_000)
+        assert page.evaluate("window.__notReloaded") is True
+        assert '"fixed": true' in page.locator('[data-field="result"]').inner_text()
+        assert not page.get_by_role("button", name="Retry").is_visible()
+        audit = queue.get_job(job.id).audit()  # type: ignore[union-attr]
+        assert audit[-1]["by"] == "dashboard:e2e" and audit[-1]["action"] == "retry"
+    finally:
+        context.close()
