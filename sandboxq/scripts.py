@@ -331,7 +331,7 @@ class Scripts:
     def schedule(self, k: QueueKeys, key: str, spec: bytes | None, next_ms: int = -1) -> bool:
         """Upsert (``spec``) or delete (``None``) a schedule; True if it was
         new (upsert) or existed (delete)."""
-        keys = [k.schedules, k.schedule_times, k.events, k.schedule_counts]
+        keys = [k.schedules, k.schedule_times, k.events, k.schedule_counts, k.marker]
         if spec is None:
             return bool(self._run("schedule", keys, ["del", key, self.events_maxlen]) == 1)
         return bool(

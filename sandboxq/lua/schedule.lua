@@ -3,6 +3,7 @@
 -- KEYS[1] schedules (hash: key -> spec JSON)
 -- KEYS[2] schedule times (zset: key -> next occurrence, ms)
 -- KEYS[3] events   KEYS[4] schedule counts (hash: key -> occurrences so far)
+-- KEYS[5] marker (a set schedule wakes a blocked worker to look at it)
 --
 -- ARGV[1] "set" or "del"   ARGV[2] schedule key   ARGV[3] events maxlen
 -- ARGV[4] spec JSON ("set")   ARGV[5] next occurrence ms ("set"; -1 = none)
@@ -27,5 +28,6 @@ if next_ms >= 0 then
 else
   redis.call('ZREM', KEYS[2], key)
 end
+redis.call('ZADD', KEYS[5], 0, '0')
 emit(KEYS[3], ARGV[3], 'scheduled', '', 'schedule', key, 'next_ms', num(next_ms))
 return created

@@ -26,9 +26,11 @@ from sandboxq.scripts import Scripts, decode_ids, now_ms
 #: The longest a blocking wait lasts before it is re-armed.
 MAX_WAIT_SECONDS = 30.0
 
-#: How often a worker does the scheduling duty (fires due schedules). Every
-#: worker does it; fire_schedule.lua makes each occurrence happen once.
-SCHEDULE_CHECK_SECONDS = 0.25
+#: The longest a worker goes between looks at its queues' schedules (the
+#: scheduling duty: every worker does it; fire_schedule.lua makes each
+#: occurrence happen once). It looks sooner when a schedule is due sooner,
+#: and after a wake-up (a schedule may have been added or changed).
+SCHEDULE_CHECK_SECONDS = 1.0
 
 #: Redis trouble the worker waits out, retrying with backoff and keeping what
 #: is pending: unreachable, too slow, full (noeviction at maxmemory), or a
@@ -84,6 +86,7 @@ class Broker:
         self.next_renew = now + self.renew_every
         self.next_recover = now  # recover what dead workers left, at once
         self.next_schedules = now
+        self._schedules_due = False
         self.finishes: dict[str, list[list[Any]]] = {q: [] for q in queues}
         self.reports: dict[str, list[tuple[str, str, str]]] = {q: [] for q in queues}
         self.leased: dict[str, set[str]] = {q: set() for q in queues}
@@ -131,6 +134,9 @@ class Broker:
         clock = time.monotonic()
         renew = clock >= self.next_renew
         recover = clock >= self.next_recover
+        if clock >= self.next_schedules:
+            self.next_schedules = clock + SCHEDULE_CHECK_SECONDS
+            self._schedules_due = True
         result = StepResult()
         order = self._fetch_order() if free_slots > 0 and self.maybe_work else []
         if not self._scripts_loaded:
@@ -159,12 +165,6 @@ class Broker:
             self.next_renew = clock + self.renew_every
         if recover:
             self.next_recover = clock + self.recover_every
-        if clock >= self.next_schedules:
-            self.next_schedules = clock + SCHEDULE_CHECK_SECONDS
-            for queue, k in self.keys.items():
-                if created := fire_due(self.scripts, k, now):
-                    result.scheduled.append((queue, created))
-                    self.maybe_work = True
         for (kind, queue, sent), reply in zip(plan, replies, strict=True):
             if kind == "finish":
                 for entry, status in zip(sent, reply, strict=True):
@@ -178,6 +178,8 @@ class Broker:
                     result.recovered.append((queue, decode_ids(requeued), decode_ids(failed)))
             elif kind == "fetch":
                 self._take(queue, reply, result, next_due, now)
+            elif kind == "schedules":
+                self._run_schedules(queue, reply, now, clock, result)
             elif kind == "limits":
                 self._mirror_limits(queue, reply)
             elif kind == "limiter" and (window := self.windows.get(queue)) is not None:
@@ -233,6 +235,9 @@ class Broker:
             registry.heartbeat(pipe, self.token, self.description, now)
             plan.append(("heartbeat", "", None))
         for queue, k in self.keys.items():
+            if self._schedules_due:  # the earliest next occurrence, if any
+                pipe.zrange(k.schedule_times, 0, 0, withscores=True)
+                plan.append(("schedules", queue, None))
             if recover or queue in self._resync:
                 pipe.hmget(k.meta, "rl_max", "rl_window_ms")
                 pipe.zrange(k.limiter, 0, -1, withscores=True)
@@ -244,6 +249,23 @@ class Broker:
                 self.scripts.fetch(self.keys[queue], now, count, self.token, self.lease_ms, pipe)
                 plan.append(("fetch", queue, None))
         return plan
+
+    def _run_schedules(
+        self, queue: str, earliest: Any, now: int, clock: float, result: StepResult
+    ) -> None:
+        """Fire the queue's due occurrences (extra round trips only then), and
+        look again when its next one is due, if that is sooner."""
+        self._schedules_due = False
+        if not earliest:
+            return
+        due_ms = int(earliest[0][1])
+        if due_ms <= now:
+            if created := fire_due(self.scripts, self.keys[queue], now):
+                result.scheduled.append((queue, created))
+                self.maybe_work = True
+            self.next_schedules = clock  # read the new next time at once
+        else:
+            self.next_schedules = min(self.next_schedules, clock + (due_ms - now) / 1000.0)
 
     def _room(self, queue: str, wanted: int, now: int, next_due: list[int]) -> int:
         """How many jobs to ask ``queue`` for: ``wanted``, or fewer if its
@@ -336,6 +358,7 @@ class Broker:
         self._armed = False
         self.maybe_work = True
         self._resync.update(self.windows)  # a wake-up may be a changed limit
+        self.next_schedules = time.monotonic()  # ... or a new schedule
         assert self._waiter is not None
         try:
             self._waiter.read_response()
