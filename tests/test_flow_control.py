@@ -232,3 +232,19 @@ def test_a_lowered_rate_limit_opens_when_enough_starts_expired(queue: Queue) -> 
     taken, next_check = fetch(queue, 1, NOW + 300)
     assert taken == []
     assert next_check == NOW + 200 + 1000
+
+
+def test_start_times_never_go_backwards_so_a_late_caller_cannot_overfill_a_window(
+    queue: Queue,
+) -> None:
+    # Given a limit of 2 per second, and 2 starts by a worker whose clock read NOW + 900
+    queue.set_rate_limit(2, 1.0)
+    for _ in range(4):
+        add(queue, "j")
+    assert len(fetch(queue, 2, NOW + 900)[0]) == 2
+    # When another worker, which read its clock earlier (NOW), fetches later
+    taken, _ = fetch(queue, 2, NOW)
+    # Then it is judged at NOW + 900 too: the window is full
+    assert taken == []
+    # And a job started now is stamped no earlier than the last start
+    assert len(fetch(queue, 1, NOW + 1900)[0]) == 1

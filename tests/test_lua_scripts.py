@@ -566,10 +566,11 @@ def test_renew_moves_the_deadline(queue: Queue) -> None:
 
 
 def test_renew_returns_the_ids_this_token_no_longer_holds(queue: Queue) -> None:
-    # Given a job of worker A, a job of worker B, a recovered job and an unknown id
+    # Given a recovered job, a job of worker A, a job of worker B, and an unknown id
+    # (leased in time order: start times never go backwards within a queue)
+    recovered = leased_job(queue, now=NOW - LEASE - 10)
     mine = leased_job(queue, token=TOKEN)
     theirs = leased_job(queue, token=OTHER, now=NOW + 5)
-    recovered = leased_job(queue, now=NOW - LEASE - 10)
     assert queue.scripts.recover_stalled(queue.keys, NOW, max_stalls=5) == ([recovered], [])
 
     # When worker A renews all of them

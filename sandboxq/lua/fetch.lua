@@ -33,7 +33,13 @@ local checks = {}
 promote_due(prefix, KEYS[2], KEYS[6], maxlen, now, 1000)
 
 local s = redis.call('HMGET', KEYS[4], 'paused', 'rl_until', 'concurrency', 'rl_max',
-  'rl_window_ms', 'gconcurrency', 'grl_max', 'grl_window_ms', 'turn')
+  'rl_window_ms', 'gconcurrency', 'grl_max', 'grl_window_ms', 'turn', 'clock')
+-- Start times never go backwards within a queue: each worker passes its own
+-- clock, and one that computed `now` a little earlier but ran later must
+-- not start jobs "in the past", or a sliding window could admit more than
+-- its limit. So `now` is at least the last start recorded.
+local clock = tonumber(s[10] or '0')
+if clock > now then now = clock end
 local allowed = count
 local limited = false
 if s[1] then allowed = 0 end
@@ -155,6 +161,7 @@ if rl_max > 0 then  -- the window filled up: say when it opens
   local _room, opens = window_room(limiter, rl_max, rl_window)
   if opens then checks[#checks + 1] = opens end
 end
+if taken > 0 and now > clock then redis.call('HSET', KEYS[4], 'clock', num(now)) end
 if (s[9] == 'g') ~= group_turn then
   if group_turn then redis.call('HSET', KEYS[4], 'turn', 'g') else redis.call('HDEL', KEYS[4], 'turn') end
 end

@@ -25,6 +25,8 @@ from sandboxq.scripts import Scripts, decode_ids, now_ms
 
 #: The longest a blocking wait lasts before it is re-armed.
 MAX_WAIT_SECONDS = 30.0
+#: The shortest: a timeout that could round to 0 would block forever.
+MIN_WAIT_SECONDS = 0.01
 
 #: The longest a worker goes between looks at its queues' schedules (the
 #: scheduling duty: every worker does it; fire_schedule.lua makes each
@@ -342,8 +344,10 @@ class Broker:
             if self.next_due_ms is not None:
                 timeout = min(timeout, (self.next_due_ms - now_ms()) / 1000.0)
             markers = [k.marker for k in self.keys.values()]
-            # BZPOPMIN treats 0 as "forever"; a job due now means "look now".
-            conn.send_command("BZPOPMIN", *markers, f"{max(timeout, 0.001):.3f}")
+            # BZPOPMIN treats 0 as "forever", and Redis truncates seconds to
+            # whole milliseconds ("0.001" can become 0): never ask for less
+            # than MIN_WAIT_SECONDS, so "due now" means "look again soon".
+            conn.send_command("BZPOPMIN", *markers, f"{max(timeout, MIN_WAIT_SECONDS):.3f}")
             self._armed = True
         assert conn._sock is not None
         fileno: int = conn._sock.fileno()
