@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install browser test test-pure bench lint demo clean
+.PHONY: install browser test test-pure bench lint demo screenshots clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: install
 	$(VENV)/bin/ruff format --check sandboxq tests benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
+
+# The README's dashboard pictures, taken by the browser tests.
+screenshots: install browser
+	SANDBOXQ_SCREENSHOTS=docs/img $(PY) -m pytest tests/test_dashboard_browser.py -q
 
 demo: $(PY)
 	$(PIP) install --quiet -e '.[demo]'

@@ -25,7 +25,7 @@ import pytest
 
 from sandboxq import Queue
 from sandboxq.dashboard import app
-from tests.worker_harness import ROOT, WorkerProcess, wait_for_job
+from tests.worker_harness import WorkerProcess, wait_for_job
 
 CHROMIUM = os.environ.get("SANDBOXQ_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -37,7 +37,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TOKEN = "browser-test-token"
-SCREENSHOTS = ROOT / "docs" / "img"
+#: Where the screenshots go: the README's pictures when asked for
+#: (SANDBOXQ_SCREENSHOTS=docs/img), else the test's temp dir, so a test run
+#: leaves the checkout unchanged.
+SCREENSHOTS = os.environ.get("SANDBOXQ_SCREENSHOTS")
 HOW_TO_INSTALL = (
     "install Debian's Chromium (as root: apt-get update && apt-get install -y chromium) "
     "and the test extra (pip install -e '.[test]'), or set SANDBOXQ_BROWSER_TESTS=0 to skip "
@@ -158,8 +161,9 @@ def test_failed_job_traceback_retry_and_live_refresh(
         row.wait_for()
         assert row.locator('[data-count="failed"]').inner_text() == "2"
         assert row.locator('[data-count="completed"]').inner_text() == "3"
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / "dashboard-overview.png"), full_page=True)
+        shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / "dashboard-overview.png"), full_page=True)
 
         # Live refresh: a job completes and the count changes without a reload.
         page.evaluate("window.__notReloaded = true")
@@ -175,7 +179,8 @@ def test_failed_job_traceback_retry_and_live_refresh(
         traceback = page.locator('[data-field="traceback"]').inner_text()
         assert "Traceback" in traceback and "marker file" in traceback
         assert "hunter2" not in page.content()
-        page.screenshot(path=str(SCREENSHOTS / "dashboard-job.png"), full_page=True)
+        page.screenshot(path=str(shots / "dashboard-job.png"), full_page=True)
+        assert (shots / "dashboard-overview.png").stat().st_size > 0
 
         # Fix the cause, click Retry, watch the job complete in place.
         marker.touch()
