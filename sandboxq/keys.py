@@ -111,10 +111,6 @@ class QueueKeys:
         """The manual actions on one job (JSON entries)."""
         return f"{self.prefix}audit:{job_id}"
 
-    def group_wait(self, group: str) -> str:
-        """The waiting jobs of one group."""
-        return f"{self.prefix}gwait:{group}"
-
     def ignored(self, job_id: str) -> str:
         """A flow parent's children that failed and were skipped: ``queue:id`` → error."""
         return f"{self.prefix}ignored:{job_id}"

@@ -118,9 +118,6 @@ class Broker:
     def next_timer(self) -> float:
         return min(self.next_renew, self.next_recover, self.next_schedules)
 
-    def leased_count(self) -> int:
-        return sum(len(ids) for ids in self.leased.values())
-
     def finish(self, queue: str, entry: list[Any]) -> None:
         self.finishes[queue].append(entry)
 
