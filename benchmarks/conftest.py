@@ -37,14 +37,14 @@ import pytest
 import redis
 
 import sandboxq.fast
-import sandboxq.queue
+import sandboxq.job
 from sandboxq import Queue
 from sandboxq.local_redis import LocalRedis
 
 #: The names ``sandboxq.fast`` binds from the chosen implementation; the rest of
 #: the package reaches them as ``fast.<name>``, so patching them on the module
 #: switches the implementation for everything in this process.
-HOT_PATH_NAMES = ("dump_json", "decode_job_flat", "decode_job_mapping", "decode_fetched")
+HOT_PATH_NAMES = ("decode_job_flat", "decode_job_mapping", "decode_fetched")
 
 IMPLEMENTATIONS = {"native": "sandboxq._fast", "pure": "sandboxq._fast_py"}
 
@@ -155,7 +155,7 @@ def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Imp
     module = _load(request.param)
     for name in HOT_PATH_NAMES:
         monkeypatch.setattr(sandboxq.fast, name, getattr(module, name))
-    assert sandboxq.queue.fast is sandboxq.fast
+    assert sandboxq.job.fast is sandboxq.fast
     return Impl(request.param, module)
 
 

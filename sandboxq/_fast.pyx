@@ -1,50 +1,62 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Native hot path: the same functions as ``sandboxq/_fast_py.py``, compiled.
 
-Keep the two in step; ``tests/test_fast.py`` runs both on the same cases.
+Keep the two in step; ``tests/test_fast.py`` runs both on the same cases, and
+``_fast_py.py`` documents the formats.
 """
 
 import operator
 
-import orjson
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.unicode cimport PyUnicode_DecodeUTF8
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_Next
+from cpython.object cimport PyObject
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact, PyFloat_FromDouble
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact, PyLong_FromLongLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t
+from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_DecodeUTF8
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-cdef int _JSON = 1
-cdef int _INT = 2
-cdef int _SECONDS = 3
-cdef int _TEXT = 4
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
+    # A dict with room for ``n`` items: no resizing while a job hash fills it.
+    dict _PyDict_NewPresized(Py_ssize_t n)
+
+
+# -- the job-hash codec ---------------------------------------------------------
+cdef enum:
+    _JSON = 1
+    _INT = 2
+    _SECONDS = 3
+    _TEXT = 4
 
 FIELD_KINDS = {
-    b"data": _JSON, b"result": _JSON, b"progress": _JSON, b"backoff": _JSON,
+    b"data": _JSON, b"children": _JSON, b"result": _JSON, b"progress": _JSON,
+    b"backoff": _JSON,
     b"priority": _INT, b"attempts": _INT, b"attempts_made": _INT, b"stalls": _INT,
-    b"retries": _INT, b"pending": _INT, b"children": _JSON,
-    b"seq": _INT, b"kc_count": _INT, b"kf_count": _INT,
+    b"retries": _INT, b"pending": _INT, b"seq": _INT, b"kc_count": _INT,
+    b"kf_count": _INT,
     b"created_at": _SECONDS, b"started_at": _SECONDS, b"finished_at": _SECONDS,
     b"timeout": _SECONDS, b"kc_age": _SECONDS, b"kf_age": _SECONDS,
+    b"name": _TEXT, b"state": _TEXT, b"token": _TEXT, b"group": _TEXT, b"error": _TEXT,
+    b"traceback": _TEXT, b"parent_id": _TEXT, b"parent_prefix": _TEXT,
+    b"manual_retry_only": _TEXT, b"waiting_since": _TEXT,
 }
 
-cdef dict _KINDS = FIELD_KINDS
-# Known field names decoded once: a lookup instead of a decode per field.
-cdef dict _NAMES = {field: field.decode() for field in FIELD_KINDS}
-cdef object _loads = orjson.loads
-cdef object _dumps = orjson.dumps
+
+cdef class _Field:
+    """A known field: its name as text, decoded once, and its kind."""
+    cdef str name
+    cdef int kind
+
+    def __cinit__(self, str name, int kind):
+        self.name = name
+        self.kind = kind
 
 
-def dump_json(value, str what, Py_ssize_t max_bytes):
-    cdef bytes raw
-    try:
-        raw = _dumps(value)
-    except TypeError as exc:
-        raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
-    if len(raw) > max_bytes:
-        raise ValueError(f"{what} is {len(raw)} bytes as JSON, over the limit of "
-                         f"{max_bytes} bytes (max_payload_bytes)")
-    return raw
+cdef dict _KNOWN = {field: _Field(field.decode(), kind) for field, kind in FIELD_KINDS.items()}
 
 
 cdef inline bint _parse_int(bytes value, int64_t* out):
@@ -68,55 +80,62 @@ cdef inline bint _parse_int(bytes value, int64_t* out):
     return True
 
 
-cdef inline object _decode(bytes field, bytes value):
-    cdef object kind_obj = _KINDS.get(field)
-    cdef int kind = _TEXT if kind_obj is None else <int>kind_obj
+cdef inline str _text(bytes raw):
+    return PyUnicode_DecodeUTF8(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), NULL)
+
+
+cdef inline int _put(dict out, object field_obj, object value_obj) except -1:
+    cdef bytes field = <bytes?>field_obj
+    cdef bytes value
     cdef int64_t number
-    if kind == _JSON:
-        return _loads(value)
-    if kind == _INT:
-        return number if _parse_int(value, &number) else int(value)
-    if kind == _SECONDS:
-        return number / 1000.0 if _parse_int(value, &number) else int(value) / 1000.0
-    return PyUnicode_DecodeUTF8(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), NULL)
-
-
-cdef inline str _name(bytes field):
-    cdef object known = _NAMES.get(field)
-    return field.decode() if known is None else <str>known
+    cdef object found = _KNOWN.get(field)
+    cdef _Field known
+    if found is None:
+        name = _text(field)  # the name before the value, as the twin does
+        out[name] = _text(<bytes?>value_obj)
+        return 0
+    known = <_Field>found
+    value = <bytes?>value_obj
+    if known.kind == _JSON:
+        out[known.name] = value
+    elif known.kind == _INT:
+        out[known.name] = number if _parse_int(value, &number) else int(value)
+    elif known.kind == _SECONDS:
+        out[known.name] = (number / 1000.0 if _parse_int(value, &number)
+                           else int(value) / 1000.0)
+    else:
+        out[known.name] = _text(value)
+    return 0
 
 
 def decode_job_flat(list flat):
-    cdef dict out = {}
-    cdef Py_ssize_t i, n = len(flat)
-    cdef bytes field
-    cdef str name
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(flat)
     if n % 2:
         raise ValueError(f"a job hash needs field/value pairs, got {n} items")
+    cdef dict out = _PyDict_NewPresized(n // 2)
     for i in range(0, n, 2):
-        field = <bytes?>flat[i]
-        name = _name(field)  # before the value, as the twin does
-        out[name] = _decode(field, <bytes?>flat[i + 1])
+        _put(out, <object>PyList_GET_ITEM(flat, i), <object>PyList_GET_ITEM(flat, i + 1))
     return out
 
 
 def decode_job_mapping(dict mapping):
-    cdef dict out = {}
-    cdef bytes field
-    cdef str name
-    for field, value in mapping.items():
-        name = _name(field)  # before the value, as the twin does
-        out[name] = _decode(field, <bytes?>value)
+    cdef dict out = _PyDict_NewPresized(len(mapping))
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* field
+    cdef PyObject* value
+    while PyDict_Next(mapping, &pos, &field, &value):  # borrowed references
+        _put(out, <object>field, <object>value)
     return out
 
 
 def decode_fetched(list rows):
     cdef list out = []
-    cdef Py_ssize_t i, n = len(rows)
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(rows)
     if n % 2:
         raise ValueError(f"fetched rows need id/hash pairs, got {n} items")
     for i in range(0, n, 2):
-        out.append(((<bytes?>rows[i]).decode(), decode_job_flat(<list?>rows[i + 1])))
+        job_id = _text(<bytes?>PyList_GET_ITEM(rows, i))
+        out.append((job_id, decode_job_flat(<list?>PyList_GET_ITEM(rows, i + 1))))
     return out
 
 
@@ -139,27 +158,156 @@ def _bounded(str name, value, minimum, maximum):
 
 
 # -- the parent <-> child frame codec -----------------------------------------
-cdef inline uint32_t _read_length(const unsigned char* p) noexcept nogil:
+# The format is described in _fast_py.py: a 4-byte big-endian body length,
+# then tagged items (N, I, F, S, B).
+cdef enum:
+    _TAG_NONE = 78   # 'N'
+    _TAG_INT = 73    # 'I'
+    _TAG_FLOAT = 70  # 'F'
+    _TAG_STR = 83    # 'S'
+    _TAG_BYTES = 66  # 'B'
+
+cdef Py_ssize_t _MAX_LENGTH = MAX_FRAME_LIMIT
+
+
+cdef inline uint32_t _read_u32(const unsigned char* p) noexcept nogil:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
-cdef Py_ssize_t _MAX_BODY = MAX_FRAME_LIMIT
+cdef inline uint64_t _read_u64(const unsigned char* p) noexcept nogil:
+    return (<uint64_t>_read_u32(p) << 32) | _read_u32(p + 4)
+
+
+cdef inline void _write_u32(unsigned char* p, uint32_t v) noexcept nogil:
+    p[0] = (v >> 24) & 0xFF
+    p[1] = (v >> 16) & 0xFF
+    p[2] = (v >> 8) & 0xFF
+    p[3] = v & 0xFF
+
+
+cdef inline void _write_u64(unsigned char* p, uint64_t v) noexcept nogil:
+    _write_u32(p, <uint32_t>(v >> 32))
+    _write_u32(p + 4, <uint32_t>v)  # the low half
+
+
+cdef union _Bits:
+    double number
+    uint64_t bits
+    int64_t signed
+
+
+cdef Py_ssize_t _item_size(object item) except -1:
+    """The bytes ``item`` takes in a body, checking it as the twin does."""
+    cdef Py_ssize_t n
+    cdef int overflow
+    if PyUnicode_CheckExact(item):
+        PyUnicode_AsUTF8AndSize(item, &n)
+    elif PyBytes_CheckExact(item):
+        n = PyBytes_GET_SIZE(item)
+    elif PyLong_CheckExact(item):
+        PyLong_AsLongLongAndOverflow(item, &overflow)
+        if overflow:
+            raise ValueError("a frame int must fit in 64 bits (signed)")
+        return 9
+    elif PyFloat_CheckExact(item):
+        return 9
+    elif item is None:
+        return 1
+    else:
+        raise TypeError(
+            f"a frame item must be None, int, float, str or bytes, not {type(item).__name__}")
+    if n > _MAX_LENGTH:
+        raise ValueError(f"a frame item of {n} bytes does not fit a 4-byte length")
+    return 5 + n
+
+
+cdef unsigned char* _write_item(unsigned char* out, object item):
+    cdef Py_ssize_t n
+    cdef const char* src
+    cdef _Bits bits
+    if PyUnicode_CheckExact(item) or PyBytes_CheckExact(item):
+        if PyBytes_CheckExact(item):
+            out[0] = _TAG_BYTES
+            src, n = PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item)
+        else:
+            out[0] = _TAG_STR
+            src = PyUnicode_AsUTF8AndSize(item, &n)  # cached by the sizing pass
+        _write_u32(out + 1, <uint32_t>n)
+        memcpy(out + 5, src, n)
+        return out + 5 + n
+    if PyLong_CheckExact(item):
+        out[0] = _TAG_INT
+        bits.signed = <int64_t>item  # in range: the sizing pass checked
+        _write_u64(out + 1, bits.bits)
+        return out + 9
+    if PyFloat_CheckExact(item):
+        out[0] = _TAG_FLOAT
+        bits.number = PyFloat_AS_DOUBLE(item)
+        _write_u64(out + 1, bits.bits)
+        return out + 9
+    out[0] = _TAG_NONE
+    return out + 1
 
 
 def encode_frame(message):
-    cdef bytes body = _dumps(message)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
-    if n > _MAX_BODY:
-        raise ValueError(f"a frame body of {n} bytes does not fit a 4-byte length")
-    # One allocation and one copy: the header is written in place.
-    cdef bytes frame = PyBytes_FromStringAndSize(NULL, n + 4)
-    cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(frame)
-    out[0] = <unsigned char>((n >> 24) & 0xFF)
-    out[1] = <unsigned char>((n >> 16) & 0xFF)
-    out[2] = <unsigned char>((n >> 8) & 0xFF)
-    out[3] = <unsigned char>(n & 0xFF)
-    memcpy(out + 4, PyBytes_AS_STRING(body), n)
+    cdef Py_ssize_t i, count, size = 0
+    cdef bytes frame
+    cdef unsigned char* out
+    if type(message) is not list:
+        raise TypeError(f"a frame message must be a list, not {type(message).__name__}")
+    count = PyList_GET_SIZE(message)
+    for i in range(count):
+        size += _item_size(<object>PyList_GET_ITEM(message, i))
+    if size > _MAX_LENGTH:
+        raise ValueError(f"a frame body of {size} bytes does not fit a 4-byte length")
+    # One allocation; every item is written in place.
+    frame = PyBytes_FromStringAndSize(NULL, size + 4)
+    out = <unsigned char*>PyBytes_AS_STRING(frame)
+    _write_u32(out, <uint32_t>size)
+    out += 4
+    for i in range(count):
+        out = _write_item(out, <object>PyList_GET_ITEM(message, i))
     return frame
+
+
+cdef object _corrupt(str reason, Py_ssize_t at):
+    return ValueError(f"a corrupt frame: {reason} at byte {at} of its body")
+
+
+cdef list _decode_body(const unsigned char* body, Py_ssize_t end):
+    cdef list items = []
+    cdef Py_ssize_t pos = 0
+    cdef uint32_t size
+    cdef unsigned char tag
+    cdef _Bits bits
+    while pos < end:
+        tag = body[pos]
+        if tag == _TAG_NONE:
+            items.append(None)
+            pos += 1
+        elif tag == _TAG_STR or tag == _TAG_BYTES:
+            if end - pos < 5:
+                raise _corrupt("an item runs past the end", pos)
+            size = _read_u32(body + pos + 1)
+            if end - pos - 5 < <Py_ssize_t>size:
+                raise _corrupt("an item runs past the end", pos)
+            if tag == _TAG_STR:
+                items.append(PyUnicode_DecodeUTF8(<const char*>body + pos + 5, size, NULL))
+            else:
+                items.append(PyBytes_FromStringAndSize(<const char*>body + pos + 5, size))
+            pos += 5 + <Py_ssize_t>size
+        elif tag == _TAG_INT or tag == _TAG_FLOAT:
+            if end - pos < 9:
+                raise _corrupt("an item runs past the end", pos)
+            bits.bits = _read_u64(body + pos + 1)
+            if tag == _TAG_INT:
+                items.append(PyLong_FromLongLong(bits.signed))
+            else:
+                items.append(PyFloat_FromDouble(bits.number))
+            pos += 9
+        else:
+            raise _corrupt(f"unknown item tag 0x{tag:02x}", pos)
+    return items
 
 
 cdef Py_ssize_t _SHRINK_ABOVE = 1024 * 1024
@@ -168,7 +316,7 @@ cdef Py_ssize_t _SHRINK_ABOVE = 1024 * 1024
 cdef class FrameDecoder:
     """Whole frames straight from each chunk; only the unfinished tail of a
     chunk (one incomplete frame) is copied into ``_pending``, so every byte is
-    copied at most once before orjson sees it and nothing is ever compacted."""
+    copied at most once before it is decoded and nothing is ever compacted."""
 
     cdef unsigned char* _pending
     cdef Py_ssize_t _len
@@ -242,7 +390,7 @@ cdef class FrameDecoder:
                 pos = take
                 if self._len < 4:
                     return messages
-            size = _read_length(self._pending)
+            size = _read_u32(self._pending)
             if size > self._max:
                 raise self._too_big(size)
             total = 4 + <Py_ssize_t>size
@@ -252,16 +400,16 @@ cdef class FrameDecoder:
             if self._len < total:
                 return messages
             # On a decode error the frame stays pending, as in the twin.
-            messages.append(_loads(PyBytes_FromStringAndSize(<char*>self._pending + 4, size)))
+            messages.append(_decode_body(self._pending + 4, size))
             self._release()
         try:
             while n - pos >= 4:
-                size = _read_length(p + pos)
+                size = _read_u32(p + pos)
                 if size > self._max:
                     raise self._too_big(size)
                 if n - pos - 4 < <Py_ssize_t>size:
                     break
-                messages.append(_loads(PyBytes_FromStringAndSize(<char*>p + pos + 4, size)))
+                messages.append(_decode_body(p + pos + 4, size))
                 pos += 4 + <Py_ssize_t>size
         except BaseException:
             # Keep the offending frame (or its header), so the next feed

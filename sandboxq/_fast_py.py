@@ -15,9 +15,11 @@ from collections.abc import Iterable
 from itertools import repeat
 from typing import Any
 
-import orjson
-
-# How each job-hash field is decoded. Unknown fields decode as text, so an
+# -- the job-hash codec ---------------------------------------------------------
+# How each job-hash field is decoded. JSON fields (the payload, the result,
+# progress, backoff, a flow parent's children) stay the JSON bytes Redis
+# holds: the worker parent only forwards them, so they are parsed once, where
+# they are used (the child, ``Job``). Unknown fields decode as text, so an
 # older reader survives fields a newer writer added.
 _JSON = 1
 _INT = 2
@@ -45,44 +47,52 @@ FIELD_KINDS: dict[bytes, int] = {
     b"timeout": _SECONDS,
     b"kc_age": _SECONDS,
     b"kf_age": _SECONDS,
+    b"name": _TEXT,
+    b"state": _TEXT,
+    b"token": _TEXT,
+    b"group": _TEXT,
+    b"error": _TEXT,
+    b"traceback": _TEXT,
+    b"parent_id": _TEXT,
+    b"parent_prefix": _TEXT,
+    b"manual_retry_only": _TEXT,
+    b"waiting_since": _TEXT,
 }
 
-
-def dump_json(value: Any, what: str, max_bytes: int) -> bytes:
-    """Serialize ``value`` for Redis; a clear TypeError or ValueError otherwise."""
-    try:
-        raw = orjson.dumps(value)
-    except TypeError as exc:
-        raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
-    if len(raw) > max_bytes:
-        raise ValueError(
-            f"{what} is {len(raw)} bytes as JSON, over the limit of "
-            f"{max_bytes} bytes (max_payload_bytes)"
-        )
-    return raw
+#: Each known field's name as text and its kind: one lookup per field.
+_KNOWN: dict[bytes, tuple[str, int]] = {f: (f.decode(), k) for f, k in FIELD_KINDS.items()}
 
 
-def _decode(field: bytes, value: bytes) -> Any:
-    kind = FIELD_KINDS.get(field, _TEXT)
-    if kind == _JSON:
-        return orjson.loads(value)
-    if kind == _INT:
-        return int(value)
-    if kind == _SECONDS:
-        return int(value) / 1000.0
-    return value.decode()
+def _decode_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field, value in pairs:
+        known = _KNOWN.get(field)
+        if known is None:
+            name = field.decode()  # before the value: a bad name is the error
+            out[name] = value.decode()
+            continue
+        name, kind = known
+        if kind == _JSON:
+            out[name] = value
+        elif kind == _INT:
+            out[name] = int(value)
+        elif kind == _SECONDS:
+            out[name] = int(value) / 1000.0
+        else:
+            out[name] = value.decode()
+    return out
 
 
 def decode_job_flat(flat: list[bytes]) -> dict[str, Any]:
     """A job hash as Lua returns it (``[field, value, ...]``) → typed fields."""
     if len(flat) % 2:
         raise ValueError(f"a job hash needs field/value pairs, got {len(flat)} items")
-    return {flat[i].decode(): _decode(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)}
+    return _decode_pairs(zip(flat[::2], flat[1::2], strict=True))
 
 
 def decode_job_mapping(mapping: dict[bytes, bytes]) -> dict[str, Any]:
     """A job hash as HGETALL returns it (a dict) → typed fields."""
-    return {field.decode(): _decode(field, value) for field, value in mapping.items()}
+    return _decode_pairs(mapping.items())
 
 
 def decode_fetched(rows: list[Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -111,23 +121,103 @@ def _bounded(name: str, value: int, minimum: int, maximum: int) -> int:
 
 
 # -- the parent <-> child frame codec -----------------------------------------
+# A frame is a 4-byte big-endian body length, then the body: the message's
+# items back to back, each a one-byte tag and its value:
+#   N  None
+#   I  int, 8 bytes, signed big-endian
+#   F  float, 8 bytes, IEEE 754 binary64 big-endian
+#   S  str, a 4-byte big-endian length, then that many bytes of UTF-8
+#   B  bytes, a 4-byte big-endian length, then the bytes
+# Exact types only (a bool is not an int here). JSON payloads travel as B
+# items, untouched, so the parent never parses or re-serializes them.
 _HEADER = struct.Struct(">I")
+_NONE = b"N"
+_INT_ITEM = struct.Struct(">cq")
+_FLOAT_ITEM = struct.Struct(">cd")
+_SIZED_ITEM = struct.Struct(">cI")
+_LENGTH = _HEADER  # a sized item's length is a header-like 4-byte length
+_TAG_INT, _TAG_FLOAT, _TAG_STR, _TAG_BYTES, _TAG_NONE = b"IFSBN"
+_INT64 = range(-(2**63), 2**63)
+
+
+def _sized(tag: bytes, raw: bytes) -> bytes:
+    if len(raw) > MAX_FRAME_LIMIT:
+        raise ValueError(f"a frame item of {len(raw)} bytes does not fit a 4-byte length")
+    return _SIZED_ITEM.pack(tag, len(raw))
 
 
 def encode_frame(message: list[Any]) -> bytes:
-    """A frame: the 4-byte big-endian length of the body, then the body, the
-    message as a JSON array."""
-    body = orjson.dumps(message)
-    if len(body) > MAX_FRAME_LIMIT:
-        raise ValueError(f"a frame body of {len(body)} bytes does not fit a 4-byte length")
-    return _HEADER.pack(len(body)) + body
+    """The frame of ``message``, a list of None, int, float, str and bytes."""
+    if type(message) is not list:
+        raise TypeError(f"a frame message must be a list, not {type(message).__name__}")
+    parts = [b""]  # the header, once the body's length is known
+    for item in message:
+        kind = type(item)
+        if kind is str:
+            raw = item.encode()
+            parts += (_sized(b"S", raw), raw)
+        elif kind is bytes:
+            parts += (_sized(b"B", item), item)
+        elif kind is int:
+            if item not in _INT64:
+                raise ValueError("a frame int must fit in 64 bits (signed)")
+            parts.append(_INT_ITEM.pack(b"I", item))
+        elif kind is float:
+            parts.append(_FLOAT_ITEM.pack(b"F", item))
+        elif item is None:
+            parts.append(_NONE)
+        else:
+            raise TypeError(
+                f"a frame item must be None, int, float, str or bytes, not {kind.__name__}"
+            )
+    size = sum(map(len, parts))
+    if size > MAX_FRAME_LIMIT:
+        raise ValueError(f"a frame body of {size} bytes does not fit a 4-byte length")
+    parts[0] = _HEADER.pack(size)
+    return b"".join(parts)
+
+
+def _corrupt(reason: str, at: int) -> ValueError:
+    return ValueError(f"a corrupt frame: {reason} at byte {at} of its body")
+
+
+def _decode_body(buffer: bytearray, start: int, end: int) -> list[Any]:
+    """The items of the frame body ``buffer[start:end]``."""
+    items: list[Any] = []
+    pos = start
+    while pos < end:
+        tag = buffer[pos]
+        if tag == _TAG_NONE:
+            items.append(None)
+            pos += 1
+            continue
+        if tag in (_TAG_STR, _TAG_BYTES):
+            if end - pos < 5:
+                raise _corrupt("an item runs past the end", pos - start)
+            (size,) = _LENGTH.unpack_from(buffer, pos + 1)
+            if end - pos - 5 < size:
+                raise _corrupt("an item runs past the end", pos - start)
+            value = bytes(buffer[pos + 5 : pos + 5 + size])
+            items.append(value.decode() if tag == _TAG_STR else value)
+            pos += 5 + size
+        elif tag in (_TAG_INT, _TAG_FLOAT):
+            if end - pos < 9:
+                raise _corrupt("an item runs past the end", pos - start)
+            layout = _INT_ITEM if tag == _TAG_INT else _FLOAT_ITEM
+            items.append(layout.unpack_from(buffer, pos)[1])
+            pos += 9
+        else:
+            raise _corrupt(f"unknown item tag 0x{tag:02x}", pos - start)
+    return items
 
 
 class FrameDecoder:
     """Reassembles frames from chunks of a byte stream cut anywhere.
 
     A header declaring more than ``max_frame_size`` bytes raises ValueError as
-    soon as it arrives, before any of its body is buffered. After an error the
+    soon as it arrives, before any of its body is buffered; so does a body
+    that does not hold whole, well-tagged items (UnicodeDecodeError, also a
+    ValueError, for a str item that is not UTF-8). After an error the
     offending frame stays at the front, so every later ``feed`` raises again.
     """
 
@@ -163,7 +253,7 @@ class FrameDecoder:
                 end = start + _HEADER.size + size
                 if end > len(buffer):
                     break
-                messages.append(orjson.loads(buffer[start + _HEADER.size : end]))
+                messages.append(_decode_body(buffer, start + _HEADER.size, end))
                 start = end
         finally:
             del buffer[:start]  # bytearray drops a prefix without moving the rest

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import redis
 
-from sandboxq import fast, registry
+from sandboxq import registry
 from sandboxq.connection import connect, describe, resolve_url, url_in_errors
 from sandboxq.errors import ConnectionFailed
 from sandboxq.job import STATES, Job
@@ -289,7 +289,7 @@ def fetch_jobs(queue: Queue, job_ids: list[str]) -> list[Job]:
     for job_id in job_ids:
         pipe.hgetall(queue.keys.job(job_id))
     found = zip(job_ids, pipe.execute(), strict=True)
-    return [Job(queue, i, fast.decode_job_mapping(fields)) for i, fields in found if fields]
+    return [Job.from_hash(queue, i, fields) for i, fields in found if fields]
 
 
 def job_summary(job: Job) -> dict[str, Any]:

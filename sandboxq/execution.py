@@ -7,6 +7,7 @@ settles the job in Redis) and the inline test runner (which does both).
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ import orjson
 from sandboxq.errors import RateLimited, Retry, Unrecoverable
 from sandboxq.handlers import JobContext
 from sandboxq.options import Backoff, ms
+from sandboxq.payload import load_json
 
 COMPLETED = "completed"
 FAILED = "failed"  # an attempt failed; retries may follow
@@ -60,10 +62,33 @@ def run(func: Any, ctx: JobContext) -> Outcome:
         return Outcome(FAILED, f"TypeError: result is not JSON-serializable: {exc}")
 
 
+def run_stored(
+    func: Any,
+    queue: str,
+    job_id: str,
+    name: str,
+    stored: tuple[bytes | None, bytes | None],
+    attempts_made: int,
+    retries: int,
+    report: Callable[[str, str, str], None],
+) -> Outcome:
+    """Run a job as Redis holds it: ``stored`` is its data and (a flow parent)
+    its children's results, still JSON. They are parsed here, in whatever
+    process runs the handler, so the worker parent never parses payloads."""
+    data_json, children_json = stored
+    try:
+        data, children = load_json(data_json), load_json(children_json)
+    except orjson.JSONDecodeError as exc:
+        return Outcome.error(f"the job's stored data is not valid JSON: {exc}", unrecoverable=True)
+    ctx = JobContext(queue, job_id, name, data, attempts_made, report, retries, children)
+    return run(func, ctx)
+
+
 def finish_entry(job_id: str, fields: dict[str, Any], outcome: Outcome) -> list[Any]:
     """The finish script's 5 values for this job: the retry delay comes from
     the handler (RETRY) or the job's backoff policy (FAILED)."""
     delay = outcome.delay
     if outcome.kind == FAILED and fields.get("backoff"):
-        delay = Backoff.parse(fields["backoff"]).delay_for(fields.get("attempts_made", 0) + 1)
+        backoff = Backoff.parse(load_json(fields["backoff"]))
+        delay = backoff.delay_for(fields.get("attempts_made", 0) + 1)
     return [job_id, outcome.kind, outcome.value, outcome.traceback, ms(delay)]

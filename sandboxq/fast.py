@@ -28,19 +28,20 @@ def _choose() -> tuple[ModuleType, str]:
 
 _impl, IMPLEMENTATION = _choose()
 
-dump_json = _impl.dump_json
 decode_job_flat = _impl.decode_job_flat
 decode_job_mapping = _impl.decode_job_mapping
 decode_fetched = _impl.decode_fetched
 
 if TYPE_CHECKING:  # the classes by name, so they can annotate (both share _fast.pyi)
     from sandboxq._fast import (
+        MAX_FRAME_LIMIT,
         MAX_FRAME_SIZE,
         FrameDecoder,
         SlidingWindow,
         encode_frame,
     )
 else:
+    MAX_FRAME_LIMIT = _impl.MAX_FRAME_LIMIT
     MAX_FRAME_SIZE = _impl.MAX_FRAME_SIZE
     encode_frame = _impl.encode_frame
     FrameDecoder = _impl.FrameDecoder
@@ -48,12 +49,12 @@ else:
 
 __all__ = [
     "IMPLEMENTATION",
+    "MAX_FRAME_LIMIT",
     "MAX_FRAME_SIZE",
     "FrameDecoder",
     "SlidingWindow",
     "decode_fetched",
     "decode_job_flat",
     "decode_job_mapping",
-    "dump_json",
     "encode_frame",
 ]

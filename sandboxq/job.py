@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sandboxq import events
+from sandboxq import events, fast, payload
 from sandboxq.connection import url_in_errors
 from sandboxq.errors import JobFailed
 
@@ -31,9 +31,15 @@ class Job:
     """
 
     def __init__(self, queue: Queue, job_id: str, fields: dict[str, Any]) -> None:
+        """``fields``: the job hash's fields as Python values."""
         self.queue = queue
         self.id = job_id
         self._load(fields)
+
+    @classmethod
+    def from_hash(cls, queue: Queue, job_id: str, raw: dict[Any, Any]) -> Job:
+        """The job from its hash as HGETALL returns it (bytes to bytes)."""
+        return cls(queue, job_id, payload.with_json_decoded(fast.decode_job_mapping(raw)))
 
     def _load(self, fields: dict[str, Any]) -> None:
         self.fields = fields

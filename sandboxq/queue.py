@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from sandboxq import fast, registry
+from sandboxq import payload, registry
 from sandboxq.connection import connect, describe, names_url, resolve_url
 from sandboxq.errors import SandboxqError
 from sandboxq.job import FINISHED_STATES, STATES, Job
@@ -79,7 +79,7 @@ class Queue:
     def _encode(self, name: Any, data: Any, options: JobOptions) -> list[Any]:
         """One job as the add script's arguments; raises before any write."""
         validate_name("job name", name)
-        payload = fast.dump_json(data, f"data of job {name!r}", self.max_payload_bytes)
+        raw = payload.dump_json(data, f"data of job {name!r}", self.max_payload_bytes)
         return [
             options.job_id or "",
             options.priority,
@@ -87,7 +87,7 @@ class Queue:
             "name",
             name,
             "data",
-            payload,
+            raw,
             *options.hash_fields(),
         ]
 
@@ -302,7 +302,7 @@ class Queue:
         fields = self.client.hgetall(self.keys.job(str(job_id)))
         if not fields:
             return None
-        return Job(self, str(job_id), fast.decode_job_mapping(fields))
+        return Job.from_hash(self, str(job_id), fields)
 
     @names_url
     def counts(self) -> dict[str, int]:
@@ -551,7 +551,7 @@ class Queue:
             misfire=misfire,
             options=job_options,
         )
-        fast.dump_json(data, f"data of schedule {key!r}", self.max_payload_bytes)
+        payload.dump_json(data, f"data of schedule {key!r}", self.max_payload_bytes)
         first = spec.next_after(now)
         self.scripts.schedule(self.keys, key, spec.to_json(), -1 if first is None else first)
         return self._describe_schedule(spec, first, 0)

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 from croniter import croniter
 
+from sandboxq import payload
 from sandboxq.keys import validate_name
 from sandboxq.options import JobOptions, ms
 
@@ -214,8 +215,6 @@ def fire_due(
 ) -> int:
     """Enqueue every due occurrence of the queue's schedules; returns how
     many jobs were created. Safe to call from any number of processes."""
-    from sandboxq import fast
-
     client = scripts.client
     due: Any = client.zrangebyscore(
         keys.schedule_times, "-inf", now_ms, start=0, num=DUE_BATCH, withscores=True
@@ -233,7 +232,7 @@ def fire_due(
         count = int(count_raw or 0)
         fire, new_next = plan_occurrences(schedule, int(score), count, now_ms)
         options = JobOptions.build(**schedule.options)
-        payload = fast.dump_json(schedule.data, f"data of schedule {key!r}", max_payload_bytes)
+        raw = payload.dump_json(schedule.data, f"data of schedule {key!r}", max_payload_bytes)
         jobs = [
             [
                 occurrence_job_id(key, o),
@@ -242,7 +241,7 @@ def fire_due(
                 "name",
                 schedule.name,
                 "data",
-                payload,
+                raw,
                 "schedule",
                 key,
                 *options.hash_fields(),

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sandboxq import execution, fast
-from sandboxq.handlers import Handler, JobContext, handlers_for
+from sandboxq.handlers import Handler, handlers_for
 from sandboxq.queue import Queue
 from sandboxq.scripts import now_ms
 
@@ -69,14 +69,13 @@ def _run_one(
     def report(jid: str, kind: str, value: str) -> None:
         queue.scripts.report(queue.keys, token, [(jid, kind, value)])
 
-    ctx = JobContext(
+    return execution.run_stored(
+        found.func,
         queue.name,
         job_id,
         name,
-        fields.get("data"),
+        (fields.get("data"), fields.get("children")),
         fields.get("attempts_made", 0),
-        report,
         fields.get("retries", 0),
-        fields.get("children"),
+        report,
     )
-    return execution.run(found.func, ctx)

@@ -8,9 +8,11 @@ generated input, including input they must reject.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import select
 import socket
+import struct
 import threading
 from types import ModuleType
 from typing import Any
@@ -38,7 +40,19 @@ INT_FIELDS = (
     "kf_count",
 )
 SECONDS_FIELDS = ("created_at", "started_at", "finished_at", "timeout", "kc_age", "kf_age")
-KNOWN = {*JSON_FIELDS, *INT_FIELDS, *SECONDS_FIELDS}
+TEXT_FIELDS = (
+    "name",
+    "state",
+    "token",
+    "group",
+    "error",
+    "traceback",
+    "parent_id",
+    "parent_prefix",
+    "manual_retry_only",
+    "waiting_since",
+)
+KNOWN = {*JSON_FIELDS, *INT_FIELDS, *SECONDS_FIELDS, *TEXT_FIELDS}
 
 # -- strategies ---------------------------------------------------------------
 json_scalars = (
@@ -62,14 +76,17 @@ def job_hashes(draw: st.DrawFn) -> tuple[dict[bytes, bytes], dict[str, Any]]:
     raw: dict[bytes, bytes] = {}
     expected: dict[str, Any] = {}
     for name in draw(st.lists(st.sampled_from(JSON_FIELDS), unique=True)):
-        value = draw(json_values)
-        raw[name.encode()], expected[name] = orjson.dumps(value), value
+        value = orjson.dumps(draw(json_values))
+        raw[name.encode()], expected[name] = value, value  # JSON stays JSON
     for name in draw(st.lists(st.sampled_from(INT_FIELDS), unique=True)):
         value = draw(st.integers(min_value=-(2**63), max_value=2**63))
         raw[name.encode()], expected[name] = str(value).encode(), value
     for name in draw(st.lists(st.sampled_from(SECONDS_FIELDS), unique=True)):
         millis = draw(st.integers(min_value=0, max_value=2**53))
         raw[name.encode()], expected[name] = str(millis).encode(), millis / 1000
+    for name in draw(st.lists(st.sampled_from(TEXT_FIELDS), unique=True)):
+        text = draw(st.text())
+        raw[name.encode()], expected[name] = text.encode(), text
     for name, value in draw(st.dictionaries(unknown_names, st.text(), max_size=5)).items():
         raw[name.encode()], expected[name] = value.encode(), value
     return raw, expected
@@ -97,7 +114,6 @@ def test_the_selector_honours_sandboxq_no_extensions() -> None:
     assert expected == fast.IMPLEMENTATION
     chosen = _fast_py if pure else _fast
     for name in (
-        "dump_json",
         "decode_job_flat",
         "decode_job_mapping",
         "decode_fetched",
@@ -105,6 +121,7 @@ def test_the_selector_honours_sandboxq_no_extensions() -> None:
         "FrameDecoder",
         "SlidingWindow",
         "MAX_FRAME_SIZE",
+        "MAX_FRAME_LIMIT",
     ):
         assert getattr(fast, name) is getattr(chosen, name)
 
@@ -124,7 +141,7 @@ def test_both_implementations_know_the_same_fields() -> None:
     assert {f.decode() for f in _fast_py.FIELD_KINDS} == KNOWN
 
 
-# -- each implementation against the model ------------------------------------
+# -- the job-hash codec: each implementation against the model ----------------
 @FIXTURE_OK
 @given(job_hashes())
 def test_decode_job_mapping_decodes_every_field(
@@ -136,7 +153,7 @@ def test_decode_job_mapping_decodes_every_field(
     # When it is decoded
     decoded = fast_impl.decode_job_mapping(raw)
 
-    # Then JSON fields are values, counters ints, times seconds, the rest text
+    # Then JSON fields stay JSON bytes, counters are ints, times seconds, the rest text
     assert decoded == expected
 
 
@@ -172,62 +189,31 @@ def test_decode_fetched_pairs_ids_with_their_fields(
     assert decoded == [(str(job_id), expected) for job_id, (_raw, expected) in jobs]
 
 
-def test_times_are_seconds_and_counters_are_ints(fast_impl: ModuleType) -> None:
-    # Given stored milliseconds and counters
-    raw = {b"created_at": b"1500", b"timeout": b"30000", b"attempts": b"3", b"name": b"r\xc3\xa9"}
+def test_times_are_seconds_counters_ints_and_json_untouched(fast_impl: ModuleType) -> None:
+    # Given stored milliseconds, counters, text and a JSON payload
+    payload = b'{"w": 256, "path": "/x.png"}'
+    raw = {
+        b"created_at": b"1500",
+        b"timeout": b"30000",
+        b"attempts": b"3",
+        b"name": b"r\xc3\xa9",
+        b"data": payload,
+    }
 
     # When decoded
     decoded = fast_impl.decode_job_mapping(raw)
 
-    # Then times are float seconds, counters ints, text decoded as UTF-8
-    assert decoded == {"created_at": 1.5, "timeout": 30.0, "attempts": 3, "name": "ré"}
+    # Then times are float seconds, counters ints, text decoded as UTF-8, and
+    # the payload is the very bytes object Redis gave (no copy, no parse)
+    assert decoded == {
+        "created_at": 1.5,
+        "timeout": 30.0,
+        "attempts": 3,
+        "name": "ré",
+        "data": payload,
+    }
     assert type(decoded["created_at"]) is float and type(decoded["attempts"]) is int
-
-
-@FIXTURE_OK
-@given(json_values, st.text(min_size=1, max_size=20))
-def test_dump_json_is_orjson_within_the_limit(fast_impl: ModuleType, value: Any, what: str) -> None:
-    # Given a JSON value
-    expected = orjson.dumps(value)
-
-    # When it is dumped with a limit it fits exactly
-    dumped = fast_impl.dump_json(value, what, len(expected))
-
-    # Then the bytes are orjson's, and they load back to the value
-    assert dumped == expected
-    assert orjson.loads(dumped) == value
-
-
-@pytest.mark.parametrize(
-    ("value", "type_name"),
-    [({1, 2}, "set"), (object(), "object"), (b"raw", "bytes"), (1j, "complex"), ([1, {2}], "set")],
-)
-def test_dump_json_of_a_non_json_value_is_a_type_error_naming_the_type(
-    fast_impl: ModuleType, value: Any, type_name: str
-) -> None:
-    # When a value JSON cannot hold is dumped
-    # Then the error says what was being dumped and which type failed
-    with pytest.raises(
-        TypeError, match=rf"^data of job 'x' is not JSON-serializable: .*{type_name}"
-    ):
-        fast_impl.dump_json(value, "data of job 'x'", 1_000)
-
-
-def test_dump_json_over_the_limit_is_a_value_error_naming_size_and_limit(
-    fast_impl: ModuleType,
-) -> None:
-    # Given a value of 12 bytes as JSON
-    value = "a" * 10
-
-    # When the limit is one byte short
-    # Then the error gives the size and the limit
-    with pytest.raises(ValueError) as raised:
-        fast_impl.dump_json(value, "data of job 'x'", 11)
-    assert str(raised.value) == (
-        "data of job 'x' is 12 bytes as JSON, over the limit of 11 bytes (max_payload_bytes)"
-    )
-    # and at the limit it passes
-    assert fast_impl.dump_json(value, "data of job 'x'", 12) == b'"aaaaaaaaaa"'
+    assert decoded["data"] is payload
 
 
 @pytest.mark.parametrize("func", ["decode_job_flat", "decode_fetched"])
@@ -239,7 +225,7 @@ def test_an_odd_number_of_items_is_refused(fast_impl: ModuleType, func: str) -> 
         getattr(fast_impl, func)([b"name", b"x", b"data"])
 
 
-# -- native against pure, directly --------------------------------------------
+# -- the job-hash codec: native against pure, directly ------------------------
 @given(job_hashes())
 def test_native_and_pure_decode_job_hashes_identically(
     case: tuple[dict[bytes, bytes], dict[str, Any]],
@@ -275,34 +261,40 @@ def test_native_and_pure_decode_fetched_rows_identically(
     )
 )
 def test_native_and_pure_agree_on_malformed_hashes(raw: dict[bytes, bytes]) -> None:
-    # Given a hash of arbitrary bytes: bad JSON, non-numeric counters, bad UTF-8 ...
+    # Given a hash of arbitrary bytes: non-numeric counters, bad UTF-8 ...
     # When both implementations decode it
     # Then both return the same fields, or raise the same error and message
     assert outcome(_fast.decode_job_mapping, raw) == outcome(_fast_py.decode_job_mapping, raw)
     assert outcome(_fast.decode_job_flat, flat(raw)) == outcome(_fast_py.decode_job_flat, flat(raw))
 
 
-@given(
-    json_values | st.sets(st.integers(), max_size=2) | st.binary(max_size=3),
-    st.integers(min_value=0, max_value=64),
-)
-def test_native_and_pure_dump_json_identically(value: Any, max_bytes: int) -> None:
-    # Given a value that may or may not be JSON, and a limit it may exceed
-    # When both implementations dump it
-    # Then both give the same bytes, or the same TypeError / ValueError message
-    assert outcome(_fast.dump_json, value, "data of job 'x'", max_bytes) == outcome(
-        _fast_py.dump_json, value, "data of job 'x'", max_bytes
-    )
-
-
 # -- the frame codec -------------------------------------------------------------
 IMPLS = (_fast, _fast_py)
-json_messages = st.lists(json_values, max_size=6)
+INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+items = st.none() | INT64 | st.floats() | st.text() | st.binary()
+messages = st.lists(items, max_size=8)
 
 
 def frame(body: bytes) -> bytes:
-    """The model of a frame: a 4-byte big-endian length, then the body."""
+    """A frame around ``body``: a 4-byte big-endian length, then the body."""
     return len(body).to_bytes(4, "big") + body
+
+
+def model_item(item: Any) -> bytes:
+    """The format's definition, item by item, written independently."""
+    if item is None:
+        return b"N"
+    if type(item) is int:
+        return b"I" + item.to_bytes(8, "big", signed=True)
+    if type(item) is float:
+        return b"F" + struct.pack(">d", item)
+    raw = item.encode() if type(item) is str else item
+    return (b"S" if type(item) is str else b"B") + len(raw).to_bytes(4, "big") + raw
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality that counts NaN as equal to NaN (repr keeps types apart)."""
+    return repr(a) == repr(b)
 
 
 def cut(stream: bytes, cuts: list[int]) -> list[bytes]:
@@ -311,28 +303,78 @@ def cut(stream: bytes, cuts: list[int]) -> list[bytes]:
     return [stream[a:b] for a, b in itertools.pairwise(points)]
 
 
-def feed_all(decoder: Any, chunks: list[bytes]) -> list[tuple[str, Any, int | None]]:
-    """Each feed's outcome, and what the decoder held afterwards."""
-    results: list[tuple[str, Any, int | None]] = []
+def feed_all(decoder: Any, chunks: list[bytes]) -> list[tuple[str, str, int | None]]:
+    """Each feed's outcome (as repr, so NaN compares), and what the decoder
+    held afterwards."""
+    results: list[tuple[str, str, int | None]] = []
     for chunk in chunks:
         kind, value = outcome(decoder.feed, chunk)
-        results.append((kind, value, decoder.buffered if kind == "returned" else None))
+        results.append((kind, repr(value), decoder.buffered if kind == "returned" else None))
     return results
 
 
 @FIXTURE_OK
-@given(json_messages)
-def test_encode_frame_is_the_length_then_orjson(fast_impl: ModuleType, message: list[Any]) -> None:
+@given(messages)
+def test_encode_frame_follows_the_format(fast_impl: ModuleType, message: list[Any]) -> None:
     # When a message is encoded
     encoded = fast_impl.encode_frame(message)
 
-    # Then it is orjson's bytes after their length, big-endian
-    assert encoded == frame(orjson.dumps(message))
+    # Then it is the body's length, then each item as the format defines it
+    assert encoded == frame(b"".join(model_item(item) for item in message))
 
 
-@given(json_messages | st.lists(st.sets(st.integers(), max_size=2) | st.binary(), max_size=3))
-def test_native_and_pure_encode_frames_byte_for_byte(message: list[Any]) -> None:
-    # Given a message, JSON or not
+@FIXTURE_OK
+@given(messages)
+def test_a_frame_decodes_to_its_message_with_the_same_types(
+    fast_impl: ModuleType, message: list[Any]
+) -> None:
+    # When a message makes the round trip
+    (decoded,) = fast_impl.FrameDecoder().feed(fast_impl.encode_frame(message))
+
+    # Then every item comes back equal and of the same type (NaN stays NaN)
+    assert [type(i) for i in decoded] == [type(i) for i in message]
+    assert same(decoded, message)
+    assert all(
+        math.copysign(1, a) == math.copysign(1, b)  # -0.0 stays -0.0
+        for a, b in zip(decoded, message, strict=True)
+        if type(a) is float
+    )
+
+
+BAD_MESSAGES = [
+    ([True], TypeError, "a frame item must be None, int, float, str or bytes, not bool"),
+    ([{"a": 1}], TypeError, "not dict"),
+    (["ok", [1]], TypeError, "not list"),
+    ([bytearray(b"x")], TypeError, "not bytearray"),
+    ([2**63], ValueError, "a frame int must fit in 64 bits"),
+    ([-(2**63) - 1], ValueError, "a frame int must fit in 64 bits"),
+    (["\ud800"], UnicodeEncodeError, "surrogates not allowed"),
+    (("run", "1"), TypeError, "a frame message must be a list, not tuple"),
+]
+
+
+@pytest.mark.parametrize(("message", "error", "text"), BAD_MESSAGES)
+def test_encode_frame_refuses_what_the_format_cannot_carry(
+    fast_impl: ModuleType, message: Any, error: type[Exception], text: str
+) -> None:
+    # When a message holds an item the format has no tag for
+    # Then encoding fails, naming the problem
+    with pytest.raises(error, match=text):
+        fast_impl.encode_frame(message)
+
+
+bad_items = (
+    st.booleans()
+    | st.integers().filter(lambda n: not -(2**63) <= n < 2**63)
+    | st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1)
+    | st.dictionaries(st.text(), st.integers(), max_size=1)
+    | st.tuples(st.integers())
+)
+
+
+@given(st.lists(items | bad_items, max_size=6) | st.tuples(items))
+def test_native_and_pure_encode_frames_byte_for_byte(message: Any) -> None:
+    # Given a message, maybe with items the format cannot carry
     # When both implementations encode it
     # Then they give the same bytes, or the same error
     assert outcome(_fast.encode_frame, message) == outcome(_fast_py.encode_frame, message)
@@ -348,7 +390,7 @@ def test_protocol_encodes_and_reads_through_the_selected_implementation() -> Non
 
 @FIXTURE_OK
 @given(
-    st.lists(st.tuples(st.sampled_from(IMPLS), json_messages), max_size=8),
+    st.lists(st.tuples(st.sampled_from(IMPLS), messages), max_size=8),
     st.lists(st.integers(min_value=0), max_size=12),
 )
 def test_a_stream_decodes_to_its_messages_however_it_is_chunked(
@@ -362,20 +404,20 @@ def test_a_stream_decodes_to_its_messages_however_it_is_chunked(
     received = [m for chunk in cut(stream, cuts) for m in decoder.feed(chunk)]
 
     # Then every message comes out once, in order, and nothing is left over
-    assert received == [message for _writer, message in sent]
+    assert same(received, [message for _writer, message in sent])
     assert decoder.buffered == 0
 
 
 @given(
-    st.lists(json_messages, min_size=1, max_size=5),
+    st.lists(messages, min_size=1, max_size=5),
     st.lists(st.integers(min_value=0), max_size=12),
     st.data(),
 )
 def test_native_and_pure_decoders_agree_chunk_by_chunk(
-    messages: list[list[Any]], cuts: list[int], data: st.DataObject
+    sent: list[list[Any]], cuts: list[int], data: st.DataObject
 ) -> None:
     # Given a stream that may end in the middle of a frame
-    stream = b"".join(_fast.encode_frame(m) for m in messages)
+    stream = b"".join(_fast.encode_frame(m) for m in sent)
     stream = stream[: data.draw(st.integers(min_value=0, max_value=len(stream)))]
     chunks = cut(stream, cuts)
 
@@ -385,16 +427,17 @@ def test_native_and_pure_decoders_agree_chunk_by_chunk(
     # Then they return the same frames after each chunk, and hold the same tail
     assert native == pure
     # the complete frames, in order, and the bytes of the one cut short
-    complete = _complete(messages, stream)
-    assert [m for _kind, returned, _held in native for m in returned] == complete
+    complete = _complete(sent, stream)
+    decoder = _fast.FrameDecoder()
+    assert same([m for chunk in chunks for m in decoder.feed(chunk)], complete)
     held = native[-1][2] if native else 0
     assert held == len(stream) - sum(len(_fast.encode_frame(m)) for m in complete)
 
 
-def _complete(messages: list[list[Any]], stream: bytes) -> list[list[Any]]:
+def _complete(sent: list[list[Any]], stream: bytes) -> list[list[Any]]:
     """The messages whose whole frame is within ``stream``."""
     done, size = [], 0
-    for message in messages:
+    for message in sent:
         size += len(_fast.encode_frame(message))
         if size > len(stream):
             break
@@ -402,9 +445,11 @@ def _complete(messages: list[list[Any]], stream: bytes) -> list[list[Any]]:
     return done
 
 
+tags = st.sampled_from(b"NIFSB").map(lambda t: bytes([t]))
 segments = st.one_of(
-    json_messages.map(lambda m: frame(orjson.dumps(m))),  # a good frame
-    st.binary(max_size=40).map(frame),  # a body that is likely not JSON
+    messages.map(lambda m: _fast_py.encode_frame(m)),  # a good frame
+    st.lists(tags | st.binary(max_size=5), max_size=8).map(lambda p: frame(b"".join(p))),
+    st.binary(max_size=40).map(frame),  # a body of anything
     st.tuples(st.integers(0, 2**32 - 1), st.binary(max_size=12)).map(  # any declared length
         lambda t: t[0].to_bytes(4, "big") + t[1]
     ),
@@ -420,7 +465,8 @@ segments = st.one_of(
 def test_native_and_pure_decoders_agree_on_corrupt_streams(
     parts: list[bytes], cuts: list[int], max_frame_size: int
 ) -> None:
-    # Given a stream of good frames, bad JSON, wild lengths and noise, in chunks
+    # Given a stream of good frames, bad tags, short items, bad UTF-8, wild
+    # lengths and noise, in chunks
     chunks = cut(b"".join(parts), cuts)
 
     # When each implementation is fed the same chunks
@@ -457,18 +503,18 @@ def test_an_oversize_declared_length_is_refused_as_soon_as_the_header_arrives(
         decoder.feed(header[split:])
     # and the stream stays refused
     with pytest.raises(ValueError, match=message):
-        decoder.feed(b"[]")
+        decoder.feed(b"N")
 
 
 def test_a_frame_at_the_limit_is_read_and_one_byte_over_is_not(fast_impl: ModuleType) -> None:
-    # Given a frame whose body is exactly 13 bytes
-    body = orjson.dumps(["x", "12345"])
-    assert len(body) == 13
+    # Given a frame whose body is exactly 16 bytes
+    encoded = fast_impl.encode_frame(["x", "12345"])
+    assert len(encoded) - 4 == 16
 
-    # Then a decoder with a limit of 13 reads it, one with 12 refuses it
-    assert fast_impl.FrameDecoder(13).feed(frame(body)) == [["x", "12345"]]
-    with pytest.raises(ValueError, match="declares 13 bytes, over the limit of 12 bytes"):
-        fast_impl.FrameDecoder(12).feed(frame(body))
+    # Then a decoder with a limit of 16 reads it, one with 15 refuses it
+    assert fast_impl.FrameDecoder(16).feed(encoded) == [["x", "12345"]]
+    with pytest.raises(ValueError, match="declares 16 bytes, over the limit of 15 bytes"):
+        fast_impl.FrameDecoder(15).feed(encoded)
 
 
 def test_the_default_frame_limit_is_64_mib(fast_impl: ModuleType) -> None:
@@ -487,17 +533,31 @@ def test_native_and_pure_check_max_frame_size_alike(value: Any) -> None:
     assert native == pure
 
 
-def test_a_bad_body_is_a_decode_error_that_repeats(fast_impl: ModuleType) -> None:
-    # Given a good frame, then one whose body is not JSON, in one chunk
+CORRUPT_BODIES = [
+    (b"NX", ValueError, r"^a corrupt frame: unknown item tag 0x58 at byte 1 of its body$"),
+    (b"S\x00\x00\x00\x09abc", ValueError, r"^a corrupt frame: an item runs past the end at byte 0"),
+    (b"NNB\x00\x00", ValueError, r"^a corrupt frame: an item runs past the end at byte 2"),
+    (b"I\x00\x00\x00", ValueError, r"^a corrupt frame: an item runs past the end at byte 0"),
+    (b"S\x00\x00\x00\x01\xff", UnicodeDecodeError, "can't decode byte 0xff in position 0"),
+]
+
+
+@pytest.mark.parametrize(("body", "error", "text"), CORRUPT_BODIES)
+def test_a_corrupt_body_is_an_error_that_names_it_and_repeats(
+    fast_impl: ModuleType, body: bytes, error: type[Exception], text: str
+) -> None:
+    # Given a good frame, then a corrupt one, then a good one, in one chunk
     decoder = fast_impl.FrameDecoder()
-    stream = frame(b'["ok"]') + frame(b"[nope") + frame(b'["later"]')
+    stream = fast_impl.encode_frame(["ok"]) + frame(body) + fast_impl.encode_frame(["later"])
 
     # When it is fed
-    # Then the decode error surfaces, and again on the next feed
-    with pytest.raises(orjson.JSONDecodeError):
+    # Then the error names what is wrong and where, and surfaces again on the
+    # next feed: the stream cannot be trusted past it (the parent kills the child)
+    with pytest.raises(error, match=text):
         decoder.feed(stream)
-    with pytest.raises(orjson.JSONDecodeError):
+    with pytest.raises(error, match=text):
         decoder.feed(b"")
+    assert issubclass(error, ValueError)  # what the parent catches
 
 
 def test_frames_cross_a_real_socket(fast_impl: ModuleType) -> None:
@@ -530,9 +590,15 @@ def test_frames_cross_a_real_socket(fast_impl: ModuleType) -> None:
         # Then the parent gets both frames whole
         assert received == [["progress", "1", "50"], ["done", "1", "completed", big, "", 0.0]]
 
-        # And the parent's RUN frame reaches the child's blocking reader
-        parent.sendall(fast_impl.encode_frame([protocol.RUN, "2", "resize", {"w": 1}, "q", {}]))
-        assert protocol.recv(child) == ["run", "2", "resize", {"w": 1}, "q", {}]
+        # And the parent's RUN frames reach the child's blocking reader, one
+        # message at a time, however many arrived together
+        run = [protocol.RUN, "2", "resize", b'{"w":1}', "q", 0, 0, None]
+        parent.sendall(fast_impl.encode_frame(run) + fast_impl.encode_frame(["run", "3"]))
+        inbox = protocol.Inbox(child)
+        assert inbox.recv() == run
+        assert inbox.recv() == ["run", "3"]
+        parent.close()
+        assert inbox.recv() is None
     finally:
         child.close()
         parent.close()
@@ -547,7 +613,7 @@ def test_a_child_refuses_to_send_a_frame_the_parent_would_refuse(
     try:
         # When the child sends a bigger frame
         # Then it fails there, and nothing is sent
-        with pytest.raises(ValueError, match=r"a 'done' frame of 14 bytes is over the limit of 10"):
+        with pytest.raises(ValueError, match=r"a 'done' frame of 17 bytes is over the limit of 10"):
             protocol.send(child, ["done", "123"])
         parent.setblocking(False)
         with pytest.raises(BlockingIOError):

@@ -15,6 +15,7 @@ from redis.crc import key_slot
 
 from sandboxq import Queue, Retention
 from sandboxq.fast import decode_fetched, decode_job_mapping
+from sandboxq.payload import with_json_decoded
 from sandboxq.scripts import Scripts
 
 NOW = 1_000_000
@@ -48,7 +49,7 @@ def fetch(
     q: Queue, now: int, count: int = 100, token: str = TOKEN, lease_ms: int = LEASE
 ) -> tuple[list[tuple[str, dict[str, Any]]], int]:
     rows, next_due, _limited = q.scripts.fetch(q.keys, now, count, token, lease_ms)
-    return decode_fetched(rows), next_due
+    return [(i, with_json_decoded(f)) for i, f in decode_fetched(rows)], next_due
 
 
 def fetch_ids(q: Queue, now: int, count: int = 100, token: str = TOKEN) -> list[str]:
@@ -66,7 +67,7 @@ def outcome(job_id: str, kind: str, value: Any = None, traceback: str = "", dela
 
 
 def fields(q: Queue, job_id: str) -> dict[str, Any]:
-    return decode_job_mapping(q.client.hgetall(q.keys.job(job_id)))
+    return with_json_decoded(decode_job_mapping(q.client.hgetall(q.keys.job(job_id))))
 
 
 def members(q: Queue, key: str) -> list[tuple[str, float]]:

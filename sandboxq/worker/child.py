@@ -19,7 +19,7 @@ from typing import Any
 from setproctitle import setproctitle
 
 from sandboxq import execution
-from sandboxq.handlers import Handler, JobContext
+from sandboxq.handlers import Handler
 from sandboxq.worker import protocol
 
 
@@ -59,20 +59,20 @@ def serve(index: int, sock: socket.socket, handlers: dict[tuple[str, str], Handl
     def report(job_id: str, kind: str, value: str) -> None:
         protocol.send(sock, [kind, job_id, value])
 
-    while (message := protocol.recv(sock)) is not None:
-        _kind, job_id, name, data, queue, meta = message
+    inbox = protocol.Inbox(sock)
+    while (message := inbox.recv()) is not None:
+        _kind, job_id, name, data_json, queue, attempts_made, retries, children_json = message
         setproctitle(f"sandboxq child {index}: {name}#{job_id}")
-        ctx = JobContext(
+        outcome = execution.run_stored(
+            handlers[(queue, name)].func,
             queue,
             job_id,
             name,
-            data,
-            meta["attempts_made"],
+            (data_json, children_json),
+            attempts_made,
+            retries,
             report,
-            meta.get("retries", 0),
-            meta.get("children"),
         )
-        outcome = execution.run(handlers[(queue, name)].func, ctx)
         protocol.send(
             sock,
             [protocol.DONE, job_id, outcome.kind, outcome.value, outcome.traceback, outcome.delay],

@@ -513,7 +513,7 @@ class Worker:
         timeout = fields.get("timeout") or found.timeout or self.default_timeout
         job = Assignment(queue, job_id, name, fields, timeout)
         child = idle.pop()
-        self.pool.assign(child, job, fields.get("data"))
+        self.pool.assign(child, job)
         if child.outbox:
             self.selector.modify(child.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, child)
         logs.event(

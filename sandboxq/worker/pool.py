@@ -180,15 +180,21 @@ class Pool:
             os.kill(child.pid, sig)
 
     # -- pipes ---------------------------------------------------------------
-    def assign(self, child: Child, job: Assignment, data: Any) -> None:
+    def assign(self, child: Child, job: Assignment) -> None:
         child.job = job
         fields = job.fields
-        meta = {"attempts_made": fields.get("attempts_made", 0)}
-        if fields.get("retries"):
-            meta["retries"] = fields["retries"]
-        if "children" in fields:
-            meta["children"] = fields["children"]
-        child.outbox += protocol.encode([protocol.RUN, job.job_id, job.name, data, job.queue, meta])
+        child.outbox += protocol.encode(
+            [
+                protocol.RUN,
+                job.job_id,
+                job.name,
+                fields.get("data"),
+                job.queue,
+                fields.get("attempts_made", 0),
+                fields.get("retries", 0),
+                fields.get("children"),
+            ]
+        )
         self.flush(child)
 
     def flush(self, child: Child) -> None:
