@@ -5,6 +5,9 @@ with ``--procs 2`` on the private redis-server, running handlers from
 - ``test_noop_drain``: 20,000 no-op jobs, queued while the queue is paused,
   drained after ``resume()``; jobs/s with the native hot path and with
   ``SANDBOXQ_NO_EXTENSIONS=1`` in the worker's environment.
+- ``test_payload_drain``: 4,000 no-op jobs with a tiny payload, then 4,000
+  with 32 KiB of JSON each (native): the worker parent's CPU per job should
+  barely grow, since it forwards payloads as bytes and never parses them.
 - ``test_cpu_efficiency``: 200 jobs of ~25 ms of pure-Python work, against
   ``multiprocessing.Pool(2)`` running the same function 200 times, in three
   cycles of Pool, sandboxq, sandboxq, Pool.
@@ -179,6 +182,67 @@ def test_noop_drain(
         + f" (its CPU time during the drain / {NOOP_JOBS:,}; /proc counts 10 ms ticks)",
     )
     record_foreign(record_summary, f"drain {impl_name}", load)
+    queue.obliterate(force=True)
+
+
+# -- 1b. payload size: the parent forwards data as bytes ------------------------------
+PAYLOAD_JOBS = 4_000
+#: Payload sizes of the drain, in KiB of JSON (0: ``{"n": 1}``).
+PAYLOAD_KIB = (0, 32)
+
+_PAYLOAD_CPU: dict[int, float] = {}
+
+
+def payload_of(kib: int) -> dict[str, Any]:
+    """About ``kib`` KiB of JSON: a list of small records, like an export."""
+    row = {"id": 12345, "name": "Ada Lovelace", "email": "ada@example.com", "tags": ["a", "b"]}
+    rows = kib * 1024 // len(orjson.dumps(row))
+    return {"rows": [row] * rows} if rows else {"n": 1}
+
+
+@pytest.mark.parametrize("kib", PAYLOAD_KIB)
+@pytest.mark.benchmark(group="worker: drain 4k no-op jobs by payload size")
+def test_payload_drain(
+    benchmark: Any,
+    kib: int,
+    redis_client: redis.Redis,
+    workers: WorkerFactory,
+    record_summary: Callable[[str, str], None],
+) -> None:
+    queue = fresh_queue(redis_client, f"payload{kib}")
+    worker = start_idle_worker(workers, queue)
+    queue.pause()
+    data = payload_of(kib)
+    for _ in range(PAYLOAD_JOBS // 500):
+        queue.add_bulk([{"name": "noop", "data": data}] * 500)
+    worker.wait_idle()
+    marks: dict[str, float] = {}
+
+    def drain() -> None:
+        marks["start"] = time.time()
+        queue.resume()
+        wait_completed(queue, PAYLOAD_JOBS, worker, timeout=120)
+
+    cpu_before = worker.parent_cpu_seconds()
+    with ForeignLoad() as load:
+        benchmark.pedantic(drain, rounds=1, iterations=1)
+    seconds = last_finished(queue) - marks["start"]
+    _PAYLOAD_CPU[kib] = (worker.parent_cpu_seconds() - cpu_before) / PAYLOAD_JOBS * 1e6
+    stop_worker(worker)
+    assert queue.counts()["completed"] == PAYLOAD_JOBS
+    benchmark.extra_info["jobs_per_s"] = round(PAYLOAD_JOBS / seconds, 1)
+    benchmark.extra_info["parent_cpu_us_per_job"] = round(_PAYLOAD_CPU[kib], 1)
+    record_summary(
+        f"payload drain ({kib} KiB, native)",
+        f"{PAYLOAD_JOBS / seconds:,.0f} jobs/s, parent CPU {_PAYLOAD_CPU[kib]:.0f} us/job",
+    )
+    if len(_PAYLOAD_CPU) == len(PAYLOAD_KIB):
+        big, small = _PAYLOAD_CPU[max(PAYLOAD_KIB)], _PAYLOAD_CPU[min(PAYLOAD_KIB)]
+        record_summary(
+            "payload drain: parent CPU per job, biggest / smallest payload",
+            f"{big / small:.2f}x (1.0 = payload size costs the parent nothing)",
+        )
+    record_foreign(record_summary, f"payload {kib} KiB", load)
     queue.obliterate(force=True)
 
 

@@ -17,7 +17,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact, PyLon
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_DecodeUTF8
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
@@ -47,16 +47,52 @@ FIELD_KINDS = {
 
 
 cdef class _Field:
-    """A known field: its name as text, decoded once, and its kind."""
+    """A known field: its stored name, its name as text (decoded once), and
+    its kind."""
+    cdef bytes raw
     cdef str name
     cdef int kind
 
-    def __cinit__(self, str name, int kind):
-        self.name = name
+    def __cinit__(self, bytes raw, int kind):
+        self.raw = raw
+        self.name = raw.decode()
         self.kind = kind
 
 
-cdef dict _KNOWN = {field: _Field(field.decode(), kind) for field, kind in FIELD_KINDS.items()}
+# Known fields are found by length, then memcmp, not with a dict: the names
+# Redis returns are new bytes objects each time, and a dict lookup of one
+# (hash, then a generic rich compare) cost a third of decoding a job hash.
+cdef enum:
+    _LONGEST_NAME = 31
+
+# Sorted by length; _by_size[n] .. _by_size[n + 1] are the fields n bytes long.
+cdef list _FIELDS = [_Field(f, FIELD_KINDS[f]) for f in sorted(FIELD_KINDS, key=len)]
+cdef Py_ssize_t _by_size[_LONGEST_NAME + 2]
+
+
+cdef void _index_fields():
+    cdef Py_ssize_t size, i = 0
+    for size in range(_LONGEST_NAME + 2):
+        while i < len(_FIELDS) and len((<_Field>_FIELDS[i]).raw) < size:
+            i += 1
+        _by_size[size] = i
+
+
+assert max(len(f) for f in FIELD_KINDS) <= _LONGEST_NAME
+_index_fields()
+
+
+cdef inline _Field _known(bytes field):
+    """The known field stored under this name, or None."""
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(field), i
+    cdef _Field candidate
+    if size > _LONGEST_NAME:
+        return None
+    for i in range(_by_size[size], _by_size[size + 1]):
+        candidate = <_Field>PyList_GET_ITEM(_FIELDS, i)
+        if memcmp(PyBytes_AS_STRING(candidate.raw), PyBytes_AS_STRING(field), size) == 0:
+            return candidate
+    return None
 
 
 cdef inline bint _parse_int(bytes value, int64_t* out):
@@ -88,13 +124,11 @@ cdef inline int _put(dict out, object field_obj, object value_obj) except -1:
     cdef bytes field = <bytes?>field_obj
     cdef bytes value
     cdef int64_t number
-    cdef object found = _KNOWN.get(field)
-    cdef _Field known
-    if found is None:
+    cdef _Field known = _known(field)
+    if known is None:
         name = _text(field)  # the name before the value, as the twin does
         out[name] = _text(<bytes?>value_obj)
         return 0
-    known = <_Field>found
     value = <bytes?>value_obj
     if known.kind == _JSON:
         out[known.name] = value

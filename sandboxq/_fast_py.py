@@ -131,83 +131,89 @@ def _bounded(name: str, value: int, minimum: int, maximum: int) -> int:
 # Exact types only (a bool is not an int here). JSON payloads travel as B
 # items, untouched, so the parent never parses or re-serializes them.
 _HEADER = struct.Struct(">I")
-_NONE = b"N"
+_SIZED_ITEM = struct.Struct(">cI")  # tag, length
 _INT_ITEM = struct.Struct(">cq")
 _FLOAT_ITEM = struct.Struct(">cd")
-_SIZED_ITEM = struct.Struct(">cI")
-_LENGTH = _HEADER  # a sized item's length is a header-like 4-byte length
+_LENGTH = struct.Struct(">I")
+_INT64_VALUE = struct.Struct(">q")
+_FLOAT64_VALUE = struct.Struct(">d")
 _TAG_INT, _TAG_FLOAT, _TAG_STR, _TAG_BYTES, _TAG_NONE = b"IFSBN"
 _INT64 = range(-(2**63), 2**63)
 
 
-def _sized(tag: bytes, raw: bytes) -> bytes:
-    if len(raw) > MAX_FRAME_LIMIT:
-        raise ValueError(f"a frame item of {len(raw)} bytes does not fit a 4-byte length")
-    return _SIZED_ITEM.pack(tag, len(raw))
+def _too_long(size: int) -> ValueError:
+    return ValueError(f"a frame item of {size} bytes does not fit a 4-byte length")
 
 
 def encode_frame(message: list[Any]) -> bytes:
     """The frame of ``message``, a list of None, int, float, str and bytes."""
     if type(message) is not list:
         raise TypeError(f"a frame message must be a list, not {type(message).__name__}")
-    parts = [b""]  # the header, once the body's length is known
+    out = bytearray(_HEADER.size)  # the header, once the body's length is known
     for item in message:
         kind = type(item)
         if kind is str:
             raw = item.encode()
-            parts += (_sized(b"S", raw), raw)
+            if len(raw) > MAX_FRAME_LIMIT:
+                raise _too_long(len(raw))
+            out += _SIZED_ITEM.pack(b"S", len(raw))
+            out += raw
         elif kind is bytes:
-            parts += (_sized(b"B", item), item)
+            if len(item) > MAX_FRAME_LIMIT:
+                raise _too_long(len(item))
+            out += _SIZED_ITEM.pack(b"B", len(item))
+            out += item
         elif kind is int:
             if item not in _INT64:
                 raise ValueError("a frame int must fit in 64 bits (signed)")
-            parts.append(_INT_ITEM.pack(b"I", item))
+            out += _INT_ITEM.pack(b"I", item)
         elif kind is float:
-            parts.append(_FLOAT_ITEM.pack(b"F", item))
+            out += _FLOAT_ITEM.pack(b"F", item)
         elif item is None:
-            parts.append(_NONE)
+            out += b"N"
         else:
             raise TypeError(
                 f"a frame item must be None, int, float, str or bytes, not {kind.__name__}"
             )
-    size = sum(map(len, parts))
+    size = len(out) - _HEADER.size
     if size > MAX_FRAME_LIMIT:
         raise ValueError(f"a frame body of {size} bytes does not fit a 4-byte length")
-    parts[0] = _HEADER.pack(size)
-    return b"".join(parts)
+    _HEADER.pack_into(out, 0, size)
+    return bytes(out)
 
 
 def _corrupt(reason: str, at: int) -> ValueError:
     return ValueError(f"a corrupt frame: {reason} at byte {at} of its body")
 
 
-def _decode_body(buffer: bytearray, start: int, end: int) -> list[Any]:
-    """The items of the frame body ``buffer[start:end]``."""
+def _decode_body(body: bytes) -> list[Any]:
+    """The items of one frame body."""
     items: list[Any] = []
-    pos = start
+    end = len(body)
+    pos = 0
     while pos < end:
-        tag = buffer[pos]
-        if tag == _TAG_NONE:
+        tag = body[pos]
+        if tag in (_TAG_STR, _TAG_BYTES):
+            stop = pos + 5
+            if stop > end:
+                raise _corrupt("an item runs past the end", pos)
+            stop += _LENGTH.unpack_from(body, pos + 1)[0]
+            if stop > end:
+                raise _corrupt("an item runs past the end", pos)
+            value = body[pos + 5 : stop]
+            items.append(value.decode() if tag == _TAG_STR else value)
+            pos = stop
+        elif tag == _TAG_NONE:
             items.append(None)
             pos += 1
-            continue
-        if tag in (_TAG_STR, _TAG_BYTES):
-            if end - pos < 5:
-                raise _corrupt("an item runs past the end", pos - start)
-            (size,) = _LENGTH.unpack_from(buffer, pos + 1)
-            if end - pos - 5 < size:
-                raise _corrupt("an item runs past the end", pos - start)
-            value = bytes(buffer[pos + 5 : pos + 5 + size])
-            items.append(value.decode() if tag == _TAG_STR else value)
-            pos += 5 + size
         elif tag in (_TAG_INT, _TAG_FLOAT):
-            if end - pos < 9:
-                raise _corrupt("an item runs past the end", pos - start)
-            layout = _INT_ITEM if tag == _TAG_INT else _FLOAT_ITEM
-            items.append(layout.unpack_from(buffer, pos)[1])
+            if pos + 9 > end:
+                raise _corrupt("an item runs past the end", pos)
+            layout = _INT64_VALUE if tag == _TAG_INT else _FLOAT64_VALUE
+            items.append(layout.unpack_from(body, pos + 1)[0])
             pos += 9
         else:
-            raise _corrupt(f"unknown item tag 0x{tag:02x}", pos - start)
+            raise _corrupt(f"unknown item tag 0x{tag:02x}", pos)
     return items
 
 
@@ -253,7 +259,7 @@ class FrameDecoder:
                 end = start + _HEADER.size + size
                 if end > len(buffer):
                     break
-                messages.append(_decode_body(buffer, start + _HEADER.size, end))
+                messages.append(_decode_body(bytes(buffer[start + _HEADER.size : end])))
                 start = end
         finally:
             del buffer[:start]  # bytearray drops a prefix without moving the rest

@@ -216,6 +216,31 @@ def test_times_are_seconds_counters_ints_and_json_untouched(fast_impl: ModuleTyp
     assert decoded["data"] is payload
 
 
+@pytest.mark.parametrize("name", sorted(KNOWN))
+def test_every_known_field_is_found_and_a_near_miss_is_text(
+    fast_impl: ModuleType, name: str
+) -> None:
+    # Given a known field, and names one byte off it (last byte changed, one
+    # byte longer, one shorter)
+    field = name.encode()
+    near = [field[:-1] + b"~", field + b"s", field[:-1]]
+
+    # When each is decoded with the value "1"
+    decoded = fast_impl.decode_job_mapping({f: b"1" for f in [field, *near]})
+
+    # Then the known field decodes by its kind, and the others as text
+    expected = {
+        **dict.fromkeys(JSON_FIELDS, b"1"),
+        **dict.fromkeys(INT_FIELDS, 1),
+        **dict.fromkeys(SECONDS_FIELDS, 0.001),
+        **dict.fromkeys(TEXT_FIELDS, "1"),
+    }[name]
+    assert decoded[name] == expected and type(decoded[name]) is type(expected)
+    for other in near:
+        if other.decode() not in KNOWN:
+            assert decoded[other.decode()] == "1"
+
+
 @pytest.mark.parametrize("func", ["decode_job_flat", "decode_fetched"])
 def test_an_odd_number_of_items_is_refused(fast_impl: ModuleType, func: str) -> None:
     # Given a flat list missing its last value
