@@ -136,6 +136,28 @@ def percentile(samples: list[float], pct: int) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[pct - 1]
 
 
+def timed_drain(
+    benchmark: Any, queue: Queue, worker: WorkerProcess, jobs: int
+) -> tuple[float, float, ForeignLoad]:
+    """Resume the paused ``queue`` its idle worker serves and time the drain
+    of its ``jobs`` jobs: seconds until the last one finished, the worker
+    parent's CPU per job (us), and how busy other processes kept the machine."""
+    worker.wait_idle()
+    marks: dict[str, float] = {}
+
+    def drain() -> None:
+        marks["start"] = time.time()
+        queue.resume()
+        wait_completed(queue, jobs, worker, timeout=120)
+
+    cpu_before = worker.parent_cpu_seconds()
+    with ForeignLoad() as load:
+        benchmark.pedantic(drain, rounds=1, iterations=1)
+    seconds = last_finished(queue) - marks["start"]
+    parent_us = (worker.parent_cpu_seconds() - cpu_before) / jobs * 1e6
+    return seconds, parent_us, load
+
+
 # -- 1. no-op throughput, native vs pure --------------------------------------------
 @pytest.mark.parametrize("impl_name", ["native", "pure"])
 @pytest.mark.benchmark(group="worker: drain 20k no-op jobs")
@@ -154,19 +176,7 @@ def test_noop_drain(
     queue.pause()
     queue.add_bulk([{"name": "noop"}] * NOOP_JOBS)
     assert queue.counts()["waiting"] == NOOP_JOBS
-    worker.wait_idle()
-    marks: dict[str, float] = {}
-
-    def drain() -> None:
-        marks["start"] = time.time()
-        queue.resume()
-        wait_completed(queue, NOOP_JOBS, worker, timeout=120)
-
-    cpu_before = worker.parent_cpu_seconds()
-    with ForeignLoad() as load:
-        benchmark.pedantic(drain, rounds=1, iterations=1)
-    seconds = last_finished(queue) - marks["start"]
-    parent_us = (worker.parent_cpu_seconds() - cpu_before) / NOOP_JOBS * 1e6
+    seconds, parent_us, load = timed_drain(benchmark, queue, worker, NOOP_JOBS)
     stop_worker(worker)
     counts = queue.counts()
     assert counts.pop("completed") == NOOP_JOBS
@@ -215,19 +225,7 @@ def test_payload_drain(
     data = payload_of(kib)
     for _ in range(PAYLOAD_JOBS // 500):
         queue.add_bulk([{"name": "noop", "data": data}] * 500)
-    worker.wait_idle()
-    marks: dict[str, float] = {}
-
-    def drain() -> None:
-        marks["start"] = time.time()
-        queue.resume()
-        wait_completed(queue, PAYLOAD_JOBS, worker, timeout=120)
-
-    cpu_before = worker.parent_cpu_seconds()
-    with ForeignLoad() as load:
-        benchmark.pedantic(drain, rounds=1, iterations=1)
-    seconds = last_finished(queue) - marks["start"]
-    _PAYLOAD_CPU[kib] = (worker.parent_cpu_seconds() - cpu_before) / PAYLOAD_JOBS * 1e6
+    seconds, _PAYLOAD_CPU[kib], load = timed_drain(benchmark, queue, worker, PAYLOAD_JOBS)
     stop_worker(worker)
     assert queue.counts()["completed"] == PAYLOAD_JOBS
     benchmark.extra_info["jobs_per_s"] = round(PAYLOAD_JOBS / seconds, 1)
