@@ -319,8 +319,14 @@ class Queue:
     @names_url
     def job_ids(self, state: str, start: int = 0, limit: int = 100) -> list[str]:
         """Ids in ``state``: the next to run first for waiting and delayed, the
-        most recent first for completed and failed."""
+        most recent first for completed and failed. Waiting lists the jobs
+        without a group first, then each group's (groups by name), each in
+        the order they run."""
         key = self.keys.state_set(state)
+        if start < 0 or limit < 1:
+            raise ValueError(f"start must be >= 0 and limit >= 1, got {start} and {limit}")
+        if state == "waiting":
+            return self.scripts.list_waiting(self.keys, start, limit)
         stop = start + limit - 1
         newest_first = state in ("completed", "failed")
         ids: Any = (

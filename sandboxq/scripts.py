@@ -88,6 +88,7 @@ class Scripts:
         "fire_schedule",
         "add_flow",
         "configure",
+        "list_waiting",
     )
 
     def __init__(self, client: redis.Redis, events_maxlen: int = EVENTS_MAXLEN) -> None:
@@ -297,6 +298,12 @@ class Scripts:
                 [k.wait, k.delayed, k.events],
                 [k.prefix, "1" if include_delayed else "0", limit, self.events_maxlen],
             )
+        )
+
+    def list_waiting(self, k: QueueKeys, start: int, limit: int) -> list[str]:
+        """A page of waiting ids: ungrouped first, then each group's, by name."""
+        return decode_ids(
+            self._run("list_waiting", [k.wait, k.group_names], [k.prefix, start, limit])
         )
 
     def obliterate(self, k: QueueKeys, force: bool, limit: int = STEP_LIMIT) -> int:

@@ -313,6 +313,14 @@ def test_jobs_lists_other_states_up_to_the_limit(queue: Queue, cli: Cli) -> None
     assert empty.code == 0 and "(no completed jobs" in empty.out
 
 
+def test_jobs_lists_waiting_jobs_of_groups_too(queue: Queue, cli: Cli) -> None:
+    plain = queue.add("x").id
+    grouped = queue.add("x", group="customer-42").id
+
+    listed = cli("jobs", queue.name, "--state", "waiting", "--json").json()
+    assert [j["id"] for j in listed] == [plain, grouped]
+
+
 # -- job -------------------------------------------------------------------------------
 def test_job_shows_everything_about_a_failed_job(queue: Queue, cli: Cli) -> None:
     # Given a job with options that logged, reported progress and failed,

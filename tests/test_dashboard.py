@@ -202,6 +202,14 @@ def test_pagination_over_5000_completed_jobs(user: Client, queue: Queue) -> None
     assert "page=3" in html.text and "page=1" in html.text
 
 
+def test_waiting_pages_include_grouped_jobs(user: Client, queue: Queue) -> None:
+    plain = queue.add("ok").id
+    grouped = queue.add("ok", group="customer-42").id
+    page = user.get(f"/api/queues/{queue.name}/jobs?state=waiting").json()
+    assert page["total"] == 2
+    assert [j["id"] for j in page["jobs"]] == [plain, grouped]
+
+
 def test_search_by_id_and_by_name(user: Client, queue: Queue) -> None:
     fill_completed(queue, 120)
     queue.add("ok")

@@ -446,6 +446,31 @@ def test_counts_and_job_ids_per_state(queue: Queue) -> None:
         queue.job_ids("running")
 
 
+def test_waiting_lists_grouped_jobs_after_ungrouped_ones_and_pages_across_them(
+    queue: Queue,
+) -> None:
+    # Given waiting jobs without a group and in two groups (grouped jobs wait
+    # in their group's own set), added interleaved
+    plain1 = queue.add("x").id
+    z1 = queue.add("x", group="zeta").id
+    a1 = queue.add("x", group="alpha").id
+    plain2 = queue.add("x").id
+    a2 = queue.add("x", group="alpha").id
+    urgent = queue.add("x", priority=-1, group="zeta").id
+
+    # When the waiting jobs are listed, whole and in pages of 2
+    everything = queue.job_ids("waiting")
+    pages = [queue.job_ids("waiting", start, 2) for start in (0, 2, 4, 6)]
+
+    # Then every waiting job is there once: ungrouped first, then each group
+    # by name, each in the order it runs (priority first)
+    assert everything == [plain1, plain2, a1, a2, urgent, z1]
+    assert queue.counts()["waiting"] == len(everything)
+    assert pages == [[plain1, plain2], [a1, a2], [urgent, z1], []]
+    with pytest.raises(ValueError, match="limit >= 1"):
+        queue.job_ids("waiting", 0, 0)
+
+
 # -- administering ------------------------------------------------------------
 def test_pause_stops_jobs_being_handed_out_until_resume(queue: Queue) -> None:
     # Given a paused queue with a job
