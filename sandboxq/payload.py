@@ -39,9 +39,15 @@ def load_json(raw: bytes | None) -> Any:
 
 
 def with_json_decoded(fields: dict[str, Any]) -> dict[str, Any]:
-    """Decoded job-hash fields with their JSON fields parsed too."""
+    """Decoded job-hash fields with their JSON fields parsed too. A field
+    that is not valid JSON (something other than sandboxq wrote it) comes
+    back as its raw text, so the job can still be looked at, retried or
+    removed; running it fails, saying why."""
     out = dict(fields)
     for name in JSON_FIELDS:
         if name in out:
-            out[name] = orjson.loads(out[name])
+            try:
+                out[name] = orjson.loads(out[name])
+            except orjson.JSONDecodeError:
+                out[name] = out[name].decode(errors="replace")
     return out

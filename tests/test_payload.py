@@ -91,6 +91,17 @@ def test_with_json_decoded_parses_only_the_json_fields_and_copies() -> None:
     assert fields["data"] == b'{"field":"data"}'
 
 
+def test_a_json_field_that_is_not_json_is_kept_as_its_text() -> None:
+    # Given fields whose data another writer broke (bad JSON, bad UTF-8)
+    fields = {"data": b"{not json", "result": b"\xff\xfe", "progress": b"50"}
+
+    # When decoded for a Job
+    decoded = with_json_decoded(fields)
+
+    # Then the readable ones are values, the others their text
+    assert decoded == {"data": "{not json", "result": "\ufffd\ufffd", "progress": 50}
+
+
 def test_run_stored_parses_data_and_children_where_the_handler_runs() -> None:
     # Given a job's data and children's results as Redis holds them
     seen: dict[str, Any] = {}

@@ -186,6 +186,30 @@ def test_progress_and_log_lines_reach_redis(start_worker: StartWorker, queue: Qu
     assert done.logs() == ["step 1", "step 2", "step 3"]
 
 
+def test_payloads_travel_as_bytes_and_bad_stored_json_fails_only_that_job(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given a worker, a job with a large nested payload, and a job whose
+    # stored data another writer broke (the parent forwards data unparsed)
+    start_worker(procs=1)
+    payload = {"rows": [{"id": i, "name": f"row {i}", "tags": ["a", "é"]} for i in range(3000)]}
+    big = queue.add("ok", payload)
+    broken = queue.add("ok", {"fine": True}, attempts=3)
+    queue.client.hset(queue.keys.job(broken.id), "data", b"{not json")
+    after = queue.add("ok", [1, 2])
+
+    # Then the payload reaches the handler whole, the broken job fails for
+    # good (no retries) saying why, and the worker carries on
+    done = wait_for_job(queue, big.id)
+    assert done.state == "completed" and done.result["echo"] == payload
+    failed = wait_for_job(queue, broken.id)
+    assert failed.state == "failed" and failed.attempts_made == 1, failed.fields
+    assert failed.error is not None
+    assert failed.error.startswith("the job's stored data is not valid JSON: ")
+    assert failed.data == "{not json"  # shown as it is stored
+    assert wait_for_job(queue, after.id).result["echo"] == [1, 2]
+
+
 # -- signals and shutdown -----------------------------------------------------------
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_stop_signal_lets_jobs_in_flight_finish_and_exits_0(
