@@ -180,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="after a timeout's SIGTERM, wait this long before SIGKILL [2]",
     )
     worker.add_argument(
+        "--child-nice",
+        type=int,
+        choices=range(20),
+        default=5,
+        metavar="N",
+        help="run children N levels of nice(1) below the parent, which serves them all "
+        "(0 to 19; 0 = the same priority) [5]",
+    )
+    worker.add_argument(
         "--rate-limit",
         type=parse_rate,
         metavar="N/PERIOD",
@@ -401,6 +410,7 @@ def run_worker(args: argparse.Namespace) -> int:
             max_stalls=args.max_stalls,
             default_timeout=args.default_timeout,
             kill_grace=args.kill_grace,
+            child_nice=args.child_nice,
             rate_limit=args.rate_limit,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,

@@ -19,6 +19,7 @@ import redis
 
 from sandboxq import Queue
 from sandboxq.local_redis import LocalRedis
+from sandboxq.worker import Worker
 from tests.worker_harness import (
     READY,
     WorkerProcess,
@@ -208,6 +209,36 @@ def test_payloads_travel_as_bytes_and_bad_stored_json_fails_only_that_job(
     assert failed.error.startswith("the job's stored data is not valid JSON: ")
     assert failed.data == "{not json"  # shown as it is stored
     assert wait_for_job(queue, after.id).result["echo"] == [1, 2]
+
+
+def niceness(pid: int) -> int:
+    """A process's nice value, from /proc/<pid>/stat (field 19)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.parametrize(("args", "lower_by"), [((), 5), (("--child-nice", "0"), 0)])
+def test_children_run_below_the_parent_that_serves_them(
+    start_worker: StartWorker, queue: Queue, args: tuple[str, ...], lower_by: int
+) -> None:
+    # Given a worker, by default or with --child-nice 0
+    worker = start_worker(*args, procs=2)
+
+    # Then each child's niceness is the parent's plus the setting (nice
+    # tops out at 19), and the children still run jobs
+    children = worker.wait_pool_size(2, timeout=5.0)
+    expected = min(niceness(worker.pid) + lower_by, 19)
+    assert [niceness(pid) for pid in children] == [expected, expected]
+    assert wait_for_job(queue, queue.add("ok", 1).id).state == "completed"
+
+
+def test_a_child_nice_outside_0_to_19_is_refused(start_worker: StartWorker) -> None:
+    worker = start_worker("--child-nice", "20", wait_ready=False)
+    assert worker.wait() == 2
+    assert "--child-nice" in worker.log
+    for bad in (-1, 20, 1.5):
+        with pytest.raises(ValueError, match="child_nice must be an int from 0 to 19"):
+            Worker(["q"], {"x": lambda job: None}, child_nice=bad)  # type: ignore[arg-type]
 
 
 # -- signals and shutdown -----------------------------------------------------------

@@ -87,11 +87,20 @@ def main(
     handlers: dict[tuple[str, str], Handler],
     close_fds: list[int],
     parent_pid: int,
+    nice: int = 0,
 ) -> Any:
-    """Entry point right after fork (signals still blocked). Never returns."""
+    """Entry point right after fork (signals still blocked). Never returns.
+
+    ``nice``: how much lower than the parent this child runs. The parent
+    serves every child (results, the next job, leases) and, on a small host,
+    Redis too; when CPU-bound jobs fill every core, a lower priority lets
+    both run as soon as they wake instead of waiting for a child's time
+    slice, which is where a child's idle time between jobs went."""
     code = 0
     try:
         die_with_parent(parent_pid)
+        if nice:
+            os.nice(nice)
         reset_signals()
         for fd in close_fds:
             with contextlib.suppress(OSError):

@@ -51,6 +51,10 @@ RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
 _WAKE, _WAITER = "wake", "waiter"
 
 
+#: The most a child's niceness can be raised above the parent's (nice(2)).
+MAX_CHILD_NICE = 19
+
+
 class BootError(RuntimeError):
     """The worker cannot start; the CLI exits with EXIT_BOOT_ERROR."""
 
@@ -120,6 +124,7 @@ class Worker:
         max_stalls: int = 1,
         default_timeout: float | None = None,
         kill_grace: float = 2.0,
+        child_nice: int = 5,
         rate_limit: tuple[int, float] | None = None,
         metrics_port: int | None = None,
         metrics_host: str = "0.0.0.0",
@@ -136,6 +141,10 @@ class Worker:
             raise ValueError(f"procs must be 'auto' or an int >= 1, got {procs!r}")
         if lease <= 0 or shutdown_timeout < 0 or max_stalls < 0:
             raise ValueError("lease must be > 0, shutdown_timeout and max_stalls >= 0")
+        if not isinstance(child_nice, int) or not 0 <= child_nice <= MAX_CHILD_NICE:
+            raise ValueError(
+                f"child_nice must be an int from 0 to {MAX_CHILD_NICE}, got {child_nice!r}"
+            )
         self.procs = procs
         self.url = resolve_url(url)
         self.max_memory_per_child = max_memory_per_child
@@ -145,6 +154,7 @@ class Worker:
         self.max_stalls = max_stalls
         self.default_timeout = default_timeout
         self.kill_grace = kill_grace
+        self.child_nice = child_nice
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
         self.liveness_tick_timeout = liveness_tick_timeout
         self.liveness_idle_timeout = liveness_idle_timeout
@@ -208,6 +218,7 @@ class Worker:
             max_memory_bytes=self.max_memory_per_child,
             max_jobs_per_child=self.max_jobs_per_child,
             kill_grace=self.kill_grace,
+            child_nice=self.child_nice,
             inherited_fds=[wake_r, self._wake_w, self.selector.fileno()],
         )
         setproctitle(f"sandboxq parent: {','.join(self.queues)} [{self.procs} procs]")

@@ -102,6 +102,7 @@ class Pool:
         max_memory_bytes: int | None = None,
         max_jobs_per_child: int | None = None,
         kill_grace: float = 2.0,
+        child_nice: int = 0,
         inherited_fds: list[int] | None = None,
     ) -> None:
         self.size = size
@@ -109,6 +110,7 @@ class Pool:
         self.max_memory_bytes = max_memory_bytes
         self.max_jobs_per_child = max_jobs_per_child
         self.kill_grace = kill_grace
+        self.child_nice = child_nice
         self.inherited_fds = inherited_fds or []  # parent fds a child must close
         self.by_pid: dict[int, Child] = {}
         self._free_indexes = list(range(size, 0, -1))
@@ -124,7 +126,9 @@ class Pool:
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child, which never returns
-                child_main.main(index, child_sock, self.handlers, close_in_child, parent_pid)
+                child_main.main(
+                    index, child_sock, self.handlers, close_in_child, parent_pid, self.child_nice
+                )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         child_sock.close()
