@@ -428,7 +428,8 @@ class Queue:
 
         ``older_than`` applies to completed and failed jobs only: the sets of
         waiting and delayed jobs are ordered by priority and due time, not by
-        age."""
+        age. For waiting jobs, ``keep`` counts the jobs without a group and
+        each group's jobs apart (``keep=0`` empties them all)."""
         if state == "active":
             raise ValueError("active jobs cannot be cleaned; they are running")
         if older_than is None and keep is None:

@@ -199,6 +199,50 @@ def test_remove_drain_and_obliterate_know_about_groups(queue: Queue) -> None:
     assert queue.client.keys(f"{queue.keys.prefix}*") == []
 
 
+EMPTY_A_GROUP = {
+    "remove": lambda q, ids: [q.remove(i) for i in ids],
+    "drain": lambda q, ids: q.drain(),
+    "clean": lambda q, ids: q.clean("waiting", keep=0),
+}
+
+
+@pytest.mark.parametrize("how", list(EMPTY_A_GROUP))
+def test_a_group_emptied_by_an_admin_takes_no_turn_and_no_slot(queue: Queue, how: str) -> None:
+    # Given a group with a cap of one active job, whose waiting jobs an
+    # admin removed while it was in the rotation
+    queue.set_group_concurrency(1)
+    ids = [add(queue, "j", group="g") for _ in range(2)]
+    EMPTY_A_GROUP[how](queue, ids)
+
+    # When a worker fetches next to an ungrouped job
+    plain = add(queue, "j")
+    taken, _ = fetch(queue, 5)
+
+    # Then it gets that job; the empty group counted nothing and holds no slot
+    assert taken == [plain]
+    assert queue.counts()["waiting"] == 0
+    assert queue.client.hgetall(queue.keys.group_active) == {}
+    # and the group's next job starts as soon as it is added
+    later = add(queue, "j", group="g")
+    assert fetch(queue, 5)[0] == [later]
+
+
+def test_clean_waiting_keeps_the_count_of_each_group_and_of_the_ungrouped(queue: Queue) -> None:
+    # Given two waiting jobs without a group and two in each of two groups
+    plain = [add(queue, "j") for _ in range(2)]
+    g = [add(queue, "j", group="g") for _ in range(2)]
+    h = [add(queue, "j", group="h") for _ in range(2)]
+
+    # When waiting jobs beyond one are cleaned
+    removed = queue.clean("waiting", keep=1)
+
+    # Then the newest of each set is kept, and the counts agree with the lists
+    assert removed == 3
+    assert queue.job_ids("waiting") == [plain[1], g[1], h[1]]
+    assert queue.counts()["waiting"] == 3
+    assert sorted(fetch(queue, 5)[0]) == sorted([plain[1], g[1], h[1]])
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

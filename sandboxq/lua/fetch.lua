@@ -87,8 +87,14 @@ local grl_max, grl_window = tonumber(s[7] or '0'), tonumber(s[8] or '0')
 local groups_key = prefix .. 'groups'
 
 -- The next job of the group whose turn it is, or nil if that group is at a
--- limit (it then leaves the rotation until a slot frees or its window opens).
+-- limit (it then leaves the rotation until a slot frees or its window opens)
+-- or has no job left (removed, drained or cleaned while it had its turn).
 local function take_from_group(group)
+  local gwait = prefix .. 'gwait:' .. group
+  if redis.call('ZCARD', gwait) == 0 then
+    redis.call('ZREM', groups_key, group)  -- make_waiting() puts it back
+    return nil
+  end
   if gconc > 0 and tonumber(redis.call('HGET', prefix .. 'group_active', group) or '0') >= gconc then
     redis.call('ZREM', groups_key, group)  -- leave_active() puts it back
     limited = true
@@ -104,7 +110,6 @@ local function take_from_group(group)
       return nil
     end
   end
-  local gwait = prefix .. 'gwait:' .. group
   local id = redis.call('ZPOPMIN', gwait)[1]
   redis.call('DECR', prefix .. 'gcount')
   if redis.call('ZCARD', gwait) > 0 then
