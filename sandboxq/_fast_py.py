@@ -134,7 +134,7 @@ _HEADER = struct.Struct(">I")
 _SIZED_ITEM = struct.Struct(">cI")  # tag, length
 _INT_ITEM = struct.Struct(">cq")
 _FLOAT_ITEM = struct.Struct(">cd")
-_LENGTH = struct.Struct(">I")
+_LENGTH = _HEADER  # a sized item's length is written like the frame's
 _INT64_VALUE = struct.Struct(">q")
 _FLOAT64_VALUE = struct.Struct(">d")
 _TAG_INT, _TAG_FLOAT, _TAG_STR, _TAG_BYTES, _TAG_NONE = b"IFSBN"
@@ -221,10 +221,11 @@ class FrameDecoder:
     """Reassembles frames from chunks of a byte stream cut anywhere.
 
     A header declaring more than ``max_frame_size`` bytes raises ValueError as
-    soon as it arrives, before any of its body is buffered; so does a body
-    that does not hold whole, well-tagged items (UnicodeDecodeError, also a
-    ValueError, for a str item that is not UTF-8). After an error the
-    offending frame stays at the front, so every later ``feed`` raises again.
+    soon as it arrives, before any of its body is buffered. A body that does
+    not hold whole, well-tagged items raises ValueError once the frame is
+    complete (UnicodeDecodeError, also a ValueError, for a str item that is
+    not UTF-8). After an error the offending frame stays at the front, so
+    every later ``feed`` raises again.
     """
 
     __slots__ = ("_buffer", "_max")
