@@ -2,10 +2,18 @@
 """Native hot path: the same functions as ``sandboxq/_fast_py.py``, compiled.
 
 Keep the two in step; ``tests/test_fast.py`` runs both on the same cases, and
-``_fast_py.py`` documents the formats.
+``_fast_py.py`` documents the formats. What is not hot (the field table, the
+limits, argument checks) is the twin's own, imported, so it exists once.
 """
 
-import operator
+from sandboxq import _fast_py as _twin
+from sandboxq._fast_py import (
+    FIELD_KINDS,
+    INT64_LIMIT,
+    MAX_FRAME_LIMIT,
+    MAX_FRAME_SIZE,
+    _bounded,
+)
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -32,18 +40,8 @@ cdef enum:
     _SECONDS = 3
     _TEXT = 4
 
-FIELD_KINDS = {
-    b"data": _JSON, b"children": _JSON, b"result": _JSON, b"progress": _JSON,
-    b"backoff": _JSON,
-    b"priority": _INT, b"attempts": _INT, b"attempts_made": _INT, b"stalls": _INT,
-    b"retries": _INT, b"pending": _INT, b"seq": _INT, b"kc_count": _INT,
-    b"kf_count": _INT,
-    b"created_at": _SECONDS, b"started_at": _SECONDS, b"finished_at": _SECONDS,
-    b"timeout": _SECONDS, b"kc_age": _SECONDS, b"kf_age": _SECONDS,
-    b"name": _TEXT, b"state": _TEXT, b"token": _TEXT, b"group": _TEXT, b"error": _TEXT,
-    b"traceback": _TEXT, b"parent_id": _TEXT, b"parent_prefix": _TEXT,
-    b"manual_retry_only": _TEXT, b"waiting_since": _TEXT,
-}
+# The kinds FIELD_KINDS (the twin's table) is written in.
+assert (_JSON, _INT, _SECONDS, _TEXT) == (_twin._JSON, _twin._INT, _twin._SECONDS, _twin._TEXT)
 
 
 cdef class _Field:
@@ -171,24 +169,6 @@ def decode_fetched(list rows):
         job_id = _text(<bytes?>PyList_GET_ITEM(rows, i))
         out.append((job_id, decode_job_flat(<list?>PyList_GET_ITEM(rows, i + 1))))
     return out
-
-
-# -- limits shared with the twin ----------------------------------------------
-#: The largest frame body a FrameDecoder accepts unless told otherwise.
-MAX_FRAME_SIZE = 64 * 1024 * 1024
-#: What a 4-byte big-endian length can declare.
-MAX_FRAME_LIMIT = 0xFFFF_FFFF
-#: max_jobs and window_ms must fit a signed 64-bit integer.
-INT64_LIMIT = 2**63 - 1
-
-
-def _bounded(str name, value, minimum, maximum):
-    value = operator.index(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    if value > maximum:
-        raise ValueError(f"{name} must be at most {maximum}, got {value}")
-    return value
 
 
 # -- the parent <-> child frame codec -----------------------------------------

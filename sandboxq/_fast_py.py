@@ -2,7 +2,8 @@
 
 ``sandboxq.fast`` chooses between the two; nothing else imports either one.
 Keep every function here and in ``_fast.pyx`` in step: the tests run both
-against the same cases (``tests/test_fast.py``).
+against the same cases (``tests/test_fast.py``). The native module imports
+what is not hot from here: the field table, the limits and ``_bounded``.
 """
 
 from __future__ import annotations

@@ -36,13 +36,23 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     conn.close()
 
 
-@pytest.fixture
-def queue(redis_url: str) -> Iterator[Queue]:
+def fresh_queue(redis_url: str) -> Iterator[Queue]:
     """A queue with a name no other test uses, deleted afterwards."""
     q = Queue(f"t-{uuid.uuid4().hex[:10]}", url=redis_url)
     yield q
     q.obliterate(force=True)
     q.client.close()
+
+
+@pytest.fixture
+def queue(redis_url: str) -> Iterator[Queue]:
+    yield from fresh_queue(redis_url)
+
+
+@pytest.fixture
+def other_queue(redis_url: str) -> Iterator[Queue]:
+    """A second fresh queue, for tests of what stays within one queue."""
+    yield from fresh_queue(redis_url)
 
 
 @pytest.fixture(params=["native", "pure"])

@@ -7,7 +7,6 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -56,14 +55,6 @@ def lease(q: Queue, count: int = 1) -> list[str]:
     """Take jobs the way a worker does (a real lease), without running them."""
     rows, *_ = q.scripts.fetch(q.keys, now_ms(), count, "test-worker", 60_000)
     return [rows[i].decode() for i in range(0, len(rows), 2)]
-
-
-@pytest.fixture
-def other_queue(redis_url: str) -> Iterator[Queue]:
-    q = Queue(f"t-{uuid.uuid4().hex[:10]}", url=redis_url)
-    yield q
-    q.obliterate(force=True)
-    q.client.close()
 
 
 # -- connecting ---------------------------------------------------------------
