@@ -38,6 +38,7 @@ FIELD_KINDS: dict[bytes, int] = {
     b"attempts_made": _INT,
     b"stalls": _INT,
     b"retries": _INT,
+    b"leases": _INT,
     b"pending": _INT,
     b"seq": _INT,
     b"kc_count": _INT,
@@ -58,6 +59,7 @@ FIELD_KINDS: dict[bytes, int] = {
     b"parent_prefix": _TEXT,
     b"manual_retry_only": _TEXT,
     b"waiting_since": _TEXT,
+    b"settled": _TEXT,
 }
 
 #: Each known field's name as text and its kind: one lookup per field.

@@ -174,7 +174,11 @@ def queue_name_of(prefix: str) -> str | None:
     if match is None:
         return None
     name = match[1] if match[2] is None else f"{match[1]}:{match[2]}"
-    return name if QueueKeys.for_queue(name).prefix == prefix else None
+    try:
+        keys = QueueKeys.for_queue(name)
+    except ValueError:  # e.g. keys left by a version that allowed more ':'
+        return None
+    return name if keys.prefix == prefix else None
 
 
 def discover_queues(client: redis.Redis) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import re
 import sys
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 import orjson
 
 from sandboxq import logs
+from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.job import STATES
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -64,8 +66,8 @@ def positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    if not 0 <= value < math.inf:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
     return value
 
 
@@ -140,7 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-memory-per-child",
         type=parse_size,
         metavar="SIZE",
-        help="kill a child whose RSS goes over this, failing its job (e.g. 512M)",
+        help="kill a child whose memory (with the processes its job started) goes over "
+        "this, failing its job (e.g. 512M)",
+    )
+    worker.add_argument(
+        "--max-result-bytes",
+        type=parse_size,
+        default=DEFAULT_MAX_RESULT_BYTES,
+        metavar="SIZE",
+        help="fail a job whose result is bigger than this as JSON [1M]",
     )
     worker.add_argument(
         "--max-jobs-per-child", type=int, metavar="N", help="replace a child after N jobs"
@@ -401,6 +411,7 @@ def run_worker(args: argparse.Namespace) -> int:
     try:
         worker = Worker(
             args.queues,
+            max_result_bytes=args.max_result_bytes,
             procs=args.procs,
             url=args.url,
             max_memory_per_child=args.max_memory_per_child,
@@ -417,8 +428,12 @@ def run_worker(args: argparse.Namespace) -> int:
             liveness_tick_timeout=args.liveness_tick_timeout,
             liveness_idle_timeout=args.liveness_idle_timeout,
         )
-        return worker.run()
     except (BootError, ValueError) as exc:
+        logs.log.error("cannot start: %s", exc)
+        return EXIT_BOOT_ERROR
+    try:
+        return worker.run()
+    except BootError as exc:
         logs.log.error("cannot start: %s", exc)
         return EXIT_BOOT_ERROR
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sandboxq.options import seconds
+
 if TYPE_CHECKING:
     from sandboxq.job import Job
 
@@ -33,10 +35,10 @@ class Retry(SandboxqError):
     """Run this job again after ``delay`` seconds. No attempt is spent."""
 
     def __init__(self, delay: float = 0.0, reason: str = "") -> None:
-        if delay < 0:
-            raise ValueError(f"Retry delay must be >= 0 seconds, got {delay}")
-        super().__init__(reason or f"retry requested in {delay}s")
-        self.delay = float(delay)
+        # Checked here, in the handler, so a bad delay fails the job with a
+        # clear message; the worker checks again whatever reaches it.
+        self.delay = seconds("Retry delay", delay)
+        super().__init__(reason or f"retry requested in {self.delay}s")
 
 
 class RateLimited(SandboxqError):
@@ -45,10 +47,8 @@ class RateLimited(SandboxqError):
     no group, the queue) for ``retry_after`` seconds."""
 
     def __init__(self, retry_after: float, reason: str = "") -> None:
-        if retry_after < 0:
-            raise ValueError(f"retry_after must be >= 0 seconds, got {retry_after}")
-        super().__init__(reason or f"rate limited for {retry_after}s")
-        self.retry_after = float(retry_after)
+        self.retry_after = seconds("RateLimited retry_after", retry_after)
+        super().__init__(reason or f"rate limited for {self.retry_after}s")
 
 
 class Unrecoverable(SandboxqError):

@@ -13,16 +13,20 @@ from typing import Any
 
 import orjson
 
+from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES, MAX_ERROR_BYTES, MAX_TRACEBACK_BYTES, clip_text
 from sandboxq.errors import RateLimited, Retry, Unrecoverable
 from sandboxq.handlers import JobContext
-from sandboxq.options import Backoff, ms
-from sandboxq.payload import load_json
+from sandboxq.options import Backoff, ms, seconds
+from sandboxq.payload import load_json, to_json
 
 COMPLETED = "completed"
 FAILED = "failed"  # an attempt failed; retries may follow
 UNRECOVERABLE = "unrecoverable"  # fail now, no retries
 RETRY = "retry"  # the handler asked to run again later; no attempt spent
 RATE_LIMITED = "ratelimited"  # a downstream limit: pause the job's scope; no attempt spent
+
+#: Every way a run can end, as finish.lua knows them.
+OUTCOMES = frozenset({COMPLETED, FAILED, UNRECOVERABLE, RETRY, RATE_LIMITED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,26 +44,66 @@ class Outcome:
 
 
 def describe_error(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``Type: message``, capped. The exception is the handler's object: its
+    ``__str__`` may raise, and that must not take the child down with it."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except BaseException as failed:  # any failure is reported, never raised
+        text = f"<str() of the exception raised {type(failed).__name__}>"
+    return clip_text(f"{name}: {text}" if text else name, MAX_ERROR_BYTES)
 
 
-def run(func: Any, ctx: JobContext) -> Outcome:
+def format_traceback() -> str:
+    """The traceback of the exception being handled, capped (start and end)."""
+    try:
+        text = traceback.format_exc()
+    except BaseException:  # as in describe_error
+        text = "<the traceback could not be formatted>"
+    return clip_text(text, MAX_TRACEBACK_BYTES, keep_tail=True)
+
+
+def run(func: Any, ctx: JobContext, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> Outcome:
     """Call the handler and classify the result or exception."""
     try:
         result = func(ctx)
     except Retry as exc:
-        return Outcome(RETRY, describe_error(exc), delay=exc.delay)
+        return _run_later(RETRY, exc, "delay")
     except RateLimited as exc:
-        return Outcome(RATE_LIMITED, describe_error(exc), delay=exc.retry_after)
+        return _run_later(RATE_LIMITED, exc, "retry_after")
     except Unrecoverable as exc:
-        return Outcome(UNRECOVERABLE, describe_error(exc), traceback.format_exc())
+        return Outcome(UNRECOVERABLE, describe_error(exc), format_traceback())
     except Exception as exc:
-        return Outcome(FAILED, describe_error(exc), traceback.format_exc())
+        return Outcome(FAILED, describe_error(exc), format_traceback())
+    return completed(result, max_result_bytes)
+
+
+def _run_later(kind: str, exc: Retry | RateLimited, attribute: str) -> Outcome:
+    """A Retry or RateLimited, its delay checked again: the constructor
+    checks it, but a handler may set the attribute afterwards."""
+    what = f"{type(exc).__name__}.{attribute}"
     try:
-        return Outcome(COMPLETED, orjson.dumps(result).decode())
-    except TypeError as exc:
-        return Outcome(FAILED, f"TypeError: result is not JSON-serializable: {exc}")
+        delay = seconds(what, getattr(exc, attribute, None))
+    except (TypeError, ValueError) as bad:
+        return Outcome(FAILED, clip_text(f"{type(bad).__name__}: {bad}", MAX_ERROR_BYTES))
+    return Outcome(kind, describe_error(exc), delay=delay)
+
+
+def completed(result: Any, max_result_bytes: int) -> Outcome:
+    """A handler's return value as the job's result: JSON (no NaN, which JSON
+    cannot hold) of at most ``max_result_bytes``, or a failed attempt
+    saying why not. A result is never cut: half a result is wrong data."""
+    try:
+        raw = to_json(result, "result")
+    except (TypeError, ValueError) as exc:
+        return Outcome(FAILED, clip_text(f"{type(exc).__name__}: {exc}", MAX_ERROR_BYTES))
+    if len(raw) > max_result_bytes:
+        return Outcome(
+            FAILED,
+            f"ValueError: result is {len(raw)} bytes as JSON, over the limit of "
+            f"{max_result_bytes} bytes (--max-result-bytes)",
+        )
+    return Outcome(COMPLETED, raw.decode())
 
 
 def run_stored(
@@ -71,6 +115,7 @@ def run_stored(
     attempts_made: int,
     retries: int,
     report: Callable[[str, str, str], None],
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
 ) -> Outcome:
     """Run a job as Redis holds it: ``stored`` is its data and (a flow parent)
     its children's results, still JSON. They are parsed here, in whatever
@@ -81,14 +126,20 @@ def run_stored(
     except orjson.JSONDecodeError as exc:
         return Outcome.error(f"the job's stored data is not valid JSON: {exc}", unrecoverable=True)
     ctx = JobContext(queue, job_id, name, data, attempts_made, report, retries, children)
-    return run(func, ctx)
+    return run(func, ctx, max_result_bytes)
 
 
 def finish_entry(job_id: str, fields: dict[str, Any], outcome: Outcome) -> list[Any]:
-    """The finish script's 5 values for this job: the retry delay comes from
-    the handler (RETRY) or the job's backoff policy (FAILED)."""
+    """The finish script's 6 values for this job: the retry delay comes from
+    the handler (RETRY) or the job's backoff policy (FAILED); the lease
+    number (fetch.lua) lets finish.lua recognize a finish sent twice."""
+    lease = fields.get("leases", "")
     delay = outcome.delay
     if outcome.kind == FAILED and fields.get("backoff"):
-        backoff = Backoff.parse(load_json(fields["backoff"]))
+        try:
+            backoff = Backoff.parse(load_json(fields["backoff"]))
+        except (TypeError, ValueError) as exc:  # written by something other than sandboxq
+            message = f"{outcome.value} (not retried: its stored backoff is invalid: {exc})"
+            return [job_id, UNRECOVERABLE, message, outcome.traceback, 0, lease]
         delay = backoff.delay_for(fields.get("attempts_made", 0) + 1)
-    return [job_id, outcome.kind, outcome.value, outcome.traceback, ms(delay)]
+    return [job_id, outcome.kind, outcome.value, outcome.traceback, ms(delay), lease]

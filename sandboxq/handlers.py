@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import orjson
-
+from sandboxq.caps import MAX_LOG_LINE_BYTES, MAX_PROGRESS_BYTES, clip_json, clip_text
 from sandboxq.keys import validate_name
+from sandboxq.payload import to_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -103,13 +103,11 @@ class JobContext:
         return dict(self._children or {})
 
     def update_progress(self, value: Any) -> None:
-        """Record progress: any JSON value, e.g. a percentage or a dict."""
-        try:
-            encoded = orjson.dumps(value).decode()
-        except TypeError as exc:
-            raise TypeError(f"progress is not JSON-serializable: {exc}") from None
-        self._report(self.id, "progress", encoded)
+        """Record progress: any JSON value, e.g. a percentage or a dict. One
+        over 4 KiB as JSON is stored as a string of its clipped text."""
+        encoded = to_json(value, "progress").decode()
+        self._report(self.id, "progress", clip_json(encoded, MAX_PROGRESS_BYTES))
 
     def log(self, message: str) -> None:
-        """Append a line to the job's log."""
-        self._report(self.id, "log", str(message))
+        """Append a line to the job's log (clipped to 8 KiB)."""
+        self._report(self.id, "log", clip_text(str(message), MAX_LOG_LINE_BYTES))

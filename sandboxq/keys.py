@@ -7,6 +7,11 @@ which is what lets a single Lua script touch all of them atomically.
 Queues that must share a slot (a flow whose children run in other queues)
 are named ``GROUP:NAME``: ``media:thumbs`` owns ``sq:{media}/thumbs:wait``,
 in the same slot as every other ``media:...`` queue and as ``media`` itself.
+
+No two (queue, job) pairs may share a key. A queue's part of a key ends at
+the first ``:`` after its name, so a queue name holds at most one ``:``
+(the group's), and every per-job or per-group key is ``KIND:<id>``, while
+the queue's own keys have no ``:``. Names cannot hold braces (the hash tag).
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from dataclasses import dataclass
 #: The sets that hold job ids, one per state (``active`` is the lease table),
 #: in the order of ``sandboxq.job.STATES``.
 JOB_SETS = ("wait", "delayed", "active", "completed", "failed", "waiting_children")
+
+#: Every kind of key that belongs to one job or group: ``<prefix>KIND:<id>``.
+#: The Lua scripts build them the same way (``prefix .. 'job:' .. id``).
+PER_ID_KINDS = ("job", "logs", "deps", "ignored", "audit", "gwait", "glimiter")
 
 
 def validate_name(kind: str, value: object) -> str:
@@ -57,6 +66,7 @@ class QueueKeys:
     gcount: str  # waiting jobs that belong to a group
     limiter: str  # the queue's rate-limit log of start times
     audit: str  # stream of manual actions (retry, remove, pause...)
+    cancelled: str  # fetch requests workers gave up on (reclaim.lua)
 
     @property
     def hash_tag(self) -> str:
@@ -68,7 +78,11 @@ class QueueKeys:
         prefix = f"sq:{{{name}}}:"
         if ":" in name:
             group, rest = name.split(":", 1)
-            validate_name("queue group", group)
+            if not group or not rest or ":" in rest:
+                raise ValueError(
+                    f"queue name {name!r} must be NAME or GROUP:NAME, with one ':' "
+                    "and a non-empty part on each side"
+                )
             prefix = f"sq:{{{group}}}/{rest}:"
         return cls(
             name=name,
@@ -95,25 +109,33 @@ class QueueKeys:
             gcount=prefix + "gcount",
             limiter=prefix + "limiter",
             audit=prefix + "audit",
+            cancelled=prefix + "cancelled",
         )
 
+    def of(self, kind: str, name: str) -> str:
+        """The key of one job or group: ``kind`` is one of PER_ID_KINDS
+        (``gwait`` and ``glimiter`` take a group name, the others a job id)."""
+        if kind not in PER_ID_KINDS:
+            raise ValueError(f"unknown key kind {kind!r}")
+        return f"{self.prefix}{kind}:{name}"
+
     def job(self, job_id: str) -> str:
-        return f"{self.prefix}job:{job_id}"
+        return self.of("job", job_id)
 
     def logs(self, job_id: str) -> str:
-        return f"{self.prefix}logs:{job_id}"
+        return self.of("logs", job_id)
 
     def deps(self, job_id: str) -> str:
         """A flow parent's children's results: ``queue:id`` → result JSON."""
-        return f"{self.prefix}deps:{job_id}"
+        return self.of("deps", job_id)
 
     def job_audit(self, job_id: str) -> str:
         """The manual actions on one job (JSON entries)."""
-        return f"{self.prefix}audit:{job_id}"
+        return self.of("audit", job_id)
 
     def ignored(self, job_id: str) -> str:
         """A flow parent's children that failed and were skipped: ``queue:id`` → error."""
-        return f"{self.prefix}ignored:{job_id}"
+        return self.of("ignored", job_id)
 
     def state_set(self, state: str) -> str:
         """The set holding jobs in ``state`` (``waiting`` lives in ``wait``)."""

@@ -19,6 +19,19 @@ from sandboxq.keys import validate_name
 #: Priorities live in the high bits of a waiting job's score; see common.lua.
 PRIORITY_LIMIT = 2**20
 
+#: The longest duration any option, retry or backoff may ask for: 100 years.
+#: Far beyond any real delay, and small enough that every millisecond time
+#: built from it stays exact in Lua's doubles (below 2**53).
+MAX_SECONDS = 100 * 365 * 24 * 3600.0
+
+#: The shortest job timeout: timeouts are stored in whole milliseconds, and
+#: one that rounded to 0 would mean "no timeout".
+MIN_TIMEOUT_SECONDS = 0.001
+
+#: The most attempts a job may have. Any count up to it works: backoff stops
+#: doubling once it reaches its cap.
+MAX_ATTEMPTS = 2**31 - 1
+
 #: Options ``Queue.add`` and ``add_bulk`` accept, besides name and data.
 JOB_OPTION_NAMES = frozenset(
     {
@@ -100,11 +113,14 @@ class Backoff:
 
     def delay_for(self, failed_attempts: int, rand: float | None = None) -> float:
         """Seconds to wait after the ``failed_attempts``-th failure (1-based)."""
-        delay = self.delay
-        if self.kind == "exponential":
-            delay = self.delay * 2.0 ** max(failed_attempts - 1, 0)
-        if self.max_delay is not None:
-            delay = min(delay, self.max_delay)
+        cap = MAX_SECONDS if self.max_delay is None else self.max_delay
+        delay = min(self.delay, cap)
+        doublings = max(failed_attempts - 1, 0)
+        if self.kind == "exponential" and 0 < delay < cap:
+            # Compare exponents before computing the power: 2.0 ** n overflows
+            # past n = 1023, and the cap is reached long before that.
+            over = doublings >= math.log2(cap / delay)
+            delay = cap if over else min(math.ldexp(delay, doublings), cap)
         if self.jitter:
             delay *= 1.0 - self.jitter * (random.random() if rand is None else rand)
         return delay
@@ -140,13 +156,33 @@ class Retention:
 
 
 def seconds(what: str, value: Any) -> float:
+    """A duration option: a real number of seconds from 0 to MAX_SECONDS."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    if math.isnan(value) or value < 0:
+    if math.isnan(value):
+        raise ValueError(f"{what} must be a number of seconds, got nan")
+    if value < 0:
         raise ValueError(f"{what} must be >= 0 seconds, got {value}")
     if math.isinf(value):
         raise ValueError(f"{what} must be a finite number of seconds, got {value}")
+    if value > MAX_SECONDS:
+        raise ValueError(
+            f"{what} must be at most {MAX_SECONDS:.0f} seconds (100 years), got {value}"
+        )
     return float(value)
+
+
+def timeout_seconds(what: str, value: Any) -> float | None:
+    """A timeout: None (no timeout) or at least MIN_TIMEOUT_SECONDS."""
+    if value is None:
+        return None
+    timeout = seconds(what, value)
+    if timeout < MIN_TIMEOUT_SECONDS:
+        raise ValueError(
+            f"{what} must be at least {MIN_TIMEOUT_SECONDS} seconds (None for no timeout), "
+            f"got {timeout}"
+        )
+    return timeout
 
 
 def ms(seconds: float) -> int:
@@ -203,17 +239,15 @@ class JobOptions:
             raise TypeError(f"attempts must be an int, not {type(attempts).__name__}")
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {attempts}")
-        if timeout is not None:
-            timeout = seconds("timeout", timeout)
-            if timeout == 0:
-                raise ValueError("timeout must be > 0 seconds (None for no timeout)")
+        if attempts > MAX_ATTEMPTS:
+            raise ValueError(f"attempts must be at most {MAX_ATTEMPTS}, got {attempts}")
         return cls(
             job_id=job_id,
             delay=seconds("delay", delay),
             priority=priority,
             attempts=attempts,
             backoff=None if backoff is None else Backoff.parse(backoff),
-            timeout=timeout,
+            timeout=timeout_seconds("timeout", timeout),
             keep_completed=Retention.parse("keep_completed", keep_completed),
             keep_failed=Retention.parse("keep_failed", keep_failed),
             group=None if group is None else validate_name("group", group),

@@ -3,24 +3,35 @@
 Each worker parent writes its description (host, pid, queues, procs, start
 time) with a heartbeat time, in the same pipelined round trip as its other
 periodic work; readers list those seen recently. The key is global (not per
-queue): a worker may serve many queues.
+queue): a worker may serve many queues. Each heartbeat also deletes a few
+entries of workers that died (``lua/heartbeat.lua``), so the registry stays
+the size of the live fleet without anyone reading it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from sandboxq.scripts import Scripts
 
 WORKERS = "sq:workers"  # hash: token -> description with last_seen (JSON)
 
 #: A worker not seen for this long is presumed gone (it beats every <= 15 s).
 STALE_MS = 60_000
 
+#: Entries each heartbeat looks at, to delete those of dead workers.
+TRIM_SAMPLE = 5
 
-def heartbeat(pipe: Any, token: str, description: dict[str, Any], now_ms: int) -> None:
-    """Queue this worker's heartbeat on a pipeline: one command."""
-    pipe.hset(WORKERS, token, orjson.dumps({**description, "last_seen": now_ms / 1000.0}))
+
+def heartbeat(
+    scripts: Scripts, pipe: Any, token: str, description: dict[str, Any], now_ms: int
+) -> None:
+    """Queue this worker's heartbeat on a pipeline: one script call."""
+    raw = orjson.dumps({**description, "last_seen": now_ms / 1000.0})
+    scripts.heartbeat(WORKERS, token, raw, now_ms, STALE_MS, TRIM_SAMPLE, pipe)
 
 
 def forget(client: Any, token: str) -> None:
@@ -32,8 +43,13 @@ def live_workers(client: Any, now_ms: int, stale_ms: int = STALE_MS) -> list[dic
     """Workers seen within ``stale_ms``, oldest first; forgets the others."""
     live, gone = [], []
     for token, raw in client.hgetall(WORKERS).items():
-        entry = orjson.loads(raw)
-        if now_ms - entry.get("last_seen", 0) * 1000 > stale_ms:
+        try:
+            entry = orjson.loads(raw)
+            seen = float(entry["last_seen"])
+        except (ValueError, TypeError, KeyError):
+            gone.append(token)  # unreadable: no worker wrote it; heartbeat.lua agrees
+            continue
+        if now_ms - seen * 1000 > stale_ms:
             gone.append(token)
         else:
             live.append({**entry, "token": token.decode()})

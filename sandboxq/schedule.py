@@ -44,6 +44,10 @@ MAX_CATCH_UP = 100
 #: Schedules fired per due check, per queue.
 DUE_BATCH = 100
 
+#: A schedule that cannot be fired (its stored spec is broken) is looked at
+#: again this much later, not at every check.
+BROKEN_RETRY_MS = 60_000
+
 
 @dataclass(frozen=True, slots=True)
 class Schedule:
@@ -210,16 +214,21 @@ def occurrence_job_id(key: str, occurrence_ms: int) -> str:
     return f"{key}@{occurrence_ms}"
 
 
-def fire_due(
-    scripts: Scripts, keys: QueueKeys, now_ms: int, max_payload_bytes: int = 1024 * 1024
-) -> int:
-    """Enqueue every due occurrence of the queue's schedules; returns how
-    many jobs were created. Safe to call from any number of processes."""
+def fire_due(scripts: Scripts, keys: QueueKeys, now_ms: int) -> tuple[int, list[tuple[str, str]]]:
+    """Enqueue every due occurrence of the queue's schedules. Returns how
+    many jobs were created, and the schedules that could not be fired with
+    why (a spec something else wrote, or one from an incompatible version):
+    those are looked at again in BROKEN_RETRY_MS, and never stop the caller.
+    Safe to call from any number of processes.
+
+    The data's size is not checked here: ``Queue.schedule`` checked it
+    against the queue's ``max_payload_bytes`` when the schedule was made."""
     client = scripts.client
     due: Any = client.zrangebyscore(
         keys.schedule_times, "-inf", now_ms, start=0, num=DUE_BATCH, withscores=True
     )
     created = 0
+    broken: list[tuple[str, str]] = []
     for raw_key, score in due:
         key = raw_key.decode()
         pipe = client.pipeline(transaction=False)
@@ -228,26 +237,39 @@ def fire_due(
         spec_raw, count_raw = pipe.execute()
         if spec_raw is None:
             continue
-        schedule = Schedule.from_json(spec_raw)
-        count = int(count_raw or 0)
-        fire, new_next = plan_occurrences(schedule, int(score), count, now_ms)
-        options = JobOptions.build(**schedule.options)
-        raw = payload.dump_json(schedule.data, f"data of schedule {key!r}", max_payload_bytes)
-        jobs = [
-            [
-                occurrence_job_id(key, o),
-                options.priority,
-                0,
-                "name",
-                schedule.name,
-                "data",
-                raw,
-                "schedule",
-                key,
-                *options.hash_fields(),
-            ]
-            for o in fire
-        ]
+        try:
+            fire, new_next, jobs = _occurrence_jobs(key, spec_raw, int(score), count_raw, now_ms)
+        except (TypeError, ValueError, KeyError, ArithmeticError) as exc:  # a spec gone bad
+            broken.append((key, f"{type(exc).__name__}: {exc}"))
+            scripts.fire_schedule(keys, now_ms, key, int(score), now_ms + BROKEN_RETRY_MS, 0, [])
+            continue
         result = scripts.fire_schedule(keys, now_ms, key, int(score), new_next, len(fire), jobs)
         created += max(result, 0)
-    return created
+    return created, broken
+
+
+def _occurrence_jobs(
+    key: str, spec_raw: bytes, next_ms: int, count_raw: bytes | None, now_ms: int
+) -> tuple[list[int], int, list[list[Any]]]:
+    """The occurrences to fire, the next time to store, and their jobs as
+    fire_schedule.lua takes them; raises on a broken spec."""
+    schedule = Schedule.from_json(spec_raw)
+    fire, new_next = plan_occurrences(schedule, next_ms, int(count_raw or 0), now_ms)
+    options = JobOptions.build(**schedule.options)
+    raw = payload.to_json(schedule.data, f"data of schedule {key!r}")
+    jobs = [
+        [
+            occurrence_job_id(key, o),
+            options.priority,
+            0,
+            "name",
+            schedule.name,
+            "data",
+            raw,
+            "schedule",
+            key,
+            *options.hash_fields(),
+        ]
+        for o in fire
+    ]
+    return fire, new_next, jobs

@@ -39,13 +39,18 @@ def now_ms() -> int:
 def lua_source(name: str) -> str:
     """The text of ``lua/NAME.lua`` with its includes inlined."""
     folder = resources.files("sandboxq") / "lua"
-    lines = []
+    lines, included = [], []
     for line in (folder / f"{name}.lua").read_text().splitlines():
         if line.startswith("--!include "):
             include = line.split(None, 1)[1].strip()
+            included.append(include)
             lines.append((folder / "include" / f"{include}.lua").read_text())
         else:
             lines.append(line)
+    # retention's delete_job tells flow parents their child is gone through a
+    # function flow.lua defines: without it, deleting a job would fail.
+    if "retention" in included and "flow" not in included:
+        raise RuntimeError(f"lua/{name}.lua includes retention, so it must include flow too")
     return "\n".join(lines) + "\n"
 
 
@@ -61,6 +66,11 @@ def _job_args(jobs: Sequence[Sequence[Any]]) -> list[Any]:
     return args
 
 
+def _optional(value: int | None) -> int | str:
+    """An optional number as a script argument ("" for none)."""
+    return "" if value is None else value
+
+
 def decode_ids(raw: Sequence[bytes | str]) -> list[str]:
     """A script's array of job ids as text."""
     return [_text(i) for i in raw]
@@ -72,6 +82,7 @@ class Scripts:
     NAMES = (
         "add",
         "fetch",
+        "reclaim",
         "finish",
         "renew",
         "recover_stalled",
@@ -89,6 +100,7 @@ class Scripts:
         "add_flow",
         "configure",
         "list_waiting",
+        "heartbeat",
     )
 
     def __init__(self, client: redis.Redis, events_maxlen: int = EVENTS_MAXLEN) -> None:
@@ -134,15 +146,38 @@ class Scripts:
         token: str,
         lease_ms: int,
         pipe: redis.client.Pipeline | None = None,
+        request: int | None = None,
     ) -> Any:
         """Lease up to ``count`` jobs. Returns ``[rows, next_check_ms, limited]`` (see fetch.lua);
-        :func:`sandboxq.fast.decode_fetched` turns the rows into job records."""
+        :func:`sandboxq.fast.decode_fetched` turns the rows into job records.
+        ``request`` numbers the worker's fetches, for :meth:`reclaim`."""
         return self._run(
             "fetch",
             [k.wait, k.delayed, k.active, k.meta, k.marker, k.events, k.seq],
-            [k.prefix, now, count, token, lease_ms, self.events_maxlen],
+            [k.prefix, now, count, token, lease_ms, self.events_maxlen, _optional(request)],
             pipe,
         )
+
+    def reclaim(
+        self,
+        k: QueueKeys,
+        now: int,
+        token: str,
+        request: int,
+        known: Sequence[str],
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Any:
+        """After a lost fetch reply: hand back the jobs ``token`` holds but
+        does not know (``known`` are those it does), and make its fetches up
+        to ``request`` lease nothing if they arrive later. Returns the ids
+        handed back (raw when ``pipe`` is given)."""
+        returned = self._run(
+            "reclaim",
+            [k.active, k.events],
+            [k.prefix, token, self.events_maxlen, now, request, *known],
+            pipe,
+        )
+        return returned if pipe is not None else decode_ids(returned)
 
     def finish(
         self,
@@ -152,8 +187,9 @@ class Scripts:
         outcomes: Sequence[Sequence[Any]],
         pipe: redis.client.Pipeline | None = None,
     ) -> Any:
-        """Settle jobs; each outcome is ``(id, outcome, value, traceback, delay_ms)``.
-        Returns one status per job (bytes), or the pipeline when ``pipe`` is given."""
+        """Settle jobs; each outcome is ``(id, outcome, value, traceback,
+        delay_ms, lease)`` (``execution.finish_entry``). Returns one status
+        per job (bytes), or the pipeline when ``pipe`` is given."""
         args: list[Any] = [k.prefix, now, token, self.events_maxlen]
         for outcome in outcomes:
             args.extend(outcome)
@@ -291,12 +327,20 @@ class Scripts:
             )
         )
 
-    def drain(self, k: QueueKeys, include_delayed: bool, limit: int = STEP_LIMIT) -> int:
+    def drain(
+        self, k: QueueKeys, include_delayed: bool, limit: int = STEP_LIMIT, now: int | None = None
+    ) -> int:
         return int(
             self._run(
                 "drain",
                 [k.wait, k.delayed, k.events],
-                [k.prefix, "1" if include_delayed else "0", limit, self.events_maxlen],
+                [
+                    k.prefix,
+                    "1" if include_delayed else "0",
+                    limit,
+                    self.events_maxlen,
+                    now_ms() if now is None else now,
+                ],
             )
         )
 
@@ -306,7 +350,9 @@ class Scripts:
             self._run("list_waiting", [k.wait, k.group_names], [k.prefix, start, limit])
         )
 
-    def obliterate(self, k: QueueKeys, force: bool, limit: int = STEP_LIMIT) -> int:
+    def obliterate(
+        self, k: QueueKeys, force: bool, limit: int = STEP_LIMIT, now: int | None = None
+    ) -> int:
         sets = [k.wait, k.delayed, k.completed, k.failed, k.waiting_children]
         others = [
             k.groups,
@@ -325,12 +371,20 @@ class Scripts:
             k.schedules,
             k.schedule_times,
             k.schedule_counts,
+            k.cancelled,
         ]
         return int(
             self._run(
                 "obliterate",
                 [k.active, *sets, *others],
-                [k.prefix, "1" if force else "0", len(sets), limit],
+                [
+                    k.prefix,
+                    "1" if force else "0",
+                    len(sets),
+                    limit,
+                    now_ms() if now is None else now,
+                    self.events_maxlen,
+                ],
             )
         )
 
@@ -378,6 +432,23 @@ class Scripts:
             k.events,
         ]
         return int(self._run("fire_schedule", keys, args))
+
+    # -- the worker registry (one global key, not a queue's) ----------------
+    def heartbeat(
+        self,
+        registry_key: str,
+        token: str,
+        description: bytes,
+        now: int,
+        stale_ms: int,
+        sample: int,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Any:
+        """Record a worker's heartbeat and delete up to ``sample`` entries of
+        workers unseen for ``stale_ms``; returns how many were deleted."""
+        return self._run(
+            "heartbeat", [registry_key], [token, description, now, stale_ms, sample], pipe
+        )
 
     # -- flows ------------------------------------------------------------
     def add_flow(self, root: QueueKeys, now: int, nodes: Sequence[Sequence[Any]]) -> list[str]:

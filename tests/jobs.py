@@ -9,10 +9,14 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
-from sandboxq import JobContext, RateLimited, Retry, Unrecoverable, handler
+from sandboxq import JobContext, RateLimited, Retry, Unrecoverable, fast, handler
+from sandboxq.handlers import REGISTRY
 
 Q = os.environ.get("SANDBOXQ_TEST_QUEUE", "crash")
 
@@ -162,3 +166,162 @@ def fail_until_marker(job: JobContext) -> Any:
     if not os.path.exists(marker):
         raise RuntimeError(f"marker file {marker} is missing")
     return {"fixed": True}
+
+
+# -- values a handler controls (the parent must survive whatever they are) ------
+@handler(Q)
+def retry_nan(job: JobContext) -> Any:
+    raise Retry(delay=float("nan"))
+
+
+@handler(Q)
+def rate_limited_inf(job: JobContext) -> Any:
+    raise RateLimited(retry_after=float("inf"))
+
+
+@handler(Q)
+def retry_delay_changed(job: JobContext) -> Any:
+    """A Retry whose delay is set after it was checked (data: the delay)."""
+    exc = Retry(1)
+    exc.delay = float(job.data)
+    raise exc
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+@handler(Q)
+def unprintable_error(job: JobContext) -> Any:
+    raise _Unprintable()
+
+
+@handler(Q)
+def big_result(job: JobContext) -> Any:
+    """A result of ``data`` bytes as JSON (a string of data - 2 characters)."""
+    return "x" * (int(job.data) - 2)
+
+
+@handler(Q)
+def nan_result(job: JobContext) -> Any:
+    return {"ratio": float("nan")}
+
+
+@handler(Q)
+def always_fail(job: JobContext) -> Any:
+    raise RuntimeError(f"attempt {job.attempts_made + 1} failed")
+
+
+def _child_socket() -> socket.socket:
+    """The socket the child talks to its parent on (a local of its serve
+    loop): what a handler that writes to it behind sandboxq's back would use."""
+    frame = sys._getframe()
+    while frame is not None:
+        sock = frame.f_locals.get("sock")
+        if isinstance(sock, socket.socket):
+            return sock
+        frame = frame.f_back  # type: ignore[assignment]
+    raise RuntimeError("not running in a worker child")
+
+
+#: Items JSON cannot carry, for forge_frame's data.
+_FORGED = {"$nan": float("nan"), "$inf": float("inf"), "$bytes": b"raw"}
+
+
+@handler(Q)
+def forge_frame(job: JobContext) -> Any:
+    """Send the parent a frame of ``data`` (a list; "$id" is this job's id,
+    "$nan", "$inf" and "$bytes" what they say) behind sandboxq's back, then
+    wait to be killed."""
+    items = [job.id if item == "$id" else _FORGED.get(item, item) for item in job.data]
+    _child_socket().sendall(fast.encode_frame(items))
+    time.sleep(30)
+
+
+@handler(Q)
+def noisy(job: JobContext) -> Any:
+    """Leave as much text as a job can: 20 log lines and 20 progress values
+    of 1 MB each, then an error of 5 MB."""
+    megabyte = "é" * (512 * 1024)
+    for step in range(20):
+        job.log(f"line {step} {megabyte}")
+        job.update_progress({"step": step, "blob": megabyte})
+    raise RuntimeError("E" * (5 * 1024 * 1024))
+
+
+# -- subprocesses: part of the job ----------------------------------------------
+def _record(path: str, pid: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{pid}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def _start_helpers(pids_file: str) -> None:
+    """Start what a job may leave behind, recording each pid: an exec'd
+    program, a forked copy of the child (it keeps the child's title), and a
+    program that left the process group (setsid)."""
+    sleeper = subprocess.Popen(["sleep", "120"])
+    _record(pids_file, sleeper.pid)
+    forked = os.fork()
+    if forked == 0:  # pragma: no cover - the forked copy
+        time.sleep(120)
+        os._exit(0)
+    _record(pids_file, forked)
+    escaped = subprocess.Popen(["sleep", "121"], start_new_session=True)
+    _record(pids_file, escaped.pid)
+
+
+@handler(Q)
+def spawn_and_hang(job: JobContext) -> Any:
+    _start_helpers(job.data["pids"])
+    while True:
+        time.sleep(1)
+
+
+@handler(Q)
+def spawn_stubborn_and_hang(job: JobContext) -> Any:
+    """Start a program that leaves the process group and ignores SIGTERM,
+    record its pid, then hang: a timeout's SIGTERM ends the child at once,
+    and the program must still get the SIGKILL."""
+    code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(120)\n"
+    stubborn = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    _record(job.data["pids"], stubborn.pid)
+    while True:
+        time.sleep(1)
+
+
+@handler(Q)
+def spawn_and_return(job: JobContext) -> Any:
+    _start_helpers(job.data["pids"])
+    return "left them running"
+
+
+@handler(Q)
+def spawn_and_exit(job: JobContext) -> Any:
+    _start_helpers(job.data["pids"])
+    os._exit(3)
+
+
+@handler(Q)
+def subprocess_allocates(job: JobContext) -> Any:
+    """A subprocess that holds ``data["mib"]`` MiB, resident, until killed."""
+    code = (
+        "import time, sys\n"
+        f"block = bytearray({int(job.data['mib'])} * 1024 * 1024)\n"
+        "for i in range(0, len(block), 4096): block[i] = 1\n"
+        "time.sleep(120)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    _record(job.data["pids"], child.pid)
+    child.wait()
+    return "the subprocess ended"
+
+
+# -- more queues: SANDBOXQ_TEST_EXTRA_QUEUES="a,b" serves every handler there too --
+for _extra in filter(None, os.environ.get("SANDBOXQ_TEST_EXTRA_QUEUES", "").split(",")):
+    for (_queue, _name), _found in list(REGISTRY.items()):
+        if _queue == Q:
+            handler(_extra, _name)(_found.func)

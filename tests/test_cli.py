@@ -196,6 +196,24 @@ def test_stats_without_a_queue_lists_every_queue(queue: Queue, kids: Queue, cli:
     assert table.row(kids.name)[2] == "1"
 
 
+def test_stats_skips_keys_of_queue_names_no_longer_allowed(
+    queue: Queue, client: redis.Redis, cli: Cli
+) -> None:
+    # Given a queue, and the event stream of a queue named with two ':'
+    # (allowed by earlier versions, whose keys could collide with others')
+    queue.add("x")
+    stale = f"sq:{{{queue.name}}}/b:c:events"
+    client.xadd(stale, {"event": "added", "job_id": "1"})
+
+    # When every queue's stats are listed
+    found = {s["queue"] for s in cli("stats", "--json").json()}
+
+    # Then the listing works, and leaves the old name out
+    assert queue.name in found
+    assert f"{queue.name}:b:c" not in found
+    client.delete(stale)
+
+
 def test_stats_watch_refreshes_the_given_number_of_times(queue: Queue, cli: Cli) -> None:
     queue.add("x")
 

@@ -34,6 +34,7 @@ INT_FIELDS = (
     "attempts_made",
     "stalls",
     "retries",
+    "leases",
     "pending",
     "seq",
     "kc_count",
@@ -51,6 +52,7 @@ TEXT_FIELDS = (
     "parent_prefix",
     "manual_retry_only",
     "waiting_since",
+    "settled",
 )
 KNOWN = {*JSON_FIELDS, *INT_FIELDS, *SECONDS_FIELDS, *TEXT_FIELDS}
 

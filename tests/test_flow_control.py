@@ -36,7 +36,8 @@ def group_of(queue: Queue, job_id: str) -> str:
 def finish(
     queue: Queue, job_id: str, outcome: str = "completed", delay_ms: int = 0, now: int = NOW
 ) -> str:
-    [status] = queue.scripts.finish(queue.keys, now, TOKEN, [[job_id, outcome, "1", "", delay_ms]])
+    entry = [job_id, outcome, "1", "", delay_ms, ""]
+    [status] = queue.scripts.finish(queue.keys, now, TOKEN, [entry])
     return str(status.decode())
 
 

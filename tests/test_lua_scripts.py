@@ -60,10 +60,17 @@ def finish(q: Queue, now: int, *outcomes: list[Any], token: str = TOKEN) -> list
     return [s.decode() for s in q.scripts.finish(q.keys, now, token, outcomes)]
 
 
-def outcome(job_id: str, kind: str, value: Any = None, traceback: str = "", delay_ms: int = 0):
+def outcome(
+    job_id: str,
+    kind: str,
+    value: Any = None,
+    traceback: str = "",
+    delay_ms: int = 0,
+    lease: int | str = "",
+):
     if kind == "completed":
         value = orjson.dumps(value).decode()
-    return [job_id, kind, value or "", traceback, delay_ms]
+    return [job_id, kind, value or "", traceback, delay_ms, lease]
 
 
 def fields(q: Queue, job_id: str) -> dict[str, Any]:
@@ -553,6 +560,38 @@ def test_finish_after_the_lease_was_recovered_is_lost(queue: Queue) -> None:
     assert ids(queue, queue.keys.wait) == [job_id]
 
 
+def test_a_finish_sent_twice_is_recognized_and_changes_nothing_more(queue: Queue) -> None:
+    # Given a job leased once (lease number 1) and completed with that number
+    job_id = leased_job(queue)
+    assert fields(queue, job_id)["leases"] == 1
+    assert finish(queue, NOW + 1, outcome(job_id, "completed", 7, lease=1)) == ["completed"]
+    before = snapshot(queue, job_id)
+
+    # When the same finish arrives again (its first reply was lost)
+    statuses = finish(queue, NOW + 2, outcome(job_id, "completed", 7, lease=1))
+
+    # Then it is reported as settled already, with how, and nothing changes
+    assert statuses == ["settled:completed"]
+    assert snapshot(queue, job_id) == before
+
+
+def test_a_repeated_finish_of_a_retried_job_still_says_settled(queue: Queue) -> None:
+    # Given a failed attempt that sent the job back to wait, then another
+    # worker leased it again (lease number 2)
+    job_id = add(queue, spec(attempts=3))[0]
+    fetch(queue, NOW, 1)
+    assert finish(queue, NOW + 1, outcome(job_id, "failed", "boom", lease=1)) == ["retrying"]
+    assert fetch(queue, NOW + 2, 1, token=OTHER)[0][0][0] == job_id
+
+    # When the first worker's finish arrives again
+    statuses = finish(queue, NOW + 3, outcome(job_id, "failed", "boom", lease=1))
+
+    # Then it says how that lease was settled, and the new lease is untouched
+    assert statuses == ["settled:retrying"]
+    assert fields(queue, job_id)["token"] == OTHER
+    assert fields(queue, job_id)["attempts_made"] == 1
+
+
 # -- renew --------------------------------------------------------------------
 def test_renew_moves_the_deadline(queue: Queue) -> None:
     # Given a job leased at NOW for 30 s
@@ -689,6 +728,67 @@ def test_release_ignores_jobs_of_another_token(queue: Queue) -> None:
     assert released == []
     assert ids(queue, queue.keys.active) == [job_id]
     assert fields(queue, job_id)["token"] == OTHER
+
+
+# -- reclaim (a lost fetch reply) ---------------------------------------------------
+def test_reclaim_hands_back_the_jobs_a_lost_fetch_leased_without_a_stall(
+    queue: Queue,
+) -> None:
+    # Given a job this worker runs, two a fetch leased to it whose reply it
+    # never got (one may only be retried by a person), and one of worker B
+    running, lost, manual, theirs, waiting = add(
+        queue, spec(), spec(), spec(manual_retry_only="1"), spec(), spec()
+    )
+    assert fetch_ids(queue, NOW, 1) == [running]
+    assert fetch_ids(queue, NOW + 1, 2) == [lost, manual]
+    assert fetch_ids(queue, NOW + 2, 1, token=OTHER) == [theirs]
+
+    # When it reclaims, knowing only of the job it runs
+    returned = queue.scripts.reclaim(queue.keys, NOW + 3, TOKEN, 2, [running])
+
+    # Then the two it never got wait again at their places, with no attempt
+    # or stall counted (the manual one too: it never ran); the rest stay
+    assert returned == [lost, manual]
+    assert ids(queue, queue.keys.wait) == [lost, manual, waiting]
+    assert sorted(ids(queue, queue.keys.active)) == sorted([running, theirs])
+    for job_id in (lost, manual):
+        job = fields(queue, job_id)
+        assert (job["state"], job["stalls"], job["attempts_made"]) == ("waiting", 0, 0)
+        assert "token" not in job
+        assert events(queue, job_id)[-1] == ("waiting", {"from": "unstarted"})
+
+
+def test_a_fetch_given_up_on_leases_nothing_when_it_arrives_late(queue: Queue) -> None:
+    # Given a worker that gave up on its fetch request 7 (reclaimed)
+    [job_id] = add(queue)
+    assert queue.scripts.reclaim(queue.keys, NOW, TOKEN, 7, []) == []
+
+    # When that fetch, or an earlier one, reaches Redis only now
+    for request in (7, 3):
+        rows, _due, _limited = queue.scripts.fetch(
+            queue.keys, NOW + 1, 1, TOKEN, LEASE, request=request
+        )
+        # Then it leases nothing
+        assert rows == []
+    assert ids(queue, queue.keys.wait) == [job_id]
+
+    # While another worker's request of the same number does
+    rows, _due, _limited = queue.scripts.fetch(queue.keys, NOW + 2, 1, OTHER, LEASE, request=7)
+    assert [found for found, _fields in decode_fetched(rows)] == [job_id]
+    assert ids(queue, queue.keys.active) == [job_id]
+
+
+def test_reclaim_forgets_the_marks_of_workers_gone_for_a_day(queue: Queue) -> None:
+    # Given a mark left by a worker that gave up a request two days ago
+    queue.scripts.reclaim(queue.keys, NOW, OTHER, 4, [])
+    day = 86_400_000
+
+    # When another worker reclaims now
+    queue.scripts.reclaim(queue.keys, NOW + 2 * day, TOKEN, 1, [])
+
+    # Then only the fresh mark is kept
+    marks = queue.client.hgetall(queue.keys.cancelled)
+    assert marks == {TOKEN.encode(): f"1 {NOW + 2 * day}".encode()}
 
 
 # -- retention ----------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_each_occurrence_is_enqueued_once_however_often_fired(queue: Queue) -> N
 
 def test_nothing_fires_before_the_due_time(queue: Queue) -> None:
     first = int(queue.schedule("tick", every=10)["next_run"] * 1000)
-    assert fire_due(queue.scripts, queue.keys, first - 1) == 0
+    assert fire_due(queue.scripts, queue.keys, first - 1) == (0, [])
     assert queue.counts()["waiting"] == 0
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from sandboxq import Job, Queue
+from sandboxq import Backoff, Job, Queue
 from sandboxq.worker.cpus import available_cpus
 from tests.worker_harness import (
     WorkerProcess,
@@ -372,3 +372,119 @@ def test_a_corrupt_frame_kills_only_the_child_that_sent_it() -> None:
     assert child.retiring
     parent_end.close()
     child_end.close()
+
+
+# -- values a handler controls: checked like user input, never fatal to the parent --
+@pytest.mark.parametrize(
+    ("job_name", "data", "error"),
+    [
+        # raised as given: the constructor refuses the value in the handler
+        ("retry_nan", None, r"ValueError: Retry delay must be a number of seconds, got nan"),
+        (
+            "rate_limited_inf",
+            None,
+            r"ValueError: RateLimited retry_after must be a finite number of seconds, got inf",
+        ),
+        # a delay changed after the constructor checked it: the child checks again
+        (
+            "retry_delay_changed",
+            "nan",
+            r"ValueError: Retry\.delay must be a number of seconds, got nan",
+        ),
+        (
+            "retry_delay_changed",
+            "1e300",
+            r"ValueError: Retry\.delay must be at most 3153600000 seconds \(100 years\), "
+            r"got 1e\+300",
+        ),
+        # an exception that cannot be described still fails only its job
+        (
+            "unprintable_error",
+            None,
+            r"_Unprintable: <str\(\) of the exception raised RuntimeError>",
+        ),
+        # JSON has no NaN: orjson would have stored null
+        (
+            "nan_result",
+            None,
+            r"ValueError: result holds nan at \['ratio'\]: JSON has no NaN or Infinity",
+        ),
+        # a result over the frame limit (64 MiB) used to end the child with code 70
+        (
+            "big_result",
+            65 * 1024 * 1024,
+            r"ValueError: result is 68157440 bytes as JSON, over the limit of 1048576 bytes "
+            r"\(--max-result-bytes\)",
+        ),
+    ],
+)
+def test_a_bad_value_from_a_handler_fails_only_its_job(
+    start_worker: StartWorker, queue: Queue, job_name: str, data: Any, error: str
+) -> None:
+    # Given a worker with a bystander job; when a handler hands back a value
+    # the worker cannot use; then only that job fails, saying what was wrong,
+    # the child that ran it carries on, and so do the parent and the bystander
+    crash_case(start_worker, queue, job_name, data, error=error, child_survives=True)
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (
+            ["done", "$id", "retry", "", "", "$nan"],
+            r"child sent an invalid frame: the delay must be a number of seconds, got nan",
+        ),
+        (
+            ["done", "$id", "ratelimited", "", "", "$inf"],
+            r"child sent an invalid frame: the delay must be a finite number of seconds, got inf",
+        ),
+        (["done", "$id"], r"child sent an invalid frame: a done frame has 6 items, got .*"),
+        (
+            ["done", "$id", "exploded", "", "", 0.0],
+            r"child sent an invalid frame: unknown outcome 'exploded'",
+        ),
+        (
+            ["done", "$id", "failed", "$bytes", "", 0.0],
+            r"child sent an invalid frame: a done frame's value and traceback must be str",
+        ),
+        (["log", "$id", 5], r"child sent an invalid frame: a 'log' frame must carry one str, .*"),
+        (["hello", "$id"], r"child sent an invalid frame: unknown message .*"),
+    ],
+)
+def test_a_forged_frame_kills_only_the_child_that_sent_it(
+    start_worker: StartWorker, queue: Queue, frame: list[Any], error: str
+) -> None:
+    # Given a worker with a bystander job; when a handler writes a frame to
+    # its pipe behind sandboxq's back that the protocol does not allow; then
+    # the parent checks it like user input: that child is killed and its job
+    # fails with the reason, and the parent and the bystander carry on
+    crash_case(start_worker, queue, "forge_frame", frame, error=error)
+
+
+def test_backoff_past_a_thousand_attempts_does_not_overflow(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given an always-failing job with exponential backoff capped at 2 ms,
+    # 1,029 attempts in, and 3 left (2 ** 1029 seconds overflows a float)
+    failing = queue.add(
+        "always_fail",
+        attempts=1032,
+        backoff=Backoff.exponential(0.001, max_delay=0.002),
+        delay=3600,
+    )
+    queue.client.hset(queue.keys.job(failing.id), "attempts_made", 1029)
+    worker = start_worker(procs=PROCS)
+    bystander, _pid = start_bystander(worker, queue)
+
+    # When it runs its last attempts
+    assert queue.promote(failing.id)
+
+    # Then each failure is retried after the capped delay, the last one fails
+    # it for good, and the parent and the bystander carry on
+    failed = wait_for_job(queue, failing.id, timeout=15.0)
+    assert failed.state == "failed", failed.fields
+    assert failed.attempts_made == 1032
+    assert failed.error == "RuntimeError: attempt 1032 failed"
+    assert wait_for_job(queue, bystander.id).state == "completed"
+    assert worker.running()
+    assert not worker.matching_lines("Traceback")

@@ -396,7 +396,7 @@ def test_worker_paused_past_its_lease_does_not_settle_the_job_again(
 
     # Then the first run's result is dropped as lost, and the job is settled
     # once, by the worker that holds its lease now
-    paused.wait_for_line(rf"WARNING job lost job_id={job.id} ", timeout=10.0)
+    paused.wait_for_line(rf"WARNING job lost: .* job_id={job.id} ", timeout=10.0)
     done = wait_for_job(queue, job.id, timeout=10.0)
     assert done.state == "completed", done.fields
     assert done.stalls == 1

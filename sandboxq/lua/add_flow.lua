@@ -12,7 +12,6 @@
 --
 -- Returns the new job ids, one per node, in the same order.
 --!include common
---!include retention
 local now, maxlen = tonumber(ARGV[1]), ARGV[2]
 local ids, prefixes = {}, {}
 local i = 3

@@ -16,14 +16,15 @@
 -- Returns how many jobs were removed; call again while it returns `limit`.
 --!include common
 --!include retention
+--!include flow
 local prefix, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
 local max_count, max_age = tonumber(ARGV[3]), tonumber(ARGV[4])
-local removed = trim_finished(prefix, KEYS[1], now, max_count, max_age, limit)
+local removed = trim_finished(prefix, KEYS[1], now, max_count, max_age, limit, ARGV[6])
 if ARGV[8] == 'waiting' then
   for _, group in ipairs(redis.call('SMEMBERS', prefix .. 'group_names')) do
     if removed >= limit then break end
     local n = trim_finished(prefix, prefix .. 'gwait:' .. group, now, max_count, max_age,
-      limit - removed)
+      limit - removed, ARGV[6])
     if n > 0 then redis.call('DECRBY', prefix .. 'gcount', n) end
     removed = removed + n
   end

@@ -4,16 +4,19 @@
 -- KEYS[1] wait   KEYS[2] delayed   KEYS[3] events
 --
 -- ARGV[1] key prefix   ARGV[2] "1" to include delayed jobs
--- ARGV[3] limit (jobs per call)   ARGV[4] events maxlen
+-- ARGV[3] limit (jobs per call)   ARGV[4] events maxlen   ARGV[5] now (ms)
+--
+-- A flow child that its parent waits for counts as a failed child.
 --
 -- Returns how many jobs were removed; call again while it returns `limit`.
 --!include common
 --!include retention
-local prefix, limit = ARGV[1], tonumber(ARGV[3])
+--!include flow
+local prefix, limit, maxlen, now = ARGV[1], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local removed = 0
 local function take(set_key)
   local ids = redis.call('ZRANGE', set_key, 0, limit - removed - 1)
-  for _, id in ipairs(ids) do delete_job(prefix, id) end
+  for _, id in ipairs(ids) do delete_job(prefix, id, now, maxlen) end
   if #ids > 0 then redis.call('ZREM', set_key, unpack(ids)) end
   removed = removed + #ids
 end
@@ -25,5 +28,5 @@ for _, group in ipairs(redis.call('SMEMBERS', prefix .. 'group_names')) do
   redis.call('DECRBY', prefix .. 'gcount', removed - before)
 end
 if ARGV[2] == '1' and removed < limit then take(KEYS[2]) end
-if removed > 0 then emit(KEYS[3], ARGV[4], 'drained', '', 'count', removed) end
+if removed > 0 then emit(KEYS[3], maxlen, 'drained', '', 'count', removed) end
 return removed

@@ -6,9 +6,18 @@
 --
 -- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] count   ARGV[4] lease token
 -- ARGV[5] lease (ms)   ARGV[6] events maxlen
+-- ARGV[7] request number (this token's fetches count up; "" = none)
 --
 -- A lease is the token stored on the job plus a deadline, the job's score in
 -- `active`. Renewing moves the deadline; a deadline in the past means stalled.
+-- Each lease is numbered (`leases` counts them); the worker passes the number
+-- back to finish.lua, so a finish sent twice is recognized.
+--
+-- A worker that lost a fetch's reply (or gave up waiting for it) cannot know
+-- whether the fetch ran: reclaim.lua hands back what it took and marks the
+-- request numbers up to it as given up (`cancelled`, token -> "number ms").
+-- A fetch that reaches Redis after that (it waited in a socket buffer)
+-- leases nothing.
 --
 -- Limits (meta fields, set by configure.lua): paused; rl_until (a handler's
 -- RateLimited); concurrency (active jobs across all workers); rl_max and
@@ -28,7 +37,15 @@
 --!include flow
 local prefix, now, count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local token, lease, maxlen = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local request = tonumber(ARGV[7] or '')
 local checks = {}
+
+if request then
+  local cancelled = redis.call('HGET', prefix .. 'cancelled', token)
+  if cancelled and request <= tonumber(string.match(cancelled, '^%d+')) then
+    return {{}, -1, 0}
+  end
+end
 
 promote_due(prefix, KEYS[2], KEYS[6], maxlen, now, 1000)
 
@@ -149,6 +166,7 @@ while taken < allowed do
     if redis.call('EXISTS', job_key) == 1 then
       redis.call('ZADD', KEYS[3], deadline, id)
       redis.call('HSET', job_key, 'state', 'active', 'started_at', num(now), 'token', token)
+      redis.call('HINCRBY', job_key, 'leases', 1)
       emit(KEYS[6], maxlen, 'active', id)
       local fields = redis.call('HGETALL', job_key)
       if redis.call('HEXISTS', job_key, 'pending') == 1 then  -- a flow parent

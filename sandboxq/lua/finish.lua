@@ -5,7 +5,9 @@
 --
 -- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] lease token
 -- ARGV[4] events maxlen
--- then per job 5 values: id, outcome, value, traceback, delay_ms
+-- then per job 6 values: id, outcome, value, traceback, delay_ms, lease
+--   lease: the job's `leases` count when this worker fetched it (fetch.lua),
+--   or "" (then a finish sent twice is not recognized)
 --   outcome "completed":     value = result (JSON)
 --   outcome "failed":        value = error message; spends an attempt and is
 --                            retried after delay_ms while attempts remain
@@ -20,9 +22,10 @@
 -- outcome but "completed" fails it for good.
 --
 -- Returns one status per job: "completed", "failed", "retrying",
--- "rate-limited", or "lost"
--- when the job is no longer leased with this token (its lease expired and it
--- was recovered, or it was removed). A lost job is left untouched.
+-- "rate-limited", "settled:<status>" when this very lease was settled before
+-- (the same finish sent again because its reply was lost), or "lost" when
+-- the job is no longer leased with this token (its lease expired and it was
+-- recovered, or it was removed). A lost or settled job is left untouched.
 --!include common
 --!include retention
 --!include flow
@@ -65,18 +68,23 @@ end
 
 local function fail_for_good(job_key, id, message)
   notify_parent(job_key, now, maxlen, false, message)
-  finalize(prefix, job_key, KEYS[5], id, 'failed', now, 'kf_count', 'kf_age')
-  emit(KEYS[6], maxlen, 'failed', id, 'error', message)
+  finalize(prefix, job_key, KEYS[5], id, 'failed', now, 'kf_count', 'kf_age', maxlen)
+  emit(KEYS[6], maxlen, 'failed', id, 'error', clip(message, EVENT_TEXT_BYTES))
   return 'failed'
 end
 
-for i = 5, #ARGV, 5 do
+for i = 5, #ARGV, 6 do
   local id, outcome, value, traceback = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local delay = tonumber(ARGV[i + 4])
+  local delay, lease = tonumber(ARGV[i + 4]), ARGV[i + 5]
   local job_key = prefix .. 'job:' .. id
   local status
-  if redis.call('HGET', job_key, 'token') ~= token or redis.call('ZREM', KEYS[1], id) == 0 then
+  local held = redis.call('HGET', job_key, 'token') == token and redis.call('ZREM', KEYS[1], id) == 1
+  if not held then
     status = 'lost'
+    local settled = redis.call('HGET', job_key, 'settled')
+    if lease ~= '' and settled and string.sub(settled, 1, #lease + 1) == lease .. ' ' then
+      status = 'settled:' .. string.sub(settled, #lease + 2)
+    end
   else
     leave_active(prefix, job_key)
   end
@@ -98,7 +106,7 @@ for i = 5, #ARGV, 5 do
     redis.call('HSET', job_key, 'result', value)
     redis.call('HINCRBY', job_key, 'attempts_made', 1)
     notify_parent(job_key, now, maxlen, true, value)
-    finalize(prefix, job_key, KEYS[4], id, 'completed', now, 'kc_count', 'kc_age')
+    finalize(prefix, job_key, KEYS[4], id, 'completed', now, 'kc_count', 'kc_age', maxlen)
     emit(KEYS[6], maxlen, 'completed', id)
     status = 'completed'
   elseif outcome == 'retry' then
@@ -115,6 +123,11 @@ for i = 5, #ARGV, 5 do
     else
       status = fail_for_good(job_key, id, value)
     end
+  end
+  -- Remember which lease was settled, and how, for a finish sent again (the
+  -- job may be gone already: retention can delete it as it finishes).
+  if held and lease ~= '' and redis.call('EXISTS', job_key) == 1 then
+    redis.call('HSET', job_key, 'settled', lease .. ' ' .. status)
   end
   out[#out + 1] = status
 end

@@ -5,12 +5,16 @@
 --
 -- ARGV[1] key prefix   ARGV[2] "1" to go ahead even with active jobs
 -- ARGV[3] how many of KEYS[2..] are job sets   ARGV[4] limit (jobs per call)
+-- ARGV[5] now (ms)   ARGV[6] events maxlen (for the events of flow parents
+--         in other queues of the group, whose children this deletes)
 --
 -- Returns -1 if jobs are active and force was not given, else how many jobs
 -- were deleted in this step; 0 means the queue is gone.
 --!include common
 --!include retention
+--!include flow
 local prefix, force, nsets, limit = ARGV[1], ARGV[2] == '1', tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, maxlen = tonumber(ARGV[5]), ARGV[6]
 if not force and redis.call('ZCARD', KEYS[1]) > 0 then return -1 end
 local removed = 0
 local groups = redis.call('SMEMBERS', prefix .. 'group_names')
@@ -20,7 +24,7 @@ for _, group in ipairs(groups) do sets[#sets + 1] = prefix .. 'gwait:' .. group 
 for _, set_key in ipairs(sets) do
   if removed >= limit then return removed end
   local ids = redis.call('ZRANGE', set_key, 0, limit - removed - 1)
-  for _, id in ipairs(ids) do delete_job(prefix, id) end
+  for _, id in ipairs(ids) do delete_job(prefix, id, now, maxlen) end
   if #ids > 0 then redis.call('ZREM', set_key, unpack(ids)) end
   removed = removed + #ids
 end

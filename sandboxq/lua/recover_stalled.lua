@@ -33,7 +33,7 @@ for _, id in ipairs(expired) do
       redis.call('HSET', job_key, 'error', message, 'traceback', '')
       redis.call('HINCRBY', job_key, 'attempts_made', 1)
       notify_parent(job_key, now, maxlen, false, message)
-      finalize(prefix, job_key, KEYS[3], id, 'failed', now, 'kf_count', 'kf_age')
+      finalize(prefix, job_key, KEYS[3], id, 'failed', now, 'kf_count', 'kf_age', maxlen)
       emit(KEYS[4], maxlen, 'failed', id, 'error', message)
       failed[#failed + 1] = id
     else

@@ -18,19 +18,17 @@ for i = 5, #ARGV do
   local id = ARGV[i]
   local job_key = prefix .. 'job:' .. id
   if redis.call('HGET', job_key, 'token') == token and redis.call('ZREM', KEYS[1], id) == 1 then
-    leave_active(prefix, job_key)
     if redis.call('HGET', job_key, 'manual_retry_only') == '1' then
+      leave_active(prefix, job_key)
       -- It may have half-run (a charge): only a person may send it back.
       local message = 'interrupted by a forced shutdown (not retried: manual_retry_only)'
       redis.call('HSET', job_key, 'error', message, 'traceback', '')
       redis.call('HINCRBY', job_key, 'attempts_made', 1)
       notify_parent(job_key, now, maxlen, false, message)
-      finalize(prefix, job_key, prefix .. 'failed', id, 'failed', now, 'kf_count', 'kf_age')
+      finalize(prefix, job_key, prefix .. 'failed', id, 'failed', now, 'kf_count', 'kf_age', maxlen)
       emit(KEYS[3], maxlen, 'failed', id, 'error', message)
     else
-      redis.call('HDEL', job_key, 'token', 'started_at')
-      make_waiting(prefix, job_key, id, now, true)
-      emit(KEYS[3], maxlen, 'waiting', id, 'from', 'released')
+      give_back(prefix, job_key, id, now, KEYS[3], maxlen, 'released')
       released[#released + 1] = id
     end
   end

@@ -6,10 +6,13 @@
 -- ARGV[1] key prefix   ARGV[2] events maxlen   ARGV[3] job id
 -- ARGV[4] now (ms)   ARGV[5] who asked (kept in the queue's audit log)
 --
+-- A flow child that its parent still waits for counts as a failed child.
+--
 -- Returns 1 if removed, 0 if there is no such job, -1 if the job is active
 -- (a worker holds its lease; remove it once it finishes).
 --!include common
 --!include retention
+--!include flow
 local prefix, maxlen, id, now, by = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local job_key = prefix .. 'job:' .. id
 if redis.call('EXISTS', job_key) == 0 then return 0 end
@@ -20,6 +23,6 @@ for k = 2, 5 do
 end
 redis.call('ZREM', KEYS[7], id)
 audit(prefix, id, now, by, 'remove')  -- the queue's audit log outlives the job
-delete_job(prefix, id)
+delete_job(prefix, id, now, maxlen)
 emit(KEYS[6], maxlen, 'removed', id, 'by', by)
 return 1

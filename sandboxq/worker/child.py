@@ -4,12 +4,16 @@ A child never talks to Redis. It reads a job frame, runs the handler, and
 answers with progress/log frames and one ``done`` frame. It exits 0 when the
 parent closes the pipe. Any other exit fails the job it was running, with
 the reason decoded by the parent from the wait status.
+
+Whatever the handler does, the child answers with a ``done`` frame it can
+send: an exception that cannot be described, a result too big for the pipe
+or a value JSON cannot hold all become a failed attempt that says so. After
+each job it kills what the job started and left running (see proctree.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -19,8 +23,9 @@ from typing import Any
 from setproctitle import setproctitle
 
 from sandboxq import execution
+from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.handlers import Handler
-from sandboxq.worker import protocol
+from sandboxq.worker import proctree, protocol
 
 
 def reset_signals() -> None:
@@ -33,25 +38,34 @@ def reset_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-#: prctl(2) option: the signal this process gets when its parent dies.
-PR_SET_PDEATHSIG = 1
-
-
 def die_with_parent(parent_pid: int) -> None:
     """Have the kernel SIGKILL this child when the parent dies (Linux). An
     orphan would run its job with no timeout or memory limit, while the job
     runs again elsewhere once its lease lapses. If the parent died before
     this call, exit now."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
+    proctree.prctl(proctree.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:
         os._exit(1)
 
 
-def serve(index: int, sock: socket.socket, handlers: dict[tuple[str, str], Handler]) -> None:
+def own_the_job_processes() -> None:
+    """Lead a process group of its own and adopt orphaned descendants, so
+    the parent's signals reach everything a job starts (proctree.py). Its
+    stdin is /dev/null: outside the terminal's foreground group, a read from
+    the terminal would stop the child (SIGTTIN)."""
+    os.setpgid(0, 0)
+    proctree.prctl(proctree.PR_SET_CHILD_SUBREAPER, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+
+def serve(
+    index: int,
+    sock: socket.socket,
+    handlers: dict[tuple[str, str], Handler],
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+) -> None:
     """The child's main loop; returns when the parent closes the pipe."""
     idle_title = f"sandboxq child {index}: idle"
     setproctitle(idle_title)
@@ -63,22 +77,49 @@ def serve(index: int, sock: socket.socket, handlers: dict[tuple[str, str], Handl
     while (message := inbox.recv()) is not None:
         _kind, job_id, name, data_json, queue, attempts_made, retries, children_json = message
         setproctitle(f"sandboxq child {index}: {name}#{job_id}")
-        outcome = execution.run_stored(
-            handlers[(queue, name)].func,
-            queue,
-            job_id,
-            name,
-            (data_json, children_json),
-            attempts_made,
-            retries,
-            report,
-        )
-        protocol.send(
-            sock,
-            [protocol.DONE, job_id, outcome.kind, outcome.value, outcome.traceback, outcome.delay],
-        )
+        try:
+            outcome = execution.run_stored(
+                handlers[(queue, name)].func,
+                queue,
+                job_id,
+                name,
+                (data_json, children_json),
+                attempts_made,
+                retries,
+                report,
+                max_result_bytes,
+            )
+        except SystemExit:
+            raise  # sys.exit() in a handler: the child exits with that code
+        except BaseException as exc:  # e.g. KeyboardInterrupt raised by the handler
+            outcome = execution.Outcome(
+                execution.FAILED, execution.describe_error(exc), execution.format_traceback()
+            )
+        if left := proctree.kill_leftovers():
+            report(job_id, protocol.LOG, f"killed {left} process(es) the job left running")
+        send_done(sock, job_id, outcome)
         sys.stdout.flush()
         setproctitle(idle_title)
+
+
+def send_done(sock: socket.socket, job_id: str, outcome: execution.Outcome) -> None:
+    """Send the job's done frame; one the pipe cannot carry becomes a failed
+    attempt saying why (execution caps results well below the frame limit,
+    so this is the last line of defence)."""
+    try:
+        frame = protocol.encode(
+            [protocol.DONE, job_id, outcome.kind, outcome.value, outcome.traceback, outcome.delay]
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        message = f"could not send the job's outcome to the worker: {exc}"
+        frame = protocol.encode([protocol.DONE, job_id, execution.FAILED, message, "", 0.0])
+    if len(frame) - protocol.HEADER_SIZE > protocol.MAX_FRAME_SIZE:
+        message = (
+            f"could not send the job's outcome to the worker: {len(frame)} bytes, over "
+            f"the frame limit of {protocol.MAX_FRAME_SIZE} bytes"
+        )
+        frame = protocol.encode([protocol.DONE, job_id, execution.FAILED, message, "", 0.0])
+    sock.sendall(frame)
 
 
 def main(
@@ -88,6 +129,7 @@ def main(
     close_fds: list[int],
     parent_pid: int,
     nice: int = 0,
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
 ) -> Any:
     """Entry point right after fork (signals still blocked). Never returns.
 
@@ -99,6 +141,7 @@ def main(
     code = 0
     try:
         die_with_parent(parent_pid)
+        own_the_job_processes()
         if nice:
             os.nice(nice)
         reset_signals()
@@ -106,7 +149,7 @@ def main(
             with contextlib.suppress(OSError):
                 os.close(fd)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        serve(index, sock, handlers)
+        serve(index, sock, handlers, max_result_bytes)
     except SystemExit as exc:  # sys.exit() in a handler: exit with its code
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:

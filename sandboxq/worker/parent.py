@@ -22,9 +22,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from setproctitle import setproctitle
 
 from sandboxq import execution, logs
+from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.connection import connect, resolve_url
 from sandboxq.handlers import REGISTRY, Handler
 from sandboxq.keys import validate_name
@@ -33,7 +35,7 @@ from sandboxq.options import rate_limit_fields
 from sandboxq.queue import Queue
 from sandboxq.redis_checks import UnsupportedRedis
 from sandboxq.worker import protocol
-from sandboxq.worker.broker import REDIS_ERRORS, Broker, StepResult
+from sandboxq.worker.broker import Broker, StepResult, is_transient
 from sandboxq.worker.cpus import available_cpus
 from sandboxq.worker.pool import HANDLED_SIGNALS, Assignment, Child, Pool, describe_exit
 
@@ -53,6 +55,10 @@ _WAKE, _WAITER = "wake", "waiter"
 
 #: The most a child's niceness can be raised above the parent's (nice(2)).
 MAX_CHILD_NICE = 19
+
+#: The largest result a worker may accept: what fits in a frame with room
+#: for the rest of the done frame.
+MAX_RESULT_BYTES = protocol.MAX_FRAME_SIZE - 64 * 1024
 
 
 class BootError(RuntimeError):
@@ -130,6 +136,7 @@ class Worker:
         metrics_host: str = "0.0.0.0",
         liveness_tick_timeout: float = 30.0,
         liveness_idle_timeout: float = 600.0,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
         self.queues, self.handlers = resolve_handlers(queues, handlers)
         # --rate-limit is stored on the queues (Queue.set_rate_limit), so it
@@ -141,6 +148,15 @@ class Worker:
             raise ValueError(f"procs must be 'auto' or an int >= 1, got {procs!r}")
         if lease <= 0 or shutdown_timeout < 0 or max_stalls < 0:
             raise ValueError("lease must be > 0, shutdown_timeout and max_stalls >= 0")
+        if (
+            isinstance(max_result_bytes, bool)
+            or not isinstance(max_result_bytes, int)
+            or not 1 <= max_result_bytes <= MAX_RESULT_BYTES
+        ):
+            raise ValueError(
+                f"max_result_bytes must be an int from 1 to {MAX_RESULT_BYTES}, "
+                f"got {max_result_bytes!r}"
+            )
         if not isinstance(child_nice, int) or not 0 <= child_nice <= MAX_CHILD_NICE:
             raise ValueError(
                 f"child_nice must be an int from 0 to {MAX_CHILD_NICE}, got {child_nice!r}"
@@ -155,6 +171,7 @@ class Worker:
         self.default_timeout = default_timeout
         self.kill_grace = kill_grace
         self.child_nice = child_nice
+        self.max_result_bytes = max_result_bytes
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
         self.liveness_tick_timeout = liveness_tick_timeout
         self.liveness_idle_timeout = liveness_idle_timeout
@@ -220,6 +237,7 @@ class Worker:
             kill_grace=self.kill_grace,
             child_nice=self.child_nice,
             inherited_fds=[wake_r, self._wake_w, self.selector.fileno()],
+            max_result_bytes=self.max_result_bytes,
         )
         setproctitle(f"sandboxq parent: {','.join(self.queues)} [{self.procs} procs]")
         for _ in range(self.procs):
@@ -252,10 +270,13 @@ class Worker:
             self.pool.inherited_fds.append(self._http.fileno())
 
     def _close(self) -> None:
+        """Stop the children and leave Redis. Runs after any exit from the
+        loop, so nothing here may raise, whatever state Redis is in."""
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
-        self._probe.close()
+        with contextlib.suppress(redis.RedisError, OSError):
+            self._probe.close()
         for child in self.pool.children():
             self.pool.retire(child)
         deadline = time.monotonic() + max(self.kill_grace, 1.0)
@@ -299,7 +320,10 @@ class Worker:
                     self._on_child_io(key.data, mask)
             if self._handle_signals():
                 self._reap()
-            self.pool.enforce_limits(time.monotonic())
+            now = time.monotonic()
+            self.pool.enforce_limits(now)
+            if self.broker.wait_overdue(now):
+                self._unarm_wait()  # its reply was lost: look for work instead
             self._redis_step()
             if self._stopping and self._shutdown_step():
                 return
@@ -320,6 +344,8 @@ class Worker:
         candidates = [max(redis_due, self._redis_retry_at), now + 1.0]
         if (limit := self.pool.next_deadline(now)) is not None:
             candidates.append(limit)
+        if (wait_deadline := self.broker.wait_deadline) is not None:
+            candidates.append(wait_deadline)
         if self._stopping:
             candidates.append(self._stop_deadline)
         return max(min(candidates) - now, 0.0)
@@ -369,19 +395,30 @@ class Worker:
                 self.selector.unregister(child.sock)
 
     def _on_message(self, child: Child, message: list[Any]) -> None:
-        kind, job_id = message[0], message[1]
-        job = child.job
-        if job is None or job.job_id != job_id:
-            return  # a late frame of a job already settled (killed on timeout)
+        """Act on one frame from a child. Every value is checked first: the
+        handler runs in that process and may have written anything. A frame
+        the protocol does not allow kills that child, which fails its job
+        with the reason; nothing a child sends can stop the parent."""
+        try:
+            kind, job_id = protocol.check_header(message)
+            job = child.job
+            if job is None or job.job_id != job_id:
+                return  # a late frame of a job already settled (killed on timeout)
+            if kind == protocol.DONE:
+                outcome = protocol.check_done(message, self.max_result_bytes)
+            else:
+                value = protocol.check_report(message)
+        except protocol.ProtocolError as exc:
+            self.pool.kill(child, f"child sent an invalid frame: {exc}")
+            return
         if kind == protocol.DONE:
-            _, _, outcome, value, traceback, delay = message
-            self._settle(child, execution.Outcome(outcome, value, traceback, delay))
+            self._settle(child, outcome)
             child.jobs_done += 1
             self._birth_failures = 0
             if self.max_jobs_per_child and child.jobs_done >= self.max_jobs_per_child:
                 self.pool.retire(child)
         else:
-            self.broker.report(job.queue, job_id, kind, message[2])
+            self.broker.report(job.queue, job_id, kind, value)
 
     def _settle(self, child: Child, outcome: execution.Outcome) -> None:
         job = child.job
@@ -437,13 +474,15 @@ class Worker:
             return
         try:
             result = self.broker.step(free if fetch else 0)
-        except REDIS_ERRORS as exc:
-            self._redis_trouble(exc)
-            return
         except UnsupportedRedis as exc:
             raise BootError(str(exc)) from None
         while self.broker.warnings:
             logs.event(self.broker.warnings.pop(0), logging.WARNING, url=self.url)
+        # What the step did before any error happened anyway: act on it first.
+        self._after_step(result, idle)
+        if result.error is not None:
+            self._redis_trouble(result.error)
+            return
         self._redis_backoff = RECONNECT_MIN
         if not self._ready:
             self._ready = True
@@ -452,14 +491,19 @@ class Worker:
                 f"sandboxq worker ready pid={os.getpid()} queues={','.join(self.queues)} "
                 f"procs={self.procs}"
             )
-        self._after_step(result, idle)
 
     def _redis_trouble(self, exc: Exception) -> None:
+        """Wait Redis trouble out: back off (0.1 s doubling to 5 s), keep
+        what is pending, and let the children run on meanwhile."""
+        if is_transient(exc):
+            message, level = "Redis unreachable or refusing writes", logging.WARNING
+        else:
+            message, level = "Redis refused a command", logging.ERROR
         logs.event(
-            f"Redis unreachable or refusing writes, retrying in {self._redis_backoff:.1f}s",
-            logging.WARNING,
+            f"{message}, retrying in {self._redis_backoff:.1f}s",
+            level,
             url=self.url,
-            error=str(exc),
+            error=f"{type(exc).__name__}: {exc}",
         )
         self._redis_retry_at = time.monotonic() + self._redis_backoff
         self._redis_backoff = min(self._redis_backoff * 2, RECONNECT_MAX)
@@ -469,19 +513,22 @@ class Worker:
         for queue, job_id, status in result.finished:
             done = self._finishing.pop((queue, job_id), None)
             if done is not None:
-                self.metrics.settled(queue, done.name, status, done.duration_ms)
-                self.health.job_finished()
-                level = logging.INFO if status != "lost" else logging.WARNING
-                logs.event(
-                    f"job {status}",
-                    level,
-                    job_id=job_id,
-                    job_name=done.name,
-                    queue=queue,
-                    attempt=done.attempt,
-                    pid=done.pid,
-                    duration_ms=done.duration_ms,
-                )
+                self._log_finished(queue, job_id, status, done)
+        for queue, returned in result.reclaimed:
+            logs.event(
+                "handed back jobs a lost fetch reply had leased here; they never started",
+                logging.WARNING,
+                queue=queue,
+                job_ids=",".join(returned),
+            )
+        for queue, key, why in result.broken_schedules:
+            logs.event(
+                "cannot fire a schedule; looking again in a minute",
+                logging.ERROR,
+                queue=queue,
+                schedule=key,
+                error=why,
+            )
         for queue in result.rate_limited:
             self.metrics.rate_limit_waits.labels(queue).inc()
         for queue, requeued, failed in result.recovered:
@@ -506,6 +553,31 @@ class Worker:
         for queue, job_id, fields in result.fetched:
             self._dispatch(queue, job_id, fields, idle)
 
+    def _log_finished(self, queue: str, job_id: str, status: str, done: _Finishing) -> None:
+        """One line per settled job. ``settled:<status>``: the finish went
+        twice (its first reply was lost) and the first one counted."""
+        repeated = status.startswith("settled:")
+        outcome = status.removeprefix("settled:")
+        self.metrics.settled(queue, done.name, outcome, done.duration_ms)
+        self.health.job_finished()
+        if repeated:
+            message, level = f"job {outcome} (already settled by this worker)", logging.INFO
+        elif outcome == "lost":
+            message = "job lost: no longer leased by this worker (recovered or removed)"
+            level = logging.WARNING
+        else:
+            message, level = f"job {outcome}", logging.INFO
+        logs.event(
+            message,
+            level,
+            job_id=job_id,
+            job_name=done.name,
+            queue=queue,
+            attempt=done.attempt,
+            pid=done.pid,
+            duration_ms=done.duration_ms,
+        )
+
     def _dispatch(self, queue: str, job_id: str, fields: dict[str, Any], idle: list[Child]) -> None:
         name = fields.get("name", "")
         found = self.handlers.get((queue, name))
@@ -520,6 +592,9 @@ class Worker:
                     ),
                 ),
             )
+            return
+        if not idle:  # never asked for more than the idle children; be sure
+            self._hand_back([(queue, job_id)], why="no idle child for a fetched job")
             return
         timeout = fields.get("timeout") or found.timeout or self.default_timeout
         job = Assignment(queue, job_id, name, fields, timeout)
@@ -548,7 +623,7 @@ class Worker:
             return
         try:
             fd = self.broker.arm_wait()
-        except REDIS_ERRORS as exc:
+        except (redis.RedisError, OSError) as exc:
             self._redis_trouble(exc)
             return
         self.selector.register(fd, selectors.EVENT_READ, _WAITER)
@@ -591,20 +666,37 @@ class Worker:
             unfinished.append((child.job.queue, child.job.job_id))
             child.job = None
             self.pool.kill(child)
-        try:
-            if self.broker.has_pending():
-                self._after_step(self.broker.step(0), [])
-            released = self.broker.release(unfinished)
-        except REDIS_ERRORS as exc:
-            logs.event(
-                "could not reach Redis to hand jobs back; they return when their leases lapse",
-                logging.ERROR,
-                error=str(exc),
-            )
-            return True
-        logs.event(
-            "stopped before jobs finished; handed them back to the queue",
-            logging.WARNING,
-            released=",".join(released),
-        )
+        if self.broker.has_pending():  # one last try to record what finished
+            result = self.broker.step(0)
+            self._after_step(result, [])
+            if result.error is not None:
+                logs.event(
+                    "could not record every finished job before stopping; those run "
+                    "again once their leases lapse",
+                    logging.ERROR,
+                    error=f"{type(result.error).__name__}: {result.error}",
+                )
+        self._hand_back(unfinished, why="stopped before jobs finished")
         return True
+
+    def _hand_back(self, jobs: list[tuple[str, str]], why: str) -> None:
+        """Give jobs this worker will not run back to their queues at once
+        (release.lua), or, if Redis cannot be reached, let their leases lapse."""
+        if not jobs:
+            return
+        try:
+            released = self.broker.release(jobs)
+        except redis.RedisError as exc:
+            for queue, job_id in jobs:
+                self.broker.forget(queue, job_id)  # stop renewing: let it lapse
+            logs.event(
+                f"{why}; could not reach Redis to hand jobs back, they return when "
+                "their leases lapse",
+                logging.ERROR,
+                job_ids=",".join(job_id for _queue, job_id in jobs),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return
+        logs.event(
+            f"{why}; handed them back to the queue", logging.WARNING, released=",".join(released)
+        )

@@ -16,15 +16,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.handlers import Handler
 from sandboxq.worker import child as child_main
-from sandboxq.worker import protocol
+from sandboxq.worker import proctree, protocol
 
 #: Signals the parent handles; blocked around fork() so a child never runs
 #: one of the parent's handlers before it has reset them.
 HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT}
 
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1024 * 1024
 
 
@@ -58,6 +58,10 @@ class Child:
     kill_reason: str | None = None
     term_sent_at: float | None = None
     sigkilled: bool = False
+    #: The job's processes when the parent first signalled them: a process
+    #: that left the group is re-parented away if the child dies first, and
+    #: must still get the SIGKILL.
+    signalled: proctree.Snapshot = field(default_factory=list)
 
     @property
     def busy(self) -> bool:
@@ -84,15 +88,6 @@ def describe_exit(status: int, kill_reason: str | None) -> str:
     return f"child exited with code {os.waitstatus_to_exitcode(status)}"
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * _PAGE_SIZE
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 class Pool:
     def __init__(
         self,
@@ -104,6 +99,7 @@ class Pool:
         kill_grace: float = 2.0,
         child_nice: int = 0,
         inherited_fds: list[int] | None = None,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
         self.size = size
         self.handlers = handlers
@@ -111,6 +107,7 @@ class Pool:
         self.max_jobs_per_child = max_jobs_per_child
         self.kill_grace = kill_grace
         self.child_nice = child_nice
+        self.max_result_bytes = max_result_bytes
         self.inherited_fds = inherited_fds or []  # parent fds a child must close
         self.by_pid: dict[int, Child] = {}
         self._free_indexes = list(range(size, 0, -1))
@@ -127,10 +124,20 @@ class Pool:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child, which never returns
                 child_main.main(
-                    index, child_sock, self.handlers, close_in_child, parent_pid, self.child_nice
+                    index,
+                    child_sock,
+                    self.handlers,
+                    close_in_child,
+                    parent_pid,
+                    self.child_nice,
+                    self.max_result_bytes,
                 )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        # The child makes itself a group leader too; doing it on both sides
+        # means the group exists whichever runs first (a kill may come soon).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.setpgid(pid, pid)
         child_sock.close()
         parent_sock.setblocking(False)
         child = Child(index, pid, parent_sock)
@@ -148,15 +155,25 @@ class Pool:
 
     def reap(self) -> list[tuple[Child, int]]:
         """Collect every exited child: ours with their wait status. Unknown
-        pids (the parent may be PID 1 in a container) are reaped and ignored."""
+        pids (the parent may be PID 1 in a container) are reaped and ignored.
+
+        Before reaping one of ours, SIGKILL its process group: the job's
+        subprocesses outlive a child that crashed or was killed. While the
+        child is a zombie its pid cannot be reused, so the group is still
+        the job's (waitid with WNOWAIT looks without reaping)."""
         dead = []
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 break
-            if pid == 0:
+            if found is None:
                 break
+            if (ours := self.by_pid.get(found.si_pid)) is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(found.si_pid, signal.SIGKILL)
+                proctree.kill_snapshot(ours.signalled)
+            pid, status = os.waitpid(found.si_pid, 0)  # a zombie: returns at once
             child = self.by_pid.pop(pid, None)
             if child is not None:  # the caller drains and closes its pipe
                 self._free_indexes.append(child.index)
@@ -172,16 +189,16 @@ class Pool:
             child.sock.shutdown(socket.SHUT_WR)
 
     def kill(self, child: Child, reason: str | None = None, sig: int = signal.SIGKILL) -> None:
-        """Signal a child the parent gave up on. It is never given another
-        job, even if it survives the signal or its job finishes meanwhile."""
+        """Signal a child the parent gave up on, with every process its job
+        started. It is never given another job, even if it survives the
+        signal or its job finishes meanwhile."""
         if reason and child.kill_reason is None:
             child.kill_reason = reason
         if sig == signal.SIGTERM:
             child.term_sent_at = time.monotonic()
         child.sigkilled = child.sigkilled or sig == signal.SIGKILL
         self.retire(child)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, sig)
+        child.signalled += proctree.signal_tree(child.pid, sig)
 
     # -- pipes ---------------------------------------------------------------
     def assign(self, child: Child, job: Assignment) -> None:
@@ -248,7 +265,7 @@ class Pool:
                 self.kill(child, f"timed out after {job.timeout}s", signal.SIGTERM)
                 continue
             if self.max_memory_bytes is not None:
-                rss = rss_bytes(child.pid)
+                rss = proctree.tree_rss_bytes(child.pid)
                 if rss > self.max_memory_bytes:
                     self.kill(
                         child,

@@ -14,6 +14,11 @@ Parent → child:  ["run", job_id, name, data_json, queue, attempts_made, retrie
 Child → parent:  ["progress", job_id, value_json]
                  ["log", job_id, message]
                  ["done", job_id, outcome, value, traceback, delay_seconds]
+
+The parent treats what a child sends as untrusted input (the handler runs in
+that process and can write to the socket): :func:`check_report` and
+:func:`check_done` validate every item, and a frame that breaks the
+protocol kills that child and fails its job, never the parent.
 """
 
 from __future__ import annotations
@@ -22,7 +27,16 @@ import socket
 from collections import deque
 from typing import Any
 
-from sandboxq import fast
+from sandboxq import execution, fast
+from sandboxq.caps import (
+    MAX_ERROR_BYTES,
+    MAX_LOG_LINE_BYTES,
+    MAX_PROGRESS_BYTES,
+    MAX_TRACEBACK_BYTES,
+    clip_json,
+    clip_text,
+)
+from sandboxq.options import seconds
 
 RUN = "run"
 PROGRESS = "progress"
@@ -75,3 +89,57 @@ class Inbox:
                 return None
             self._ready.extend(self._reader.feed(chunk))
         return self._ready.popleft()
+
+
+class ProtocolError(ValueError):
+    """A child sent a frame the protocol does not allow."""
+
+
+def check_header(message: list[Any]) -> tuple[str, str]:
+    """A child's message kind and job id, checked."""
+    if len(message) < 2 or message[0] not in (PROGRESS, LOG, DONE):
+        raise ProtocolError(f"unknown message {_summary(message)}")
+    if not isinstance(message[1], str):
+        raise ProtocolError(f"a {message[0]!r} frame names job {message[1]!r}, not a str")
+    return message[0], message[1]
+
+
+def check_report(message: list[Any]) -> str:
+    """A progress or log frame's value, checked and capped like the child
+    caps it (sandboxq.caps)."""
+    if len(message) != 3 or not isinstance(message[2], str):
+        raise ProtocolError(f"a {message[0]!r} frame must carry one str, got {_summary(message)}")
+    if message[0] == PROGRESS:
+        return clip_json(message[2], MAX_PROGRESS_BYTES)
+    return clip_text(message[2], MAX_LOG_LINE_BYTES)
+
+
+def check_done(message: list[Any], max_result_bytes: int) -> execution.Outcome:
+    """A done frame as an Outcome the parent can settle: a known outcome,
+    str texts (errors capped), a delay from 0 to 100 years, a result within
+    the limit. The parent never parses the result: the child made it JSON."""
+    if len(message) != 6:
+        raise ProtocolError(f"a done frame has 6 items, got {_summary(message)}")
+    _, _, kind, value, traceback, delay = message
+    if kind not in execution.OUTCOMES:
+        raise ProtocolError(f"unknown outcome {kind!r}")
+    if not isinstance(value, str) or not isinstance(traceback, str):
+        raise ProtocolError("a done frame's value and traceback must be str")
+    try:
+        delay = seconds("the delay", delay)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(str(exc)) from None
+    if kind == execution.COMPLETED:
+        size = len(value) if len(value) * 4 <= max_result_bytes else len(value.encode())
+        if size > max_result_bytes:
+            raise ProtocolError(f"a result of {size} bytes, over the limit of {max_result_bytes}")
+    else:
+        value = clip_text(value, MAX_ERROR_BYTES)
+    return execution.Outcome(
+        kind, value, clip_text(traceback, MAX_TRACEBACK_BYTES, keep_tail=True), delay
+    )
+
+
+def _summary(message: list[Any]) -> str:
+    """A short description of a bad message, for the job's error."""
+    return clip_text(repr(message), 200)

@@ -37,6 +37,21 @@ local function wait_score(prefix, priority, seq, since)
   return num(tonumber(priority) * SEQ_SPAN + (tonumber(seq) % SEQ_SPAN))
 end
 
+-- At most `limit` bytes of `text`, cut on a UTF-8 character boundary, with a
+-- marker giving the original size. Events copy error messages with it, so
+-- the capped stream stays small (sandboxq/caps.py caps the stored text).
+local EVENT_TEXT_BYTES = 1024
+local function clip(text, limit)
+  if #text <= limit then return text end
+  local cut = limit
+  -- Back off over continuation bytes (10xxxxxx) to a character's start.
+  while cut > 0 and string.byte(text, cut + 1) and string.byte(text, cut + 1) >= 128
+      and string.byte(text, cut + 1) < 192 do
+    cut = cut - 1
+  end
+  return string.sub(text, 1, cut) .. ' …[truncated: ' .. #text .. ' bytes in all]'
+end
+
 -- Append one lifecycle event to the queue's capped stream.
 local function emit(events_key, maxlen, event, job_id, ...)
   redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '*',
@@ -102,6 +117,16 @@ local function leave_active(prefix, job_key)
   if group or redis.call('HEXISTS', prefix .. 'meta', 'concurrency') == 1 then
     redis.call('ZADD', prefix .. 'marker', 0, '0')
   end
+end
+
+-- Give a leased job back to waiting at its original place, counting no
+-- attempt and no stall: it was released by its worker, or never reached it.
+-- The caller has taken it out of `active`.
+local function give_back(prefix, job_key, id, now, events_key, maxlen, from)
+  leave_active(prefix, job_key)
+  redis.call('HDEL', job_key, 'token', 'started_at')
+  make_waiting(prefix, job_key, id, now, true)
+  emit(events_key, maxlen, 'waiting', id, 'from', from)
 end
 
 -- Record a manual action (retry, removal, promotion, pause...) by a person:

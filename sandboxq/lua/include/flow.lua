@@ -3,7 +3,7 @@
 -- child's "queue:id"), fail_parent and ignore_failure ("1"/"0"). The parent's
 -- keys are built from parent_prefix, which add_flow.lua checked shares this
 -- queue's hash tag, so they are in the same slot.
--- Needs: common, retention.
+-- Needs: common, retention (whose on_job_deleted this sets).
 
 -- The children's results a parent reads, as one JSON object {ref: result}.
 local function children_json(prefix, id)
@@ -19,8 +19,10 @@ end
 -- last child, the parent moves to `waiting`. A child that failed for good
 -- fails the parent (fail_parent), is recorded and skipped (ignore_failure),
 -- or leaves the parent waiting for a manual retry of that child (neither).
--- A parent failed this way tells its own parent in turn.
-local function notify_parent(job_key, now, maxlen, completed, value)
+-- A child that was removed (`removed`) can never be retried: it fails the
+-- parent unless ignore_failure. A parent failed this way tells its own
+-- parent in turn.
+local function notify_parent(job_key, now, maxlen, completed, value, removed)
   local link_fields = {'parent_prefix', 'parent_id', 'ref', 'fail_parent', 'ignore_failure'}
   local link = redis.call('HMGET', job_key, unpack(link_fields))
   while link[1] do
@@ -37,13 +39,30 @@ local function notify_parent(job_key, now, maxlen, completed, value)
       end
       return
     end
-    if link[4] ~= '1' then return end
+    if link[4] ~= '1' and not removed then return end
     local message = 'child ' .. ref .. ' failed: ' .. value
+    if removed then message = 'child ' .. ref .. ' was removed' end
     local next_link = redis.call('HMGET', pkey, unpack(link_fields))
     redis.call('ZREM', pprefix .. 'waiting_children', pid)
     redis.call('HSET', pkey, 'error', message, 'traceback', '')
-    finalize(pprefix, pkey, pprefix .. 'failed', pid, 'failed', now, 'kf_count', 'kf_age')
-    emit(pprefix .. 'events', maxlen, 'failed', pid, 'error', message)
-    link, value = next_link, message
+    finalize(pprefix, pkey, pprefix .. 'failed', pid, 'failed', now, 'kf_count', 'kf_age', maxlen)
+    emit(pprefix .. 'events', maxlen, 'failed', pid, 'error', clip(message, EVENT_TEXT_BYTES))
+    link, value, removed = next_link, message, false
   end
+end
+
+-- A job is being deleted (removed, cleaned, drained, trimmed by retention or
+-- obliterated). If a flow parent still waits for it, it counts as a failed
+-- child; one the parent has already counted (completed, or failed and
+-- skipped) changes nothing.
+on_job_deleted = function(prefix, id, now, maxlen)
+  local job_key = prefix .. 'job:' .. id
+  local link = redis.call('HMGET', job_key, 'parent_prefix', 'parent_id', 'ref')
+  if not link[1] then return end
+  local pprefix, pid, ref = link[1], link[2], link[3]
+  if redis.call('HEXISTS', pprefix .. 'deps:' .. pid, ref) == 1
+      or redis.call('HEXISTS', pprefix .. 'ignored:' .. pid, ref) == 1 then
+    return
+  end
+  notify_parent(job_key, now, maxlen, false, 'the job was removed', true)
 end

@@ -1,20 +1,28 @@
 -- Retention: drop the oldest finished jobs of one set (completed or failed)
 -- beyond a count and/or an age. A negative value means "no bound".
-local function delete_job(prefix, id)
+-- Needs: common, and flow after it (scripts.py checks that every script
+-- including this one includes flow too).
+
+-- Set by flow.lua: a deleted job that a flow parent still waits for counts
+-- as a failed child, so the parent never waits forever.
+local on_job_deleted
+
+local function delete_job(prefix, id, now, maxlen)
+  on_job_deleted(prefix, id, now, maxlen)
   redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'logs:' .. id,
     prefix .. 'deps:' .. id, prefix .. 'ignored:' .. id, prefix .. 'audit:' .. id)
 end
 
 -- Returns the number of jobs removed; never more than `limit` per call so a
 -- huge backlog cannot block Redis for long.
-local function trim_finished(prefix, set_key, now, max_count, max_age_ms, limit)
+local function trim_finished(prefix, set_key, now, max_count, max_age_ms, limit, maxlen)
   local removed = 0
   if max_age_ms >= 0 then
     local old = redis.call('ZRANGEBYSCORE', set_key, '-inf', num(now - max_age_ms),
       'LIMIT', 0, limit)
     for _, id in ipairs(old) do
       redis.call('ZREM', set_key, id)
-      delete_job(prefix, id)
+      delete_job(prefix, id, now, maxlen)
       removed = removed + 1
     end
   end
@@ -23,10 +31,10 @@ local function trim_finished(prefix, set_key, now, max_count, max_age_ms, limit)
     if excess > 0 then
       if excess > limit - removed then excess = limit - removed end
       local ids = redis.call('ZRANGE', set_key, 0, excess - 1)
-      for _, id in ipairs(ids) do
-        delete_job(prefix, id)
-      end
       redis.call('ZREMRANGEBYRANK', set_key, 0, excess - 1)
+      for _, id in ipairs(ids) do
+        delete_job(prefix, id, now, maxlen)
+      end
       removed = removed + #ids
     end
   end
@@ -35,7 +43,7 @@ end
 
 -- Move a job into a finished set (completed or failed), then apply the job's
 -- own retention for that set. `keep_fields` names the job's count/age fields.
-local function finalize(prefix, job_key, set_key, id, state, now, count_field, age_field)
+local function finalize(prefix, job_key, set_key, id, state, now, count_field, age_field, maxlen)
   redis.call('HSET', job_key, 'state', state, 'finished_at', num(now))
   redis.call('HDEL', job_key, 'token')
   redis.call('ZADD', set_key, num(now), id)
@@ -43,6 +51,6 @@ local function finalize(prefix, job_key, set_key, id, state, now, count_field, a
   local max_count = tonumber(keep[1]) or -1
   local max_age_ms = tonumber(keep[2]) or -1
   if max_count >= 0 or max_age_ms >= 0 then
-    trim_finished(prefix, set_key, now, max_count, max_age_ms, 1000)
+    trim_finished(prefix, set_key, now, max_count, max_age_ms, 1000, maxlen)
   end
 end

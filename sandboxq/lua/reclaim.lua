@@ -1,0 +1,46 @@
+-- reclaim: a worker lost the reply to a fetch (or gave up waiting for it), so
+-- it cannot tell which jobs that fetch leased to it. Hand back every job its
+-- token holds that it does not know it holds: none of them reached a child,
+-- so each returns to its place in line with no attempt and no stall counted
+-- (manual_retry_only jobs too: they never ran).
+--
+-- A fetch may also still be on its way (waiting in a socket buffer while
+-- Redis was stalled). Marking its request number as given up makes it lease
+-- nothing when it arrives (fetch.lua), so whichever runs first, every job
+-- is either handed back here or never leased.
+--
+-- KEYS[1] active   KEYS[2] events
+--
+-- ARGV[1] key prefix   ARGV[2] lease token   ARGV[3] events maxlen
+-- ARGV[4] now (ms)   ARGV[5] the highest request number given up
+-- ARGV[6..] the ids the worker knows it holds
+--
+-- Returns the ids handed back.
+--!include common
+local prefix, token, maxlen, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local cancelled = prefix .. 'cancelled'
+redis.call('HSET', cancelled, token, ARGV[5] .. ' ' .. num(now))
+
+-- A mark only matters while a late fetch could still arrive: forget those
+-- of workers that gave up a day ago (a worker that stops cleanly deletes
+-- its own).
+local marks = redis.call('HGETALL', cancelled)
+for i = 1, #marks, 2 do
+  local at = tonumber(string.match(marks[i + 1], ' (%d+)$') or '0')
+  if now - at > 86400000 then redis.call('HDEL', cancelled, marks[i]) end
+end
+
+local known = {}
+for i = 6, #ARGV do known[ARGV[i]] = true end
+local returned = {}
+-- A scan of every active job: bounded by the workers' concurrency, and only
+-- after a lost reply, never on the hot path.
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local job_key = prefix .. 'job:' .. id
+  if not known[id] and redis.call('HGET', job_key, 'token') == token then
+    redis.call('ZREM', KEYS[1], id)
+    give_back(prefix, job_key, id, now, KEYS[2], maxlen, 'unstarted')
+    returned[#returned + 1] = id
+  end
+end
+return returned

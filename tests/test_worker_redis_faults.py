@@ -1,0 +1,392 @@
+"""Redis faults are waited out, never fatal, and never lose or repeat a job.
+
+Each test puts a real ``sandboxq worker`` in front of a real fault: a TCP
+proxy (tests/faults.py) that loses one reply or holds a request back, a
+Redis that refuses writes (MISCONF after a failed snapshot), one busy with
+another client's script (BUSY), a replica whose master is gone
+(MASTERDOWN), or a worker whose clock is off (libfaketime).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis._parsers.base import BaseParser
+
+from sandboxq import Job, Queue
+from sandboxq.local_redis import LocalRedis
+from sandboxq.worker.broker import is_transient
+from sandboxq.worker.parent import EXIT_OK
+from tests.faults import (
+    TcpProxy,
+    busy_script,
+    failing_snapshots,
+    free_port,
+    sends_script,
+    shifted_clock_env,
+)
+from tests.worker_harness import (
+    WorkerProcess,
+    job_field,
+    runs_recorded,
+    wait_for_job,
+    wait_for_jobs,
+    wait_until,
+)
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LocalRedis]:
+    """A redis-server of the test's own, on TCP (the proxy's target)."""
+    own = LocalRedis(tmp_path / "redis", port=free_port()).start()
+    yield own
+    own.stop()
+
+
+@pytest.fixture
+def proxy(server: LocalRedis) -> Iterator[TcpProxy]:
+    assert server.port is not None
+    between = TcpProxy(server.port)
+    yield between
+    between.close()
+
+
+@pytest.fixture
+def producer(queue: Queue, server: LocalRedis) -> Iterator[Queue]:
+    """The test queue on the test's own server, reached directly."""
+    own = Queue(queue.name, url=server.url)
+    yield own
+    own.client.close()
+
+
+@pytest.fixture
+def admin(server: LocalRedis) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(server.url)
+    yield client
+    with contextlib.suppress(redis.RedisError):
+        client.close()
+
+
+def chaos(runs: Path, action: str = "ok", sleep: float = 0.0) -> dict[str, object]:
+    """Data for the ``chaos`` handler, which records each run in ``runs``."""
+    return {"runs": str(runs), "action": action, "sleep": sleep}
+
+
+def running_job(
+    start_worker: StartWorker, url: str, producer: Queue, runs: Path, sleep: float
+) -> tuple[WorkerProcess, Job]:
+    """A worker (one child, 4 s lease) on ``url``, running a ``chaos`` job
+    that takes ``sleep`` seconds."""
+    worker = start_worker("--lease", "4", url=url, procs=1)
+    job = producer.add("chaos", chaos(runs, sleep=sleep))
+    worker.child_running("chaos", job.id)
+    return worker, job
+
+
+# -- lost replies ------------------------------------------------------------------
+def test_a_fetch_whose_reply_is_lost_is_handed_back_and_runs_once(
+    start_worker: StartWorker, proxy: TcpProxy, producer: Queue, tmp_path: Path
+) -> None:
+    # Given a worker behind a proxy that will lose the reply to its next
+    # fetch, and a job that must never be retried on its own, with no stall
+    # allowed (a stall would fail it without running it)
+    worker = start_worker("--lease", "2", "--max-stalls", "0", url=proxy.url, procs=1)
+    proxy.lose_reply(sends_script("fetch", producer.keys.wait.encode()))
+    runs = tmp_path / "runs"
+
+    # When the job is added, and the fetch that leased it never answers
+    job = producer.add("chaos", chaos(runs), manual_retry_only=True)
+
+    # Then the worker gives up on that reply, hands the job it may have
+    # leased back (it never started), and runs it once: no stall counted
+    done = wait_for_job(producer, job.id, timeout=15.0)
+    assert done.state == "completed", done.fields
+    assert (done.attempts_made, done.stalls) == (1, 0)
+    assert runs_recorded(runs) == [job.id]
+    assert proxy.lost == 1
+    worker.wait_for_line(
+        rf"WARNING handed back jobs a lost fetch reply had leased here.* job_ids={job.id}$"
+    )
+    assert worker.running()
+
+
+def test_a_lost_second_fetch_keeps_the_jobs_the_first_one_took(
+    start_worker: StartWorker, proxy: TcpProxy, producer: Queue, tmp_path: Path
+) -> None:
+    # Given two queues with one job each, and a worker with two children that
+    # serves both: its first step fetches from one queue, then asks the other
+    # for the slot left; the proxy loses the reply to that second fetch
+    other = Queue(f"{producer.name}-b", url=producer.url)
+    runs = tmp_path / "runs"
+    jobs = [producer.add("chaos", chaos(runs)), other.add("chaos", chaos(runs))]
+    first_step = sends_script("recover_stalled")
+    fetch = sends_script("fetch")
+    proxy.lose_reply(lambda chunk: fetch(chunk) and not first_step(chunk))
+
+    # When the worker starts
+    start_worker(
+        "--lease", "2", url=proxy.url, procs=2, env={"SANDBOXQ_TEST_EXTRA_QUEUES": other.name}
+    )
+
+    # Then both jobs run, once each: the job the first fetch took was not
+    # dropped with the failed step, and the second is handed back and run
+    queues = (producer, other)
+    done = [wait_for_job(q, job.id, timeout=15.0) for q, job in zip(queues, jobs, strict=True)]
+    assert [job.state for job in done] == ["completed", "completed"], [j.fields for j in done]
+    assert all((job.attempts_made, job.stalls) == (1, 0) for job in done)
+    assert sorted(runs_recorded(runs)) == sorted(job.id for job in jobs)
+    assert proxy.lost == 1
+    other.obliterate(force=True)
+    other.client.close()
+
+
+def test_a_finish_whose_reply_is_lost_is_recognized_as_settled_already(
+    start_worker: StartWorker, proxy: TcpProxy, producer: Queue, tmp_path: Path
+) -> None:
+    # Given a worker behind a proxy that will lose the reply to its next finish
+    worker = start_worker("--lease", "2", url=proxy.url, procs=1)
+    proxy.lose_reply(sends_script("finish", producer.keys.active.encode()))
+    runs = tmp_path / "runs"
+
+    # When a job completes and the finish that recorded it never answers
+    job = producer.add("chaos", chaos(runs))
+
+    # Then the worker sends the finish again, and says the job was settled
+    # already by this worker (not "lost"): it completed once, ran once
+    line = worker.wait_for_line(
+        rf"INFO job completed \(already settled by this worker\) job_id={job.id} ", timeout=15.0
+    )
+    assert "attempt=1" in line.string
+    done = wait_for_job(producer, job.id)
+    assert (done.state, done.attempts_made, done.stalls) == ("completed", 1, 0)
+    assert runs_recorded(runs) == [job.id]
+    assert not worker.matching_lines("job lost")
+    assert proxy.lost == 1
+
+
+def test_a_fetch_that_reaches_redis_late_leases_nothing(
+    start_worker: StartWorker, proxy: TcpProxy, producer: Queue, tmp_path: Path
+) -> None:
+    # Given a worker with one child behind a proxy that holds its next fetch
+    # back for 6 s, far past the time the worker waits for a reply (1 s)
+    worker = start_worker("--lease", "2", "--max-stalls", "0", url=proxy.url, procs=1)
+    proxy.hold_request(sends_script("fetch", producer.keys.wait.encode()), 6.0)
+    runs = tmp_path / "runs"
+
+    # When a long job is added: the worker gives up on the held fetch, hands
+    # back what it may have leased (nothing yet) and fetches it again
+    first = producer.add("chaos", chaos(runs, sleep=7.0))
+    worker.child_running("chaos", first.id, timeout=10.0)
+    # and a second job waits while the only child is busy, when the held
+    # fetch reaches Redis at last
+    second = producer.add("chaos", chaos(runs), manual_retry_only=True)
+
+    # Then the late fetch leased nothing: had it taken the second job, no one
+    # would have run it and its lapsed lease would have failed it (a stall,
+    # with none allowed). Each job ran once, on one lease.
+    done = wait_for_jobs(producer, [first.id, second.id], timeout=20.0)
+    assert [(j.state, j.attempts_made, j.stalls) for j in done.values()] == [
+        ("completed", 1, 0),
+        ("completed", 1, 0),
+    ], [j.fields for j in done.values()]
+    assert runs_recorded(runs) == [first.id, second.id]
+    assert [int(job_field(producer, j, "leases")) for j in (first.id, second.id)] == [1, 1]
+    assert proxy.held == 1
+
+
+def test_a_network_stall_longer_than_the_reply_timeout_loses_and_repeats_nothing(
+    start_worker: StartWorker, proxy: TcpProxy, producer: Queue, tmp_path: Path
+) -> None:
+    # Given a worker with two children behind a proxy, working through jobs
+    worker = start_worker("--lease", "6", url=proxy.url, procs=2)
+    runs = tmp_path / "runs"
+    jobs = [producer.add("chaos", chaos(runs, sleep=0.4)) for _ in range(8)]
+    worker.child_running("chaos", jobs[0].id)
+
+    # When the network stalls while the jobs in flight finish, long enough
+    # for the worker to give up on a reply (after 1.5 s) and try again,
+    # then flows again
+    proxy.stall()
+    wait_until(lambda: len(runs_recorded(runs)) >= 2, 10.0, "the jobs in flight to run")
+    wait_until(
+        lambda: len(worker.matching_lines("Redis unreachable or refusing writes")) >= 2,
+        10.0,
+        "the worker to give up on a reply twice",
+    )
+    proxy.resume()
+
+    # Then every job completed once, on its first attempt, with no stall: late
+    # requests were recognized (finishes) or leased nothing (fetches)
+    done = wait_for_jobs(producer, [job.id for job in jobs], timeout=30.0)
+    assert {(j.state, j.attempts_made, j.stalls) for j in done.values()} == {("completed", 1, 0)}
+    assert sorted(runs_recorded(runs)) == sorted(job.id for job in jobs)
+    assert producer.counts()["active"] == 0
+    assert not worker.matching_lines("job lost")
+    assert worker.running()
+
+
+# -- Redis refusing commands -----------------------------------------------------
+def test_misconf_is_waited_out_and_a_shutdown_during_it_is_clean(
+    start_worker: StartWorker,
+    server: LocalRedis,
+    producer: Queue,
+    admin: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    # Given a worker running a job, on a Redis that then refuses writes
+    # (MISCONF: its last snapshot failed)
+    runs = tmp_path / "runs"
+    worker, job = running_job(start_worker, server.url, producer, runs, sleep=1.0)
+    with failing_snapshots(admin, tmp_path):
+        # When the job finishes while Redis refuses to record it
+        line = worker.wait_for_line(r"Redis unreachable or refusing writes.*MISCONF", timeout=10)
+        assert "WARNING" in line.string
+        assert worker.running()
+        # and the worker is asked to stop meanwhile
+        worker.send_signal(signal.SIGTERM)
+        worker.wait_for_line("shutting down")
+    # Then once Redis takes writes again, the result is recorded and the
+    # worker stops cleanly, having lost nothing
+    assert worker.wait(15.0) == EXIT_OK, worker.log
+    done = wait_for_job(producer, job.id)
+    assert (done.state, done.attempts_made, done.stalls) == ("completed", 1, 0)
+    assert runs_recorded(runs) == [job.id]
+    assert not worker.matching_lines("Traceback")
+
+
+def test_an_idle_worker_stops_cleanly_while_redis_refuses_writes(
+    start_worker: StartWorker, server: LocalRedis, admin: redis.Redis, tmp_path: Path
+) -> None:
+    # Given an idle worker, on a Redis that refuses writes (MISCONF)
+    worker = start_worker("--lease", "4", url=server.url, procs=1)
+    with failing_snapshots(admin, tmp_path):
+        # When it is asked to stop: leaving the worker registry is a write
+        worker.send_signal(signal.SIGTERM)
+        # Then it still exits cleanly, without a traceback
+        assert worker.wait(15.0) == EXIT_OK, worker.log
+    assert not worker.matching_lines("Traceback")
+
+
+def test_a_busy_redis_is_waited_out(
+    start_worker: StartWorker, server: LocalRedis, producer: Queue, tmp_path: Path
+) -> None:
+    # Given a worker running a job
+    runs = tmp_path / "runs"
+    worker, job = running_job(start_worker, server.url, producer, runs, sleep=0.3)
+
+    # When another client's script keeps Redis busy (BUSY) while it finishes
+    spinning = busy_script(server.url, 2.0)
+    line = worker.wait_for_line(r"Redis unreachable or refusing writes.*BUSY", timeout=10)
+    assert "WARNING" in line.string
+    spinning.join(10)
+
+    # Then the job is recorded once Redis answers again; nothing is lost
+    done = wait_for_job(producer, job.id, timeout=15.0)
+    assert (done.state, done.attempts_made, done.stalls) == ("completed", 1, 0)
+    assert worker.running()
+    assert producer.add("ok", 2).wait(10)["echo"] == 2
+
+
+def test_a_replica_whose_master_is_gone_is_waited_out_until_promoted(
+    queue: Queue, server: LocalRedis, admin: redis.Redis
+) -> None:
+    # Given a Redis that is a replica of a master that is gone, and serves no
+    # stale data (MASTERDOWN)
+    admin.config_set("replica-serve-stale-data", "no")
+    admin.replicaof("127.0.0.1", free_port())
+    worker = WorkerProcess(queue.name, server.url, ["--lease", "4"], procs=1)
+    try:
+        # When a worker starts on it
+        worker.start(wait_ready=False)
+        # Then it waits, saying why, instead of crashing
+        worker.wait_for_line(r"WARNING Redis unreachable or refusing writes.*MasterDownError")
+        assert worker.running()
+        # And when the replica is promoted, it gets to work
+        admin.replicaof("NO", "ONE")
+        worker.wait_for_line("sandboxq worker ready")
+        producer = Queue(queue.name, url=server.url)
+        assert producer.add("ok", 1).wait(10)["echo"] == 1
+        producer.client.close()
+    finally:
+        worker.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("reply", "transient"),
+    [
+        ("MISCONF Redis is configured to save RDB snapshots, but it's currently unable", True),
+        ("BUSY Redis is busy running a script.", True),
+        ("LOADING Redis is loading the dataset in memory", True),
+        ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", True),
+        ("TRYAGAIN Multiple keys request during rehashing of slot", True),
+        ("CLUSTERDOWN The cluster is down", True),
+        ("READONLY You can't write against a read only replica.", True),
+        ("OOM command not allowed when used memory > 'maxmemory'.", True),
+        (
+            "ERR Error running script (call to f_0a1b): @user_script:12: "
+            "-MISCONF Errors writing to the AOF file",
+            True,
+        ),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
+        ("ERR Error running script (call to f_0a1b): @user_script:3: attempt to compare", False),
+        ("BUSYKEY Target key name already exists.", False),
+    ],
+)
+def test_redis_error_replies_are_told_apart(reply: str, transient: bool) -> None:
+    # Given an error reply as redis-py parses it off the wire
+    parsed = BaseParser.parse_error(reply)
+    # Then trouble that passes is told from a refusal that points at a bug
+    assert is_transient(parsed) is transient
+
+
+# -- clocks that are off -----------------------------------------------------------
+def test_a_worker_whose_clock_is_ahead_does_not_steal_a_live_job(
+    start_worker: StartWorker, producer: Queue, server: LocalRedis, tmp_path: Path
+) -> None:
+    # Given a job running on a worker with a right clock and a 2 s lease,
+    # which it renews on time
+    runs = tmp_path / "runs"
+    on_time = start_worker("--lease", "2", url=server.url, procs=1)
+    job = producer.add("chaos", chaos(runs, sleep=5.0))
+    on_time.child_running("chaos", job.id)
+
+    # When a second worker whose clock is 20 s ahead looks for stalled jobs
+    # (every second with a 2 s lease) while it runs
+    ahead = start_worker("--lease", "2", url=server.url, procs=1, env=shifted_clock_env(+20))
+    # Then it never takes the job: it ran once, with no stall
+    done = wait_for_job(producer, job.id, timeout=15.0)
+    assert (done.state, done.stalls) == ("completed", 0)
+    assert runs_recorded(runs) == [job.id]
+    assert not ahead.matching_lines("recovered stalled jobs")
+    assert ahead.running()
+
+
+def test_a_worker_whose_clock_is_behind_recovers_a_dead_workers_job_on_time(
+    start_worker: StartWorker, producer: Queue, server: LocalRedis, tmp_path: Path
+) -> None:
+    # Given a job running on a worker with a 2 s lease, and a second worker
+    # whose clock is 20 s behind
+    runs = tmp_path / "runs"
+    dying = start_worker("--lease", "2", url=server.url, procs=1)
+    job = producer.add("chaos", chaos(runs, sleep=30.0))
+    dying.child_running("chaos", job.id)
+    behind = start_worker("--lease", "2", url=server.url, procs=1, env=shifted_clock_env(-20))
+
+    # When the first worker dies with its job
+    dying.kill_group()
+    died_at = time.monotonic()
+
+    # Then the second recovers the job once its lease lapses (2 s, plus up
+    # to a second until it looks), not 20 s later
+    behind.wait_for_line(rf"WARNING recovered stalled jobs .*requeued={job.id}", timeout=15.0)
+    late = time.monotonic() - died_at
+    assert late < 8.0, f"recovered {late:.1f}s after the worker died"
+    wait_until(lambda: len(runs_recorded(runs)) == 2, 10.0, "the job to run again")
