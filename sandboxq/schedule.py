@@ -238,7 +238,7 @@ def fire_due(scripts: Scripts, keys: QueueKeys, now_ms: int) -> tuple[int, list[
         if spec_raw is None:
             continue
         try:
-            fire, new_next, jobs = _occurrence_jobs(key, spec_raw, int(score), count_raw, now_ms)
+            fire, new_next, jobs = occurrence_jobs(key, spec_raw, int(score), count_raw, now_ms)
         except (TypeError, ValueError, KeyError, ArithmeticError) as exc:  # a spec gone bad
             broken.append((key, f"{type(exc).__name__}: {exc}"))
             scripts.fire_schedule(keys, now_ms, key, int(score), now_ms + BROKEN_RETRY_MS, 0, [])
@@ -248,7 +248,7 @@ def fire_due(scripts: Scripts, keys: QueueKeys, now_ms: int) -> tuple[int, list[
     return created, broken
 
 
-def _occurrence_jobs(
+def occurrence_jobs(
     key: str, spec_raw: bytes, next_ms: int, count_raw: bytes | None, now_ms: int
 ) -> tuple[list[int], int, list[list[Any]]]:
     """The occurrences to fire, the next time to store, and their jobs as

@@ -234,14 +234,21 @@ class Scripts:
         return decode_ids(requeued), decode_ids(failed)
 
     def release(
-        self, k: QueueKeys, token: str, job_ids: Sequence[str], now: int | None = None
-    ) -> list[str]:
+        self,
+        k: QueueKeys,
+        token: str,
+        job_ids: Sequence[str],
+        now: int | None = None,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Any:
+        """Hand leased jobs back (the ids released, raw when ``pipe`` is given)."""
         released = self._run(
             "release",
             [k.active, k.wait, k.events, k.marker],
             [k.prefix, token, self.events_maxlen, now_ms() if now is None else now, *job_ids],
+            pipe,
         )
-        return decode_ids(released)
+        return released if pipe is not None else decode_ids(released)
 
     def report(
         self,
@@ -408,7 +415,8 @@ class Scripts:
         new_next: int,
         counted: int,
         jobs: Sequence[Sequence[Any]],
-    ) -> int:
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Any:
         """Enqueue a schedule's occurrences if its next time is still
         ``expected_next``; returns jobs created, or -1 if it moved on."""
         args: list[Any] = [
@@ -431,7 +439,8 @@ class Scripts:
             k.marker,
             k.events,
         ]
-        return int(self._run("fire_schedule", keys, args))
+        created = self._run("fire_schedule", keys, args, pipe)
+        return created if pipe is not None else int(created)
 
     # -- the worker registry (one global key, not a queue's) ----------------
     def heartbeat(
@@ -471,10 +480,16 @@ class Scripts:
             ]
         return decode_ids(self._run("add_flow", [root.events], args))
 
-    def configure(self, k: QueueKeys, settings: dict[str, Any]) -> int:
+    def configure(
+        self,
+        k: QueueKeys,
+        settings: dict[str, Any],
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Any:
         """Set (or, with ``None``, clear) flow-control meta fields and wake the
         workers; returns how many waiting jobs were rescored."""
         args: list[Any] = [k.prefix, self.events_maxlen]
         for field, value in settings.items():
             args += [field, "" if value is None else value]
-        return int(self._run("configure", [k.meta, k.marker, k.events], args))
+        rescored = self._run("configure", [k.meta, k.marker, k.events], args, pipe)
+        return rescored if pipe is not None else int(rescored)

@@ -14,6 +14,7 @@ import os
 import selectors
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -285,3 +286,69 @@ def busy_script(url: str, seconds: float) -> threading.Thread:
     thread = threading.Thread(target=run, name="busy-script", daemon=True)
     thread.start()
     return thread
+
+
+# -- TLS in front of a plain Redis -----------------------------------------------------
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate and key for localhost (openssl's CLI)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+class TlsTerminator:
+    """Accepts TLS connections on ``127.0.0.1:<port>`` and forwards what they
+    carry to a plain Redis port, as a TLS proxy in front of Redis does (the
+    Redis binary the tests use is built without TLS)."""
+
+    def __init__(self, target_port: int, directory: Path) -> None:
+        cert, key = self_signed_certificate(directory)
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.load_cert_chain(cert, key)
+        self.target = ("127.0.0.1", target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="tls-accept", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.port}/0?ssl_cert_reqs=none"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _address = self._listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                client = self._context.wrap_socket(raw, server_side=True)
+            except (OSError, ssl.SSLError):
+                raw.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sandboxq import Queue
 from sandboxq.local_redis import LocalRedis
+from sandboxq.metrics import Health
 from tests.worker_harness import WorkerProcess, wait_for_job, wait_until
 
 
@@ -99,7 +101,7 @@ def test_health_endpoints_are_green_when_all_is_well(
 
 
 @pytest.mark.slow
-def test_a_frozen_redis_turns_readiness_red_and_a_stuck_loop_turns_liveness_red(
+def test_a_frozen_redis_turns_readiness_red_while_the_loop_keeps_turning(
     tmp_path: Path, queue: Queue
 ) -> None:
     # Given a worker on its own Redis, judged stuck after 1 s without a loop pass
@@ -120,12 +122,17 @@ def test_a_frozen_redis_turns_readiness_red_and_a_stuck_loop_turns_liveness_red(
     try:
         worker.start()
         assert get(port, "/healthz")[0] == 200
-        # When Redis freezes (SIGSTOP): the loop blocks in its next Redis call
+        # When Redis freezes (SIGSTOP)
         assert server.process is not None
         server.process.send_signal(signal.SIGSTOP)
-        wait_until(lambda: get(port, "/healthz")[0] == 503, timeout=10, what="liveness red")
-        status, why = get(port, "/readyz")
-        assert status == 503 and "Redis" in why
+        # Then readiness turns red, while the loop, which never waits for
+        # Redis, keeps turning: liveness stays green past the 1 s tick timeout
+        _status, why = wait_until(
+            lambda: (reply := get(port, "/readyz"))[0] == 503 and reply, 10, "readiness red"
+        )
+        assert "Redis" in why
+        time.sleep(2.0)  # the fault lasting past the tick timeout, not a readiness wait
+        assert get(port, "/healthz")[0] == 200
         # And when it thaws, both turn green again
         server.process.send_signal(signal.SIGCONT)
         wait_until(lambda: get(port, "/healthz")[0] == 200, timeout=15, what="liveness green")
@@ -161,3 +168,21 @@ def test_liveness_fails_when_jobs_wait_but_none_finishes(
     # Then after the idle timeout, liveness says why it is red
     wait_until(lambda: get(port, "/healthz")[0] == 503, timeout=10, what="liveness red")
     assert "no job finished" in get(port, "/healthz")[1]
+
+
+def test_liveness_turns_red_when_the_loop_stops_turning() -> None:
+    # Given the health of a loop judged stuck after 1 s without a pass
+    health = Health(
+        tick_timeout=1.0,
+        idle_timeout=600.0,
+        redis_ok=lambda: True,
+        pool_up=lambda: True,
+        queues_empty=lambda: True,
+    )
+    health.tick()
+    assert health.liveness() == (True, "ok")
+    # When its last pass was 5 s ago (the loop stuck in a call)
+    health.last_tick -= 5.0
+    # Then liveness is red, saying for how long
+    alive, why = health.liveness()
+    assert not alive and why.startswith("the worker loop has not run for 5.")

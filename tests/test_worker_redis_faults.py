@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,10 +22,11 @@ from redis._parsers.base import BaseParser
 
 from sandboxq import Job, Queue
 from sandboxq.local_redis import LocalRedis
-from sandboxq.worker.broker import is_transient
 from sandboxq.worker.parent import EXIT_OK
+from sandboxq.worker.trouble import is_transient
 from tests.faults import (
     TcpProxy,
+    TlsTerminator,
     busy_script,
     failing_snapshots,
     free_port,
@@ -34,6 +36,8 @@ from tests.faults import (
 from tests.worker_harness import (
     WorkerProcess,
     job_field,
+    parse_fields,
+    process_title,
     runs_recorded,
     wait_for_job,
     wait_for_jobs,
@@ -231,6 +235,88 @@ def test_a_network_stall_longer_than_the_reply_timeout_loses_and_repeats_nothing
     assert producer.counts()["active"] == 0
     assert not worker.matching_lines("job lost")
     assert worker.running()
+
+
+@pytest.mark.parametrize("lease", ["30", "4"], ids=["reply-awaited", "reconnecting"])
+def test_limits_act_on_time_while_redis_sleeps(
+    start_worker: StartWorker, server: LocalRedis, producer: Queue, admin: redis.Redis, lease: str
+) -> None:
+    # Given a worker running a job that hangs with a 1 s timeout, and a short
+    # job on its other child. With a 30 s lease the parent waits up to 5 s
+    # for a reply; with a 4 s lease it gives up after 1 s and reconnects.
+    worker = start_worker("--lease", lease, "--kill-grace", "0.5", url=server.url, procs=2)
+    hanging = producer.add("hang", timeout=1)
+    worker.child_running("hang", hanging.id)
+    short = producer.add("sleep", 0.5)
+    short_child = worker.child_running("sleep", short.id)
+
+    # When Redis sleeps for 4 s (DEBUG SLEEP) right then
+    sleeping = threading.Thread(target=admin.execute_command, args=("DEBUG", "SLEEP", "4"))
+    sleeping.start()
+
+    # Then, while Redis still sleeps, the timeout kills the hanging job on
+    # time, its child is replaced, and the short job's child finishes and
+    # waits for its next job: the parent never waited for Redis
+    line = worker.wait_for_line(
+        rf"job attempt failed job_id={hanging.id} .*error=timed out after 1\.0s", timeout=10.0
+    ).string
+    assert int(parse_fields(line)["duration_ms"]) < 2000, line
+    worker.wait_pool_size(2, timeout=2.0)
+    wait_until(
+        lambda: (process_title(short_child) or "").endswith(": idle"), 2.0, "the short job to end"
+    )
+    assert sleeping.is_alive(), "Redis woke up before the limits were checked"
+    sleeping.join(10)
+
+    # And once Redis is back, both results are recorded, once
+    jobs = wait_for_jobs(producer, [hanging.id, short.id], timeout=15.0)
+    assert jobs[hanging.id].state == "failed"
+    assert jobs[hanging.id].error == "timed out after 1.0s"
+    assert (jobs[short.id].state, jobs[short.id].result) == ("completed", "slept")
+    assert all(job.stalls == 0 for job in jobs.values())
+    assert worker.running()
+
+
+def test_a_worker_talks_tls(
+    start_worker: StartWorker, server: LocalRedis, producer: Queue, tmp_path: Path
+) -> None:
+    # Given Redis behind TLS (rediss://)
+    assert server.port is not None
+    tls = TlsTerminator(server.port, tmp_path)
+    try:
+        # When a worker serves it over TLS
+        worker = start_worker("--lease", "4", url=tls.url, procs=1)
+        # Then jobs run, and the worker stops cleanly
+        assert producer.add("ok", "over tls").wait(10)["echo"] == "over tls"
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(10.0) == EXIT_OK, worker.log
+    finally:
+        tls.close()
+
+
+def test_a_worker_authenticates_and_selects_its_database(
+    start_worker: StartWorker, queue: Queue, server: LocalRedis, admin: redis.Redis
+) -> None:
+    # Given a Redis that wants a password, and a queue in database 3
+    admin.config_set("requirepass", "s3cret")
+    url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+    own = Queue(queue.name, url=url)
+    try:
+        # When a worker is given a wrong password, it says so and waits
+        wrong = start_worker(
+            "--lease", "4", url=url.replace("s3cret", "nope"), procs=1, wait_ready=False
+        )
+        wrong.wait_for_line(r"Redis unreachable or refusing writes.*setup.*(WRONGPASS|invalid)")
+        assert wrong.running()
+        wrong.cleanup()
+        # And with the right one, it serves database 3
+        start_worker("--lease", "4", url=url, procs=1)
+        assert own.add("ok", 3).wait(10)["echo"] == 3
+        assert own.client.connection_pool.connection_kwargs["db"] == 3
+    finally:
+        own.client.close()
+        admin.execute_command("AUTH", "s3cret")
+        admin.config_set("requirepass", "")
 
 
 # -- Redis refusing commands -----------------------------------------------------

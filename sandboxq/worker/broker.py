@@ -1,45 +1,47 @@
-"""The parent's side of Redis: every call a worker makes, batched.
+"""The parent's side of Redis: every call a worker makes, batched into steps.
 
-One pipelined round trip settles finished jobs, records progress and logs,
-leases new jobs and, when due, renews every lease and recovers stalled jobs.
-A second connection only ever waits: a BZPOPMIN on the queues' markers,
-sent without waiting for the reply, so the parent loop can watch it next to
-the children's pipes and wake within a millisecond of an add.
+A *step* is one pipelined round trip: it records the progress and logs
+children sent, settles finished jobs, hands back jobs, leases new jobs and,
+when due, renews every lease, recovers stalled jobs and fires schedules.
+The parent never waits for it: :meth:`Broker.start_step` writes it to a
+non-blocking connection (link.py), the parent's ``select`` watches that
+connection next to the children's pipes, and :meth:`Broker.on_step_io`
+returns the step's result once its last reply arrived. One step is in
+flight at a time. A second connection only ever waits: a BZPOPMIN on the
+queues' markers, so an idle worker wakes within a millisecond of an add.
 
 Redis faults are waited out, never fatal, and lose nothing:
 
-- every Redis error is trouble to wait out (the parent backs off and calls
-  :meth:`Broker.step` again), whether the connection broke or the server
-  refused (MISCONF, BUSY, LOADING, READONLY, OOM, MASTERDOWN, TRYAGAIN...);
-- what a failed command carried (finishes, progress, logs) stays pending and
-  goes again; what the commands that succeeded returned is used, so a job a
-  fetch leased is never dropped because a later command failed;
+- every Redis error is trouble to wait out (the parent backs off and starts
+  another step), whether the connection broke, a reply never came (after
+  ``reply_timeout``), or the server refused (MISCONF, BUSY, LOADING...);
+- the replies that did arrive are used (replies come in order, so a failure
+  cuts the step after its last reply) and what the other commands carried
+  (finishes, progress, logs, hand-backs) goes in the next step;
 - a fetch whose reply never came may still have leased jobs: the next step
-  hands them back with reclaim.lua (they never started, so no stall counts);
+  hands them back with reclaim.lua (they never started, so no stall counts)
+  and makes the lost request lease nothing if it reaches Redis late;
 - a finish sent twice is recognized (its lease number), and says so;
-- leases are judged on the Redis server's clock: the worker measures its
-  offset with TIME and passes corrected times, so a worker whose clock is
-  off neither steals live jobs nor delays the recovery of dead ones.
+- leases are judged on the Redis server's clock (clock.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from sandboxq import fast, registry
-from sandboxq.connection import connect
 from sandboxq.keys import QueueKeys
-from sandboxq.redis_checks import check_server
-from sandboxq.schedule import fire_due
-from sandboxq.scripts import Scripts, decode_ids
+from sandboxq.redis_checks import RISKY_SETTINGS, info_field, judge_server
+from sandboxq.schedule import BROKEN_RETRY_MS, DUE_BATCH, occurrence_jobs
+from sandboxq.scripts import Scripts, decode_ids, lua_source
+from sandboxq.worker.clock import ServerClock
+from sandboxq.worker.link import Endpoint, LinkError, RedisLink
+from sandboxq.worker.trouble import reply_timeout
 
 #: The longest a blocking wait lasts before it is re-armed.
 MAX_WAIT_SECONDS = 30.0
@@ -51,81 +53,6 @@ MIN_WAIT_SECONDS = 0.01
 #: occurrence happen once). It looks sooner when a schedule is due sooner,
 #: and after a wake-up (a schedule may have been added or changed).
 SCHEDULE_CHECK_SECONDS = 1.0
-
-#: Redis error replies that mean "not now" rather than "never": the server is
-#: saving badly (MISCONF), busy with a script (BUSY), loading its data, a
-#: replica, full, or its cluster or master is failing over. The worker treats
-#: them like a lost connection. Any other error reply is waited out too, but
-#: logged as an error: it points at a bug or at data something else wrote.
-TRANSIENT_REPLIES = (
-    "MISCONF",
-    "BUSY",
-    "LOADING",
-    "READONLY",
-    "OOM",
-    "MASTERDOWN",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "NOREPLICAS",
-)
-_TRANSIENT = re.compile(r"(?:^|[\s:-])(?:" + "|".join(TRANSIENT_REPLIES) + r")\b")
-
-#: A TIME sample taken in a round trip slower than this is not trusted to
-#: correct the clock (the server may have run it long after it was sent).
-CLOCK_SAMPLE_MAX_SECONDS = 0.5
-
-
-#: What redis-py makes of some of those replies (it drops the code from the
-#: message): LOADING is a ConnectionError already, MASTERDOWN a ClusterDownError.
-_TRANSIENT_TYPES = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.OutOfMemoryError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a Redis error is trouble that passes (see TRANSIENT_REPLIES).
-    A script's error wraps the reply of the command that failed inside it."""
-    if isinstance(exc, _TRANSIENT_TYPES):
-        return True
-    return isinstance(exc, redis.ResponseError) and bool(_TRANSIENT.search(str(exc)))
-
-
-def reply_timeout(lease: float) -> float:
-    """How long the parent waits for a reply before giving up on it: well
-    inside the lease, so a lost reply is noticed and retried before the
-    leases it was to renew lapse; never under a second."""
-    return min(max(lease / 4, 1.0), 5.0)
-
-
-class ServerClock:
-    """The Redis server's clock as seen from this process: local time plus an
-    offset measured with TIME. Every worker passes corrected times to the
-    scripts, so leases are set and judged on one clock."""
-
-    def __init__(self) -> None:
-        self.offset_ms = 0.0
-        self.measured = False
-
-    def now_ms(self) -> int:
-        return int(time.time() * 1000 + self.offset_ms)
-
-    def sample(self, sent_at: float, received_at: float, reply: Any) -> None:
-        """Correct the offset from a TIME reply that ran first in a round
-        trip sent at ``sent_at`` (local seconds). The server ran it about
-        half a round trip later: a slow round trip (a stalled server) gives
-        no trustworthy sample, unless there is none yet."""
-        elapsed = received_at - sent_at
-        if self.measured and elapsed > CLOCK_SAMPLE_MAX_SECONDS:
-            return
-        seconds, micros = reply
-        server_ms = int(seconds) * 1000 + int(micros) / 1000
-        self.offset_ms = server_ms - (sent_at + elapsed / 2) * 1000
-        self.measured = True
 
 
 @dataclass(slots=True)
@@ -147,6 +74,13 @@ class StepResult:
     still_running: list[tuple[str, str]] = field(default_factory=list)
     #: Jobs a lost fetch reply had leased here, handed back: (queue, ids).
     reclaimed: list[tuple[str, list[str]]] = field(default_factory=list)
+    #: Jobs this worker handed back (release.lua): (queue, ids).
+    released: list[tuple[str, list[str]]] = field(default_factory=list)
+    #: What the server check found worth a warning (at start).
+    warnings: list[str] = field(default_factory=list)
+    #: The step did the worker's work (not only its setup): at start, the
+    #: first such step is when the worker is ready.
+    worked: bool = False
     #: The Redis error this step ran into, if any; what is listed above
     #: happened anyway, and what the failed commands carried is pending again.
     error: Exception | None = None
@@ -159,6 +93,31 @@ class _Command:
     kind: str
     queue: str = ""
     sent: Any = None
+
+
+class _Commands:
+    """What a step sends, recorded as a pipeline would queue them: the
+    scripts' methods take it as their ``pipe``."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+
+    def evalsha(self, *args: Any) -> None:
+        self.sent.append(("EVALSHA", *args))
+
+    def command(self, *args: Any) -> None:
+        self.sent.append(args)
+
+
+@dataclass(slots=True)
+class _Step:
+    plan: list[_Command]
+    sent_at: float  # time.time(), for the clock
+    deadline: float  # time.monotonic()
+    replies: list[Any] = field(default_factory=list)
+    fetched_from: str | None = None
+    asked: int = 0
+    worked: bool = False
 
 
 class Broker:
@@ -175,15 +134,12 @@ class Broker:
     ) -> None:
         self.url = url
         self.reply_timeout = reply_timeout(lease)
-        # No retries inside redis-py: a fetch sent again after a lost reply
-        # would lease a second batch. The loop retries, knowing what was sent.
-        self.client = connect(
-            url,
-            socket_timeout=self.reply_timeout,
-            socket_connect_timeout=self.reply_timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self.scripts = Scripts(self.client)
+        endpoint = Endpoint.from_url(url, connect_timeout=self.reply_timeout)
+        self.link = RedisLink(endpoint)  # steps
+        self.waiter = RedisLink(endpoint)  # the blocking wait
+        # The scripts' SHAs and sources; the client behind them never
+        # connects: steps go through the link.
+        self.scripts = Scripts(redis.Redis())
         self.clock = ServerClock()
         self.keys = {q: QueueKeys.for_queue(q) for q in queues}
         self.queues = list(queues)
@@ -197,9 +153,13 @@ class Broker:
         self.next_recover = now  # recover what dead workers left, at once
         self.next_schedules = now
         self._schedules_due = False
-        self._due_schedules: set[str] = set()  # queues with a schedule due now
+        #: Schedules through their three steps: due keys to read, then
+        #: occurrences to fire (queue -> list).
+        self._schedule_reads: dict[str, list[tuple[str, int]]] = {}
+        self._schedule_fires: dict[str, list[tuple[str, int, int, int, list[Any]]]] = {}
         self.finishes: dict[str, list[list[Any]]] = {q: [] for q in queues}
         self.reports: dict[str, list[tuple[str, str, str]]] = {q: [] for q in queues}
+        self.releases: dict[str, list[str]] = {q: [] for q in queues}
         self.leased: dict[str, set[str]] = {q: set() for q in queues}
         #: Per queue, the highest fetch request whose reply never came: the
         #: next step reclaims what it may have leased.
@@ -208,13 +168,18 @@ class Broker:
         self.maybe_work = True  # the queues may hold jobs: fetch before waiting
         self.next_due_ms: int | None = None
         self._rotation = 0
-        self._waiter: Any = None  # a redis Connection used only for BZPOPMIN
+        #: Queues that came back short in a row, and when they said to look again.
+        self._short: set[str] = set()
+        self._due_seen: list[int] = []
+        self._step: _Step | None = None
+        self._fetching: tuple[str | None, int] = (None, 0)  # the step's fetch: queue, count
+        self._specs: dict[str, Any] = {}  # due schedules' specs, until their counts come
+        self._server_version = "0"
+        self._server_config: dict[str, str] | None = {}
         self._armed = False
         self._wait_deadline = 0.0
-        self._scripts_loaded = False
+        self._set_up = False
         self.settings = settings or {}
-        #: What the server check found worth a warning, at (re)connection.
-        self.warnings: list[str] = []
         self.description = description or {}
         #: A local mirror of each rate-limited queue's window (fast.SlidingWindow):
         #: the parent asks Redis for no more jobs than it allows, and does not
@@ -227,7 +192,24 @@ class Broker:
 
     # -- what the parent loop asks -------------------------------------------
     def has_pending(self) -> bool:
-        return bool(self.unsure) or any(self.finishes.values()) or any(self.reports.values())
+        """Something waits to be sent, or a step is on its way."""
+        return (
+            self._step is not None
+            or bool(self.unsure)
+            or any(self.finishes.values())
+            or any(self.reports.values())
+            or any(self.releases.values())
+            or bool(self._schedule_reads)
+            or bool(self._schedule_fires)
+        )
+
+    @property
+    def in_flight(self) -> bool:
+        return self._step is not None
+
+    @property
+    def step_deadline(self) -> float | None:
+        return self._step.deadline if self._step is not None else None
 
     def next_timer(self) -> float:
         return min(self.next_renew, self.next_recover, self.next_schedules)
@@ -238,98 +220,150 @@ class Broker:
     def report(self, queue: str, job_id: str, kind: str, value: str) -> None:
         self.reports[queue].append((job_id, kind, value))
 
+    def hand_back(self, queue: str, job_id: str) -> None:
+        """Give a leased job back to its queue in the next step (release.lua)."""
+        self.releases[queue].append(job_id)
+
+    def forget(self, queue: str, job_id: str) -> None:
+        """Stop renewing a job this worker will not finish."""
+        self.leased[queue].discard(job_id)
+
     def now_ms(self) -> int:
         """Now on the Redis server's clock (milliseconds)."""
         return self.clock.now_ms()
 
-    # -- the round trip ------------------------------------------------------
-    def step(self, free_slots: int) -> StepResult:
-        """One pipelined round trip (a second one only when the first queue
-        asked could not fill the free slots, or a schedule is due). Redis
-        errors do not raise: they end up in ``result.error``, with what the
-        failed commands carried pending again for the next step."""
-        result = StepResult()
-        try:
-            self._connect_once()
-        except redis.RedisError as exc:
-            result.error = exc
-            return result
-        now = self.now_ms()
+    # -- a step: start, I/O, end ---------------------------------------------
+    def start_step(self, free_slots: int) -> StepResult | None:
+        """Send one step (no step may be in flight). Returns a result at once
+        only if it could not be sent (no connection); else the result comes
+        from :meth:`on_step_io` or :meth:`check_step_deadline`."""
+        assert self._step is None, "a step is in flight"
+        commands = _Commands()
+        plan: list[_Command] = []
         clock = time.monotonic()
-        renew = clock >= self.next_renew
-        recover = clock >= self.next_recover
-        if clock >= self.next_schedules:
-            self.next_schedules = clock + SCHEDULE_CHECK_SECONDS
-            self._schedules_due = True
-        # Hand back what lost replies leased before asking for more.
-        order = self._fetch_order() if free_slots > 0 and self.maybe_work else []
-        fetch_now = [] if self.unsure else order[:1]
-        next_due: list[int] = []
-        pipe = self.client.pipeline(transaction=False)
-        plan = self._queue_commands(pipe, now, renew, recover, fetch_now, free_slots, next_due)
-        sent_at = time.time()
+        self._fetching = (None, 0)
+        if not self._set_up:
+            self._queue_setup(commands, plan)
+        if not self.clock.measured:
+            # Nothing that depends on the time goes before the server's clock
+            # is known: a worker whose clock is off must not judge leases.
+            commands.command("TIME")
+            plan.append(_Command("time"))
+        else:
+            self._queue_work(commands, plan, clock, free_slots)
+        worked = self.clock.measured
+        if not plan:
+            return None
+        self._step = _Step(plan, time.time(), clock + self.reply_timeout)
+        self._step.fetched_from, self._step.asked = self._fetching
+        self._step.worked = worked
         try:
-            replies = pipe.execute(raise_on_error=False) if plan else []
-        except redis.RedisError as exc:
-            for command in plan:
-                self._undo(command, exc)
-            result.error = exc
-            return result
+            if not self.link.is_open:
+                self.link.open()
+            self.link.send(commands.sent)
+        except LinkError as exc:
+            return self._end_step(exc)
+        return None
+
+    def on_step_io(self, readable: bool, writable: bool) -> StepResult | None:
+        """The step connection is ready: write or read. Returns the step's
+        result once its last reply arrived, or as soon as it failed."""
+        step = self._step
+        try:
+            if writable:
+                self.link.on_writable()
+            if readable:
+                replies = self.link.read()
+                if step is None:
+                    return None  # e.g. the replies to what close() sent
+                step.replies += replies
+        except LinkError as exc:
+            return self._end_step(exc) if step is not None else None
+        if step is not None and len(step.replies) >= len(step.plan):
+            return self._end_step(None)
+        return None
+
+    def check_step_deadline(self, now: float) -> StepResult | None:
+        """A step whose replies are overdue is given up: the connection is
+        dropped (its replies may be lost on the way) and the step fails."""
+        if self._step is None or now < self._step.deadline:
+            return None
+        self.link.close()
+        return self._end_step(redis.TimeoutError(f"no reply from Redis in {self.reply_timeout}s"))
+
+    def _end_step(self, error: Exception | None) -> StepResult:
+        """Use the replies that came, undo what the others carried."""
+        step = self._step
+        assert step is not None
+        self._step = None
+        result = StepResult(worked=step.worked)
         received_at = time.time()
-        if renew:
-            self.next_renew = clock + self.renew_every
-        if recover:
-            self.next_recover = clock + self.recover_every
-        for command, reply in zip(plan, replies, strict=True):
+        next_due: list[int] = []
+        for index, command in enumerate(step.plan):
+            if index >= len(step.replies):
+                self._undo(command, error or LinkError("no reply"))
+                continue
+            reply = step.replies[index]
             if isinstance(reply, Exception):
                 self._undo(command, reply)
                 if not isinstance(reply, redis.exceptions.NoScriptError):
                     result.error = result.error or reply
                 continue
-            self._apply(command, reply, result, next_due, now, (sent_at, received_at))
-        if fetch_now and result.error is None:
-            self._fetch_others(order[1:], free_slots, result, next_due)
-        if result.error is None and self._due_schedules:
-            self._fire_schedules(result)
-        if fetch_now and result.error is None:
-            # Fewer jobs than slots: the queues are empty (or paused) for now.
-            self.maybe_work = len(result.fetched) + len(result.still_running) >= free_slots
-            self.next_due_ms = min(next_due, default=None)
+            self._apply(command, reply, result, next_due, (step.sent_at, received_at))
+        if error is not None:
+            result.error = error
+        elif step.fetched_from is not None and result.error is None:
+            self._after_fetch(step.fetched_from, step.asked, result, next_due)
         return result
 
-    def _connect_once(self) -> None:
-        """At the first step and after a script cache flush: check the
-        server, measure its clock and load the scripts."""
-        if self._scripts_loaded:
-            return
-        self.warnings = check_server(self.client)  # may raise UnsupportedRedis
-        sent_at = time.time()
-        server_time = self.client.time()
-        self.clock.sample(sent_at, time.time(), server_time)
-        self.scripts.load_all()
-        for k in self.keys.values():  # the worker's own flow-control options
-            if self.settings:
-                self.scripts.configure(k, self.settings)
-        self._scripts_loaded = True
-
-    def _queue_commands(
-        self,
-        pipe: Any,
-        now: int,
-        renew: bool,
-        recover: bool,
-        fetch_from: list[str],
-        free_slots: int,
-        next_due: list[int],
-    ) -> list[_Command]:
-        """Queue this step's commands on ``pipe``; returns what each one is.
-        Pending finishes and reports move into the commands (a failed one
-        puts them back). A fetch the local rate window rules out is not
-        sent; when that window opens goes to ``next_due``."""
-        plan: list[_Command] = []
-        if recover:  # first, so the server reads its clock as soon as it can
-            pipe.time()
+    # -- building a step ------------------------------------------------------
+    def _queue_work(
+        self, commands: _Commands, plan: list[_Command], clock: float, free_slots: int
+    ) -> None:
+        """Everything due: what children sent, timers, schedules, a fetch."""
+        now = self.now_ms()
+        renew = clock >= self.next_renew
+        recover = clock >= self.next_recover
+        if clock >= self.next_schedules:
+            self.next_schedules = clock + SCHEDULE_CHECK_SECONDS
+            self._schedules_due = True
+        if recover:  # first: the server reads its clock as soon as it can
+            commands.command("TIME")
             plan.append(_Command("time"))
+        self._queue_queue_work(commands, plan, now, renew, recover)
+        # Hand back what lost replies leased before asking for more.
+        if free_slots > 0 and self.maybe_work and not self.unsure:
+            self._fetching = self._queue_fetch(commands, plan, now, free_slots)
+        if renew:
+            self.next_renew = clock + self.renew_every
+        if recover:
+            self.next_recover = clock + self.recover_every
+
+    def _queue_setup(self, commands: _Commands, plan: list[_Command]) -> None:
+        """At the first step and after Redis lost its scripts: check the
+        server, load the scripts, apply the worker's own flow-control options."""
+        commands.command("INFO", "server")
+        plan.append(_Command("info"))
+        for name in RISKY_SETTINGS:
+            commands.command("CONFIG", "GET", name)
+            plan.append(_Command("config", sent=name))
+        for name in self.scripts.NAMES:
+            commands.command("SCRIPT", "LOAD", lua_source(name))
+            plan.append(_Command("load"))
+        if self.settings:
+            pipe: Any = commands
+            for queue, k in self.keys.items():
+                self.scripts.configure(k, self.settings, pipe)
+                plan.append(_Command("configure", queue))
+        self._server_config = {}
+        self._set_up = True  # unless one of these fails (_undo)
+
+    def _queue_queue_work(
+        self, commands: _Commands, plan: list[_Command], now: int, renew: bool, recover: bool
+    ) -> None:
+        """Each queue's share of a step. Pending finishes, reports and
+        hand-backs move into the commands (a failed one puts them back)."""
+        pipe: Any = commands
         for queue, k in self.keys.items():
             # Reports before finishes: a job's last progress and log lines
             # usually travel in the same step as its result, and finishing
@@ -342,6 +376,10 @@ class Broker:
                 self.finishes[queue] = []
                 self.scripts.finish(k, now, self.token, finishes, pipe)
                 plan.append(_Command("finish", queue, finishes))
+            if releases := self.releases[queue]:
+                self.releases[queue] = []
+                self.scripts.release(k, self.token, releases, now, pipe)
+                plan.append(_Command("release", queue, releases))
             if queue in self.unsure:
                 known = list(self.leased[queue])
                 self.scripts.reclaim(k, now, self.token, self.unsure[queue], known, pipe)
@@ -357,46 +395,76 @@ class Broker:
             registry.heartbeat(self.scripts, pipe, self.token, self.description, now)
             plan.append(_Command("heartbeat"))
         for queue, k in self.keys.items():
-            if self._schedules_due:  # the earliest next occurrence, if any
-                pipe.zrange(k.schedule_times, 0, 0, withscores=True)
+            if self._schedules_due:  # the next occurrences, the due ones first
+                commands.command("ZRANGE", k.schedule_times, 0, DUE_BATCH - 1, "WITHSCORES")
                 plan.append(_Command("schedules", queue))
+            if due := self._schedule_reads.pop(queue, []):
+                keys = [key for key, _score in due]
+                commands.command("HMGET", k.schedules, *keys)
+                commands.command("HMGET", k.schedule_counts, *keys)
+                plan += [_Command("specs", queue, due), _Command("counts", queue, due)]
+            for fire in self._schedule_fires.pop(queue, []):
+                key, score, new_next, counted, jobs = fire
+                self.scripts.fire_schedule(k, now, key, score, new_next, counted, jobs, pipe)
+                plan.append(_Command("fire", queue, fire))
             if recover or queue in self._resync:
-                pipe.hmget(k.meta, "rl_max", "rl_window_ms")
-                pipe.zrange(k.limiter, 0, -1, withscores=True)
+                commands.command("HMGET", k.meta, "rl_max", "rl_window_ms")
+                commands.command("ZRANGE", k.limiter, 0, -1, "WITHSCORES")
                 plan += [_Command("limits", queue), _Command("limiter", queue)]
+        self._schedules_due = False
         self._resync.clear()
-        for queue in fetch_from:
-            count = self._room(queue, free_slots, now, next_due)
-            if count > 0:
-                request = self._next_request()
-                self.scripts.fetch(
-                    self.keys[queue], now, count, self.token, self.lease_ms, pipe, request
-                )
-                plan.append(_Command("fetch", queue, request))
-        return plan
+
+    def _queue_fetch(
+        self, commands: _Commands, plan: list[_Command], now: int, free_slots: int
+    ) -> tuple[str | None, int]:
+        """Ask the next queue in turn for up to ``free_slots`` jobs (fewer if
+        its mirrored rate window is fuller). Returns the queue and the count."""
+        queue = self._next_queue()
+        count = self._room(queue, free_slots, now)
+        if count <= 0:
+            self._short.add(queue)
+            self._note_short_round()
+            return None, 0
+        request = self._next_request()
+        pipe: Any = commands
+        self.scripts.fetch(self.keys[queue], now, count, self.token, self.lease_ms, pipe, request)
+        plan.append(_Command("fetch", queue, request))
+        return queue, count
 
     def _next_request(self) -> int:
         self._requests += 1
         return self._requests
 
+    def _next_queue(self) -> str:
+        """The queues take turns, so one busy queue cannot starve the others."""
+        self._rotation = (self._rotation + 1) % len(self.queues)
+        return self.queues[self._rotation]
+
+    # -- reading a step's replies ------------------------------------------------
     def _undo(self, command: _Command, error: Exception) -> None:
         """A command failed or its reply was lost: keep what it carried for
         the next step. A fetch may have run anyway (only NOSCRIPT says it did
         not), so what it may have leased is reclaimed."""
+        kind, queue = command.kind, command.queue
         if isinstance(error, redis.exceptions.NoScriptError):
-            self._scripts_loaded = False  # Redis lost its script cache: load again
-        if command.kind == "finish":
-            self.finishes[command.queue][:0] = command.sent
-        elif command.kind == "report":
-            self.reports[command.queue][:0] = command.sent
-        elif command.kind == "fetch" and not isinstance(error, redis.exceptions.NoScriptError):
-            self.unsure[command.queue] = max(command.sent, self.unsure.get(command.queue, 0))
-        elif command.kind == "renew":
+            self._set_up = False  # Redis lost its script cache: load them again
+        if kind == "finish":
+            self.finishes[queue][:0] = command.sent
+        elif kind == "report":
+            self.reports[queue][:0] = command.sent
+        elif kind == "release":
+            self.releases[queue][:0] = command.sent
+        elif kind == "fetch" and not isinstance(error, redis.exceptions.NoScriptError):
+            self.unsure[queue] = max(command.sent, self.unsure.get(queue, 0))
+        elif kind == "renew":
             self.next_renew = time.monotonic()  # the leases still need it
-        elif command.kind == "limits":
-            self._resync.add(command.queue)
-        elif command.kind == "schedules":
-            self._schedules_due = True
+        elif kind in ("limits", "limiter"):
+            self._resync.add(queue)
+        elif kind in ("schedules", "specs", "counts", "fire"):
+            self._schedules_due = True  # read them again from the start
+            self._specs.pop(queue, None)
+        elif kind in ("info", "config", "load", "configure"):
+            self._set_up = False
 
     def _apply(
         self,
@@ -404,7 +472,6 @@ class Broker:
         reply: Any,
         result: StepResult,
         next_due: list[int],
-        now: int,
         round_trip: tuple[float, float],
     ) -> None:
         """Use one command's reply."""
@@ -415,6 +482,10 @@ class Broker:
             for entry, status in zip(command.sent, reply, strict=True):
                 self.leased[queue].discard(entry[0])
                 result.finished.append((queue, entry[0], status.decode()))
+        elif kind == "release":
+            self.leased[queue].difference_update(command.sent)
+            if released := decode_ids(reply):
+                result.released.append((queue, released))
         elif kind == "reclaim":
             if self.unsure.get(queue) == command.sent:
                 del self.unsure[queue]
@@ -427,68 +498,122 @@ class Broker:
             if requeued or failed:
                 result.recovered.append((queue, decode_ids(requeued), decode_ids(failed)))
         elif kind == "fetch":
-            self._take(queue, reply, result, next_due, now)
-        elif kind == "schedules":
-            self._schedules_due = False
-            self._plan_schedules(queue, reply, now)
+            self._take(queue, reply, result, next_due)
+        elif kind in ("schedules", "specs", "counts", "fire"):
+            self._schedule_reply(command, reply, result)
         elif kind == "limits":
             self._mirror_limits(queue, reply)
         elif kind == "limiter" and (window := self.windows.get(queue)) is not None:
-            window.sync([int(score) for _member, score in reply])
+            window.sync([int(float(score)) for score in reply[1::2]])
+        elif kind == "info":
+            self._server_version = info_field(reply, "redis_version") or "0"
+        elif kind == "config":
+            self._note_config(reply, result)
 
-    def _fetch_others(
-        self, queues: list[str], free_slots: int, result: StepResult, next_due: list[int]
-    ) -> None:
-        """The first queue could not fill every slot: ask the others in turn,
-        one round trip each. A failure keeps what was fetched so far."""
-        for queue in queues:
-            fetched_at = self.now_ms()
-            wanted = self._room(queue, free_slots - len(result.fetched), fetched_at, next_due)
-            if wanted <= 0:
+    def _note_config(self, reply: Any, result: StepResult) -> None:
+        """One CONFIG GET reply of the server check (refused: CONFIG is
+        disabled, as on managed services); after the last, judge the server."""
+        config = self._server_config
+        if config is not None:
+            if isinstance(reply, Exception):
+                config = None
+            else:
+                pairs = [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
+                config.update(zip(pairs[::2], pairs[1::2], strict=True))
+            self._server_config = config
+        if config is None or len(config) >= len(RISKY_SETTINGS):
+            result.warnings = judge_server(self._server_version, config)  # may raise
+
+    def _take(self, queue: str, reply: Any, result: StepResult, next_due: list[int]) -> None:
+        rows, due, limited = reply
+        if limited:
+            result.rate_limited.append(queue)
+            self._resync.add(queue)  # Redis saw starts the mirror did not
+        fetched = fast.decode_fetched(rows)
+        if fetched and (window := self.windows.get(queue)) is not None:
+            window.record(self.now_ms(), len(fetched))
+        for job_id, fields in fetched:
+            if job_id in self.leased[queue]:
+                # Our own lease lapsed (the parent was frozen, or Redis slow)
+                # and the job came back to us while a child still runs it:
+                # keep the fresh lease for that run instead of starting another.
+                result.still_running.append((queue, job_id))
                 continue
-            request = self._next_request()
-            try:
-                reply = self.scripts.fetch(
-                    self.keys[queue], fetched_at, wanted, self.token, self.lease_ms, None, request
-                )
-            except redis.RedisError as exc:
-                self._undo(_Command("fetch", queue, request), exc)
-                result.error = exc
-                return
-            self._take(queue, reply, result, next_due, fetched_at)
+            self.leased[queue].add(job_id)
+            result.fetched.append((queue, job_id, fields))
+        if due >= 0:
+            next_due.append(int(due))
 
-    # -- schedules -------------------------------------------------------------
-    def _plan_schedules(self, queue: str, earliest: Any, now: int) -> None:
-        """Note which queues have a schedule due now (fired after the round
-        trip) and look again when the next one is due, if that is sooner."""
-        if not earliest:
+    def _after_fetch(self, queue: str, asked: int, result: StepResult, next_due: list[int]) -> None:
+        """A fetch that filled its slots means more may wait: fetch again.
+        One that came back short means this queue is empty (or limited) for
+        now: once every queue came back short in a row, wait for a wake-up,
+        or for the earliest time one of them said to look again."""
+        self._due_seen += next_due
+        if len(result.fetched) + len(result.still_running) >= asked:
+            self._short.clear()
+            self._due_seen.clear()
             return
-        due_ms = int(earliest[0][1])
-        if due_ms <= now:
-            self._due_schedules.add(queue)
-        else:
-            clock = time.monotonic()
-            self.next_schedules = min(self.next_schedules, clock + (due_ms - now) / 1000.0)
+        self._short.add(queue)
+        self._note_short_round()
 
-    def _fire_schedules(self, result: StepResult) -> None:
-        """Fire the due occurrences (extra round trips only then). A schedule
-        that cannot be fired is reported and skipped, never fatal."""
-        due, self._due_schedules = self._due_schedules, set()
-        for queue in due:
-            try:
-                created, broken = fire_due(self.scripts, self.keys[queue], self.now_ms())
-            except redis.RedisError as exc:
-                self._due_schedules.add(queue)  # fire it once Redis answers
-                result.error = exc
-                return
-            if created:
+    def _note_short_round(self) -> None:
+        if len(self._short) >= len(self.queues):
+            self.maybe_work = False
+            self.next_due_ms = min(self._due_seen, default=None)
+
+    # -- schedules, over three steps --------------------------------------------
+    def _schedule_reply(self, command: _Command, reply: Any, result: StepResult) -> None:
+        """Schedules fire in three steps, each riding a normal step: read the
+        next occurrence times; read the due ones' specs and counts; fire
+        them (fire_schedule.lua makes each occurrence happen once)."""
+        kind, queue = command.kind, command.queue
+        now = self.now_ms()
+        if kind == "schedules":
+            pairs = zip(reply[::2], reply[1::2], strict=True)
+            times = [(k.decode(), int(float(s))) for k, s in pairs]
+            due = [(key, score) for key, score in times if score <= now]
+            if due:
+                self._schedule_reads[queue] = due
+            upcoming = [score for _key, score in times if score > now]
+            if upcoming:
+                wait = (min(upcoming) - now) / 1000.0
+                self.next_schedules = min(self.next_schedules, time.monotonic() + wait)
+        elif kind == "specs":
+            self._specs[queue] = reply  # used with the counts, the next reply
+        elif kind == "counts" and (specs := self._specs.pop(queue, None)) is not None:
+            for (key, score), spec, count in zip(command.sent, specs, reply, strict=True):
+                if spec is not None:  # else deleted meanwhile
+                    self._plan_fire(queue, key, score, spec, count, now, result)
+        elif kind == "fire":
+            created = int(reply)
+            if created > 0:
                 result.scheduled.append((queue, created))
                 self.maybe_work = True
-            result.broken_schedules += [(queue, key, why) for key, why in broken]
+                self._short.clear()
             self.next_schedules = time.monotonic()  # read the new next time at once
 
+    def _plan_fire(
+        self,
+        queue: str,
+        key: str,
+        score: int,
+        spec: bytes,
+        count: Any,
+        now: int,
+        result: StepResult,
+    ) -> None:
+        """Work out one due schedule's occurrences, to fire in the next step.
+        A broken spec is reported and looked at again a minute later."""
+        try:
+            fire, new_next, jobs = occurrence_jobs(key, spec, score, count, now)
+        except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
+            result.broken_schedules.append((queue, key, f"{type(exc).__name__}: {exc}"))
+            fire, new_next, jobs = [], now + BROKEN_RETRY_MS, []
+        self._schedule_fires.setdefault(queue, []).append((key, score, new_next, len(fire), jobs))
+
     # -- rate windows ------------------------------------------------------------
-    def _room(self, queue: str, wanted: int, now: int, next_due: list[int]) -> int:
+    def _room(self, queue: str, wanted: int, now: int) -> int:
         """How many jobs to ask ``queue`` for: ``wanted``, or fewer if its
         mirrored rate window is fuller (then note when it opens)."""
         window = self.windows.get(queue)
@@ -496,7 +621,7 @@ class Broker:
             return wanted
         room = window.allowed(now)
         if room <= 0:
-            next_due.append(window.opens_at(now))
+            self._due_seen.append(window.opens_at(now))
         return min(wanted, room)
 
     def _mirror_limits(self, queue: str, reply: Any) -> None:
@@ -512,58 +637,13 @@ class Broker:
             self.windows[queue] = fast.SlidingWindow(*params)
             self._window_params[queue] = params
 
-    def _fetch_order(self) -> list[str]:
-        """The queues, starting one further along each time, so one busy
-        queue cannot starve the others."""
-        self._rotation = (self._rotation + 1) % len(self.queues)
-        return self.queues[self._rotation :] + self.queues[: self._rotation]
-
-    def _take(
-        self, queue: str, reply: Any, result: StepResult, next_due: list[int], now: int
-    ) -> None:
-        rows, due, limited = reply
-        if limited:
-            result.rate_limited.append(queue)
-            self._resync.add(queue)  # Redis saw starts the mirror did not
-        fetched = fast.decode_fetched(rows)
-        if fetched and (window := self.windows.get(queue)) is not None:
-            window.record(now, len(fetched))
-        for job_id, fields in fetched:
-            if job_id in self.leased[queue]:
-                # Our own lease lapsed (the parent was frozen, or Redis slow)
-                # and the job came back to us while a child still runs it:
-                # keep the fresh lease for that run instead of starting another.
-                result.still_running.append((queue, job_id))
-                continue
-            self.leased[queue].add(job_id)
-            result.fetched.append((queue, job_id, fields))
-        if due >= 0:
-            next_due.append(int(due))
-
-    def release(self, jobs: list[tuple[str, str]]) -> list[str]:
-        """Hand unfinished jobs straight back to their queues (forced stop).
-        Raises a Redis error if Redis cannot be reached."""
-        released = []
-        for queue in self.queues:
-            ids = [job_id for q, job_id in jobs if q == queue]
-            if ids:
-                released += self.scripts.release(self.keys[queue], self.token, ids, self.now_ms())
-                self.leased[queue].difference_update(ids)
-        return released
-
-    def forget(self, queue: str, job_id: str) -> None:
-        """Stop renewing a job this worker will not finish (e.g. handed back)."""
-        self.leased[queue].discard(job_id)
-
     # -- the blocking wait -----------------------------------------------------
     def arm_wait(self) -> int:
         """Start waiting for a marker (or the next delayed job) unless a wait
         is armed already; returns the file descriptor to watch."""
-        if self._waiter is None:
-            self._waiter = self.client.connection_pool.make_connection()
-        conn = self._waiter
         if not self._armed:
-            conn.connect()
+            if not self.waiter.is_open:
+                self.waiter.open()
             timeout = MAX_WAIT_SECONDS
             if self.next_due_ms is not None:
                 timeout = min(timeout, (self.next_due_ms - self.now_ms()) / 1000.0)
@@ -572,14 +652,12 @@ class Broker:
             # BZPOPMIN treats 0 as "forever", and Redis truncates seconds to
             # whole milliseconds ("0.001" can become 0): never ask for less
             # than MIN_WAIT_SECONDS, so "due now" means "look again soon".
-            conn.send_command("BZPOPMIN", *markers, f"{timeout:.3f}")
+            self.waiter.send([("BZPOPMIN", *markers, f"{timeout:.3f}")])
             self._armed = True
             # A reply that never comes (lost on the way) must not leave the
             # worker waiting forever: give up a little after the timeout.
             self._wait_deadline = time.monotonic() + timeout + self.reply_timeout
-        assert conn._sock is not None
-        fileno: int = conn._sock.fileno()
-        return fileno
+        return self.waiter.fileno()
 
     @property
     def armed(self) -> bool:
@@ -593,41 +671,46 @@ class Broker:
     def wait_deadline(self) -> float | None:
         return self._wait_deadline if self._armed else None
 
-    def wait_done(self) -> None:
-        """The armed wait answered (a marker, or its timeout): fetch again."""
+    def on_wait_io(self, writable: bool) -> bool:
+        """The waiting connection is ready; True once the wait answered (a
+        marker, its timeout, or a failure): fetch again."""
+        try:
+            if writable:
+                self.waiter.on_writable()
+                return False
+            if not self.waiter.read():
+                return False
+        except LinkError:
+            pass  # the link closed itself; the next wait reconnects
         self._armed = False
         self._woken()
-        assert self._waiter is not None
-        try:
-            self._waiter.read_response()
-        except redis.RedisError:
-            self._waiter.disconnect()
+        return True
 
     def _woken(self) -> None:
         self.maybe_work = True
+        self._short.clear()
+        self._due_seen.clear()
         self._resync.update(self.windows)  # a wake-up may be a changed limit
         self.next_schedules = time.monotonic()  # ... or a new schedule
 
     def cancel_wait(self) -> None:
         """Drop an armed wait (shutting down, Redis trouble, or a reply that
         never came); the next step looks for work instead."""
-        if self._waiter is not None:
-            self._waiter.disconnect()
+        self.waiter.close()
         if self._armed:
             self._woken()
         self._armed = False
 
     def close(self) -> None:
         """Leave Redis: forget this worker's registry entry and fetch marks.
-        Best effort: nothing here may raise, whatever state Redis is in."""
-        with contextlib.suppress(redis.RedisError):
-            self.cancel_wait()
-        with contextlib.suppress(redis.RedisError, OSError):
-            pipe = self.client.pipeline(transaction=False)
+        Best effort and without waiting: written if the connection takes it
+        now, whatever state Redis is in."""
+        self.cancel_wait()
+        if self.link.is_open and self._step is None:
+            farewell: list[tuple[Any, ...]] = []
             if self.description:
-                registry.forget(pipe, self.token)
-            for k in self.keys.values():
-                pipe.hdel(k.cancelled, self.token)
-            pipe.execute()
-        with contextlib.suppress(redis.RedisError, OSError):
-            self.client.close()
+                farewell.append(("HDEL", registry.WORKERS, self.token))
+            farewell += [("HDEL", k.cancelled, self.token) for k in self.keys.values()]
+            with contextlib.suppress(LinkError):
+                self.link.send(farewell)
+        self.link.close()

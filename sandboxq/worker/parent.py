@@ -1,10 +1,12 @@
 """The worker parent: one loop that owns Redis and watches the children.
 
 The loop waits in one ``select`` on: the children's pipes, a wake-up pipe
-(signals and ``stop()`` write to it), and the connection blocked in
-BZPOPMIN. Signal handlers only record the signal; the loop acts on it. The
-parent never blocks on one child: pipes are non-blocking and a child that
-hangs, crashes or grows too big is killed and replaced while the rest run.
+(signals and ``stop()`` write to it), the Redis connection a step is on, and
+the connection blocked in BZPOPMIN. Signal handlers only record the signal;
+the loop acts on it. The parent never blocks, on a child or on Redis: pipes
+and Redis connections are non-blocking, so a child that hangs, crashes or
+grows too big is killed and replaced on time while the rest run, however
+slow Redis is.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from sandboxq.options import rate_limit_fields
 from sandboxq.queue import Queue
 from sandboxq.redis_checks import UnsupportedRedis
 from sandboxq.worker import protocol
-from sandboxq.worker.broker import Broker, StepResult, is_transient
+from sandboxq.worker.broker import Broker, StepResult
 from sandboxq.worker.cpus import available_cpus
 from sandboxq.worker.pool import HANDLED_SIGNALS, Assignment, Child, Pool, describe_exit
+from sandboxq.worker.trouble import is_transient
 
 EXIT_OK = 0  # drained cleanly
 EXIT_FORCED = 1  # stopped before the jobs in flight finished; they were handed back
@@ -50,7 +53,7 @@ MAX_BIRTH_FAILURES = 5
 #: Redis reconnect backoff, seconds.
 RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
 
-_WAKE, _WAITER = "wake", "waiter"
+_WAKE, _WAITER, _LINK = "wake", "waiter", "link"
 
 
 #: The most a child's niceness can be raised above the parent's (nice(2)).
@@ -186,6 +189,9 @@ class Worker:
         self._redis_retry_at = 0.0
         self._redis_backoff = RECONNECT_MIN
         self._finishing: dict[tuple[str, str], _Finishing] = {}
+        #: Redis connections in the selector: tag -> (fd, events).
+        self._watching: dict[str, tuple[int, int]] = {}
+        self._final_deadline = 0.0
 
     # -- public ------------------------------------------------------------
     def stop(self, force: bool = False) -> None:
@@ -219,6 +225,8 @@ class Worker:
                 "started_at": time.time(),
             },
         )
+        self.broker.link.on_close = lambda _fd: self._unwatch(_LINK)
+        self.broker.waiter.on_close = lambda _fd: self._unwatch(_WAITER)
         wake_r, self._wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -310,18 +318,27 @@ class Worker:
     def _loop(self) -> None:
         while True:
             self.health.tick()
+            self._watch_redis()
             for key, mask in self.selector.select(self._select_timeout()):
                 if key.data == _WAKE:
                     self._drain_wake_pipe()
+                elif key.data == _LINK:
+                    readable, writable = (
+                        bool(mask & selectors.EVENT_READ),
+                        bool(mask & selectors.EVENT_WRITE),
+                    )
+                    if result := self._broker_call(self.broker.on_step_io, readable, writable):
+                        self._step_done(result)
                 elif key.data == _WAITER:
-                    self.selector.unregister(key.fileobj)
-                    self.broker.wait_done()
+                    self.broker.on_wait_io(bool(mask & selectors.EVENT_WRITE))
                 else:
                     self._on_child_io(key.data, mask)
             if self._handle_signals():
                 self._reap()
             now = time.monotonic()
             self.pool.enforce_limits(now)
+            if result := self.broker.check_step_deadline(now):
+                self._step_done(result)
             if self.broker.wait_overdue(now):
                 self._unarm_wait()  # its reply was lost: look for work instead
             self._redis_step()
@@ -329,12 +346,40 @@ class Worker:
                 return
             self._arm_wait()
 
+    def _watch_redis(self) -> None:
+        """Keep the selector watching the Redis connections as they are:
+        reading while open, writing while commands wait to be written. A
+        connection that was replaced is watched under its new descriptor."""
+        link, waiter = self.broker.link, self.broker.waiter
+        self._watch(_LINK, link.fileno() if link.is_open else None, link.wants_write())
+        armed = self.broker.armed and waiter.is_open
+        self._watch(_WAITER, waiter.fileno() if armed else None, waiter.wants_write())
+
+    def _unwatch(self, tag: str) -> None:
+        """A Redis connection is closing: stop watching its descriptor now,
+        before the number can be reused (by a child's pipe, say)."""
+        if (current := self._watching.pop(tag, None)) is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(current[0])
+
+    def _watch(self, tag: str, fd: int | None, write: bool) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
+        wanted = None if fd is None else (fd, events)
+        if self._watching.get(tag) == wanted:
+            return
+        self._unwatch(tag)
+        if wanted is not None:
+            self.selector.register(wanted[0], wanted[1], tag)
+            self._watching[tag] = wanted
+
     def _select_timeout(self) -> float:
         now = time.monotonic()
-        # Redis is due now with results to send or free children to feed,
-        # else at the next renew/recover. After a failed round trip nothing
-        # is due before the retry time: waiting for it must not spin.
-        if self.broker.has_pending() or (
+        # Redis is due at once with something to send or free children to
+        # feed, when the step in flight is overdue, or at the next timer.
+        # After a failed step nothing is due before the retry time.
+        if (deadline := self.broker.step_deadline) is not None:
+            redis_due = deadline
+        elif self.broker.has_pending() or (
             self.broker.maybe_work and self.pool.idle() and not self._stopping
         ):
             redis_due = now
@@ -348,6 +393,8 @@ class Worker:
             candidates.append(wait_deadline)
         if self._stopping:
             candidates.append(self._stop_deadline)
+            if self._forced:
+                candidates.append(self._final_deadline)
         return max(min(candidates) - now, 0.0)
 
     def _drain_wake_pipe(self) -> None:
@@ -464,27 +511,36 @@ class Worker:
 
     # -- Redis ----------------------------------------------------------------
     def _redis_step(self) -> None:
+        """Start a step when one is due and none is in flight; its result
+        comes back through the loop (``_step_done``)."""
         now = time.monotonic()
-        if now < self._redis_retry_at:
+        if self.broker.in_flight or now < self._redis_retry_at:
             return
-        idle = self.pool.idle()
-        free = 0 if self._stopping else len(idle)
+        free = 0 if self._stopping else len(self.pool.idle())
         fetch = free > 0 and self.broker.maybe_work
         if not (fetch or self.broker.has_pending() or now >= self.broker.next_timer()):
             return
+        if result := self._broker_call(self.broker.start_step, free if fetch else 0):
+            self._step_done(result)
+
+    def _broker_call(self, call: Callable[..., StepResult | None], *args: Any) -> Any:
+        """A broker call that may read the server check's verdict."""
         try:
-            result = self.broker.step(free if fetch else 0)
+            return call(*args)
         except UnsupportedRedis as exc:
             raise BootError(str(exc)) from None
-        while self.broker.warnings:
-            logs.event(self.broker.warnings.pop(0), logging.WARNING, url=self.url)
+
+    def _step_done(self, result: StepResult) -> None:
+        """A step ended: act on what it did, then on its error if any."""
+        for warning in result.warnings:
+            logs.event(warning, logging.WARNING, url=self.url)
         # What the step did before any error happened anyway: act on it first.
-        self._after_step(result, idle)
+        self._after_step(result)
         if result.error is not None:
             self._redis_trouble(result.error)
             return
         self._redis_backoff = RECONNECT_MIN
-        if not self._ready:
+        if not self._ready and result.worked:
             self._ready = True
             # Supervisors and tests wait for this line: print it at any level.
             logs.always(
@@ -509,7 +565,7 @@ class Worker:
         self._redis_backoff = min(self._redis_backoff * 2, RECONNECT_MAX)
         self._unarm_wait()
 
-    def _after_step(self, result: StepResult, idle: list[Child]) -> None:
+    def _after_step(self, result: StepResult) -> None:
         for queue, job_id, status in result.finished:
             done = self._finishing.pop((queue, job_id), None)
             if done is not None:
@@ -520,6 +576,14 @@ class Worker:
                 logging.WARNING,
                 queue=queue,
                 job_ids=",".join(returned),
+            )
+        why = "stopped before jobs finished" if self._forced else "no idle child for fetched jobs"
+        for queue, released in result.released:
+            logs.event(
+                f"{why}; handed them back to the queue",
+                logging.WARNING,
+                queue=queue,
+                released=",".join(released),
             )
         for queue, key, why in result.broken_schedules:
             logs.event(
@@ -550,6 +614,7 @@ class Worker:
                 queue=queue,
                 job_id=job_id,
             )
+        idle = self.pool.idle()
         for queue, job_id, fields in result.fetched:
             self._dispatch(queue, job_id, fields, idle)
 
@@ -594,7 +659,7 @@ class Worker:
             )
             return
         if not idle:  # never asked for more than the idle children; be sure
-            self._hand_back([(queue, job_id)], why="no idle child for a fetched job")
+            self.broker.hand_back(queue, job_id)
             return
         timeout = fields.get("timeout") or found.timeout or self.default_timeout
         job = Assignment(queue, job_id, name, fields, timeout)
@@ -622,16 +687,11 @@ class Worker:
         ):
             return
         try:
-            fd = self.broker.arm_wait()
-        except (redis.RedisError, OSError) as exc:
+            self.broker.arm_wait()
+        except redis.RedisError as exc:
             self._redis_trouble(exc)
-            return
-        self.selector.register(fd, selectors.EVENT_READ, _WAITER)
 
     def _unarm_wait(self) -> None:
-        for key in list(self.selector.get_map().values()):
-            if key.data == _WAITER:
-                self.selector.unregister(key.fileobj)
         self.broker.cancel_wait()
 
     # -- shutdown ---------------------------------------------------------------
@@ -652,51 +712,39 @@ class Worker:
             self._stop_deadline = now
 
     def _shutdown_step(self) -> bool:
-        """True once the worker may exit."""
+        """True once the worker may exit: nothing in flight and nothing left
+        to send to Redis, or, after a forced stop, when Redis had its chance
+        to take the hand-backs (``_final_deadline``)."""
         busy = self.pool.busy()
         if not busy and not self.broker.has_pending():
-            logs.log.info("sandboxq worker stopped cleanly")
+            if not self._forced:
+                logs.log.info("sandboxq worker stopped cleanly")
             return True
-        if time.monotonic() < self._stop_deadline:
+        now = time.monotonic()
+        if self._forced:
+            if now >= self._final_deadline:
+                self._give_up_on_redis()
+                return True
+            return False
+        if now < self._stop_deadline:
             return False
         self._forced = True
-        unfinished = []
+        self._final_deadline = now + self.broker.reply_timeout + 1.0
         for child in busy:
             assert child.job is not None
-            unfinished.append((child.job.queue, child.job.job_id))
+            self.broker.hand_back(child.job.queue, child.job.job_id)
             child.job = None
             self.pool.kill(child)
-        if self.broker.has_pending():  # one last try to record what finished
-            result = self.broker.step(0)
-            self._after_step(result, [])
-            if result.error is not None:
-                logs.event(
-                    "could not record every finished job before stopping; those run "
-                    "again once their leases lapse",
-                    logging.ERROR,
-                    error=f"{type(result.error).__name__}: {result.error}",
-                )
-        self._hand_back(unfinished, why="stopped before jobs finished")
-        return True
+        return False
 
-    def _hand_back(self, jobs: list[tuple[str, str]], why: str) -> None:
-        """Give jobs this worker will not run back to their queues at once
-        (release.lua), or, if Redis cannot be reached, let their leases lapse."""
-        if not jobs:
-            return
-        try:
-            released = self.broker.release(jobs)
-        except redis.RedisError as exc:
-            for queue, job_id in jobs:
-                self.broker.forget(queue, job_id)  # stop renewing: let it lapse
-            logs.event(
-                f"{why}; could not reach Redis to hand jobs back, they return when "
-                "their leases lapse",
-                logging.ERROR,
-                job_ids=",".join(job_id for _queue, job_id in jobs),
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            return
+    def _give_up_on_redis(self) -> None:
+        """Stopping while Redis does not answer: what is still pending can
+        only come back through the leases."""
+        left = [job_id for ids in self.broker.releases.values() for job_id in ids]
         logs.event(
-            f"{why}; handed them back to the queue", logging.WARNING, released=",".join(released)
+            "could not reach Redis before stopping: jobs not handed back and results "
+            "not recorded run again once their leases lapse",
+            logging.ERROR,
+            job_ids=",".join(left),
+            unrecorded=sum(len(entries) for entries in self.broker.finishes.values()),
         )
