@@ -221,6 +221,10 @@ def fire_due(scripts: Scripts, keys: QueueKeys, now_ms: int) -> tuple[int, list[
     those are looked at again in BROKEN_RETRY_MS, and never stop the caller.
     Safe to call from any number of processes.
 
+    This is the blocking form, for callers that may wait (tests, tools). The
+    worker does the same over three of its non-blocking steps
+    (``worker/broker.py``), with the same :func:`occurrence_jobs`.
+
     The data's size is not checked here: ``Queue.schedule`` checked it
     against the queue's ``max_payload_bytes`` when the schedule was made."""
     client = scripts.client

@@ -224,10 +224,6 @@ class Broker:
         """Give a leased job back to its queue in the next step (release.lua)."""
         self.releases[queue].append(job_id)
 
-    def forget(self, queue: str, job_id: str) -> None:
-        """Stop renewing a job this worker will not finish."""
-        self.leased[queue].discard(job_id)
-
     def now_ms(self) -> int:
         """Now on the Redis server's clock (milliseconds)."""
         return self.clock.now_ms()
