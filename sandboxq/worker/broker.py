@@ -274,7 +274,10 @@ class Broker:
                     return None  # e.g. the replies to what close() sent
                 step.replies += replies
         except LinkError as exc:
-            return self._end_step(exc) if step is not None else None
+            if step is None:
+                return None
+            step.replies += exc.replies
+            return self._end_step(exc)
         if step is not None and len(step.replies) >= len(step.plan):
             return self._end_step(None)
         return None

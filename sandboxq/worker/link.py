@@ -31,7 +31,12 @@ READ_SIZE = 65536
 
 
 class LinkError(redis.ConnectionError):
-    """The connection failed or closed; what was sent may or may not have run."""
+    """The connection failed or closed; what was sent may or may not have run.
+    ``replies`` holds the complete replies that arrived before it did."""
+
+    def __init__(self, message: str, replies: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.replies = replies or []
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,19 +241,26 @@ class RedisLink:
             # bytes select does not see, so read it until it would block.
             if len(data) < READ_SIZE and self._keep is None:
                 break
+        return self._complete_replies()
+
+    def _complete_replies(self) -> list[Any]:
         replies = []
-        while (reply := self._reader.gets()) is not False:
+        while self._reader is not None and (reply := self._reader.gets()) is not False:
             if self._handshake:
                 self._handshake -= 1
-                if isinstance(reply, Exception):
-                    self._fail(f"Redis refused the connection's setup: {reply}")
+                if isinstance(reply, Exception):  # what follows could not have run
+                    self.close()
+                    raise LinkError(f"Redis refused the connection's setup: {reply}")
                 continue
             replies.append(reply)
         return replies
 
     def _fail(self, message: str) -> Any:
+        """Close, and raise with the replies that were complete by then (the
+        server ran those commands: their replies must not be thrown away)."""
+        replies = self._complete_replies()
         self.close()
-        raise LinkError(message)
+        raise LinkError(message, replies)
 
 
 def _would_block(exc: OSError) -> bool:
