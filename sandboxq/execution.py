@@ -85,7 +85,7 @@ def _run_later(kind: str, exc: Retry | RateLimited, attribute: str) -> Outcome:
     try:
         delay = seconds(what, getattr(exc, attribute, None))
     except (TypeError, ValueError) as bad:
-        return Outcome(FAILED, clip_text(f"{type(bad).__name__}: {bad}", MAX_ERROR_BYTES))
+        return Outcome(FAILED, describe_error(bad))
     return Outcome(kind, describe_error(exc), delay=delay)
 
 
@@ -96,7 +96,7 @@ def completed(result: Any, max_result_bytes: int) -> Outcome:
     try:
         raw = to_json(result, "result")
     except (TypeError, ValueError) as exc:
-        return Outcome(FAILED, clip_text(f"{type(exc).__name__}: {exc}", MAX_ERROR_BYTES))
+        return Outcome(FAILED, describe_error(exc))
     if len(raw) > max_result_bytes:
         return Outcome(
             FAILED,

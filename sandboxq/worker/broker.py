@@ -36,7 +36,7 @@ import redis
 
 from sandboxq import fast, registry
 from sandboxq.keys import QueueKeys
-from sandboxq.redis_checks import RISKY_SETTINGS, info_field, judge_server
+from sandboxq.redis_checks import RISKY_SETTINGS, UnsupportedRedis, info_field, judge_server
 from sandboxq.schedule import BROKEN_RETRY_MS, DUE_BATCH, occurrence_jobs
 from sandboxq.scripts import Scripts, decode_ids, lua_source
 from sandboxq.worker.clock import ServerClock
@@ -81,6 +81,8 @@ class StepResult:
     #: The step did the worker's work (not only its setup): at start, the
     #: first such step is when the worker is ready.
     worked: bool = False
+    #: Why the server cannot be used (too old), from the server check.
+    unsupported: str | None = None
     #: The Redis error this step ran into, if any; what is listed above
     #: happened anyway, and what the failed commands carried is pending again.
     error: Exception | None = None
@@ -521,7 +523,10 @@ class Broker:
                 config.update(zip(pairs[::2], pairs[1::2], strict=True))
             self._server_config = config
         if config is None or len(config) >= len(RISKY_SETTINGS):
-            result.warnings = judge_server(self._server_version, config)  # may raise
+            try:
+                result.warnings = judge_server(self._server_version, config)
+            except UnsupportedRedis as exc:
+                result.unsupported = str(exc)
 
     def _take(self, queue: str, reply: Any, result: StepResult, next_due: list[int]) -> None:
         rows, due, limited = reply

@@ -103,23 +103,17 @@ def serve(
 
 
 def send_done(sock: socket.socket, job_id: str, outcome: execution.Outcome) -> None:
-    """Send the job's done frame; one the pipe cannot carry becomes a failed
-    attempt saying why (execution caps results well below the frame limit,
-    so this is the last line of defence)."""
+    """Send the job's done frame; one the pipe cannot carry (protocol.send
+    refuses it before writing anything) becomes a failed attempt saying why.
+    execution caps results well below the frame limit: a last line of defence."""
     try:
-        frame = protocol.encode(
-            [protocol.DONE, job_id, outcome.kind, outcome.value, outcome.traceback, outcome.delay]
+        protocol.send(
+            sock,
+            [protocol.DONE, job_id, outcome.kind, outcome.value, outcome.traceback, outcome.delay],
         )
     except (TypeError, ValueError, OverflowError) as exc:
         message = f"could not send the job's outcome to the worker: {exc}"
-        frame = protocol.encode([protocol.DONE, job_id, execution.FAILED, message, "", 0.0])
-    if len(frame) - protocol.HEADER_SIZE > protocol.MAX_FRAME_SIZE:
-        message = (
-            f"could not send the job's outcome to the worker: {len(frame)} bytes, over "
-            f"the frame limit of {protocol.MAX_FRAME_SIZE} bytes"
-        )
-        frame = protocol.encode([protocol.DONE, job_id, execution.FAILED, message, "", 0.0])
-    sock.sendall(frame)
+        protocol.send(sock, [protocol.DONE, job_id, execution.FAILED, message, "", 0.0])
 
 
 def main(

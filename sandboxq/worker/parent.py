@@ -35,7 +35,6 @@ from sandboxq.keys import validate_name
 from sandboxq.metrics import Health, WorkerMetrics, crash_kind, serve
 from sandboxq.options import rate_limit_fields
 from sandboxq.queue import Queue
-from sandboxq.redis_checks import UnsupportedRedis
 from sandboxq.worker import protocol
 from sandboxq.worker.broker import Broker, StepResult
 from sandboxq.worker.cpus import available_cpus
@@ -323,11 +322,8 @@ class Worker:
                 if key.data == _WAKE:
                     self._drain_wake_pipe()
                 elif key.data == _LINK:
-                    readable, writable = (
-                        bool(mask & selectors.EVENT_READ),
-                        bool(mask & selectors.EVENT_WRITE),
-                    )
-                    if result := self._broker_call(self.broker.on_step_io, readable, writable):
+                    readable, writable = mask & selectors.EVENT_READ, mask & selectors.EVENT_WRITE
+                    if result := self.broker.on_step_io(bool(readable), bool(writable)):
                         self._step_done(result)
                 elif key.data == _WAITER:
                     self.broker.on_wait_io(bool(mask & selectors.EVENT_WRITE))
@@ -520,18 +516,13 @@ class Worker:
         fetch = free > 0 and self.broker.maybe_work
         if not (fetch or self.broker.has_pending() or now >= self.broker.next_timer()):
             return
-        if result := self._broker_call(self.broker.start_step, free if fetch else 0):
+        if result := self.broker.start_step(free if fetch else 0):
             self._step_done(result)
-
-    def _broker_call(self, call: Callable[..., StepResult | None], *args: Any) -> Any:
-        """A broker call that may read the server check's verdict."""
-        try:
-            return call(*args)
-        except UnsupportedRedis as exc:
-            raise BootError(str(exc)) from None
 
     def _step_done(self, result: StepResult) -> None:
         """A step ended: act on what it did, then on its error if any."""
+        if result.unsupported is not None:
+            raise BootError(result.unsupported)
         for warning in result.warnings:
             logs.event(warning, logging.WARNING, url=self.url)
         # What the step did before any error happened anyway: act on it first.
