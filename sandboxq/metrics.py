@@ -87,10 +87,18 @@ class WorkerMetrics:
         busy = Gauge("sandboxq_active_jobs", "Children running a job now", registry=r)
         busy.set_function(active)
         r.register(QueueDepth(counts))
+        self._settled: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def settled(self, queue: str, name: str, outcome: str, duration_ms: int) -> None:
-        self.jobs.labels(queue, name, outcome).inc()
-        self.duration.labels(queue, name).observe(duration_ms / 1000.0)
+        # labels() costs several microseconds a call, once per job: the
+        # labelled series are kept (few: queues x job names x outcomes).
+        key = (queue, name, outcome)
+        series = self._settled.get(key)
+        if series is None:
+            series = (self.jobs.labels(*key), self.duration.labels(queue, name))
+            self._settled[key] = series
+        series[0].inc()
+        series[1].observe(duration_ms / 1000.0)
 
 
 def crash_kind(reason: str) -> str:

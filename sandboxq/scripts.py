@@ -147,14 +147,26 @@ class Scripts:
         lease_ms: int,
         pipe: redis.client.Pipeline | None = None,
         request: int | None = None,
+        start_now: int | None = None,
     ) -> Any:
         """Lease up to ``count`` jobs. Returns ``[rows, next_check_ms, limited]`` (see fetch.lua);
         :func:`sandboxq.fast.decode_fetched` turns the rows into job records.
-        ``request`` numbers the worker's fetches, for :meth:`reclaim`."""
+        ``request`` numbers the worker's fetches, for :meth:`reclaim`. Only
+        the first ``start_now`` jobs (default: all) start now; the rest are
+        prefetched, and :meth:`finish` marks them started later."""
         return self._run(
             "fetch",
             [k.wait, k.delayed, k.active, k.meta, k.marker, k.events, k.seq],
-            [k.prefix, now, count, token, lease_ms, self.events_maxlen, _optional(request)],
+            [
+                k.prefix,
+                now,
+                count,
+                token,
+                lease_ms,
+                self.events_maxlen,
+                _optional(request),
+                _optional(start_now),
+            ],
             pipe,
         )
 
@@ -186,11 +198,16 @@ class Scripts:
         token: str,
         outcomes: Sequence[Sequence[Any]],
         pipe: redis.client.Pipeline | None = None,
+        starts: Sequence[tuple[str, int]] = (),
     ) -> Any:
         """Settle jobs; each outcome is ``(id, outcome, value, traceback,
-        delay_ms, lease)`` (``execution.finish_entry``). Returns one status
-        per job (bytes), or the pipeline when ``pipe`` is given."""
-        args: list[Any] = [k.prefix, now, token, self.events_maxlen]
+        delay_ms, lease)`` (``execution.finish_entry``). First, ``starts``
+        marks prefetched jobs started: ``(id, started_ms)`` each. Returns
+        one status per settled job (bytes), or the pipeline when ``pipe``
+        is given."""
+        args: list[Any] = [k.prefix, now, token, self.events_maxlen, len(starts)]
+        for job_id, started_ms in starts:
+            args += [job_id, started_ms]
         for outcome in outcomes:
             args.extend(outcome)
         return self._run(

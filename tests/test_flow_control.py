@@ -23,7 +23,7 @@ def add(queue: Queue, name: str, now: int = NOW, **options: Any) -> str:
 
 
 def fetch(queue: Queue, count: int, now: int = NOW) -> tuple[list[str], int]:
-    rows, next_check, _limited = queue.scripts.fetch(queue.keys, now, count, TOKEN, LEASE)
+    rows, next_check, *_ = queue.scripts.fetch(queue.keys, now, count, TOKEN, LEASE)
     return [job_id for job_id, _ in decode_fetched(rows)], int(next_check)
 
 

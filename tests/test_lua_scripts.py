@@ -48,7 +48,7 @@ def add(q: Queue, *jobs: list[Any], now: int = NOW) -> list[str]:
 def fetch(
     q: Queue, now: int, count: int = 100, token: str = TOKEN, lease_ms: int = LEASE
 ) -> tuple[list[tuple[str, dict[str, Any]]], int]:
-    rows, next_due, _limited = q.scripts.fetch(q.keys, now, count, token, lease_ms)
+    rows, next_due, _limited, _has_limits = q.scripts.fetch(q.keys, now, count, token, lease_ms)
     return [(i, with_json_decoded(f)) for i, f in decode_fetched(rows)], next_due
 
 
@@ -98,6 +98,14 @@ def events(q: Queue, job_id: str | None = None) -> list[tuple[str, dict[str, str
         if job_id is None or jid == job_id:
             out.append((event, entry))
     return out
+
+
+def stream(q: Queue) -> list[tuple[str, str]]:
+    """The queue's event stream as (event, job id), in order."""
+    return [
+        (raw[b"event"].decode(), raw[b"job_id"].decode())
+        for _, raw in q.client.xrange(q.keys.events)
+    ]
 
 
 def event_names(q: Queue, job_id: str | None = None) -> list[str]:
@@ -280,6 +288,58 @@ def test_fetch_leases_a_job_with_the_token_and_a_deadline(queue: Queue) -> None:
     assert job["state"] == "active"
     assert job["started_at"] == (NOW + 7) / 1000
     assert event_names(queue, job_id) == ["added", "active"]
+
+
+def test_prefetched_jobs_are_leased_but_start_when_finish_says_so(queue: Queue) -> None:
+    # Given three waiting jobs
+    add(queue, spec(), spec(), spec())
+
+    # When a worker with one free child fetches all three (two prefetched)
+    rows, _due, _limited, has_limits = queue.scripts.fetch(
+        queue.keys, NOW, 3, TOKEN, LEASE, start_now=1
+    )
+    leased = decode_fetched(rows)
+
+    # Then all three are leased, with their lease count in the reply, but
+    # only the first started: the others have no started_at and no event
+    assert [job_id for job_id, _ in leased] == ["1", "2", "3"]
+    assert [job["leases"] for _, job in leased] == [1, 1, 1]
+    assert ids(queue, queue.keys.active) == ["1", "2", "3"]
+    assert [fields(queue, j).get("started_at") for j in ("1", "2", "3")] == [NOW / 1000, None, None]
+    assert event_names(queue, "1") == ["added", "active"]
+    assert event_names(queue, "2") == event_names(queue, "3") == ["added"]
+    assert has_limits == 0
+
+    # When the worker reports that a child took job 2 (and one not its own)
+    statuses = queue.scripts.finish(
+        queue.keys, NOW + 9, TOKEN, [outcome("1", "completed")], starts=[("2", NOW + 5), ("9", 1)]
+    )
+
+    # Then job 2 is marked started at that time, before job 1 completes
+    assert [s.decode() for s in statuses] == ["completed"]
+    assert fields(queue, "2")["started_at"] == (NOW + 5) / 1000
+    assert fields(queue, "3").get("started_at") is None
+    assert stream(queue)[-2:] == [
+        ("active", "2"),
+        ("completed", "1"),
+    ]
+
+
+def test_fetch_says_whether_the_queue_has_limits(queue: Queue) -> None:
+    add(queue, spec())
+    assert queue.scripts.fetch(queue.keys, NOW, 0, TOKEN, LEASE)[3] == 0
+    for limit in (
+        lambda: queue.set_rate_limit(10, 1.0),
+        lambda: queue.set_concurrency(2),
+        lambda: queue.set_group_concurrency(1),
+        lambda: queue.set_group_rate_limit(5, 1.0),
+    ):
+        queue.set_rate_limit(None)
+        queue.set_concurrency(None)
+        queue.set_group_concurrency(None)
+        queue.set_group_rate_limit(None)
+        limit()
+        assert queue.scripts.fetch(queue.keys, NOW, 0, TOKEN, LEASE)[3] == 1
 
 
 def test_fetch_hands_out_at_most_count_jobs(queue: Queue) -> None:
@@ -765,7 +825,7 @@ def test_a_fetch_given_up_on_leases_nothing_when_it_arrives_late(queue: Queue) -
 
     # When that fetch, or an earlier one, reaches Redis only now
     for request in (7, 3):
-        rows, _due, _limited = queue.scripts.fetch(
+        rows, _due, _limited, _has_limits = queue.scripts.fetch(
             queue.keys, NOW + 1, 1, TOKEN, LEASE, request=request
         )
         # Then it leases nothing
@@ -773,7 +833,7 @@ def test_a_fetch_given_up_on_leases_nothing_when_it_arrives_late(queue: Queue) -
     assert ids(queue, queue.keys.wait) == [job_id]
 
     # While another worker's request of the same number does
-    rows, _due, _limited = queue.scripts.fetch(queue.keys, NOW + 2, 1, OTHER, LEASE, request=7)
+    rows, *_ = queue.scripts.fetch(queue.keys, NOW + 2, 1, OTHER, LEASE, request=7)
     assert [found for found, _fields in decode_fetched(rows)] == [job_id]
     assert ids(queue, queue.keys.active) == [job_id]
 

@@ -7,6 +7,11 @@
 -- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] count   ARGV[4] lease token
 -- ARGV[5] lease (ms)   ARGV[6] events maxlen
 -- ARGV[7] request number (this token's fetches count up; "" = none)
+-- ARGV[8] how many of the jobs start now ("" = all): the worker has a free
+--         child for each. The others are prefetched: leased (in `active`,
+--         their lease renewed like any other) but not started. They get
+--         `started_at` and their `active` event when a child takes them
+--         (finish.lua's starts), so both mark the real start.
 --
 -- A lease is the token stored on the job plus a deadline, the job's score in
 -- `active`. Renewing moves the deadline; a deadline in the past means stalled.
@@ -26,11 +31,13 @@
 -- jobs and groups take turns; groups take turns among themselves (`groups`,
 -- round robin), so a big group cannot starve a small one.
 --
--- Returns {jobs, next_check, limited}: jobs is a flat array of (id, hash as
--- a flat field/value array) per leased job; next_check is the earliest time
--- (ms) something may become ready without an add (a delayed job due, a rate
--- window opening, a paused group resuming), or -1; limited is 1 when a
--- limit (not an empty queue) held jobs back.
+-- Returns {jobs, next_check, limited, has_limits}: jobs is a flat array of
+-- (id, hash as a flat field/value array) per leased job; next_check is the
+-- earliest time (ms) something may become ready without an add (a delayed
+-- job due, a rate window opening, a paused group resuming), or -1; limited
+-- is 1 when a limit (not an empty queue) held jobs back; has_limits is 1
+-- when the queue has a rate or concurrency limit (its own or per group):
+-- such limits count leases, so a worker must not prefetch its jobs.
 --!include common
 --!include promote
 --!include retention
@@ -38,12 +45,13 @@
 local prefix, now, count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local token, lease, maxlen = ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local request = tonumber(ARGV[7] or '')
+local start_now = tonumber(ARGV[8] or '') or count
 local checks = {}
 
 if request then
   local cancelled = redis.call('HGET', prefix .. 'cancelled', token)
   if cancelled and request <= tonumber(string.match(cancelled, '^%d+')) then
-    return {{}, -1, 0}
+    return {{}, -1, 0, 0}
   end
 end
 
@@ -150,34 +158,67 @@ local jobs = {}
 local taken = 0
 local group_turn = s[9] == 'g'
 local deadline = num(now + lease)
+
+-- Lease one job (false if it no longer exists). The hash is read first and
+-- returned with its lease count and state brought up to date: the worker
+-- reads the job's fields from this reply.
+local function lease_job(id)
+  local job_key = prefix .. 'job:' .. id
+  local fields = redis.call('HGETALL', job_key)
+  if #fields == 0 then return false end
+  local leases, flow_parent = nil, false
+  for i = 1, #fields, 2 do
+    local name = fields[i]
+    if name == 'leases' then
+      leases = tonumber(fields[i + 1]) + 1
+      fields[i + 1] = tostring(leases)
+    elseif name == 'state' then
+      fields[i + 1] = 'active'
+    elseif name == 'pending' then
+      flow_parent = true
+    end
+  end
+  if not leases then
+    leases = 1
+    fields[#fields + 1] = 'leases'
+    fields[#fields + 1] = '1'
+  end
+  redis.call('ZADD', KEYS[3], deadline, id)
+  if taken < start_now then
+    redis.call('HSET', job_key, 'state', 'active', 'token', token, 'leases', leases,
+      'started_at', num(now))
+    emit(KEYS[6], maxlen, 'active', id)
+  else
+    redis.call('HSET', job_key, 'state', 'active', 'token', token, 'leases', leases)
+  end
+  if flow_parent then
+    fields[#fields + 1] = 'children'
+    fields[#fields + 1] = children_json(prefix, id)
+  end
+  jobs[#jobs + 1] = id
+  jobs[#jobs + 1] = fields
+  taken = taken + 1
+  if rl_max > 0 then redis.call('ZADD', limiter, num(now), id .. ':' .. now) end
+  return true
+end
+
 while taken < allowed do
   local next_group = redis.call('ZRANGE', groups_key, 0, 0)[1]
-  local has_plain = redis.call('ZCARD', KEYS[1]) > 0
-  if not next_group and not has_plain then break end
-  local id
-  if next_group and (group_turn or not has_plain) then
-    id = take_from_group(next_group)
+  if not next_group then
+    -- No group has a job ready: take the plain jobs in one pop.
+    local popped = redis.call('ZPOPMIN', KEYS[1], allowed - taken)
+    if #popped == 0 then break end
+    for i = 1, #popped, 2 do lease_job(popped[i]) end
   else
-    id = redis.call('ZPOPMIN', KEYS[1])[1]
-  end
-  if next_group and has_plain then group_turn = not group_turn end
-  if id then
-    local job_key = prefix .. 'job:' .. id
-    if redis.call('EXISTS', job_key) == 1 then
-      redis.call('ZADD', KEYS[3], deadline, id)
-      redis.call('HSET', job_key, 'state', 'active', 'started_at', num(now), 'token', token)
-      redis.call('HINCRBY', job_key, 'leases', 1)
-      emit(KEYS[6], maxlen, 'active', id)
-      local fields = redis.call('HGETALL', job_key)
-      if redis.call('HEXISTS', job_key, 'pending') == 1 then  -- a flow parent
-        fields[#fields + 1] = 'children'
-        fields[#fields + 1] = children_json(prefix, id)
-      end
-      jobs[#jobs + 1] = id
-      jobs[#jobs + 1] = fields
-      taken = taken + 1
-      if rl_max > 0 then redis.call('ZADD', limiter, num(now), id .. ':' .. now) end
+    local has_plain = redis.call('ZCARD', KEYS[1]) > 0
+    local id
+    if group_turn or not has_plain then
+      id = take_from_group(next_group)
+    else
+      id = redis.call('ZPOPMIN', KEYS[1])[1]
     end
+    if has_plain then group_turn = not group_turn end
+    if id then lease_job(id) end
   end
 end
 if rl_max > 0 then  -- the window filled up: say when it opens
@@ -204,4 +245,5 @@ local next_check = -1
 for _, t in ipairs(checks) do
   if next_check < 0 or t < next_check then next_check = t end
 end
-return {jobs, next_check, limited and 1 or 0}
+local has_limits = rl_max > 0 or concurrency > 0 or gconc > 0 or grl_max > 0
+return {jobs, next_check, limited and 1 or 0, has_limits and 1 or 0}

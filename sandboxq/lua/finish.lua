@@ -4,7 +4,11 @@
 -- KEYS[5] failed    KEYS[6] events   KEYS[7] seq       KEYS[8] marker
 --
 -- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] lease token
--- ARGV[4] events maxlen
+-- ARGV[4] events maxlen   ARGV[5] how many starts follow
+-- then per start 2 values: id, started (ms): prefetched jobs (fetch.lua) a
+--   child took since, marked started (`started_at`, the `active` event)
+--   before any job is settled, as they happened first; a job no longer
+--   leased with this token is left alone
 -- then per job 6 values: id, outcome, value, traceback, delay_ms, lease
 --   lease: the job's `leases` count when this worker fetched it (fetch.lua),
 --   or "" (then a finish sent twice is not recognized)
@@ -32,6 +36,16 @@
 local prefix, now, token, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local out = {}
 
+local first_job = 6 + 2 * tonumber(ARGV[5])
+for i = 6, first_job - 1, 2 do
+  local id = ARGV[i]
+  local job_key = prefix .. 'job:' .. id
+  if redis.call('HGET', job_key, 'token') == token then
+    redis.call('HSET', job_key, 'started_at', ARGV[i + 1])
+    emit(KEYS[6], maxlen, 'active', id)
+  end
+end
+
 local function retry_later(job_key, id, delay)
   if delay > 0 then
     redis.call('ZADD', KEYS[3], num(now + delay), id)
@@ -41,7 +55,7 @@ local function retry_later(job_key, id, delay)
   else
     make_waiting(prefix, job_key, id, now, false)
   end
-  redis.call('HDEL', job_key, 'token')
+  redis.call('HDEL', job_key, 'token', 'started_at')
   emit(KEYS[6], maxlen, 'retrying', id, 'delay_ms', num(delay))
   if delay > 0 then emit(KEYS[6], maxlen, 'delayed', id, 'delay_ms', num(delay)) end
   return 'retrying'
@@ -60,7 +74,7 @@ local function rate_limited(job_key, id, delay)
     local current = tonumber(redis.call('HGET', prefix .. 'meta', 'rl_until') or '0')
     if now + delay > current then redis.call('HSET', prefix .. 'meta', 'rl_until', until_ms) end
   end
-  redis.call('HDEL', job_key, 'token')
+  redis.call('HDEL', job_key, 'token', 'started_at')
   make_waiting(prefix, job_key, id, now, true)
   emit(KEYS[6], maxlen, 'rate-limited', id, 'until_ms', until_ms, 'scope', group or '')
   return 'rate-limited'
@@ -73,23 +87,26 @@ local function fail_for_good(job_key, id, message)
   return 'failed'
 end
 
-for i = 5, #ARGV, 6 do
+for i = first_job, #ARGV, 6 do
   local id, outcome, value, traceback = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local delay, lease = tonumber(ARGV[i + 4]), ARGV[i + 5]
   local job_key = prefix .. 'job:' .. id
   local status
-  local held = redis.call('HGET', job_key, 'token') == token and redis.call('ZREM', KEYS[1], id) == 1
+  -- What every outcome needs, in one read.
+  local f = redis.call('HMGET', job_key, 'token', 'group', 'manual_retry_only', 'parent_prefix',
+    'settled', 'attempts_made')
+  local held = f[1] == token and redis.call('ZREM', KEYS[1], id) == 1
+  local recorded = false  -- `settled` written already
   if not held then
     status = 'lost'
-    local settled = redis.call('HGET', job_key, 'settled')
+    local settled = f[5]
     if lease ~= '' and settled and string.sub(settled, 1, #lease + 1) == lease .. ' ' then
       status = 'settled:' .. string.sub(settled, #lease + 2)
     end
   else
-    leave_active(prefix, job_key)
+    leave_active(prefix, job_key, f[2])
   end
-  local manual_only = status == nil
-    and redis.call('HGET', job_key, 'manual_retry_only') == '1' and outcome ~= 'completed'
+  local manual_only = status == nil and f[3] == '1' and outcome ~= 'completed'
   if status then
     -- lost: left untouched
   elseif manual_only then
@@ -103,9 +120,16 @@ for i = 5, #ARGV, 6 do
     redis.call('HINCRBY', job_key, 'attempts_made', 1)
     status = fail_for_good(job_key, id, message)
   elseif outcome == 'completed' then
-    redis.call('HSET', job_key, 'result', value)
-    redis.call('HINCRBY', job_key, 'attempts_made', 1)
-    notify_parent(job_key, now, maxlen, true, value)
+    -- The plain job's path, kept short: one write before finalize.
+    local settle = {'HSET', job_key, 'result', value,
+      'attempts_made', (tonumber(f[6]) or 0) + 1}
+    if lease ~= '' then
+      settle[#settle + 1] = 'settled'
+      settle[#settle + 1] = lease .. ' completed'
+      recorded = true
+    end
+    redis.call(unpack(settle))
+    if f[4] then notify_parent(job_key, now, maxlen, true, value) end
     finalize(prefix, job_key, KEYS[4], id, 'completed', now, 'kc_count', 'kc_age', maxlen)
     emit(KEYS[6], maxlen, 'completed', id)
     status = 'completed'
@@ -126,7 +150,7 @@ for i = 5, #ARGV, 6 do
   end
   -- Remember which lease was settled, and how, for a finish sent again (the
   -- job may be gone already: retention can delete it as it finishes).
-  if held and lease ~= '' and redis.call('EXISTS', job_key) == 1 then
+  if held and lease ~= '' and not recorded and redis.call('EXISTS', job_key) == 1 then
     redis.call('HSET', job_key, 'settled', lease .. ' ' .. status)
   end
   out[#out + 1] = status

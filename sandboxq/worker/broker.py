@@ -59,6 +59,11 @@ SCHEDULE_CHECK_SECONDS = 1.0
 class StepResult:
     #: Leased jobs: (queue, job id, decoded hash fields).
     fetched: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    #: How many of ``fetched`` (the first ones) Redis marked started; the
+    #: others were prefetched, and their start is reported later.
+    started_now: int = 0
+    #: Seconds from sending the step to its last reply.
+    round_trip: float = 0.0
     #: Settled jobs: (queue, job id, status) with status completed, failed,
     #: retrying, rate-limited, settled:<status> (sent twice) or lost.
     finished: list[tuple[str, str, str]] = field(default_factory=list)
@@ -119,6 +124,7 @@ class _Step:
     replies: list[Any] = field(default_factory=list)
     fetched_from: str | None = None
     asked: int = 0
+    start_now: int = 0
     worked: bool = False
 
 
@@ -160,6 +166,8 @@ class Broker:
         self._schedule_reads: dict[str, list[tuple[str, int]]] = {}
         self._schedule_fires: dict[str, list[tuple[str, int, int, int, list[Any]]]] = {}
         self.finishes: dict[str, list[list[Any]]] = {q: [] for q in queues}
+        #: Prefetched jobs a child took: (job id, started ms), per queue.
+        self.starts: dict[str, list[tuple[str, int]]] = {q: [] for q in queues}
         self.reports: dict[str, list[tuple[str, str, str]]] = {q: [] for q in queues}
         self.releases: dict[str, list[str]] = {q: [] for q in queues}
         self.leased: dict[str, set[str]] = {q: set() for q in queues}
@@ -175,6 +183,7 @@ class Broker:
         self._due_seen: list[int] = []
         self._step: _Step | None = None
         self._fetching: tuple[str | None, int] = (None, 0)  # the step's fetch: queue, count
+        self._start_now = 0  # of the step being built: jobs a free child takes at once
         self._specs: dict[str, Any] = {}  # due schedules' specs, until their counts come
         self._server_version = "0"
         self._server_config: dict[str, str] | None = {}
@@ -191,6 +200,9 @@ class Broker:
         self.windows: dict[str, fast.SlidingWindow] = {}
         self._window_params: dict[str, tuple[int, int]] = {}
         self._resync: set[str] = set(queues)
+        #: Queues with a rate or concurrency limit (fetch.lua says): their
+        #: limits count leases, so the worker does not prefetch their jobs.
+        self.limited_queues: set[str] = set()
 
     # -- what the parent loop asks -------------------------------------------
     def has_pending(self) -> bool:
@@ -199,6 +211,7 @@ class Broker:
             self._step is not None
             or bool(self.unsure)
             or any(self.finishes.values())
+            or any(self.starts.values())
             or any(self.reports.values())
             or any(self.releases.values())
             or bool(self._schedule_reads)
@@ -219,27 +232,37 @@ class Broker:
     def finish(self, queue: str, entry: list[Any]) -> None:
         self.finishes[queue].append(entry)
 
+    def started(self, queue: str, job_id: str) -> None:
+        """A child took a prefetched job: mark it started (with the next
+        finish call of its queue), now on the server's clock."""
+        self.starts[queue].append((job_id, self.now_ms()))
+
     def report(self, queue: str, job_id: str, kind: str, value: str) -> None:
         self.reports[queue].append((job_id, kind, value))
 
     def hand_back(self, queue: str, job_id: str) -> None:
         """Give a leased job back to its queue in the next step (release.lua)."""
         self.releases[queue].append(job_id)
+        if any(started == job_id for started, _ms in self.starts[queue]):
+            self.starts[queue] = [s for s in self.starts[queue] if s[0] != job_id]
 
     def now_ms(self) -> int:
         """Now on the Redis server's clock (milliseconds)."""
         return self.clock.now_ms()
 
     # -- a step: start, I/O, end ---------------------------------------------
-    def start_step(self, free_slots: int) -> StepResult | None:
-        """Send one step (no step may be in flight). Returns a result at once
-        only if it could not be sent (no connection); else the result comes
-        from :meth:`on_step_io` or :meth:`check_step_deadline`."""
+    def start_step(self, free_slots: int, start_now: int = 0) -> StepResult | None:
+        """Send one step (no step may be in flight), fetching up to
+        ``free_slots`` jobs of which ``start_now`` go to a free child at once
+        (the rest are prefetched). Returns a result at once only if it could
+        not be sent (no connection); else the result comes from
+        :meth:`on_step_io` or :meth:`check_step_deadline`."""
         assert self._step is None, "a step is in flight"
         commands = _Commands()
         plan: list[_Command] = []
         clock = time.monotonic()
         self._fetching = (None, 0)
+        self._start_now = start_now
         if not self._set_up:
             self._queue_setup(commands, plan)
         if not self.clock.measured:
@@ -254,6 +277,7 @@ class Broker:
             return None
         self._step = _Step(plan, time.time(), clock + self.reply_timeout)
         self._step.fetched_from, self._step.asked = self._fetching
+        self._step.start_now = min(start_now, self._step.asked)
         self._step.worked = worked
         try:
             if not self.link.is_open:
@@ -297,8 +321,9 @@ class Broker:
         step = self._step
         assert step is not None
         self._step = None
-        result = StepResult(worked=step.worked)
         received_at = time.time()
+        result = StepResult(worked=step.worked, round_trip=received_at - step.sent_at)
+        result.started_now = step.start_now
         next_due: list[int] = []
         for index, command in enumerate(step.plan):
             if index >= len(step.replies):
@@ -373,10 +398,11 @@ class Broker:
                 self.reports[queue] = []
                 self.scripts.report(k, self.token, reports, pipe=pipe)
                 plan.append(_Command("report", queue, reports))
-            if finishes := self.finishes[queue]:
-                self.finishes[queue] = []
-                self.scripts.finish(k, now, self.token, finishes, pipe)
-                plan.append(_Command("finish", queue, finishes))
+            finishes, starts = self.finishes[queue], self.starts[queue]
+            if finishes or starts:
+                self.finishes[queue], self.starts[queue] = [], []
+                self.scripts.finish(k, now, self.token, finishes, pipe, starts)
+                plan.append(_Command("finish", queue, (finishes, starts)))
             if releases := self.releases[queue]:
                 self.releases[queue] = []
                 self.scripts.release(k, self.token, releases, now, pipe)
@@ -428,7 +454,9 @@ class Broker:
             return None, 0
         request = self._next_request()
         pipe: Any = commands
-        self.scripts.fetch(self.keys[queue], now, count, self.token, self.lease_ms, pipe, request)
+        start_now = min(self._start_now, count)
+        k = self.keys[queue]
+        self.scripts.fetch(k, now, count, self.token, self.lease_ms, pipe, request, start_now)
         plan.append(_Command("fetch", queue, request))
         return queue, count
 
@@ -450,7 +478,9 @@ class Broker:
         if isinstance(error, redis.exceptions.NoScriptError):
             self._set_up = False  # Redis lost its script cache: load them again
         if kind == "finish":
-            self.finishes[queue][:0] = command.sent
+            finishes, starts = command.sent
+            self.finishes[queue][:0] = finishes
+            self.starts[queue][:0] = starts
         elif kind == "report":
             self.reports[queue][:0] = command.sent
         elif kind == "release":
@@ -480,7 +510,7 @@ class Broker:
         if kind == "time":
             self.clock.sample(*round_trip, reply)
         elif kind == "finish":
-            for entry, status in zip(command.sent, reply, strict=True):
+            for entry, status in zip(command.sent[0], reply, strict=True):
                 self.leased[queue].discard(entry[0])
                 result.finished.append((queue, entry[0], status.decode()))
         elif kind == "release":
@@ -529,7 +559,11 @@ class Broker:
                 result.unsupported = str(exc)
 
     def _take(self, queue: str, reply: Any, result: StepResult, next_due: list[int]) -> None:
-        rows, due, limited = reply
+        rows, due, limited, has_limits = reply
+        if has_limits:
+            self.limited_queues.add(queue)
+        else:
+            self.limited_queues.discard(queue)
         if limited:
             result.rate_limited.append(queue)
             self._resync.add(queue)  # Redis saw starts the mirror did not

@@ -1,7 +1,9 @@
 """The child's side: run one job at a time, report everything over the pipe.
 
 A child never talks to Redis. It reads a job frame, runs the handler, and
-answers with progress/log frames and one ``done`` frame. It exits 0 when the
+answers with progress/log frames and one ``done`` frame. Its next job may
+already wait on the pipe; before starting it, the child looks whether the
+parent took it back meanwhile (``drop``), and then says ``dropped`` instead. It exits 0 when the
 parent closes the pipe. Any other exit fails the job it was running, with
 the reason decoded by the parent from the wait status.
 
@@ -75,7 +77,12 @@ def serve(
 
     inbox = protocol.Inbox(sock)
     while (message := inbox.recv()) is not None:
+        if message[0] == protocol.DROP:
+            continue  # too late: that job ran already
         _kind, job_id, name, data_json, queue, attempts_made, retries, children_json = message
+        if inbox.dropped(job_id):
+            protocol.send(sock, [protocol.DROPPED, job_id])
+            continue
         setproctitle(f"sandboxq child {index}: {name}#{job_id}")
         try:
             outcome = execution.run_stored(

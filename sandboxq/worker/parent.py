@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import selectors
 import signal
@@ -20,6 +21,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +63,25 @@ MAX_CHILD_NICE = 19
 #: The largest result a worker may accept: what fits in a frame with room
 #: for the rest of the done frame.
 MAX_RESULT_BYTES = protocol.MAX_FRAME_SIZE - 64 * 1024
+
+# Prefetching: when jobs are short next to a round trip to Redis, the parent
+# leases more jobs than it has free children. Each busy child gets its next
+# job queued on its pipe, and a local buffer holds about as many more as the
+# children get through in one round trip, so no child waits for Redis.
+#: Prefetch only while this worker's jobs take at most this long on average:
+#: for longer jobs a round trip is a small share of their time.
+PREFETCH_MAX_JOB_SECONDS = 0.1
+#: The longest a prefetched job waits for a child of this worker (behind a
+#: job that turned out slow, say) before it goes back to the queue, where
+#: any worker may take it.
+PREFETCH_MAX_WAIT_SECONDS = 0.5
+#: The local buffer holds at most this many jobs per child.
+BUFFER_PER_CHILD = 16
+#: How often the parent looks for prefetched jobs that waited too long.
+STALE_CHECK_SECONDS = 0.05
+#: Weight of the newest sample in the moving averages of job time and of
+#: the round trip.
+AVERAGE_WEIGHT = 0.2
 
 
 class BootError(RuntimeError):
@@ -191,6 +212,12 @@ class Worker:
         #: Redis connections in the selector: tag -> (fd, events).
         self._watching: dict[str, tuple[int, int]] = {}
         self._final_deadline = 0.0
+        #: Prefetched jobs no child has yet, oldest lease first.
+        self._buffer: deque[Assignment] = deque()
+        #: Moving averages (seconds): a job's run, a step's round trip.
+        self._avg_job: float | None = None
+        self._avg_round_trip = 0.001
+        self._stale_checked = 0.0
 
     # -- public ------------------------------------------------------------
     def stop(self, force: bool = False) -> None:
@@ -333,14 +360,16 @@ class Worker:
                 self._reap()
             now = time.monotonic()
             self.pool.enforce_limits(now)
+            self._return_stale_prefetch(now)
             if result := self.broker.check_step_deadline(now):
                 self._step_done(result)
             if self.broker.wait_overdue(now):
                 self._unarm_wait()  # its reply was lost: look for work instead
-            self._redis_step()
+            room = self._fetch_room()
+            self._redis_step(room)
             if self._stopping and self._shutdown_step():
                 return
-            self._arm_wait()
+            self._arm_wait(room[0])
 
     def _watch_redis(self) -> None:
         """Keep the selector watching the Redis connections as they are:
@@ -375,16 +404,17 @@ class Worker:
         # After a failed step nothing is due before the retry time.
         if (deadline := self.broker.step_deadline) is not None:
             redis_due = deadline
-        elif self.broker.has_pending() or (
-            self.broker.maybe_work and self.pool.idle() and not self._stopping
-        ):
+        elif self.broker.has_pending() or (self.broker.maybe_work and self._fetch_room()[0]):
             redis_due = now
         else:
             redis_due = self.broker.next_timer()
         # The children's limits and the shutdown deadline are kept meanwhile.
         candidates = [max(redis_due, self._redis_retry_at), now + 1.0]
-        if (limit := self.pool.next_deadline(now)) is not None:
+        if (limit := self.pool.next_deadline()) is not None:
             candidates.append(limit)
+        if (oldest := self._oldest_prefetched()) is not None:
+            due = max(oldest + PREFETCH_MAX_WAIT_SECONDS, self._stale_checked + STALE_CHECK_SECONDS)
+            candidates.append(due)
         if (wait_deadline := self.broker.wait_deadline) is not None:
             candidates.append(wait_deadline)
         if self._stopping:
@@ -447,6 +477,9 @@ class Worker:
             job = child.job
             if job is None or job.job_id != job_id:
                 return  # a late frame of a job already settled (killed on timeout)
+            if kind == protocol.DROPPED:
+                self._dropped(child, job)
+                return
             if kind == protocol.DONE:
                 outcome = protocol.check_done(message, self.max_result_bytes)
             else:
@@ -460,14 +493,42 @@ class Worker:
             self._birth_failures = 0
             if self.max_jobs_per_child and child.jobs_done >= self.max_jobs_per_child:
                 self.pool.retire(child)
+            self._next_queued(child)
         else:
             self.broker.report(job.queue, job_id, kind, value)
+
+    def _next_queued(self, child: Child) -> None:
+        """The child ended its job and goes on with the one queued behind
+        it, if any: that job starts now."""
+        job = self.pool.start_queued(child)
+        if job is None:
+            self._feed_children()  # it is free
+            return
+        if child.kill_reason is not None:
+            # Killed, yet its job ended (its handler caught SIGTERM): it is
+            # about to start the next one. Make sure it does not run long.
+            child.job = None
+            self.pool.kill(child)
+            self._take_back(job)
+        elif child.dropping != job.job_id:  # else handed back already
+            self._job_started(child, job)
+        self._feed_children()  # its next job, behind this one
+
+    def _dropped(self, child: Child, job: Assignment) -> None:
+        """The child did not start a job it was asked to drop (handed back
+        when the drop was sent)."""
+        child.job, child.dropping = None, None
+        self._feed_children()
 
     def _settle(self, child: Child, outcome: execution.Outcome) -> None:
         job = child.job
         assert job is not None
         child.job = None
-        duration_ms = int((time.monotonic() - job.started) * 1000)
+        duration = time.monotonic() - job.started
+        duration_ms = int(duration * 1000)
+        self._avg_job = _average(self._avg_job, duration)
+        if not job.start_reported:  # it started (and ended) before the step
+            self._report_start(job)
         self.broker.finish(job.queue, execution.finish_entry(job.job_id, job.fields, outcome))
         self._finishing[(job.queue, job.job_id)] = _Finishing(
             job.name, job.attempt, child.pid, duration_ms
@@ -491,6 +552,10 @@ class Worker:
             for message in messages:
                 self._on_message(child, message)
             self._forget(child)
+            if child.queued is not None:  # it never started: another child may
+                if child.dropping != child.queued.job_id:
+                    self._take_back(child.queued)
+                child.queued = None
             if child.job is not None:
                 reason = describe_exit(status, child.kill_reason)
                 self.metrics.crashes.labels(crash_kind(reason)).inc()
@@ -504,19 +569,20 @@ class Worker:
                     )
             if not self._stopping:
                 self._spawn()
+        self._feed_children()
 
     # -- Redis ----------------------------------------------------------------
-    def _redis_step(self) -> None:
+    def _redis_step(self, fetch_room: tuple[int, int]) -> None:
         """Start a step when one is due and none is in flight; its result
         comes back through the loop (``_step_done``)."""
         now = time.monotonic()
         if self.broker.in_flight or now < self._redis_retry_at:
             return
-        free = 0 if self._stopping else len(self.pool.idle())
-        fetch = free > 0 and self.broker.maybe_work
+        room, start_now = fetch_room
+        fetch = room > 0 and self.broker.maybe_work
         if not (fetch or self.broker.has_pending() or now >= self.broker.next_timer()):
             return
-        if result := self.broker.start_step(free if fetch else 0):
+        if result := self.broker.start_step(room if fetch else 0, start_now if fetch else 0):
             self._step_done(result)
 
     def _step_done(self, result: StepResult) -> None:
@@ -531,6 +597,8 @@ class Worker:
             self._redis_trouble(result.error)
             return
         self._redis_backoff = RECONNECT_MIN
+        if result.worked:
+            self._avg_round_trip = _average(self._avg_round_trip, result.round_trip)
         if not self._ready and result.worked:
             self._ready = True
             # Supervisors and tests wait for this line: print it at any level.
@@ -568,14 +636,13 @@ class Worker:
                 queue=queue,
                 job_ids=",".join(returned),
             )
-        why = "stopped before jobs finished" if self._forced else "no idle child for fetched jobs"
         for queue, released in result.released:
-            logs.event(
-                f"{why}; handed them back to the queue",
-                logging.WARNING,
-                queue=queue,
-                released=",".join(released),
-            )
+            if self._forced:
+                message = "stopped before jobs finished; handed them back to the queue"
+                level = logging.WARNING
+            else:  # stopping, or they waited too long behind slow jobs
+                message, level = "handed prefetched jobs back to the queue", logging.INFO
+            logs.event(message, level, queue=queue, released=",".join(released))
         for queue, key, why in result.broken_schedules:
             logs.event(
                 "cannot fire a schedule; looking again in a minute",
@@ -605,9 +672,9 @@ class Worker:
                 queue=queue,
                 job_id=job_id,
             )
-        idle = self.pool.idle()
-        for queue, job_id, fields in result.fetched:
-            self._dispatch(queue, job_id, fields, idle)
+        for index, (queue, job_id, fields) in enumerate(result.fetched):
+            self._take_fetched(queue, job_id, fields, started=index < result.started_now)
+        self._feed_children()
 
     def _log_finished(self, queue: str, job_id: str, status: str, done: _Finishing) -> None:
         """One line per settled job. ``settled:<status>``: the finish went
@@ -616,6 +683,8 @@ class Worker:
         outcome = status.removeprefix("settled:")
         self.metrics.settled(queue, done.name, outcome, done.duration_ms)
         self.health.job_finished()
+        if outcome == "completed" and not repeated and not logs.log.isEnabledFor(logging.INFO):
+            return  # the common case, at WARNING: no line to build
         if repeated:
             message, level = f"job {outcome} (already settled by this worker)", logging.INFO
         elif outcome == "lost":
@@ -634,7 +703,9 @@ class Worker:
             duration_ms=done.duration_ms,
         )
 
-    def _dispatch(self, queue: str, job_id: str, fields: dict[str, Any], idle: list[Child]) -> None:
+    def _take_fetched(self, queue: str, job_id: str, fields: dict[str, Any], started: bool) -> None:
+        """A leased job joins the buffer (children take it from there), or
+        fails at once if no handler runs it here."""
         name = fields.get("name", "")
         found = self.handlers.get((queue, name))
         if found is None:
@@ -649,32 +720,150 @@ class Worker:
                 ),
             )
             return
-        if not idle:  # never asked for more than the idle children; be sure
-            self.broker.hand_back(queue, job_id)
-            return
         timeout = fields.get("timeout") or found.timeout or self.default_timeout
-        job = Assignment(queue, job_id, name, fields, timeout)
-        child = idle.pop()
+        self._buffer.append(Assignment(queue, job_id, name, fields, timeout, started))
+
+    # -- prefetching --------------------------------------------------------------
+    def _prefetching(self) -> bool:
+        """Lease ahead of the children: only while jobs are short, and never
+        on a queue with a rate or concurrency limit, which counts leases: a
+        job leased early would start later than the limit saw it start."""
+        return (
+            not self._stopping
+            and self._avg_job is not None
+            and self._avg_job <= PREFETCH_MAX_JOB_SECONDS
+            and not self.broker.limited_queues
+        )
+
+    def _may_queue(self, child: Child) -> bool:
+        """Whether a busy child may get its next job queued behind this one:
+        not if it is going away (killed, or this job is its last)."""
+        return (
+            child.queued is None
+            and child.takes_jobs
+            and child.kill_reason is None
+            and not (self.max_jobs_per_child and child.jobs_done + 1 >= self.max_jobs_per_child)
+        )
+
+    def _fetch_room(self) -> tuple[int, int]:
+        """How many jobs to lease now, and how many of them a free child
+        takes at once: the free children, and when prefetching one queued
+        behind each busy child plus a buffer of what the children get
+        through in a round trip; less what the buffer holds."""
+        if self._stopping:
+            return 0, 0
+        free = queue_slots = 0
+        for child in self.pool.by_pid.values():
+            if child.job is None and child.takes_jobs:
+                free += 1
+            elif child.job is not None and self._may_queue(child):
+                queue_slots += 1
+        room = free
+        if self._prefetching():
+            assert self._avg_job is not None
+            per_round_trip = self.procs * self._avg_round_trip / max(self._avg_job, 1e-6)
+            room += queue_slots + min(math.ceil(per_round_trip), BUFFER_PER_CHILD * self.procs)
+        held = len(self._buffer)
+        return max(room - held, 0), max(free - held, 0)
+
+    def _feed_children(self) -> None:
+        """Buffered jobs to the free children, then (when prefetching) one
+        queued behind each busy child's job. A job that may not run twice
+        (manual_retry_only) never waits behind another: taking a queued job
+        back can race with the child starting it."""
+        if not self._buffer:
+            return
+        children = list(self.pool.by_pid.values())
+        for child in children:
+            if not self._buffer:
+                return
+            if child.job is None and child.takes_jobs:
+                self._send(child, self._buffer.popleft())
+        if not self._prefetching():
+            return
+        for child in children:
+            if not self._buffer or self._buffer[0].fields.get("manual_retry_only") == "1":
+                return
+            if child.job is not None and self._may_queue(child):
+                self._send(child, self._buffer.popleft())
+
+    def _send(self, child: Child, job: Assignment) -> None:
+        runs_now = child.job is None
         self.pool.assign(child, job)
         if child.outbox:
             self.selector.modify(child.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, child)
-        logs.event(
-            "job started",
-            logging.DEBUG,
-            job_id=job_id,
-            job_name=name,
-            queue=queue,
-            attempt=job.attempt,
-            pid=child.pid,
-        )
+        if runs_now:
+            self._job_started(child, job)
 
-    def _arm_wait(self) -> None:
+    def _job_started(self, child: Child, job: Assignment) -> None:
+        if not job.start_reported:
+            self._report_start(job)
+        if logs.log.isEnabledFor(logging.DEBUG):  # skip building the fields per job
+            logs.event(
+                "job started",
+                logging.DEBUG,
+                job_id=job.job_id,
+                job_name=job.name,
+                queue=job.queue,
+                attempt=job.attempt,
+                pid=child.pid,
+            )
+
+    def _report_start(self, job: Assignment) -> None:
+        self.broker.started(job.queue, job.job_id)
+        job.start_reported = True
+
+    def _take_back(self, job: Assignment) -> None:
+        """A job that never started (its child died first, or it was
+        dropped): first in line for the next free child, or back to the
+        queue when stopping."""
+        if self._stopping:
+            self.broker.hand_back(job.queue, job.job_id)
+        else:
+            self._buffer.appendleft(job)
+
+    def _oldest_prefetched(self) -> float | None:
+        """When the longest-waiting prefetched job was leased (monotonic)."""
+        oldest = [c.queued.leased for c in self.pool.by_pid.values() if c.queued and not c.dropping]
+        if self._buffer:
+            oldest.append(self._buffer[0].leased)
+        return min(oldest, default=None)
+
+    def _return_stale_prefetch(self, now: float) -> None:
+        """Prefetched jobs that waited too long for a child of this worker go
+        back to the queue for any worker; all of them once jobs got long, or
+        when stopping (at once)."""
+        prefetching = self._prefetching()
+        if prefetching and now < self._stale_checked + STALE_CHECK_SECONDS:
+            return
+        self._stale_checked = now
+        too_old = now - PREFETCH_MAX_WAIT_SECONDS
+        while self._buffer and (not prefetching or self._buffer[0].leased <= too_old):
+            job = self._buffer.popleft()
+            self.broker.hand_back(job.queue, job.job_id)
+        for child in self.pool.by_pid.values():
+            queued = child.queued
+            if queued and not child.dropping and (not prefetching or queued.leased <= too_old):
+                self._drop_queued(child)
+
+    def _drop_queued(self, child: Child) -> None:
+        """Take back the job queued on ``child``: it goes back to the queue at
+        once; the child skips it (says "dropped") unless it started it in
+        the meantime, in which case that run ends as usual (its finish is
+        then "lost": the job was handed back)."""
+        assert child.queued is not None
+        self.broker.hand_back(child.queued.queue, child.queued.job_id)
+        self.pool.drop(child)
+        if child.outbox:
+            self.selector.modify(child.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, child)
+
+    def _arm_wait(self, fetch_room: int) -> None:
         if (
             self._stopping
             or self.broker.maybe_work
             or self.broker.armed
             or time.monotonic() < self._redis_retry_at
-            or not self.pool.idle()
+            or not fetch_room
         ):
             return
         try:
@@ -722,9 +911,10 @@ class Worker:
         self._forced = True
         self._final_deadline = now + self.broker.reply_timeout + 1.0
         for child in busy:
-            assert child.job is not None
-            self.broker.hand_back(child.job.queue, child.job.job_id)
-            child.job = None
+            for job in (child.job, child.queued):
+                if job is not None and job.job_id != child.dropping:
+                    self.broker.hand_back(job.queue, job.job_id)
+            child.job = child.queued = None
             self.pool.kill(child)
         return False
 
@@ -739,3 +929,10 @@ class Worker:
             job_ids=",".join(left),
             unrecorded=sum(len(entries) for entries in self.broker.finishes.values()),
         )
+
+
+def _average(average: float | None, sample: float) -> float:
+    """An exponential moving average: recent samples count most."""
+    if average is None:
+        return sample
+    return average + AVERAGE_WEIGHT * (sample - average)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import signal
 import socket
@@ -27,17 +28,27 @@ HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP,
 
 MIB = 1024 * 1024
 
+#: The most the parent reads from a child's pipe at once.
+READ_SIZE = 65536
+
 
 @dataclass(slots=True)
 class Assignment:
-    """The job a child is running."""
+    """A job leased for this worker: buffered, queued on a child, or running."""
 
     queue: str
     job_id: str
     name: str
     fields: dict[str, Any]
     timeout: float | None
-    started: float = field(default_factory=time.monotonic)
+    #: Whether Redis already marked it started (fetch.lua, for the jobs a
+    #: free child takes at once); else the parent reports its real start.
+    start_reported: bool = False
+    #: When it was leased (monotonic): a prefetched job waits for a child of
+    #: this worker only so long (the parent hands it back after that).
+    leased: float = field(default_factory=time.monotonic)
+    #: When a child started it (monotonic): what its timeout counts from.
+    started: float = 0.0
 
     @property
     def attempt(self) -> int:
@@ -51,9 +62,17 @@ class Child:
     sock: socket.socket
     reader: protocol.FrameReader = field(default_factory=protocol.FrameReader)
     outbox: bytearray = field(default_factory=bytearray)
+    #: The job it runs.
     job: Assignment | None = None
+    #: The job queued behind it on the pipe, not started yet (as far as the
+    #: parent knows: the child's "done" for ``job`` says it has).
+    queued: Assignment | None = None
+    #: The queued job the parent asked the child not to start (``drop``).
+    dropping: str | None = None
     jobs_done: int = 0
     retiring: bool = False
+    #: Its end of the pipe closed: it is exiting, not yet reaped.
+    closed: bool = False
     #: Why the parent killed it (timeout, memory); None if it died on its own.
     kill_reason: str | None = None
     term_sent_at: float | None = None
@@ -66,6 +85,11 @@ class Child:
     @property
     def busy(self) -> bool:
         return self.job is not None
+
+    @property
+    def takes_jobs(self) -> bool:
+        """Neither asked to exit nor exiting."""
+        return not self.retiring and not self.closed
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -111,6 +135,9 @@ class Pool:
         self.inherited_fds = inherited_fds or []  # parent fds a child must close
         self.by_pid: dict[int, Child] = {}
         self._free_indexes = list(range(size, 0, -1))
+        #: When enforce_limits next has something to do (monotonic); 0 when
+        #: a job started or a kill began since it last looked.
+        self._limits_due = 0.0
 
     # -- lifecycle ---------------------------------------------------------
     def spawn(self) -> Child:
@@ -146,9 +173,6 @@ class Pool:
 
     def children(self) -> Iterator[Child]:
         return iter(list(self.by_pid.values()))
-
-    def idle(self) -> list[Child]:
-        return [c for c in self.by_pid.values() if not c.busy and not c.retiring]
 
     def busy(self) -> list[Child]:
         return [c for c in self.by_pid.values() if c.busy]
@@ -196,13 +220,22 @@ class Pool:
             child.kill_reason = reason
         if sig == signal.SIGTERM:
             child.term_sent_at = time.monotonic()
+            self._limits_due = 0.0
         child.sigkilled = child.sigkilled or sig == signal.SIGKILL
         self.retire(child)
         child.signalled += proctree.signal_tree(child.pid, sig)
 
     # -- pipes ---------------------------------------------------------------
     def assign(self, child: Child, job: Assignment) -> None:
-        child.job = job
+        """Send ``job`` to ``child``: it starts now if the child is free, else
+        it waits on the pipe until the child's current job ends."""
+        if child.job is None:
+            job.started = time.monotonic()
+            child.job = job
+            self._limits_due = 0.0
+        else:
+            assert child.queued is None, "a child has at most one job queued"
+            child.queued = job
         fields = job.fields
         child.outbox += protocol.encode(
             [
@@ -216,6 +249,24 @@ class Pool:
                 fields.get("children"),
             ]
         )
+        self.flush(child)
+
+    def start_queued(self, child: Child) -> Assignment | None:
+        """The child finished its job: the one queued behind it (if any) is
+        what it runs now."""
+        job, child.queued = child.queued, None
+        child.job = job
+        if job is not None:
+            job.started = time.monotonic()
+            self._limits_due = 0.0
+        return job
+
+    def drop(self, child: Child) -> None:
+        """Ask the child not to start its queued job. It answers "dropped",
+        or runs the job if it had started it already."""
+        assert child.queued is not None
+        child.dropping = child.queued.job_id
+        child.outbox += protocol.encode([protocol.DROP, child.dropping])
         self.flush(child)
 
     def flush(self, child: Child) -> None:
@@ -236,22 +287,30 @@ class Pool:
         messages: list[list[Any]] = []
         while True:
             try:
-                data = child.sock.recv(65536)
+                data = child.sock.recv(READ_SIZE)
             except BlockingIOError:
                 return messages, False
             except OSError:
+                child.closed = True
                 return messages, True
             if not data:
+                child.closed = True
                 return messages, True
             try:
                 messages += child.reader.feed(data)
             except ValueError as exc:  # a corrupt stream: that child is done for
                 self.kill(child, f"child sent a corrupt frame: {exc}")
+                child.closed = True
                 return messages, True
+            if len(data) < READ_SIZE:  # drained: select says when more comes
+                return messages, False
 
     # -- limits -------------------------------------------------------------
     def enforce_limits(self, now: float) -> None:
-        """Timeouts (SIGTERM, then SIGKILL after the grace) and memory."""
+        """Timeouts (SIGTERM, then SIGKILL after the grace) and memory, when
+        one is due (the loop calls this every turn)."""
+        if now < self._limits_due:
+            return
         for child in self.busy():
             job = child.job
             assert job is not None
@@ -272,9 +331,13 @@ class Pool:
                         f"memory limit exceeded ({rss // MIB} MiB > "
                         f"{self.max_memory_bytes // MIB} MiB)",
                     )
+        self._limits_due = self._next_deadline(now)
 
-    def next_deadline(self, now: float) -> float | None:
+    def next_deadline(self) -> float | None:
         """When ``enforce_limits`` next has something to do (monotonic)."""
+        return None if self._limits_due == math.inf else self._limits_due
+
+    def _next_deadline(self, now: float) -> float:
         deadlines = []
         for child in self.busy():
             job = child.job
@@ -287,4 +350,4 @@ class Pool:
                 deadlines.append(job.started + job.timeout)
             if self.max_memory_bytes is not None:
                 deadlines.append(now + 0.1)  # memory is sampled every 100 ms
-        return min(deadlines, default=None)
+        return min(deadlines, default=math.inf)

@@ -2,18 +2,25 @@
 
 A frame is a 4-byte big-endian length and a body of typed items (None, int,
 float, str, bytes; the format is documented in ``sandboxq/_fast_py.py``) whose
-first item is the message kind. One child runs one job at a time, so a
-child's death maps to exactly one job: whatever it was sent last and has not
-answered.
+first item is the message kind. A child runs one job at a time, in the
+order it was sent them, and the parent sends a busy child at most one more
+(its next job, queued on the pipe so the child never waits for it). So a
+child's death maps to exactly one job: the first it was sent and has not
+answered; the one queued behind it never started.
 
 Parent → child:  ["run", job_id, name, data_json, queue, attempts_made, retries,
                   children_json]
                  data_json and children_json (a flow parent's children's
                  results, else None) are the JSON bytes from Redis, untouched:
                  the child parses them, the parent never does.
+                 ["drop", job_id]: do not start that queued job (the worker
+                 is stopping, or the job waited too long behind a slow one).
 Child → parent:  ["progress", job_id, value_json]
                  ["log", job_id, message]
                  ["done", job_id, outcome, value, traceback, delay_seconds]
+                 ["dropped", job_id]: it never started that job. A drop that
+                 came too late (the job had started) is ignored, and the job
+                 ends with "done" as usual.
 
 The parent treats what a child sends as untrusted input (the handler runs in
 that process and can write to the socket): :func:`check_report` and
@@ -23,6 +30,7 @@ protocol kills that child and fails its job, never the parent.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections import deque
 from typing import Any
@@ -42,6 +50,8 @@ RUN = "run"
 PROGRESS = "progress"
 LOG = "log"
 DONE = "done"
+DROP = "drop"
+DROPPED = "dropped"
 
 #: The bytes of a frame's length header.
 HEADER_SIZE = 4
@@ -81,14 +91,33 @@ class Inbox:
         self._reader = FrameReader(fast.MAX_FRAME_LIMIT)
         self._ready: deque[list[Any]] = deque()
 
+        self._closed = False
+
     def recv(self) -> list[Any] | None:
         """The next message; None once the parent closed its end."""
         while not self._ready:
-            chunk = self._sock.recv(65536)
-            if not chunk:
+            if self._closed or not self._take(self._sock.recv(65536)):
                 return None
-            self._ready.extend(self._reader.feed(chunk))
         return self._ready.popleft()
+
+    def dropped(self, job_id: str) -> bool:
+        """Whether the parent asked, by now, not to start ``job_id``: reads
+        what the pipe holds without waiting, and takes that drop out."""
+        with contextlib.suppress(BlockingIOError):
+            while not self._closed and self._take(self._sock.recv(65536, socket.MSG_DONTWAIT)):
+                pass
+        for message in self._ready:
+            if message[0] == DROP and message[1] == job_id:
+                self._ready.remove(message)
+                return True
+        return False
+
+    def _take(self, chunk: bytes) -> bool:
+        if not chunk:
+            self._closed = True
+            return False
+        self._ready.extend(self._reader.feed(chunk))
+        return True
 
 
 class ProtocolError(ValueError):
@@ -97,10 +126,12 @@ class ProtocolError(ValueError):
 
 def check_header(message: list[Any]) -> tuple[str, str]:
     """A child's message kind and job id, checked."""
-    if len(message) < 2 or message[0] not in (PROGRESS, LOG, DONE):
+    if len(message) < 2 or message[0] not in (PROGRESS, LOG, DONE, DROPPED):
         raise ProtocolError(f"unknown message {_summary(message)}")
     if not isinstance(message[1], str):
         raise ProtocolError(f"a {message[0]!r} frame names job {message[1]!r}, not a str")
+    if message[0] == DROPPED and len(message) != 2:
+        raise ProtocolError(f"a dropped frame has 2 items, got {_summary(message)}")
     return message[0], message[1]
 
 

@@ -103,18 +103,26 @@ local function unwait(prefix, job_key, id)
   return redis.call('ZREM', prefix .. 'wait', id) == 1
 end
 
+local concurrency_cache = {}
+
 -- A job left `active` (finished, released or stalled): free its group's
 -- concurrency slot, and wake a blocked worker when a concurrency cap may
--- have been what kept jobs waiting.
-local function leave_active(prefix, job_key)
-  local group = redis.call('HGET', job_key, 'group')
+-- have been what kept jobs waiting. `group`: the job's group field if the
+-- caller read it already (false: none), else nil.
+local function leave_active(prefix, job_key, group)
+  if group == nil then group = redis.call('HGET', job_key, 'group') end
   if group then
     if redis.call('HINCRBY', prefix .. 'group_active', group, -1) <= 0 then
       redis.call('HDEL', prefix .. 'group_active', group)
     end
     if redis.call('ZCARD', prefix .. 'gwait:' .. group) > 0 then ready_group(prefix, group) end
   end
-  if group or redis.call('HEXISTS', prefix .. 'meta', 'concurrency') == 1 then
+  local limited = concurrency_cache[prefix]
+  if limited == nil then  -- read once per script run: meta does not change meanwhile
+    limited = redis.call('HEXISTS', prefix .. 'meta', 'concurrency') == 1
+    concurrency_cache[prefix] = limited
+  end
+  if group or limited then
     redis.call('ZADD', prefix .. 'marker', 0, '0')
   end
 end

@@ -1,0 +1,133 @@
+"""Prefetching: a worker whose jobs are short leases more jobs than it has
+free children (one queued behind each busy child's job, and a local buffer).
+
+What must hold, with real workers and real signals:
+
+- a prefetched job is leased but not started: no ``started_at``, no
+  ``active`` event until a child really takes it;
+- a job prefetched behind a slow one goes back to the queue after a short
+  wait, so another worker runs it meanwhile (no prefetch trap);
+- draining and a forced stop hand prefetched jobs back at once, with no
+  attempt spent;
+- a child that crashes fails only the job it was running; the jobs
+  prefetched behind it run.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+from sandboxq import Job, Queue
+from tests.worker_harness import WorkerProcess, wait_for_job, wait_for_jobs, wait_until
+
+StartWorker = Callable[..., WorkerProcess]
+
+EXIT_OK, EXIT_FORCED = 0, 1
+
+
+def warm_up(queue: Queue) -> None:
+    """Run short jobs first: a worker prefetches once it has seen that its
+    jobs are short next to a round trip to Redis."""
+    jobs = queue.add_bulk([{"name": "noop"}] * 20)
+    wait_for_jobs(queue, [job.id for job in jobs])
+    queue.clean("completed", keep=0)
+
+
+def prefetched(queue: Queue, job_id: str) -> Job | None:
+    """The job if it is leased by a worker but not started."""
+    job = queue.get_job(job_id)
+    leased = job is not None and job.state == "active" and job.fields.get("token")
+    return job if leased and job.started_at is None else None
+
+
+def active_events(queue: Queue, job_id: str) -> int:
+    """How many ``active`` events the queue's stream holds for the job."""
+    wanted = {b"event": b"active", b"job_id": job_id.encode()}
+    events = queue.client.xrange(queue.keys.events)
+    return sum(1 for _id, fields in events if wanted.items() <= fields.items())
+
+
+def slow_then_short(queue: Queue, slow: str, data: object, short: int) -> tuple[str, list[str]]:
+    """One slow job and ``short`` no-op jobs behind it, in one add, so an
+    idle worker leases them together. Waits until the slow one runs and the
+    first short one is prefetched (how many more are depends on how fast
+    Redis answers next to how short the jobs were)."""
+    jobs = queue.add_bulk([{"name": slow, "data": data}] + [{"name": "noop"}] * short)
+    first, rest = jobs[0].id, [job.id for job in jobs[1:]]
+    wait_for_job(queue, first, ("active",))
+    wait_until(lambda: prefetched(queue, rest[0]), 5, f"{rest[0]} prefetched")
+    return first, rest
+
+
+def test_a_job_prefetched_behind_a_slow_one_goes_to_another_worker(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    first = start_worker(procs=1)
+    warm_up(queue)
+    slow, [waiting] = slow_then_short(queue, "sleep", 8, 1)
+    assert active_events(queue, waiting) == 0  # leased, not started
+    start_worker(procs=1)
+    done = wait_for_job(queue, waiting, timeout=6)
+    assert done.state == "completed"
+    assert queue.get_job(slow).state == "active", "the slow job was still running"
+    assert done.attempts_made == 1 and done.started_at is not None
+    assert active_events(queue, waiting) == 1
+    assert first.running
+
+
+def test_started_at_marks_when_a_child_took_the_job(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    start_worker(procs=1)
+    warm_up(queue)
+    slow, rest = slow_then_short(queue, "sleep", 0.3, 3)
+    jobs = wait_for_jobs(queue, [slow, *rest])
+    assert all(job.state == "completed" for job in jobs.values())
+    for job_id in rest:
+        # Leased at once, but started after the 0.3 s job, in the one child.
+        job = jobs[job_id]
+        assert job.started_at is not None and job.created_at is not None
+        assert job.started_at - job.created_at >= 0.25
+        assert active_events(queue, job_id) == 1
+
+
+def test_drain_hands_prefetched_jobs_back_at_once(queue: Queue, start_worker: StartWorker) -> None:
+    worker = start_worker(procs=1)
+    warm_up(queue)
+    slow, rest = slow_then_short(queue, "sleep", 3, 3)
+    worker.send_signal(signal.SIGTERM)
+    for job_id in rest:
+        job = wait_for_job(queue, job_id, ("waiting",), timeout=2)
+        assert job.attempts_made == 0 and job.started_at is None
+    assert queue.get_job(slow).state == "active", "handed back while the drain ran"
+    assert worker.wait(10) == EXIT_OK
+    assert queue.get_job(slow).state == "completed"
+    assert [queue.get_job(job_id).state for job_id in rest] == ["waiting"] * 3
+
+
+def test_forced_stop_hands_prefetched_jobs_back(queue: Queue, start_worker: StartWorker) -> None:
+    worker = start_worker(procs=1)
+    warm_up(queue)
+    slow, rest = slow_then_short(queue, "sleep", 30, 3)
+    worker.send_signal(signal.SIGQUIT)
+    assert worker.wait(10) == EXIT_FORCED
+    for job_id in [slow, *rest]:
+        job = queue.get_job(job_id)
+        assert job is not None and job.state == "waiting" and job.attempts_made == 0
+
+
+def test_a_crash_fails_only_the_running_job_not_those_prefetched(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    start_worker(procs=1)
+    warm_up(queue)
+    jobs = queue.add_bulk([{"name": "sleep", "data": 0.3}, {"name": "segfault"}])
+    jobs += queue.add_bulk([{"name": "noop"}] * 3)
+    done = wait_for_jobs(queue, [job.id for job in jobs])
+    crashed = done[jobs[1].id]
+    assert crashed.state == "failed" and "SIGSEGV" in (crashed.error or "")
+    assert crashed.attempts_made == 1
+    for job in [jobs[0], *jobs[2:]]:
+        assert done[job.id].state == "completed"
+        assert done[job.id].attempts_made == 1
