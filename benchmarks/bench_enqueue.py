@@ -1,5 +1,6 @@
 """Enqueue throughput, end to end against a private redis-server: ``Queue.add``
-one tiny job at a time, and ``Queue.add_bulk`` of 10,000 tiny jobs.
+one tiny job at a time, and ``Queue.add_bulk`` of 10,000 tiny jobs, against
+a bare ``EVALSHA`` of a script that does nothing (the floor under an add).
 
 Each round gets a fresh, empty queue (the previous one is deleted in the
 untimed setup), so rounds are comparable. The job specs are built outside the
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis
 
 from sandboxq import Queue
 
@@ -27,6 +29,11 @@ BULK_JOBS = 10_000
 
 def tiny_job(n: int) -> dict[str, Any]:
     return {"name": "tiny", "data": {"n": n}}
+
+
+#: Median seconds per call (per job for add_bulk) of each test, for the
+#: comparisons with a bare EVALSHA.
+_PER_CALL: dict[str, float] = {}
 
 
 def record_jobs_per_second(benchmark: Any, record_summary: Any, label: str, jobs: int) -> None:
@@ -54,6 +61,7 @@ def test_add(benchmark: Any, queues: QueueFactory, record_summary: Any) -> None:
     record_jobs_per_second(
         benchmark, record_summary, "enqueue: add (1 job per call)", ADDS_PER_ROUND
     )
+    record_per_call(benchmark, record_summary, "add", ADDS_PER_ROUND)
 
 
 @pytest.mark.benchmark(group="enqueue: add_bulk 10k")
@@ -70,3 +78,43 @@ def test_add_bulk(benchmark: Any, queues: QueueFactory, record_summary: Any) -> 
     assert queues.current is not None
     assert queues.current.counts()["waiting"] == BULK_JOBS
     record_jobs_per_second(benchmark, record_summary, "enqueue: add_bulk (10,000 jobs)", BULK_JOBS)
+    record_per_call(benchmark, record_summary, "add_bulk", BULK_JOBS)
+
+
+@pytest.mark.benchmark(group="enqueue: bare EVALSHA")
+def test_evalsha(benchmark: Any, redis_client: redis.Redis, record_summary: Any) -> None:
+    """The floor under ``Queue.add``: one round trip running a script that
+    does nothing, on the same client and in the same rounds as ``test_add``."""
+    sha = redis_client.script_load("return 1")
+
+    def call_many() -> None:
+        for _ in range(ADDS_PER_ROUND):
+            redis_client.evalsha(sha, 0)
+
+    benchmark.pedantic(call_many, rounds=50, warmup_rounds=3)
+    assert redis_client.evalsha(sha, 0) == 1
+    record_per_call(benchmark, record_summary, "evalsha", ADDS_PER_ROUND)
+
+
+def record_per_call(benchmark: Any, record_summary: Any, name: str, per_round: int) -> None:
+    """Keep the median time per call (or job) of ``name``; print goal 5 once
+    the figures it compares are in."""
+    if benchmark.stats is None:  # --benchmark-disable: nothing measured
+        return
+    _PER_CALL[name] = benchmark.stats.stats.median / per_round
+    bare = _PER_CALL.get("evalsha")
+    if bare is None:
+        return
+    if (add := _PER_CALL.get("add")) is not None:
+        record_summary(
+            "enqueue: single add / bare EVALSHA (time per call)",
+            f"{add / bare:.2f}x: add {add * 1e6:.0f} us, EVALSHA of 'return 1' "
+            f"{bare * 1e6:.0f} us (medians; goal <= 1.25x)",
+        )
+        record_summary("goal 5 single add / bare EVALSHA", f"{add / bare:.2f}x (goal <= 1.25x)")
+    if (bulk := _PER_CALL.get("add_bulk")) is not None:
+        record_summary(
+            "goal 5 add_bulk per job",
+            f"{bulk * 1e6:.1f} us = {bulk / bare:.2f} bare EVALSHA calls "
+            "(goal: no slower than before; compare with a run of the old code)",
+        )

@@ -4,7 +4,12 @@ with ``--procs 2`` on the private redis-server, running handlers from
 
 - ``test_noop_drain``: 20,000 no-op jobs, queued while the queue is paused,
   drained after ``resume()``; jobs/s with the native hot path and with
-  ``SANDBOXQ_NO_EXTENSIONS=1`` in the worker's environment.
+  ``SANDBOXQ_NO_EXTENSIONS=1`` in the worker's environment; also what Redis
+  spent per job meanwhile (INFO commandstats and INFO cpu).
+- ``test_list_queue_baseline``: the same 20,000 jobs on a minimal Redis list
+  queue: 2 forked processes, each doing BLMOVE, a no-op, and one round trip
+  that drops the job from its processing list and stores the result. The
+  bar the no-op drain is compared with (goal 1).
 - ``test_payload_drain``: 4,000 no-op jobs with a tiny payload, then 4,000
   with 32 KiB of JSON each (native): the worker parent's CPU per job should
   barely grow, since it forwards payloads as bytes and never parses them.
@@ -35,8 +40,9 @@ import pytest
 import redis
 
 from benchmarks import bench_jobs
-from benchmarks.conftest import READY_LINE, ForeignLoad
+from benchmarks.conftest import READY_LINE, ForeignLoad, RedisCpu
 from sandboxq import Queue
+from sandboxq.local_redis import LocalRedis
 
 if TYPE_CHECKING:
     from benchmarks.conftest import WorkerFactory, WorkerProcess
@@ -114,6 +120,13 @@ def stop_worker(worker: WorkerProcess) -> None:
 #: The worker parent's CPU time per no-op job, by implementation.
 _PARENT_CPU: dict[str, float] = {}
 
+#: What Redis spent during each no-op drain, by implementation.
+_REDIS_CPU: dict[str, RedisCpu] = {}
+
+#: No-op drain throughput (jobs/s): sandboxq's by implementation, and the
+#: minimal list queue's ("list queue").
+_DRAIN_RATE: dict[str, float] = {}
+
 #: CPU share of the machine that other processes used during each timed part.
 _FOREIGN: dict[str, float] = {}
 
@@ -134,6 +147,41 @@ def record_foreign(
 def percentile(samples: list[float], pct: int) -> float:
     """The ``pct``-th percentile (inclusive method: within the samples)."""
     return statistics.quantiles(samples, n=100, method="inclusive")[pct - 1]
+
+
+def record_drain_redis_cpu(record_summary: Callable[[str, str], None]) -> None:
+    """Redis's CPU per job during the real drains: a cross-check of what
+    ``bench_redis.py`` measures on the scripts alone. It includes the
+    producer's polls of ``counts()``, a few per second."""
+    record_summary(
+        "no-op drain: Redis CPU per job",
+        ", ".join(
+            f"{name} {cpu.script_usec / NOOP_JOBS:.1f} us in scripts "
+            f"({cpu.script_calls / NOOP_JOBS:.2f} calls/job), "
+            f"{cpu.process_seconds / NOOP_JOBS * 1e6:.1f} us in all"
+            for name, cpu in _REDIS_CPU.items()
+        )
+        + " (INFO commandstats EVALSHA usec; INFO cpu, with network I/O)",
+    )
+
+
+def record_drain_goals(record_summary: Callable[[str, str], None]) -> None:
+    """The drain's comparisons, once both of their figures are in: the tests
+    run one after the other (or not at all, with ``-k``)."""
+    native, pure = _DRAIN_RATE.get("native"), _DRAIN_RATE.get("pure")
+    baseline = _DRAIN_RATE.get("list queue")
+    if native and baseline:
+        record_summary(
+            f"no-op drain vs minimal list queue ({NOOP_JOBS:,} jobs, {PROCS} processes)",
+            f"sandboxq native {native:,.0f} jobs/s, list queue {baseline:,.0f} jobs/s, "
+            f"ratio {native / baseline:.2f}x (goal >= 2.0x)",
+        )
+        record_summary(
+            "goal 1 no-op drain / minimal list queue",
+            f"{native / baseline:.2f}x (goal >= 2.0x)",
+        )
+    if native and pure:
+        record_summary("goal 3 no-op drain, native / pure", f"{native / pure:.2f}x (goal >= 1.5x)")
 
 
 def timed_drain(
@@ -176,7 +224,9 @@ def test_noop_drain(
     queue.pause()
     queue.add_bulk([{"name": "noop"}] * NOOP_JOBS)
     assert queue.counts()["waiting"] == NOOP_JOBS
+    redis_before = RedisCpu.read(redis_client)
     seconds, parent_us, load = timed_drain(benchmark, queue, worker, NOOP_JOBS)
+    _REDIS_CPU[impl_name] = RedisCpu.read(redis_client).since(redis_before)
     stop_worker(worker)
     counts = queue.counts()
     assert counts.pop("completed") == NOOP_JOBS
@@ -191,8 +241,140 @@ def test_noop_drain(
         ", ".join(f"{name} {us:.0f} us" for name, us in _PARENT_CPU.items())
         + f" (its CPU time during the drain / {NOOP_JOBS:,}; /proc counts 10 ms ticks)",
     )
+    if impl_name == "native":
+        record_summary(
+            "goal 4 worker parent's CPU per no-op job (native)",
+            f"{parent_us:.0f} us (goal <= 25 us)",
+        )
+    record_drain_redis_cpu(record_summary)
+    _DRAIN_RATE[impl_name] = NOOP_JOBS / seconds
+    record_drain_goals(record_summary)
     record_foreign(record_summary, f"drain {impl_name}", load)
     queue.obliterate(force=True)
+
+
+# -- 1a. the same drain on a minimal Redis list queue --------------------------------
+#: The list queue's keys: the jobs, the ones being worked on (what makes a
+#: list queue reliable: a crashed process's jobs stay there), the results.
+LIST_JOBS, LIST_PROCESSING, LIST_RESULTS = "list:jobs", "list:processing", "list:results"
+#: Seconds a list queue process waits on the empty list before it stops. Its
+#: figure ends at its last job's finish, so this wait is not in it.
+LIST_IDLE_TIMEOUT = 1
+
+
+def list_noop(data: Any) -> Any:
+    """The list queue's handler: does nothing, like ``bench_jobs.noop``."""
+    return None
+
+
+def list_queue_loop(client: redis.Redis) -> tuple[int, float]:
+    """Take jobs one at a time until the list stays empty: a BLMOVE, a
+    handler that does nothing, then one round trip that drops the job from
+    the processing list and stores its result. Returns the jobs done and
+    when the last one finished."""
+    done, last = 0, 0.0
+    while True:
+        raw: Any = client.blmove(LIST_JOBS, LIST_PROCESSING, LIST_IDLE_TIMEOUT, "RIGHT", "LEFT")
+        if raw is None:
+            return done, last
+        job = orjson.loads(raw)
+        result = orjson.dumps(list_noop(job["data"]))
+        pipe = client.pipeline(transaction=False)
+        pipe.lrem(LIST_PROCESSING, 1, raw)
+        pipe.hset(LIST_RESULTS, job["id"], result)
+        pipe.execute()
+        done, last = done + 1, time.time()
+
+
+def list_queue_process(url: str, ready: Any, go: Any, reports: Any) -> None:
+    """One list queue process: connected before the clock starts."""
+    client = redis.Redis.from_url(url)
+    client.ping()
+    ready.wait()
+    go.wait()
+    reports.put(list_queue_loop(client))
+
+
+class ListQueue:
+    """``PROCS`` forked list queue processes, connected and waiting for ``go()``."""
+
+    def __init__(self, url: str) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self._go = ctx.Event()
+        self._reports = ctx.Queue()
+        ready = ctx.Barrier(PROCS + 1)
+        args = (url, ready, self._go, self._reports)
+        self.processes = [
+            ctx.Process(target=list_queue_process, args=args, daemon=True) for _ in range(PROCS)
+        ]
+        for process in self.processes:
+            process.start()
+        ready.wait(timeout=30)
+
+    def go(self) -> None:
+        self._go.set()
+
+    def running(self) -> bool:
+        return all(process.exitcode in (None, 0) for process in self.processes)
+
+    def results(self) -> tuple[int, float]:
+        """Jobs done by all, and the last finish time of any of them."""
+        reports = [self._reports.get(timeout=30) for _ in self.processes]
+        for process in self.processes:
+            process.join(10)
+            assert process.exitcode == 0, f"a list queue process exited with {process.exitcode}"
+        return sum(done for done, _ in reports), max(last for _, last in reports)
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+
+
+def fill_list_queue(client: redis.Redis, jobs: int) -> None:
+    """``jobs`` small JSON jobs, pushed in chunks of 1,000, oldest first out."""
+    client.delete(LIST_JOBS, LIST_PROCESSING, LIST_RESULTS)
+    specs = [orjson.dumps({"id": str(n), "name": "noop", "data": None}) for n in range(jobs)]
+    for start in range(0, jobs, 1000):
+        client.lpush(LIST_JOBS, *specs[start : start + 1000])
+
+
+@pytest.mark.benchmark(group="worker: drain 20k no-op jobs")
+def test_list_queue_baseline(
+    benchmark: Any,
+    redis_server: LocalRedis,
+    redis_client: redis.Redis,
+    record_summary: Callable[[str, str], None],
+) -> None:
+    """What the fastest simple queues do, with no isolation and no
+    bookkeeping, on the same Redis: the bar for the no-op drain."""
+    fill_list_queue(redis_client, NOOP_JOBS)
+    baseline = ListQueue(redis_server.url)
+    marks: dict[str, float] = {}
+
+    def drain() -> None:
+        marks["start"] = time.time()
+        baseline.go()
+        while redis_client.hlen(LIST_RESULTS) < NOOP_JOBS:
+            assert baseline.running(), "a list queue process died"
+            time.sleep(POLL_SECONDS)
+
+    try:
+        with ForeignLoad() as load:
+            benchmark.pedantic(drain, rounds=1, iterations=1)
+        done, last = baseline.results()
+    finally:
+        baseline.close()
+    assert done == NOOP_JOBS
+    assert redis_client.llen(LIST_JOBS) == redis_client.llen(LIST_PROCESSING) == 0
+    redis_client.delete(LIST_RESULTS)
+    seconds = last - marks["start"]
+    benchmark.extra_info["drain_seconds"] = round(seconds, 3)
+    benchmark.extra_info["jobs_per_s"] = round(NOOP_JOBS / seconds, 1)
+    _DRAIN_RATE["list queue"] = NOOP_JOBS / seconds
+    record_drain_goals(record_summary)
+    record_foreign(record_summary, "list queue", load)
 
 
 # -- 1b. payload size: the parent forwards data as bytes ------------------------------
@@ -354,6 +536,11 @@ def test_cpu_efficiency(
         "sandboxq child median {:.2f} ms ({:.1%} of its time), Pool worker median "
         "{:.2f} ms ({:.1%})".format(*idle["sandboxq"], *idle["pool"]),
     )
+    record_summary(
+        "goal 2 cpu-bound efficiency, Pool(2) time / sandboxq time",
+        f"{efficiency:.3f} (goal >= 0.98); sandboxq child idle between calls: "
+        f"median {idle['sandboxq'][0]:.2f} ms (goal <= 0.15 ms)",
+    )
     record_foreign(record_summary, "cpu-bound", load)
 
 
@@ -421,4 +608,10 @@ def test_latency(
             f"mean {f['mean']:.2f} ms, max {f['max']:.{digits}f} ms "
             f"({LATENCY_SAMPLES} jobs; {notes[name]})",
         )
+    to_handler = figures["to_handler"]
+    record_summary(
+        "goal 6 idle enqueue -> start (add() called -> handler running)",
+        f"p50 {to_handler['p50']:.2f} ms, p99 {to_handler['p99']:.2f} ms "
+        "(goal p50 <= 0.8 ms, p99 <= 1.5 ms)",
+    )
     record_foreign(record_summary, "latency", load)
