@@ -168,6 +168,11 @@ class Broker:
         self.finishes: dict[str, list[list[Any]]] = {q: [] for q in queues}
         #: Prefetched jobs a child took: (job id, started ms), per queue.
         self.starts: dict[str, list[tuple[str, int]]] = {q: [] for q in queues}
+        #: Since when finishes, starts, reports or hand-backs wait to be sent
+        #: (monotonic), and how many: the parent may wait a little to send
+        #: more of them in one step.
+        self.pending_since: float | None = None
+        self.pending_entries = 0
         self.reports: dict[str, list[tuple[str, str, str]]] = {q: [] for q in queues}
         self.releases: dict[str, list[str]] = {q: [] for q in queues}
         self.leased: dict[str, set[str]] = {q: set() for q in queues}
@@ -218,6 +223,11 @@ class Broker:
             or bool(self._schedule_fires)
         )
 
+    def has_urgent(self) -> bool:
+        """Something waits that must not wait for more to batch with it:
+        jobs a lost reply may have leased, a schedule half-way fired."""
+        return bool(self.unsure) or bool(self._schedule_reads) or bool(self._schedule_fires)
+
     @property
     def in_flight(self) -> bool:
         return self._step is not None
@@ -229,20 +239,29 @@ class Broker:
     def next_timer(self) -> float:
         return min(self.next_renew, self.next_recover, self.next_schedules)
 
+    def _note_pending(self, entries: int = 1) -> None:
+        if self.pending_since is None:
+            self.pending_since = time.monotonic()
+        self.pending_entries += entries
+
     def finish(self, queue: str, entry: list[Any]) -> None:
         self.finishes[queue].append(entry)
+        self._note_pending()
 
     def started(self, queue: str, job_id: str) -> None:
         """A child took a prefetched job: mark it started (with the next
         finish call of its queue), now on the server's clock."""
         self.starts[queue].append((job_id, self.now_ms()))
+        self._note_pending()
 
     def report(self, queue: str, job_id: str, kind: str, value: str) -> None:
         self.reports[queue].append((job_id, kind, value))
+        self._note_pending()
 
     def hand_back(self, queue: str, job_id: str) -> None:
         """Give a leased job back to its queue in the next step (release.lua)."""
         self.releases[queue].append(job_id)
+        self._note_pending()
         if any(started == job_id for started, _ms in self.starts[queue]):
             self.starts[queue] = [s for s in self.starts[queue] if s[0] != job_id]
 
@@ -440,6 +459,7 @@ class Broker:
                 plan += [_Command("limits", queue), _Command("limiter", queue)]
         self._schedules_due = False
         self._resync.clear()
+        self.pending_since, self.pending_entries = None, 0  # all in this step
 
     def _queue_fetch(
         self, commands: _Commands, plan: list[_Command], now: int, free_slots: int
@@ -481,10 +501,13 @@ class Broker:
             finishes, starts = command.sent
             self.finishes[queue][:0] = finishes
             self.starts[queue][:0] = starts
+            self._note_pending(len(finishes) + len(starts))
         elif kind == "report":
             self.reports[queue][:0] = command.sent
+            self._note_pending(len(command.sent))
         elif kind == "release":
             self.releases[queue][:0] = command.sent
+            self._note_pending(len(command.sent))
         elif kind == "fetch" and not isinstance(error, redis.exceptions.NoScriptError):
             self.unsure[queue] = max(command.sent, self.unsure.get(queue, 0))
         elif kind == "renew":

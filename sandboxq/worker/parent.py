@@ -75,13 +75,26 @@ PREFETCH_MAX_JOB_SECONDS = 0.1
 #: job that turned out slow, say) before it goes back to the queue, where
 #: any worker may take it.
 PREFETCH_MAX_WAIT_SECONDS = 0.5
-#: The local buffer holds at most this many jobs per child.
+#: The local buffer holds what the children get through in this many round
+#: trips (a fetch refills half of it: the bigger the batch, the less each
+#: job costs the parent and Redis), and at most this many jobs per child.
+BUFFER_ROUND_TRIPS = 4
 BUFFER_PER_CHILD = 16
+#: Jobs queued behind a busy child's job: enough to keep it busy this long
+#: (so the parent answers its results in batches, not one by one), and at
+#: most this many.
+QUEUE_COVER_SECONDS = 0.002
+MAX_QUEUED_PER_CHILD = 4
 #: How often the parent looks for prefetched jobs that waited too long.
 STALE_CHECK_SECONDS = 0.05
 #: Weight of the newest sample in the moving averages of job time and of
 #: the round trip.
 AVERAGE_WEIGHT = 0.2
+
+#: While every child is busy, what children sent waits at most this long,
+#: or until this many entries, to share a step with more.
+BATCH_SECONDS = 0.002
+BATCH_ENTRIES = 64
 
 
 class BootError(RuntimeError):
@@ -218,6 +231,12 @@ class Worker:
         self._avg_job: float | None = None
         self._avg_round_trip = 0.001
         self._stale_checked = 0.0
+        #: From the last _fetch_room: children with no job, the room at
+        #: which a fetch is worth a step of its own, and how many jobs may
+        #: wait behind a busy child's job.
+        self._free = 0
+        self._refill_at = 1
+        self._queue_depth = 1
 
     # -- public ------------------------------------------------------------
     def stop(self, force: bool = False) -> None:
@@ -399,15 +418,13 @@ class Worker:
 
     def _select_timeout(self) -> float:
         now = time.monotonic()
-        # Redis is due at once with something to send or free children to
-        # feed, when the step in flight is overdue, or at the next timer.
-        # After a failed step nothing is due before the retry time.
+        # Redis is due when the step in flight is overdue, else when the next
+        # step is (_next_step_at). After a failed step nothing is due before
+        # the retry time.
         if (deadline := self.broker.step_deadline) is not None:
             redis_due = deadline
-        elif self.broker.has_pending() or (self.broker.maybe_work and self._fetch_room()[0]):
-            redis_due = now
         else:
-            redis_due = self.broker.next_timer()
+            redis_due = self._next_step_at(now, self._fetch_room())
         # The children's limits and the shutdown deadline are kept meanwhile.
         candidates = [max(redis_due, self._redis_retry_at), now + 1.0]
         if (limit := self.pool.next_deadline()) is not None:
@@ -509,16 +526,17 @@ class Worker:
             # about to start the next one. Make sure it does not run long.
             child.job = None
             self.pool.kill(child)
-            self._take_back(job)
-        elif child.dropping != job.job_id:  # else handed back already
+            self._take_back_queued(child, job)
+        elif job.job_id not in child.dropping:  # else handed back already
             self._job_started(child, job)
-        self._feed_children()  # its next job, behind this one
+        self._feed_children()  # its next jobs, behind this one
 
     def _dropped(self, child: Child, job: Assignment) -> None:
         """The child did not start a job it was asked to drop (handed back
         when the drop was sent)."""
-        child.job, child.dropping = None, None
-        self._feed_children()
+        child.job = None
+        child.dropping.discard(job.job_id)
+        self._next_queued(child)  # it goes on with the next one, if any
 
     def _settle(self, child: Child, outcome: execution.Outcome) -> None:
         job = child.job
@@ -552,10 +570,7 @@ class Worker:
             for message in messages:
                 self._on_message(child, message)
             self._forget(child)
-            if child.queued is not None:  # it never started: another child may
-                if child.dropping != child.queued.job_id:
-                    self._take_back(child.queued)
-                child.queued = None
+            self._take_back_queued(child)  # they never started: another child may
             if child.job is not None:
                 reason = describe_exit(status, child.kill_reason)
                 self.metrics.crashes.labels(crash_kind(reason)).inc()
@@ -578,12 +593,33 @@ class Worker:
         now = time.monotonic()
         if self.broker.in_flight or now < self._redis_retry_at:
             return
+        if self._next_step_at(now, fetch_room) > now:
+            return
         room, start_now = fetch_room
         fetch = room > 0 and self.broker.maybe_work
-        if not (fetch or self.broker.has_pending() or now >= self.broker.next_timer()):
-            return
         if result := self.broker.start_step(room if fetch else 0, start_now if fetch else 0):
             self._step_done(result)
+
+    def _next_step_at(self, now: float, fetch_room: tuple[int, int]) -> float:
+        """When the next step is due (monotonic; ``now`` if it is). At once
+        when a child is free (for a job, or with nothing to do but report),
+        when the buffer runs low, or when something cannot wait; at the next
+        timer otherwise. While every child is busy, results wait a little
+        (BATCH_SECONDS, or BATCH_ENTRIES of them) to share a round trip with
+        more: fewer, bigger steps cost the parent and Redis less per job."""
+        broker = self.broker
+        if self._stopping:
+            return now if broker.has_pending() else broker.next_timer()
+        room, start_now = fetch_room
+        fetch = room > 0 and broker.maybe_work
+        if broker.has_urgent() or (fetch and (start_now > 0 or room >= self._refill_at)):
+            return now
+        due = broker.next_timer()
+        if (since := broker.pending_since) is not None:
+            if self._free > 0 or broker.pending_entries >= BATCH_ENTRIES:
+                return now
+            due = min(due, since + BATCH_SECONDS)
+        return due
 
     def _step_done(self, result: StepResult) -> None:
         """A step ended: act on what it did, then on its error if any."""
@@ -735,15 +771,16 @@ class Worker:
             and not self.broker.limited_queues
         )
 
-    def _may_queue(self, child: Child) -> bool:
-        """Whether a busy child may get its next job queued behind this one:
-        not if it is going away (killed, or this job is its last)."""
-        return (
-            child.queued is None
-            and child.takes_jobs
-            and child.kill_reason is None
-            and not (self.max_jobs_per_child and child.jobs_done + 1 >= self.max_jobs_per_child)
-        )
+    def _queue_room(self, child: Child) -> int:
+        """How many more jobs may wait behind a busy child's job: none while
+        it is going away (killed, or due to retire) or giving jobs back."""
+        if not child.takes_jobs or child.kill_reason is not None or child.dropping:
+            return 0
+        room = self._queue_depth - len(child.queued)
+        if self.max_jobs_per_child:
+            left = self.max_jobs_per_child - child.jobs_done - 1 - len(child.queued)
+            room = min(room, left)
+        return max(room, 0)
 
     def _fetch_room(self) -> tuple[int, int]:
         """How many jobs to lease now, and how many of them a free child
@@ -753,16 +790,23 @@ class Worker:
         if self._stopping:
             return 0, 0
         free = queue_slots = 0
+        self._refill_at = 1
         for child in self.pool.by_pid.values():
             if child.job is None and child.takes_jobs:
                 free += 1
-            elif child.job is not None and self._may_queue(child):
-                queue_slots += 1
+            elif child.job is not None:
+                queue_slots += self._queue_room(child)
         room = free
         if self._prefetching():
             assert self._avg_job is not None
-            per_round_trip = self.procs * self._avg_round_trip / max(self._avg_job, 1e-6)
+            cover = math.ceil(QUEUE_COVER_SECONDS / max(self._avg_job, 1e-6))
+            self._queue_depth = min(cover, MAX_QUEUED_PER_CHILD)
+            per_round_trip = (
+                BUFFER_ROUND_TRIPS * self.procs * self._avg_round_trip / max(self._avg_job, 1e-6)
+            )
             room += queue_slots + min(math.ceil(per_round_trip), BUFFER_PER_CHILD * self.procs)
+            self._refill_at = max(room // 2, 1)  # fetch in batches of half or more
+        self._free = free
         held = len(self._buffer)
         return max(room - held, 0), max(free - held, 0)
 
@@ -781,19 +825,34 @@ class Worker:
                 self._send(child, self._buffer.popleft())
         if not self._prefetching():
             return
+        # A child's queue is topped up once half of it ran: its frames go in
+        # one write, and the child reads them in one.
+        refill_at = self._queue_depth - self._queue_depth // 2
         for child in children:
-            if not self._buffer or self._buffer[0].fields.get("manual_retry_only") == "1":
-                return
-            if child.job is not None and self._may_queue(child):
+            if child.job is None or (room := self._queue_room(child)) < refill_at:
+                continue
+            while room and self._buffer:
+                if self._buffer[0].fields.get("manual_retry_only") == "1":
+                    break
                 self._send(child, self._buffer.popleft())
+                room -= 1
+            self._flush(child)
 
     def _send(self, child: Child, job: Assignment) -> None:
+        """Give ``job`` to ``child`` (a queued job's frame waits for _flush)."""
         runs_now = child.job is None
         self.pool.assign(child, job)
+        if runs_now:
+            self._flush(child)
+            self._job_started(child, job)
+
+    def _flush(self, child: Child) -> None:
+        """Write what waits for the child; watch its pipe for room if the
+        pipe is full."""
+        if child.outbox:
+            self.pool.flush(child)
         if child.outbox:
             self.selector.modify(child.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, child)
-        if runs_now:
-            self._job_started(child, job)
 
     def _job_started(self, child: Child, job: Assignment) -> None:
         if not job.start_reported:
@@ -813,6 +872,15 @@ class Worker:
         self.broker.started(job.queue, job.job_id)
         job.start_reported = True
 
+    def _take_back_queued(self, child: Child, first: Assignment | None = None) -> None:
+        """The jobs queued on a child that will not run them (dead, or
+        killed) go back in line, in order, ``first`` first; those being
+        dropped were handed back already."""
+        for job in reversed([*([first] if first else []), *child.queued]):
+            if job.job_id not in child.dropping:
+                self._take_back(job)
+        child.queued.clear()
+
     def _take_back(self, job: Assignment) -> None:
         """A job that never started (its child died first, or it was
         dropped): first in line for the next free child, or back to the
@@ -824,7 +892,8 @@ class Worker:
 
     def _oldest_prefetched(self) -> float | None:
         """When the longest-waiting prefetched job was leased (monotonic)."""
-        oldest = [c.queued.leased for c in self.pool.by_pid.values() if c.queued and not c.dropping]
+        children = self.pool.by_pid.values()
+        oldest = [c.queued[0].leased for c in children if c.queued and not c.dropping]
         if self._buffer:
             oldest.append(self._buffer[0].leased)
         return min(oldest, default=None)
@@ -843,19 +912,18 @@ class Worker:
             self.broker.hand_back(job.queue, job.job_id)
         for child in self.pool.by_pid.values():
             queued = child.queued
-            if queued and not child.dropping and (not prefetching or queued.leased <= too_old):
+            if queued and not child.dropping and (not prefetching or queued[0].leased <= too_old):
                 self._drop_queued(child)
 
     def _drop_queued(self, child: Child) -> None:
-        """Take back the job queued on ``child``: it goes back to the queue at
-        once; the child skips it (says "dropped") unless it started it in
-        the meantime, in which case that run ends as usual (its finish is
+        """Take back the jobs queued on ``child``: they go back to the queue
+        at once; the child skips each (says "dropped") unless it started it
+        in the meantime, in which case that run ends as usual (its finish is
         then "lost": the job was handed back)."""
-        assert child.queued is not None
-        self.broker.hand_back(child.queued.queue, child.queued.job_id)
-        self.pool.drop(child)
-        if child.outbox:
-            self.selector.modify(child.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, child)
+        for job in child.queued:
+            self.broker.hand_back(job.queue, job.job_id)
+            self.pool.drop(child, job)
+        self._flush(child)
 
     def _arm_wait(self, fetch_room: int) -> None:
         if (
@@ -911,10 +979,11 @@ class Worker:
         self._forced = True
         self._final_deadline = now + self.broker.reply_timeout + 1.0
         for child in busy:
-            for job in (child.job, child.queued):
-                if job is not None and job.job_id != child.dropping:
+            for job in (child.job, *child.queued):
+                if job is not None and job.job_id not in child.dropping:
                     self.broker.hand_back(job.queue, job.job_id)
-            child.job = child.queued = None
+            child.job = None
+            child.queued.clear()
             self.pool.kill(child)
         return False
 

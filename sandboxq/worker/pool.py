@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,11 +65,12 @@ class Child:
     outbox: bytearray = field(default_factory=bytearray)
     #: The job it runs.
     job: Assignment | None = None
-    #: The job queued behind it on the pipe, not started yet (as far as the
-    #: parent knows: the child's "done" for ``job`` says it has).
-    queued: Assignment | None = None
-    #: The queued job the parent asked the child not to start (``drop``).
-    dropping: str | None = None
+    #: The jobs queued behind it on the pipe, in order, not started yet (as
+    #: far as the parent knows: the child's "done" for ``job`` says the
+    #: first one has).
+    queued: deque[Assignment] = field(default_factory=deque)
+    #: Queued jobs the parent asked the child not to start (``drop``).
+    dropping: set[str] = field(default_factory=set)
     jobs_done: int = 0
     retiring: bool = False
     #: Its end of the pipe closed: it is exiting, not yet reaped.
@@ -228,14 +230,15 @@ class Pool:
     # -- pipes ---------------------------------------------------------------
     def assign(self, child: Child, job: Assignment) -> None:
         """Send ``job`` to ``child``: it starts now if the child is free, else
-        it waits on the pipe until the child's current job ends."""
-        if child.job is None:
+        it waits on the pipe behind the child's other jobs. A queued job's
+        frame is only buffered: ``flush`` sends it, with any others."""
+        runs_now = child.job is None
+        if runs_now:
             job.started = time.monotonic()
             child.job = job
             self._limits_due = 0.0
         else:
-            assert child.queued is None, "a child has at most one job queued"
-            child.queued = job
+            child.queued.append(job)
         fields = job.fields
         child.outbox += protocol.encode(
             [
@@ -249,25 +252,24 @@ class Pool:
                 fields.get("children"),
             ]
         )
-        self.flush(child)
+        if runs_now:
+            self.flush(child)
 
     def start_queued(self, child: Child) -> Assignment | None:
-        """The child finished its job: the one queued behind it (if any) is
-        what it runs now."""
-        job, child.queued = child.queued, None
+        """The child ended its job: the first one queued behind it (if any)
+        is what it runs now."""
+        job = child.queued.popleft() if child.queued else None
         child.job = job
         if job is not None:
             job.started = time.monotonic()
             self._limits_due = 0.0
         return job
 
-    def drop(self, child: Child) -> None:
-        """Ask the child not to start its queued job. It answers "dropped",
+    def drop(self, child: Child, job: Assignment) -> None:
+        """Ask the child not to start a queued job. It answers "dropped",
         or runs the job if it had started it already."""
-        assert child.queued is not None
-        child.dropping = child.queued.job_id
-        child.outbox += protocol.encode([protocol.DROP, child.dropping])
-        self.flush(child)
+        child.dropping.add(job.job_id)
+        child.outbox += protocol.encode([protocol.DROP, job.job_id])
 
     def flush(self, child: Child) -> None:
         """Send what the socket takes now; the rest waits for writability."""

@@ -3,10 +3,10 @@
 A frame is a 4-byte big-endian length and a body of typed items (None, int,
 float, str, bytes; the format is documented in ``sandboxq/_fast_py.py``) whose
 first item is the message kind. A child runs one job at a time, in the
-order it was sent them, and the parent sends a busy child at most one more
-(its next job, queued on the pipe so the child never waits for it). So a
-child's death maps to exactly one job: the first it was sent and has not
-answered; the one queued behind it never started.
+order it was sent them, and the parent may queue a busy child's next few
+jobs on its pipe, so the child never waits for them. A child's death maps
+to exactly one job: the first it was sent and has not answered; those
+queued behind it never started.
 
 Parent → child:  ["run", job_id, name, data_json, queue, attempts_made, retries,
                   children_json]
