@@ -324,6 +324,20 @@ def test_prefetched_jobs_are_leased_but_start_when_finish_says_so(queue: Queue) 
         ("completed", "1"),
     ]
 
+    # When job 3 starts and ends before the next call, and job 2 fails
+    statuses = queue.scripts.finish(
+        queue.keys,
+        NOW + 20,
+        TOKEN,
+        [outcome("3", "completed"), outcome("2", "unrecoverable", "no")],
+        starts=[("3", NOW + 12)],
+    )
+
+    # Then job 3's start is recorded with its completion, in order
+    assert [s.decode() for s in statuses] == ["completed", "failed"]
+    assert fields(queue, "3")["started_at"] == (NOW + 12) / 1000
+    assert stream(queue)[-3:] == [("active", "3"), ("completed", "3"), ("failed", "2")]
+
 
 def test_fetch_says_whether_the_queue_has_limits(queue: Queue) -> None:
     add(queue, spec())

@@ -36,13 +36,24 @@
 local prefix, now, token, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local out = {}
 
+local function mark_started(job_key, id, started)
+  redis.call('HSET', job_key, 'started_at', started)
+  emit(KEYS[6], maxlen, 'active', id)
+end
+
+-- The starts of jobs settled below are recorded with their settling (a
+-- no-op job usually starts and ends between two calls): same result, fewer
+-- writes.
 local first_job = 6 + 2 * tonumber(ARGV[5])
+local settling, late_starts = {}, {}
+for i = first_job, #ARGV, 6 do settling[ARGV[i]] = true end
 for i = 6, first_job - 1, 2 do
   local id = ARGV[i]
   local job_key = prefix .. 'job:' .. id
-  if redis.call('HGET', job_key, 'token') == token then
-    redis.call('HSET', job_key, 'started_at', ARGV[i + 1])
-    emit(KEYS[6], maxlen, 'active', id)
+  if settling[id] then
+    late_starts[id] = ARGV[i + 1]
+  elseif redis.call('HGET', job_key, 'token') == token then
+    mark_started(job_key, id, ARGV[i + 1])
   end
 end
 
@@ -94,8 +105,13 @@ for i = first_job, #ARGV, 6 do
   local status
   -- What every outcome needs, in one read.
   local f = redis.call('HMGET', job_key, 'token', 'group', 'manual_retry_only', 'parent_prefix',
-    'settled', 'attempts_made')
+    'settled', 'attempts_made', 'kc_count', 'kc_age')
   local held = f[1] == token and redis.call('ZREM', KEYS[1], id) == 1
+  local started = held and late_starts[id]
+  if started and outcome ~= 'completed' then
+    mark_started(job_key, id, started)
+    started = nil
+  end
   local recorded = false  -- `settled` written already
   if not held then
     status = 'lost'
@@ -128,9 +144,15 @@ for i = first_job, #ARGV, 6 do
       settle[#settle + 1] = lease .. ' completed'
       recorded = true
     end
+    if started then
+      settle[#settle + 1] = 'started_at'
+      settle[#settle + 1] = started
+    end
     redis.call(unpack(settle))
+    if started then emit(KEYS[6], maxlen, 'active', id) end
     if f[4] then notify_parent(job_key, now, maxlen, true, value) end
-    finalize(prefix, job_key, KEYS[4], id, 'completed', now, 'kc_count', 'kc_age', maxlen)
+    finalize(prefix, job_key, KEYS[4], id, 'completed', now, 'kc_count', 'kc_age', maxlen,
+      {f[7], f[8]})
     emit(KEYS[6], maxlen, 'completed', id)
     status = 'completed'
   elseif outcome == 'retry' then

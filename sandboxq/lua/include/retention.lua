@@ -42,12 +42,14 @@ local function trim_finished(prefix, set_key, now, max_count, max_age_ms, limit,
 end
 
 -- Move a job into a finished set (completed or failed), then apply the job's
--- own retention for that set. `keep_fields` names the job's count/age fields.
-local function finalize(prefix, job_key, set_key, id, state, now, count_field, age_field, maxlen)
+-- own retention for that set. `count_field` and `age_field` name the job's
+-- count/age fields; `keep`, their values if the caller read them already.
+local function finalize(prefix, job_key, set_key, id, state, now, count_field, age_field, maxlen,
+    keep)
   redis.call('HSET', job_key, 'state', state, 'finished_at', num(now))
   redis.call('HDEL', job_key, 'token')
   redis.call('ZADD', set_key, num(now), id)
-  local keep = redis.call('HMGET', job_key, count_field, age_field)
+  keep = keep or redis.call('HMGET', job_key, count_field, age_field)
   local max_count = tonumber(keep[1]) or -1
   local max_age_ms = tonumber(keep[2]) or -1
   if max_count >= 0 or max_age_ms >= 0 then
