@@ -92,6 +92,24 @@ def test_started_at_marks_when_a_child_took_the_job(
         assert active_events(queue, job_id) == 1
 
 
+def test_a_prefetched_job_reports_its_start_before_its_progress(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    start_worker(procs=1)
+    warm_up(queue)
+    jobs = queue.add_bulk([{"name": "sleep", "data": 0.2}, {"name": "progress"}])
+    wait_until(lambda: prefetched(queue, jobs[1].id), 5, "the progress job prefetched")
+    done = wait_for_job(queue, jobs[1].id)
+    assert done.state == "completed"
+    wanted = jobs[1].id.encode()
+    events = [
+        fields[b"event"].decode()
+        for _id, fields in queue.client.xrange(queue.keys.events)
+        if fields[b"job_id"] == wanted
+    ]
+    assert events == ["added", "active", "progress", "progress", "progress", "completed"]
+
+
 def test_drain_hands_prefetched_jobs_back_at_once(queue: Queue, start_worker: StartWorker) -> None:
     worker = start_worker(procs=1)
     warm_up(queue)

@@ -412,16 +412,17 @@ class Broker:
         for queue, k in self.keys.items():
             # Reports before finishes: a job's last progress and log lines
             # usually travel in the same step as its result, and finishing
-            # drops the lease token that report.lua checks.
-            if reports := self.reports[queue]:
+            # drops the lease token that report.lua checks. Starts before
+            # reports: a job's events say it started before its progress.
+            reports, starts = self.reports[queue], self.starts[queue]
+            if reports and starts:
+                self._queue_finish(queue, now, pipe, plan, settle=False)
+            if reports:
                 self.reports[queue] = []
                 self.scripts.report(k, self.token, reports, pipe=pipe)
                 plan.append(_Command("report", queue, reports))
-            finishes, starts = self.finishes[queue], self.starts[queue]
-            if finishes or starts:
-                self.finishes[queue], self.starts[queue] = [], []
-                self.scripts.finish(k, now, self.token, finishes, pipe, starts)
-                plan.append(_Command("finish", queue, (finishes, starts)))
+            if self.finishes[queue] or self.starts[queue]:
+                self._queue_finish(queue, now, pipe, plan, settle=True)
             if releases := self.releases[queue]:
                 self.releases[queue] = []
                 self.scripts.release(k, self.token, releases, now, pipe)
@@ -460,6 +461,18 @@ class Broker:
         self._schedules_due = False
         self._resync.clear()
         self.pending_since, self.pending_entries = None, 0  # all in this step
+
+    def _queue_finish(
+        self, queue: str, now: int, pipe: Any, plan: list[_Command], *, settle: bool
+    ) -> None:
+        """One finish.lua call: mark the pending starts, and with ``settle``
+        settle the pending finishes too."""
+        starts, self.starts[queue] = self.starts[queue], []
+        finishes: list[list[Any]] = []
+        if settle:
+            finishes, self.finishes[queue] = self.finishes[queue], []
+        self.scripts.finish(self.keys[queue], now, self.token, finishes, pipe, starts)
+        plan.append(_Command("finish", queue, (finishes, starts)))
 
     def _queue_fetch(
         self, commands: _Commands, plan: list[_Command], now: int, free_slots: int
