@@ -20,16 +20,23 @@ local function add_jobs(prefix, now, maxlen, k, args, first_index)
       out[#out + 1] = id
       out[#out + 1] = 0
     else
-      redis.call('HSET', job_key, 'priority', priority,
-        'created_at', num(now), 'attempts_made', 0, 'stalls', 0,
-        unpack(args, first, last))
       if delay > 0 then
+        redis.call('HSET', job_key, 'priority', priority, 'created_at', num(now),
+          'attempts_made', 0, 'stalls', 0, 'state', 'delayed', unpack(args, first, last))
         redis.call('ZADD', k.delayed, num(now + delay), id)
-        redis.call('HSET', job_key, 'state', 'delayed')
         emit(k.events, maxlen, 'added', id, 'state', 'delayed', 'delay_ms', num(delay))
         emit(k.events, maxlen, 'delayed', id, 'delay_ms', num(delay))
       else
-        make_waiting(prefix, job_key, id, now, false)
+        -- What make_waiting does, in one write: a new job has no place yet.
+        local group = false
+        for j = first, last, 2 do
+          if args[j] == 'group' then group = args[j + 1] end
+        end
+        local seq, since = next_seq(prefix .. 'seq'), num(now)
+        redis.call('HSET', job_key, 'priority', priority, 'created_at', since,
+          'attempts_made', 0, 'stalls', 0, 'state', 'waiting', 'seq', seq, 'waiting_since', since,
+          unpack(args, first, last))
+        enter_wait(prefix, id, wait_score(prefix, priority, seq, since), group)
         emit(k.events, maxlen, 'added', id, 'state', 'waiting')
       end
       woke = true

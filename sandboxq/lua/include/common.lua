@@ -68,6 +68,19 @@ local function ready_group(prefix, group)
   redis.call('ZADD', prefix .. 'groups', redis.call('INCR', prefix .. 'group_rr'), group)
 end
 
+-- Put a job id into its waiting set: its group's (`group`, or false), or
+-- the queue's. The caller sets its state and wakes a worker.
+local function enter_wait(prefix, id, score, group)
+  if group then
+    redis.call('SADD', prefix .. 'group_names', group)
+    redis.call('INCR', prefix .. 'gcount')
+    redis.call('ZADD', prefix .. 'gwait:' .. group, score, id)
+    ready_group(prefix, group)
+  else
+    redis.call('ZADD', prefix .. 'wait', score, id)
+  end
+end
+
 -- Put a job into waiting (its group's set, or the queue's) and wake one
 -- blocked worker. keep_place: requeue at its original place in line (a
 -- stalled or released job), else join the end of its priority.
@@ -78,16 +91,7 @@ local function make_waiting(prefix, job_key, id, now, keep_place)
     seq, since = next_seq(prefix .. 'seq'), num(now)
     redis.call('HSET', job_key, 'seq', seq, 'waiting_since', since)
   end
-  local score = wait_score(prefix, f[1] or '0', seq, since)
-  local group = f[4]
-  if group then
-    redis.call('SADD', prefix .. 'group_names', group)
-    redis.call('INCR', prefix .. 'gcount')
-    redis.call('ZADD', prefix .. 'gwait:' .. group, score, id)
-    ready_group(prefix, group)
-  else
-    redis.call('ZADD', prefix .. 'wait', score, id)
-  end
+  enter_wait(prefix, id, wait_score(prefix, f[1] or '0', seq, since), f[4])
   redis.call('HSET', job_key, 'state', 'waiting')
   redis.call('ZADD', prefix .. 'marker', 0, '0')
 end
