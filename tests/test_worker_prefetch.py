@@ -149,3 +149,15 @@ def test_a_crash_fails_only_the_running_job_not_those_prefetched(
     for job in [jobs[0], *jobs[2:]]:
         assert done[job.id].state == "completed"
         assert done[job.id].attempts_made == 1
+
+
+def test_children_recycled_with_jobs_queued_lose_none(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    # Children that retire every 3 jobs get no job queued behind their last
+    worker = start_worker("--max-jobs-per-child", "3", procs=2)
+    warm_up(queue)
+    jobs = queue.add_bulk([{"name": "noop"}] * 60)
+    done = wait_for_jobs(queue, [job.id for job in jobs], timeout=30)
+    assert all(job.state == "completed" and job.attempts_made == 1 for job in done.values())
+    assert not worker.matching_lines(r"WARNING job|ERROR|child (exited|killed)")

@@ -1,8 +1,9 @@
 """The parent's side of Redis: every call a worker makes, batched into steps.
 
 A *step* is one pipelined round trip: it records the progress and logs
-children sent, settles finished jobs, hands back jobs, leases new jobs and,
-when due, renews every lease, recovers stalled jobs and fires schedules.
+children sent, marks prefetched jobs started when a child took them,
+settles finished jobs, hands back jobs, leases new jobs and, when due,
+renews every lease, recovers stalled jobs and fires schedules.
 The parent never waits for it: :meth:`Broker.start_step` writes it to a
 non-blocking connection (link.py), the parent's ``select`` watches that
 connection next to the children's pipes, and :meth:`Broker.on_step_io`

@@ -66,8 +66,8 @@ MAX_RESULT_BYTES = protocol.MAX_FRAME_SIZE - 64 * 1024
 
 # Prefetching: when jobs are short next to a round trip to Redis, the parent
 # leases more jobs than it has free children. Each busy child gets its next
-# job queued on its pipe, and a local buffer holds about as many more as the
-# children get through in one round trip, so no child waits for Redis.
+# jobs queued on its pipe, and a local buffer holds about as many more as the
+# children get through in a few round trips, so no child waits for Redis.
 #: Prefetch only while this worker's jobs take at most this long on average:
 #: for longer jobs a round trip is a small share of their time.
 PREFETCH_MAX_JOB_SECONDS = 0.1
@@ -784,9 +784,9 @@ class Worker:
 
     def _fetch_room(self) -> tuple[int, int]:
         """How many jobs to lease now, and how many of them a free child
-        takes at once: the free children, and when prefetching one queued
-        behind each busy child plus a buffer of what the children get
-        through in a round trip; less what the buffer holds."""
+        takes at once: the free children, and when prefetching a few queued
+        behind each busy child's job plus a buffer of what the children get
+        through in a few round trips; less what the buffer holds."""
         if self._stopping:
             return 0, 0
         free = queue_slots = 0
@@ -811,7 +811,7 @@ class Worker:
         return max(room - held, 0), max(free - held, 0)
 
     def _feed_children(self) -> None:
-        """Buffered jobs to the free children, then (when prefetching) one
+        """Buffered jobs to the free children, then (when prefetching) a few
         queued behind each busy child's job. A job that may not run twice
         (manual_retry_only) never waits behind another: taking a queued job
         back can race with the child starting it."""
