@@ -83,8 +83,8 @@ BUFFER_PER_CHILD = 16
 #: Jobs queued behind a busy child's job: enough to keep it busy this long
 #: (so the parent answers its results in batches, not one by one), and at
 #: most this many.
-QUEUE_COVER_SECONDS = 0.002
-MAX_QUEUED_PER_CHILD = 4
+QUEUE_COVER_SECONDS = 0.008
+MAX_QUEUED_PER_CHILD = 16
 #: How often the parent looks for prefetched jobs that waited too long.
 STALE_CHECK_SECONDS = 0.05
 #: Weight of the newest sample in the moving averages of job time and of
