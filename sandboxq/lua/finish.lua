@@ -138,7 +138,7 @@ for i = first_job, #ARGV, 6 do
   elseif outcome == 'completed' then
     -- The plain job's path, kept short: one write before finalize.
     local settle = {'HSET', job_key, 'result', value,
-      'attempts_made', (tonumber(f[6]) or 0) + 1}
+      'attempts_made', (tonumber(f[6]) or 0) + 1, 'state', 'completed', 'finished_at', num(now)}
     if lease ~= '' then
       settle[#settle + 1] = 'settled'
       settle[#settle + 1] = lease .. ' completed'
@@ -151,8 +151,7 @@ for i = first_job, #ARGV, 6 do
     redis.call(unpack(settle))
     if started then emit(KEYS[6], maxlen, 'active', id) end
     if f[4] then notify_parent(job_key, now, maxlen, true, value) end
-    finalize(prefix, job_key, KEYS[4], id, 'completed', now, 'kc_count', 'kc_age', maxlen,
-      {f[7], f[8]})
+    file_finished(prefix, job_key, KEYS[4], id, now, 'kc_count', 'kc_age', maxlen, {f[7], f[8]})
     emit(KEYS[6], maxlen, 'completed', id)
     status = 'completed'
   elseif outcome == 'retry' then

@@ -41,12 +41,12 @@ local function trim_finished(prefix, set_key, now, max_count, max_age_ms, limit,
   return removed
 end
 
--- Move a job into a finished set (completed or failed), then apply the job's
--- own retention for that set. `count_field` and `age_field` name the job's
--- count/age fields; `keep`, their values if the caller read them already.
-local function finalize(prefix, job_key, set_key, id, state, now, count_field, age_field, maxlen,
+-- Put a job whose state and finished_at are written into its finished set
+-- (completed or failed), then apply the job's own retention for that set.
+-- `count_field` and `age_field` name the job's count/age fields; `keep`,
+-- their values if the caller read them already.
+local function file_finished(prefix, job_key, set_key, id, now, count_field, age_field, maxlen,
     keep)
-  redis.call('HSET', job_key, 'state', state, 'finished_at', num(now))
   redis.call('HDEL', job_key, 'token')
   redis.call('ZADD', set_key, num(now), id)
   keep = keep or redis.call('HMGET', job_key, count_field, age_field)
@@ -55,4 +55,10 @@ local function finalize(prefix, job_key, set_key, id, state, now, count_field, a
   if max_count >= 0 or max_age_ms >= 0 then
     trim_finished(prefix, set_key, now, max_count, max_age_ms, 1000, maxlen)
   end
+end
+
+-- Move a job into a finished set: its state and finish time, then the set.
+local function finalize(prefix, job_key, set_key, id, state, now, count_field, age_field, maxlen)
+  redis.call('HSET', job_key, 'state', state, 'finished_at', num(now))
+  file_finished(prefix, job_key, set_key, id, now, count_field, age_field, maxlen)
 end
