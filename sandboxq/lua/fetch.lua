@@ -158,6 +158,9 @@ local jobs = {}
 local taken = 0
 local group_turn = s[9] == 'g'
 local deadline = num(now + lease)
+-- The leases' deadlines, written to `active` in one ZADD after the loop
+-- (nothing in the loop reads `active`).
+local deadlines = {}
 
 -- Lease one job (false if it no longer exists). The hash is read first and
 -- returned with its lease count and state brought up to date: the worker
@@ -183,7 +186,8 @@ local function lease_job(id)
     fields[#fields + 1] = 'leases'
     fields[#fields + 1] = '1'
   end
-  redis.call('ZADD', KEYS[3], deadline, id)
+  deadlines[#deadlines + 1] = deadline
+  deadlines[#deadlines + 1] = id
   if taken < start_now then
     redis.call('HSET', job_key, 'state', 'active', 'token', token, 'leases', leases,
       'started_at', num(now))
@@ -220,6 +224,9 @@ while taken < allowed do
     if has_plain then group_turn = not group_turn end
     if id then lease_job(id) end
   end
+end
+for i = 1, #deadlines, 400 do  -- a bounded number of arguments per call
+  redis.call('ZADD', KEYS[3], unpack(deadlines, i, math.min(i + 399, #deadlines)))
 end
 if rl_max > 0 then  -- the window filled up: say when it opens
   local _room, opens = window_room(limiter, rl_max, rl_window)
