@@ -1,11 +1,11 @@
 """The child's side: run one job at a time, report everything over the pipe.
 
 A child never talks to Redis. It reads a job frame, runs the handler, and
-answers with progress/log frames and one ``done`` frame. Its next job may
-already wait on the pipe; before starting it, the child looks whether the
-parent took it back meanwhile (``drop``), and then says ``dropped`` instead. It exits 0 when the
-parent closes the pipe. Any other exit fails the job it was running, with
-the reason decoded by the parent from the wait status.
+answers with progress/log frames and one ``done`` frame. Its next jobs may
+already wait on the pipe; before starting one, the child looks whether the
+parent took it back meanwhile (``drop``), and then says ``dropped`` instead.
+It exits 0 when the parent closes the pipe. Any other exit fails the job it
+was running, with the reason decoded by the parent from the wait status.
 
 Whatever the handler does, the child answers with a ``done`` frame it can
 send: an exception that cannot be described, a result too big for the pipe
