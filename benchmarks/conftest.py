@@ -285,8 +285,8 @@ class WorkerProcess:
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Until the worker is up and idle: blocked in BZPOPMIN, waiting for
         jobs, which it only does after its first successful round trip (when
-        it would log ``READY_LINE``) and with every child free. At INFO or
-        DEBUG the ready line must have been printed as well."""
+        it would log ``READY_LINE``) and once its queues came back empty. At
+        INFO or DEBUG the ready line must have been printed as well."""
         wants_line = self.log_level in ("INFO", "DEBUG")
         deadline = time.monotonic() + timeout
         while True:
