@@ -24,7 +24,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from setproctitle import setproctitle
@@ -99,6 +99,19 @@ BATCH_ENTRIES = 64
 
 class BootError(RuntimeError):
     """The worker cannot start; the CLI exits with EXIT_BOOT_ERROR."""
+
+
+class _Room(NamedTuple):
+    """How many jobs the worker has room for (``_fetch_room``)."""
+
+    #: Jobs to lease now.
+    fetch: int = 0
+    #: Of those, how many a free child takes at once.
+    start_now: int = 0
+    #: Children with no job.
+    free: int = 0
+    #: The room at which a fetch is worth a step of its own.
+    refill_at: int = 1
 
 
 @dataclass(slots=True)
@@ -231,12 +244,6 @@ class Worker:
         self._avg_job: float | None = None
         self._avg_round_trip = 0.001
         self._stale_checked = 0.0
-        #: From the last _fetch_room: children with no job, the room at
-        #: which a fetch is worth a step of its own, and how many jobs may
-        #: wait behind a busy child's job.
-        self._free = 0
-        self._refill_at = 1
-        self._queue_depth = 1
 
     # -- public ------------------------------------------------------------
     def stop(self, force: bool = False) -> None:
@@ -361,10 +368,12 @@ class Worker:
 
     # -- the loop -------------------------------------------------------------
     def _loop(self) -> None:
+        room = self._fetch_room()
         while True:
             self.health.tick()
             self._watch_redis()
-            for key, mask in self.selector.select(self._select_timeout()):
+            # ``room`` is from the end of the last turn: nothing changed since.
+            for key, mask in self.selector.select(self._select_timeout(room)):
                 if key.data == _WAKE:
                     self._drain_wake_pipe()
                 elif key.data == _LINK:
@@ -388,7 +397,7 @@ class Worker:
             self._redis_step(room)
             if self._stopping and self._shutdown_step():
                 return
-            self._arm_wait(room[0])
+            self._arm_wait(room.fetch)
 
     def _watch_redis(self) -> None:
         """Keep the selector watching the Redis connections as they are:
@@ -416,7 +425,7 @@ class Worker:
             self.selector.register(wanted[0], wanted[1], tag)
             self._watching[tag] = wanted
 
-    def _select_timeout(self) -> float:
+    def _select_timeout(self, room: _Room) -> float:
         now = time.monotonic()
         # Redis is due when the step in flight is overdue, else when the next
         # step is (_next_step_at). After a failed step nothing is due before
@@ -424,7 +433,7 @@ class Worker:
         if (deadline := self.broker.step_deadline) is not None:
             redis_due = deadline
         else:
-            redis_due = self._next_step_at(now, self._fetch_room())
+            redis_due = self._next_step_at(now, room)
         # The children's limits and the shutdown deadline are kept meanwhile.
         candidates = [max(redis_due, self._redis_retry_at), now + 1.0]
         if (limit := self.pool.next_deadline()) is not None:
@@ -587,20 +596,21 @@ class Worker:
         self._feed_children()
 
     # -- Redis ----------------------------------------------------------------
-    def _redis_step(self, fetch_room: tuple[int, int]) -> None:
+    def _redis_step(self, room: _Room) -> None:
         """Start a step when one is due and none is in flight; its result
         comes back through the loop (``_step_done``)."""
         now = time.monotonic()
         if self.broker.in_flight or now < self._redis_retry_at:
             return
-        if self._next_step_at(now, fetch_room) > now:
+        if self._next_step_at(now, room) > now:
             return
-        room, start_now = fetch_room
-        fetch = room > 0 and self.broker.maybe_work
-        if result := self.broker.start_step(room if fetch else 0, start_now if fetch else 0):
+        fetch = room.fetch > 0 and self.broker.maybe_work
+        if result := self.broker.start_step(
+            room.fetch if fetch else 0, room.start_now if fetch else 0
+        ):
             self._step_done(result)
 
-    def _next_step_at(self, now: float, fetch_room: tuple[int, int]) -> float:
+    def _next_step_at(self, now: float, room: _Room) -> float:
         """When the next step is due (monotonic; ``now`` if it is). At once
         when a child is free (for a job, or with nothing to do but report),
         when the buffer runs low, or when something cannot wait; at the next
@@ -610,13 +620,12 @@ class Worker:
         broker = self.broker
         if self._stopping:
             return now if broker.has_pending() else broker.next_timer()
-        room, start_now = fetch_room
-        fetch = room > 0 and broker.maybe_work
-        if broker.has_urgent() or (fetch and (start_now > 0 or room >= self._refill_at)):
+        fetch = room.fetch > 0 and broker.maybe_work
+        if broker.has_urgent() or (fetch and (room.start_now > 0 or room.fetch >= room.refill_at)):
             return now
         due = broker.next_timer()
         if (since := broker.pending_since) is not None:
-            if self._free > 0 or broker.pending_entries >= BATCH_ENTRIES:
+            if room.free > 0 or broker.pending_entries >= BATCH_ENTRIES:
                 return now
             due = min(due, since + BATCH_SECONDS)
         return due
@@ -776,39 +785,44 @@ class Worker:
         it is going away (killed, or due to retire) or giving jobs back."""
         if not child.takes_jobs or child.kill_reason is not None or child.dropping:
             return 0
-        room = self._queue_depth - len(child.queued)
+        room = self._queue_depth() - len(child.queued)
         if self.max_jobs_per_child:
             left = self.max_jobs_per_child - child.jobs_done - 1 - len(child.queued)
             room = min(room, left)
         return max(room, 0)
 
-    def _fetch_room(self) -> tuple[int, int]:
+    def _queue_depth(self) -> int:
+        """How many jobs may wait behind a busy child's job: enough for
+        QUEUE_COVER_SECONDS of work when prefetching, else none."""
+        if not self._prefetching():
+            return 0
+        assert self._avg_job is not None
+        cover = math.ceil(QUEUE_COVER_SECONDS / max(self._avg_job, 1e-6))
+        return min(cover, MAX_QUEUED_PER_CHILD)
+
+    def _fetch_room(self) -> _Room:
         """How many jobs to lease now, and how many of them a free child
         takes at once: the free children, and when prefetching a few queued
         behind each busy child's job plus a buffer of what the children get
         through in a few round trips; less what the buffer holds."""
         if self._stopping:
-            return 0, 0
+            return _Room()
         free = queue_slots = 0
-        self._refill_at = 1
         for child in self.pool.by_pid.values():
             if child.job is None and child.takes_jobs:
                 free += 1
             elif child.job is not None:
                 queue_slots += self._queue_room(child)
-        room = free
+        room, refill_at = free, 1
         if self._prefetching():
             assert self._avg_job is not None
-            cover = math.ceil(QUEUE_COVER_SECONDS / max(self._avg_job, 1e-6))
-            self._queue_depth = min(cover, MAX_QUEUED_PER_CHILD)
             per_round_trip = (
                 BUFFER_ROUND_TRIPS * self.procs * self._avg_round_trip / max(self._avg_job, 1e-6)
             )
             room += queue_slots + min(math.ceil(per_round_trip), BUFFER_PER_CHILD * self.procs)
-            self._refill_at = max(room // 2, 1)  # fetch in batches of half or more
-        self._free = free
+            refill_at = max(room // 2, 1)  # fetch in batches of half or more
         held = len(self._buffer)
-        return max(room - held, 0), max(free - held, 0)
+        return _Room(max(room - held, 0), max(free - held, 0), free, refill_at)
 
     def _feed_children(self) -> None:
         """Buffered jobs to the free children, then (when prefetching) a few
@@ -827,7 +841,8 @@ class Worker:
             return
         # A child's queue is topped up once half of it ran: its frames go in
         # one write, and the child reads them in one.
-        refill_at = self._queue_depth - self._queue_depth // 2
+        depth = self._queue_depth()
+        refill_at = depth - depth // 2
         for child in children:
             if child.job is None or (room := self._queue_room(child)) < refill_at:
                 continue
@@ -876,7 +891,8 @@ class Worker:
         """The jobs queued on a child that will not run them (dead, or
         killed) go back in line, in order, ``first`` first; those being
         dropped were handed back already."""
-        for job in reversed([*([first] if first else []), *child.queued]):
+        jobs = [first, *child.queued] if first else list(child.queued)
+        for job in reversed(jobs):
             if job.job_id not in child.dropping:
                 self._take_back(job)
         child.queued.clear()
