@@ -136,7 +136,7 @@ for i = first_job, #ARGV, 6 do
     redis.call('HINCRBY', job_key, 'attempts_made', 1)
     status = fail_for_good(job_key, id, message)
   elseif outcome == 'completed' then
-    -- The plain job's path, kept short: one write before finalize.
+    -- The plain job's path, kept short: one write, then filed in completed.
     local settle = {'HSET', job_key, 'result', value,
       'attempts_made', (tonumber(f[6]) or 0) + 1, 'state', 'completed', 'finished_at', num(now)}
     if lease ~= '' then
