@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from sandboxq.connection import execute
 from sandboxq.keys import QueueKeys
 
 #: How many lifecycle events a queue's stream keeps (approximately).
@@ -117,7 +118,12 @@ class Scripts:
     ) -> Any:
         script = self._scripts[name]
         if pipe is None:
-            return script(keys=keys, args=args)
+            try:
+                return execute(self.client, ("EVALSHA", script.sha, len(keys), *keys, *args))
+            except redis.exceptions.NoScriptError:
+                # Redis restarted or its script cache was flushed: load, run again.
+                script.sha = self.client.script_load(script.script)
+                return execute(self.client, ("EVALSHA", script.sha, len(keys), *keys, *args))
         # Straight EVALSHA: redis-py would otherwise send SCRIPT EXISTS before
         # every pipeline, a second round trip. Callers load the scripts once
         # (load_all) and again if the pipeline fails with NoScriptError.

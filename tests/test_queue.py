@@ -114,6 +114,48 @@ def test_queue_can_share_an_existing_connection(client: redis.Redis, redis_url: 
     q.obliterate()
 
 
+def test_add_loads_its_script_again_when_redis_forgot_it(queue: Queue, client: redis.Redis) -> None:
+    # Given a queue that added a job, and then Redis's script cache flushed
+    # (a restart, a failover, or SCRIPT FLUSH)
+    queue.add("x", 1)
+    client.script_flush()
+
+    # When it adds again
+    job = queue.add("x", 2)
+
+    # Then the add went through, its script loaded again, and nothing doubled
+    assert queue.get_job(job.id).data == 2
+    assert queue.counts()["waiting"] == 2
+
+
+def test_add_replaces_a_pooled_connection_that_redis_closed(
+    queue: Queue, client: redis.Redis
+) -> None:
+    # Given a queue whose pooled connection the server closed meanwhile
+    queue.add("x", 1)
+    queue_conn = queue.client.client_id()
+    client.client_kill_filter(_id=queue_conn)
+
+    # When it adds again
+    job = queue.add("x", 2)
+
+    # Then redis-py's retry policy reconnected, and the job was added once
+    assert queue.client.client_id() != queue_conn
+    assert queue.get_job(job.id).data == 2
+    assert queue.counts()["waiting"] == 2
+
+
+def test_an_error_reply_raises_the_redis_py_exception(queue: Queue, client: redis.Redis) -> None:
+    # Given a queue whose wait key was made a string by someone else
+    client.set(queue.keys.wait, "not a sorted set")
+
+    # When a job is added
+    # Then the script's error comes back as redis-py's ResponseError, naming it
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        queue.add("x", 1)
+    client.delete(queue.keys.wait)
+
+
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "unix:///nonexistent/dir/redis.sock"])
 def test_an_unreachable_redis_raises_connection_failed_naming_the_url(url: str) -> None:
     # Given a queue pointing at nothing

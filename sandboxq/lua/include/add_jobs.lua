@@ -14,9 +14,11 @@ local function add_jobs(prefix, now, maxlen, k, args, first_index)
     local n = tonumber(args[i + 3])
     local first, last = i + 4, i + 3 + 2 * n
     i = last + 1
-    if id == '' then id = tostring(redis.call('INCR', k.id)) end
+    -- A generated id is new: a custom id cannot be a plain integer (JobOptions).
+    local custom = id ~= ''
+    if not custom then id = tostring(redis.call('INCR', k.id)) end
     local job_key = prefix .. 'job:' .. id
-    if redis.call('EXISTS', job_key) == 1 then
+    if custom and redis.call('EXISTS', job_key) == 1 then
       out[#out + 1] = id
       out[#out + 1] = 0
     else

@@ -4,8 +4,13 @@
 -- Redis formats Lua numbers passed to redis.call with "%.14g" (6.2: "%.17g"),
 -- which can round large scores and millisecond timestamps. Every number that
 -- becomes a score or a stored integer goes through num() instead.
+-- A script formats the same `now` many times (a batch stamps every job with
+-- it), and string.format is one of the dearer calls in Redis's Lua: the last
+-- result is remembered.
+local num_in, num_out
 local function num(x)
-  return string.format('%.0f', x)
+  if x ~= num_in then num_in, num_out = x, string.format('%.0f', x) end
+  return num_out
 end
 
 local function next_seq(seq_key)
