@@ -10,7 +10,9 @@ What must hold, with real workers and real signals:
 - draining and a forced stop hand prefetched jobs back at once, with no
   attempt spent;
 - a child that crashes fails only the job it was running; the jobs
-  prefetched behind it run.
+  prefetched behind it run;
+- an idle worker's wait carries a fetch that Redis runs as the wait answers:
+  the jobs it leases are started like prefetched ones, once.
 """
 
 from __future__ import annotations
@@ -106,6 +108,30 @@ def test_a_prefetched_job_reports_its_start_before_its_progress(
         fields[b"event"].decode()
         for _id, fields in queue.client.xrange(queue.keys.events)
         if fields[b"job_id"] == wanted
+    ]
+    assert events == ["added", "active", "progress", "progress", "progress", "completed"]
+
+
+def test_the_job_that_wakes_an_idle_worker_starts_once_when_a_child_takes_it(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    # Given an idle worker, blocked in its wait (which carries a fetch)
+    start_worker(procs=1)
+
+    # When a job arrives
+    job = queue.add("progress")
+
+    # Then it runs once, and says so once, in order: its start is the
+    # parent's report when the child took it, not the (earlier) fetch's time
+    done = wait_for_job(queue, job.id)
+    assert (done.state, done.attempts_made) == ("completed", 1)
+    assert done.created_at is not None and done.started_at is not None
+    assert done.finished_at is not None
+    assert done.created_at <= done.started_at <= done.finished_at
+    events = [
+        fields[b"event"].decode()
+        for _id, fields in queue.client.xrange(queue.keys.events)
+        if fields[b"job_id"] == job.id.encode()
     ]
     assert events == ["added", "active", "progress", "progress", "progress", "completed"]
 

@@ -99,25 +99,53 @@ def running_job(
 def test_a_fetch_whose_reply_is_lost_is_handed_back_and_runs_once(
     start_worker: StartWorker, proxy: TcpProxy, producer: Queue, tmp_path: Path
 ) -> None:
-    # Given a worker behind a proxy that will lose the reply to its next
-    # fetch, and a job that must never be retried on its own, with no stall
-    # allowed (a stall would fail it without running it)
-    worker = start_worker("--lease", "2", "--max-stalls", "0", url=proxy.url, procs=1)
-    proxy.lose_reply(sends_script("fetch", producer.keys.wait.encode()))
+    # Given a job that must never be retried on its own, and a proxy that will
+    # lose the reply to the next step that fetches (not an idle wait's fetch)
     runs = tmp_path / "runs"
-
-    # When the job is added, and the fetch that leased it never answers
     job = producer.add("chaos", chaos(runs), manual_retry_only=True)
+    fetch = sends_script("fetch", producer.keys.wait.encode())
+    proxy.lose_reply(lambda chunk: fetch(chunk) and b"BZPOPMIN" not in chunk)
+
+    # When a worker starts, with no stall allowed (a stall would fail the job
+    # without running it), and the fetch that leased the job never answers
+    worker = start_worker("--lease", "2", "--max-stalls", "0", url=proxy.url, procs=1)
 
     # Then the worker gives up on that reply, hands the job it may have
     # leased back (it never started), and runs it once: no stall counted
-    done = wait_for_job(producer, job.id, timeout=15.0)
+    assert_handed_back_and_run_once(worker, proxy, producer, job.id, runs)
+
+
+def test_a_wake_up_whose_jobs_never_arrive_hands_them_back_and_they_run_once(
+    start_worker: StartWorker, proxy: TcpProxy, producer: Queue, tmp_path: Path
+) -> None:
+    # Given an idle worker whose blocking wait (which carries a fetch, run by
+    # Redis as soon as the wait answers) will lose its replies, with no stall
+    # allowed
+    proxy.lose_reply(sends_script("fetch", b"BZPOPMIN"))
+    worker = start_worker("--lease", "2", "--max-stalls", "0", url=proxy.url, procs=1)
+    runs = tmp_path / "runs"
+
+    # When a job that must never be retried on its own is added: it wakes the
+    # wait, and the wait's fetch leases it
+    job = producer.add("chaos", chaos(runs), manual_retry_only=True)
+
+    # Then the worker gives up on the wait, hands back what its fetch leased
+    # (it never started), and runs the job once
+    assert_handed_back_and_run_once(worker, proxy, producer, job.id, runs)
+
+
+def assert_handed_back_and_run_once(
+    worker: WorkerProcess, proxy: TcpProxy, producer: Queue, job_id: str, runs: Path
+) -> None:
+    """The job a lost fetch reply leased was handed back and ran once: one
+    attempt, no stall, and the worker said so and runs on."""
+    done = wait_for_job(producer, job_id, timeout=15.0)
     assert done.state == "completed", done.fields
     assert (done.attempts_made, done.stalls) == (1, 0)
-    assert runs_recorded(runs) == [job.id]
+    assert runs_recorded(runs) == [job_id]
     assert proxy.lost == 1
     worker.wait_for_line(
-        rf"WARNING handed back jobs a lost fetch reply had leased here.* job_ids={job.id}$"
+        rf"WARNING handed back jobs a lost fetch reply had leased here.* job_ids={job_id}$"
     )
     assert worker.running()
 
@@ -155,9 +183,12 @@ def test_a_lost_second_fetch_keeps_the_jobs_the_first_one_took(
 def test_a_finish_whose_reply_is_lost_is_recognized_as_settled_already(
     start_worker: StartWorker, proxy: TcpProxy, producer: Queue, tmp_path: Path
 ) -> None:
-    # Given a worker behind a proxy that will lose the reply to its next finish
+    # Given a worker behind a proxy that will lose the reply to the next finish
+    # that completes a job (the outcome argument, not the completed set's key;
+    # a finish may also only mark a job started)
     worker = start_worker("--lease", "2", url=proxy.url, procs=1)
-    proxy.lose_reply(sends_script("finish", producer.keys.active.encode()))
+    completes = b"\r\ncompleted\r\n"
+    proxy.lose_reply(sends_script("finish", producer.keys.active.encode(), completes))
     runs = tmp_path / "runs"
 
     # When a job completes and the finish that recorded it never answers

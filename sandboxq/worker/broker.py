@@ -42,12 +42,16 @@ from sandboxq.schedule import BROKEN_RETRY_MS, DUE_BATCH, occurrence_jobs
 from sandboxq.scripts import Scripts, decode_ids, lua_source
 from sandboxq.worker.clock import ServerClock
 from sandboxq.worker.link import Endpoint, LinkError, RedisLink
-from sandboxq.worker.trouble import reply_timeout
+from sandboxq.worker.trouble import is_transient, reply_timeout
 
 #: The longest a blocking wait lasts before it is re-armed.
 MAX_WAIT_SECONDS = 30.0
 #: The shortest: a timeout that could round to 0 would block forever.
 MIN_WAIT_SECONDS = 0.01
+#: The longest a wait that carries a fetch lasts (see ``arm_wait``): that
+#: fetch leases its jobs for this much longer than the lease, and a worker
+#: stopping while idle lets the wait answer before it exits.
+WAKE_FETCH_MAX_WAIT_SECONDS = 1.0
 
 #: The longest a worker goes between looks at its queues' schedules (the
 #: scheduling duty: every worker does it; fire_schedule.lua makes each
@@ -195,6 +199,11 @@ class Broker:
         self._server_config: dict[str, str] | None = {}
         self._armed = False
         self._wait_deadline = 0.0
+        #: The armed wait's fetch, if it carries one: (queue, request number).
+        self._wake_fetch: tuple[str, int] | None = None
+        self._wake_replies: list[Any] = []
+        #: Its reply, held while a step is in flight: (queue, reply).
+        self._wake_held: tuple[str, Any] | None = None
         self._set_up = False
         self.settings = settings or {}
         self.description = description or {}
@@ -356,6 +365,10 @@ class Broker:
                     result.error = result.error or reply
                 continue
             self._apply(command, reply, result, next_due, (step.sent_at, received_at))
+        if self._wake_held is not None:  # the wait's jobs, after the step's replies
+            held, self._wake_held = self._wake_held, None
+            result.started_now = min(result.started_now, len(result.fetched))
+            self._take(*held, result, [])
         if error is not None:
             result.error = error
         elif step.fetched_from is not None and result.error is None:
@@ -377,8 +390,9 @@ class Broker:
             commands.command("TIME")
             plan.append(_Command("time"))
         self._queue_queue_work(commands, plan, now, renew, recover)
-        # Hand back what lost replies leased before asking for more.
-        if free_slots > 0 and self.maybe_work and not self.unsure:
+        # Hand back what lost replies leased before asking for more; and
+        # while a wait carries a fetch, that fetch is the one to ask.
+        if free_slots > 0 and self.maybe_work and not self.unsure and self._wake_fetch is None:
             self._fetching = self._queue_fetch(commands, plan, now, free_slots)
         if renew:
             self.next_renew = clock + self.renew_every
@@ -713,30 +727,96 @@ class Broker:
             self._window_params[queue] = params
 
     # -- the blocking wait -----------------------------------------------------
-    def arm_wait(self) -> int:
+    def arm_wait(self, free_slots: int = 0) -> int:
         """Start waiting for a marker (or the next delayed job) unless a wait
-        is armed already; returns the file descriptor to watch."""
+        is armed already; returns the file descriptor to watch.
+
+        With ``free_slots`` free children, the wait carries a fetch of that
+        many jobs, pipelined behind the BZPOPMIN: Redis runs it as soon as
+        the wait answers, so a woken worker gets its first jobs without a
+        round trip of its own. The fetch's ``now`` is when it was sent: its
+        jobs are leased for the wait's timeout longer (at most
+        WAKE_FETCH_MAX_WAIT_SECONDS), and none is started by Redis; the
+        parent reports each start when a child takes the job, as for
+        prefetched jobs. Its request number makes it reclaimable like any
+        fetch whose reply may be lost (``cancel_wait``)."""
         if not self._armed:
             if not self.waiter.is_open:
                 self.waiter.open()
             timeout = MAX_WAIT_SECONDS
             if self.next_due_ms is not None:
                 timeout = min(timeout, (self.next_due_ms - self.now_ms()) / 1000.0)
+            fetch_from = self._wake_fetch_queue(free_slots)
+            if fetch_from is not None:
+                timeout = min(timeout, WAKE_FETCH_MAX_WAIT_SECONDS)
             timeout = max(timeout, MIN_WAIT_SECONDS)
             markers = [k.marker for k in self.keys.values()]
             # BZPOPMIN treats 0 as "forever", and Redis truncates seconds to
             # whole milliseconds ("0.001" can become 0): never ask for less
             # than MIN_WAIT_SECONDS, so "due now" means "look again soon".
-            self.waiter.send([("BZPOPMIN", *markers, f"{timeout:.3f}")])
+            commands: list[tuple[Any, ...]] = [("BZPOPMIN", *markers, f"{timeout:.3f}")]
+            if fetch_from is not None:
+                commands.append(self._wake_fetch_command(fetch_from, free_slots, timeout))
+            self._wake_replies = []
+            self.waiter.send(commands)
             self._armed = True
             # A reply that never comes (lost on the way) must not leave the
             # worker waiting forever: give up a little after the timeout.
             self._wait_deadline = time.monotonic() + timeout + self.reply_timeout
         return self.waiter.fileno()
 
+    def _wake_fetch_queue(self, free_slots: int) -> str | None:
+        """The queue a wait's fetch asks, or None for a plain wait: with free
+        children, a single queue, and no limit. A limit counts leases, and a
+        rate limit's start times are the fetch's `now`; with several queues
+        a wake-up does not say which one has work."""
+        if free_slots <= 0 or len(self.queues) != 1 or not self._set_up:
+            return None
+        queue = self.queues[0]
+        if not self.clock.measured or queue in self.limited_queues or queue in self.windows:
+            return None
+        return queue
+
+    def _wake_fetch_command(self, queue: str, count: int, timeout: float) -> tuple[Any, ...]:
+        request = self._next_request()
+        self._wake_fetch = (queue, request)
+        commands = _Commands()
+        lease_ms = self.lease_ms + int(timeout * 1000) + 1
+        pipe: Any = commands
+        self.scripts.fetch(
+            self.keys[queue], self.now_ms(), count, self.token, lease_ms, pipe, request, 0
+        )
+        return commands.sent[0]
+
+    def _wake_fetch_reply(self) -> tuple[str, Any] | None:
+        """The jobs the answered wait's fetch leased. A fetch whose reply
+        never came, or that failed half-way, may still have leased jobs: the
+        next step reclaims them. Redis refusing it (NOSCRIPT, or refusing
+        writes: MISCONF, READONLY, OOM... for a whole script run) means it
+        leased nothing."""
+        fetch, self._wake_fetch = self._wake_fetch, None
+        replies, self._wake_replies = self._wake_replies, []
+        if fetch is None:
+            return None
+        queue, request = fetch
+        reply = replies[1] if len(replies) > 1 else None
+        if reply is None or isinstance(reply, Exception):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                self._set_up = False  # load the scripts again first
+            elif reply is None or not is_transient(reply):
+                self.unsure[queue] = max(request, self.unsure.get(queue, 0))
+            return None
+        return queue, reply
+
     @property
     def armed(self) -> bool:
         return self._armed
+
+    @property
+    def wake_fetch_armed(self) -> bool:
+        """The armed wait carries a fetch: let it answer rather than cancel
+        it, or what it may lease has to be reclaimed."""
+        return self._wake_fetch is not None
 
     def wait_overdue(self, now: float) -> bool:
         """The armed wait's reply is later than its timeout allows."""
@@ -746,20 +826,34 @@ class Broker:
     def wait_deadline(self) -> float | None:
         return self._wait_deadline if self._armed else None
 
-    def on_wait_io(self, writable: bool) -> bool:
-        """The waiting connection is ready; True once the wait answered (a
-        marker, its timeout, or a failure): fetch again."""
+    def on_wait_io(self, writable: bool) -> StepResult | None:
+        """The waiting connection is ready. Once the wait answered (a marker,
+        its timeout, or a failure) the worker looks for work again; returns
+        what the wait's fetch leased, if it carried one."""
         try:
             if writable:
                 self.waiter.on_writable()
-                return False
-            if not self.waiter.read():
-                return False
-        except LinkError:
-            pass  # the link closed itself; the next wait reconnects
+                return None
+            self._wake_replies += self.waiter.read()
+            if len(self._wake_replies) < (1 if self._wake_fetch is None else 2):
+                return None
+        except LinkError as exc:  # the link closed itself; the next wait reconnects
+            self._wake_replies += exc.replies
         self._armed = False
+        fetched = self._wake_fetch_reply()
         self._woken()
-        return True
+        if fetched is None:
+            return None
+        if self._step is not None:
+            # The step in flight may be what put these jobs back in line (a
+            # release, a retry): its replies go first, as on one connection,
+            # or a job handed back and leased again would look like a lease
+            # that lapsed while it ran here.
+            self._wake_held = fetched
+            return None
+        result = StepResult()
+        self._take(*fetched, result, [])
+        return result
 
     def _woken(self) -> None:
         self.maybe_work = True
@@ -770,8 +864,11 @@ class Broker:
 
     def cancel_wait(self) -> None:
         """Drop an armed wait (shutting down, Redis trouble, or a reply that
-        never came); the next step looks for work instead."""
+        never came); the next step looks for work instead, after reclaiming
+        what the wait's fetch may have leased."""
         self.waiter.close()
+        self._wake_replies = []  # still armed: no fetch reply came (on_wait_io)
+        self._wake_fetch_reply()
         if self._armed:
             self._woken()
         self._armed = False

@@ -381,7 +381,8 @@ class Worker:
                     if result := self.broker.on_step_io(bool(readable), bool(writable)):
                         self._step_done(result)
                 elif key.data == _WAITER:
-                    self.broker.on_wait_io(bool(mask & selectors.EVENT_WRITE))
+                    if woke_with := self.broker.on_wait_io(bool(mask & selectors.EVENT_WRITE)):
+                        self._after_step(woke_with)
                 else:
                     self._on_child_io(key.data, mask)
             if self._handle_signals():
@@ -397,7 +398,7 @@ class Worker:
             self._redis_step(room)
             if self._stopping and self._shutdown_step():
                 return
-            self._arm_wait(room.fetch)
+            self._arm_wait(room)
 
     def _watch_redis(self) -> None:
         """Keep the selector watching the Redis connections as they are:
@@ -750,7 +751,11 @@ class Worker:
 
     def _take_fetched(self, queue: str, job_id: str, fields: dict[str, Any], started: bool) -> None:
         """A leased job joins the buffer (children take it from there), or
-        fails at once if no handler runs it here."""
+        fails at once if no handler runs it here. A stopping worker starts
+        nothing new: what an idle wait's fetch brought goes back at once."""
+        if self._stopping:
+            self.broker.hand_back(queue, job_id)
+            return
         name = fields.get("name", "")
         found = self.handlers.get((queue, name))
         if found is None:
@@ -941,17 +946,19 @@ class Worker:
             self.pool.drop(child, job)
         self._flush(child)
 
-    def _arm_wait(self, fetch_room: int) -> None:
+    def _arm_wait(self, room: _Room) -> None:
+        """Nothing to fetch: wait for a wake-up, which brings jobs for the
+        free children with it (Broker.arm_wait)."""
         if (
             self._stopping
             or self.broker.maybe_work
             or self.broker.armed
             or time.monotonic() < self._redis_retry_at
-            or not fetch_room
+            or not room.fetch
         ):
             return
         try:
-            self.broker.arm_wait()
+            self.broker.arm_wait(room.start_now)
         except redis.RedisError as exc:
             self._redis_trouble(exc)
 
@@ -964,7 +971,8 @@ class Worker:
         if not self._stopping:
             self._stopping = True
             self._stop_deadline = now + self.shutdown_timeout
-            self._unarm_wait()
+            if not self.broker.wake_fetch_armed:  # else it answers within a second
+                self._unarm_wait()
             logs.event(
                 "shutting down: no new jobs, finishing those in flight",
                 logging.INFO,
@@ -980,7 +988,7 @@ class Worker:
         to send to Redis, or, after a forced stop, when Redis had its chance
         to take the hand-backs (``_final_deadline``)."""
         busy = self.pool.busy()
-        if not busy and not self.broker.has_pending():
+        if not busy and not self.broker.has_pending() and not self.broker.wake_fetch_armed:
             if not self._forced:
                 logs.log.info("sandboxq worker stopped cleanly")
             return True
