@@ -50,6 +50,17 @@ def active_events(queue: Queue, job_id: str) -> int:
     return sum(1 for _id, fields in events if wanted.items() <= fields.items())
 
 
+#: The events of one ``progress`` job, in order: started once, before its progress.
+PROGRESS_JOB_EVENTS = ["added", "active", "progress", "progress", "progress", "completed"]
+
+
+def job_events(queue: Queue, job_id: str) -> list[str]:
+    """The names of the job's events in the queue's stream, in order."""
+    wanted = job_id.encode()
+    events = queue.client.xrange(queue.keys.events)
+    return [fields[b"event"].decode() for _id, fields in events if fields[b"job_id"] == wanted]
+
+
 def slow_then_short(queue: Queue, slow: str, data: object, short: int) -> tuple[str, list[str]]:
     """One slow job and ``short`` no-op jobs behind it, in one add, so an
     idle worker leases them together. Waits until the slow one runs and the
@@ -103,13 +114,7 @@ def test_a_prefetched_job_reports_its_start_before_its_progress(
     wait_until(lambda: prefetched(queue, jobs[1].id), 5, "the progress job prefetched")
     done = wait_for_job(queue, jobs[1].id)
     assert done.state == "completed"
-    wanted = jobs[1].id.encode()
-    events = [
-        fields[b"event"].decode()
-        for _id, fields in queue.client.xrange(queue.keys.events)
-        if fields[b"job_id"] == wanted
-    ]
-    assert events == ["added", "active", "progress", "progress", "progress", "completed"]
+    assert job_events(queue, jobs[1].id) == PROGRESS_JOB_EVENTS
 
 
 def test_the_job_that_wakes_an_idle_worker_starts_once_when_a_child_takes_it(
@@ -128,12 +133,7 @@ def test_the_job_that_wakes_an_idle_worker_starts_once_when_a_child_takes_it(
     assert done.created_at is not None and done.started_at is not None
     assert done.finished_at is not None
     assert done.created_at <= done.started_at <= done.finished_at
-    events = [
-        fields[b"event"].decode()
-        for _id, fields in queue.client.xrange(queue.keys.events)
-        if fields[b"job_id"] == job.id.encode()
-    ]
-    assert events == ["added", "active", "progress", "progress", "progress", "completed"]
+    assert job_events(queue, job.id) == PROGRESS_JOB_EVENTS
 
 
 def test_drain_hands_prefetched_jobs_back_at_once(queue: Queue, start_worker: StartWorker) -> None:
