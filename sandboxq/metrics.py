@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 #: Job-duration buckets, seconds: from no-op jobs to hour-long exports.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -43,6 +50,62 @@ class QueueDepth:
         yield family
 
 
+class _Durations:
+    """One series of the duration histogram: a count per bucket (the last
+    one past every bound) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.total = 0.0
+
+
+class SettledJobs:
+    """Jobs this worker settled, by outcome, and how long they ran: tallied
+    in plain dicts by the parent loop and turned into the two metric
+    families when scraped. The loop pays a dict update and a bisect per job
+    instead of prometheus-client's locked counter and histogram, which took
+    about 7% of the parent's busy time on a drain of no-op jobs. The scrape
+    runs in the HTTP thread: it copies each tally in one C call (atomic
+    under the GIL) and derives the count from the buckets, so a histogram's
+    count always matches its +Inf bucket."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[tuple[str, str, str], int] = {}
+        self.durations: dict[tuple[str, str], _Durations] = {}
+
+    def record(self, queue: str, name: str, outcome: str, seconds: float) -> None:
+        key = (queue, name, outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        series = self.durations.get((queue, name))
+        if series is None:
+            series = self.durations[(queue, name)] = _Durations()
+        # Prometheus buckets are "less or equal": the first bound >= seconds.
+        series.counts[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        series.total += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = CounterMetricFamily(
+            "sandboxq_jobs",
+            "Jobs settled by this worker, by outcome",
+            labels=["queue", "name", "outcome"],
+        )
+        for key, count in list(self.outcomes.items()):
+            jobs.add_metric(list(key), count)
+        yield jobs
+        duration = HistogramMetricFamily(
+            "sandboxq_job_duration_seconds", "Time a job ran in a child", labels=["queue", "name"]
+        )
+        for (queue, name), series in list(self.durations.items()):
+            counts, running, buckets = list(series.counts), 0, []
+            for bound, count in zip((*DURATION_BUCKETS, float("inf")), counts, strict=True):
+                running += count
+                buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
+            duration.add_metric([queue, name], buckets, sum_value=series.total)
+        yield duration
+
+
 class WorkerMetrics:
     """Every metric family a worker exports, in a registry of its own."""
 
@@ -51,19 +114,8 @@ class WorkerMetrics:
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.jobs = Counter(
-            "sandboxq_jobs",
-            "Jobs settled by this worker, by outcome",
-            ["queue", "name", "outcome"],
-            registry=r,
-        )
-        self.duration = Histogram(
-            "sandboxq_job_duration_seconds",
-            "Time a job ran in a child",
-            ["queue", "name"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
+        self.settled_jobs = SettledJobs()
+        r.register(self.settled_jobs)
         self.crashes = Counter(
             "sandboxq_child_crashes",
             "Children lost while running a job, by kind (exit, signal, timeout, memory)",
@@ -87,18 +139,9 @@ class WorkerMetrics:
         busy = Gauge("sandboxq_active_jobs", "Children running a job now", registry=r)
         busy.set_function(active)
         r.register(QueueDepth(counts))
-        self._settled: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def settled(self, queue: str, name: str, outcome: str, duration_ms: int) -> None:
-        # labels() costs several microseconds a call, once per job: the
-        # labelled series are kept (few: queues x job names x outcomes).
-        key = (queue, name, outcome)
-        series = self._settled.get(key)
-        if series is None:
-            series = (self.jobs.labels(*key), self.duration.labels(queue, name))
-            self._settled[key] = series
-        series[0].inc()
-        series[1].observe(duration_ms / 1000.0)
+        self.settled_jobs.record(queue, name, outcome, duration_ms / 1000.0)
 
 
 def crash_kind(reason: str) -> str:

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sandboxq import Queue
 from sandboxq.local_redis import LocalRedis
-from sandboxq.metrics import Health
+from sandboxq.metrics import DURATION_BUCKETS, Health, SettledJobs
 from tests.worker_harness import WorkerProcess, wait_for_job, wait_until
 
 
@@ -186,3 +187,42 @@ def test_liveness_turns_red_when_the_loop_stops_turning() -> None:
     # Then liveness is red, saying for how long
     alive, why = health.liveness()
     assert not alive and why.startswith("the worker loop has not run for 5.")
+
+
+def test_settled_jobs_export_what_prometheus_client_would() -> None:
+    # Given the worker's tallies and prometheus-client's own counter and
+    # histogram, fed the same settled jobs (durations on, between and past
+    # the bucket bounds, in two series)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    tallies = SettledJobs()
+    ours.register(tallies)
+    jobs = Counter("sandboxq_jobs", "x", ["queue", "name", "outcome"], registry=theirs)
+    duration = Histogram(
+        "sandboxq_job_duration_seconds",
+        "x",
+        ["queue", "name"],
+        buckets=DURATION_BUCKETS,
+        registry=theirs,
+    )
+    settled = [("q", "a", "completed", 0.0), ("q", "a", "completed", 0.005)]
+    settled += [("q", "a", "failed", 0.0051), ("q", "b", "completed", 7200.0)]
+    settled += [("q", "a", "completed", 1.0), ("q", "b", "retrying", 0.3)]
+    for queue, name, outcome, seconds in settled:
+        tallies.record(queue, name, outcome, seconds)
+        jobs.labels(queue, name, outcome).inc()
+        duration.labels(queue, name).observe(seconds)
+
+    # When both are scraped
+    def parsed(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = generate_latest(registry).decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    # Then every sample matches: counts, buckets, sums
+    expected = parsed(theirs)
+    assert parsed(ours) == expected
+    assert expected[("sandboxq_job_duration_seconds_count", (("name", "a"), ("queue", "q")))] == 4
