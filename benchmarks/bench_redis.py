@@ -165,3 +165,114 @@ def record_totals(
         f"{total(spent[GOAL_PASS], per_job):.1f} us, added singly, fetched and finished 16 "
         f"at a time ({total(spent['1 / 2 / 2'], per_job):.1f} us 2 at a time) (goal <= 25 us)",
     )
+
+
+# -- the floor under goal 4 ------------------------------------------------------
+#: The least Redis work a plain job's three transitions can do and still keep
+#: what sandboxq keeps: a job hash, the waiting set, the lease set, the
+#: completed set and one lifecycle event per transition. Raw commands, no
+#: Lua, on keys of their own (``floor:*``).
+FLOOR_ADD = (
+    ("HSET", "floor:job:{i}", "name", "noop", "data", "null", "state", "waiting",
+     "created_at", "1700000000000", "attempts_made", "0"),
+    ("ZADD", "floor:wait", "{i}", "{i}"),
+    ("XADD", "floor:events", "MAXLEN", "~", "10000", "*", "event", "added", "job_id", "{i}"),
+)  # fmt: skip
+FLOOR_FETCH = (
+    ("ZPOPMIN", "floor:wait"),
+    ("HSET", "floor:job:{i}", "state", "active", "token", TOKEN, "started_at", "1700000000001"),
+    ("ZADD", "floor:active", "1700000600000", "{i}"),
+    ("XADD", "floor:events", "MAXLEN", "~", "10000", "*", "event", "active", "job_id", "{i}"),
+)
+FLOOR_FINISH = (
+    ("ZREM", "floor:active", "{i}"),
+    ("HSET", "floor:job:{i}", "state", "completed", "result", "null", "finished_at", "1"),
+    ("ZADD", "floor:completed", "1700000000002", "{i}"),
+    ("XADD", "floor:events", "MAXLEN", "~", "10000", "*", "event", "completed", "job_id", "{i}"),
+)
+#: The least an add script can do (the same writes as FLOOR_ADD, plus the
+#: id counter and the wake-up marker every add needs), run as one EVALSHA.
+LEAST_ADD_SCRIPT = """
+local id = redis.call('INCR', KEYS[1])
+redis.call('HSET', 'floor:job:' .. id, 'name', ARGV[1], 'data', ARGV[2], 'state', 'waiting',
+  'created_at', ARGV[3], 'attempts_made', 0)
+redis.call('ZADD', KEYS[2], id, id)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'event', 'added', 'job_id', id)
+redis.call('ZADD', KEYS[4], 0, '0')
+return id
+"""
+
+
+def commands_usec(client: redis.Redis, run: Callable[..., None], *args: Any) -> float:
+    """What Redis's commands took during ``run(client, *args)`` (INFO
+    commandstats, all of them: with no script running, nothing is counted
+    twice)."""
+    client.config_resetstat()
+    run(client, *args)
+    stats: Any = client.info("commandstats")
+    return float(sum(int(s["usec"]) for name, s in stats.items() if "config" not in name))
+
+
+def raw_pass(client: redis.Redis, commands: tuple[tuple[str, ...], ...]) -> None:
+    """Every job's ``commands``, pipelined 16 jobs to a round trip (what a
+    prefetching worker batches), so nothing but the commands costs Redis."""
+    pipe = client.pipeline(transaction=False)
+    for i in range(1, JOBS + 1):
+        for command in commands:
+            pipe.execute_command(*(part.replace("{i}", str(i)) for part in command))
+        if i % 16 == 0:
+            pipe.execute()
+    pipe.execute()
+
+
+def scripts_singly(client: redis.Redis, script: str, keys: list[str], args: list[Any]) -> None:
+    """``JOBS`` runs of ``script``, one round trip each, as ``Queue.add`` calls it."""
+    sha = client.script_load(script)
+    for _ in range(JOBS):
+        client.evalsha(sha, len(keys), *keys, *args)
+
+
+@pytest.mark.benchmark(group="redis: the floor under goal 4")
+def test_redis_floor(
+    benchmark: Any, redis_client: redis.Redis, record_summary: Callable[[str, str], None]
+) -> None:
+    """How far the scripts are from the least work a job needs: no assertion
+    on the figures, only that the floor's keys are gone afterwards."""
+    spent: dict[str, float] = {}
+    floor_keys = ["floor:id", "floor:wait", "floor:events", "floor:marker"]
+
+    def run() -> None:
+        for step, commands in (
+            ("add", FLOOR_ADD),
+            ("fetch", FLOOR_FETCH),
+            ("finish", FLOOR_FINISH),
+        ):
+            spent[step] = commands_usec(redis_client, raw_pass, commands)
+        spent["empty"] = commands_usec(redis_client, scripts_singly, "return 1", [], [])
+        spent["least add"] = commands_usec(
+            redis_client, scripts_singly, LEAST_ADD_SCRIPT, floor_keys, ["noop", "null", "1"]
+        )
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    for key in redis_client.scan_iter(match="floor:*", count=1000):
+        redis_client.delete(key)
+    assert not list(redis_client.scan_iter(match="floor:*"))
+    per_job = {step: usec / JOBS for step, usec in spent.items()}
+    benchmark.extra_info.update({k: round(v, 2) for k, v in per_job.items()})
+    raw_total = per_job["add"] + per_job["fetch"] + per_job["finish"]
+    record_summary(
+        "Redis floor per plain job, raw commands",
+        f"add {per_job['add']:.1f} + fetch {per_job['fetch']:.1f} + finish "
+        f"{per_job['finish']:.1f} = {raw_total:.1f} us (no Lua, pipelined 16 jobs per round "
+        "trip: the writes a job needs, one event per transition)",
+    )
+    record_summary(
+        "Redis floor of one add, called singly",
+        f"least add script {per_job['least add']:.1f} us, empty script "
+        f"{per_job['empty']:.1f} us (EVALSHA usec per call, one round trip each)",
+    )
+    record_summary(
+        "goal 4 floor under the Redis bound",
+        f"{raw_total:.1f} us with no Lua at all; one least add script alone "
+        f"{per_job['least add']:.1f} us (goal <= 25 us for add + fetch + finish)",
+    )
