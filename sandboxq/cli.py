@@ -392,7 +392,7 @@ def import_modules(names: Sequence[str]) -> None:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from sandboxq.worker.parent import EXIT_BOOT_ERROR, BootError, Worker
+    from sandboxq.worker.parent import EXIT_BOOT_ERROR, EXIT_INTERNAL_ERROR, BootError, Worker
 
     logs.setup(args.log_format, args.log_level)
     modules = args.modules or [m for m in os.environ.get("SANDBOXQ_APP", "").split(",") if m]
@@ -436,6 +436,10 @@ def run_worker(args: argparse.Namespace) -> int:
     except BootError as exc:
         logs.log.error("cannot start: %s", exc)
         return EXIT_BOOT_ERROR
+    except Exception:
+        # Not exit code 1, which says "stopped with jobs handed back".
+        logs.log.error("the worker stopped on an unexpected error:\n%s", traceback.format_exc())
+        return EXIT_INTERNAL_ERROR
 
 
 def main(argv: Sequence[str] | None = None) -> int:

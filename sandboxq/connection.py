@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import hiredis
 import redis
 
+from sandboxq import addresses
 from sandboxq.errors import ConnectionFailed
 
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -23,15 +24,65 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get("SANDBOXQ_REDIS_URL") or DEFAULT_URL
 
 
-def connect(url: str, **options: Any) -> redis.Redis:
-    """A client for ``url`` that returns bytes (payloads stay binary-exact);
-    ``options`` go to redis-py (e.g. ``socket_timeout``)."""
+def connect(url: str, **options: Any) -> Any:
+    """A client for ``url`` (any kind :mod:`sandboxq.addresses` reads) that
+    returns bytes, so payloads stay binary-exact; ``options`` go to redis-py
+    (e.g. ``socket_timeout``). One server gives a ``redis.Redis``, a cluster
+    a ``redis.cluster.RedisCluster``, and Sentinel a ``redis.Redis`` whose
+    pool asks the sentinels where the master is whenever it connects."""
+    address = addresses.parse(url)
+    if address.kind == "cluster":
+        return _cluster_client(address, options)
+    if address.kind == "sentinel":
+        return _sentinel_client(address, options)
     try:
         return redis.Redis.from_url(
             url, decode_responses=False, health_check_interval=30, **options
         )
     except ValueError as exc:
-        raise ValueError(f"bad Redis URL {url!r}: {exc}") from None
+        raise ValueError(f"bad Redis URL {addresses.redact(url)!r}: {exc}") from None
+
+
+def _cluster_client(address: addresses.Address, options: dict[str, Any]) -> Any:
+    from redis.cluster import ClusterNode, RedisCluster
+
+    return RedisCluster(
+        startup_nodes=[
+            ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            for host, port in address.nodes
+        ],
+        username=address.username,
+        password=address.password,
+        ssl=address.tls,
+        decode_responses=False,
+        health_check_interval=30,
+        **options,
+    )
+
+
+def _sentinel_client(address: addresses.Address, options: dict[str, Any]) -> Any:
+    from redis.sentinel import Sentinel
+
+    timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+        list(address.nodes),
+        sentinel_kwargs={
+            "username": address.sentinel_username,
+            "password": address.sentinel_password,
+            "ssl": address.tls,
+            **timeouts,
+        },
+        username=address.username,
+        password=address.password,
+        ssl=address.tls,
+        db=address.db,
+    )
+    return sentinels.master_for(  # type: ignore[no-untyped-call]
+        address.service,
+        decode_responses=False,
+        health_check_interval=30,
+        **options,
+    )
 
 
 def execute(client: redis.Redis, args: tuple[Any, ...]) -> Any:
@@ -63,9 +114,24 @@ def execute(client: redis.Redis, args: tuple[Any, ...]) -> Any:
         pool.release(conn)
 
 
-def describe(client: redis.Redis) -> str:
+def describe(client: Any) -> str:
     """A URL-like description of where ``client`` connects, for messages."""
-    kwargs = client.connection_pool.connection_kwargs
+    from redis.cluster import RedisCluster
+    from redis.sentinel import SentinelConnectionPool
+
+    if isinstance(client, RedisCluster):
+        nodes = ",".join(f"{node.host}:{node.port}" for node in client.get_primaries())  # type: ignore[no-untyped-call]
+        return f"redis+cluster://{nodes}"
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        sentinels = ",".join(
+            f"{s.connection_pool.connection_kwargs.get('host')}:"
+            f"{s.connection_pool.connection_kwargs.get('port')}"
+            for s in pool.sentinel_manager.sentinels
+        )
+        db = pool.connection_kwargs.get("db", 0)
+        return f"redis+sentinel://{sentinels}/{pool.service_name}/{db}"
+    kwargs = pool.connection_kwargs
     if "path" in kwargs:
         return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
     return (
@@ -84,7 +150,7 @@ def url_in_errors(url: str) -> Iterator[None]:
 
 
 def _unreachable(url: str, exc: Exception) -> ConnectionFailed:
-    return ConnectionFailed(f"cannot reach Redis at {url}: {exc}")
+    return ConnectionFailed(f"cannot reach Redis at {addresses.redact(url)}: {exc}")
 
 
 def names_url(method: F) -> F:

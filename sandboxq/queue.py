@@ -11,6 +11,7 @@ from typing import Any
 import redis
 
 from sandboxq import payload, registry
+from sandboxq.addresses import redact
 from sandboxq.connection import connect, describe, names_url, resolve_url
 from sandboxq.errors import SandboxqError
 from sandboxq.job import FINISHED_STATES, STATES, Job
@@ -73,7 +74,7 @@ class Queue:
         self.scripts = Scripts(self.client)
 
     def __repr__(self) -> str:
-        return f"<Queue {self.name!r} at {self.url}>"
+        return f"<Queue {self.name!r} at {redact(self.url)}>"
 
     # -- adding ------------------------------------------------------------
     def _encode(self, name: Any, data: Any, options: JobOptions) -> list[Any]:

@@ -779,3 +779,26 @@ def test_dev_that_cannot_start_redis_says_why_and_exits_1(tmp_path: Path) -> Non
     assert failed.stdout == ""
     [line] = failed.stderr.splitlines()
     assert line.startswith("sandboxq: cannot start Redis: ") and str(blocker) in line
+
+
+def test_an_unexpected_error_in_the_worker_exits_70_not_1(
+    queue: Queue,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Exit code 1 says "stopped with jobs handed back"; a bug in the worker
+    must not look like that to a supervisor. The bug is planted in the
+    worker's run loop: nothing a handler does can reach it."""
+    from sandboxq.worker import parent
+
+    def broken_run(self: parent.Worker) -> int:
+        raise RuntimeError("planted bug")
+
+    monkeypatch.setattr(parent.Worker, "run", broken_run)
+    monkeypatch.setenv("SANDBOXQ_TEST_QUEUE", queue.name)
+    code = main(["worker", "tests.jobs", "--url", redis_url, "--procs", "1", "-q", queue.name])
+    assert code == parent.EXIT_INTERNAL_ERROR == 70
+    logged = capsys.readouterr().err
+    assert "the worker stopped on an unexpected error" in logged
+    assert "planted bug" in logged

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from sandboxq.addresses import redact
 from sandboxq.connection import connect, resolve_url
 from sandboxq.dashboard import templates
 from sandboxq.dashboard.auth import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, Auth, Identity
@@ -121,7 +122,7 @@ class Dashboard:
         except ConnectionFailed as exc:
             return _error(request, ctx, 503, str(exc))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            return _error(request, ctx, 503, f"cannot reach Redis at {self.url}: {exc}")
+            return _error(request, ctx, 503, f"cannot reach Redis at {redact(self.url)}: {exc}")
 
     def unauthorized(self, request: Request) -> Response:
         challenge = [("www-authenticate", 'Bearer realm="sandboxq"')]

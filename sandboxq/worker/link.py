@@ -10,6 +10,13 @@ Plain TCP and unix sockets connect without blocking; the AUTH and SELECT a
 URL asks for go first in the pipeline. A TLS link (``rediss://``) lets
 redis-py do the TLS handshake, which blocks for at most the connect
 timeout, and is driven without blocking from then on.
+
+A Sentinel URL (``redis+sentinel://``) makes every opening a two-hop one,
+without blocking either: the link asks a sentinel where the master is
+(taking the sentinels in turn, so a dead one is skipped on the next try),
+then connects there and sends what was queued meanwhile. After a failover
+the old master answers READONLY (it came back as a replica) or not at all;
+either way the next opening asks again.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import hiredis
 import redis
 from redis._parsers.base import BaseParser
 from redis.connection import SSLConnection, parse_url
+
+from sandboxq import addresses
 
 #: Bytes read from the socket at a time.
 READ_SIZE = 65536
@@ -52,13 +61,37 @@ class Endpoint:
     #: redis-py SSLConnection options for rediss:// (None: no TLS).
     tls: dict[str, Any] | None = None
     connect_timeout: float = 5.0
+    #: Sentinel: where to ask for the master named ``service`` (then
+    #: host/port are unused), and the sentinels' own credentials.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
 
     @classmethod
     def from_url(cls, url: str, connect_timeout: float) -> Endpoint:
+        address = addresses.parse(url)
+        if address.kind == "cluster":
+            raise ValueError(
+                f"{addresses.redact(url)}: the worker does not serve a Redis Cluster yet "
+                "(producers, the admin CLI and the dashboard do)"
+            )
+        if address.kind == "sentinel":
+            return cls(
+                username=address.username,
+                password=address.password,
+                db=address.db,
+                tls={} if address.tls else None,
+                connect_timeout=connect_timeout,
+                sentinels=address.nodes,
+                service=address.service or "",
+                sentinel_username=address.sentinel_username,
+                sentinel_password=address.sentinel_password,
+            )
         try:
             options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
         except ValueError as exc:
-            raise ValueError(f"bad Redis URL {url!r}: {exc}") from None
+            raise ValueError(f"bad Redis URL {addresses.redact(url)!r}: {exc}") from None
         connection_class = options.pop("connection_class", None)
         common = {
             "username": options.pop("username", None),
@@ -97,6 +130,16 @@ class RedisLink:
         self._reader: Any = None
         self._handshake = 0  # replies of AUTH/SELECT still to check
         self._connecting = False
+        #: Sentinel: the sentinel asked where the master is (None once the
+        #: link is on the master), the commands held until then, the turn
+        #: of the next sentinel to ask, and whether the master turned out to
+        #: be a replica (READONLY): the next send opens again.
+        self._asking: tuple[str, int] | None = None
+        self._held = bytearray()
+        self._sentinel_turn = 0
+        self._stale = False
+        #: Where the socket connects, for messages.
+        self._peer = ""
 
     # -- state ------------------------------------------------------------
     @property
@@ -115,32 +158,53 @@ class RedisLink:
         """Start connecting; commands can be sent at once (they wait in the
         buffer until the connection is up)."""
         self.close()
-        self._reader = hiredis.Reader(replyError=_reply_error, protocolError=LinkError)
         end = self.endpoint
+        if end.sentinels:
+            host, port = end.sentinels[self._sentinel_turn % len(end.sentinels)]
+            self._sentinel_turn += 1
+            self._connect(host, port, None, end.sentinel_username, end.sentinel_password, 0)
+            self._queue(("SENTINEL", "GET-MASTER-ADDR-BY-NAME", end.service))
+            self._asking = (host, port)
+            self._peer = f"sentinel {host}:{port}"
+        else:
+            self._connect(end.host, end.port, end.path, end.username, end.password, end.db)
+
+    def _connect(
+        self,
+        host: str,
+        port: int,
+        path: str | None,
+        username: str | None,
+        password: str | None,
+        db: int,
+    ) -> None:
+        """Open the socket, and queue the AUTH and SELECT it needs."""
+        self._reader = hiredis.Reader(replyError=_reply_error, protocolError=LinkError)
+        self._peer = path or f"{host}:{port}"
         try:
-            if end.tls is not None:
-                self._open_tls()
+            if self.endpoint.tls is not None:
+                self._open_tls(host, port, username, password, db)
             else:
-                self._open_plain()
+                self._open_plain(host, port, path)
         except OSError as exc:
             self.close()
-            raise LinkError(f"cannot connect to Redis: {exc}") from exc
-        if end.tls is None:  # redis-py's connect already did these for TLS
-            if end.password is not None:
-                auth = (end.username, end.password) if end.username else (end.password,)
-                self._queue(("AUTH", *auth))
+            raise LinkError(
+                f"cannot connect to Redis at {path or f'{host}:{port}'}: {exc}"
+            ) from exc
+        if self.endpoint.tls is None:  # redis-py's connect already did these for TLS
+            if password is not None:
+                self._queue(("AUTH", *((username, password) if username else (password,))))
                 self._handshake += 1
-            if end.db:
-                self._queue(("SELECT", end.db))
+            if db:
+                self._queue(("SELECT", db))
                 self._handshake += 1
 
-    def _open_plain(self) -> None:
-        end = self.endpoint
-        if end.path is not None:
+    def _open_plain(self, host: str, port: int, path: str | None) -> None:
+        if path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            address: Any = end.path
+            address: Any = path
         else:
-            info = socket.getaddrinfo(end.host, end.port, type=socket.SOCK_STREAM)[0]
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
             sock = socket.socket(info[0], socket.SOCK_STREAM)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             address = info[4]
@@ -152,14 +216,16 @@ class RedisLink:
         elif code != 0:
             raise OSError(code, errno.errorcode.get(code, str(code)))
 
-    def _open_tls(self) -> None:
+    def _open_tls(
+        self, host: str, port: int, username: str | None, password: str | None, db: int
+    ) -> None:
         end = self.endpoint
         conn = SSLConnection(
-            host=end.host,
-            port=end.port,
-            db=end.db,
-            username=end.username,
-            password=end.password,
+            host=host,
+            port=port,
+            db=db,
+            username=username,
+            password=password,
             socket_connect_timeout=end.connect_timeout,
             socket_timeout=end.connect_timeout,
             protocol=2,  # the replies the broker reads are RESP2's (no maps)
@@ -185,12 +251,20 @@ class RedisLink:
         self._out.clear()
         self._handshake = 0
         self._connecting = False
+        self._asking = None
+        self._held.clear()
+        self._stale = False
 
     # -- commands and replies -----------------------------------------------------
     def send(self, commands: list[tuple[Any, ...]]) -> None:
         """Queue commands and write what the socket takes now."""
+        if self._stale:
+            self.open()  # the master it knew is a replica now: ask again
         for command in commands:
-            self._queue(command)
+            if self._asking is not None:
+                self._held += hiredis.pack_command(command)
+            else:
+                self._queue(command)
         self.on_writable()
 
     def _queue(self, command: tuple[Any, ...]) -> None:
@@ -205,7 +279,9 @@ class RedisLink:
             if code == errno.EINPROGRESS:
                 return
             if code != 0:
-                self._fail(f"cannot connect to Redis: {errno.errorcode.get(code, code)}")
+                self._fail(
+                    f"cannot connect to Redis at {self._peer}: {errno.errorcode.get(code, code)}"
+                )
             self._connecting = False
         while self._out:
             try:
@@ -237,6 +313,9 @@ class RedisLink:
             if not data:
                 self._fail("Redis closed the connection")
             self._reader.feed(data)
+            if self._asking is not None:
+                self._go_to_master()
+                return []
             # A short read emptied the socket; TLS may still hold decrypted
             # bytes select does not see, so read it until it would block.
             if len(data) < READ_SIZE and self._keep is None:
@@ -252,8 +331,29 @@ class RedisLink:
                     self.close()
                     raise LinkError(f"Redis refused the connection's setup: {reply}")
                 continue
+            if self.endpoint.sentinels and isinstance(reply, redis.exceptions.ReadOnlyError):
+                self._stale = True
             replies.append(reply)
         return replies
+
+    def _go_to_master(self) -> None:
+        """The sentinel answered (or part of it arrived): connect to the
+        master it named and send it what was held meanwhile."""
+        replies = self._complete_replies()  # its AUTH is checked as any link's
+        if not replies:
+            return
+        sentinel, held = self._asking, bytes(self._held)
+        answer = replies[0]
+        if isinstance(answer, Exception) or not answer:
+            self.close()
+            raise LinkError(
+                f"sentinel {sentinel} knows no master named {self.endpoint.service!r}: {answer}"
+            )
+        host, port = answer[0].decode(), int(answer[1])
+        self.close()
+        end = self.endpoint
+        self._connect(host, port, None, end.username, end.password, end.db)
+        self._out += held
 
     def _fail(self, message: str) -> Any:
         """Close, and raise with the replies that were complete by then (the

@@ -30,6 +30,7 @@ import redis
 from setproctitle import setproctitle
 
 from sandboxq import execution, logs
+from sandboxq.addresses import redact
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.connection import connect, resolve_url
 from sandboxq.handlers import REGISTRY, Handler
@@ -40,12 +41,14 @@ from sandboxq.queue import Queue
 from sandboxq.worker import protocol
 from sandboxq.worker.broker import Broker, StepResult
 from sandboxq.worker.cpus import available_cpus
+from sandboxq.worker.link import Endpoint
 from sandboxq.worker.pool import HANDLED_SIGNALS, Assignment, Child, Pool, describe_exit
 from sandboxq.worker.trouble import is_transient
 
 EXIT_OK = 0  # drained cleanly
 EXIT_FORCED = 1  # stopped before the jobs in flight finished; they were handed back
 EXIT_BOOT_ERROR = 3  # could not start: bad handlers or modules, children dying at birth
+EXIT_INTERNAL_ERROR = 70  # an unexpected error stopped the worker (EX_SOFTWARE): a bug to report
 
 #: Children that die before running any job, in a row, before the worker
 #: gives up instead of respawning forever.
@@ -212,6 +215,8 @@ class Worker:
             )
         self.procs = procs
         self.url = resolve_url(url)
+        Endpoint.from_url(self.url, connect_timeout=1.0)  # a bad URL is a boot error, now
+        self.url_shown = redact(self.url)  # for logs: no password
         self.max_memory_per_child = max_memory_per_child
         self.max_jobs_per_child = max_jobs_per_child
         self.shutdown_timeout = shutdown_timeout
@@ -636,12 +641,14 @@ class Worker:
         if result.unsupported is not None:
             raise BootError(result.unsupported)
         for warning in result.warnings:
-            logs.event(warning, logging.WARNING, url=self.url)
+            logs.event(warning, logging.WARNING, url=self.url_shown)
         # What the step did before any error happened anyway: act on it first.
         self._after_step(result)
         if result.error is not None:
             self._redis_trouble(result.error)
             return
+        if self._redis_backoff > RECONNECT_MIN:  # it had trouble: say that it is over
+            logs.event("Redis reachable again", logging.INFO, url=self.url_shown)
         self._redis_backoff = RECONNECT_MIN
         if result.worked:
             self._avg_round_trip = _average(self._avg_round_trip, result.round_trip)
@@ -663,7 +670,7 @@ class Worker:
         logs.event(
             f"{message}, retrying in {self._redis_backoff:.1f}s",
             level,
-            url=self.url,
+            url=self.url_shown,
             error=f"{type(exc).__name__}: {exc}",
         )
         self._redis_retry_at = time.monotonic() + self._redis_backoff
