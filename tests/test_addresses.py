@@ -76,20 +76,20 @@ def test_passwords_never_show_in_errors() -> None:
     assert "hunter2" not in str(bad_server.value)
 
 
-CLUSTER_URL = "redis+cluster://127.0.0.1:1"
+BAD_URL = "redis+cluster://127.0.0.1:7000,:7001"
 
 
-def test_the_worker_refuses_a_cluster_url_it_cannot_serve_yet_with_a_boot_error() -> None:
+def test_the_worker_stops_on_a_bad_url_with_a_boot_error() -> None:
     """Exit code 3 (a boot error: restarting will not fix it), one clear
     line, and no traceback."""
     run = subprocess.run(
-        [sys.executable, "-m", "sandboxq", "worker", "tests.jobs", "--url", CLUSTER_URL],
+        [sys.executable, "-m", "sandboxq", "worker", "tests.jobs", "--url", BAD_URL],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert run.returncode == 3, run.stderr
-    assert "does not serve a Redis Cluster yet" in run.stderr
+    assert "bad host ':7001': the host name is empty" in run.stderr
     assert "Traceback" not in run.stderr
 
 

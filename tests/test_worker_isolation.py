@@ -9,6 +9,7 @@ next job complete, and that the pool is back to full size within a second.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -488,3 +489,31 @@ def test_backoff_past_a_thousand_attempts_does_not_overflow(
     assert wait_for_job(queue, bystander.id).state == "completed"
     assert worker.running()
     assert not worker.matching_lines("Traceback")
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The sockets a process holds open, as ``socket:[inode]`` names."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith("socket:"):
+                found.add(target)
+    return found
+
+
+def test_a_replacement_child_holds_none_of_the_parents_redis_connections(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    """A child forked to replace one that died, while the parent's Redis
+    connections are open, closes its copies: children never talk to Redis,
+    and a copy would keep a connection open after the parent closed it
+    (Redis would then hand a wake-up to a wait nobody reads)."""
+    worker = start_worker(procs=1)
+    (first,) = worker.wait_pool_size(1, timeout=5.0)
+    crashed = queue.add("exit_code", 3)
+    wait_for_job(queue, crashed.id, "failed", timeout=10)
+    (replacement,) = wait_until(
+        lambda: [pid for pid in worker.children() if pid != first], 10, "a replacement child"
+    )
+    held = socket_inodes(replacement)
+    assert len(held) == 1, held  # its end of the pipe to the parent, nothing else

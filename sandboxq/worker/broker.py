@@ -41,6 +41,7 @@ from sandboxq.redis_checks import RISKY_SETTINGS, UnsupportedRedis, info_field, 
 from sandboxq.schedule import BROKEN_RETRY_MS, DUE_BATCH, occurrence_jobs
 from sandboxq.scripts import Scripts, decode_ids, lua_source
 from sandboxq.worker.clock import ServerClock
+from sandboxq.worker.cluster import ClusterLink, ClusterTopology, ClusterWaiter
 from sandboxq.worker.link import Endpoint, LinkError, RedisLink
 from sandboxq.worker.trouble import is_transient, reply_timeout
 
@@ -148,13 +149,23 @@ class Broker:
         self.url = url
         self.reply_timeout = reply_timeout(lease)
         endpoint = Endpoint.from_url(url, connect_timeout=self.reply_timeout)
-        self.link = RedisLink(endpoint)  # steps
-        self.waiter = RedisLink(endpoint)  # the blocking wait
+        self.keys = {q: QueueKeys.for_queue(q) for q in queues}
+        #: Steps, and the blocking wait: one connection each, or on a Redis
+        #: Cluster one per node for steps and one per queue for the wait.
+        self.link: RedisLink | ClusterLink
+        self.waiter: RedisLink | ClusterWaiter
+        self.cluster = bool(endpoint.cluster_seeds)
+        if self.cluster:
+            topology = ClusterTopology(endpoint)
+            self.link = ClusterLink(topology, home_key=self.keys[queues[0]].marker)
+            self.waiter = ClusterWaiter(topology)
+        else:
+            self.link = RedisLink(endpoint)
+            self.waiter = RedisLink(endpoint)
         # The scripts' SHAs and sources; the client behind them never
         # connects: steps go through the link.
         self.scripts = Scripts(redis.Redis())
         self.clock = ServerClock()
-        self.keys = {q: QueueKeys.for_queue(q) for q in queues}
         self.queues = list(queues)
         self.token = token
         self.lease_ms = int(lease * 1000)
@@ -316,15 +327,18 @@ class Broker:
             return self._end_step(exc)
         return None
 
-    def on_step_io(self, readable: bool, writable: bool) -> StepResult | None:
-        """The step connection is ready: write or read. Returns the step's
-        result once its last reply arrived, or as soon as it failed."""
+    def on_step_io(
+        self, readable: bool, writable: bool, fd: int | None = None
+    ) -> StepResult | None:
+        """The step connection (its socket ``fd``) is ready: write or read.
+        Returns the step's result once its last reply arrived, or as soon as
+        it failed."""
         step = self._step
         try:
             if writable:
-                self.link.on_writable()
+                self.link.on_writable(fd)
             if readable:
-                replies = self.link.read()
+                replies = self.link.read(fd)
                 if step is None:
                     return None  # e.g. the replies to what close() sent
                 step.replies += replies
@@ -727,9 +741,9 @@ class Broker:
             self._window_params[queue] = params
 
     # -- the blocking wait -----------------------------------------------------
-    def arm_wait(self, free_slots: int = 0) -> int:
+    def arm_wait(self, free_slots: int = 0) -> None:
         """Start waiting for a marker (or the next delayed job) unless a wait
-        is armed already; returns the file descriptor to watch.
+        is armed already.
 
         With ``free_slots`` free children, the wait carries a fetch of that
         many jobs, pipelined behind the BZPOPMIN: Redis runs it as soon as
@@ -763,14 +777,13 @@ class Broker:
             # A reply that never comes (lost on the way) must not leave the
             # worker waiting forever: give up a little after the timeout.
             self._wait_deadline = time.monotonic() + timeout + self.reply_timeout
-        return self.waiter.fileno()
 
     def _wake_fetch_queue(self, free_slots: int) -> str | None:
         """The queue a wait's fetch asks, or None for a plain wait: with free
         children, a single queue, and no limit. A limit counts leases, and a
         rate limit's start times are the fetch's `now`; with several queues
         a wake-up does not say which one has work."""
-        if free_slots <= 0 or len(self.queues) != 1 or not self._set_up:
+        if free_slots <= 0 or len(self.queues) != 1 or not self._set_up or self.cluster:
             return None
         queue = self.queues[0]
         if not self.clock.measured or queue in self.limited_queues or queue in self.windows:
@@ -826,15 +839,15 @@ class Broker:
     def wait_deadline(self) -> float | None:
         return self._wait_deadline if self._armed else None
 
-    def on_wait_io(self, writable: bool) -> StepResult | None:
-        """The waiting connection is ready. Once the wait answered (a marker,
-        its timeout, or a failure) the worker looks for work again; returns
-        what the wait's fetch leased, if it carried one."""
+    def on_wait_io(self, writable: bool, fd: int | None = None) -> StepResult | None:
+        """The waiting connection (its socket ``fd``) is ready. Once the wait
+        answered (a marker, its timeout, or a failure) the worker looks for
+        work again; returns what the wait's fetch leased, if it carried one."""
         try:
             if writable:
-                self.waiter.on_writable()
+                self.waiter.on_writable(fd)
                 return None
-            self._wake_replies += self.waiter.read()
+            self._wake_replies += self.waiter.read(fd)
             if len(self._wake_replies) < (1 if self._wake_fetch is None else 2):
                 return None
         except LinkError as exc:  # the link closed itself; the next wait reconnects

@@ -67,14 +67,19 @@ class Endpoint:
     service: str = ""
     sentinel_username: str | None = None
     sentinel_password: str | None = None
+    #: Redis Cluster: its seed nodes (cluster.py then routes each command).
+    cluster_seeds: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_url(cls, url: str, connect_timeout: float) -> Endpoint:
         address = addresses.parse(url)
         if address.kind == "cluster":
-            raise ValueError(
-                f"{addresses.redact(url)}: the worker does not serve a Redis Cluster yet "
-                "(producers, the admin CLI and the dashboard do)"
+            return cls(
+                username=address.username,
+                password=address.password,
+                tls={} if address.tls else None,
+                connect_timeout=connect_timeout,
+                cluster_seeds=address.nodes,
             )
         if address.kind == "sentinel":
             return cls(
@@ -152,6 +157,11 @@ class RedisLink:
 
     def wants_write(self) -> bool:
         return self._connecting or bool(self._out)
+
+    def sockets(self) -> list[tuple[int, bool]]:
+        """The descriptors to watch, each with whether it waits to write
+        (one here; a cluster link has one per node)."""
+        return [(self.sock.fileno(), self.wants_write())] if self.sock is not None else []
 
     # -- opening and closing ---------------------------------------------------
     def open(self) -> None:
@@ -270,8 +280,9 @@ class RedisLink:
     def _queue(self, command: tuple[Any, ...]) -> None:
         self._out += hiredis.pack_command(command)
 
-    def on_writable(self) -> None:
-        """Finish connecting, then write as much as the socket takes."""
+    def on_writable(self, fd: int | None = None) -> None:
+        """Finish connecting, then write as much as the socket takes.
+        (``fd``: which of :meth:`sockets` is ready; this link has one.)"""
         if self.sock is None:
             raise LinkError("not connected")
         if self._connecting:
@@ -294,7 +305,7 @@ class RedisLink:
                 self._fail(f"lost the connection to Redis: {exc}")
             del self._out[:sent]
 
-    def read(self) -> list[Any]:
+    def read(self, fd: int | None = None) -> list[Any]:
         """The replies complete so far (an error reply is an exception
         object in the list). Raises LinkError if the connection closed."""
         if self.sock is None:

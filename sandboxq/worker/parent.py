@@ -240,8 +240,8 @@ class Worker:
         self._redis_retry_at = 0.0
         self._redis_backoff = RECONNECT_MIN
         self._finishing: dict[tuple[str, str], _Finishing] = {}
-        #: Redis connections in the selector: tag -> (fd, events).
-        self._watching: dict[str, tuple[int, int]] = {}
+        #: The Redis sockets the selector watches: fd -> (events, _LINK or _WAITER).
+        self._watching: dict[int, tuple[int, str]] = {}
         self._final_deadline = 0.0
         #: Prefetched jobs no child has yet, oldest lease first.
         self._buffer: deque[Assignment] = deque()
@@ -282,8 +282,8 @@ class Worker:
                 "started_at": time.time(),
             },
         )
-        self.broker.link.on_close = lambda _fd: self._unwatch(_LINK)
-        self.broker.waiter.on_close = lambda _fd: self._unwatch(_WAITER)
+        self.broker.link.on_close = self._unwatch
+        self.broker.waiter.on_close = self._unwatch
         wake_r, self._wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -383,10 +383,11 @@ class Worker:
                     self._drain_wake_pipe()
                 elif key.data == _LINK:
                     readable, writable = mask & selectors.EVENT_READ, mask & selectors.EVENT_WRITE
-                    if result := self.broker.on_step_io(bool(readable), bool(writable)):
+                    if result := self.broker.on_step_io(bool(readable), bool(writable), key.fd):
                         self._step_done(result)
                 elif key.data == _WAITER:
-                    if woke_with := self.broker.on_wait_io(bool(mask & selectors.EVENT_WRITE)):
+                    writable = bool(mask & selectors.EVENT_WRITE)
+                    if woke_with := self.broker.on_wait_io(writable, key.fd):
                         self._after_step(woke_with)
                 else:
                     self._on_child_io(key.data, mask)
@@ -408,28 +409,34 @@ class Worker:
     def _watch_redis(self) -> None:
         """Keep the selector watching the Redis connections as they are:
         reading while open, writing while commands wait to be written. A
-        connection that was replaced is watched under its new descriptor."""
+        connection that was replaced is watched under its new descriptor.
+        (On a Redis Cluster, the step link and the wait have one connection
+        per node or queue: each is watched under the same tag.)"""
         link, waiter = self.broker.link, self.broker.waiter
-        self._watch(_LINK, link.fileno() if link.is_open else None, link.wants_write())
-        armed = self.broker.armed and waiter.is_open
-        self._watch(_WAITER, waiter.fileno() if armed else None, waiter.wants_write())
+        self._watch(_LINK, link.sockets())
+        self._watch(_WAITER, waiter.sockets() if self.broker.armed else [])
 
-    def _unwatch(self, tag: str) -> None:
+    def _unwatch(self, fd: int) -> None:
         """A Redis connection is closing: stop watching its descriptor now,
         before the number can be reused (by a child's pipe, say)."""
-        if (current := self._watching.pop(tag, None)) is not None:
+        if self._watching.pop(fd, None) is not None:
             with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(current[0])
+                self.selector.unregister(fd)
 
-    def _watch(self, tag: str, fd: int | None, write: bool) -> None:
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
-        wanted = None if fd is None else (fd, events)
-        if self._watching.get(tag) == wanted:
-            return
-        self._unwatch(tag)
-        if wanted is not None:
-            self.selector.register(wanted[0], wanted[1], tag)
-            self._watching[tag] = wanted
+    def _watch(self, tag: str, sockets: list[tuple[int, bool]]) -> None:
+        wanted = {
+            fd: selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
+            for fd, write in sockets
+        }
+        for fd, (_events, owner) in list(self._watching.items()):
+            if owner == tag and fd not in wanted:
+                self._unwatch(fd)
+        for fd, events in wanted.items():
+            if (current := self._watching.get(fd)) != (events, tag):
+                if current is not None:
+                    self._unwatch(fd)
+                self.selector.register(fd, events, tag)
+                self._watching[fd] = (events, tag)
 
     def _select_timeout(self, room: _Room) -> float:
         now = time.monotonic()
@@ -479,7 +486,12 @@ class Worker:
 
     # -- children -------------------------------------------------------------
     def _spawn(self) -> None:
-        child = self.pool.spawn()
+        # A child replacing one that died is forked while the Redis
+        # connections are open: it closes its copies, or a connection the
+        # parent closes (to abort a blocked wait, say) would stay open in
+        # the child, and Redis would hand the next wake-up to it.
+        redis_fds = [fd for fd, _ in self.broker.link.sockets() + self.broker.waiter.sockets()]
+        child = self.pool.spawn(redis_fds)
         self.selector.register(child.sock, selectors.EVENT_READ, child)
 
     def _forget(self, child: Child) -> None:

@@ -142,11 +142,13 @@ class Pool:
         self._limits_due = 0.0
 
     # -- lifecycle ---------------------------------------------------------
-    def spawn(self) -> Child:
+    def spawn(self, close_fds: list[int] | None = None) -> Child:
+        """Fork a child; it closes the other children's pipes, the parent's
+        own descriptors (``inherited_fds``) and ``close_fds``."""
         index = self._free_indexes.pop()
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         close_in_child = [c.sock.fileno() for c in self.by_pid.values()]
-        close_in_child += [parent_sock.fileno(), *self.inherited_fds]
+        close_in_child += [parent_sock.fileno(), *self.inherited_fds, *(close_fds or [])]
         parent_pid = os.getpid()
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:

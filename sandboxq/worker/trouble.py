@@ -13,7 +13,8 @@ import redis
 
 #: Redis error replies that mean "not now" rather than "never": the server is
 #: saving badly (MISCONF), busy with a script (BUSY), loading its data, a
-#: replica, full, or its cluster or master is failing over. The worker treats
+#: replica, full, or its cluster or master is failing over, or a cluster
+#: slot moved to another node (MOVED, ASK: the slot map is read again). The worker treats
 #: them like a lost connection. Any other error reply is waited out too, but
 #: logged as an error: it points at a bug or at data something else wrote.
 TRANSIENT_REPLIES = (
@@ -26,6 +27,8 @@ TRANSIENT_REPLIES = (
     "TRYAGAIN",
     "CLUSTERDOWN",
     "NOREPLICAS",
+    "MOVED",
+    "ASK",
 )
 _TRANSIENT = re.compile(r"(?:^|[\s:-])(?:" + "|".join(TRANSIENT_REPLIES) + r")\b")
 

@@ -1,0 +1,143 @@
+"""sandboxq on a real Redis Cluster (tests/topologies.py: 3 masters, each
+with a replica): queues spread over shards, workers that serve all of them,
+and a master that dies mid-drain."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandboxq import Queue
+from tests.topologies import RedisClusterNodes, RedisNode
+from tests.worker_harness import ROOT, WorkerProcess, runs_recorded, wait_for_job, wait_until
+
+pytestmark = pytest.mark.timeout(240)
+
+#: Queues per test, and how many distinct masters they must land on.
+QUEUES = 6
+MIN_MASTERS = 2
+
+
+@pytest.fixture
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    with RedisClusterNodes(tmp_path_factory.mktemp("cluster")) as nodes:
+        yield nodes
+
+
+def spread_queues(cluster: RedisClusterNodes) -> list[Queue]:
+    """QUEUES fresh queues on the cluster, on at least MIN_MASTERS masters."""
+    run = uuid.uuid4().hex[:6]
+    names = [f"c{run}-{i}" for i in range(QUEUES)]
+    queues = [Queue(name, url=cluster.url) for name in names]
+    masters = {cluster.master_for_key(q.keys.wait).port for q in queues}
+    assert len(masters) >= MIN_MASTERS, f"all {QUEUES} queues on one master: {masters}"
+    return queues
+
+
+def start_workers(
+    cluster: RedisClusterNodes, queues: list[Queue], runs: Path, count: int, *args: str
+) -> list[WorkerProcess]:
+    names = ",".join(q.name for q in queues)
+    env = {"SANDBOXQ_TEST_QUEUES": names, "SANDBOXQ_TEST_RUNS": str(runs)}
+    workers = []
+    for _ in range(count):
+        worker = WorkerProcess(
+            names, cluster.url, args, modules=("tests.cluster_jobs",), env=env, procs=2
+        )
+        workers.append(worker.start())
+    return workers
+
+
+def total_completed(queues: list[Queue]) -> int:
+    return sum(q.counts()["completed"] for q in queues)
+
+
+def test_two_workers_drain_six_queues_spread_over_shards_once_each(
+    cluster: RedisClusterNodes, tmp_path: Path
+) -> None:
+    queues = spread_queues(cluster)
+    jobs_per_queue = 200
+    for queue in queues:
+        queue.add_bulk([{"name": "record"}] * jobs_per_queue)
+    runs = tmp_path / "runs"
+    workers = start_workers(cluster, queues, runs, 2)
+    try:
+        total = QUEUES * jobs_per_queue
+        wait_until(lambda: total_completed(queues) == total, 120, "every job done")
+        ran = collections.Counter(runs_recorded(runs))
+        assert len(ran) == total
+        assert max(ran.values()) == 1, [job for job, n in ran.items() if n > 1][:10]
+        assert all(q.counts()["failed"] == 0 for q in queues)
+        for worker in workers:
+            assert worker.running, worker.log
+            assert "CROSSSLOT" not in worker.log and "Traceback" not in worker.log
+    finally:
+        for worker in workers:
+            worker.cleanup()
+
+
+def test_an_idle_worker_wakes_for_a_job_on_any_shard(
+    cluster: RedisClusterNodes, tmp_path: Path
+) -> None:
+    """The wait is one BZPOPMIN per queue: a job added to any of them, on
+    any master, wakes the worker."""
+    queues = spread_queues(cluster)
+    runs = tmp_path / "runs"
+    (worker,) = start_workers(cluster, queues, runs, 1)
+    try:
+        for queue in queues:
+            job = queue.add("record")
+            wait_for_job(queue, job.id, ["completed"], timeout=20)
+        assert len(runs_recorded(runs)) == QUEUES
+    finally:
+        worker.cleanup()
+
+
+def test_a_master_dies_mid_drain_and_every_job_completes(
+    cluster: RedisClusterNodes, tmp_path: Path
+) -> None:
+    """The master of a busy queue is killed: its replica takes over, the
+    worker reads the slot map again and goes on; jobs that were running are
+    recovered through their leases. None fails, and the worker never exits."""
+    queues = spread_queues(cluster)
+    jobs_per_queue = 100
+    for queue in queues:
+        queue.add_bulk([{"name": "record", "data": 0.005}] * jobs_per_queue)
+    busy = queues[0]
+    master: RedisNode = cluster.master_for_key(busy.keys.wait)
+    with master.client() as direct:
+        assert direct.execute_command("WAIT", 1, 5000) == 1  # its replica has the jobs
+    runs = tmp_path / "runs"
+    (worker,) = start_workers(cluster, queues, runs, 1, "--lease", "2")
+    try:
+        wait_until(lambda: busy.counts()["completed"] >= 20, 60, "the drain under way")
+        cluster.kill(master)
+        cluster.wait_for_failover(master)
+        total = QUEUES * jobs_per_queue
+        wait_until(lambda: total_completed(queues) == total, 120, "every job done")
+        assert all(q.counts()["failed"] == 0 for q in queues)
+        assert worker.running, worker.log
+        assert "Redis reachable again" in worker.log
+    finally:
+        worker.cleanup()
+
+
+def test_the_admin_cli_lists_queues_on_every_shard(cluster: RedisClusterNodes) -> None:
+    queues = spread_queues(cluster)
+    for queue in queues:
+        queue.add("record")
+    stats = subprocess.run(
+        [sys.executable, "-m", "sandboxq", "stats", "--url", cluster.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert stats.returncode == 0, stats.stderr
+    assert all(q.name in stats.stdout for q in queues)
