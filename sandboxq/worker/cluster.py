@@ -13,7 +13,7 @@ shards still sends one step and one wait at a time, as on a single server:
 - :class:`ClusterWaiter` splits the wait, a ``BZPOPMIN`` over every queue's
   marker, into one ``BZPOPMIN`` per marker, each on a connection of its own
   (a blocked connection serves nothing else, and the markers live in
-  different slots). The first marker that fires answers the wait; the others
+  different slots). The first marker's reply answers the wait; the others
   stay blocked, and a later wait takes over their replies.
 
 The slot map (``CLUSTER SLOTS``) is read without blocking when the step link
@@ -85,8 +85,9 @@ class ClusterTopology:
         """The node to ask for the map next: the URL's seeds and the masters
         the last map named, in turn, so a dead one costs one try."""
         candidates = list(dict.fromkeys([*self.seeds, *self.masters()]))
+        seed = candidates[self._turn % len(candidates)]
         self._turn += 1
-        return candidates[self._turn % len(candidates)]
+        return seed
 
     def update(self, reply: Any) -> None:
         """Take a CLUSTER SLOTS reply: [start, end, [host, port, ...], replicas...]."""
@@ -194,9 +195,6 @@ class ClusterLink:
                 self._node_failed(address, exc)
         return self._in_order()
 
-    def fileno(self) -> int:
-        return self.sockets()[0][0]
-
     # -- inside --------------------------------------------------------------------
     def _new_link(self, address: Address) -> RedisLink:
         link = RedisLink(self.topology.node_endpoint(address))
@@ -296,9 +294,6 @@ class ClusterWaiter:
     def wants_write(self) -> bool:
         return any(write for _fd, write in self.sockets())
 
-    def fileno(self) -> int:
-        return self.sockets()[0][0]
-
     def open(self) -> None:
         self._open = True
 
@@ -351,8 +346,10 @@ class ClusterWaiter:
                     self._failed(exc)
 
     def read(self, fd: int | None = None) -> list[Any]:
-        """``[reply]`` once the wait answered: the first marker that fired,
-        or None when every marker's wait timed out."""
+        """``[reply]`` once the wait answered: the first marker's reply, a
+        marker popped or None for a timeout. A timeout answers too, so no
+        marker is left unwatched while the others still wait; the worker
+        then looks for work and waits again."""
         for marker, link in list(self._links.items()):
             if not link.is_open or (fd is not None and link.fileno() != fd):
                 continue
@@ -360,14 +357,11 @@ class ClusterWaiter:
                 replies = link.read()
             except LinkError as exc:
                 self._failed(exc)
-            for reply in replies:
+            if replies:  # one BZPOPMIN per link: at most one reply
                 self._until[marker] = 0.0
-                if isinstance(reply, Exception) or reply is not None:
-                    if _moved(reply):
-                        self.topology.stale = True
-                    return self._answer(reply)
-        if all(until == 0.0 for until in self._until.values()):
-            return self._answer(None)
+                if _moved(replies[0]):
+                    self.topology.stale = True
+                return self._answer(replies[0])
         return []
 
     def _failed(self, exc: LinkError) -> Any:
