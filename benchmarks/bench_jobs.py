@@ -80,3 +80,10 @@ def implementation(job: JobContext) -> Any:
     """Which hot path the worker loaded ("native" or "pure"): children are
     forked from the parent, so this is the parent's choice too."""
     return fast.IMPLEMENTATION
+
+
+#: More queues whose jobs ``noop`` handles, comma-separated
+#: (``bench_topologies.py``: one worker serving queues on several shards).
+MORE_QUEUES = [q for q in os.environ.get("SANDBOXQ_BENCH_QUEUES", "").split(",") if q]
+for _queue in MORE_QUEUES:
+    handler(_queue, name="noop")(noop)
