@@ -35,6 +35,7 @@ lint: install
 	$(VENV)/bin/ruff format --check sandboxq tests benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 
 # The README's dashboard pictures, taken by the browser tests.
 screenshots: install browser
