@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from sandboxq import Queue
+from sandboxq.dashboard import app
+from tests.asgi_client import Client
 from tests.topologies import RedisClusterNodes, RedisNode
 from tests.worker_harness import ROOT, WorkerProcess, runs_recorded, wait_for_job, wait_until
 
@@ -24,9 +26,17 @@ QUEUES = 6
 MIN_MASTERS = 2
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """One cluster for the tests that leave it whole (each has queues of its own)."""
     with RedisClusterNodes(tmp_path_factory.mktemp("cluster")) as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def doomed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A cluster of its own, for a test that kills a master."""
+    with RedisClusterNodes(tmp_path_factory.mktemp("doomed-cluster")) as nodes:
         yield nodes
 
 
@@ -100,11 +110,12 @@ def test_an_idle_worker_wakes_for_a_job_on_any_shard(
 
 
 def test_a_master_dies_mid_drain_and_every_job_completes(
-    cluster: RedisClusterNodes, tmp_path: Path
+    doomed_cluster: RedisClusterNodes, tmp_path: Path
 ) -> None:
     """The master of a busy queue is killed: its replica takes over, the
     worker reads the slot map again and goes on; jobs that were running are
     recovered through their leases. None fails, and the worker never exits."""
+    cluster = doomed_cluster
     queues = spread_queues(cluster)
     jobs_per_queue = 100
     for queue in queues:
@@ -141,3 +152,23 @@ def test_the_admin_cli_lists_queues_on_every_shard(cluster: RedisClusterNodes) -
     )
     assert stats.returncode == 0, stats.stderr
     assert all(q.name in stats.stdout for q in queues)
+
+
+def test_the_dashboard_and_a_ready_cluster_client_see_every_shard(
+    cluster: RedisClusterNodes,
+) -> None:
+    queues = spread_queues(cluster)
+    client = cluster.cluster_client()
+    try:
+        for queue in queues:  # through a RedisCluster the application built itself
+            Queue(queue.name, connection=client).add("record", {"via": "connection="})
+    finally:
+        client.close()
+    token = "t" * 20
+    dashboard = Client(app(cluster.url, token=token), headers={"authorization": f"Bearer {token}"})
+    listed = dashboard.get("/api/queues")
+    assert listed.status == 200, listed.text
+    counts = {row["queue"]: row["counts"]["waiting"] for row in listed.json()["queues"]}
+    assert all(counts.get(q.name) == 1 for q in queues), counts
+    job = dashboard.get(f"/api/queues/{queues[-1].name}/jobs/1")
+    assert job.status == 200 and job.json()["data"] == {"via": "connection="}
