@@ -16,10 +16,8 @@ Nothing asserts on a timing.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,7 +28,7 @@ from typing import Any
 import pytest
 import redis
 
-from benchmarks.conftest import READY_LINE, REPO_ROOT
+from benchmarks.conftest import READY_LINE, spawn_worker
 from sandboxq import Queue
 from sandboxq.errors import ConnectionFailed
 from sandboxq.local_redis import LocalRedis
@@ -45,19 +43,9 @@ PRODUCE_BEFORE_KILL = 1.0
 def start_worker(url: str, queues: list[Queue]) -> subprocess.Popen[str]:
     """``sandboxq worker benchmarks.bench_jobs`` serving ``queues`` (their
     ``noop`` jobs), once it said it is ready."""
-    env = dict(os.environ, SANDBOXQ_REDIS_URL=url)
-    env["SANDBOXQ_BENCH_QUEUES"] = ",".join(q.name for q in queues)
-    env.pop("SANDBOXQ_NO_EXTENSIONS", None)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "sandboxq", "worker", "benchmarks.bench_jobs", "--procs", "2"]
-        + ["--log-level", "WARNING"]
-        + [f"-q{q.name}" for q in queues],
-        cwd=REPO_ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    names = [q.name for q in queues]
+    worker = spawn_worker(
+        url, {"SANDBOXQ_BENCH_QUEUES": ",".join(names)}, args=tuple(f"-q{n}" for n in names)
     )
     assert worker.stderr is not None
     for line in worker.stderr:

@@ -220,6 +220,35 @@ def blocked_waiters(client: redis.Redis) -> set[str]:
     }
 
 
+def spawn_worker(
+    url: str,
+    env: dict[str, str],
+    *,
+    procs: int = 2,
+    pure: bool = False,
+    log_level: str = "WARNING",
+    module: str = "benchmarks.bench_jobs",
+    args: tuple[str, ...] = (),
+) -> subprocess.Popen[str]:
+    """``python -m sandboxq worker MODULE`` on ``url``, from the repository
+    root, with ``env`` added to this process's environment and its stderr
+    piped; ``pure`` sets SANDBOXQ_NO_EXTENSIONS=1 (else it is unset)."""
+    full_env = dict(os.environ, SANDBOXQ_REDIS_URL=url, **env)
+    full_env.pop("SANDBOXQ_NO_EXTENSIONS", None)
+    if pure:
+        full_env["SANDBOXQ_NO_EXTENSIONS"] = "1"
+    command = [sys.executable, "-m", "sandboxq", "worker", module, "--procs", str(procs)]
+    return subprocess.Popen(
+        [*command, "--log-level", log_level, *args],
+        cwd=REPO_ROOT,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 class WorkerProcess:
     """``python -m sandboxq worker benchmarks.bench_jobs`` as a subprocess on
     the private Redis, serving ``queue``. ``pure`` sets
@@ -240,33 +269,17 @@ class WorkerProcess:
         self.client = client
         self.queue = queue
         self.log_level = log_level
-        env = dict(os.environ, SANDBOXQ_REDIS_URL=url, SANDBOXQ_BENCH_QUEUE=queue)
-        env.pop("SANDBOXQ_NO_EXTENSIONS", None)
-        if pure:
-            env["SANDBOXQ_NO_EXTENSIONS"] = "1"
-        self.args = [
-            sys.executable,
-            "-m",
-            "sandboxq",
-            "worker",
-            module,
-            "--procs",
-            str(procs),
-            "--log-level",
-            log_level,
-        ]
         # Waits already blocked before this worker started are not its own.
         self._foreign = blocked_waiters(client)
         self.lines: list[str] = []
         self.ready_line = threading.Event()
-        self.process = subprocess.Popen(
-            self.args,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+        self.process = spawn_worker(
+            url,
+            {"SANDBOXQ_BENCH_QUEUE": queue},
+            procs=procs,
+            pure=pure,
+            log_level=log_level,
+            module=module,
         )
         self._reader = threading.Thread(target=self._drain, name="worker-stderr", daemon=True)
         self._reader.start()

@@ -13,6 +13,7 @@ import redis
 
 from sandboxq import Queue
 from sandboxq.local_redis import LocalRedis
+from tests.topologies import RedisClusterNodes, SentinelSet
 from tests.worker_harness import WorkerProcess
 
 
@@ -93,3 +94,26 @@ def start_worker(queue: Queue, redis_url: str) -> Iterator[Callable[..., WorkerP
     yield start
     for worker in started:
         worker.cleanup()
+
+
+# -- Redis Cluster and Sentinel (tests/topologies.py), started only where used ----
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """One 3-master cluster per module, for the tests that leave it whole
+    (each uses keys or queues of its own)."""
+    with RedisClusterNodes(tmp_path_factory.mktemp("cluster")) as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def doomed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A cluster of its own, for a test that kills a master."""
+    with RedisClusterNodes(tmp_path_factory.mktemp("doomed-cluster")) as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """A Sentinel-watched master and replica of its own (tests kill the master)."""
+    with SentinelSet(tmp_path_factory.mktemp("sentinel")) as topology:
+        yield topology

@@ -4,12 +4,10 @@ and never shows the password."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from sandboxq import Queue, addresses
+from tests.worker_harness import run_sandboxq
 
 
 def test_a_cluster_url_lists_its_seed_nodes_with_credentials() -> None:
@@ -82,12 +80,7 @@ BAD_URL = "redis+cluster://127.0.0.1:7000,:7001"
 def test_the_worker_stops_on_a_bad_url_with_a_boot_error() -> None:
     """Exit code 3 (a boot error: restarting will not fix it), one clear
     line, and no traceback."""
-    run = subprocess.run(
-        [sys.executable, "-m", "sandboxq", "worker", "tests.jobs", "--url", BAD_URL],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_sandboxq("worker", "tests.jobs", "--url", BAD_URL)
     assert run.returncode == 3, run.stderr
     assert "bad host ':7001': the host name is empty" in run.stderr
     assert "Traceback" not in run.stderr

@@ -5,10 +5,7 @@ and a master that dies mid-drain."""
 from __future__ import annotations
 
 import collections
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,27 +14,19 @@ from sandboxq import Queue
 from sandboxq.dashboard import app
 from tests.asgi_client import Client
 from tests.topologies import RedisClusterNodes, RedisNode
-from tests.worker_harness import ROOT, WorkerProcess, runs_recorded, wait_for_job, wait_until
+from tests.worker_harness import (
+    WorkerProcess,
+    run_sandboxq,
+    runs_recorded,
+    wait_for_job,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
 #: Queues per test, and how many distinct masters they must land on.
 QUEUES = 6
 MIN_MASTERS = 2
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
-    """One cluster for the tests that leave it whole (each has queues of its own)."""
-    with RedisClusterNodes(tmp_path_factory.mktemp("cluster")) as nodes:
-        yield nodes
-
-
-@pytest.fixture
-def doomed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
-    """A cluster of its own, for a test that kills a master."""
-    with RedisClusterNodes(tmp_path_factory.mktemp("doomed-cluster")) as nodes:
-        yield nodes
 
 
 def spread_queues(cluster: RedisClusterNodes) -> list[Queue]:
@@ -143,13 +132,7 @@ def test_the_admin_cli_lists_queues_on_every_shard(cluster: RedisClusterNodes) -
     queues = spread_queues(cluster)
     for queue in queues:
         queue.add("record")
-    stats = subprocess.run(
-        [sys.executable, "-m", "sandboxq", "stats", "--url", cluster.url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    stats = run_sandboxq("stats", "--url", cluster.url)
     assert stats.returncode == 0, stats.stderr
     assert all(q.name in stats.stdout for q in queues)
 

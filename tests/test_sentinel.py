@@ -5,10 +5,7 @@ sentinels promote the replica."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -16,15 +13,9 @@ from redis.sentinel import Sentinel
 
 from sandboxq import Queue
 from tests.topologies import SentinelSet
-from tests.worker_harness import ROOT, WorkerProcess, wait_for_counts
+from tests.worker_harness import WorkerProcess, run_sandboxq, wait_for_counts
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
-    with SentinelSet(tmp_path_factory.mktemp("sentinel")) as topology:
-        yield topology
 
 
 def test_producers_and_the_admin_cli_reach_the_master_through_a_sentinel_url(
@@ -39,13 +30,7 @@ def test_producers_and_the_admin_cli_reach_the_master_through_a_sentinel_url(
     # What the queue wrote is on the master the sentinels name.
     with redis.Redis(*sentinel_set.master_address()) as master:
         assert master.zcard(queue.keys.wait) == 1
-    stats = subprocess.run(
-        [sys.executable, "-m", "sandboxq", "stats", "--url", sentinel_set.url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    stats = run_sandboxq("stats", "--url", sentinel_set.url)
     assert stats.returncode == 0, stats.stderr
     assert name in stats.stdout
 

@@ -25,28 +25,6 @@ from tests.topologies import (
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
-    """One cluster for the tests that leave it whole (module scope: each start
-    costs seconds)."""
-    with RedisClusterNodes(tmp_path_factory.mktemp("cluster")) as nodes:
-        yield nodes
-
-
-@pytest.fixture
-def doomed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
-    """A cluster of its own for a test that kills a master."""
-    with RedisClusterNodes(tmp_path_factory.mktemp("doomed-cluster")) as nodes:
-        yield nodes
-
-
-@pytest.fixture
-def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
-    """A Sentinel-watched master of its own (the test kills the master)."""
-    with SentinelSet(tmp_path_factory.mktemp("sentinel")) as topology:
-        yield topology
-
-
 @pytest.fixture
 def cluster_client(cluster: RedisClusterNodes) -> Iterator[RedisCluster]:
     client = RedisCluster(host=cluster.nodes[0].host, port=cluster.nodes[0].port)

@@ -365,3 +365,14 @@ def runs_recorded(path: Path) -> list[str]:
 def job_field(queue: Queue, job_id: str, name: str) -> Any:
     value = queue.client.hget(queue.keys.job(job_id), name)
     return value.decode() if isinstance(value, bytes) else value
+
+
+def run_sandboxq(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m sandboxq ARGS`` from the repository root, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "sandboxq", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
