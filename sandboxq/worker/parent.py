@@ -242,6 +242,8 @@ class Worker:
         self._finishing: dict[tuple[str, str], _Finishing] = {}
         #: The Redis sockets the selector watches: fd -> (events, _LINK or _WAITER).
         self._watching: dict[int, tuple[int, str]] = {}
+        #: What each tag's connections said on the turn they were last watched.
+        self._watched_as: dict[str, list[tuple[int, bool]]] = {}
         self._final_deadline = 0.0
         #: Prefetched jobs no child has yet, oldest lease first.
         self._buffer: deque[Assignment] = deque()
@@ -419,11 +421,14 @@ class Worker:
     def _unwatch(self, fd: int) -> None:
         """A Redis connection is closing: stop watching its descriptor now,
         before the number can be reused (by a child's pipe, say)."""
-        if self._watching.pop(fd, None) is not None:
+        if (current := self._watching.pop(fd, None)) is not None:
+            self._watched_as.pop(current[1], None)  # the tag's sockets changed
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(fd)
 
     def _watch(self, tag: str, sockets: list[tuple[int, bool]]) -> None:
+        if self._watched_as.get(tag) == sockets:
+            return  # as on the last turn: the common case, every turn of the loop
         wanted = {
             fd: selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
             for fd, write in sockets
@@ -437,6 +442,7 @@ class Worker:
                     self._unwatch(fd)
                 self.selector.register(fd, events, tag)
                 self._watching[fd] = (events, tag)
+        self._watched_as[tag] = sockets
 
     def _select_timeout(self, room: _Room) -> float:
         now = time.monotonic()
