@@ -13,8 +13,11 @@ reads it here, so all of them accept the same three kinds:
 
 The user name and password are the data nodes' (the cluster's nodes, the
 Sentinel-managed master). Sentinels that want a password of their own take
-``?sentinel_password=...`` (and ``sentinel_username``). A bad URL raises a
-ValueError whose one line names what is wrong, with any password hidden.
+``?sentinel_password=...`` (and ``sentinel_username``). A ``rediss+`` URL
+takes redis-py's TLS settings as options too (``ssl_cert_reqs``,
+``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``).
+A bad URL raises a ValueError whose one line names what is wrong, with any
+password hidden.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ _SCHEMES: dict[str, tuple[Kind, bool]] = {
 }
 _SERVER_SCHEMES = ("redis", "rediss", "unix")
 _SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
+#: TLS settings a rediss+ URL may carry, named as redis-py names them.
+_TLS_OPTIONS = (
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_check_hostname",
+)
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
 
 
@@ -58,6 +69,8 @@ class Address:
     db: int = 0
     sentinel_username: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
+    #: rediss+: redis-py's SSL settings (ssl_cert_reqs, ssl_ca_certs...).
+    tls_options: dict[str, str | bool] = field(default_factory=dict)
 
 
 def redact(url: str) -> str:
@@ -94,7 +107,10 @@ def parse(url: str) -> Address:
 
 def _parse_multi_node(url: str, kind: Kind, tls: bool, rest: str) -> Address:
     rest, _, query = rest.partition("?")
-    options = _query_options(query, kind)
+    options = _query_options(query, kind, tls)
+    tls_options: dict[str, str | bool] = {k: v for k, v in options.items() if k in _TLS_OPTIONS}
+    if "ssl_check_hostname" in tls_options:
+        tls_options["ssl_check_hostname"] = _flag(str(tls_options["ssl_check_hostname"]))
     netloc, _, path = rest.partition("/")
     username = password = None
     if "@" in netloc:
@@ -110,7 +126,7 @@ def _parse_multi_node(url: str, kind: Kind, tls: bool, rest: str) -> Address:
             raise ValueError(
                 f"a cluster URL takes no path (got /{path}): Redis Cluster has only database 0"
             )
-        return Address(kind, url, nodes, username, password, tls)
+        return Address(kind, url, nodes, username, password, tls, tls_options=tls_options)
     if not parts or not parts[0]:
         raise ValueError("no service name: write redis+sentinel://HOST:PORT[,...]/SERVICE[/DB]")
     if len(parts) > 2:
@@ -127,14 +143,15 @@ def _parse_multi_node(url: str, kind: Kind, tls: bool, rest: str) -> Address:
         db=db,
         sentinel_username=options.get("sentinel_username"),
         sentinel_password=options.get("sentinel_password"),
+        tls_options=tls_options,
     )
 
 
-def _query_options(query: str, kind: Kind) -> dict[str, str]:
+def _query_options(query: str, kind: Kind, tls: bool) -> dict[str, str]:
     if not query:
         return {}
     pairs = parse_qs(query, keep_blank_values=True)
-    allowed = _SENTINEL_OPTIONS if kind == "sentinel" else ()
+    allowed = (_SENTINEL_OPTIONS if kind == "sentinel" else ()) + (_TLS_OPTIONS if tls else ())
     unknown = sorted(set(pairs) - set(allowed))
     if unknown:
         known = f" (known: {', '.join(allowed)})" if allowed else ""
@@ -162,6 +179,14 @@ def _host_port(part: str, default_port: int) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"bad port {port_text!r} in {part!r}: expected 1 to 65535")
     return host, int(port_text)
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1"):
+        return True
+    if text.lower() in ("false", "no", "0"):
+        return False
+    raise ValueError(f"bad ssl_check_hostname {text!r}: expected true or false")
 
 
 def _database(text: str) -> int:

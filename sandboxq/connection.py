@@ -46,6 +46,7 @@ def connect(url: str, **options: Any) -> Any:
 def _cluster_client(address: addresses.Address, options: dict[str, Any]) -> Any:
     from redis.cluster import ClusterNode, RedisCluster
 
+    tls: dict[str, Any] = dict(address.tls_options)
     return RedisCluster(
         startup_nodes=[
             ClusterNode(host, port)  # type: ignore[no-untyped-call]
@@ -56,6 +57,7 @@ def _cluster_client(address: addresses.Address, options: dict[str, Any]) -> Any:
         ssl=address.tls,
         decode_responses=False,
         health_check_interval=30,
+        **tls,
         **options,
     )
 
@@ -64,18 +66,21 @@ def _sentinel_client(address: addresses.Address, options: dict[str, Any]) -> Any
     from redis.sentinel import Sentinel
 
     timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
+    tls: dict[str, Any] = dict(address.tls_options)
     sentinels = Sentinel(  # type: ignore[no-untyped-call]
         list(address.nodes),
         sentinel_kwargs={
             "username": address.sentinel_username,
             "password": address.sentinel_password,
             "ssl": address.tls,
+            **tls,
             **timeouts,
         },
         username=address.username,
         password=address.password,
         ssl=address.tls,
         db=address.db,
+        **tls,
     )
     return sentinels.master_for(  # type: ignore[no-untyped-call]
         address.service,

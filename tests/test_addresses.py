@@ -30,6 +30,21 @@ def test_a_sentinel_url_names_the_service_and_database() -> None:
     assert addresses.parse("redis+sentinel://s1/orders").db == 0
 
 
+def test_a_tls_url_takes_redis_pys_tls_settings() -> None:
+    found = addresses.parse(
+        "rediss+cluster://h:7000?ssl_cert_reqs=none&ssl_ca_certs=/etc/ca.pem&ssl_check_hostname=no"
+    )
+    assert found.tls_options == {
+        "ssl_cert_reqs": "none",
+        "ssl_ca_certs": "/etc/ca.pem",
+        "ssl_check_hostname": False,
+    }
+    with pytest.raises(ValueError, match="unknown option ssl_cert_reqs"):
+        addresses.parse("redis+cluster://h:7000?ssl_cert_reqs=none")  # not a TLS URL
+    with pytest.raises(ValueError, match="bad ssl_check_hostname 'maybe'"):
+        addresses.parse("rediss+sentinel://s1/orders?ssl_check_hostname=maybe")
+
+
 @pytest.mark.parametrize(
     "url", ["redis://localhost:6379/0", "rediss://h:6380", "unix:///tmp/redis.sock?db=1"]
 )

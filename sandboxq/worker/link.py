@@ -77,7 +77,7 @@ class Endpoint:
             return cls(
                 username=address.username,
                 password=address.password,
-                tls={} if address.tls else None,
+                tls=dict(address.tls_options) if address.tls else None,
                 connect_timeout=connect_timeout,
                 cluster_seeds=address.nodes,
             )
@@ -86,7 +86,7 @@ class Endpoint:
                 username=address.username,
                 password=address.password,
                 db=address.db,
-                tls={} if address.tls else None,
+                tls=dict(address.tls_options) if address.tls else None,
                 connect_timeout=connect_timeout,
                 sentinels=address.nodes,
                 service=address.service or "",
