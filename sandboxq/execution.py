@@ -6,6 +6,9 @@ settles the job in Redis) and the inline test runner (which does both).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +30,9 @@ RATE_LIMITED = "ratelimited"  # a downstream limit: pause the job's scope; no at
 
 #: Every way a run can end, as finish.lua knows them.
 OUTCOMES = frozenset({COMPLETED, FAILED, UNRECOVERABLE, RETRY, RATE_LIMITED})
+
+#: How long the tasks an async handler left running get to end once cancelled.
+LEFTOVER_TASKS_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +72,7 @@ def format_traceback() -> str:
 def run(func: Any, ctx: JobContext, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> Outcome:
     """Call the handler and classify the result or exception."""
     try:
-        result = func(ctx)
+        result = call_handler(func, ctx)
     except Retry as exc:
         return _run_later(RETRY, exc, "delay")
     except RateLimited as exc:
@@ -76,6 +82,47 @@ def run(func: Any, ctx: JobContext, max_result_bytes: int = DEFAULT_MAX_RESULT_B
     except Exception as exc:
         return Outcome(FAILED, describe_error(exc), format_traceback())
     return completed(result, max_result_bytes)
+
+
+# -- async handlers ---------------------------------------------------------------
+#: The event loop async handlers run on, and the process it belongs to: it
+#: lives as long as the worker child (a handler's connection pool or client
+#: session stays usable from one job to the next), and a forked process
+#: makes its own.
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_pid = 0
+
+
+def call_handler(func: Any, ctx: JobContext) -> Any:
+    """The handler's return value. An ``async def`` handler (or any that
+    returns an awaitable) runs to completion on this process's event loop;
+    tasks it started and left running are cancelled when it returns, so one
+    job's work does not run on during the next. Timeouts need nothing here:
+    the worker parent stops the whole child, whatever it runs."""
+    result = func(ctx)
+    if not inspect.isawaitable(result):
+        return result
+    loop = handler_loop()
+    try:
+        return loop.run_until_complete(result)
+    finally:
+        _cancel_leftovers(loop)
+
+
+def handler_loop() -> asyncio.AbstractEventLoop:
+    global _loop, _loop_pid
+    if _loop is None or _loop_pid != os.getpid() or _loop.is_closed():
+        _loop, _loop_pid = asyncio.new_event_loop(), os.getpid()
+        asyncio.set_event_loop(_loop)
+    return _loop
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    leftovers = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in leftovers:
+        task.cancel()
+    if leftovers:  # let them see the cancellation; one that ignores it runs on
+        loop.run_until_complete(asyncio.wait(leftovers, timeout=LEFTOVER_TASKS_SECONDS))
 
 
 def _run_later(kind: str, exc: Retry | RateLimited, attribute: str) -> Outcome:

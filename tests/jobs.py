@@ -325,3 +325,51 @@ for _extra in filter(None, os.environ.get("SANDBOXQ_TEST_EXTRA_QUEUES", "").spli
     for (_queue, _name), _found in list(REGISTRY.items()):
         if _queue == Q:
             handler(_extra, _name)(_found.func)
+
+
+# -- async handlers ---------------------------------------------------------------
+@handler(Q)
+async def async_echo(job: JobContext) -> Any:
+    """Awaits, then returns its data with where it ran: the pid and the
+    running loop's id, so a test can tell one child's jobs share a loop."""
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    job.update_progress(50)
+    return {"echo": job.data, "pid": os.getpid(), "loop": id(asyncio.get_running_loop())}
+
+
+@handler(Q)
+async def async_hang(job: JobContext) -> Any:
+    import asyncio
+
+    await asyncio.sleep(30)
+
+
+@handler(Q)
+async def async_raise(job: JobContext) -> Any:
+    raise ValueError(f"async bad input {job.data}")
+
+
+@handler(Q)
+async def async_retry_once(job: JobContext) -> Any:
+    if job.attempts_made == 0 and job.retries == 0:
+        raise Retry(delay=0.01)
+    return "retried"
+
+
+@handler(Q)
+async def async_leave_task(job: JobContext) -> Any:
+    """Starts a task that would append to a file for a while, and returns at
+    once: the task must not run on after its job."""
+    import asyncio
+
+    async def scribble() -> None:
+        for _ in range(50):
+            with open(job.data, "a") as out:
+                out.write("x")
+            await asyncio.sleep(0.01)
+
+    asyncio.get_running_loop().create_task(scribble())
+    await asyncio.sleep(0)
+    return "left a task"
