@@ -11,6 +11,13 @@ from sandboxq.errors import (
 from sandboxq.events import QueueEvents
 from sandboxq.fast import IMPLEMENTATION
 from sandboxq.handlers import JobContext, handler
+from sandboxq.hooks import (
+    job_middleware,
+    on_child_exit,
+    on_child_start,
+    on_worker_start,
+    on_worker_stop,
+)
 from sandboxq.job import Job
 from sandboxq.options import Backoff, Retention
 from sandboxq.queue import JobIsActive, Queue
@@ -34,4 +41,9 @@ __all__ = [
     "Unrecoverable",
     "__version__",
     "handler",
+    "job_middleware",
+    "on_child_exit",
+    "on_child_start",
+    "on_worker_start",
+    "on_worker_stop",
 ]

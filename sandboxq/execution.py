@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from sandboxq import hooks
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES, MAX_ERROR_BYTES, MAX_TRACEBACK_BYTES, clip_text
 from sandboxq.errors import RateLimited, Retry, Unrecoverable
 from sandboxq.handlers import JobContext
@@ -94,12 +95,13 @@ _loop_pid = 0
 
 
 def call_handler(func: Any, ctx: JobContext) -> Any:
-    """The handler's return value. An ``async def`` handler (or any that
+    """The handler's return value, through the job middleware (hooks.py).
+    An ``async def`` handler (or any that
     returns an awaitable) runs to completion on this process's event loop;
     tasks it started and left running are cancelled when it returns, so one
     job's work does not run on during the next. Timeouts need nothing here:
     the worker parent stops the whole child, whatever it runs."""
-    result = func(ctx)
+    result = hooks.with_middleware(func)(ctx)
     if not inspect.isawaitable(result):
         return result
     loop = handler_loop()

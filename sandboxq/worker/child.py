@@ -24,7 +24,7 @@ from typing import Any
 
 from setproctitle import setproctitle
 
-from sandboxq import execution
+from sandboxq import execution, hooks
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.handlers import Handler
 from sandboxq.worker import proctree, protocol
@@ -123,6 +123,28 @@ def send_done(sock: socket.socket, job_id: str, outcome: execution.Outcome) -> N
         protocol.send(sock, [protocol.DONE, job_id, execution.FAILED, message, "", 0.0])
 
 
+def start_child(index: int) -> None:
+    """Run the on_child_start hooks; one that raises kills this child before
+    its first job, which the parent counts as a death at birth."""
+    try:
+        hooks.run(hooks.CHILD_START)
+    except BaseException:
+        print(f"sandboxq child {index}: an on_child_start hook failed:", file=sys.stderr)
+        raise
+
+
+def exit_child(index: int) -> None:
+    """Run the on_child_exit hooks of a child leaving cleanly; a failure is
+    printed, and the child exits 0 all the same (its jobs are done)."""
+    try:
+        hooks.run(hooks.CHILD_EXIT)
+    except Exception:
+        import traceback
+
+        print(f"sandboxq child {index}: an on_child_exit hook failed:", file=sys.stderr)
+        traceback.print_exc()
+
+
 def main(
     index: int,
     sock: socket.socket,
@@ -150,7 +172,9 @@ def main(
             with contextlib.suppress(OSError):
                 os.close(fd)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        start_child(index)
         serve(index, sock, handlers, max_result_bytes)
+        exit_child(index)
     except SystemExit as exc:  # sys.exit() in a handler: exit with its code
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:

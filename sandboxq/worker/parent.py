@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -29,7 +30,7 @@ from typing import Any, NamedTuple
 import redis
 from setproctitle import setproctitle
 
-from sandboxq import execution, logs
+from sandboxq import execution, hooks, logs
 from sandboxq.addresses import redact
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.connection import connect, resolve_url
@@ -261,11 +262,33 @@ class Worker:
     def run(self) -> int:
         """Run until stopped; returns the exit code (EXIT_OK after a clean drain)."""
         self._open()
+        started = False
         try:
+            self._start_hooks()
+            started = True
             self._loop()
         finally:
             self._close()
+            if started:
+                self._stop_hooks()
         return EXIT_FORCED if self._forced else EXIT_OK
+
+    def _start_hooks(self) -> None:
+        """on_worker_start, once the first children are forked (so they do
+        not inherit what the hooks open). A failure is a boot error."""
+        try:
+            hooks.run(hooks.WORKER_START)
+        except Exception as exc:
+            raise BootError(
+                f"an on_worker_start hook failed: {type(exc).__name__}: {exc}\n"
+                + traceback.format_exc()
+            ) from exc
+
+    def _stop_hooks(self) -> None:
+        try:
+            hooks.run(hooks.WORKER_STOP)
+        except Exception:
+            logs.log.error("an on_worker_stop hook failed:\n%s", traceback.format_exc())
 
     # -- setup and teardown ---------------------------------------------------
     def _open(self) -> None:
