@@ -183,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="timeout of jobs whose handler and options set none",
     )
     worker.add_argument(
+        "--unknown-name-grace",
+        type=positive_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="a job whose name no handler here runs goes back to the queue (for a newer "
+        "worker) until it is this old, then fails (default 300)",
+    )
+    worker.add_argument(
         "--kill-grace",
         type=positive_seconds,
         default=2.0,
@@ -427,6 +435,7 @@ def run_worker(args: argparse.Namespace) -> int:
             metrics_host=args.metrics_host,
             liveness_tick_timeout=args.liveness_tick_timeout,
             liveness_idle_timeout=args.liveness_idle_timeout,
+            unknown_name_grace=args.unknown_name_grace,
         )
     except (BootError, ValueError) as exc:
         logs.log.error("cannot start: %s", exc)

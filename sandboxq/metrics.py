@@ -128,6 +128,12 @@ class WorkerMetrics:
             ["queue", "result"],
             registry=r,
         )
+        self.unknown_names = Counter(
+            "sandboxq_unknown_job_names",
+            "Jobs no handler of this worker runs (handed back, or failed after the grace)",
+            ["queue"],
+            registry=r,
+        )
         self.rate_limit_waits = Counter(
             "sandboxq_rate_limit_waits",
             "Fetches a limit held back (rate, concurrency, a paused group)",

@@ -1,5 +1,6 @@
 """Lifecycle hooks and job middleware on a real worker (tests/hooks_jobs.py
-registers one of each, and logs each call with its pid)."""
+registers one of each, and logs each call with its pid), and what a worker
+does with a job whose name none of its handlers has."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from sandboxq import Queue, hooks
 from sandboxq.testing import run_until_empty
 from sandboxq.worker.parent import EXIT_BOOT_ERROR, EXIT_OK
-from tests.worker_harness import WorkerProcess, wait_for_jobs
+from tests.worker_harness import WorkerProcess, wait_for_job, wait_for_jobs
 
 StartWorker = Callable[..., WorkerProcess]
 
@@ -113,3 +114,32 @@ def test_sync_middleware_nests_in_registration_order(
     run_until_empty(queue, {"one": lambda job: 1})
     assert middleware_order == ["first", "second"]
     assert job.refresh().result == {"first": {"second": 1}}
+
+
+# -- job names no handler here runs -------------------------------------------------
+def test_an_unknown_job_name_waits_for_a_worker_that_knows_it(
+    start_worker: StartWorker, queue: Queue, hook_log: Path
+) -> None:
+    """Mid-deploy: an old worker meets a new job type. It logs a warning
+    naming the job and what it knows, and hands the job back (no attempt
+    spent); the new worker, started later, runs it."""
+    old = start_worker(procs=1)  # tests.jobs: has no "opened" handler
+    job = queue.add("opened", attempts=1)
+    old.wait_for_line(r"no handler for job 'opened' in queue .* \(this worker knows: .*ok", 15)
+    handed_back = wait_for_job(queue, job.id, ["delayed"], timeout=10)
+    assert handed_back.attempts_made == 0
+    start_hooked(start_worker, hook_log, procs=1)  # the new worker
+    done = wait_for_jobs(queue, [job.id], timeout=30)[job.id]
+    assert done.state == "completed", done.fields
+    assert done.attempts_made == 1
+
+
+def test_an_unknown_job_name_fails_after_the_grace(start_worker: StartWorker, queue: Queue) -> None:
+    start_worker("--unknown-name-grace", "0", procs=1)
+    job = queue.add("no_such_job", attempts=3)
+    failed = wait_for_jobs(queue, [job.id], timeout=15)[job.id]
+    assert failed.state == "failed"
+    assert failed.error is not None
+    assert failed.error.startswith(f"no handler for job 'no_such_job' in queue {queue.name!r}")
+    assert failed.error.endswith("; no worker ran it within 0s")
+    assert failed.attempts_made == 1  # failed for good: no retries spent on it

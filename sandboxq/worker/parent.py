@@ -51,6 +51,10 @@ EXIT_FORCED = 1  # stopped before the jobs in flight finished; they were handed 
 EXIT_BOOT_ERROR = 3  # could not start: bad handlers or modules, children dying at birth
 EXIT_INTERNAL_ERROR = 70  # an unexpected error stopped the worker (EX_SOFTWARE): a bug to report
 
+#: How long a job no handler here runs goes back to the queue before it is
+#: offered again (within --unknown-name-grace).
+UNKNOWN_NAME_RETRY_SECONDS = 5.0
+
 #: Children that die before running any job, in a row, before the worker
 #: gives up instead of respawning forever.
 MAX_BIRTH_FAILURES = 5
@@ -190,8 +194,12 @@ class Worker:
         liveness_tick_timeout: float = 30.0,
         liveness_idle_timeout: float = 600.0,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        unknown_name_grace: float = 300.0,
     ) -> None:
         self.queues, self.handlers = resolve_handlers(queues, handlers)
+        if not 0 <= unknown_name_grace < math.inf:
+            raise ValueError(f"unknown_name_grace must be >= 0 seconds, got {unknown_name_grace!r}")
+        self.unknown_name_grace = unknown_name_grace
         # --rate-limit is stored on the queues (Queue.set_rate_limit), so it
         # holds across every worker, not per process.
         self.settings = {} if rate_limit is None else rate_limit_fields("rl", *rate_limit)
@@ -807,19 +815,37 @@ class Worker:
         name = fields.get("name", "")
         found = self.handlers.get((queue, name))
         if found is None:
-            self.broker.finish(
-                queue,
-                execution.finish_entry(
-                    job_id,
-                    fields,
-                    execution.Outcome.error(
-                        f"no handler for job {name!r} in queue {queue!r}", unrecoverable=True
-                    ),
-                ),
-            )
+            outcome = self._unknown_name(queue, job_id, name, fields)
+            self.broker.finish(queue, execution.finish_entry(job_id, fields, outcome))
             return
         timeout = fields.get("timeout") or found.timeout or self.default_timeout
         self._buffer.append(Assignment(queue, job_id, name, fields, timeout, started))
+
+    def _unknown_name(
+        self, queue: str, job_id: str, name: str, fields: dict[str, Any]
+    ) -> execution.Outcome:
+        """A job no handler here runs: a typo, or a new job type reaching an
+        old worker mid-deploy. Within --unknown-name-grace of its creation it
+        goes back to the queue for UNKNOWN_NAME_RETRY_SECONDS (no attempt
+        spent), so a newer worker can take it; after that it fails."""
+        known = sorted(job for q, job in self.handlers if q == queue)
+        problem = f"no handler for job {name!r} in queue {queue!r} (this worker knows: "
+        problem += f"{', '.join(known)})"
+        self.metrics.unknown_names.labels(queue).inc()
+        age = self.broker.now_ms() / 1000 - float(fields.get("created_at") or 0)
+        if age < self.unknown_name_grace:
+            logs.event(
+                f"{problem}; handed back for {UNKNOWN_NAME_RETRY_SECONDS:g}s, for a worker "
+                "that knows it",
+                logging.WARNING,
+                queue=queue,
+                job_id=job_id,
+                job_name=name,
+            )
+            return execution.Outcome(execution.RETRY, problem, delay=UNKNOWN_NAME_RETRY_SECONDS)
+        message = f"{problem}; no worker ran it within {self.unknown_name_grace:g}s"
+        logs.event(message, logging.WARNING, queue=queue, job_id=job_id, job_name=name)
+        return execution.Outcome.error(message, unrecoverable=True)
 
     # -- prefetching --------------------------------------------------------------
     def _prefetching(self) -> bool:
