@@ -10,20 +10,16 @@ import time
 from typing import Any
 
 from sandboxq import JobContext, handler
+from tests.appending import append_line
 
 QUEUES = [q for q in os.environ.get("SANDBOXQ_TEST_QUEUES", "").split(",") if q]
 RUNS = os.environ.get("SANDBOXQ_TEST_RUNS", os.devnull)
 
 
 def record(job: JobContext) -> Any:
-    """Sleep ``job.data`` seconds, then note the run (one short line: an
-    O_APPEND write of it is atomic, whatever other children write)."""
+    """Sleep ``job.data`` seconds, then note the run."""
     time.sleep(float(job.data or 0))
-    fd = os.open(RUNS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, f"{job.queue}/{job.id}\n".encode())
-    finally:
-        os.close(fd)
+    append_line(RUNS, f"{job.queue}/{job.id}")
     return job.id
 
 

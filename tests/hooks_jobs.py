@@ -19,6 +19,7 @@ from sandboxq import (
     on_worker_start,
     on_worker_stop,
 )
+from tests.appending import append_line
 
 Q = os.environ.get("SANDBOXQ_TEST_QUEUE", "hooks")
 LOG = os.environ.get("SANDBOXQ_TEST_HOOKS", os.devnull)
@@ -29,11 +30,7 @@ connection: dict[str, int] | None = None
 
 
 def note(line: str) -> None:
-    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, f"{line} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
+    append_line(LOG, f"{line} {os.getpid()}")
 
 
 def moment(name: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from sandboxq import JobContext, RateLimited, Retry, Unrecoverable, fast, handler
 from sandboxq.handlers import REGISTRY
+from tests.appending import append_line
 
 Q = os.environ.get("SANDBOXQ_TEST_QUEUE", "crash")
 
@@ -252,11 +253,7 @@ def noisy(job: JobContext) -> Any:
 
 # -- subprocesses: part of the job ----------------------------------------------
 def _record(path: str, pid: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{pid}\n".encode())
-    finally:
-        os.close(fd)
+    append_line(path, str(pid))
 
 
 def _start_helpers(pids_file: str) -> None:
