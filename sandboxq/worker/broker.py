@@ -780,9 +780,11 @@ class Broker:
 
     def _wake_fetch_queue(self, free_slots: int) -> str | None:
         """The queue a wait's fetch asks, or None for a plain wait: with free
-        children, a single queue, and no limit. A limit counts leases, and a
-        rate limit's start times are the fetch's `now`; with several queues
-        a wake-up does not say which one has work."""
+        children, a single queue, no limit, and not on a Redis Cluster. A
+        limit counts leases, and a rate limit's start times are the fetch's
+        `now`; with several queues a wake-up does not say which one has work;
+        a cluster's wait is one BZPOPMIN per queue (cluster.py), with no room
+        for a fetch behind it."""
         if free_slots <= 0 or len(self.queues) != 1 or not self._set_up or self.cluster:
             return None
         queue = self.queues[0]
