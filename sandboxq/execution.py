@@ -96,11 +96,11 @@ _loop_pid = 0
 
 def call_handler(func: Any, ctx: JobContext) -> Any:
     """The handler's return value, through the job middleware (hooks.py).
-    An ``async def`` handler (or any that
-    returns an awaitable) runs to completion on this process's event loop;
-    tasks it started and left running are cancelled when it returns, so one
-    job's work does not run on during the next. Timeouts need nothing here:
-    the worker parent stops the whole child, whatever it runs."""
+    An ``async def`` handler (or any that returns an awaitable) runs to
+    completion on this process's event loop; tasks it started and left
+    running are cancelled when it returns, so one job's work does not run on
+    during the next. Timeouts need nothing here: the worker parent stops the
+    whole child, whatever it runs."""
     result = hooks.with_middleware(func)(ctx)
     if not inspect.isawaitable(result):
         return result

@@ -47,15 +47,16 @@ HOOKS: dict[str, list[Callable[[], Any]]] = {
 MIDDLEWARE: list[Callable[[Any, Callable[[Any], Any]], Any]] = []
 
 
-def _registrar(moment: str) -> Callable[[F], F]:
-    def register(func: F) -> F:
-        if not callable(func):
-            raise TypeError(f"@{moment} takes a function, got {func!r}")
-        if func not in HOOKS[moment]:  # a module imported twice registers once
-            HOOKS[moment].append(func)
-        return func
+def _add(registry: list[Any], decorator: str, func: F) -> F:
+    if not callable(func):
+        raise TypeError(f"{decorator} takes a function, got {func!r}")
+    if func not in registry:  # a module imported twice registers once
+        registry.append(func)
+    return func
 
-    return register
+
+def _registrar(moment: str) -> Callable[[F], F]:
+    return lambda func: _add(HOOKS[moment], f"@{moment}", func)
 
 
 on_worker_start = _registrar(WORKER_START)
@@ -66,11 +67,7 @@ on_child_exit = _registrar(CHILD_EXIT)
 
 def job_middleware(func: F) -> F:
     """Register ``func(job, call_next)`` to wrap every handler call."""
-    if not callable(func):
-        raise TypeError(f"@job_middleware takes a function, got {func!r}")
-    if func not in MIDDLEWARE:
-        MIDDLEWARE.append(func)
-    return func
+    return _add(MIDDLEWARE, "@job_middleware", func)
 
 
 def run(moment: str) -> None:
@@ -83,9 +80,9 @@ def run(moment: str) -> None:
 def with_middleware(func: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``func`` wrapped in the registered middleware. The chain is async (it
     returns a coroutine) when ``func`` or any middleware is ``async def``."""
-    chain = list(MIDDLEWARE)
-    if not chain:
+    if not MIDDLEWARE:  # the common case: nothing to build for each job
         return func
+    chain = list(MIDDLEWARE)
     if inspect.iscoroutinefunction(func) or any(map(inspect.iscoroutinefunction, chain)):
 
         async def call_async(job: Any, depth: int = 0) -> Any:
