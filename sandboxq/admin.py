@@ -287,15 +287,6 @@ def _watch_header(interval: float) -> None:
 
 
 # -- jobs --------------------------------------------------------------------------
-def fetch_jobs(queue: Queue, job_ids: list[str]) -> list[Job]:
-    """The jobs with these ids in one round trip; those gone meanwhile are skipped."""
-    pipe = queue.client.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.hgetall(queue.keys.job(job_id))
-    found = zip(job_ids, pipe.execute(), strict=True)
-    return [Job.from_hash(queue, i, fields) for i, fields in found if fields]
-
-
 def job_summary(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
@@ -311,7 +302,7 @@ def job_summary(job: Job) -> dict[str, Any]:
 
 def jobs(args: argparse.Namespace, client: redis.Redis) -> int:
     queue = open_queue(client, args.queue)
-    found = [job_summary(j) for j in fetch_jobs(queue, queue.job_ids(args.state, 0, args.limit))]
+    found = [job_summary(j) for j in queue.get_jobs(queue.job_ids(args.state, 0, args.limit))]
     if args.json:
         print_json(found)
         return EXIT_OK
@@ -509,7 +500,6 @@ def clean(args: argparse.Namespace, client: redis.Redis) -> int:
 
 def add(args: argparse.Namespace, client: redis.Redis) -> int:
     queue = open_queue(client, args.queue)
-    existed = args.job_id is not None and queue.get_job(args.job_id) is not None
     try:
         added = queue.add(
             args.name,
@@ -521,6 +511,7 @@ def add(args: argparse.Namespace, client: redis.Redis) -> int:
         )
     except (TypeError, ValueError) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
+    existed = not added.created
     message = f"added job {added.id} ({added.name}) to queue {queue.name!r}: {added.state}"
     if existed:
         message = f"job {added.id} exists already ({added.state}): nothing added"

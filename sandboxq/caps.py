@@ -12,7 +12,9 @@ What one job can leave, at most: 1,000 log lines of 8 KiB (8 MiB), one
 progress value of 4 KiB, an error of 8 KiB and a traceback of 32 KiB, plus
 its result (``max_result_bytes``, 1 MiB by default; a bigger result fails
 the job instead, because a cut result would be wrong data). Events copy at
-most 1 KiB of an error (``lua/include/common.lua``) and 4 KiB of progress.
+most 1 KiB of an error (``lua/include/common.lua``) and 4 KiB of progress;
+a ``completed`` event carries a result of up to 4 KiB and only the size of a
+bigger one.
 """
 
 from __future__ import annotations

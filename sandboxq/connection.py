@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,64 +29,68 @@ def connect(url: str, **options: Any) -> Any:
     (e.g. ``socket_timeout``). One server gives a ``redis.Redis``, a cluster
     a ``redis.cluster.RedisCluster``, and Sentinel a ``redis.Redis`` whose
     pool asks the sentinels where the master is whenever it connects."""
-    address = addresses.parse(url)
-    if address.kind == "cluster":
-        return _cluster_client(address, options)
-    if address.kind == "sentinel":
-        return _sentinel_client(address, options)
-    try:
-        return redis.Redis.from_url(
-            url, decode_responses=False, health_check_interval=30, **options
-        )
-    except ValueError as exc:
-        raise ValueError(f"bad Redis URL {addresses.redact(url)!r}: {exc}") from None
-
-
-def _cluster_client(address: addresses.Address, options: dict[str, Any]) -> Any:
     from redis.cluster import ClusterNode, RedisCluster
-
-    tls: dict[str, Any] = dict(address.tls_options)
-    return RedisCluster(
-        startup_nodes=[
-            ClusterNode(host, port)  # type: ignore[no-untyped-call]
-            for host, port in address.nodes
-        ],
-        username=address.username,
-        password=address.password,
-        ssl=address.tls,
-        decode_responses=False,
-        health_check_interval=30,
-        **tls,
-        **options,
-    )
-
-
-def _sentinel_client(address: addresses.Address, options: dict[str, Any]) -> Any:
     from redis.sentinel import Sentinel
 
-    timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
+    return _client(url, options, redis.Redis, RedisCluster, ClusterNode, Sentinel)
+
+
+def connect_async(url: str, **options: Any) -> Any:
+    """What :func:`connect` gives, as its ``redis.asyncio`` twin."""
+    import redis.asyncio
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.sentinel import Sentinel
+
+    return _client(url, options, redis.asyncio.Redis, RedisCluster, ClusterNode, Sentinel)
+
+
+def _client(
+    url: str,
+    options: dict[str, Any],
+    single: Any,
+    cluster: Any,
+    cluster_node: Any,
+    sentinel: Any,
+) -> Any:
+    """A client for ``url`` made of the given redis-py classes (blocking or
+    asyncio: they take the same arguments)."""
+    address = addresses.parse(url)
     tls: dict[str, Any] = dict(address.tls_options)
-    sentinels = Sentinel(  # type: ignore[no-untyped-call]
-        list(address.nodes),
-        sentinel_kwargs={
-            "username": address.sentinel_username,
-            "password": address.sentinel_password,
-            "ssl": address.tls,
+    if address.kind == "cluster":
+        return cluster(
+            startup_nodes=[cluster_node(host, port) for host, port in address.nodes],
+            username=address.username,
+            password=address.password,
+            ssl=address.tls,
+            decode_responses=False,
+            health_check_interval=30,
             **tls,
-            **timeouts,
-        },
-        username=address.username,
-        password=address.password,
-        ssl=address.tls,
-        db=address.db,
-        **tls,
-    )
-    return sentinels.master_for(  # type: ignore[no-untyped-call]
-        address.service,
-        decode_responses=False,
-        health_check_interval=30,
-        **options,
-    )
+            **options,
+        )
+    if address.kind == "sentinel":
+        timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
+        sentinels = sentinel(
+            list(address.nodes),
+            sentinel_kwargs={
+                "username": address.sentinel_username,
+                "password": address.sentinel_password,
+                "ssl": address.tls,
+                **tls,
+                **timeouts,
+            },
+            username=address.username,
+            password=address.password,
+            ssl=address.tls,
+            db=address.db,
+            **tls,
+        )
+        return sentinels.master_for(
+            address.service, decode_responses=False, health_check_interval=30, **options
+        )
+    try:
+        return single.from_url(url, decode_responses=False, health_check_interval=30, **options)
+    except ValueError as exc:
+        raise ValueError(f"bad Redis URL {addresses.redact(url)!r}: {exc}") from None
 
 
 def execute(client: redis.Redis, args: tuple[Any, ...]) -> Any:
@@ -121,14 +124,13 @@ def execute(client: redis.Redis, args: tuple[Any, ...]) -> Any:
 
 def describe(client: Any) -> str:
     """A URL-like description of where ``client`` connects, for messages."""
-    from redis.cluster import RedisCluster
-    from redis.sentinel import SentinelConnectionPool
-
-    if isinstance(client, RedisCluster):
-        nodes = ",".join(f"{node.host}:{node.port}" for node in client.get_primaries())  # type: ignore[no-untyped-call]
+    if hasattr(client, "get_primaries"):  # a cluster client, blocking or asyncio
+        # An asyncio cluster client knows only its seeds until its first command.
+        known = client.get_primaries() or client.nodes_manager.startup_nodes.values()
+        nodes = ",".join(f"{node.host}:{node.port}" for node in known)
         return f"redis+cluster://{nodes}"
     pool = client.connection_pool
-    if isinstance(pool, SentinelConnectionPool):
+    if hasattr(pool, "sentinel_manager"):  # a Sentinel master_for() client
         sentinels = ",".join(
             f"{s.connection_pool.connection_kwargs.get('host')}:"
             f"{s.connection_pool.connection_kwargs.get('port')}"
@@ -151,24 +153,8 @@ def url_in_errors(url: str) -> Iterator[None]:
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise _unreachable(url, exc) from exc
+        raise unreachable(url, exc) from exc
 
 
-def _unreachable(url: str, exc: Exception) -> ConnectionFailed:
+def unreachable(url: str, exc: Exception) -> ConnectionFailed:
     return ConnectionFailed(f"cannot reach Redis at {addresses.redact(url)}: {exc}")
-
-
-def names_url(method: F) -> F:
-    """Decorate a method of an object with a ``url`` attribute so Redis
-    connection errors inside it name that URL."""
-
-    @functools.wraps(method)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        # What url_in_errors does, inline: this wraps every producer call,
-        # and a generator-based context manager costs a few microseconds.
-        try:
-            return method(self, *args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise _unreachable(self.url, exc) from exc
-
-    return wrapper  # type: ignore[return-value]

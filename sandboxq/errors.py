@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from sandboxq.options import seconds
 
 if TYPE_CHECKING:
-    from sandboxq.job import Job
+    from sandboxq.job import JobRecord
 
 
 class SandboxqError(Exception):
@@ -25,7 +25,7 @@ class ConnectionFailed(SandboxqError, ConnectionError):
 class JobFailed(SandboxqError):
     """Raised by :meth:`Job.wait` when the job ended in the failed state."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: JobRecord) -> None:
         super().__init__(f"job {job.id} ({job.name}) failed: {job.error}")
         self.job = job
 

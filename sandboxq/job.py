@@ -1,15 +1,20 @@
-"""The Job model: a snapshot of one job's hash, plus refresh and wait."""
+"""The Job model: a snapshot of one job's hash, plus refresh and wait.
+
+:class:`JobRecord` holds what both front ends share, its operations
+included (sans-I/O, see :mod:`sandboxq.ops`); :class:`Job` runs them
+blocking, :class:`sandboxq.aio.AsyncJob` on an event loop.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 
 from sandboxq import events, fast, payload
-from sandboxq.connection import url_in_errors
 from sandboxq.errors import JobFailed
+from sandboxq.ops import Op, blocking, cmd
 
 if TYPE_CHECKING:
     from sandboxq.queue import Queue
@@ -20,26 +25,30 @@ FINISHED_STATES = ("completed", "failed")
 
 #: The longest single blocking read of the events stream inside ``wait``;
 #: between reads the job is re-read, so a missed event costs at most this.
-_WAIT_BLOCK_SECONDS = 2.0
+WAIT_BLOCK_SECONDS = 2.0
 
 
-class Job:
-    """A job as last read from Redis. Attributes are a snapshot: call
-    :meth:`refresh` to read them again.
+class JobRecord:
+    """A job as last read from Redis: the attributes both front ends share.
+    Attributes are a snapshot: ``refresh()`` reads them again.
 
-    Times are seconds since the epoch (floats) or ``None``.
+    Times are seconds since the epoch (floats) or ``None``. ``created`` is
+    True for a job this ``add`` created, False when the id existed already
+    (the job is then the one that existed), None for a job read back.
     """
 
-    def __init__(self, queue: Queue, job_id: str, fields: dict[str, Any]) -> None:
+    created: bool | None = None
+
+    def __init__(self, queue: Any, job_id: str, fields: dict[str, Any]) -> None:
         """``fields``: the job hash's fields as Python values."""
         self.queue = queue
         self.id = job_id
         self._load(fields)
 
     @classmethod
-    def from_hash(cls, queue: Queue, job_id: str, raw: dict[Any, Any]) -> Job:
+    def from_hash(cls, queue: Any, job_id: str, raw: dict[Any, Any]) -> Self:
         """The job from its hash as HGETALL returns it (bytes to bytes)."""
-        return cls(queue, job_id, payload.with_json_decoded(fast.decode_job_mapping(raw)))
+        return cls(queue, job_id, decode_hash(raw))
 
     def _load(self, fields: dict[str, Any]) -> None:
         self.fields = fields
@@ -61,65 +70,80 @@ class Job:
         self.finished_at: float | None = fields.get("finished_at")
 
     def __repr__(self) -> str:
-        return f"<Job {self.queue.name}/{self.id} {self.name!r} {self.state}>"
+        return f"<{type(self).__name__} {self.queue.name}/{self.id} {self.name!r} {self.state}>"
 
-    def refresh(self) -> Job:
+    # -- operations (sans-I/O) ----------------------------------------------------------
+    def _refresh(self) -> Op[Self]:
         """Read the job again. Raises LookupError if it no longer exists."""
-        fresh = self.queue.get_job(self.id)
-        if fresh is None:
+        fields = yield cmd("HGETALL", self.queue.keys.job(self.id))
+        if not fields:
             raise LookupError(f"job {self.id} no longer exists in queue {self.queue.name!r}")
-        self._load(fresh.fields)
+        self._load(decode_hash(fields))
         return self
 
-    def children_results(self) -> dict[str, Any]:
+    def _children_results(self) -> Op[dict[str, Any]]:
         """A flow parent's finished children's results, by ``"queue:id"``."""
-        with url_in_errors(self.queue.url):
-            raw: Any = self.queue.client.hgetall(self.queue.keys.deps(self.id))
+        raw = yield cmd("HGETALL", self.queue.keys.deps(self.id))
         return {ref.decode(): orjson.loads(value) for ref, value in raw.items()}
 
-    def children_failures(self) -> dict[str, str]:
+    def _children_failures(self) -> Op[dict[str, str]]:
         """Children that failed and were skipped (``ignore_failed_children``)."""
-        with url_in_errors(self.queue.url):
-            raw: Any = self.queue.client.hgetall(self.queue.keys.ignored(self.id))
+        raw = yield cmd("HGETALL", self.queue.keys.ignored(self.id))
         return {ref.decode(): error.decode() for ref, error in raw.items()}
 
-    def audit(self) -> list[dict[str, Any]]:
+    def _audit(self) -> Op[list[dict[str, Any]]]:
         """Manual actions on this job, oldest first: at, by, action."""
-        with url_in_errors(self.queue.url):
-            raw: Any = self.queue.client.lrange(self.queue.keys.job_audit(self.id), 0, -1)
+        raw = yield cmd("LRANGE", self.queue.keys.job_audit(self.id), 0, -1)
         return [orjson.loads(entry) for entry in raw]
 
-    def logs(self) -> list[str]:
+    def _logs(self) -> Op[list[str]]:
         """The log lines the handler wrote (the newest 1,000)."""
-        return self.queue.job_logs(self.id)
+        return (yield from self.queue._job_logs(self.id))  # type: ignore[no-any-return]
 
-    def wait(self, timeout: float | None = None) -> Any:
-        """Block until the job finishes and return its result.
+    def _wait(self, timeout: float | None = None) -> Op[Any]:
+        """Wait until the job finishes and return its result.
 
         Raises :class:`sandboxq.JobFailed` if it failed for good, and
         :class:`TimeoutError` if it has not finished within ``timeout``
         seconds. Waiting follows the queue's event stream; it does not poll.
         """
-        with url_in_errors(self.queue.url):
-            return self._wait(timeout)
-
-    def _wait(self, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
-        client, stream = self.queue.client, self.queue.keys.events
-        cursor = events.last_id(client, stream)
+        stream = self.queue.keys.events
+        cursor = yield from events.last_id_op(stream)
         while True:
-            self.refresh()
+            yield from self._refresh()
             if self.state == "completed":
                 return self.result
             if self.state == "failed":
                 raise JobFailed(self)
-            block = _WAIT_BLOCK_SECONDS
+            block = WAIT_BLOCK_SECONDS
             if deadline is not None:
                 block = min(block, deadline - time.monotonic())
                 if block <= 0:
                     raise TimeoutError(
                         f"job {self.id} ({self.name}) still {self.state} after {timeout}s"
                     )
-            cursor = events.wait_for(
-                client, stream, cursor, self.id, (*FINISHED_STATES, "removed"), block
+            cursor = yield from events.wait_for_op(
+                stream, cursor, self.id, (*FINISHED_STATES, "removed"), block
             )
+
+
+def decode_hash(raw: dict[Any, Any]) -> dict[str, Any]:
+    """A job hash as HGETALL returns it, as Python values."""
+    return payload.with_json_decoded(fast.decode_job_mapping(raw))
+
+
+class Job(JobRecord):
+    """A job of a :class:`sandboxq.Queue`; its methods block."""
+
+    queue: Queue
+
+    def _drive(self, op: Op[Any]) -> Any:
+        return self.queue._drive(op)
+
+    refresh = blocking(JobRecord._refresh)
+    children_results = blocking(JobRecord._children_results)
+    children_failures = blocking(JobRecord._children_failures)
+    audit = blocking(JobRecord._audit)
+    logs = blocking(JobRecord._logs)
+    wait = blocking(JobRecord._wait)

@@ -137,10 +137,15 @@ class Retention:
 
     @classmethod
     def parse(cls, what: str, spec: Any) -> Retention | None:
-        """Accept ``None`` (keep all), a count, a dict ``{"count", "age"}``, or
-        a :class:`Retention`."""
+        """Accept ``None`` (the default), ``True`` (keep every job),
+        ``False`` (keep none), a count, a dict ``{"count", "age"}``, or a
+        :class:`Retention`."""
         if spec is None or isinstance(spec, Retention):
             return spec
+        if spec is True:
+            return cls()
+        if spec is False:
+            return cls(count=0)
         if isinstance(spec, int) and not isinstance(spec, bool):
             spec = {"count": spec}
         if not isinstance(spec, dict) or set(spec) - {"count", "age"}:
@@ -187,6 +192,13 @@ def timeout_seconds(what: str, value: Any) -> float | None:
 
 def ms(seconds: float) -> int:
     return round(seconds * 1000)
+
+
+#: How long a completed job is kept unless its ``keep_completed`` says
+#: otherwise: long enough for any waiter to read its result, and bounded, so
+#: a busy queue does not fill Redis with finished jobs. ``keep_completed=True``
+#: keeps them all.
+DEFAULT_KEEP_COMPLETED = Retention(age=24 * 3600.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +260,8 @@ class JobOptions:
             attempts=attempts,
             backoff=None if backoff is None else Backoff.parse(backoff),
             timeout=timeout_seconds("timeout", timeout),
-            keep_completed=Retention.parse("keep_completed", keep_completed),
+            keep_completed=Retention.parse("keep_completed", keep_completed)
+            or DEFAULT_KEEP_COMPLETED,
             keep_failed=Retention.parse("keep_failed", keep_failed),
             group=None if group is None else validate_name("group", group),
             manual_retry_only=_flag("manual_retry_only", manual_retry_only),

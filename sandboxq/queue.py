@@ -1,58 +1,46 @@
-"""The producer and admin API: ``Queue``."""
+"""The blocking producer and admin API: ``Queue``.
+
+Every method runs one of the operations of :class:`sandboxq.core.QueueCore`
+(shared with :class:`sandboxq.aio.AsyncQueue`) on a blocking redis-py client.
+"""
 
 from __future__ import annotations
 
-import getpass
-import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 
-from sandboxq import payload, registry
 from sandboxq.addresses import redact
-from sandboxq.connection import connect, describe, names_url, resolve_url
-from sandboxq.errors import SandboxqError
-from sandboxq.job import FINISHED_STATES, STATES, Job
-from sandboxq.keys import JOB_SETS, QueueKeys, validate_name
-from sandboxq.options import (
-    JOB_OPTION_NAMES,
-    JobOptions,
-    ms,
-    positive_int,
-    rate_limit_fields,
-    seconds,
+from sandboxq.connection import connect, unreachable
+from sandboxq.core import (
+    BULK_CHUNK,
+    DEFAULT_TIMEOUT,
+    MAX_PAYLOAD_BYTES,
+    Flow,
+    JobIsActive,
+    QueueCore,
 )
-from sandboxq.schedule import Schedule
-from sandboxq.scripts import STEP_LIMIT, Scripts, now_ms
+from sandboxq.drive import drive
+from sandboxq.job import Job
+from sandboxq.ops import Op, blocking
+from sandboxq.scripts import Scripts
 
-#: Default limit on a job's data, as JSON.
-MAX_PAYLOAD_BYTES = 1024 * 1024
-
-#: Jobs per add script call in ``add_bulk``: one round trip each.
-BULK_CHUNK = 1000
+__all__ = ["BULK_CHUNK", "MAX_PAYLOAD_BYTES", "Flow", "JobIsActive", "Queue"]
 
 
-@dataclass
-class Flow:
-    """A job of a flow and the flows of its children, as added."""
-
-    job: Job
-    children: list[Flow] = field(default_factory=list)
-
-
-class JobIsActive(SandboxqError):
-    """The job is running; it cannot be removed until it finishes."""
-
-
-class Queue:
+class Queue(QueueCore[Job]):
     """A named queue on Redis: add jobs, look at them, and administer them.
 
     ``url`` defaults to ``$SANDBOXQ_REDIS_URL``, then ``redis://localhost:6379/0``.
     Pass ``connection`` to share an existing ``redis.Redis`` (it must not
-    decode responses). Nothing connects until the first call.
+    decode responses). Nothing connects until the first call; a round trip
+    that takes over ``timeout`` seconds fails (on a client made from a URL).
+    ``defaults`` are options of :meth:`add` every job of this queue gets
+    unless the call gives its own.
     """
+
+    job_type = Job
 
     def __init__(
         self,
@@ -61,564 +49,53 @@ class Queue:
         connection: redis.Redis | None = None,
         *,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+        defaults: Mapping[str, Any] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self.name = validate_name("queue name", name)
-        self.keys = QueueKeys.for_queue(name)
-        if connection is not None:
-            self.client = connection
-            self.url = describe(connection)
-        else:
-            self.url = resolve_url(url)
-            self.client = connect(self.url)
-        self.max_payload_bytes = max_payload_bytes
+        self._setup(name, url, connection, connect, max_payload_bytes, defaults, timeout)
+        #: The scripts run directly on this queue's client (tests, tools).
         self.scripts = Scripts(self.client)
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} at {redact(self.url)}>"
 
-    # -- adding ------------------------------------------------------------
-    def _encode(self, name: Any, data: Any, options: JobOptions) -> list[Any]:
-        """One job as the add script's arguments; raises before any write."""
-        validate_name("job name", name)
-        raw = payload.dump_json(data, f"data of job {name!r}", self.max_payload_bytes)
-        return [
-            options.job_id or "",
-            options.priority,
-            ms(options.delay),
-            "name",
-            name,
-            "data",
-            raw,
-            *options.hash_fields(),
-        ]
+    def sibling(self, name: str) -> Queue:
+        return Queue(name, connection=self.client, max_payload_bytes=self.max_payload_bytes)
 
-    def _add_encoded(
-        self, encoded: list[list[Any]], data: list[Any], options: list[JobOptions]
-    ) -> list[Job]:
-        """Run the add script on encoded jobs; a deduplicated id returns the
-        job that exists (read back), a new one the snapshot we just wrote."""
-        now = now_ms()
-        created = self.scripts.add(self.keys, now, encoded)
-        jobs = []
-        for (job_id, is_new), args, value, opts in zip(
-            created, encoded, data, options, strict=True
-        ):
-            existing = None if is_new else self.get_job(job_id)
-            if existing is not None:
-                jobs.append(existing)
-                continue
-            jobs.append(
-                Job(
-                    self,
-                    job_id,
-                    {
-                        "name": args[4],
-                        "data": value,
-                        "priority": opts.priority,
-                        "attempts": opts.attempts,
-                        "timeout": opts.timeout,
-                        "attempts_made": 0,
-                        "stalls": 0,
-                        # add.lua decides on the delay in ms (args[2]); a
-                        # delay under half a millisecond rounds to none.
-                        "state": "delayed" if args[2] > 0 else "waiting",
-                        "created_at": now / 1000.0,
-                    },
-                )
-            )
-        return jobs
+    def _drive(self, op: Op[Any]) -> Any:
+        """Run an operation; a Redis that cannot be reached is an error naming the URL."""
+        try:
+            return drive(self.client, op)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise unreachable(self.url, exc) from exc
 
-    @names_url
-    def add(
-        self,
-        name: str,
-        data: Any = None,
-        *,
-        job_id: str | None = None,
-        delay: float = 0.0,
-        priority: int = 0,
-        attempts: int = 1,
-        backoff: Any = None,
-        timeout: float | None = None,
-        keep_completed: Any = None,
-        keep_failed: Any = None,
-        group: str | None = None,
-        manual_retry_only: bool = False,
-    ) -> Job:
-        """Add one job and return it. A ``job_id`` that exists already is a
-        no-op that returns the existing job."""
-        options = JobOptions.build(
-            job_id=job_id,
-            delay=delay,
-            priority=priority,
-            attempts=attempts,
-            backoff=backoff,
-            timeout=timeout,
-            keep_completed=keep_completed,
-            keep_failed=keep_failed,
-            group=group,
-            manual_retry_only=manual_retry_only,
-        )
-        return self._add_encoded([self._encode(name, data, options)], [data], [options])[0]
-
-    @names_url
-    def add_bulk(self, jobs: Iterable[Mapping[str, Any]]) -> list[Job]:
-        """Add many jobs, one round trip per chunk of 1,000.
-
-        Each item is ``{"name": ..., "data": ..., **options}`` with the option
-        names of :meth:`add`. Every item is checked before anything is written.
-        """
-        specs = list(jobs)
-        encoded, options = [], []
-        for index, spec in enumerate(specs):
-            if not isinstance(spec, Mapping) or "name" not in spec:
-                raise TypeError(f"add_bulk item {index} must be a dict with a 'name', got {spec!r}")
-            unknown = set(spec) - JOB_OPTION_NAMES - {"name", "data"}
-            if unknown:
-                raise TypeError(
-                    f"add_bulk item {index} has unknown options: {', '.join(sorted(unknown))}"
-                )
-            opts = JobOptions.build(**{k: v for k, v in spec.items() if k not in ("name", "data")})
-            encoded.append(self._encode(spec["name"], spec.get("data"), opts))
-            options.append(opts)
-        added: list[Job] = []
-        for start in range(0, len(encoded), BULK_CHUNK):
-            chunk = slice(start, start + BULK_CHUNK)
-            added += self._add_encoded(
-                encoded[chunk], [s.get("data") for s in specs[chunk]], options[chunk]
-            )
-        return added
-
-    # -- flows ---------------------------------------------------------------
-    @names_url
-    def add_flow(
-        self,
-        parent: Mapping[str, Any],
-        children: Iterable[Mapping[str, Any]],
-        *,
-        fail_parent_on_failure: bool = True,
-        ignore_failed_children: bool = False,
-    ) -> Flow:
-        """Add a parent job and its children (each may have ``children`` of
-        its own) atomically. A parent waits in ``waiting-children`` until
-        every child finished; its handler then reads ``children_results()``.
-
-        Nodes are dicts: ``name``, ``data``, the options of :meth:`add`
-        (except ``job_id``), ``queue`` (children; default: this queue — other
-        queues must share its hash tag, e.g. ``media:thumbs`` and
-        ``media:index``), ``children``, and per child
-        ``fail_parent_on_failure`` / ``ignore_failed_children`` overriding the
-        flow's defaults. A child that failed for good fails its parent, or with
-        ``ignore_failed_children`` is skipped; with neither, the parent keeps
-        waiting until that child is retried and completes.
-        """
-        root = {**parent, "children": list(children), "queue": self.name}
-        defaults = (fail_parent_on_failure, ignore_failed_children)
-        nodes: list[list[Any]] = []
-        queues: list[Queue] = []
-        self._flatten(root, 0, defaults, nodes, queues)
-        ids = self.scripts.add_flow(self.keys, now_ms(), nodes)
-        flows = [
-            Flow(
-                Job(
-                    q,
-                    job_id,
-                    {
-                        "name": node[9],
-                        "state": "waiting-children"
-                        if node[5]
-                        else ("delayed" if node[7] > 0 else "waiting"),
-                    },
-                )
-            )
-            for q, job_id, node in zip(queues, ids, nodes, strict=True)
-        ]
-        for flow, node in zip(flows, nodes, strict=True):
-            if node[2]:
-                flows[node[2] - 1].children.append(flow)
-        return flows[0]
-
-    def _flatten(
-        self,
-        node: Mapping[str, Any],
-        parent_index: int,
-        defaults: tuple[bool, bool],
-        nodes: list[list[Any]],
-        queues: list[Queue],
-    ) -> None:
-        """Validate one node and its subtree, parents first, into ``nodes``."""
-        if not isinstance(node, Mapping) or "name" not in node:
-            raise TypeError(f"a flow node must be a dict with a 'name', got {node!r}")
-        flow_keys = {
-            "name",
-            "data",
-            "queue",
-            "children",
-            "fail_parent_on_failure",
-            "ignore_failed_children",
-        }
-        options = {k: v for k, v in node.items() if k not in flow_keys}
-        if "job_id" in options:
-            raise TypeError("flow nodes take no job_id: their ids are generated")
-        if set(options) - JOB_OPTION_NAMES:
-            raise TypeError(
-                f"unknown flow node options: {', '.join(sorted(set(options) - JOB_OPTION_NAMES))}"
-            )
-        queue_name = node.get("queue") or self.name
-        queue = (
-            self
-            if queue_name == self.name
-            else Queue(queue_name, connection=self.client, max_payload_bytes=self.max_payload_bytes)
-        )
-        if queue.keys.hash_tag != self.keys.hash_tag:
-            raise ValueError(
-                f"flow queue {queue_name!r} must share the hash tag of "
-                f"{self.name!r} ({{{self.keys.hash_tag}}}): name the queues "
-                f"'{self.keys.hash_tag}:...'"
-            )
-        opts = JobOptions.build(**options)
-        children = list(node.get("children") or ())
-        fail = node.get("fail_parent_on_failure", defaults[0])
-        ignore = node.get("ignore_failed_children", defaults[1])
-        encoded = self._encode(node["name"], node.get("data"), opts)
-        nodes.append(
-            [
-                queue.keys.prefix,
-                queue_name,
-                parent_index,
-                "1" if fail else "0",
-                "1" if ignore else "0",
-                len(children),
-                *encoded[1:],
-            ]
-        )
-        queues.append(queue)
-        index = len(nodes)
-        for child in children:
-            self._flatten(child, index, defaults, nodes, queues)
-
-    # -- looking -----------------------------------------------------------
-    @names_url
-    def get_job(self, job_id: str) -> Job | None:
-        fields = self.client.hgetall(self.keys.job(str(job_id)))
-        if not fields:
-            return None
-        return Job.from_hash(self, str(job_id), fields)
-
-    @names_url
-    def counts(self) -> dict[str, int]:
-        """How many jobs are in each state (one round trip, no scans)."""
-        pipe = self.client.pipeline(transaction=False)
-        for key in JOB_SETS:
-            pipe.zcard(getattr(self.keys, key))
-        pipe.get(self.keys.gcount)
-        *sizes, grouped = pipe.execute()
-        counts = {state: size for state, size in zip(STATES, sizes, strict=True)}
-        counts["waiting"] += int(grouped or 0)  # grouped jobs wait in their group's set
-        return counts
-
-    @names_url
-    def job_ids(self, state: str, start: int = 0, limit: int = 100) -> list[str]:
-        """Ids in ``state``: the next to run first for waiting and delayed, the
-        most recent first for completed and failed. Waiting lists the jobs
-        without a group first, then each group's (groups by name), each in
-        the order they run."""
-        key = self.keys.state_set(state)
-        if start < 0 or limit < 1:
-            raise ValueError(f"start must be >= 0 and limit >= 1, got {start} and {limit}")
-        if state == "waiting":
-            return self.scripts.list_waiting(self.keys, start, limit)
-        stop = start + limit - 1
-        newest_first = state in ("completed", "failed")
-        ids: Any = (
-            self.client.zrevrange(key, start, stop)
-            if newest_first
-            else self.client.zrange(key, start, stop)
-        )
-        return [i.decode() for i in ids]
-
-    @names_url
-    def audit_log(self, count: int = 100) -> list[dict[str, Any]]:
-        """The newest manual actions on this queue and its jobs (retries,
-        removals, promotions, pauses), newest first: at, by, action, job_id."""
-        raw: Any = self.client.xrevrange(self.keys.audit, count=count)
-        entries = []
-        for _entry_id, fields in raw:
-            entry = {k.decode(): v.decode() for k, v in fields.items()}
-            entries.append({**entry, "at": int(entry["at"]) / 1000.0})
-        return entries
-
-    @names_url
-    def workers(self) -> list[dict[str, Any]]:
-        """Live worker parents (any queue): host, pid, queues, procs,
-        started_at and last_seen (epoch seconds)."""
-        return registry.live_workers(self.client, now_ms())
-
-    @names_url
-    def throughput(self, window: float = 60.0) -> dict[str, float]:
-        """Jobs finished per second over the last ``window`` seconds, by
-        outcome, counted from the finished sets' times (no scan; jobs that
-        retention already removed are not counted)."""
-        now = now_ms()
-        pipe = self.client.pipeline(transaction=False)
-        for key in (self.keys.completed, self.keys.failed):
-            pipe.zcount(key, now - ms(window), now)
-        completed, failed = pipe.execute()
-        return {"completed": completed / window, "failed": failed / window}
-
-    @names_url
-    def job_logs(self, job_id: str) -> list[str]:
-        lines: Any = self.client.lrange(self.keys.logs(job_id), 0, -1)
-        return [line.decode() for line in lines]
-
-    # -- administering -----------------------------------------------------
-    @names_url
-    def pause(self, *, by: str | None = None) -> bool:
-        """Stop handing out jobs. Returns False if it was paused already."""
-        return self.scripts.pause(self.keys, True, by=_who(by))
-
-    @names_url
-    def resume(self, *, by: str | None = None) -> bool:
-        return self.scripts.pause(self.keys, False, by=_who(by))
-
-    @names_url
-    def is_paused(self) -> bool:
-        return bool(self.client.hexists(self.keys.meta, "paused"))
-
-    @names_url
-    def retry(self, job_id: str, *, by: str | None = None) -> bool:
-        """Send a failed job back to waiting with a fresh attempt budget.
-        Returns False if the job is not in the failed set."""
-        return bool(self.scripts.retry(self.keys, str(job_id), by=_who(by)))
-
-    @names_url
-    def retry_failed(self, *, by: str | None = None) -> int:
-        """Retry every failed job; returns how many."""
-        total = 0
-        who = _who(by)
-        while moved := self.scripts.retry(self.keys, "", STEP_LIMIT, by=who):
-            total += len(moved)
-        return total
-
-    @names_url
-    def promote(self, job_id: str, *, by: str | None = None) -> bool:
-        """Run a delayed job now. Returns False if it is not delayed."""
-        return self.scripts.promote(self.keys, now_ms(), str(job_id), by=_who(by)) == 1
-
-    @names_url
-    def remove(self, job_id: str, *, by: str | None = None) -> bool:
-        """Delete a job that is not running. Returns False if there is no such
-        job; raises :class:`JobIsActive` if a worker is running it."""
-        status = self.scripts.remove(self.keys, str(job_id), by=_who(by))
-        if status < 0:
-            raise JobIsActive(f"job {job_id} is active; remove it after it finishes")
-        return status == 1
-
-    @names_url
-    def clean(
-        self,
-        state: str,
-        *,
-        older_than: float | None = None,
-        keep: int | None = None,
-        by: str | None = None,
-    ) -> int:
-        """Remove jobs in ``state`` finished more than ``older_than`` seconds
-        ago and/or beyond the newest ``keep``. Returns how many; the queue's
-        audit log records who cleaned (``by``, default the OS user).
-
-        ``older_than`` applies to completed and failed jobs only: the sets of
-        waiting and delayed jobs are ordered by priority and due time, not by
-        age. For waiting jobs, ``keep`` counts the jobs without a group and
-        each group's jobs apart (``keep=0`` empties them all)."""
-        if state == "active":
-            raise ValueError("active jobs cannot be cleaned; they are running")
-        if older_than is None and keep is None:
-            raise ValueError("clean needs older_than and/or keep")
-        if older_than is not None and state not in FINISHED_STATES:
-            raise ValueError(
-                f"clean({state!r}, older_than=...) is not supported: older_than counts "
-                "from the finish time, so it applies to completed and failed jobs only"
-            )
-        max_age = -1 if older_than is None else ms(older_than)
-        max_count = -1 if keep is None else keep
-        total, who = 0, _who(by)
-        while (
-            removed := self.scripts.clean(
-                self.keys, state, now_ms(), max_count, max_age, STEP_LIMIT, by=who
-            )
-        ) > 0:
-            total += removed
-            if removed < STEP_LIMIT:
-                break
-        return total
-
-    @names_url
-    def drain(self, include_delayed: bool = True) -> int:
-        """Remove every job that has not started. Returns how many."""
-        total = 0
-        while (removed := self.scripts.drain(self.keys, include_delayed, STEP_LIMIT)) > 0:
-            total += removed
-        return total
-
-    # -- flow control --------------------------------------------------------
-    @names_url
-    def set_rate_limit(self, max_jobs: int | None, per_seconds: float | None = None) -> None:
-        """At most ``max_jobs`` starts of this queue's jobs in any window of
-        ``per_seconds``, across every worker. ``None`` clears the limit."""
-        self.scripts.configure(self.keys, rate_limit_fields("rl", max_jobs, per_seconds))
-
-    @names_url
-    def set_group_rate_limit(self, max_jobs: int | None, per_seconds: float | None = None) -> None:
-        """The same limit for each group separately (``add(..., group=...)``)."""
-        self.scripts.configure(self.keys, rate_limit_fields("grl", max_jobs, per_seconds))
-
-    @names_url
-    def set_concurrency(self, max_active: int | None) -> None:
-        """At most ``max_active`` jobs of this queue active across all workers."""
-        self.scripts.configure(self.keys, {"concurrency": positive_int("concurrency", max_active)})
-
-    @names_url
-    def set_group_concurrency(self, max_active: int | None) -> None:
-        """At most ``max_active`` active jobs per group."""
-        self.scripts.configure(
-            self.keys, {"gconcurrency": positive_int("group concurrency", max_active)}
-        )
-
-    @names_url
-    def set_priority_aging(self, seconds_per_level: float | None) -> None:
-        """Opt in to priority aging: a waiting job's effective priority improves
-        by one level per ``seconds_per_level`` it waits, so low priorities
-        cannot starve. ``None``: strict priority (the default)."""
-        aging = None
-        if seconds_per_level is not None:
-            if seconds("seconds_per_level", seconds_per_level) == 0:
-                raise ValueError("seconds_per_level must be > 0 (None for strict priority)")
-            aging = max(ms(seconds_per_level), 1)
-        self.scripts.configure(self.keys, {"aging_ms": aging})
-
-    @names_url
-    def limits(self) -> dict[str, Any]:
-        """The flow-control settings in force (seconds; None when unset)."""
-        raw: Any = self.client.hgetall(self.keys.meta)
-        meta = {k.decode(): int(v) for k, v in raw.items() if k != b"paused" and v.isdigit()}
-
-        def rate(prefix: str) -> tuple[int, float] | None:
-            if f"{prefix}_max" not in meta:
-                return None
-            return meta[f"{prefix}_max"], meta[f"{prefix}_window_ms"] / 1000.0
-
-        return {
-            "rate_limit": rate("rl"),
-            "group_rate_limit": rate("grl"),
-            "concurrency": meta.get("concurrency"),
-            "group_concurrency": meta.get("gconcurrency"),
-            "priority_aging": meta["aging_ms"] / 1000.0 if "aging_ms" in meta else None,
-            "rate_limited_until": meta["rl_until"] / 1000.0 if "rl_until" in meta else None,
-        }
-
-    # -- schedules ---------------------------------------------------------
-    @names_url
-    def schedule(
-        self,
-        key: str,
-        *,
-        cron: str | None = None,
-        every: float | None = None,
-        tz: str = "UTC",
-        name: str | None = None,
-        data: Any = None,
-        start_at: Any = None,
-        end_at: Any = None,
-        limit: int | None = None,
-        misfire: str = "once",
-        **job_options: Any,
-    ) -> dict[str, Any]:
-        """Create or update (by ``key``) a repeatable job: ``cron`` (with
-        ``tz``) or ``every`` seconds, between ``start_at`` and ``end_at``
-        (datetimes or epoch seconds), at most ``limit`` times.
-
-        Each occurrence is enqueued once, by whichever worker is alive. When
-        none was at the due time, ``misfire`` decides: ``skip`` drops missed
-        runs, ``once`` runs one catch-up, ``all`` runs each (at most 100).
-        ``job_options`` are those of :meth:`add` except ``job_id`` and
-        ``delay``. Bad cron, time zones or options raise here, writing nothing.
-        """
-        now = now_ms()
-        spec = Schedule.build(
-            key,
-            now_ms=now,
-            cron=cron,
-            every=every,
-            tz=tz,
-            name=name,
-            data=data,
-            start_at=start_at,
-            end_at=end_at,
-            limit=limit,
-            misfire=misfire,
-            options=job_options,
-        )
-        payload.dump_json(data, f"data of schedule {key!r}", self.max_payload_bytes)
-        first = spec.next_after(now)
-        self.scripts.schedule(self.keys, key, spec.to_json(), -1 if first is None else first)
-        return self._describe_schedule(spec, first, 0)
-
-    @names_url
-    def schedules(self) -> list[dict[str, Any]]:
-        """Every schedule of this queue with its next run (epoch seconds)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(self.keys.schedules)
-        pipe.zrange(self.keys.schedule_times, 0, -1, withscores=True)
-        pipe.hgetall(self.keys.schedule_counts)
-        specs, times, counts = pipe.execute()
-        next_by_key = {k.decode(): int(score) for k, score in times}
-        found = []
-        for raw_key, raw_spec in sorted(specs.items()):
-            key = raw_key.decode()
-            found.append(
-                self._describe_schedule(
-                    Schedule.from_json(raw_spec), next_by_key.get(key), int(counts.get(raw_key, 0))
-                )
-            )
-        return found
-
-    @names_url
-    def unschedule(self, key: str) -> bool:
-        """Delete a schedule (jobs it already enqueued stay). False if unknown."""
-        return self.scripts.schedule(self.keys, key, None)
-
-    @staticmethod
-    def _describe_schedule(spec: Schedule, next_ms: int | None, count: int) -> dict[str, Any]:
-        return {
-            "key": spec.key,
-            "name": spec.name,
-            "cron": spec.cron,
-            "every": None if spec.every_ms is None else spec.every_ms / 1000.0,
-            "tz": spec.tz,
-            "next_run": None if next_ms is None else next_ms / 1000.0,
-            "count": count,
-            "limit": spec.limit,
-            "misfire": spec.misfire,
-            "data": spec.data,
-        }
-
-    @names_url
-    def obliterate(self, *, force: bool = False) -> None:
-        """Delete the queue: every job and key. Refuses while jobs are active
-        unless ``force`` (their workers will find their leases gone)."""
-        while (removed := self.scripts.obliterate(self.keys, force, STEP_LIMIT)) != 0:
-            if removed < 0:
-                raise JobIsActive(
-                    f"queue {self.name!r} has active jobs; pass force=True to obliterate anyway"
-                )
-
-
-def _who(by: str | None) -> str:
-    """Who did a manual action: as given, else the OS user."""
-    if by:
-        return by
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"
+    add = blocking(QueueCore._add)
+    add_bulk = blocking(QueueCore._add_bulk)
+    add_flow = blocking(QueueCore._add_flow)
+    get_job = blocking(QueueCore._get_job)
+    get_jobs = blocking(QueueCore._get_jobs)
+    counts = blocking(QueueCore._counts)
+    job_ids = blocking(QueueCore._job_ids)
+    audit_log = blocking(QueueCore._audit_log)
+    workers = blocking(QueueCore._workers)
+    throughput = blocking(QueueCore._throughput)
+    job_logs = blocking(QueueCore._job_logs)
+    pause = blocking(QueueCore._pause)
+    resume = blocking(QueueCore._resume)
+    is_paused = blocking(QueueCore._is_paused)
+    retry = blocking(QueueCore._retry)
+    retry_failed = blocking(QueueCore._retry_failed)
+    promote = blocking(QueueCore._promote)
+    remove = blocking(QueueCore._remove)
+    clean = blocking(QueueCore._clean)
+    drain = blocking(QueueCore._drain)
+    obliterate = blocking(QueueCore._obliterate)
+    set_rate_limit = blocking(QueueCore._set_rate_limit)
+    set_group_rate_limit = blocking(QueueCore._set_group_rate_limit)
+    set_concurrency = blocking(QueueCore._set_concurrency)
+    set_group_concurrency = blocking(QueueCore._set_group_concurrency)
+    set_priority_aging = blocking(QueueCore._set_priority_aging)
+    limits = blocking(QueueCore._limits)
+    schedule = blocking(QueueCore._schedule)
+    schedules = blocking(QueueCore._schedules)
+    unschedule = blocking(QueueCore._unschedule)

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from sandboxq.drive import drive
+from sandboxq.ops import Op, cmd
+
 if TYPE_CHECKING:
     from sandboxq.scripts import Scripts
 
@@ -39,10 +42,11 @@ def forget(client: Any, token: str) -> None:
     client.hdel(WORKERS, token)
 
 
-def live_workers(client: Any, now_ms: int, stale_ms: int = STALE_MS) -> list[dict[str, Any]]:
+def live_workers_op(now_ms: int, stale_ms: int = STALE_MS) -> Op[list[dict[str, Any]]]:
     """Workers seen within ``stale_ms``, oldest first; forgets the others."""
     live, gone = [], []
-    for token, raw in client.hgetall(WORKERS).items():
+    entries: dict[bytes, bytes] = yield cmd("HGETALL", WORKERS)
+    for token, raw in entries.items():
         try:
             entry = orjson.loads(raw)
             seen = float(entry["last_seen"])
@@ -54,5 +58,11 @@ def live_workers(client: Any, now_ms: int, stale_ms: int = STALE_MS) -> list[dic
         else:
             live.append({**entry, "token": token.decode()})
     if gone:
-        client.hdel(WORKERS, *gone)
+        yield cmd("HDEL", WORKERS, *gone)
     return sorted(live, key=lambda w: w.get("started_at", 0))
+
+
+def live_workers(client: Any, now_ms: int, stale_ms: int = STALE_MS) -> list[dict[str, Any]]:
+    """:func:`live_workers_op` on a blocking client."""
+    workers: list[dict[str, Any]] = drive(client, live_workers_op(now_ms, stale_ms))
+    return workers

@@ -13,8 +13,10 @@ Scripts run through EVALSHA and are reloaded on NOSCRIPT (redis-py's
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -77,6 +79,54 @@ def decode_ids(raw: Sequence[bytes | str]) -> list[str]:
     return [_text(i) for i in raw]
 
 
+def _raw(reply: Any) -> Any:
+    return reply
+
+
+def _is_one(reply: Any) -> bool:
+    return bool(reply == 1)
+
+
+def _added(raw: Sequence[Any]) -> list[tuple[str, bool]]:
+    """add.lua's reply: per job, its id and whether this call created it."""
+    return [(_text(raw[i]), raw[i + 1] == 1) for i in range(0, len(raw), 2)]
+
+
+def _id_lists(reply: Sequence[Sequence[bytes]]) -> tuple[list[str], ...]:
+    return tuple(decode_ids(ids) for ids in reply)
+
+
+@cache
+def script_sha(name: str) -> str:
+    """The SHA1 Redis knows ``lua/NAME.lua`` by (EVALSHA)."""
+    return hashlib.sha1(lua_source(name).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One script run, described but not run: ``decode`` turns its raw reply
+    into the method's result."""
+
+    name: str
+    keys: Sequence[str]
+    args: Sequence[Any]
+    decode: Callable[[Any], Any] = _raw
+
+    def command(self) -> tuple[Any, ...]:
+        return ("EVALSHA", script_sha(self.name), len(self.keys), *self.keys, *self.args)
+
+
+def run_script(client: Any, call: ScriptCall) -> Any:
+    """Run ``call`` on a blocking client and decode its reply; a script Redis
+    lost (a restart, SCRIPT FLUSH) is loaded and run again."""
+    try:
+        raw = execute(client, call.command())
+    except redis.exceptions.NoScriptError:
+        client.script_load(lua_source(call.name))
+        raw = execute(client, call.command())
+    return call.decode(raw)
+
+
 class Scripts:
     """One Redis client's handles on every transition script."""
 
@@ -104,10 +154,12 @@ class Scripts:
         "heartbeat",
     )
 
-    def __init__(self, client: redis.Redis, events_maxlen: int = EVENTS_MAXLEN) -> None:
-        self.client = client
+    def __init__(self, client: redis.Redis | None, events_maxlen: int = EVENTS_MAXLEN) -> None:
+        """``client`` runs the scripts; without one, each method returns
+        the :class:`ScriptCall` it would run (what the queue's sans-I/O
+        operations yield to their driver)."""
+        self.client: Any = client
         self.events_maxlen = events_maxlen
-        self._scripts = {name: client.register_script(lua_source(name)) for name in self.NAMES}
 
     def _run(
         self,
@@ -115,19 +167,21 @@ class Scripts:
         keys: Sequence[str],
         args: Sequence[Any],
         pipe: redis.client.Pipeline | None = None,
+        decode: Callable[[Any], Any] = _raw,
     ) -> Any:
-        script = self._scripts[name]
-        if pipe is None:
-            try:
-                return execute(self.client, ("EVALSHA", script.sha, len(keys), *keys, *args))
-            except redis.exceptions.NoScriptError:
-                # Redis restarted or its script cache was flushed: load, run again.
-                script.sha = self.client.script_load(script.script)
-                return execute(self.client, ("EVALSHA", script.sha, len(keys), *keys, *args))
-        # Straight EVALSHA: redis-py would otherwise send SCRIPT EXISTS before
-        # every pipeline, a second round trip. Callers load the scripts once
-        # (load_all) and again if the pipeline fails with NoScriptError.
-        return pipe.evalsha(script.sha, len(keys), *keys, *args)
+        """Run one script and decode its reply; or, with ``pipe``, queue it
+        there (the raw reply comes from ``pipe.execute()``); or, with no
+        client, describe it."""
+        if pipe is not None:
+            # Straight EVALSHA: redis-py would otherwise send SCRIPT EXISTS
+            # before every pipeline, a second round trip. Callers load the
+            # scripts once (load_all) and again if the pipeline fails with
+            # NoScriptError.
+            return pipe.evalsha(script_sha(name), len(keys), *keys, *args)
+        call = ScriptCall(name, keys, args, decode)
+        if self.client is None:
+            return call
+        return run_script(self.client, call)
 
     def load_all(self) -> None:
         """Load every script into Redis's cache (one round trip)."""
@@ -137,11 +191,11 @@ class Scripts:
         pipe.execute()
 
     # -- producer ---------------------------------------------------------
-    def add(self, k: QueueKeys, now: int, jobs: Sequence[Sequence[Any]]) -> list[tuple[str, bool]]:
+    def add(self, k: QueueKeys, now: int, jobs: Sequence[Sequence[Any]]) -> Any:
         """Add jobs; each item is ``(job_id or "", priority, delay_ms, *field_value_pairs)``."""
         args: list[Any] = [k.prefix, now, self.events_maxlen, *_job_args(jobs)]
-        raw = self._run("add", [k.id_counter, k.seq, k.wait, k.delayed, k.marker, k.events], args)
-        return [(_text(raw[i]), raw[i + 1] == 1) for i in range(0, len(raw), 2)]
+        keys = [k.id_counter, k.seq, k.wait, k.delayed, k.marker, k.events]
+        return self._run("add", keys, args, decode=_added)
 
     # -- worker -----------------------------------------------------------
     def fetch(
@@ -189,13 +243,13 @@ class Scripts:
         does not know (``known`` are those it does), and make its fetches up
         to ``request`` lease nothing if they arrive later. Returns the ids
         handed back (raw when ``pipe`` is given)."""
-        returned = self._run(
+        return self._run(
             "reclaim",
             [k.active, k.events],
             [k.prefix, token, self.events_maxlen, now, request, *known],
             pipe,
+            decode_ids,
         )
-        return returned if pipe is not None else decode_ids(returned)
 
     def finish(
         self,
@@ -233,8 +287,8 @@ class Scripts:
         pipe: redis.client.Pipeline | None = None,
     ) -> Any:
         """Extend leases; returns the ids this token no longer holds."""
-        lost = self._run("renew", [k.active], [k.prefix, now, token, lease_ms, *job_ids], pipe)
-        return lost if pipe is not None else decode_ids(lost)
+        args = [k.prefix, now, token, lease_ms, *job_ids]
+        return self._run("renew", [k.active], args, pipe, decode_ids)
 
     def recover_stalled(
         self,
@@ -245,16 +299,13 @@ class Scripts:
         pipe: redis.client.Pipeline | None = None,
     ) -> Any:
         """Requeue or fail jobs whose lease lapsed; returns (requeued, failed) ids."""
-        reply = self._run(
+        return self._run(
             "recover_stalled",
             [k.active, k.wait, k.failed, k.events, k.marker],
             [k.prefix, now, max_stalls, self.events_maxlen, limit],
             pipe,
+            _id_lists,
         )
-        if pipe is not None:
-            return reply
-        requeued, failed = reply
-        return decode_ids(requeued), decode_ids(failed)
 
     def release(
         self,
@@ -265,13 +316,13 @@ class Scripts:
         pipe: redis.client.Pipeline | None = None,
     ) -> Any:
         """Hand leased jobs back (the ids released, raw when ``pipe`` is given)."""
-        released = self._run(
+        return self._run(
             "release",
             [k.active, k.wait, k.events, k.marker],
             [k.prefix, token, self.events_maxlen, now_ms() if now is None else now, *job_ids],
             pipe,
+            decode_ids,
         )
-        return released if pipe is not None else decode_ids(released)
 
     def report(
         self,
@@ -292,17 +343,16 @@ class Scripts:
     # The admin transitions take ``by``: who asked, for the audit log.
     def promote(
         self, k: QueueKeys, now: int, job_id: str = "", limit: int = STEP_LIMIT, by: str = ""
-    ) -> int:
-        return int(
-            self._run(
-                "promote",
-                [k.delayed, k.wait, k.seq, k.marker, k.events],
-                [k.prefix, now, self.events_maxlen, job_id, limit, by],
-            )
+    ) -> Any:
+        return self._run(
+            "promote",
+            [k.delayed, k.wait, k.seq, k.marker, k.events],
+            [k.prefix, now, self.events_maxlen, job_id, limit, by],
+            decode=int,
         )
 
-    def pause(self, k: QueueKeys, paused: bool, by: str = "", now: int | None = None) -> bool:
-        changed = self._run(
+    def pause(self, k: QueueKeys, paused: bool, by: str = "", now: int | None = None) -> Any:
+        return self._run(
             "pause",
             [k.meta, k.marker, k.events],
             [
@@ -312,16 +362,15 @@ class Scripts:
                 now_ms() if now is None else now,
                 by,
             ],
+            decode=_is_one,
         )
-        return bool(changed == 1)
 
-    def remove(self, k: QueueKeys, job_id: str, by: str = "", now: int | None = None) -> int:
-        return int(
-            self._run(
-                "remove",
-                [k.wait, k.delayed, k.active, k.completed, k.failed, k.events, k.waiting_children],
-                [k.prefix, self.events_maxlen, job_id, now_ms() if now is None else now, by],
-            )
+    def remove(self, k: QueueKeys, job_id: str, by: str = "", now: int | None = None) -> Any:
+        return self._run(
+            "remove",
+            [k.wait, k.delayed, k.active, k.completed, k.failed, k.events, k.waiting_children],
+            [k.prefix, self.events_maxlen, job_id, now_ms() if now is None else now, by],
+            decode=int,
         )
 
     def retry(
@@ -331,13 +380,13 @@ class Scripts:
         limit: int = STEP_LIMIT,
         now: int | None = None,
         by: str = "",
-    ) -> list[str]:
-        moved = self._run(
+    ) -> Any:
+        return self._run(
             "retry",
             [k.failed, k.wait, k.seq, k.marker, k.events],
             [k.prefix, self.events_maxlen, job_id, limit, now_ms() if now is None else now, by],
+            decode=decode_ids,
         )
-        return decode_ids(moved)
 
     def clean(
         self,
@@ -348,41 +397,38 @@ class Scripts:
         max_age_ms: int = -1,
         limit: int = STEP_LIMIT,
         by: str = "",
-    ) -> int:
-        return int(
-            self._run(
-                "clean",
-                [k.state_set(state), k.events],
-                [k.prefix, now, max_count, max_age_ms, limit, self.events_maxlen, by, state],
-            )
+    ) -> Any:
+        return self._run(
+            "clean",
+            [k.state_set(state), k.events],
+            [k.prefix, now, max_count, max_age_ms, limit, self.events_maxlen, by, state],
+            decode=int,
         )
 
     def drain(
         self, k: QueueKeys, include_delayed: bool, limit: int = STEP_LIMIT, now: int | None = None
-    ) -> int:
-        return int(
-            self._run(
-                "drain",
-                [k.wait, k.delayed, k.events],
-                [
-                    k.prefix,
-                    "1" if include_delayed else "0",
-                    limit,
-                    self.events_maxlen,
-                    now_ms() if now is None else now,
-                ],
-            )
+    ) -> Any:
+        return self._run(
+            "drain",
+            [k.wait, k.delayed, k.events],
+            [
+                k.prefix,
+                "1" if include_delayed else "0",
+                limit,
+                self.events_maxlen,
+                now_ms() if now is None else now,
+            ],
+            decode=int,
         )
 
-    def list_waiting(self, k: QueueKeys, start: int, limit: int) -> list[str]:
+    def list_waiting(self, k: QueueKeys, start: int, limit: int) -> Any:
         """A page of waiting ids: ungrouped first, then each group's, by name."""
-        return decode_ids(
-            self._run("list_waiting", [k.wait, k.group_names], [k.prefix, start, limit])
-        )
+        args = [k.prefix, start, limit]
+        return self._run("list_waiting", [k.wait, k.group_names], args, decode=decode_ids)
 
     def obliterate(
         self, k: QueueKeys, force: bool, limit: int = STEP_LIMIT, now: int | None = None
-    ) -> int:
+    ) -> Any:
         sets = [k.wait, k.delayed, k.completed, k.failed, k.waiting_children]
         others = [
             k.groups,
@@ -403,31 +449,29 @@ class Scripts:
             k.schedule_counts,
             k.cancelled,
         ]
-        return int(
-            self._run(
-                "obliterate",
-                [k.active, *sets, *others],
-                [
-                    k.prefix,
-                    "1" if force else "0",
-                    len(sets),
-                    limit,
-                    now_ms() if now is None else now,
-                    self.events_maxlen,
-                ],
-            )
+        return self._run(
+            "obliterate",
+            [k.active, *sets, *others],
+            [
+                k.prefix,
+                "1" if force else "0",
+                len(sets),
+                limit,
+                now_ms() if now is None else now,
+                self.events_maxlen,
+            ],
+            decode=int,
         )
 
     # -- schedules --------------------------------------------------------
-    def schedule(self, k: QueueKeys, key: str, spec: bytes | None, next_ms: int = -1) -> bool:
+    def schedule(self, k: QueueKeys, key: str, spec: bytes | None, next_ms: int = -1) -> Any:
         """Upsert (``spec``) or delete (``None``) a schedule; True if it was
         new (upsert) or existed (delete)."""
         keys = [k.schedules, k.schedule_times, k.events, k.schedule_counts, k.marker]
-        if spec is None:
-            return bool(self._run("schedule", keys, ["del", key, self.events_maxlen]) == 1)
-        return bool(
-            self._run("schedule", keys, ["set", key, self.events_maxlen, spec, next_ms]) == 1
-        )
+        args = ["del", key, self.events_maxlen]
+        if spec is not None:
+            args = ["set", key, self.events_maxlen, spec, next_ms]
+        return self._run("schedule", keys, args, decode=_is_one)
 
     def fire_schedule(
         self,
@@ -462,8 +506,7 @@ class Scripts:
             k.marker,
             k.events,
         ]
-        created = self._run("fire_schedule", keys, args, pipe)
-        return created if pipe is not None else int(created)
+        return self._run("fire_schedule", keys, args, pipe, int)
 
     # -- the worker registry (one global key, not a queue's) ----------------
     def heartbeat(
@@ -483,7 +526,7 @@ class Scripts:
         )
 
     # -- flows ------------------------------------------------------------
-    def add_flow(self, root: QueueKeys, now: int, nodes: Sequence[Sequence[Any]]) -> list[str]:
+    def add_flow(self, root: QueueKeys, now: int, nodes: Sequence[Sequence[Any]]) -> Any:
         """Add a tree of jobs; each node is ``(prefix, queue, parent_index,
         fail_parent, ignore_failure, n_children, priority, delay_ms,
         *field_value_pairs)`` with parents first. Returns the ids in order."""
@@ -501,7 +544,7 @@ class Scripts:
                 len(fields) // 2,
                 *fields,
             ]
-        return decode_ids(self._run("add_flow", [root.events], args))
+        return self._run("add_flow", [root.events], args, decode=decode_ids)
 
     def configure(
         self,
@@ -514,5 +557,4 @@ class Scripts:
         args: list[Any] = [k.prefix, self.events_maxlen]
         for field, value in settings.items():
             args += [field, "" if value is None else value]
-        rescored = self._run("configure", [k.meta, k.marker, k.events], args, pipe)
-        return rescored if pipe is not None else int(rescored)
+        return self._run("configure", [k.meta, k.marker, k.events], args, pipe, int)

@@ -373,7 +373,7 @@ def test_job_shows_everything_about_a_failed_job(queue: Queue, cli: Cli) -> None
         "backoff": {"type": "fixed", "delay": 2.0, "jitter": 0.0, "max": None},
         "group": None,
         "manual_retry_only": False,
-        "keep_completed": None,
+        "keep_completed": {"count": None, "age": 86400.0},  # the default
         "keep_failed": {"count": 5, "age": 3600.0},
     }
     assert report["progress"] == 40
@@ -511,10 +511,10 @@ def test_pause_and_resume_with_an_author(queue: Queue, cli: Cli) -> None:
 
 # -- clean -------------------------------------------------------------------------------
 def test_clean_removes_completed_jobs_older_than_a_day(queue: Queue, cli: Cli) -> None:
-    # Given two jobs completed two days ago and one just now
-    queue.add_bulk([{"name": "x"}] * 2)
+    # Given two jobs completed two days ago and one just now, all kept
+    queue.add_bulk([{"name": "x", "keep_completed": True}] * 2)
     old = complete_at(queue, now_ms() - 2 * DAY_MS)
-    fresh = queue.add("x")
+    fresh = queue.add("x", keep_completed=True)
     run_until_empty(queue, {"x": ok})
 
     # When completed jobs older than a day are cleaned

@@ -7,7 +7,8 @@ from collections import defaultdict
 from typing import Any
 
 from sandboxq import Queue, QueueEvents
-from sandboxq.events import last_id
+from sandboxq.drive import drive
+from sandboxq.events import last_id_op
 from sandboxq.testing import run_until_empty
 
 JOBS = 1000
@@ -24,7 +25,7 @@ def collect(queue: Queue, since: str, until_completed: int, out: list[tuple[str,
 
 def test_two_listeners_each_get_every_transition_of_1000_jobs_in_order(queue: Queue) -> None:
     # Given two listeners following the queue from its current end
-    cursor = last_id(queue.client, queue.keys.events).decode()
+    cursor = drive(queue.client, last_id_op(queue.keys.events)).decode()
     seen: list[list[tuple[str, str]]] = [[], []]
     listeners = [
         threading.Thread(target=collect, args=(queue, cursor, JOBS, seen[i])) for i in range(2)

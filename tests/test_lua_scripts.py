@@ -15,6 +15,7 @@ from redis.crc import key_slot
 
 from sandboxq import Queue, Retention
 from sandboxq.fast import decode_fetched, decode_job_mapping
+from sandboxq.options import DEFAULT_KEEP_COMPLETED
 from sandboxq.payload import with_json_decoded
 from sandboxq.scripts import Scripts
 
@@ -953,9 +954,28 @@ def test_retention_count_zero_removes_the_job_as_it_finishes(queue: Queue) -> No
     assert event_names(queue, broken)[-1] == "failed"
 
 
-def test_without_retention_finished_jobs_are_kept(queue: Queue) -> None:
-    # Given jobs with no retention options
-    a, b = queue.add("x").id, queue.add("x").id
+def test_by_default_completed_jobs_are_kept_a_day_and_failed_ones_forever(
+    queue: Queue,
+) -> None:
+    # Given jobs with no retention options, two that complete and two that fail
+    done_a, done_b = queue.add("x").id, queue.add("x").id
+    broken_a, broken_b = queue.add("x").id, queue.add("x").id
+    day = int(DEFAULT_KEEP_COMPLETED.age * 1000)
+
+    # When the second of each finishes a day and a millisecond after the first
+    run_to_completion(queue, done_a, NOW)
+    run_to_completion(queue, done_b, NOW + day + 1)
+    run_to_completion(queue, broken_a, NOW, "failed")
+    run_to_completion(queue, broken_b, NOW + 10**9, "failed")
+
+    # Then the first completed job is gone, and both failed jobs stay
+    assert ids(queue, queue.keys.completed) == [done_b]
+    assert ids(queue, queue.keys.failed) == [broken_a, broken_b]
+
+
+def test_keep_completed_true_keeps_every_completed_job(queue: Queue) -> None:
+    # Given jobs asking to be kept
+    a, b = queue.add("x", keep_completed=True).id, queue.add("x", keep_completed=True).id
 
     # When they complete far apart in time
     run_to_completion(queue, a, NOW)
@@ -1284,7 +1304,7 @@ def test_the_event_stream_records_each_transition_of_a_job(queue: Queue) -> None
         ("delayed", {"delay_ms": "500"}),
         ("waiting", {"from": "delayed"}),
         ("active", {}),
-        ("completed", {}),
+        ("completed", {"result": '"ok"'}),
     ]
 
 

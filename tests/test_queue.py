@@ -986,10 +986,10 @@ def test_queue_events_yield_the_transitions_of_a_job_in_order(queue: Queue) -> N
     assert seen == [
         ("added", {"state": "waiting"}),
         ("active", {}),
-        ("retrying", {"delay_ms": "0"}),
+        ("retrying", {"delay_ms": 0}),
         ("active", {}),
-        ("progress", {"progress": "100"}),
-        ("completed", {}),
+        ("progress", {"progress": 100}),
+        ("completed", {"result": "done"}),
     ]
 
     # and resuming from the last id yields only what happened since

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from sandboxq.admin import discover_queues, fetch_jobs, job_report, job_summary
+from sandboxq.admin import discover_queues, job_report, job_summary
 from sandboxq.dashboard.redact import Redactor
 from sandboxq.job import STATES
 from sandboxq.keys import QueueKeys
@@ -109,7 +109,7 @@ class Store:
             one = queue.get_job(job_id)
             jobs = [] if one is None else [one]
         else:
-            jobs = fetch_jobs(queue, queue.job_ids(state, (page - 1) * PER_PAGE, PER_PAGE))
+            jobs = queue.get_jobs(queue.job_ids(state, (page - 1) * PER_PAGE, PER_PAGE))
         rows = [job_summary(j) for j in jobs]
         if search:
             rows = [r for r in rows if search.lower() in str(r["name"]).lower()]

@@ -152,7 +152,13 @@ for i = first_job, #ARGV, 6 do
     if started then emit(KEYS[6], maxlen, 'active', id) end
     if f[4] then notify_parent(job_key, now, maxlen, true, value) end
     file_finished(prefix, job_key, KEYS[4], id, now, 'kc_count', 'kc_age', maxlen, {f[7], f[8]})
-    emit(KEYS[6], maxlen, 'completed', id)
+    -- The result travels in the event when small; a follower reads a big
+    -- one from the job (`result_bytes` says how big it is).
+    if #value <= EVENT_RESULT_BYTES then
+      emit(KEYS[6], maxlen, 'completed', id, 'result', value)
+    else
+      emit(KEYS[6], maxlen, 'completed', id, 'result_bytes', #value)
+    end
     status = 'completed'
   elseif outcome == 'retry' then
     redis.call('HINCRBY', job_key, 'retries', 1)

@@ -46,6 +46,8 @@ end
 -- marker giving the original size. Events copy error messages with it, so
 -- the capped stream stays small (sandboxq/caps.py caps the stored text).
 local EVENT_TEXT_BYTES = 1024
+-- A completed event carries the job's result (JSON) up to this size.
+local EVENT_RESULT_BYTES = 4096
 local function clip(text, limit)
   if #text <= limit then return text end
   local cut = limit
