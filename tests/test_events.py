@@ -92,3 +92,54 @@ def test_failed_events_carry_the_error(queue: Queue) -> None:
         if e == "failed" and j == job.id
     ]
     assert payloads == [{"error": "ValueError: no good"}]
+
+
+def test_listen_fixes_its_start_when_called_not_at_the_first_next(queue: Queue) -> None:
+    # Given a follower made before the job is added, and read only after
+    follower = QueueEvents(queue).listen(stop_after=0.3, block_seconds=0.1)
+    job = queue.add("a", 1)
+    run_until_empty(queue, {"a": lambda job: {"double": job.data * 2}})
+
+    # Then it sees the job from its first event, with decoded payloads
+    assert [(e, p) for e, j, p in follower if j == job.id] == [
+        ("added", {"state": "waiting"}),
+        ("active", {}),
+        ("completed", {"result": {"double": 2}}),
+    ]
+
+
+def test_listen_can_follow_one_job(queue: Queue) -> None:
+    noisy = [queue.add("a", n) for n in range(5)]
+    followed = queue.add("a", 99)
+    run_until_empty(queue, {"a": lambda job: job.data})
+
+    events = QueueEvents(queue)
+    seen = list(events.listen(since="0", job_id=followed.id, stop_after=0.3, block_seconds=0.1))
+
+    assert [(e, j) for e, j, _ in seen] == [
+        ("added", followed.id),
+        ("active", followed.id),
+        ("completed", followed.id),
+    ]
+    assert seen[-1][2] == {"result": 99}
+    assert all(job.id != followed.id for job in noisy)
+
+
+def test_progress_is_decoded_and_a_big_result_travels_as_its_size(queue: Queue) -> None:
+    big = "x" * 5000
+    job = queue.add("a")
+
+    def report_then_return(job: Any) -> str:
+        job.update_progress({"done": 3, "of": 4})
+        return big
+
+    run_until_empty(queue, {"a": report_then_return})
+    payloads = {
+        e: p
+        for e, j, p in QueueEvents(queue).listen(since="0", stop_after=0.2)
+        if j == job.id and e in ("progress", "completed")
+    }
+    assert payloads["progress"] == {"progress": {"done": 3, "of": 4}}
+    # the event stays small; the job has the result
+    assert payloads["completed"] == {"result_bytes": len(big) + 2}
+    assert queue.get_job(job.id).result == big  # type: ignore[union-attr]

@@ -25,6 +25,7 @@ from sandboxq import (
     Unrecoverable,
 )
 from sandboxq.handlers import JobContext
+from sandboxq.schedule import fire_due
 from sandboxq.scripts import now_ms
 from sandboxq.testing import run_until_empty
 
@@ -1007,3 +1008,69 @@ def test_events_of_one_queue_do_not_leak_into_another(queue: Queue, other_queue:
 
     # Then there are none
     assert seen == []
+
+
+# -- defaults and created ------------------------------------------------------------
+def test_queue_defaults_fill_the_options_a_call_leaves_out(redis_url: str, queue: Queue) -> None:
+    # Given a queue with default options
+    q = Queue(
+        queue.name,
+        url=redis_url,
+        defaults={"attempts": 4, "priority": 2, "timeout": 30, "keep_completed": 10},
+    )
+
+    # When jobs are added with and without options of their own
+    plain = q.get_job(q.add("x").id)
+    own = q.get_job(q.add("x", attempts=1, priority=0).id)
+    [bulk] = q.add_bulk([{"name": "x", "priority": 7}])
+
+    # Then the defaults apply where the call gave none, and the call wins
+    assert plain is not None and own is not None
+    assert (plain.attempts, plain.priority, plain.timeout) == (4, 2, 30.0)
+    assert plain.fields["kc_count"] == 10
+    assert (own.attempts, own.priority, own.timeout) == (1, 0, 30.0)
+    assert (bulk.attempts, bulk.priority) == (4, 7)
+
+
+def test_queue_defaults_reach_schedules(redis_url: str, queue: Queue) -> None:
+    q = Queue(queue.name, url=redis_url, defaults={"attempts": 5, "delay": 60})
+    first = int(q.schedule("tick", every=1, name="x")["next_run"] * 1000)
+    fire_due(q.scripts, q.keys, first)
+    job = q.get_job(f"tick@{first}")
+    assert job is not None
+    assert (job.attempts, job.state) == (5, "waiting")  # a schedule takes no delay
+
+
+@pytest.mark.parametrize(
+    ("defaults", "error", "message"),
+    [
+        ({"job_id": "a"}, TypeError, "except job_id; not: job_id"),
+        ({"colour": "red"}, TypeError, "not: colour"),
+        ({"attempts": 0}, ValueError, "attempts must be >= 1"),
+        ({"keep_completed": "forever"}, ValueError, "keep_completed must be"),
+        (["attempts"], TypeError, "defaults must be a dict"),
+    ],
+)
+def test_bad_defaults_are_refused_when_the_queue_is_made(
+    redis_url: str, defaults: Any, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        Queue("q", url=redis_url, defaults=defaults)
+
+
+def test_add_says_whether_it_created_the_job(queue: Queue) -> None:
+    first = queue.add("send", {"to": "a"}, job_id="mail-1")
+    again = queue.add("send", {"to": "b"}, job_id="mail-1", priority=5)
+    fresh, known = queue.add_bulk(
+        [{"name": "send", "job_id": "mail-2"}, {"name": "send", "job_id": "mail-1"}]
+    )
+    assert (first.created, again.created, fresh.created, known.created) == (
+        True,
+        False,
+        True,
+        False,
+    )
+    # the existing job comes back as it is, unchanged by the second call
+    assert (again.data, again.priority) == ({"to": "a"}, 0)
+    assert known.data == {"to": "a"}
+    assert queue.get_job("mail-1").created is None  # type: ignore[union-attr]
