@@ -18,11 +18,10 @@ from tests.worker_harness import WorkerProcess
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
-    """A private redis-server on a unix socket in a temp dir, no persistence."""
-    server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
+def redis_server(sandboxq_redis_server: LocalRedis) -> LocalRedis:
+    """A private redis-server on a unix socket in a temp dir, no persistence:
+    the one the package's pytest plugin starts for its users."""
+    return sandboxq_redis_server
 
 
 @pytest.fixture(scope="session")

@@ -10,23 +10,20 @@ in for readiness is not.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sandboxq import Job, Queue
+from sandboxq import Job, Queue, testing
+from sandboxq.testing import READY as READY  # for the tests, with the rest
+from sandboxq.testing import WorkerTimeout
 
 ROOT = Path(__file__).resolve().parent.parent
 
-READY = re.compile(r"sandboxq worker ready pid=(\d+) queues=(\S+) procs=(\d+)")
 CHILD_TITLE = "sandboxq child"
 FINISHED = ("completed", "failed")
 
@@ -34,10 +31,6 @@ FINISHED = ("completed", "failed")
 POLL_SECONDS = 0.01
 
 T = TypeVar("T")
-
-
-class WorkerTimeout(AssertionError):
-    """A condition a test waited for did not happen in time."""
 
 
 def wait_until(
@@ -151,12 +144,13 @@ def pid_alive(pid: int) -> bool:
 
 
 # -- the worker subprocess ------------------------------------------------------------
-class WorkerProcess:
-    """One ``sandboxq worker`` subprocess serving ``queue_name``.
+class WorkerProcess(testing.WorkerProcess):
+    """A worker serving ``queue_name`` with the suite's handler modules
+    (``tests.jobs`` by default, which registers its handlers for the queue
+    named in ``$SANDBOXQ_TEST_QUEUE``), run from the repository root, plus
+    what tests look at in its children.
 
-    ``args`` are extra command-line flags. The process gets its own process
-    group, so :meth:`kill_group` can take the parent and its children down
-    at once and cleanup never leaves strays behind.
+    ``args`` are extra command-line flags.
     """
 
     def __init__(
@@ -169,146 +163,16 @@ class WorkerProcess:
         env: dict[str, str] | None = None,
         procs: int | str | None = 2,
     ) -> None:
+        super().__init__(
+            modules,
+            url=redis_url,
+            procs=procs,
+            args=args,
+            env={"SANDBOXQ_TEST_QUEUE": queue_name, **(env or {})},
+            cwd=ROOT,
+        )
         self.queue_name = queue_name
         self.redis_url = redis_url
-        command = [sys.executable, "-m", "sandboxq", "worker", *modules]
-        if procs is not None:
-            command += ["--procs", str(procs)]
-        self.command = [*command, *args]
-        self.env = {
-            **os.environ,
-            "SANDBOXQ_REDIS_URL": redis_url,
-            "SANDBOXQ_TEST_QUEUE": queue_name,
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader: threading.Thread | None = None
-        self.started_at = 0.0
-
-    def __repr__(self) -> str:
-        pid = self.process.pid if self.process else None
-        return f"<WorkerProcess pid={pid} queue={self.queue_name}>"
-
-    # -- starting --------------------------------------------------------------
-    def start(self, *, wait_ready: bool = True, timeout: float = 15.0) -> WorkerProcess:
-        self.started_at = time.monotonic()
-        self.process = subprocess.Popen(
-            self.command,
-            cwd=ROOT,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(
-            target=self._drain, name=f"stderr-{self.process.pid}", daemon=True
-        )
-        self._reader.start()
-        if wait_ready:
-            self.wait_for_line(READY, timeout)
-        return self
-
-    def _drain(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        for raw in self.process.stderr:
-            with self._changed:
-                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self.lines.append("")  # marks the end of the stream
-            self._changed.notify_all()
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None, "worker not started"
-        return self.process.pid
-
-    # -- its log ---------------------------------------------------------------
-    @property
-    def log(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    def wait_for_line(
-        self, pattern: str | re.Pattern[str], timeout: float = 10.0, *, start: int = 0
-    ) -> re.Match[str]:
-        """Wait until a stderr line (from index ``start``) matches ``pattern``
-        (a regex searched anywhere in the line); returns the match."""
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        seen = start
-        with self._changed:
-            while True:
-                for line in self.lines[seen:]:
-                    if found := regex.search(line):
-                        return found
-                seen = max(len(self.lines), seen)
-                ended = self._reader is not None and not self._reader.is_alive()
-                remaining = deadline - time.monotonic()
-                if ended or remaining <= 0:
-                    why = "the worker's stderr closed" if ended else f"{timeout}s passed"
-                    raise WorkerTimeout(
-                        f"no line matching {regex.pattern!r} ({why}); the worker said:\n"
-                        + "\n".join(self.lines[-60:])
-                    )
-                self._changed.wait(remaining)
-
-    def mark(self) -> int:
-        """The index of the next log line: ``wait_for_line(start=mark)`` then
-        only looks at lines logged after this call."""
-        with self._changed:
-            return len(self.lines)
-
-    def matching_lines(self, pattern: str) -> list[str]:
-        regex = re.compile(pattern)
-        with self._changed:
-            return [line for line in self.lines if regex.search(line)]
-
-    # -- signals and exit ----------------------------------------------------------
-    def send_signal(self, signum: int) -> None:
-        os.kill(self.pid, signum)
-
-    def wait(self, timeout: float = 10.0) -> int:
-        """Wait for the worker to exit; its exit code (a signal is negative)."""
-        assert self.process is not None
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise WorkerTimeout(
-                f"worker {self.pid} still running after {timeout}s; it said:\n"
-                + "\n".join(self.lines[-60:])
-            ) from None
-        if self._reader is not None:
-            # Children of a killed parent may hold stderr open a little longer.
-            self._reader.join(5.0)
-        return code
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill_group(self, signum: int = signal.SIGKILL) -> None:
-        """Signal the worker's whole process group: the parent and its children
-        (and orphans of a parent killed earlier)."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signum)
-
-    def cleanup(self) -> None:
-        """Kill whatever is left of this worker; used by fixtures."""
-        if self.process is None:
-            return
-        self.kill_group(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(10)
-        if self.process.stderr is not None:
-            if self._reader is not None:
-                self._reader.join(5.0)
-            self.process.stderr.close()
 
     # -- children ----------------------------------------------------------------
     def children(self) -> list[int]:
