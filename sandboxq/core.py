@@ -87,11 +87,7 @@ class QueueCore(Generic[J]):
     ) -> None:
         """Check the settings and take ``connection``, or make a client for
         ``url`` with ``connector`` (redis-py's, blocking or asyncio)."""
-        self.name = validate_name("queue name", name)
-        self.keys = QueueKeys.for_queue(name)
-        self.max_payload_bytes = max_payload_bytes
-        self.defaults = check_defaults(defaults)
-        self.timeout = timeout
+        self._settings(name, max_payload_bytes, defaults, timeout)
         self.client: Any
         if connection is not None:
             self.client = connection
@@ -101,6 +97,19 @@ class QueueCore(Generic[J]):
             self.client = connector(
                 self.url, socket_timeout=timeout, socket_connect_timeout=timeout
             )
+
+    def _settings(
+        self,
+        name: str,
+        max_payload_bytes: int,
+        defaults: Mapping[str, Any] | None,
+        timeout: float,
+    ) -> None:
+        self.name = validate_name("queue name", name)
+        self.keys = QueueKeys.for_queue(name)
+        self.max_payload_bytes = max_payload_bytes
+        self.defaults = check_defaults(defaults)
+        self.timeout = timeout
 
     def sibling(self, name: str) -> QueueCore[J]:
         """Another queue on the same connection (a flow's other queues)."""

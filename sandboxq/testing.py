@@ -14,6 +14,7 @@ there is no sandbox, timeout or memory limit here. It is the helper RQ's
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -26,8 +27,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Self
 
+import orjson
+
 from sandboxq import execution, fast
+from sandboxq.core import MAX_PAYLOAD_BYTES
+from sandboxq.errors import JobFailed
 from sandboxq.handlers import Handler, handlers_for
+from sandboxq.job import STATES, Job
+from sandboxq.ops import Op
+from sandboxq.options import JobOptions
 from sandboxq.queue import Queue
 from sandboxq.scripts import now_ms
 
@@ -97,9 +105,7 @@ def _run_one(
     name = fields.get("name", "")
     found = by_name.get(name)
     if found is None:
-        return execution.Outcome.error(
-            f"no handler for job {name!r} in queue {queue.name!r}", unrecoverable=True
-        )
+        return _no_handler(queue.name, name)
 
     def report(jid: str, kind: str, value: str) -> None:
         queue.scripts.report(queue.keys, token, [(jid, kind, value)])
@@ -113,6 +119,171 @@ def _run_one(
         fields.get("attempts_made", 0),
         fields.get("retries", 0),
         report,
+    )
+
+
+# -- eager mode: no Redis at all ----------------------------------------------------------
+#: The most runs an eager job gets (attempts, and Retry or RateLimited asks).
+MAX_EAGER_RUNS = 100
+
+
+class EagerJob(Job):
+    """A job an :class:`EagerQueue` ran: it is finished already, so
+    :meth:`wait` and :meth:`refresh` need no Redis."""
+
+    def refresh(self) -> EagerJob:
+        return self
+
+    def wait(self, timeout: float | None = None) -> Any:
+        if self.state != "completed":
+            raise JobFailed(self)
+        return self.result
+
+    def logs(self) -> list[str]:
+        return list(self.fields.get("logs", ()))
+
+
+class EagerQueue(Queue):
+    """A stand-in for :class:`sandboxq.Queue` in unit tests that need no
+    Redis: ``add`` and ``add_bulk`` check and encode the job exactly as a
+    queue does, then run it at once, in this process, and return it
+    finished. Failed attempts are retried at once while attempts remain (no
+    backoff wait), as are ``Retry`` and ``RateLimited`` asks, up to
+    ``MAX_EAGER_RUNS`` runs. There is no sandbox, timeout or memory limit.
+
+    ``handlers``: ``{job name: function}``, a list of handlers, or ``None``
+    for those registered with ``@handler`` for this queue. ``get_job``,
+    ``counts`` and the jobs in :attr:`jobs` show what ran; any other queue
+    call needs Redis and raises, saying so. It is a ``Queue``, so it can
+    stand in wherever the code under test takes one.
+    """
+
+    job_type = EagerJob
+
+    def __init__(
+        self,
+        name: str,
+        handlers: Mapping[str, Callable[..., Any]] | Iterable[Handler] | None = None,
+        *,
+        defaults: Mapping[str, Any] | None = None,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+    ) -> None:
+        # No Queue.__init__: it would make a Redis client.
+        self._settings(name, max_payload_bytes, defaults, 0.0)
+        self.url = f"eager:{name}"
+        self.handlers = handlers
+        #: Every job added, by id, in the order added.
+        self.jobs: dict[str, EagerJob] = {}
+        self._ids = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"<EagerQueue {self.name!r}>"
+
+    def _drive(self, op: Op[Any]) -> Any:
+        """Run an operation that needs no round trip; any other is refused."""
+        try:
+            op.send(None)
+        except StopIteration as done:
+            return done.value
+        op.close()
+        raise RuntimeError(
+            f"EagerQueue {self.name!r} has no Redis: in eager mode only add, add_bulk, "
+            "get_job and counts work"
+        )
+
+    def get_job(self, job_id: str) -> EagerJob | None:
+        return self.jobs.get(str(job_id))
+
+    def counts(self) -> dict[str, int]:
+        found = Counter(job.state for job in self.jobs.values())
+        return {state: found[state] for state in STATES}
+
+    def _add_encoded(
+        self, encoded: list[list[Any]], data: list[Any], options: list[JobOptions]
+    ) -> Op[list[Job]]:
+        """What the add script does, then the jobs' runs, here and now."""
+        jobs: list[Job] = []
+        for args, opts in zip(encoded, options, strict=True):
+            job_id = args[0] or str(next(self._ids))
+            if job_id in self.jobs:
+                existing = self.jobs[job_id]
+                jobs.append(self.job(job_id, existing.fields, created=False))
+            else:
+                self.jobs[job_id] = self._run_now(job_id, args[4], args[6], opts)
+                jobs.append(self.jobs[job_id])
+        return jobs
+        yield  # a generator, like the operation it stands in for
+
+    def _run_now(self, job_id: str, name: str, raw_data: bytes, opts: JobOptions) -> EagerJob:
+        fields: dict[str, Any] = {
+            "name": name,
+            "data": orjson.loads(raw_data),
+            "priority": opts.priority,
+            "attempts": opts.attempts,
+            "timeout": opts.timeout,
+            "attempts_made": 0,
+            "retries": 0,
+            "stalls": 0,
+            "logs": [],
+            "created_at": time.time(),
+            "started_at": time.time(),
+        }
+
+        def report(_jid: str, kind: str, value: str) -> None:
+            if kind == "progress":
+                fields["progress"] = orjson.loads(value)
+            else:
+                fields["logs"].append(value)
+
+        found = handlers_for(self.name, self.handlers).get(name)
+        for _run in range(MAX_EAGER_RUNS):
+            if found is None:
+                outcome = _no_handler(self.name, name)
+                break
+            outcome = execution.run_stored(
+                found.func,
+                self.name,
+                job_id,
+                name,
+                (raw_data, None),
+                fields["attempts_made"],
+                fields["retries"],
+                report,
+            )
+            if outcome.kind in (execution.RETRY, execution.RATE_LIMITED):
+                fields["retries"] += 1
+                continue
+            if outcome.kind != execution.FAILED:
+                break
+            fields["attempts_made"] += 1
+            if opts.manual_retry_only or fields["attempts_made"] >= opts.attempts:
+                break
+        else:
+            outcome = execution.Outcome.error(
+                f"ran {MAX_EAGER_RUNS} times in eager mode without finishing", unrecoverable=True
+            )
+        return self._finished(job_id, fields, outcome)
+
+    def _finished(
+        self, job_id: str, fields: dict[str, Any], outcome: execution.Outcome
+    ) -> EagerJob:
+        fields["finished_at"] = time.time()
+        if outcome.kind == execution.COMPLETED:
+            fields |= {"state": "completed", "result": orjson.loads(outcome.value)}
+            fields["attempts_made"] += 1
+        else:
+            fields |= {"state": "failed", "error": outcome.value}
+            fields["traceback"] = outcome.traceback or None
+            if outcome.kind == execution.UNRECOVERABLE:
+                fields["attempts_made"] += 1
+        job = EagerJob(self, job_id, fields)
+        job.created = True
+        return job
+
+
+def _no_handler(queue: str, name: str) -> execution.Outcome:
+    return execution.Outcome.error(
+        f"no handler for job {name!r} in queue {queue!r}", unrecoverable=True
     )
 
 
