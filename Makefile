@@ -31,8 +31,8 @@ bench: install
 	$(PY) -m pytest benchmarks --benchmark-columns=min,median,ops -p no:timeout
 
 lint: install
-	$(VENV)/bin/ruff check sandboxq tests benchmarks
-	$(VENV)/bin/ruff format --check sandboxq tests benchmarks
+	$(VENV)/bin/ruff check sandboxq tests benchmarks examples
+	$(VENV)/bin/ruff format --check sandboxq tests benchmarks examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
