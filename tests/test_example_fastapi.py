@@ -1,0 +1,124 @@
+"""examples/fastapi_resize, run as its README says: uvicorn serving the app
+and a worker over its handler, both real processes, talking over HTTP and
+Redis."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from sandboxq import Queue
+from tests.faults import free_port
+from tests.worker_harness import ROOT, WorkerProcess, wait_until
+
+EXAMPLE = ROOT / "examples" / "fastapi_resize"
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def images(redis_url: str) -> Iterator[Queue]:
+    """The example's queue, emptied after the test."""
+    queue = Queue("images", url=redis_url)
+    yield queue
+    queue.obliterate(force=True)
+
+
+@pytest.fixture
+def web(redis_url: str, tmp_path: Path) -> Iterator[str]:
+    """``uvicorn app:app`` in the example's folder; its base URL once ready."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)],
+        cwd=EXAMPLE,
+        env={**os.environ, "SANDBOXQ_REDIS_URL": redis_url, "RESIZE_DIR": str(tmp_path)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ready = threading.Event()
+
+    def watch() -> None:
+        assert server.stderr is not None
+        for line in server.stderr:
+            if "Application startup complete" in line:
+                ready.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        assert ready.wait(30), "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+def call(url: str, body: bytes | None = None) -> tuple[int, dict[str, str], Any]:
+    request = urllib.request.Request(url, data=body, method="POST" if body else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, dict(reply.headers), json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read())
+
+
+@pytest.mark.timeout(120)
+def test_an_upload_is_accepted_at_once_and_resized_by_the_worker(
+    start_worker: StartWorker, images: Queue, web: str, tmp_path: Path
+) -> None:
+    start_worker(
+        "-q",
+        "images",
+        "--max-memory-per-child",
+        "512MiB",
+        procs=1,
+        modules=("jobs",),
+        env={"PYTHONPATH": str(EXAMPLE), "RESIZE_DIR": str(tmp_path)},
+    )
+
+    # When an image is uploaded
+    status, headers, body = call(f"{web}/images?width=256", png(600, 400))
+
+    # Then the API answers 202 with where to look, and the worker resizes it
+    assert status == 202, body
+    assert headers["location"] == f"/jobs/{body['job']}"
+    done = wait_until(
+        lambda: (reply := call(web + headers["location"])[2])["state"] == "completed" and reply,
+        60,
+        "the resize to complete",
+    )
+    assert (done["result"]["width"], done["result"]["height"]) == (256, 171)
+    assert done["progress"] == 50
+    with Image.open(done["result"]["path"]) as resized:
+        assert resized.size == (256, 171)
+
+    # And a file that is no image fails at once, saying so, without retries
+    status, headers, body = call(f"{web}/images", b"not an image")
+    assert status == 202
+    failed = wait_until(
+        lambda: (reply := call(web + headers["location"])[2])["state"] == "failed" and reply,
+        60,
+        "the bad upload to fail",
+    )
+    assert failed["error"].startswith("Unrecoverable: not an image we can read")
+    job = images.get_job(body["job"])
+    assert job is not None and job.attempts_made == 1
+
+    # And asking for an unknown job is a 404
+    assert call(f"{web}/jobs/nope")[0] == 404
