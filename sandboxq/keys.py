@@ -66,7 +66,7 @@ class QueueKeys:
     gcount: str  # waiting jobs that belong to a group
     limiter: str  # the queue's rate-limit log of start times
     audit: str  # stream of manual actions (retry, remove, pause...)
-    cancelled: str  # fetch requests workers gave up on (reclaim.lua)
+    given_up: str  # fetch requests workers gave up on (reclaim.lua)
 
     @property
     def hash_tag(self) -> str:
@@ -109,7 +109,7 @@ class QueueKeys:
             gcount=prefix + "gcount",
             limiter=prefix + "limiter",
             audit=prefix + "audit",
-            cancelled=prefix + "cancelled",
+            given_up=prefix + "given_up",
         )
 
     def of(self, kind: str, name: str) -> str:

@@ -401,7 +401,7 @@ class Scripts:
             k.schedules,
             k.schedule_times,
             k.schedule_counts,
-            k.cancelled,
+            k.given_up,
         ]
         return int(
             self._run(

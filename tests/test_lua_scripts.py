@@ -861,7 +861,7 @@ def test_reclaim_forgets_the_marks_of_workers_gone_for_a_day(queue: Queue) -> No
     queue.scripts.reclaim(queue.keys, NOW + 2 * day, TOKEN, 1, [])
 
     # Then only the fresh mark is kept
-    marks = queue.client.hgetall(queue.keys.cancelled)
+    marks = queue.client.hgetall(queue.keys.given_up)
     assert marks == {TOKEN.encode(): f"1 {NOW + 2 * day}".encode()}
 
 

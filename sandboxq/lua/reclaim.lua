@@ -18,16 +18,16 @@
 -- Returns the ids handed back.
 --!include common
 local prefix, token, maxlen, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local cancelled = prefix .. 'cancelled'
-redis.call('HSET', cancelled, token, ARGV[5] .. ' ' .. num(now))
+local given_up = prefix .. 'given_up'
+redis.call('HSET', given_up, token, ARGV[5] .. ' ' .. num(now))
 
 -- A mark only matters while a late fetch could still arrive: forget those
 -- of workers that gave up a day ago (a worker that stops cleanly deletes
 -- its own).
-local marks = redis.call('HGETALL', cancelled)
+local marks = redis.call('HGETALL', given_up)
 for i = 1, #marks, 2 do
   local at = tonumber(string.match(marks[i + 1], ' (%d+)$') or '0')
-  if now - at > 86400000 then redis.call('HDEL', cancelled, marks[i]) end
+  if now - at > 86400000 then redis.call('HDEL', given_up, marks[i]) end
 end
 
 local known = {}

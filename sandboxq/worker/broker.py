@@ -897,7 +897,7 @@ class Broker:
             farewell: list[tuple[Any, ...]] = []
             if self.description:
                 farewell.append(("HDEL", registry.WORKERS, self.token))
-            farewell += [("HDEL", k.cancelled, self.token) for k in self.keys.values()]
+            farewell += [("HDEL", k.given_up, self.token) for k in self.keys.values()]
             with contextlib.suppress(LinkError):
                 self.link.send(farewell)
         self.link.close()
