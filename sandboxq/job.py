@@ -9,14 +9,14 @@ import orjson
 
 from sandboxq import events, fast, payload
 from sandboxq.connection import url_in_errors
-from sandboxq.errors import JobFailed
+from sandboxq.errors import JobCancelled, JobFailed
 
 if TYPE_CHECKING:
     from sandboxq.queue import Queue
 
 #: Every state a job can be in.
-STATES = ("waiting", "delayed", "active", "completed", "failed", "waiting-children")
-FINISHED_STATES = ("completed", "failed")
+STATES = ("waiting", "delayed", "active", "completed", "failed", "waiting-children", "cancelled")
+FINISHED_STATES = ("completed", "failed", "cancelled")
 
 #: The longest single blocking read of the events stream inside ``wait``;
 #: between reads the job is re-read, so a missed event costs at most this.
@@ -59,6 +59,9 @@ class Job:
         self.created_at: float | None = fields.get("created_at")
         self.started_at: float | None = fields.get("started_at")
         self.finished_at: float | None = fields.get("finished_at")
+        #: Who cancelled it and why (set once a cancel was asked).
+        self.cancelled_by: str | None = fields.get("cancelled_by")
+        self.cancel_reason: str | None = fields.get("cancel_reason") or None
 
     def __repr__(self) -> str:
         return f"<Job {self.queue.name}/{self.id} {self.name!r} {self.state}>"
@@ -70,6 +73,10 @@ class Job:
             raise LookupError(f"job {self.id} no longer exists in queue {self.queue.name!r}")
         self._load(fresh.fields)
         return self
+
+    def cancel(self, reason: str | None = None, by: str | None = None) -> str | None:
+        """Cancel this job: see :meth:`Queue.cancel`."""
+        return self.queue.cancel(self.id, reason=reason, by=by)
 
     def children_results(self) -> dict[str, Any]:
         """A flow parent's finished children's results, by ``"queue:id"``."""
@@ -96,7 +103,8 @@ class Job:
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job finishes and return its result.
 
-        Raises :class:`sandboxq.JobFailed` if it failed for good, and
+        Raises :class:`sandboxq.JobFailed` if it failed for good,
+        :class:`sandboxq.JobCancelled` if it was cancelled, and
         :class:`TimeoutError` if it has not finished within ``timeout``
         seconds. Waiting follows the queue's event stream; it does not poll.
         """
@@ -113,6 +121,8 @@ class Job:
                 return self.result
             if self.state == "failed":
                 raise JobFailed(self)
+            if self.state == "cancelled":
+                raise JobCancelled(self)
             block = _WAIT_BLOCK_SECONDS
             if deadline is not None:
                 block = min(block, deadline - time.monotonic())

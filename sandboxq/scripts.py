@@ -92,6 +92,7 @@ class Scripts:
         "promote",
         "pause",
         "remove",
+        "cancel",
         "retry",
         "clean",
         "drain",
@@ -191,7 +192,7 @@ class Scripts:
         handed back (raw when ``pipe`` is given)."""
         returned = self._run(
             "reclaim",
-            [k.active, k.events],
+            [k.active, k.events, k.cancelled, k.cancel_requests],
             [k.prefix, token, self.events_maxlen, now, request, *known],
             pipe,
         )
@@ -218,7 +219,18 @@ class Scripts:
             args.extend(outcome)
         return self._run(
             "finish",
-            [k.active, k.wait, k.delayed, k.completed, k.failed, k.events, k.seq, k.marker],
+            [
+                k.active,
+                k.wait,
+                k.delayed,
+                k.completed,
+                k.failed,
+                k.events,
+                k.seq,
+                k.marker,
+                k.cancelled,
+                k.cancel_requests,
+            ],
             args,
             pipe,
         )
@@ -244,17 +256,26 @@ class Scripts:
         limit: int = STEP_LIMIT,
         pipe: redis.client.Pipeline | None = None,
     ) -> Any:
-        """Requeue or fail jobs whose lease lapsed; returns (requeued, failed) ids."""
+        """Requeue or fail jobs whose lease lapsed (cancel those whose cancel
+        was asked); returns (requeued, failed, cancelled) ids."""
         reply = self._run(
             "recover_stalled",
-            [k.active, k.wait, k.failed, k.events, k.marker],
+            [
+                k.active,
+                k.wait,
+                k.failed,
+                k.events,
+                k.marker,
+                k.cancelled,
+                k.cancel_requests,
+                k.given_up,
+            ],
             [k.prefix, now, max_stalls, self.events_maxlen, limit],
             pipe,
         )
         if pipe is not None:
             return reply
-        requeued, failed = reply
-        return decode_ids(requeued), decode_ids(failed)
+        return tuple(decode_ids(found) for found in reply)
 
     def release(
         self,
@@ -267,7 +288,7 @@ class Scripts:
         """Hand leased jobs back (the ids released, raw when ``pipe`` is given)."""
         released = self._run(
             "release",
-            [k.active, k.wait, k.events, k.marker],
+            [k.active, k.wait, k.events, k.marker, k.cancelled, k.cancel_requests],
             [k.prefix, token, self.events_maxlen, now_ms() if now is None else now, *job_ids],
             pipe,
         )
@@ -319,10 +340,40 @@ class Scripts:
         return int(
             self._run(
                 "remove",
-                [k.wait, k.delayed, k.active, k.completed, k.failed, k.events, k.waiting_children],
+                [
+                    k.wait,
+                    k.delayed,
+                    k.active,
+                    k.completed,
+                    k.failed,
+                    k.events,
+                    k.waiting_children,
+                    k.cancelled,
+                ],
                 [k.prefix, self.events_maxlen, job_id, now_ms() if now is None else now, by],
             )
         )
+
+    def cancel(
+        self, k: QueueKeys, job_id: str, by: str = "", reason: str = "", now: int | None = None
+    ) -> str:
+        """Cancel one job: "cancelled", "cancelling" (active), "finished:<state>"
+        or "missing" (nothing to cancel; see cancel.lua)."""
+        status = self._run(
+            "cancel",
+            [
+                k.wait,
+                k.delayed,
+                k.active,
+                k.waiting_children,
+                k.cancelled,
+                k.cancel_requests,
+                k.events,
+                k.given_up,
+            ],
+            [k.prefix, self.events_maxlen, job_id, now_ms() if now is None else now, by, reason],
+        )
+        return _text(status)
 
     def retry(
         self,
@@ -383,7 +434,7 @@ class Scripts:
     def obliterate(
         self, k: QueueKeys, force: bool, limit: int = STEP_LIMIT, now: int | None = None
     ) -> int:
-        sets = [k.wait, k.delayed, k.completed, k.failed, k.waiting_children]
+        sets = [k.wait, k.delayed, k.completed, k.failed, k.waiting_children, k.cancelled]
         others = [
             k.groups,
             k.group_paused,
@@ -402,6 +453,7 @@ class Scripts:
             k.schedule_times,
             k.schedule_counts,
             k.given_up,
+            k.cancel_requests,
         ]
         return int(
             self._run(
