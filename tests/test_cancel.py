@@ -11,6 +11,8 @@ Redis, never on fixed sleeps.
 from __future__ import annotations
 
 import getpass
+import json
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +22,10 @@ from typing import Any
 import pytest
 
 from sandboxq import JobCancelled, Queue
+from sandboxq.dashboard import app
 from sandboxq.testing import run_until_empty
+from tests.asgi_client import Client
+from tests.test_dashboard import TOKEN, csrf_of
 from tests.test_lua_scripts import (
     LEASE,
     NOW,
@@ -33,9 +38,9 @@ from tests.test_lua_scripts import (
     leased_job,
     outcome,
 )
-from tests.test_lua_scripts import (
-    TOKEN as WORKER,
-)
+from tests.test_lua_scripts import TOKEN as WORKER
+from tests.test_worker_metrics import free_port, samples, value
+from tests.test_worker_prefetch import active_events, slow_then_short, warm_up
 from tests.test_worker_subprocesses import (
     DEADLINE,
     assert_all_gone,
@@ -46,6 +51,7 @@ from tests.test_worker_subprocesses import (
 from tests.worker_harness import (
     WorkerProcess,
     assert_counts,
+    run_sandboxq,
     wait_for_job,
 )
 
@@ -468,7 +474,10 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_kill_grace(
     start_worker: StartWorker, queue: Queue
 ) -> None:
     # Given a worker with a 0.5 s kill grace running a job that ignores SIGTERM
-    worker = start_worker("--kill-grace", "0.5", procs=1)
+    port = free_port()
+    worker = start_worker(
+        "--kill-grace", "0.5", "--metrics-port", str(port), "--metrics-host", "127.0.0.1", procs=1
+    )
     job = queue.add("ignore_term_and_hang", attempts=2)
     child = worker.child_running("ignore_term_and_hang", job.id, timeout=DEADLINE)
 
@@ -483,3 +492,140 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_kill_grace(
     )
     assert_all_gone([child])
     worker.wait_pool_size(1, timeout=DEADLINE)
+    # and the metrics count it as cancelled, not as a crash
+    found = samples(port)
+    name, q = "ignore_term_and_hang", queue.name
+    assert value(found, "sandboxq_jobs_total", queue=q, name=name, outcome="cancelled") == 1
+    assert value(found, "sandboxq_jobs_total", queue=q, name=name, outcome="failed") == 0
+    assert value(found, "sandboxq_child_crashes_total", kind="signal") == 0
+    assert value(found, "sandboxq_queue_jobs", queue=q, state="cancelled") == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_prefetched_job_is_cancelled_without_ever_running(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given a worker whose one child runs a slow job, with a short job
+    # leased (prefetched) behind it
+    start_worker(procs=1)
+    warm_up(queue)
+    slow, [waiting] = slow_then_short(queue, "sleep", 3, 1)
+
+    # When the prefetched job is cancelled
+    assert queue.cancel(waiting, by="ivy") == "cancelling"
+
+    # Then it ends cancelled without having run: its worker settles it (or,
+    # if it handed it back first, the hand-back does)
+    done = wait_for_job(queue, waiting, ("cancelled", "completed", "failed"), timeout=DEADLINE)
+    assert done.state == "cancelled", done.fields
+    assert done.error in (
+        "cancelled by ivy (never started)",
+        "cancelled by ivy (its worker let go of it)",
+    )
+    assert (done.started_at, done.attempts_made, active_events(queue, waiting)) == (None, 0, 0)
+    assert wait_for_job(queue, slow, timeout=DEADLINE).state == "completed"
+
+
+@pytest.mark.timeout(60)
+def test_a_job_whose_worker_died_with_a_cancel_pending_is_cancelled_on_recovery(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given a job with attempts left whose worker was SIGKILLed while it ran
+    first = start_worker("--lease", "1", procs=1)
+    job = queue.add("hang", attempts=3)
+    first.child_running("hang", job.id, timeout=DEADLINE)
+    first.kill_group(signal.SIGKILL)
+    first.wait(timeout=DEADLINE)
+
+    # When it is cancelled (nobody holds it to stop it) and another worker starts
+    assert job.cancel(reason="its worker is gone", by="jo") == "cancelling"
+    second = start_worker("--lease", "1", procs=1)
+
+    # Then the recovery cancels it instead of running it again
+    done = wait_for_job(queue, job.id, ("cancelled", "completed", "failed"), timeout=DEADLINE)
+    assert done.state == "cancelled", done.fields
+    assert done.error == "cancelled by jo: its worker is gone (its worker was lost while it ran)"
+    second.wait_for_line(rf"recovered stalled jobs .*cancelled={job.id}\b", timeout=DEADLINE)
+    assert not any(title.endswith(f"#{job.id}") for title in second.child_titles().values())
+    assert_counts(queue, cancelled=1)
+
+
+# -- the CLI and the dashboard ------------------------------------------------------------
+def test_the_cancel_command(queue: Queue, redis_url: str) -> None:
+    # Given an active job and a waiting one
+    active = queue.add("x")
+    queue.scripts.fetch(queue.keys, int(time.time() * 1000), 1, WORKER, LEASE)
+    waiting = queue.add("x")
+    url = ("--url", redis_url)
+
+    # When each is cancelled from the command line
+    first = run_sandboxq("cancel", queue.name, waiting.id, "--reason", "typo", "--by", "jane", *url)
+    second = run_sandboxq("cancel", queue.name, active.id, "--json", *url)
+
+    # Then the waiting one is cancelled and the active one is being cancelled
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == f"cancelled job {waiting.id} of queue {queue.name!r}\n"
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout) == {
+        "queue": queue.name,
+        "id": active.id,
+        "status": "cancelling",
+    }
+    # and there is nothing left to cancel: exit 1 naming the state, or the missing job
+    again = run_sandboxq("cancel", queue.name, waiting.id, *url)
+    assert (again.returncode, again.stderr) == (
+        1,
+        f"sandboxq: job {waiting.id} is cancelled: nothing to cancel\n",
+    )
+    missing = run_sandboxq("cancel", queue.name, "nope", *url)
+    assert missing.returncode == 1
+    assert f"no job nope in queue {queue.name!r}" in missing.stderr
+    # and the other commands show the state, who and why
+    listed = run_sandboxq("jobs", queue.name, "--state", "cancelled", "--json", *url)
+    [row] = json.loads(listed.stdout)
+    assert (row["id"], row["state"], row["cancelled_by"], row["cancel_reason"]) == (
+        waiting.id,
+        "cancelled",
+        "jane",
+        "typo",
+    )
+    shown = run_sandboxq("job", queue.name, waiting.id, *url)
+    assert "cancelled by   jane" in shown.stdout and "cancel: typo" in shown.stdout
+
+
+def test_the_dashboard_cancel_button(redis_url: str, queue: Queue) -> None:
+    application = app(redis_url, token=TOKEN, queues=[queue.name])
+    try:
+        # Given a waiting job, and a user logged in to the dashboard
+        job = queue.add("x")
+        browser = Client(application)
+        browser.post("/login", {"username": "kim", "password": TOKEN})
+        path = f"/queues/{queue.name}/jobs/{job.id}"
+
+        # Then its page has a Cancel button with a reason box
+        page = browser.get(path)
+        assert f'action="{path}/cancel"' in page.text and 'name="reason"' in page.text
+        # which needs the CSRF token
+        assert browser.post(f"{path}/cancel", {"reason": "x"}).status == 403
+        assert state_of(queue, job.id) == "waiting"
+
+        # When it is pressed with a reason
+        token = csrf_of(browser)
+        reply = browser.post(f"{path}/cancel", {"csrf_token": token, "reason": "not needed"})
+
+        # Then the job is cancelled, audited as the dashboard user
+        assert reply.status == 303, reply.text
+        cancelled = queue.get_job(job.id)
+        assert cancelled is not None and cancelled.state == "cancelled"
+        assert cancelled.cancelled_by == "dashboard:kim"
+        assert cancelled.audit()[-1]["action"] == "cancel: not needed"
+        assert "dashboard:kim (not needed)" in browser.get(path).text
+        # and pressing it again has nothing to cancel
+        again = browser.post(f"{path}/cancel", {}, x_csrf_token=token)
+        assert again.status == 409 and "cannot cancel" in again.json()["error"]
+        # and the job lists know the state
+        listed = browser.get(f"/api/queues/{queue.name}/jobs?state=cancelled").json()
+        assert [j["id"] for j in listed["jobs"]] == [job.id]
+        assert listed["counts"]["cancelled"] == 1
+    finally:
+        application.client.close()

@@ -542,7 +542,7 @@ def test_clean_removes_completed_jobs_older_than_a_day(queue: Queue, cli: Cli) -
     ("args", "message"),
     [
         (["--state", "completed"], "needs --older-than and/or --keep"),
-        (["--state", "waiting", "--older-than", "1h"], "completed and failed jobs only"),
+        (["--state", "waiting", "--older-than", "1h"], "completed, failed and cancelled jobs only"),
     ],
 )
 def test_clean_refuses_what_it_cannot_do(
