@@ -222,53 +222,49 @@ def run_with_request(queue: Queue, settle: list[Any], **job_fields: Any) -> tupl
     return job_id, finish(queue, NOW + 1_000, settle)
 
 
+#: How the worker settles a job whose cancel is pending: (outcome, the
+#: job's attempts, the state it ends in, its error).
+SETTLED_WITH_A_REQUEST = {
+    "failed-with-attempts-left": (
+        outcome("", "failed", "ValueError: x"),
+        3,
+        "cancelled",
+        "cancelled by erin: stop (not retried: ValueError: x)",
+    ),
+    "retry": (
+        outcome("", "retry", "later"),
+        1,
+        "cancelled",
+        "cancelled by erin: stop (not run again: later)",
+    ),
+    "ratelimited": (
+        outcome("", "ratelimited", "429", delay_ms=5_000),
+        1,
+        "cancelled",
+        "cancelled by erin: stop (not run again: 429)",
+    ),
+    "stopped-by-its-worker": (
+        outcome("", "cancelled", "stopped while running"),
+        3,
+        "cancelled",
+        "cancelled by erin: stop (stopped while running)",
+    ),
+    "completed": (outcome("", "completed", "done"), 1, "completed", None),
+    "failed-for-good": (outcome("", "failed", "ValueError: y"), 1, "failed", "ValueError: y"),
+}
+
+
 @pytest.mark.parametrize(
-    ("settle", "job_fields", "status", "error"),
-    [
-        pytest.param(
-            outcome("", "failed", "ValueError: x"),
-            {"attempts": 3},
-            "cancelled",
-            "cancelled by erin: stop (not retried: ValueError: x)",
-            id="failed-with-attempts-left",
-        ),
-        pytest.param(
-            outcome("", "retry", "asked to run later"),
-            {},
-            "cancelled",
-            "cancelled by erin: stop (not run again: asked to run later)",
-            id="retry",
-        ),
-        pytest.param(
-            outcome("", "ratelimited", "429", delay_ms=5_000),
-            {},
-            "cancelled",
-            "cancelled by erin: stop (not run again: 429)",
-            id="ratelimited",
-        ),
-        pytest.param(
-            outcome("", "cancelled", "stopped while running"),
-            {"attempts": 3},
-            "cancelled",
-            "cancelled by erin: stop (stopped while running)",
-            id="stopped-by-its-worker",
-        ),
-        pytest.param(outcome("", "completed", "done"), {}, "completed", None, id="completed"),
-        pytest.param(
-            outcome("", "failed", "ValueError: y"),
-            {"attempts": 1},
-            "failed",
-            "ValueError: y",
-            id="failed-for-good",
-        ),
-    ],
+    ("settle", "attempts", "status", "error"),
+    SETTLED_WITH_A_REQUEST.values(),
+    ids=SETTLED_WITH_A_REQUEST.keys(),
 )
 def test_a_pending_request_stops_every_further_run_and_a_final_outcome_stands(
-    queue: Queue, settle: list[Any], job_fields: dict[str, Any], status: str, error: str | None
+    queue: Queue, settle: list[Any], attempts: int, status: str, error: str | None
 ) -> None:
     # Given an active job whose cancel was asked
     # When its worker settles it
-    job_id, statuses = run_with_request(queue, list(settle), **job_fields)
+    job_id, statuses = run_with_request(queue, list(settle), attempts=attempts)
 
     # Then an outcome that would run it again cancels it; one that ends it
     # for good stands, and the request is dropped

@@ -644,10 +644,7 @@ class Worker:
         logs.event(
             "job cancelled while running: stopping it (SIGTERM, SIGKILL after the kill grace)",
             logging.INFO,
-            job_id=job.job_id,
-            job_name=job.name,
-            queue=job.queue,
-            pid=child.pid,
+            **_run_fields(job, child.pid),
             kill_grace_s=self.kill_grace,
         )
 
@@ -674,11 +671,7 @@ class Worker:
             logs.event(
                 "job attempt failed",
                 logging.WARNING,
-                job_id=job.job_id,
-                job_name=job.name,
-                queue=job.queue,
-                attempt=job.attempt,
-                pid=child.pid,
+                **_run_fields(job, child.pid),
                 duration_ms=duration_ms,
                 error=outcome.value,
             )
@@ -1016,15 +1009,7 @@ class Worker:
         if not job.start_reported:
             self._report_start(job)
         if logs.log.isEnabledFor(logging.DEBUG):  # skip building the fields per job
-            logs.event(
-                "job started",
-                logging.DEBUG,
-                job_id=job.job_id,
-                job_name=job.name,
-                queue=job.queue,
-                attempt=job.attempt,
-                pid=child.pid,
-            )
+            logs.event("job started", logging.DEBUG, **_run_fields(job, child.pid))
 
     def _report_start(self, job: Assignment) -> None:
         self.broker.started(job.queue, job.job_id)
@@ -1160,6 +1145,17 @@ class Worker:
             job_ids=",".join(left),
             unrecorded=sum(len(entries) for entries in self.broker.finishes.values()),
         )
+
+
+def _run_fields(job: Assignment, pid: int) -> dict[str, Any]:
+    """The fields of a log line about one run of a job, in ``pid``."""
+    return {
+        "job_id": job.job_id,
+        "job_name": job.name,
+        "queue": job.queue,
+        "attempt": job.attempt,
+        "pid": pid,
+    }
 
 
 def _average(average: float | None, sample: float) -> float:
