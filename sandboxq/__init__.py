@@ -2,6 +2,7 @@
 
 from sandboxq.errors import (
     ConnectionFailed,
+    JobCancelled,
     JobFailed,
     RateLimited,
     Retry,
@@ -29,6 +30,7 @@ __all__ = [
     "Backoff",
     "ConnectionFailed",
     "Job",
+    "JobCancelled",
     "JobContext",
     "JobFailed",
     "JobIsActive",

@@ -26,7 +26,7 @@ import redis
 from sandboxq import registry
 from sandboxq.connection import connect, describe, resolve_url, url_in_errors
 from sandboxq.errors import ConnectionFailed
-from sandboxq.job import STATES, Job
+from sandboxq.job import FINISHED_STATES, STATES, Job
 from sandboxq.keys import QueueKeys
 from sandboxq.local_redis import LocalRedis
 from sandboxq.queue import JobIsActive, Queue
@@ -297,6 +297,8 @@ def job_summary(job: Job) -> dict[str, Any]:
         "error": job.error,
         "created_at": job.created_at,
         "finished_at": job.finished_at,
+        "cancelled_by": job.cancelled_by,
+        "cancel_reason": job.cancel_reason,
     }
 
 
@@ -367,6 +369,8 @@ def job_report(job: Job) -> dict[str, Any]:
         "retries": job.retries,
         "error": job.error,
         "traceback": job.traceback,
+        "cancelled_by": job.cancelled_by,
+        "cancel_reason": job.cancel_reason,
         "logs": job.logs(),
         "audit": job.audit(),
         "parent": job_parent(job.fields),
@@ -393,6 +397,8 @@ def show_job(report: dict[str, Any]) -> None:
         ("started", format_time(report["started_at"])),
         ("finished", format_time(report["finished_at"])),
         ("took", took),
+        ("cancelled by", report["cancelled_by"]),
+        ("cancel reason", report["cancel_reason"]),
         ("parent", f"{parent['queue']} {parent['id']}" if parent else None),
         ("children", f"{pending} pending" if pending else None),
     ]
@@ -466,6 +472,21 @@ def remove(args: argparse.Namespace, client: redis.Redis) -> int:
     return _done(args, message, {"queue": queue.name, "removed": 1, "id": args.job_id})
 
 
+def cancel(args: argparse.Namespace, client: redis.Redis) -> int:
+    queue = open_queue(client, args.queue)
+    status = queue.cancel(args.job_id, reason=args.reason, by=args.by)
+    if status is None:
+        state = existing_job(queue, args.job_id).state
+        raise CommandError(f"job {args.job_id} is {state}: nothing to cancel")
+    message = f"cancelled job {args.job_id} of queue {queue.name!r}"
+    if status == "cancelling":
+        message = (
+            f"job {args.job_id} of queue {queue.name!r} is active: cancelling, the worker "
+            "holding it stops it"
+        )
+    return _done(args, message, {"queue": queue.name, "id": args.job_id, "status": status})
+
+
 def _pause_or_resume(args: argparse.Namespace, client: redis.Redis, pause: bool) -> int:
     queue = open_queue(client, args.queue)
     changed = queue.pause(by=args.by) if pause else queue.resume(by=args.by)
@@ -486,10 +507,10 @@ def resume(args: argparse.Namespace, client: redis.Redis) -> int:
 def clean(args: argparse.Namespace, client: redis.Redis) -> int:
     if args.older_than is None and args.keep is None:
         raise CommandError("clean needs --older-than and/or --keep", EXIT_USAGE)
-    if args.older_than is not None and args.state not in ("completed", "failed"):
+    if args.older_than is not None and args.state not in FINISHED_STATES:
         raise CommandError(
-            "--older-than counts from the finish time: it applies to completed and failed "
-            "jobs only (use --keep for the others)",
+            "--older-than counts from the finish time: it applies to completed, failed and "
+            "cancelled jobs only (use --keep for the others)",
             EXIT_USAGE,
         )
     queue = open_queue(client, args.queue)
@@ -551,6 +572,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, redis.Redis], int]] = {
     "job": job,
     "retry": retry,
     "remove": remove,
+    "cancel": cancel,
     "pause": pause,
     "resume": resume,
     "clean": clean,

@@ -47,6 +47,7 @@ class AsyncJob(JobRecord):
     audit = awaiting(JobRecord._audit)
     logs = awaiting(JobRecord._logs)
     wait = awaiting(JobRecord._wait)
+    cancel = awaiting(JobRecord._cancel)
 
 
 class AsyncQueue(QueueCore[AsyncJob]):
@@ -126,6 +127,7 @@ class AsyncQueue(QueueCore[AsyncJob]):
     retry_failed = awaiting(QueueCore._retry_failed)
     promote = awaiting(QueueCore._promote)
     remove = awaiting(QueueCore._remove)
+    cancel = awaiting(QueueCore._cancel)
     clean = awaiting(QueueCore._clean)
     drain = awaiting(QueueCore._drain)
     obliterate = awaiting(QueueCore._obliterate)

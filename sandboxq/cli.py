@@ -1,7 +1,8 @@
 """The ``sandboxq`` command: run a worker (``worker``), a local Redis for
 development (``dev``) or the demo, and look at and administer queues and jobs
-(``stats``, ``jobs``, ``job``, ``retry``, ``remove``, ``pause``, ``resume``,
-``clean``, ``workers``, ``add``, ``schedules``), or serve the web ``dashboard``."""
+(``stats``, ``jobs``, ``job``, ``retry``, ``remove``, ``cancel``, ``pause``,
+``resume``, ``clean``, ``workers``, ``add``, ``schedules``), or serve the web
+``dashboard``."""
 
 # This module parses and dispatches; sandboxq.admin implements the admin commands.
 
@@ -261,6 +262,7 @@ ADMIN_COMMANDS = (
     "job",
     "retry",
     "remove",
+    "cancel",
     "pause",
     "resume",
     "clean",
@@ -330,6 +332,16 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     remove = command("remove", "delete a job that is not running", audited=True)
     remove.add_argument("queue", metavar="QUEUE")
     remove.add_argument("job_id", metavar="ID")
+
+    cancel = command(
+        "cancel",
+        "cancel a job for good: at once unless it is running, else the worker holding it "
+        "stops it (SIGTERM, then SIGKILL after its --kill-grace); never retried",
+        audited=True,
+    )
+    cancel.add_argument("queue", metavar="QUEUE")
+    cancel.add_argument("job_id", metavar="ID")
+    cancel.add_argument("--reason", metavar="TEXT", help="why, for the job and the audit log")
 
     for name, summary in (("pause", "stop handing out jobs"), ("resume", "hand out jobs again")):
         command(name, summary, audited=True).add_argument("queue", metavar="QUEUE")

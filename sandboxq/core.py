@@ -457,6 +457,19 @@ class QueueCore(Generic[J]):
             raise JobIsActive(f"job {job_id} is active; remove it after it finishes")
         return bool(status == 1)
 
+    def _cancel(
+        self, job_id: str, *, reason: str | None = None, by: str | None = None
+    ) -> Op[str | None]:
+        """Cancel a job for good (never retried). Returns ``"cancelled"`` if
+        it was waiting, delayed or waiting for its children, ``"cancelling"``
+        if it is active (the worker holding it stops it within a second), or
+        None when there is nothing to cancel: no such job, or it finished.
+        Audited with ``reason``, by ``by`` (default the OS user)."""
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        status = yield PLAN.cancel(self.keys, str(job_id), by=who(by), reason=reason or "")
+        return status if status in ("cancelled", "cancelling") else None
+
     def _clean(
         self,
         state: str,
@@ -469,10 +482,11 @@ class QueueCore(Generic[J]):
         ago and/or beyond the newest ``keep``. Returns how many; the queue's
         audit log records who cleaned (``by``, default the OS user).
 
-        ``older_than`` applies to finished jobs only: the sets of waiting and
-        delayed jobs are ordered by priority and due time, not by age. For
-        waiting jobs, ``keep`` counts the jobs without a group and each
-        group's jobs apart (``keep=0`` empties them all)."""
+        ``older_than`` applies to finished jobs only (completed, failed,
+        cancelled): the sets of waiting and delayed jobs are ordered by
+        priority and due time, not by age. For waiting jobs, ``keep`` counts
+        the jobs without a group and each group's jobs apart (``keep=0``
+        empties them all)."""
         if state == "active":
             raise ValueError("active jobs cannot be cleaned; they are running")
         if older_than is None and keep is None:
@@ -480,7 +494,7 @@ class QueueCore(Generic[J]):
         if older_than is not None and state not in FINISHED_STATES:
             raise ValueError(
                 f"clean({state!r}, older_than=...) is not supported: older_than counts "
-                "from the finish time, so it applies to finished jobs only"
+                "from the finish time, so it applies to completed, failed and cancelled jobs only"
             )
         max_age = -1 if older_than is None else ms(older_than)
         max_count = -1 if keep is None else keep

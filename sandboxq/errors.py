@@ -30,6 +30,16 @@ class JobFailed(SandboxqError):
         self.job = job
 
 
+class JobCancelled(SandboxqError):
+    """Raised by :meth:`Job.wait` when the job was cancelled."""
+
+    def __init__(self, job: JobRecord) -> None:
+        who = f" by {job.cancelled_by}" if job.cancelled_by else ""
+        why = f": {job.cancel_reason}" if job.cancel_reason else " (no reason given)"
+        super().__init__(f"job {job.id} ({job.name}) was cancelled{who}{why}")
+        self.job = job
+
+
 # -- raised by handlers ---------------------------------------------------
 class Retry(SandboxqError):
     """Run this job again after ``delay`` seconds. No attempt is spent."""

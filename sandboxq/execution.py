@@ -29,8 +29,12 @@ UNRECOVERABLE = "unrecoverable"  # fail now, no retries
 RETRY = "retry"  # the handler asked to run again later; no attempt spent
 RATE_LIMITED = "ratelimited"  # a downstream limit: pause the job's scope; no attempt spent
 
-#: Every way a run can end, as finish.lua knows them.
+#: Every way a run can end that a child may report.
 OUTCOMES = frozenset({COMPLETED, FAILED, UNRECOVERABLE, RETRY, RATE_LIMITED})
+#: A person cancelled the job and the worker parent stopped it (or never
+#: started it): finish.lua settles it as cancelled. Only the parent sends it;
+#: a child's done frame cannot (it is not in OUTCOMES).
+CANCELLED = "cancelled"
 
 #: How long the tasks an async handler left running get to end once cancelled.
 LEFTOVER_TASKS_SECONDS = 1.0

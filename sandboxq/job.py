@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any, Self
 import orjson
 
 from sandboxq import events, fast, payload
-from sandboxq.errors import JobFailed
+from sandboxq.errors import JobCancelled, JobFailed
 from sandboxq.ops import Op, blocking, cmd
 
 if TYPE_CHECKING:
     from sandboxq.queue import Queue
 
 #: Every state a job can be in.
-STATES = ("waiting", "delayed", "active", "completed", "failed", "waiting-children")
-FINISHED_STATES = ("completed", "failed")
+STATES = ("waiting", "delayed", "active", "completed", "failed", "waiting-children", "cancelled")
+FINISHED_STATES = ("completed", "failed", "cancelled")
 
 #: The longest single blocking read of the events stream inside ``wait``;
 #: between reads the job is re-read, so a missed event costs at most this.
@@ -68,6 +68,9 @@ class JobRecord:
         self.created_at: float | None = fields.get("created_at")
         self.started_at: float | None = fields.get("started_at")
         self.finished_at: float | None = fields.get("finished_at")
+        #: Who cancelled it and why (set once a cancel was asked).
+        self.cancelled_by: str | None = fields.get("cancelled_by")
+        self.cancel_reason: str | None = fields.get("cancel_reason") or None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.queue.name}/{self.id} {self.name!r} {self.state}>"
@@ -96,6 +99,10 @@ class JobRecord:
         raw = yield cmd("LRANGE", self.queue.keys.job_audit(self.id), 0, -1)
         return [orjson.loads(entry) for entry in raw]
 
+    def _cancel(self, reason: str | None = None, by: str | None = None) -> Op[str | None]:
+        """Cancel this job; see ``Queue.cancel``."""
+        return (yield from self.queue._cancel(self.id, reason=reason, by=by))  # type: ignore[no-any-return]
+
     def _logs(self) -> Op[list[str]]:
         """The log lines the handler wrote (the newest 1,000)."""
         return (yield from self.queue._job_logs(self.id))  # type: ignore[no-any-return]
@@ -103,7 +110,8 @@ class JobRecord:
     def _wait(self, timeout: float | None = None) -> Op[Any]:
         """Wait until the job finishes and return its result.
 
-        Raises :class:`sandboxq.JobFailed` if it failed for good, and
+        Raises :class:`sandboxq.JobFailed` if it failed for good,
+        :class:`sandboxq.JobCancelled` if it was cancelled, and
         :class:`TimeoutError` if it has not finished within ``timeout``
         seconds. Waiting follows the queue's event stream; it does not poll.
         """
@@ -116,6 +124,8 @@ class JobRecord:
                 return self.result
             if self.state == "failed":
                 raise JobFailed(self)
+            if self.state == "cancelled":
+                raise JobCancelled(self)
             block = WAIT_BLOCK_SECONDS
             if deadline is not None:
                 block = min(block, deadline - time.monotonic())
@@ -147,3 +157,4 @@ class Job(JobRecord):
     audit = blocking(JobRecord._audit)
     logs = blocking(JobRecord._logs)
     wait = blocking(JobRecord._wait)
+    cancel = blocking(JobRecord._cancel)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 #: The sets that hold job ids, one per state (``active`` is the lease table),
 #: in the order of ``sandboxq.job.STATES``.
-JOB_SETS = ("wait", "delayed", "active", "completed", "failed", "waiting_children")
+JOB_SETS = ("wait", "delayed", "active", "completed", "failed", "waiting_children", "cancelled")
 
 #: Every kind of key that belongs to one job or group: ``<prefix>KIND:<id>``.
 #: The Lua scripts build them the same way (``prefix .. 'job:' .. id``).
@@ -51,6 +51,8 @@ class QueueKeys:
     active: str
     completed: str
     failed: str
+    cancelled: str  # jobs cancelled by a person (cancel.lua), score = when
+    cancel_requests: str  # active jobs whose cancel was asked, score = when
     meta: str
     marker: str
     events: str
@@ -66,7 +68,7 @@ class QueueKeys:
     gcount: str  # waiting jobs that belong to a group
     limiter: str  # the queue's rate-limit log of start times
     audit: str  # stream of manual actions (retry, remove, pause...)
-    cancelled: str  # fetch requests workers gave up on (reclaim.lua)
+    given_up: str  # fetch requests workers gave up on (reclaim.lua)
 
     @property
     def hash_tag(self) -> str:
@@ -94,6 +96,8 @@ class QueueKeys:
             active=prefix + "active",
             completed=prefix + "completed",
             failed=prefix + "failed",
+            cancelled=prefix + "cancelled",
+            cancel_requests=prefix + "cancel_requests",
             meta=prefix + "meta",
             marker=prefix + "marker",
             events=prefix + "events",
@@ -109,7 +113,7 @@ class QueueKeys:
             gcount=prefix + "gcount",
             limiter=prefix + "limiter",
             audit=prefix + "audit",
-            cancelled=prefix + "cancelled",
+            given_up=prefix + "given_up",
         )
 
     def of(self, kind: str, name: str) -> str:
@@ -146,6 +150,7 @@ class QueueKeys:
             "completed": self.completed,
             "failed": self.failed,
             "waiting-children": self.waiting_children,
+            "cancelled": self.cancelled,
         }.get(state)
         if key is None:
             raise ValueError(f"unknown job state {state!r}")

@@ -87,6 +87,7 @@ class Queue(QueueCore[Job]):
     retry_failed = blocking(QueueCore._retry_failed)
     promote = blocking(QueueCore._promote)
     remove = blocking(QueueCore._remove)
+    cancel = blocking(QueueCore._cancel)
     clean = blocking(QueueCore._clean)
     drain = blocking(QueueCore._drain)
     obliterate = blocking(QueueCore._obliterate)

@@ -142,6 +142,7 @@ class Scripts:
         "promote",
         "pause",
         "remove",
+        "cancel",
         "retry",
         "clean",
         "drain",
@@ -245,7 +246,7 @@ class Scripts:
         handed back (raw when ``pipe`` is given)."""
         return self._run(
             "reclaim",
-            [k.active, k.events],
+            [k.active, k.events, k.cancelled, k.cancel_requests],
             [k.prefix, token, self.events_maxlen, now, request, *known],
             pipe,
             decode_ids,
@@ -272,7 +273,18 @@ class Scripts:
             args.extend(outcome)
         return self._run(
             "finish",
-            [k.active, k.wait, k.delayed, k.completed, k.failed, k.events, k.seq, k.marker],
+            [
+                k.active,
+                k.wait,
+                k.delayed,
+                k.completed,
+                k.failed,
+                k.events,
+                k.seq,
+                k.marker,
+                k.cancelled,
+                k.cancel_requests,
+            ],
             args,
             pipe,
         )
@@ -298,10 +310,20 @@ class Scripts:
         limit: int = STEP_LIMIT,
         pipe: redis.client.Pipeline | None = None,
     ) -> Any:
-        """Requeue or fail jobs whose lease lapsed; returns (requeued, failed) ids."""
+        """Requeue or fail jobs whose lease lapsed (cancel those whose cancel
+        was asked); returns (requeued, failed, cancelled) ids."""
         return self._run(
             "recover_stalled",
-            [k.active, k.wait, k.failed, k.events, k.marker],
+            [
+                k.active,
+                k.wait,
+                k.failed,
+                k.events,
+                k.marker,
+                k.cancelled,
+                k.cancel_requests,
+                k.given_up,
+            ],
             [k.prefix, now, max_stalls, self.events_maxlen, limit],
             pipe,
             _id_lists,
@@ -318,7 +340,7 @@ class Scripts:
         """Hand leased jobs back (the ids released, raw when ``pipe`` is given)."""
         return self._run(
             "release",
-            [k.active, k.wait, k.events, k.marker],
+            [k.active, k.wait, k.events, k.marker, k.cancelled, k.cancel_requests],
             [k.prefix, token, self.events_maxlen, now_ms() if now is None else now, *job_ids],
             pipe,
             decode_ids,
@@ -368,9 +390,39 @@ class Scripts:
     def remove(self, k: QueueKeys, job_id: str, by: str = "", now: int | None = None) -> Any:
         return self._run(
             "remove",
-            [k.wait, k.delayed, k.active, k.completed, k.failed, k.events, k.waiting_children],
+            [
+                k.wait,
+                k.delayed,
+                k.active,
+                k.completed,
+                k.failed,
+                k.events,
+                k.waiting_children,
+                k.cancelled,
+            ],
             [k.prefix, self.events_maxlen, job_id, now_ms() if now is None else now, by],
             decode=int,
+        )
+
+    def cancel(
+        self, k: QueueKeys, job_id: str, by: str = "", reason: str = "", now: int | None = None
+    ) -> Any:
+        """Cancel one job: "cancelled", "cancelling" (active), "finished:<state>"
+        or "missing" (nothing to cancel; see cancel.lua)."""
+        return self._run(
+            "cancel",
+            [
+                k.wait,
+                k.delayed,
+                k.active,
+                k.waiting_children,
+                k.cancelled,
+                k.cancel_requests,
+                k.events,
+                k.given_up,
+            ],
+            [k.prefix, self.events_maxlen, job_id, now_ms() if now is None else now, by, reason],
+            decode=_text,
         )
 
     def retry(
@@ -429,7 +481,7 @@ class Scripts:
     def obliterate(
         self, k: QueueKeys, force: bool, limit: int = STEP_LIMIT, now: int | None = None
     ) -> Any:
-        sets = [k.wait, k.delayed, k.completed, k.failed, k.waiting_children]
+        sets = [k.wait, k.delayed, k.completed, k.failed, k.waiting_children, k.cancelled]
         others = [
             k.groups,
             k.group_paused,
@@ -447,7 +499,8 @@ class Scripts:
             k.schedules,
             k.schedule_times,
             k.schedule_counts,
-            k.cancelled,
+            k.given_up,
+            k.cancel_requests,
         ]
         return self._run(
             "obliterate",

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from sandboxq import ConnectionFailed, JobFailed, Queue
+from sandboxq import ConnectionFailed, JobCancelled, JobFailed, Queue
 from sandboxq.aio import AsyncJob, AsyncQueue, AsyncQueueEvents
 from sandboxq.local_redis import LocalRedis
 from sandboxq.testing import run_until_empty
@@ -292,5 +292,20 @@ def test_asyncio_queue_on_a_redis_cluster(cluster: RedisClusterNodes) -> None:
             found = await q.get_job(job.id)
             assert found is not None and found.data == {"n": 1}
             await q.obliterate(force=True)
+
+    run(scenario())
+
+
+def test_a_job_is_cancelled_from_asyncio_and_its_waiter_told(queue: Queue, redis_url: str) -> None:
+    async def scenario() -> None:
+        async with AsyncQueue(queue.name, url=redis_url) as q:
+            job = await q.add("resize", {"w": 1}, delay=60)
+            waiting = asyncio.create_task(job.wait(timeout=20))
+            assert await job.cancel(reason="customer left", by="alice") == "cancelled"
+            with pytest.raises(JobCancelled, match="cancelled by alice: customer left"):
+                await waiting
+            assert await q.cancel(job.id) is None  # nothing left to cancel
+            assert (await q.counts())["cancelled"] == 1
+            assert (await q.audit_log())[0]["action"] == "cancel: customer left"
 
     run(scenario())

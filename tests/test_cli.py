@@ -132,6 +132,7 @@ def test_stats_shows_counts_paused_and_throughput_of_a_queue(queue: Queue, cli: 
     queue.scripts.fetch(queue.keys, now_ms(), 1, "w", 60_000)
     queue.add_flow(parent={"name": "parent"}, children=[{"name": "child"}])
     queue.add("later", delay=3600)
+    queue.add("unwanted").cancel()
     queue.pause(by="ops")
 
     # When the stats are asked for as a table
@@ -147,12 +148,16 @@ def test_stats_shows_counts_paused_and_throughput_of_a_queue(queue: Queue, cli: 
         "COMPLETED",
         "FAILED",
         "WAITING-CHILDREN",
+        "CANCELLED",
         "PAUSED",
         "COMPLETED/S",
         "FAILED/S",
         "WORKERS",
     ]
-    assert table.row(queue.name)[1:] == ["1", "1", "1", "1", "1", "1", "yes", "0.02", "0.02", "0"]
+    assert table.row(queue.name)[1:] == [
+        *["1", "1", "1", "1", "1", "1", "1"],
+        *["yes", "0.02", "0.02", "0"],
+    ]
 
     # And as JSON, with the exact values
     stats = cli("stats", queue.name, "--json").json()
@@ -164,6 +169,7 @@ def test_stats_shows_counts_paused_and_throughput_of_a_queue(queue: Queue, cli: 
         "completed": 1,
         "failed": 1,
         "waiting-children": 1,
+        "cancelled": 1,
     }
     assert stats["paused"] is True
     assert stats["throughput"] == {
@@ -536,7 +542,7 @@ def test_clean_removes_completed_jobs_older_than_a_day(queue: Queue, cli: Cli) -
     ("args", "message"),
     [
         (["--state", "completed"], "needs --older-than and/or --keep"),
-        (["--state", "waiting", "--older-than", "1h"], "completed and failed jobs only"),
+        (["--state", "waiting", "--older-than", "1h"], "completed, failed and cancelled jobs only"),
     ],
 )
 def test_clean_refuses_what_it_cannot_do(

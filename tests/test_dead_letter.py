@@ -85,7 +85,9 @@ def test_manual_retry_only_jobs_are_never_retried_automatically(
 def test_a_stalled_manual_retry_only_job_fails_instead_of_running_again(queue: Queue) -> None:
     job = queue.add("charge", manual_retry_only=True)
     queue.scripts.fetch(queue.keys, NOW, 1, "dead-worker", 1000)
-    requeued, failed = queue.scripts.recover_stalled(queue.keys, NOW + 5000, max_stalls=3)
+    requeued, failed, _cancelled = queue.scripts.recover_stalled(
+        queue.keys, NOW + 5000, max_stalls=3
+    )
     assert (requeued, failed) == ([], [job.id])
     assert "manual_retry_only" in (queue.get_job(job.id).error or "")  # type: ignore[union-attr]
 

@@ -686,7 +686,7 @@ def test_renew_returns_the_ids_this_token_no_longer_holds(queue: Queue) -> None:
     recovered = leased_job(queue, now=NOW - LEASE - 10)
     mine = leased_job(queue, token=TOKEN)
     theirs = leased_job(queue, token=OTHER, now=NOW + 5)
-    assert queue.scripts.recover_stalled(queue.keys, NOW, max_stalls=5) == ([recovered], [])
+    assert queue.scripts.recover_stalled(queue.keys, NOW, max_stalls=5) == ([recovered], [], [])
 
     # When worker A renews all of them
     lost = queue.scripts.renew(
@@ -707,7 +707,9 @@ def test_an_expired_lease_goes_back_to_wait_at_its_original_place(queue: Queue) 
     assert fetch_ids(queue, NOW, 1) == [first]
 
     # When stalled jobs are recovered after the deadline
-    requeued, failed = queue.scripts.recover_stalled(queue.keys, NOW + LEASE + 1, max_stalls=1)
+    requeued, failed, _cancelled = queue.scripts.recover_stalled(
+        queue.keys, NOW + LEASE + 1, max_stalls=1
+    )
 
     # Then the job is first in line again, with one stall counted
     assert (requeued, failed) == ([first], [])
@@ -730,7 +732,7 @@ def test_a_job_that_stalls_more_than_max_stalls_fails(queue: Queue) -> None:
 
     # When it stalls a second time
     later = NOW + 2 * LEASE + 10
-    requeued, failed = queue.scripts.recover_stalled(queue.keys, later, max_stalls=1)
+    requeued, failed, _cancelled = queue.scripts.recover_stalled(queue.keys, later, max_stalls=1)
 
     # Then it fails with the reason, instead of looping forever
     assert (requeued, failed) == ([], [job_id])
@@ -752,7 +754,7 @@ def test_unexpired_leases_are_left_alone(queue: Queue) -> None:
     at_deadline = queue.scripts.recover_stalled(queue.keys, NOW + LEASE, max_stalls=0)
 
     # Then nothing moves
-    assert early == at_deadline == ([], [])
+    assert early == at_deadline == ([], [], [])
     assert members(queue, queue.keys.active) == [(job_id, NOW + LEASE)]
     assert snapshot(queue, job_id) == before
 
@@ -862,7 +864,7 @@ def test_reclaim_forgets_the_marks_of_workers_gone_for_a_day(queue: Queue) -> No
     queue.scripts.reclaim(queue.keys, NOW + 2 * day, TOKEN, 1, [])
 
     # Then only the fresh mark is kept
-    marks = queue.client.hgetall(queue.keys.cancelled)
+    marks = queue.client.hgetall(queue.keys.given_up)
     assert marks == {TOKEN.encode(): f"1 {NOW + 2 * day}".encode()}
 
 

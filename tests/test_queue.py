@@ -36,6 +36,7 @@ EMPTY = {
     "completed": 0,
     "failed": 0,
     "waiting-children": 0,
+    "cancelled": 0,
 }
 
 

@@ -26,6 +26,8 @@ from sandboxq.job import STATES
 from sandboxq.queue import JobIsActive
 
 DEFAULT_REDACT = ("password", "token", "card", "secret")
+#: What a job's page can do to it (POST .../jobs/<id>/<verb>).
+JOB_ACTIONS = ("retry", "promote", "remove", "cancel")
 TOKEN_ENV = "SANDBOXQ_DASHBOARD_TOKEN"
 
 ASGIApp = Callable[[Scope, Receive, Send], Any]
@@ -205,13 +207,18 @@ class Dashboard:
         """Run one action; (message, result, page to go back to)."""
         url = templates.url
         match path:
-            case ["queues", q, "jobs", job_id, verb] if verb in ("retry", "promote", "remove"):
+            case ["queues", q, "jobs", job_id, verb] if verb in JOB_ACTIONS:
                 queue = self.store.queue(q)
                 back = url(root, "queues", q, "jobs", job_id)
+                done: Any
                 if verb == "retry":
                     done = queue.retry(job_id, by=by)
                 elif verb == "promote":
                     done = queue.promote(job_id, by=by)
+                elif verb == "cancel":
+                    done = queue.cancel(job_id, reason=form.get("reason") or None, by=by)
+                    if done is not None:
+                        return f"cancel: job {job_id} ({done})", done, back
                 else:
                     done = queue.remove(job_id, by=by)
                     back = url(root, "queues", q)

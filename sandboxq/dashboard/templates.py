@@ -63,7 +63,7 @@ th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top
 th{background:#f0f2f5}td.n{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#fff;border:1px solid #ddd;padding:.6em;overflow:auto;max-height:30em}
 form.action{display:inline;margin:0 .2em}form[hidden]{display:none}button{cursor:pointer}
-.state{font-weight:bold}.failed{color:#b00020}.completed{color:#1b7f3b}
+.state{font-weight:bold}.failed{color:#b00020}.completed{color:#1b7f3b}.cancelled{color:#6b6b6b}
 .paused{color:#b36b00;font-weight:bold}nav.states a{margin-right:.8em}
 nav.states a.current{font-weight:bold;text-decoration:none;color:#000}
 #flash{color:#1b7f3b;min-height:1.4em}.err{color:#b00020}
@@ -92,14 +92,24 @@ def layout(ctx: Context, title: str, body: str, page: str, **attrs: str) -> str:
 
 
 def action(
-    ctx: Context, path: str, label: str, fields: dict[str, str] | None = None, **kw: str
+    ctx: Context,
+    path: str,
+    label: str,
+    fields: dict[str, str] | None = None,
+    inputs: dict[str, str] | None = None,
+    **kw: str,
 ) -> str:
-    """A POST button carrying the CSRF token; nothing when read-only."""
+    """A POST button carrying the CSRF token, ``fields`` (hidden) and
+    ``inputs`` (text boxes: name -> placeholder); nothing when read-only."""
     if ctx.read_only:
         return ""
     hidden = "".join(
         f'<input type="hidden" name="{h(k)}" value="{h(v)}">'
         for k, v in {"csrf_token": ctx.csrf, **(fields or {})}.items()
+    )
+    hidden += "".join(
+        f'<input name="{h(k)}" placeholder="{h(v)}" maxlength="1000"> '
+        for k, v in (inputs or {}).items()
     )
     data = " ".join(f'data-{k.replace("_", "-")}="{h(v)}"' for k, v in kw.items())
     return (
@@ -257,7 +267,14 @@ def job_page(ctx: Context, r: dict[str, Any]) -> str:
             ctx,
             base + "/remove",
             "Remove",
-            states="waiting delayed completed failed waiting-children",
+            states="waiting delayed completed failed waiting-children cancelled",
+        )
+        + action(
+            ctx,
+            base + "/cancel",
+            "Cancel",
+            inputs={"reason": "reason (optional)"},
+            states="waiting delayed active waiting-children",
         )
     )
     summary = [
@@ -271,6 +288,9 @@ def job_page(ctx: Context, r: dict[str, Any]) -> str:
         ("Started", f'<span data-field="started_at">{h(when(r["started_at"]))}</span>'),
         ("Finished", f'<span data-field="finished_at">{h(when(r["finished_at"]))}</span>'),
     ]
+    if r["cancelled_by"] is not None:
+        reason = r["cancel_reason"] or "no reason given"
+        summary.append(("Cancelled by", f"{h(r['cancelled_by'])} ({h(reason)})"))
     if r["parent"]:
         p = r["parent"]
         summary.append(

@@ -20,7 +20,7 @@
 --
 -- A worker that lost a fetch's reply (or gave up waiting for it) cannot know
 -- whether the fetch ran: reclaim.lua hands back what it took and marks the
--- request numbers up to it as given up (`cancelled`, token -> "number ms").
+-- request numbers up to it as given up (`given_up`, token -> "number ms").
 -- A fetch that reaches Redis after that (it waited in a socket buffer)
 -- leases nothing.
 --
@@ -49,8 +49,8 @@ local start_now = tonumber(ARGV[8] or '') or count
 local checks = {}
 
 if request then
-  local cancelled = redis.call('HGET', prefix .. 'cancelled', token)
-  if cancelled and request <= tonumber(string.match(cancelled, '^%d+')) then
+  local given_up = redis.call('HGET', prefix .. 'given_up', token)
+  if given_up and request <= tonumber(string.match(given_up, '^%d+')) then
     return {{}, -1, 0, 0}
   end
 end

@@ -2,6 +2,7 @@
 --
 -- KEYS[1] active    KEYS[2] wait     KEYS[3] delayed   KEYS[4] completed
 -- KEYS[5] failed    KEYS[6] events   KEYS[7] seq       KEYS[8] marker
+-- KEYS[9] cancelled KEYS[10] cancel_requests
 --
 -- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] lease token
 -- ARGV[4] events maxlen   ARGV[5] how many starts follow
@@ -21,18 +22,27 @@
 --   outcome "ratelimited":   the handler hit a downstream rate limit: the
 --                            job's group (or the queue) pauses for delay_ms
 --                            and the job waits at its place; no attempt spent
+--   outcome "cancelled":     the worker stopped the job (or never started it)
+--                            for a cancel request: value = what became of
+--                            the run; the job is cancelled for good
 -- The caller computes delay_ms (backoff and jitter live in Python).
 -- A job with manual_retry_only = "1" is never retried automatically: any
 -- outcome but "completed" fails it for good.
+-- A job with a pending cancel request (include/cancel.lua) is never run
+-- again: an outcome that would run it again (a failure with attempts left,
+-- "retry", "ratelimited") cancels it instead. One that ends it for good
+-- (completed, failed with no attempt left) stands, and the request is
+-- dropped.
 --
 -- Returns one status per job: "completed", "failed", "retrying",
--- "rate-limited", "settled:<status>" when this very lease was settled before
+-- "rate-limited", "cancelled", "settled:<status>" when this very lease was settled before
 -- (the same finish sent again because its reply was lost), or "lost" when
 -- the job is no longer leased with this token (its lease expired and it was
 -- recovered, or it was removed). A lost or settled job is left untouched.
 --!include common
 --!include retention
 --!include flow
+--!include cancel
 local prefix, now, token, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local out = {}
 
@@ -91,6 +101,11 @@ local function rate_limited(job_key, id, delay)
   return 'rate-limited'
 end
 
+local function cancel_now(job_key, id, detail, traceback)
+  return cancel_for_good(prefix, job_key, id, now, maxlen, KEYS[9], KEYS[10], KEYS[6], detail,
+    traceback)
+end
+
 local function fail_for_good(job_key, id, message)
   notify_parent(job_key, now, maxlen, false, message)
   finalize(prefix, job_key, KEYS[5], id, 'failed', now, 'kf_count', 'kf_age', maxlen)
@@ -105,8 +120,9 @@ for i = first_job, #ARGV, 6 do
   local status
   -- What every outcome needs, in one read.
   local f = redis.call('HMGET', job_key, 'token', 'group', 'manual_retry_only', 'parent_prefix',
-    'settled', 'attempts_made', 'kc_count', 'kc_age')
+    'settled', 'attempts_made', 'kc_count', 'kc_age', 'cancel_requested_at')
   local held = f[1] == token and redis.call('ZREM', KEYS[1], id) == 1
+  local cancelling = held and f[9]
   local started = held and late_starts[id]
   if started and outcome ~= 'completed' then
     mark_started(job_key, id, started)
@@ -125,6 +141,13 @@ for i = first_job, #ARGV, 6 do
   local manual_only = status == nil and f[3] == '1' and outcome ~= 'completed'
   if status then
     -- lost: left untouched
+  elseif outcome == 'cancelled' then
+    -- A run that started counts as an attempt; a prefetched job the worker
+    -- dropped before any child took it does not.
+    if redis.call('HEXISTS', job_key, 'started_at') == 1 then
+      redis.call('HINCRBY', job_key, 'attempts_made', 1)
+    end
+    status = cancel_now(job_key, id, value, '')
   elseif manual_only then
     -- Never retried automatically (e.g. a charge): any unfinished run is a
     -- failure that only a person's retry can send back.
@@ -160,6 +183,8 @@ for i = first_job, #ARGV, 6 do
       emit(KEYS[6], maxlen, 'completed', id, 'result_bytes', #value)
     end
     status = 'completed'
+  elseif cancelling and (outcome == 'retry' or outcome == 'ratelimited') then
+    status = cancel_now(job_key, id, 'not run again: ' .. clip(value, EVENT_TEXT_BYTES), '')
   elseif outcome == 'retry' then
     redis.call('HINCRBY', job_key, 'retries', 1)
     status = retry_later(job_key, id, delay)
@@ -169,12 +194,15 @@ for i = first_job, #ARGV, 6 do
     redis.call('HSET', job_key, 'error', value, 'traceback', traceback)
     local made = redis.call('HINCRBY', job_key, 'attempts_made', 1)
     local allowed = tonumber(redis.call('HGET', job_key, 'attempts') or '1')
-    if outcome == 'failed' and made < allowed then
+    if outcome == 'failed' and made < allowed and cancelling then
+      status = cancel_now(job_key, id, 'not retried: ' .. clip(value, EVENT_TEXT_BYTES), traceback)
+    elseif outcome == 'failed' and made < allowed then
       status = retry_later(job_key, id, delay)
     else
       status = fail_for_good(job_key, id, value)
     end
   end
+  if cancelling and status ~= 'cancelled' then drop_cancel_request(job_key, id, KEYS[10]) end
   -- Remember which lease was settled, and how, for a finish sent again (the
   -- job may be gone already: retention can delete it as it finishes).
   if held and lease ~= '' and not recorded and redis.call('EXISTS', job_key) == 1 then

@@ -9,25 +9,31 @@
 -- nothing when it arrives (fetch.lua), so whichever runs first, every job
 -- is either handed back here or never leased.
 --
--- KEYS[1] active   KEYS[2] events
+-- KEYS[1] active   KEYS[2] events   KEYS[3] cancelled   KEYS[4] cancel_requests
 --
 -- ARGV[1] key prefix   ARGV[2] lease token   ARGV[3] events maxlen
 -- ARGV[4] now (ms)   ARGV[5] the highest request number given up
 -- ARGV[6..] the ids the worker knows it holds
 --
+-- A job whose cancel was asked meanwhile (include/cancel.lua) is cancelled
+-- instead of handed back.
+--
 -- Returns the ids handed back.
 --!include common
+--!include retention
+--!include flow
+--!include cancel
 local prefix, token, maxlen, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local cancelled = prefix .. 'cancelled'
-redis.call('HSET', cancelled, token, ARGV[5] .. ' ' .. num(now))
+local given_up = prefix .. 'given_up'
+redis.call('HSET', given_up, token, ARGV[5] .. ' ' .. num(now))
 
 -- A mark only matters while a late fetch could still arrive: forget those
 -- of workers that gave up a day ago (a worker that stops cleanly deletes
 -- its own).
-local marks = redis.call('HGETALL', cancelled)
+local marks = redis.call('HGETALL', given_up)
 for i = 1, #marks, 2 do
   local at = tonumber(string.match(marks[i + 1], ' (%d+)$') or '0')
-  if now - at > 86400000 then redis.call('HDEL', cancelled, marks[i]) end
+  if now - at > 86400000 then redis.call('HDEL', given_up, marks[i]) end
 end
 
 local known = {}
@@ -39,8 +45,14 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local job_key = prefix .. 'job:' .. id
   if not known[id] and redis.call('HGET', job_key, 'token') == token then
     redis.call('ZREM', KEYS[1], id)
-    give_back(prefix, job_key, id, now, KEYS[2], maxlen, 'unstarted')
-    returned[#returned + 1] = id
+    if redis.call('HEXISTS', job_key, 'cancel_requested_at') == 1 then
+      leave_active(prefix, job_key)
+      cancel_for_good(prefix, job_key, id, now, maxlen, KEYS[3], KEYS[4], KEYS[2],
+        'never started', '')
+    else
+      give_back(prefix, job_key, id, now, KEYS[2], maxlen, 'unstarted')
+      returned[#returned + 1] = id
+    end
   end
 end
 return returned

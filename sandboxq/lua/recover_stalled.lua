@@ -2,7 +2,8 @@
 -- lost Redis) and hand the jobs to another worker, counting each stall.
 --
 -- KEYS[1] active   KEYS[2] wait     KEYS[3] failed
--- KEYS[4] events   KEYS[5] marker
+-- KEYS[4] events   KEYS[5] marker   KEYS[6] cancelled
+-- KEYS[7] cancel_requests   KEYS[8] given_up
 --
 -- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] max stalls
 -- ARGV[4] events maxlen   ARGV[5] limit (jobs per call)
@@ -10,14 +11,20 @@
 -- A job that stalled more than `max stalls` times fails with the reason
 -- "stalled N times" instead of looping forever (a poison job that kills its
 -- worker). Otherwise it returns to `waiting` at its original place in line.
+-- A job whose cancel was asked while it ran (include/cancel.lua) is
+-- cancelled instead. Every worker runs this script from its start on, so it
+-- also moves a hash an older version left under `cancelled` (see
+-- claim_cancelled_key) out of the way of the state's set.
 --
--- Returns {requeued ids, failed ids}.
+-- Returns {requeued ids, failed ids, cancelled ids}.
 --!include common
 --!include retention
 --!include flow
+--!include cancel
 local prefix, now, max_stalls = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local maxlen, limit = ARGV[4], tonumber(ARGV[5])
-local requeued, failed = {}, {}
+local requeued, failed, cancelled = {}, {}, {}
+claim_cancelled_key(KEYS[6], KEYS[8])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. num(now), 'LIMIT', 0, limit)
 for _, id in ipairs(expired) do
   local job_key = prefix .. 'job:' .. id
@@ -26,8 +33,13 @@ for _, id in ipairs(expired) do
     leave_active(prefix, job_key)
     local stalls = redis.call('HINCRBY', job_key, 'stalls', 1)
     emit(KEYS[4], maxlen, 'stalled', id, 'stalls', stalls)
-    local manual_only = redis.call('HGET', job_key, 'manual_retry_only') == '1'
-    if stalls > max_stalls or manual_only then
+    local f = redis.call('HMGET', job_key, 'manual_retry_only', 'cancel_requested_at')
+    local manual_only = f[1] == '1'
+    if f[2] then
+      cancel_for_good(prefix, job_key, id, now, maxlen, KEYS[6], KEYS[7], KEYS[4],
+        'its worker was lost while it ran', '')
+      cancelled[#cancelled + 1] = id
+    elseif stalls > max_stalls or manual_only then
       local message = 'stalled ' .. stalls .. ' times'
       if manual_only then message = message .. ' (not retried: manual_retry_only)' end
       redis.call('HSET', job_key, 'error', message, 'traceback', '')
@@ -44,4 +56,4 @@ for _, id in ipairs(expired) do
     end
   end
 end
-return {requeued, failed}
+return {requeued, failed, cancelled}

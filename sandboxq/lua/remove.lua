@@ -1,7 +1,7 @@
 -- remove: delete one job that is not running.
 --
 -- KEYS[1] wait   KEYS[2] delayed   KEYS[3] active   KEYS[4] completed
--- KEYS[5] failed   KEYS[6] events   KEYS[7] waiting-children
+-- KEYS[5] failed   KEYS[6] events   KEYS[7] waiting-children   KEYS[8] cancelled
 --
 -- ARGV[1] key prefix   ARGV[2] events maxlen   ARGV[3] job id
 -- ARGV[4] now (ms)   ARGV[5] who asked (kept in the queue's audit log)
@@ -22,6 +22,7 @@ for k = 2, 5 do
   if k ~= 3 then redis.call('ZREM', KEYS[k], id) end
 end
 redis.call('ZREM', KEYS[7], id)
+redis.call('ZREM', KEYS[8], id)
 audit(prefix, id, now, by, 'remove')  -- the queue's audit log outlives the job
 delete_job(prefix, id, now, maxlen)
 emit(KEYS[6], maxlen, 'removed', id, 'by', by)

@@ -3,7 +3,8 @@
 A *step* is one pipelined round trip: it records the progress and logs
 children sent, marks prefetched jobs started when a child took them,
 settles finished jobs, hands back jobs, leases new jobs and, when due,
-renews every lease, recovers stalled jobs and fires schedules.
+renews every lease, recovers stalled jobs, fires schedules and looks for
+cancel requests on the jobs it holds.
 The parent never waits for it: :meth:`Broker.start_step` writes it to a
 non-blocking connection (link.py), the parent's ``select`` watches that
 connection next to the children's pipes, and :meth:`Broker.on_step_io`
@@ -60,6 +61,13 @@ WAKE_FETCH_MAX_WAIT_SECONDS = 1.0
 #: and after a wake-up (a schedule may have been added or changed).
 SCHEDULE_CHECK_SECONDS = 1.0
 
+#: How often, while the worker holds jobs of a queue, a step asks which of
+#: them a person cancelled (one ZMSCORE on the queue's cancel_requests per
+#: queue): a cancelled job is stopped within about this long plus a round
+#: trip. A worker that starts holding jobs first asks this long after, so a
+#: short job never costs a round trip of its own.
+CANCEL_CHECK_SECONDS = 0.5
+
 
 @dataclass(slots=True)
 class StepResult:
@@ -73,8 +81,10 @@ class StepResult:
     #: Settled jobs: (queue, job id, status) with status completed, failed,
     #: retrying, rate-limited, settled:<status> (sent twice) or lost.
     finished: list[tuple[str, str, str]] = field(default_factory=list)
-    #: Jobs recovered from dead workers: (queue, requeued ids, failed ids).
-    recovered: list[tuple[str, list[str], list[str]]] = field(default_factory=list)
+    #: Jobs recovered from dead workers: (queue, requeued, failed, cancelled ids).
+    recovered: list[tuple[str, list[str], list[str], list[str]]] = field(default_factory=list)
+    #: Jobs this worker holds whose cancel a person asked for: (queue, job id).
+    cancel_requested: list[tuple[str, str]] = field(default_factory=list)
     #: Queues where a limit (rate, concurrency, a paused group) held jobs back.
     rate_limited: list[str] = field(default_factory=list)
     #: Schedule occurrences this worker enqueued: (queue, how many).
@@ -176,6 +186,7 @@ class Broker:
         self.next_renew = now + self.renew_every
         self.next_recover = now  # recover what dead workers left, at once
         self.next_schedules = now
+        self.next_cancel_check = now + CANCEL_CHECK_SECONDS
         self._schedules_due = False
         #: Schedules through their three steps: due keys to read, then
         #: occurrences to fire (queue -> list).
@@ -258,7 +269,13 @@ class Broker:
         return self._step.deadline if self._step is not None else None
 
     def next_timer(self) -> float:
-        return min(self.next_renew, self.next_recover, self.next_schedules)
+        due = min(self.next_renew, self.next_recover, self.next_schedules)
+        if self.next_cancel_check < due and self.holds_jobs():
+            return self.next_cancel_check
+        return due
+
+    def holds_jobs(self) -> bool:
+        return any(self.leased.values())
 
     def _note_pending(self, entries: int = 1) -> None:
         if self.pending_since is None:
@@ -397,13 +414,14 @@ class Broker:
         now = self.now_ms()
         renew = clock >= self.next_renew
         recover = clock >= self.next_recover
+        cancels = clock >= self.next_cancel_check
         if clock >= self.next_schedules:
             self.next_schedules = clock + SCHEDULE_CHECK_SECONDS
             self._schedules_due = True
         if recover:  # first: the server reads its clock as soon as it can
             commands.command("TIME")
             plan.append(_Command("time"))
-        self._queue_queue_work(commands, plan, now, renew, recover)
+        self._queue_queue_work(commands, plan, now, renew, recover, cancels)
         # Hand back what lost replies leased before asking for more; and
         # while a wait carries a fetch, that fetch is the one to ask.
         if free_slots > 0 and self.maybe_work and not self.unsure and self._wake_fetch is None:
@@ -412,6 +430,8 @@ class Broker:
             self.next_renew = clock + self.renew_every
         if recover:
             self.next_recover = clock + self.recover_every
+        if cancels:
+            self.next_cancel_check = clock + CANCEL_CHECK_SECONDS
 
     def _queue_setup(self, commands: _Commands, plan: list[_Command]) -> None:
         """At the first step and after Redis lost its scripts: check the
@@ -433,7 +453,13 @@ class Broker:
         self._set_up = True  # unless one of these fails (_undo)
 
     def _queue_queue_work(
-        self, commands: _Commands, plan: list[_Command], now: int, renew: bool, recover: bool
+        self,
+        commands: _Commands,
+        plan: list[_Command],
+        now: int,
+        renew: bool,
+        recover: bool,
+        cancels: bool,
     ) -> None:
         """Each queue's share of a step. Pending finishes, reports and
         hand-backs move into the commands (a failed one puts them back)."""
@@ -464,6 +490,10 @@ class Broker:
                 leased = list(self.leased[queue])
                 self.scripts.renew(k, now, self.token, self.lease_ms, leased, pipe)
                 plan.append(_Command("renew", queue))
+            if cancels and self.leased[queue]:  # after the finishes: settled jobs say nil
+                held = list(self.leased[queue])
+                commands.command("ZMSCORE", k.cancel_requests, *held)
+                plan.append(_Command("cancels", queue, held))
             if recover:
                 self.scripts.recover_stalled(k, now, self.max_stalls, pipe=pipe)
                 plan.append(_Command("recover", queue))
@@ -590,9 +620,13 @@ class Broker:
         elif kind == "renew":
             self.leased[queue].difference_update(decode_ids(reply))
         elif kind == "recover":
-            requeued, failed = reply
-            if requeued or failed:
-                result.recovered.append((queue, decode_ids(requeued), decode_ids(failed)))
+            requeued, failed, cancelled = (decode_ids(ids) for ids in reply)
+            if requeued or failed or cancelled:
+                result.recovered.append((queue, requeued, failed, cancelled))
+        elif kind == "cancels":
+            for job_id, asked in zip(command.sent, reply, strict=True):
+                if asked is not None and job_id in self.leased[queue]:
+                    result.cancel_requested.append((queue, job_id))
         elif kind == "fetch":
             self._take(queue, reply, result, next_due)
         elif kind in ("schedules", "specs", "counts", "fire"):
@@ -633,6 +667,8 @@ class Broker:
             result.rate_limited.append(queue)
             self._resync.add(queue)  # Redis saw starts the mirror did not
         fetched = fast.decode_fetched(rows)
+        if fetched and not self.holds_jobs():  # see CANCEL_CHECK_SECONDS
+            self.next_cancel_check = time.monotonic() + CANCEL_CHECK_SECONDS
         if fetched and (window := self.windows.get(queue)) is not None:
             window.record(self.now_ms(), len(fetched))
         for job_id, fields in fetched:
@@ -897,7 +933,7 @@ class Broker:
             farewell: list[tuple[Any, ...]] = []
             if self.description:
                 farewell.append(("HDEL", registry.WORKERS, self.token))
-            farewell += [("HDEL", k.cancelled, self.token) for k in self.keys.values()]
+            farewell += [("HDEL", k.given_up, self.token) for k in self.keys.values()]
             with contextlib.suppress(LinkError):
                 self.link.send(farewell)
         self.link.close()

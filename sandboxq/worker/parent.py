@@ -593,6 +593,10 @@ class Worker:
             self._take_back_queued(child, job)
         elif job.job_id not in child.dropping:  # else handed back already
             self._job_started(child, job)
+        elif job.cancelled:
+            # Settled as cancelled when the drop was sent, but the child had
+            # started it already: stop it.
+            self._stop_for_cancel(child)
         self._feed_children()  # its next jobs, behind this one
 
     def _dropped(self, child: Child, job: Assignment) -> None:
@@ -601,6 +605,54 @@ class Worker:
         child.job = None
         child.dropping.discard(job.job_id)
         self._next_queued(child)  # it goes on with the next one, if any
+
+    # -- cancellation -------------------------------------------------------------
+    def _cancel(self, queue: str, job_id: str) -> None:
+        """A person cancelled a job this worker holds (cancel.lua). Running:
+        its processes get SIGTERM, then SIGKILL after the kill grace (as on a
+        timeout), and it is settled as cancelled once its child is gone.
+        Prefetched and not started: settled as cancelled now, never run.
+        Otherwise its result is on its way to Redis, where finish.lua lets
+        an outcome that ends it for good stand and cancels any other."""
+        for job in self._buffer:
+            if job.queue == queue and job.job_id == job_id:
+                self._buffer.remove(job)
+                self._settle_unstarted(job)
+                return
+        for child in self.pool.by_pid.values():
+            running = child.job
+            if running is not None and running.queue == queue and running.job_id == job_id:
+                if child.kill_reason is None and job_id not in child.dropping:
+                    self._stop_for_cancel(child)
+                return
+            for job in child.queued:
+                if job.queue == queue and job.job_id == job_id and job_id not in child.dropping:
+                    job.cancelled = True
+                    self.pool.drop(child, job)
+                    self._flush(child)
+                    self._settle_unstarted(job)
+                    return
+
+    def _stop_for_cancel(self, child: Child) -> None:
+        """Stop a child whose job was cancelled: the timeout's path (SIGTERM
+        to the job's processes, SIGKILL after the kill grace); ``_reap``
+        settles the job as cancelled."""
+        job = child.job
+        assert job is not None
+        child.cancelling = True
+        self.pool.kill(child, "cancelled", signal.SIGTERM)
+        logs.event(
+            "job cancelled while running: stopping it (SIGTERM, SIGKILL after the kill grace)",
+            logging.INFO,
+            **_run_fields(job, child.pid),
+            kill_grace_s=self.kill_grace,
+        )
+
+    def _settle_unstarted(self, job: Assignment) -> None:
+        """Settle a job no child started as cancelled."""
+        outcome = execution.Outcome(execution.CANCELLED, "never started")
+        self.broker.finish(job.queue, execution.finish_entry(job.job_id, job.fields, outcome))
+        self._finishing[(job.queue, job.job_id)] = _Finishing(job.name, job.attempt, 0, 0)
 
     def _settle(self, child: Child, outcome: execution.Outcome) -> None:
         job = child.job
@@ -615,15 +667,11 @@ class Worker:
         self._finishing[(job.queue, job.job_id)] = _Finishing(
             job.name, job.attempt, child.pid, duration_ms
         )
-        if outcome.kind != execution.COMPLETED:
+        if outcome.kind not in (execution.COMPLETED, execution.CANCELLED):
             logs.event(
                 "job attempt failed",
                 logging.WARNING,
-                job_id=job.job_id,
-                job_name=job.name,
-                queue=job.queue,
-                attempt=job.attempt,
-                pid=child.pid,
+                **_run_fields(job, child.pid),
                 duration_ms=duration_ms,
                 error=outcome.value,
             )
@@ -635,7 +683,12 @@ class Worker:
                 self._on_message(child, message)
             self._forget(child)
             self._take_back_queued(child)  # they never started: another child may
-            if child.job is not None:
+            if child.job is not None and child.cancelling:
+                how = "stopped while running"
+                if child.sigkilled:
+                    how = f"killed while running: SIGTERM did not end it in {self.kill_grace:g}s"
+                self._settle(child, execution.Outcome(execution.CANCELLED, how))
+            elif child.job is not None:
                 reason = describe_exit(status, child.kill_reason)
                 self.metrics.crashes.labels(crash_kind(reason)).inc()
                 self._settle(child, execution.Outcome(execution.FAILED, reason))
@@ -755,16 +808,20 @@ class Worker:
             )
         for queue in result.rate_limited:
             self.metrics.rate_limit_waits.labels(queue).inc()
-        for queue, requeued, failed in result.recovered:
+        for queue, requeued, failed, cancelled in result.recovered:
             self.metrics.stalled.labels(queue, "requeued").inc(len(requeued))
             self.metrics.stalled.labels(queue, "failed").inc(len(failed))
+            self.metrics.stalled.labels(queue, "cancelled").inc(len(cancelled))
             logs.event(
                 "recovered stalled jobs",
                 logging.WARNING,
                 queue=queue,
                 requeued=",".join(requeued),
                 failed=",".join(failed),
+                cancelled=",".join(cancelled),
             )
+        for queue, job_id in result.cancel_requested:
+            self._cancel(queue, job_id)
         for queue, created in result.scheduled:
             logs.event("enqueued scheduled jobs", logging.INFO, queue=queue, count=created)
         for queue, job_id in result.still_running:
@@ -952,15 +1009,7 @@ class Worker:
         if not job.start_reported:
             self._report_start(job)
         if logs.log.isEnabledFor(logging.DEBUG):  # skip building the fields per job
-            logs.event(
-                "job started",
-                logging.DEBUG,
-                job_id=job.job_id,
-                job_name=job.name,
-                queue=job.queue,
-                attempt=job.attempt,
-                pid=child.pid,
-            )
+            logs.event("job started", logging.DEBUG, **_run_fields(job, child.pid))
 
     def _report_start(self, job: Assignment) -> None:
         self.broker.started(job.queue, job.job_id)
@@ -1096,6 +1145,17 @@ class Worker:
             job_ids=",".join(left),
             unrecorded=sum(len(entries) for entries in self.broker.finishes.values()),
         )
+
+
+def _run_fields(job: Assignment, pid: int) -> dict[str, Any]:
+    """The fields of a log line about one run of a job, in ``pid``."""
+    return {
+        "job_id": job.job_id,
+        "job_name": job.name,
+        "queue": job.queue,
+        "attempt": job.attempt,
+        "pid": pid,
+    }
 
 
 def _average(average: float | None, sample: float) -> float:

@@ -50,6 +50,8 @@ class Assignment:
     leased: float = field(default_factory=time.monotonic)
     #: When a child started it (monotonic): what its timeout counts from.
     started: float = 0.0
+    #: Settled as cancelled while it waited (a person cancelled it).
+    cancelled: bool = False
 
     @property
     def attempt(self) -> int:
@@ -77,6 +79,8 @@ class Child:
     closed: bool = False
     #: Why the parent killed it (timeout, memory); None if it died on its own.
     kill_reason: str | None = None
+    #: Killed because a person cancelled its job: the job ends cancelled.
+    cancelling: bool = False
     term_sent_at: float | None = None
     sigkilled: bool = False
     #: The job's processes when the parent first signalled them: a process
