@@ -69,11 +69,10 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Mod
 
 # -- redis ---------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
-    """A private redis-server on a unix socket in a temp dir, no persistence."""
-    server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
+def redis_server(sandboxq_redis_server: LocalRedis) -> LocalRedis:
+    """A private redis-server on a unix socket in a temp dir, no persistence:
+    the pytest plugin's."""
+    return sandboxq_redis_server
 
 
 @pytest.fixture(scope="session")
