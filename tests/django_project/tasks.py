@@ -1,0 +1,64 @@
+"""Tasks of the test project. Each is a module-level function, as the
+framework requires, run by a real ``sandboxq worker`` in the tests."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from sandboxq.contrib.django.compat import TaskContext, task
+from tests.appending import append_line
+
+
+class TaskBoom(Exception):
+    """What ``explode`` raises (a class of the project, not a builtin)."""
+
+
+@task()
+def add(a: int, b: int) -> dict[str, Any]:
+    return {"sum": a + b, "pid": os.getpid()}
+
+
+@task()
+def explode(message: str, builtin: bool = False) -> None:
+    if builtin:
+        raise ValueError(message)
+    raise TaskBoom(message)
+
+
+@task()
+def unreturnable() -> object:
+    return object()
+
+
+@task()
+def record(label: str, path: str) -> str:
+    """Append ``label`` to the file at ``path``: the order tasks ran in."""
+    append_line(path, label)
+    return label
+
+
+@task()
+def read_note(pk: int) -> dict[str, Any]:
+    from tests.django_project.models import Note
+
+    return {"text": Note.objects.get(pk=pk).text, "pid": os.getpid()}
+
+
+@task()
+def wait_for_file(path: str, timeout: float = 20.0) -> str:
+    """Run until the file at ``path`` exists (bounded), so a test sees the
+    task RUNNING; returns its text."""
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout}s")
+        time.sleep(0.01)
+    return Path(path).read_text()
+
+
+@task(takes_context=True)
+def introspect(context: TaskContext) -> dict[str, Any]:
+    return {"id": context.task_result.id, "attempt": context.attempt}
