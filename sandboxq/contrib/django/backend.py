@@ -180,20 +180,7 @@ class SandboxqBackend(BaseTaskBackend):
             raise TypeError(
                 f"the arguments of task {path} are not JSON-serializable: {exc}"
             ) from None
-        result: TaskResult[Any] = TaskResult(
-            task=task,
-            id=uuid.uuid4().hex,
-            status=READY,
-            enqueued_at=None,
-            started_at=None,
-            finished_at=None,
-            last_attempted_at=None,
-            args=args,
-            kwargs=kwargs,
-            backend=self.alias,
-            errors=[],
-            worker_ids=[],
-        )
+        result = task_result(task, uuid.uuid4().hex, READY, args, kwargs)
         data = {"task": path, "args": result.args, "kwargs": result.kwargs, "backend": self.alias}
         to_json(data, f"the arguments of task {path}")  # also refuses NaN and infinities
         options: dict[str, Any] = {"job_id": result.id, "priority": -task.priority}
@@ -258,20 +245,17 @@ class SandboxqBackend(BaseTaskBackend):
             priority=-job.priority, queue_name=job.queue.name, backend=self.alias
         )
         status = STATUSES.get(job.state, READY)
-        attempts = job.attempts_made + (status == RUNNING)
-        result: TaskResult[Any] = TaskResult(
-            task=task,
-            id=job.id,
-            status=status,
-            enqueued_at=self.time(job.created_at),
-            started_at=self.time(job.started_at),
-            finished_at=self.time(job.finished_at),
-            last_attempted_at=self.time(job.started_at),
-            args=data["args"],
-            kwargs=data["kwargs"],
-            backend=self.alias,
+        result = task_result(
+            task,
+            job.id,
+            status,
+            data["args"],
+            data["kwargs"],
+            enqueued=self.time(job.created_at),
+            started=self.time(job.started_at),
+            finished=self.time(job.finished_at),
             errors=job_errors(job),
-            worker_ids=[WORKER_ID] * attempts,
+            attempts=job.attempts_made + (status == RUNNING),
         )
         if status == SUCCESSFUL:
             object.__setattr__(result, "_return_value", job.result)
@@ -284,6 +268,36 @@ class SandboxqBackend(BaseTaskBackend):
         if epoch is None:
             return None
         return datetime.fromtimestamp(epoch, UTC) if use_tz() else datetime.fromtimestamp(epoch)
+
+
+def task_result(
+    task: Task[Any, Any],
+    result_id: str,
+    status: Any,
+    args: Any,
+    kwargs: Any,
+    *,
+    enqueued: datetime | None = None,
+    started: datetime | None = None,
+    finished: datetime | None = None,
+    errors: list[TaskError] | None = None,
+    attempts: int = 0,
+) -> TaskResult[Any]:
+    """The framework's result of one task run on ``task``'s backend."""
+    return TaskResult(
+        task=task,
+        id=result_id,
+        status=status,
+        enqueued_at=enqueued,
+        started_at=started,
+        finished_at=finished,
+        last_attempted_at=started,
+        args=args,
+        kwargs=kwargs,
+        backend=task.backend,
+        errors=errors or [],
+        worker_ids=[WORKER_ID] * attempts,
+    )
 
 
 def seconds_until(when: datetime) -> float:

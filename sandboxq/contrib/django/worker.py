@@ -22,8 +22,8 @@ from sandboxq.contrib.django.backend import (
     JOB_NAME,
     RUNNING,
     SUCCESSFUL,
-    WORKER_ID,
     SandboxqBackend,
+    task_result,
 )
 from sandboxq.contrib.django.compat import (
     DEFAULT_TASK_QUEUE_NAME,
@@ -131,20 +131,9 @@ def run_task(job: JobContext) -> Any:
     if not isinstance(found, Task):
         raise TypeError(f"{path} is not a task: decorate it with @task")
     task = found.using(queue_name=job.queue, backend=data["backend"])
-    now = SandboxqBackend.time(time.time())
-    result: TaskResult[Any] = TaskResult(
-        task=task,
-        id=job.id,
-        status=RUNNING,
-        enqueued_at=None,
-        started_at=now,
-        finished_at=None,
-        last_attempted_at=now,
-        args=args,
-        kwargs=kwargs,
-        backend=task.backend,
-        errors=[],
-        worker_ids=[WORKER_ID] * (job.attempts_made + 1),
+    started = SandboxqBackend.time(time.time())
+    result = task_result(
+        task, job.id, RUNNING, args, kwargs, started=started, attempts=job.attempts_made + 1
     )
     sender = type(task.get_backend())
     task_started.send(sender, task_result=result)
