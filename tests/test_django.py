@@ -127,6 +127,7 @@ def test_a_task_runs_on_a_worker_and_its_result_reads_back(
         "backend": "default",
     }
     context = tasks.introspect.using(queue_name=queue.name).enqueue()
+    coroutine = tasks.add_async.using(queue_name=queue.name).enqueue(4, 5)
 
     # When a worker runs it
     worker = start_django_worker()
@@ -152,6 +153,8 @@ def test_a_task_runs_on_a_worker_and_its_result_reads_back(
     assert tasks.add.get_result(result.id).id == result.id
     # and a task that takes the context gets its own result and attempt
     assert finished(context).return_value == {"id": context.id, "attempt": 1}
+    # and an async def task runs too
+    assert finished(coroutine).return_value["sum"] == 9
 
 
 @pytest.mark.timeout(60)

@@ -3,6 +3,7 @@ framework requires, run by a real ``sandboxq worker`` in the tests."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -18,6 +19,12 @@ class TaskBoom(Exception):
 
 @task()
 def add(a: int, b: int) -> dict[str, Any]:
+    return {"sum": a + b, "pid": os.getpid()}
+
+
+@task()
+async def add_async(a: int, b: int) -> dict[str, Any]:
+    await asyncio.sleep(0)
     return {"sum": a + b, "pid": os.getpid()}
 
 
