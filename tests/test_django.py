@@ -82,11 +82,10 @@ def start_django_worker(
 ) -> Callable[..., WorkerProcess]:
     """``sandboxq worker sandboxq.contrib.django tests.django_project.tasks -q QUEUE``."""
 
-    def start(procs: int = 1, **options: Any) -> WorkerProcess:
+    def start(procs: int = 1, env: dict[str, str] | None = None, **options: Any) -> WorkerProcess:
         modules = ("sandboxq.contrib.django", "tests.django_project.tasks")
-        return start_worker(
-            "-q", queue.name, modules=modules, env=django_env, procs=procs, **options
-        )
+        env = {**django_env, **(env or {})}
+        return start_worker("-q", queue.name, modules=modules, env=env, procs=procs, **options)
 
     return start
 
@@ -264,6 +263,20 @@ def test_the_child_uses_the_database(
         value = finished(result).return_value
         assert value["text"] == "written by the test"
         assert value["pid"] in children
+
+
+@pytest.mark.timeout(60)
+def test_a_child_leaves_the_connection_it_inherited_alone(
+    tasks: ModuleType,
+    queue: Queue,
+    start_django_worker: Callable[..., WorkerProcess],
+) -> None:
+    # Given a worker whose parent holds a database connection when it forks
+    result = tasks.inherited_connection.using(queue_name=queue.name).enqueue()
+    start_django_worker(env={"SANDBOXQ_TEST_PARENT_DB": "1"})
+    # Then the child queried on a connection of its own, and did not close
+    # the inherited one (which would end the parent's session on a server)
+    assert finished(result).return_value == {"own": True, "inherited_open": True}
 
 
 # -- priority and run_after ------------------------------------------------------------

@@ -12,6 +12,16 @@ from typing import Any
 from sandboxq.contrib.django.compat import TaskContext, task
 from tests.appending import append_line
 
+#: With $SANDBOXQ_TEST_PARENT_DB set, the worker's parent opens a database
+#: connection as it imports this module, before it forks: every child
+#: inherits it, and ``inherited_connection`` says what became of it there.
+PARENT_CONNECTION: Any = None
+if os.environ.get("SANDBOXQ_TEST_PARENT_DB"):
+    from django.db import connection as _connection
+
+    _connection.ensure_connection()
+    PARENT_CONNECTION = _connection.connection
+
 
 class TaskBoom(Exception):
     """What ``explode`` raises (a class of the project, not a builtin)."""
@@ -64,6 +74,23 @@ def wait_for_file(path: str, timeout: float = 20.0) -> str:
             raise TimeoutError(f"{path} did not appear within {timeout}s")
         time.sleep(0.01)
     return Path(path).read_text()
+
+
+@task()
+def inherited_connection() -> dict[str, Any]:
+    """Whether this child's queries run on a connection of its own, and
+    whether the one inherited from the parent is still open (not closed)."""
+    from django.db import connection
+
+    from tests.django_project.models import Note
+
+    Note.objects.count()
+    try:
+        PARENT_CONNECTION.execute("SELECT 1")
+        inherited_open = True
+    except Exception:
+        inherited_open = False
+    return {"own": connection.connection is not PARENT_CONNECTION, "inherited_open": inherited_open}
 
 
 @task(takes_context=True)
