@@ -473,21 +473,38 @@ def test_options_become_queue_defaults_and_bad_settings_are_refused(
             SandboxqBackend("sq", {**params, **bad})
 
 
-def test_a_cancelled_job_is_a_failed_task(tasks: ModuleType, backend: Any, queue: Queue) -> None:
-    """sandboxq's cancelled state (where this version has it) reads as FAILED."""
+@pytest.mark.timeout(60)
+def test_a_cancelled_task_is_failed_saying_who_and_why(
+    tasks: ModuleType,
+    queue: Queue,
+    tmp_path: Path,
+    start_django_worker: Callable[..., WorkerProcess],
+) -> None:
+    from sandboxq import JobCancelled
     from sandboxq.contrib.django.compat import TaskResultStatus
 
-    result = tasks.add.using(queue_name=queue.name).enqueue(1, 2)
-    # As a cancel leaves the job: finished, in state "cancelled", saying by whom and why
-    queue.client.hset(
-        queue.keys.job(result.id),
-        mapping={"state": "cancelled", "cancelled_by": "alice", "cancel_reason": "duplicate"},
-    )
-    result.refresh()
-    assert result.status == TaskResultStatus.FAILED
-    [error] = result.errors
-    assert issubclass(error.exception_class, Exception)
-    assert "duplicate" in error.traceback
+    # A task cancelled before it ran, and one cancelled while it runs
+    waiting = tasks.add.using(queue_name=queue.name).enqueue(1, 2)
+    assert queue.cancel(waiting.id, reason="duplicate", by="alice") == "cancelled"
+    running = tasks.wait_for_file.using(queue_name=queue.name).enqueue(str(tmp_path / "never"))
+    start_django_worker()
+
+    def started() -> bool:
+        running.refresh()
+        return bool(running.status == TaskResultStatus.RUNNING)
+
+    wait_until(started, 20, f"task {running.id} to be RUNNING")
+    assert queue.cancel(running.id, reason="too slow", by="bob") == "cancelling"
+    # Both are FAILED, naming sandboxq's JobCancelled, with who asked and why
+    for result, message in (
+        (waiting, "cancelled by alice: duplicate"),
+        (running, "cancelled by bob: too slow (stopped while running)"),
+    ):
+        finished(result)
+        assert result.status == TaskResultStatus.FAILED
+        [error] = result.errors
+        assert error.exception_class is JobCancelled
+        assert error.traceback == message
 
 
 def test_a_worker_without_django_settings_does_not_start(

@@ -50,8 +50,7 @@ RUNNING: Any = TaskResultStatus.RUNNING
 SUCCESSFUL: Any = TaskResultStatus.SUCCESSFUL
 FAILED: Any = TaskResultStatus.FAILED
 
-#: sandboxq job states as task statuses. ``cancelled`` is a state of newer
-#: sandboxq versions; a job in a state not listed here is READY.
+#: sandboxq job states as task statuses (the framework has no "cancelled").
 STATUSES = {
     "waiting": READY,
     "delayed": READY,
@@ -62,10 +61,11 @@ STATUSES = {
     "cancelled": FAILED,
 }
 
-#: The exception class named for a job that failed without a Python
-#: exception of its own (a timeout, a crashed child, a stall) or was cancelled.
-WORKER_FAILURE = "sandboxq.errors.JobFailed"
-CANCELLED = "sandboxq.errors.JobCancelled" if hasattr(errors, "JobCancelled") else WORKER_FAILURE
+#: The exception classes named for a job that failed without a Python
+#: exception of its own (a timeout, a crashed child, a stall), and for a
+#: cancelled one.
+WORKER_FAILURE = f"{errors.JobFailed.__module__}.{errors.JobFailed.__qualname__}"
+CANCELLED = f"{errors.JobCancelled.__module__}.{errors.JobCancelled.__qualname__}"
 
 #: The framework keeps nothing about which worker ran an attempt; sandboxq
 #: counts them. ``worker_ids`` holds this once per attempt, so the result's
@@ -309,10 +309,8 @@ def seconds_until(when: datetime) -> float:
 def job_errors(job: JobRecord) -> list[TaskError]:
     """The job's error as the framework's: sandboxq keeps the last attempt's
     error and traceback only."""
-    if job.state == "cancelled":
-        by = job.fields.get("cancelled_by")
-        reason = job.fields.get("cancel_reason") or "no reason given"
-        text = f"cancelled{f' by {by}' if by else ''}: {reason}"
+    if job.state == "cancelled":  # the error says by whom and why
+        text = "\n".join(filter(None, [job.error, job.traceback])) or "cancelled"
         return [TaskError(exception_class_path=CANCELLED, traceback=text)]
     if not job.error:
         return []
