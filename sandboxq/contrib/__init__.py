@@ -1,0 +1,1 @@
+"""Integrations of sandboxq with other frameworks (each an optional extra)."""
