@@ -445,7 +445,9 @@ def test_job_that_keeps_killing_its_worker_fails_after_max_stalls(
     killed = []
     survivor = None
     for _ in range(4):
-        worker = start_worker(*args, procs=1)
+        # No wait for the ready line: the job may kill the worker before it
+        # prints one (its first fetch can come first).
+        worker = start_worker(*args, procs=1, wait_ready=False)
         outcome = wait_until(
             lambda w=worker: died_or_failed(w), 15.0, "the worker to die or the job to fail"
         )
