@@ -506,3 +506,10 @@ def test_a_worker_without_django_settings_does_not_start(
     )
     assert worker.wait(30) == EXIT_BOOT_ERROR
     assert "set DJANGO_SETTINGS_MODULE" in worker.log
+
+
+def test_current_job_is_only_for_a_task_a_worker_runs() -> None:
+    from sandboxq.contrib.django import current_job
+
+    with pytest.raises(RuntimeError, match="for a Django task that a sandboxq worker runs"):
+        current_job()

@@ -21,8 +21,8 @@ before it forks) and registers the handler of task jobs; see
 """
 
 from sandboxq.contrib.django.backend import JOB_NAME, SandboxqBackend
-from sandboxq.contrib.django.worker import prepare, run_task
+from sandboxq.contrib.django.worker import current_job, prepare, run_task
 
-__all__ = ["JOB_NAME", "SandboxqBackend", "run_task"]
+__all__ = ["JOB_NAME", "SandboxqBackend", "current_job", "run_task"]
 
 prepare()

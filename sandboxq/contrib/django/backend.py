@@ -32,7 +32,7 @@ from sandboxq.contrib.django.compat import (
     task_enqueued,
 )
 from sandboxq.core import check_defaults
-from sandboxq.job import JobRecord
+from sandboxq.job import Job, JobRecord
 from sandboxq.keys import QueueKeys
 from sandboxq.payload import to_json
 from sandboxq.queue import Queue
@@ -222,10 +222,16 @@ class SandboxqBackend(BaseTaskBackend):
     def get_result(self, result_id: str) -> TaskResult[Any]:
         """The result of a task enqueued on any of this backend's queues;
         :class:`TaskResultDoesNotExist` if there is none (any more)."""
+        return self.to_result(self.get_job(result_id))
+
+    def get_job(self, result_id: str) -> Job:
+        """The sandboxq job behind a result, for what the framework's result
+        does not carry (``progress``, ``logs()``, ``cancel()``);
+        :class:`TaskResultDoesNotExist` if there is none (any more)."""
         for name in sorted(self.queues):
             job = self.queue(name).get_job(result_id)
             if job is not None and job.name == JOB_NAME:
-                return self.to_result(job)
+                return job
         raise TaskResultDoesNotExist(result_id)
 
     async def aget_result(self, result_id: str) -> TaskResult[Any]:

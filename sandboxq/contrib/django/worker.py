@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+from contextvars import ContextVar
 from typing import Any
 
 from sandboxq import handler, on_child_start
@@ -40,6 +41,19 @@ from sandboxq.handlers import JobContext
 #: DB-API connections a child inherited, kept referenced so that nothing
 #: finalizes (closes) them: see :func:`forget_inherited_connections`.
 _inherited: list[Any] = []
+
+#: The job a task runs as, while it runs (:func:`current_job`).
+_running: ContextVar[JobContext | None] = ContextVar("sandboxq_django_job", default=None)
+
+
+def current_job() -> JobContext:
+    """The sandboxq job the calling task runs as, for what the framework
+    has no word for: ``current_job().update_progress(40)``, ``.log(...)``.
+    Raises RuntimeError outside a task run by a sandboxq worker."""
+    job = _running.get()
+    if job is None:
+        raise RuntimeError("current_job() is for a Django task that a sandboxq worker runs")
+    return job
 
 
 def prepare() -> None:
@@ -138,6 +152,7 @@ def run_task(job: JobContext) -> Any:
     sender = type(task.get_backend())
     task_started.send(sender, task_result=result)
     close_old_connections()
+    running = _running.set(job)
     try:
         if task.takes_context:
             value = task.call(TaskContext(task_result=result), *args, **kwargs)
@@ -155,6 +170,7 @@ def run_task(job: JobContext) -> Any:
         finish(result, sender, FAILED, errors=[error])
         raise
     finally:
+        _running.reset(running)
         close_old_connections()
     finish(result, sender, SUCCESSFUL, _return_value=value)
     return value

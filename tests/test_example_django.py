@@ -1,0 +1,119 @@
+"""examples/django_export, run as its README says: ``manage.py migrate``,
+``manage.py runserver`` and a worker over ``sandboxq.contrib.django``, all
+real processes, talking over HTTP, SQLite and Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxq import Queue
+from tests.faults import free_port
+from tests.worker_harness import ROOT, WorkerProcess, wait_for_counts
+
+EXAMPLE = ROOT / "examples" / "django_export"
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def site_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    env = {
+        "DJANGO_SETTINGS_MODULE": "exportsite.settings",
+        "PYTHONPATH": str(EXAMPLE),
+        "EXPORT_DIR": str(tmp_path),
+        "SANDBOXQ_REDIS_URL": redis_url,
+    }
+    migrate = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=EXAMPLE,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    return env
+
+
+@pytest.fixture
+def exports(redis_url: str) -> Iterator[Queue]:
+    queue = Queue("exports", url=redis_url)
+    yield queue
+    queue.obliterate(force=True)
+
+
+@pytest.fixture
+def web(site_env: dict[str, str]) -> Iterator[str]:
+    """``manage.py runserver``; its base URL once it serves."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+        cwd=EXAMPLE,
+        env={**os.environ, **site_env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    ready = threading.Event()
+
+    def watch() -> None:
+        assert server.stdout is not None
+        for line in server.stdout:
+            if "Starting development server" in line:
+                ready.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        assert ready.wait(30), "runserver did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def call(url: str, form: dict[str, Any] | None = None) -> tuple[int, dict[str, str], Any]:
+    body = None if form is None else urllib.parse.urlencode(form).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as reply:
+            return reply.status, dict(reply.headers), json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read())
+
+
+@pytest.mark.timeout(180)
+def test_exports_run_on_the_worker_and_a_rolled_back_request_enqueues_nothing(
+    start_worker: StartWorker, exports: Queue, web: str, site_env: dict[str, str]
+) -> None:
+    # Given the queue paused, so exports pile up
+    exports.pause()
+
+    # When four exports are asked for, and the view allows three pending
+    replies = [call(f"{web}/exports", {"rows": 20_000}) for _ in range(4)]
+
+    # Then three are accepted, the fourth refused, and its job never added
+    assert [status for status, _h, _b in replies] == [202, 202, 202, 429]
+    assert exports.counts()["waiting"] == 3
+
+    # When a worker serves the queue
+    start_worker("-q", "exports", procs=2, modules=("sandboxq.contrib.django",), env=site_env)
+    exports.resume()
+
+    # Then each export's CSV is built, with its progress reported
+    wait_for_counts(exports, lambda c: c["completed"] == 3, 90, "the three exports")
+    for _status, headers, _body in replies[:3]:
+        status = call(web + headers["Location"])[2]
+        assert (status["status"], status["progress"], status["errors"]) == ("SUCCESSFUL", 100, [])
+        lines = Path(status["path"]).read_text().splitlines()
+        assert lines[0] == "order,customer,amount,currency"
+        assert len(lines) == 20_001
