@@ -24,6 +24,7 @@ import orjson
 import redis
 
 from sandboxq import registry
+from sandboxq.addresses import redact
 from sandboxq.connection import connect, describe, resolve_url, url_in_errors
 from sandboxq.errors import ConnectionFailed
 from sandboxq.job import FINISHED_STATES, STATES, Job
@@ -55,6 +56,18 @@ def print_json(value: Any, *, compact: bool = False) -> None:
     print(orjson.dumps(value, option=option).decode(), flush=True)
 
 
+#: Characters that would steer a terminal (C0 and C1 controls, DEL, and the
+#: bidirectional overrides that reorder what a line shows).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with those characters shown as escapes (``\\x1b``): ids, names
+    and errors come from whoever added the job, and must not move the cursor,
+    recolour the screen or hide what follows."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def cell(value: Any) -> str:
     """One table cell: ``-`` for nothing, yes/no, floats to 2 decimals."""
     if value is None:
@@ -65,7 +78,7 @@ def cell(value: Any) -> str:
         return f"{value:.2f}"
     if isinstance(value, (dict, list)):
         return orjson.dumps(value).decode()
-    return str(value)
+    return terminal_safe(str(value))
 
 
 def _is_number(value: Any) -> bool:
@@ -121,9 +134,9 @@ def first_line(text: str | None, width: int) -> str | None:
 
 
 def print_section(title: str, lines: Iterable[str]) -> None:
-    print(f"\n{title}")
+    print(f"\n{terminal_safe(title)}")
     for line in lines:
-        print(f"  {line}")
+        print(f"  {terminal_safe(line)}")
 
 
 def pretty_json(value: Any) -> list[str]:
@@ -133,23 +146,33 @@ def pretty_json(value: Any) -> list[str]:
 # -- connecting ----------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     """Run the admin command ``args.command`` against ``args.url``."""
+    as_json = bool(getattr(args, "json", False))
     try:
         client = connect(resolve_url(args.url))
     except ValueError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return fail(str(exc), EXIT_USAGE, as_json)
+    where = describe(client)
     try:
-        with url_in_errors(describe(client)):
+        with url_in_errors(where):
             return COMMANDS[args.command](args, client)
     except CommandError as exc:
-        return _fail(str(exc), exc.code)
+        return fail(str(exc), exc.code, as_json)
     except ConnectionFailed as exc:
-        return _fail(" ".join(str(exc).split()), EXIT_USAGE)  # one line, naming the URL
+        return fail(str(exc), EXIT_USAGE, as_json)
+    except redis.RedisError as exc:  # e.g. a database number the server does not have
+        return fail(f"Redis at {redact(where)} said: {exc}", EXIT_USAGE, as_json)
     finally:
         client.close()
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"sandboxq: {message}", file=sys.stderr)
+def fail(message: str, code: int, as_json: bool = False) -> int:
+    """Report an error on stderr, on one line (as JSON with ``--json``);
+    return the exit code."""
+    line = " ".join(message.split())
+    if as_json:
+        print(orjson.dumps({"error": line, "code": code}).decode(), file=sys.stderr)
+    else:
+        print(f"sandboxq: {terminal_safe(line)}", file=sys.stderr)
     return code
 
 
@@ -232,7 +255,18 @@ def queue_stats(queue: Queue, workers: list[dict[str, Any]]) -> dict[str, Any]:
 def collect_stats(client: redis.Redis, name: str | None) -> list[dict[str, Any]]:
     names = [name] if name else discover_queues(client)
     workers = live_workers(client)
+    if name and not _known(client, name, workers):
+        raise CommandError(f"no queue {name!r} on this Redis")
     return [queue_stats(open_queue(client, n), workers) for n in names]
+
+
+def _known(client: redis.Redis, name: str, workers: list[dict[str, Any]]) -> bool:
+    """Whether queue ``name`` exists: every change to a queue writes to its
+    events stream, which trimming never deletes, and a worker may serve a
+    queue nothing was added to yet. Neither: a typo, or another Redis."""
+    if any(name in w.get("queues", ()) for w in workers):
+        return True
+    return bool(client.exists(open_queue(client, name).keys.events))
 
 
 def show_stats(found: list[dict[str, Any]], name: str | None) -> None:
@@ -402,7 +436,7 @@ def show_job(report: dict[str, Any]) -> None:
         ("parent", f"{parent['queue']} {parent['id']}" if parent else None),
         ("children", f"{pending} pending" if pending else None),
     ]
-    print(f"job {report['id']} ({report['name']}) in queue {report['queue']!r}")
+    print(terminal_safe(f"job {report['id']} ({report['name']}) in queue {report['queue']!r}"))
     print_table([row for row in summary if row[1] is not None], indent="  ")
     print_section("data", pretty_json(report["data"]))
     print_section("options", table_lines(list(report["options"].items())))
@@ -443,7 +477,7 @@ def _done(args: argparse.Namespace, message: str, result: dict[str, Any]) -> int
     if args.json:
         print_json(result)
     else:
-        print(message)
+        print(terminal_safe(message))
     return EXIT_OK
 
 
@@ -485,6 +519,50 @@ def cancel(args: argparse.Namespace, client: redis.Redis) -> int:
             "holding it stops it"
         )
     return _done(args, message, {"queue": queue.name, "id": args.job_id, "status": status})
+
+
+def promote(args: argparse.Namespace, client: redis.Redis) -> int:
+    queue = open_queue(client, args.queue)
+    if not queue.promote(args.job_id, by=args.by):
+        state = existing_job(queue, args.job_id).state
+        raise CommandError(f"job {args.job_id} is {state}, not delayed: nothing to promote")
+    message = f"promoted job {args.job_id} of queue {queue.name!r}: waiting"
+    return _done(args, message, {"queue": queue.name, "promoted": 1, "id": args.job_id})
+
+
+def confirm(args: argparse.Namespace, question: str) -> None:
+    """Go on with a destructive command only if ``--yes`` was given or the
+    person at the terminal says yes; a script without ``--yes`` is refused."""
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CommandError(f"{question}: refusing without --yes (stdin is not a terminal)")
+    answer = input(f"{terminal_safe(question)}? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise CommandError("not confirmed: nothing done")
+
+
+def drain(args: argparse.Namespace, client: redis.Redis) -> int:
+    queue = open_queue(client, args.queue)
+    counts = queue.counts()
+    pending = counts["waiting"] + (0 if args.keep_delayed else counts["delayed"])
+    kinds = "waiting" if args.keep_delayed else "waiting and delayed"
+    confirm(args, f"delete the {pending} {kinds} job(s) of queue {queue.name!r}")
+    removed = queue.drain(include_delayed=not args.keep_delayed, by=args.by)
+    message = f"drained queue {queue.name!r}: {removed} {kinds} job(s) deleted"
+    return _done(args, message, {"queue": queue.name, "removed": removed})
+
+
+def obliterate(args: argparse.Namespace, client: redis.Redis) -> int:
+    queue = open_queue(client, args.queue)
+    total = sum(queue.counts().values())
+    confirm(args, f"delete queue {queue.name!r}: all {total} job(s), its schedules and history")
+    try:
+        queue.obliterate(force=args.force)
+    except JobIsActive as exc:
+        raise CommandError(f"{exc} (--force)") from None
+    message = f"obliterated queue {queue.name!r}"
+    return _done(args, message, {"queue": queue.name, "obliterated": True})
 
 
 def _pause_or_resume(args: argparse.Namespace, client: redis.Redis, pause: bool) -> int:
@@ -529,6 +607,9 @@ def add(args: argparse.Namespace, client: redis.Redis) -> int:
             delay=args.delay,
             priority=args.priority,
             attempts=args.attempts,
+            backoff=args.backoff,
+            timeout=args.timeout,
+            group=args.group,
         )
     except (TypeError, ValueError) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
@@ -573,6 +654,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, redis.Redis], int]] = {
     "retry": retry,
     "remove": remove,
     "cancel": cancel,
+    "promote": promote,
+    "drain": drain,
+    "obliterate": obliterate,
     "pause": pause,
     "resume": resume,
     "clean": clean,
@@ -589,11 +673,11 @@ def run_dev(args: argparse.Namespace) -> int:
     """Run a persistent Redis under ``<dir>/dev-redis`` until SIGINT or SIGTERM."""
     server = LocalRedis(Path(args.dir) / "dev-redis", persistent=True, port=args.port)
     if _answers(server):
-        return _fail(f"a Redis is running in {server.directory} already", EXIT_FAILED)
+        return fail(f"a Redis is running in {server.directory} already", EXIT_FAILED)
     try:
         server.start()
     except (OSError, RuntimeError) as exc:
-        return _fail(f"cannot start Redis: {exc}", EXIT_FAILED)
+        return fail(f"cannot start Redis: {exc}", EXIT_FAILED)
     try:
         return serve_until_signal(server)
     finally:
@@ -635,7 +719,7 @@ def serve_until_signal(server: LocalRedis) -> int:
         if code == 0:  # told to shut down from elsewhere (SHUTDOWN, the terminal's Ctrl-C)
             return EXIT_OK
         log = server.directory / "redis.log"
-        return _fail(f"redis-server exited with code {code}; see {log}", EXIT_FAILED)
+        return fail(f"redis-server exited with code {code}; see {log}", EXIT_FAILED)
     finally:
         _unblock_dropping_pending(old_mask)
 

@@ -16,8 +16,10 @@ import re
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 import orjson
+import redis
 
 from sandboxq import logs
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
@@ -95,6 +97,26 @@ def parse_json(text: str) -> object:
         ) from None
 
 
+def parse_backoff(text: str) -> object:
+    """``5`` or ``5s`` (fixed), ``exponential:2s``, or a JSON object as
+    ``Backoff.parse`` takes it; checked here, so a bad one is a usage error."""
+    from sandboxq.options import Backoff
+
+    hint = f"not a backoff: {text!r} (try 5s, exponential:2s or a JSON object)"
+    try:
+        if text.lstrip().startswith("{"):
+            spec = parse_json(text)
+        else:
+            kind, _, delay = text.rpartition(":")
+            spec = {"type": kind or "fixed", "delay": parse_duration(delay)}
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(hint) from None
+    try:
+        return Backoff.parse(spec).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{hint}: {exc}") from None
+
+
 def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
@@ -113,8 +135,24 @@ def positive_int(text: str) -> int:
     return _whole_number(text, 1)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is a JSON line on stderr when the command
+    line asks for ``--json`` (scripts read errors the way they read output)."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if Parser.json_errors:
+            print(orjson.dumps({"error": message, "code": 2}).decode(), file=sys.stderr)
+            raise SystemExit(2)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sandboxq", description=__doc__)
+    from sandboxq import __version__
+
+    parser: argparse.ArgumentParser = Parser(prog="sandboxq", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sandboxq {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     worker = commands.add_parser("worker", help="run a sandboxed worker")
@@ -263,6 +301,9 @@ ADMIN_COMMANDS = (
     "retry",
     "remove",
     "cancel",
+    "promote",
+    "drain",
+    "obliterate",
     "pause",
     "resume",
     "clean",
@@ -346,6 +387,24 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     for name, summary in (("pause", "stop handing out jobs"), ("resume", "hand out jobs again")):
         command(name, summary, audited=True).add_argument("queue", metavar="QUEUE")
 
+    promote = command("promote", "run a delayed job now", audited=True)
+    promote.add_argument("queue", metavar="QUEUE")
+    promote.add_argument("job_id", metavar="ID")
+
+    drain = command("drain", "delete every job that has not started (asks first)", audited=True)
+    drain.add_argument("queue", metavar="QUEUE")
+    drain.add_argument("--keep-delayed", action="store_true", help="delete waiting jobs only")
+    drain.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
+
+    obliterate = command(
+        "obliterate", "delete a queue: every job, schedule and its history (asks first)"
+    )
+    obliterate.add_argument("queue", metavar="QUEUE")
+    obliterate.add_argument(
+        "--force", action="store_true", help="even with active jobs (their workers lose them)"
+    )
+    obliterate.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
+
     clean = command(
         "clean", "delete finished jobs older than AGE, or all but the newest N", audited=True
     )
@@ -370,6 +429,16 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     add.add_argument("--priority", type=int, default=0, metavar="N", help="lower runs first [0]")
     add.add_argument("--attempts", type=int, default=1, metavar="N", help="tries in all [1]")
+    add.add_argument(
+        "--backoff",
+        type=parse_backoff,
+        metavar="SPEC",
+        help="wait between attempts: SECONDS (fixed), exponential:SECONDS, or a JSON object",
+    )
+    add.add_argument(
+        "--timeout", type=parse_duration, metavar="SECONDS", help="per attempt [the handler's]"
+    )
+    add.add_argument("--group", metavar="NAME", help="the job's group, for per-group limits")
     add.add_argument("--job-id", metavar="ID", help="custom id; an existing id adds nothing")
 
 
@@ -464,7 +533,21 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    Parser.json_errors = "--json" in arguments
+    try:
+        code = dispatch(build_parser().parse_args(arguments))
+        sys.stdout.flush()  # here, where a reader that went away is caught
+        return code
+    except BrokenPipeError:
+        # The reader went away (`sandboxq jobs Q | head -1`): stop quietly.
+        # stdout points at /dev/null from here on, so the interpreter's last
+        # flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
     if args.command == "worker":
         return run_worker(args)
     if args.command == "schedules":
@@ -487,15 +570,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def show_schedules(args: argparse.Namespace) -> int:
-    from sandboxq.admin import format_time, print_json, print_table
+    from sandboxq.admin import EXIT_USAGE, fail, format_time, print_json, print_table
     from sandboxq.errors import ConnectionFailed
     from sandboxq.queue import Queue
 
     try:
         found = Queue(args.queue, url=args.url).schedules()
-    except ConnectionFailed as exc:
-        print(f"sandboxq: {exc}", file=sys.stderr)
-        return 2
+    except (ConnectionFailed, ValueError, redis.RedisError) as exc:
+        return fail(str(exc), EXIT_USAGE, args.json)
     if args.json:
         print_json(found)
         return 0

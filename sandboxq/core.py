@@ -509,10 +509,11 @@ class QueueCore(Generic[J]):
                 break
         return total
 
-    def _drain(self, include_delayed: bool = True) -> Op[int]:
-        """Remove every job that has not started. Returns how many."""
-        total = 0
-        while (removed := (yield PLAN.drain(self.keys, include_delayed, STEP_LIMIT))) > 0:
+    def _drain(self, include_delayed: bool = True, *, by: str | None = None) -> Op[int]:
+        """Remove every job that has not started. Returns how many; the
+        queue's audit log records who drained (``by``, default the OS user)."""
+        total, by = 0, who(by)
+        while (removed := (yield PLAN.drain(self.keys, include_delayed, STEP_LIMIT, by=by))) > 0:
             total += removed
         return total
 

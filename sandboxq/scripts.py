@@ -458,7 +458,12 @@ class Scripts:
         )
 
     def drain(
-        self, k: QueueKeys, include_delayed: bool, limit: int = STEP_LIMIT, now: int | None = None
+        self,
+        k: QueueKeys,
+        include_delayed: bool,
+        limit: int = STEP_LIMIT,
+        now: int | None = None,
+        by: str = "",
     ) -> Any:
         return self._run(
             "drain",
@@ -469,6 +474,7 @@ class Scripts:
                 limit,
                 self.events_maxlen,
                 now_ms() if now is None else now,
+                by,
             ],
             decode=int,
         )

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis
 
+import sandboxq
 from sandboxq import Queue
 from sandboxq.cli import main, parse_duration
 from sandboxq.execution import COMPLETED, Outcome, finish_entry
@@ -657,6 +658,8 @@ def test_every_command_names_the_url_when_redis_is_down(
     captured = capsys.readouterr()
     assert captured.out == ""
     [line] = captured.err.splitlines()
+    if "--json" in args:  # the error as JSON, for the script that asked for JSON
+        line = "sandboxq: " + json.loads(line)["error"]
     assert line.startswith("sandboxq: cannot reach Redis at ")
     assert url.split("?")[0] in line
 
@@ -808,3 +811,131 @@ def test_an_unexpected_error_in_the_worker_exits_70_not_1(
     logged = capsys.readouterr().err
     assert "the worker stopped on an unexpected error" in logged
     assert "planted bug" in logged
+
+
+# -- polish: version, pipes, JSON errors, escapes, promote/drain/obliterate ---------------
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sandboxq {sandboxq.__version__}"
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(queue: Queue, redis_url: str) -> None:
+    failed_jobs(queue, 300)
+    pipeline = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m sandboxq jobs {queue.name} --limit 300 "
+        f"--url {shlex.quote(redis_url)} | head -1; echo status=${{PIPESTATUS[0]}} >&2",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert pipeline.stdout.split() == ["ID", "NAME", "ATTEMPTS", "ERROR"]
+    assert pipeline.stderr.strip() == "status=0"  # no BrokenPipeError traceback
+
+
+def test_with_json_errors_are_json_on_stderr(
+    queue: Queue, cli: Cli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = cli("job", queue.name, "nope", "--json")
+    assert missing.code == 1
+    assert missing.out == ""
+    assert json.loads(missing.err) == {"error": f"no job nope in queue {queue.name!r}", "code": 1}
+    with pytest.raises(SystemExit) as exited:
+        cli("jobs", queue.name, "--state", "sleeping", "--json")
+    assert exited.value.code == 2
+    assert "invalid choice: 'sleeping'" in json.loads(capsys.readouterr().err)["error"]
+
+
+def test_stats_on_an_unknown_queue_says_so(cli: Cli) -> None:
+    result = cli("stats", "no-such-queue")
+    assert result.code == 1
+    assert result.err.strip() == "sandboxq: no queue 'no-such-queue' on this Redis"
+
+
+def test_a_redis_error_is_one_line(queue: Queue, redis_url: str) -> None:
+    bad_db = redis_url.replace("db=0", "db=99")
+    assert bad_db != redis_url
+    run = subprocess.run(
+        [sys.executable, "-m", "sandboxq", "stats", "--url", bad_db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert "DB index is out of range" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_control_characters_from_jobs_are_escaped_on_the_terminal(queue: Queue, cli: Cli) -> None:
+    def paint(job: Any) -> None:
+        raise ValueError("\x1b[2J\x1b[31mgone\u202e")
+
+    job = queue.add("charge")
+    run_until_empty(queue, {"charge": paint})
+    for result in (cli("jobs", queue.name), cli("job", queue.name, job.id)):
+        assert "\x1b" not in result.out and "\u202e" not in result.out
+        assert "\\x1b[2J\\x1b[31mgone\\u202e" in result.out
+    # JSON keeps the text as it is (escaped by JSON itself)
+    assert cli("job", queue.name, job.id, "--json").json()["error"] == (
+        "ValueError: \x1b[2J\x1b[31mgone\u202e"
+    )
+
+
+def test_promote_drain_and_obliterate(queue: Queue, cli: Cli) -> None:
+    later = queue.add("x", delay=3600)
+    assert cli("promote", queue.name, later.id, "--by", "ops").code == 0
+    assert queue.get_job(later.id).state == "waiting"  # type: ignore[union-attr]
+    again = cli("promote", queue.name, later.id)
+    assert (again.code, again.err.strip()) == (
+        1,
+        f"sandboxq: job {later.id} is waiting, not delayed: nothing to promote",
+    )
+
+    queue.add("x", delay=60)
+    refused = cli("drain", queue.name)  # stdin is no terminal here: --yes is needed
+    assert refused.code == 1 and "refusing without --yes" in refused.err
+    assert sum(queue.counts().values()) == 2
+    drained = cli("drain", queue.name, "--yes", "--by", "ops", "--json")
+    assert drained.json() == {"queue": queue.name, "removed": 2}
+    assert queue.audit_log()[0]["action"] == "drain (2 removed)"
+    assert queue.audit_log()[0]["by"] == "ops"
+
+    queue.add("x")
+    assert cli("obliterate", queue.name).code == 1
+    assert cli("obliterate", queue.name, "--yes").code == 0
+    assert queue.client.exists(queue.keys.events, queue.keys.wait) == 0
+
+
+def test_add_takes_backoff_timeout_and_group(
+    queue: Queue, cli: Cli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    added = cli(
+        "add",
+        queue.name,
+        "charge",
+        "--backoff",
+        "exponential:2s",
+        "--timeout",
+        "30",
+        "--group",
+        "acme",
+        "--attempts",
+        "3",
+        "--json",
+    ).json()
+    job = queue.get_job(added["id"])
+    assert job is not None
+    assert (job.timeout, job.fields["group"], job.attempts) == (30.0, "acme", 3)
+    assert job.fields["backoff"] == {
+        "type": "exponential",
+        "delay": 2.0,
+        "jitter": 0.0,
+        "max": None,
+    }
+    with pytest.raises(SystemExit):
+        cli("add", queue.name, "charge", "--backoff", "sometimes")
+    assert "not a backoff: 'sometimes' (try 5s" in capsys.readouterr().err

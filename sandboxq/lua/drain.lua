@@ -5,6 +5,7 @@
 --
 -- ARGV[1] key prefix   ARGV[2] "1" to include delayed jobs
 -- ARGV[3] limit (jobs per call)   ARGV[4] events maxlen   ARGV[5] now (ms)
+-- ARGV[6] who asked ("" = no audit entry)
 --
 -- A flow child that its parent waits for counts as a failed child.
 --
@@ -28,5 +29,10 @@ for _, group in ipairs(redis.call('SMEMBERS', prefix .. 'group_names')) do
   redis.call('DECRBY', prefix .. 'gcount', removed - before)
 end
 if ARGV[2] == '1' and removed < limit then take(KEYS[2]) end
-if removed > 0 then emit(KEYS[3], maxlen, 'drained', '', 'count', removed) end
+if removed > 0 then
+  emit(KEYS[3], maxlen, 'drained', '', 'count', removed)
+  if (ARGV[6] or '') ~= '' then
+    audit(prefix, '', now, ARGV[6], 'drain (' .. removed .. ' removed)')
+  end
+end
 return removed
