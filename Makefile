@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install browser test test-pure bench lint demo screenshots clean
+.PHONY: install browser test test-pure bench lint docs demo screenshots clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -31,11 +31,16 @@ bench: install
 	$(PY) -m pytest benchmarks --benchmark-columns=min,median,ops -p no:timeout
 
 lint: install
-	$(VENV)/bin/ruff check sandboxq tests benchmarks examples
-	$(VENV)/bin/ruff format --check sandboxq tests benchmarks examples
+	$(VENV)/bin/ruff check sandboxq tests benchmarks examples docs
+	$(VENV)/bin/ruff format --check sandboxq tests benchmarks examples docs
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
+
+# The documentation site, into build/site (open build/site/index.html); any
+# warning (a broken link, a missing docstring target...) fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 # The README's dashboard pictures, taken by the browser tests.
 screenshots: install browser

@@ -78,6 +78,7 @@ class AsyncQueue(QueueCore[AsyncJob]):
         return f"<AsyncQueue {self.name!r} at {redact(self.url)}>"
 
     def sibling(self, name: str) -> AsyncQueue:
+        """Another queue on the same connection (a flow's other queues)."""
         return AsyncQueue(
             name,
             connection=self.client,

@@ -116,6 +116,7 @@ class QueueCore(Generic[J]):
         raise NotImplementedError
 
     def job(self, job_id: str, fields: dict[str, Any], created: bool | None = None) -> J:
+        """A job object of this queue from known fields (no round trip)."""
         made = self.job_type(self, job_id, fields)
         made.created = created
         return made
@@ -196,7 +197,31 @@ class QueueCore(Generic[J]):
     ) -> Op[J]:
         """Add one job and return it; an option left ``None`` takes the
         queue's default. A ``job_id`` that exists already adds nothing and
-        returns the job that exists, with ``created`` False."""
+        returns the job that exists, with ``created`` False.
+
+        Bad input raises ``TypeError`` or ``ValueError`` and writes nothing.
+
+        Args:
+            name: The job's name: it picks the handler.
+            data: Any JSON value (orjson), at most ``max_payload_bytes`` as JSON.
+            job_id: A custom id, which deduplicates; not a plain integer
+                (those are generated).
+            delay: Seconds to wait before the job may run.
+            priority: Lower runs first (FIFO within a priority); from
+                -1048575 to 1048575, default 0.
+            attempts: Tries in all, at least 1 (the default).
+            backoff: Wait between failed attempts: seconds (fixed), a
+                :class:`Backoff`, or ``{"type", "delay", "jitter", "max"}``.
+            timeout: Seconds an attempt may run before its child is killed.
+            keep_completed: Retention once completed: a count,
+                ``{"count": n, "age": seconds}``, ``True`` (keep all),
+                ``False`` (keep none) or a :class:`Retention`; default 24 hours.
+            keep_failed: Retention once failed or cancelled; default: kept
+                until cleaned.
+            group: A group name: groups take turns, and have their own limits.
+            manual_retry_only: Never retry automatically: a failure, a stall
+                or a forced stop leaves the job failed for a person to retry.
+        """
         options = self._options(
             {
                 "job_id": job_id,
@@ -419,6 +444,7 @@ class QueueCore(Generic[J]):
         return {"completed": completed / window, "failed": failed / window}
 
     def _job_logs(self, job_id: str) -> Op[list[str]]:
+        """The log lines a job's handler wrote (the newest 1,000), oldest first."""
         lines = yield cmd("LRANGE", self.keys.logs(job_id), 0, -1)
         return [line.decode() for line in lines]
 
@@ -428,9 +454,11 @@ class QueueCore(Generic[J]):
         return bool((yield PLAN.pause(self.keys, True, by=who(by))))
 
     def _resume(self, *, by: str | None = None) -> Op[bool]:
+        """Hand out jobs again. Returns False if it was not paused."""
         return bool((yield PLAN.pause(self.keys, False, by=who(by))))
 
     def _is_paused(self) -> Op[bool]:
+        """Whether the queue is paused."""
         return bool((yield cmd("HEXISTS", self.keys.meta, "paused")))
 
     def _retry(self, job_id: str, *, by: str | None = None) -> Op[bool]:

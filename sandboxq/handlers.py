@@ -69,7 +69,17 @@ def handlers_for(
 class JobContext:
     """What a handler receives: the job's identity and data, and a way to
     report progress and log lines. In a worker child these travel to the
-    parent, which writes them to Redis; children never talk to Redis."""
+    parent, which writes them to Redis; children never talk to Redis.
+
+    Attributes:
+        queue: The name of the job's queue.
+        id: The job's id.
+        name: The job's name.
+        data: The job's data, decoded from JSON.
+        attempts_made: Attempts that ended (failed, or crashed) before this one.
+        retries: Times the handler raised ``Retry`` for this job; they
+            spend no attempt.
+    """
 
     __slots__ = ("_children", "_report", "attempts_made", "data", "id", "name", "queue", "retries")
 

@@ -55,18 +55,40 @@ def _add(registry: list[Any], decorator: str, func: F) -> F:
     return func
 
 
-def _registrar(moment: str) -> Callable[[F], F]:
-    return lambda func: _add(HOOKS[moment], f"@{moment}", func)
+def on_worker_start(func: F) -> F:
+    """Register ``func()`` to run in the worker parent once its first
+    children are up. If it raises, the worker stops as a boot error (exit
+    code 3)."""
+    return _add(HOOKS[WORKER_START], f"@{WORKER_START}", func)
 
 
-on_worker_start = _registrar(WORKER_START)
-on_worker_stop = _registrar(WORKER_STOP)
-on_child_start = _registrar(CHILD_START)
-on_child_exit = _registrar(CHILD_EXIT)
+def on_worker_stop(func: F) -> F:
+    """Register ``func()`` to run in the worker parent after its last child
+    stopped."""
+    return _add(HOOKS[WORKER_STOP], f"@{WORKER_STOP}", func)
+
+
+def on_child_start(func: F) -> F:
+    """Register ``func()`` to run in each child, after the fork, before its
+    first job: open connections and pools here, not at import time. If it
+    raises, the child dies at birth and is replaced; after 5 such children in
+    a row the worker stops (exit code 3)."""
+    return _add(HOOKS[CHILD_START], f"@{CHILD_START}", func)
+
+
+def on_child_exit(func: F) -> F:
+    """Register ``func()`` to run in a child leaving cleanly (retired after
+    ``--max-jobs-per-child``, or the worker stopping); not in one that crashed
+    or was killed."""
+    return _add(HOOKS[CHILD_EXIT], f"@{CHILD_EXIT}", func)
 
 
 def job_middleware(func: F) -> F:
-    """Register ``func(job, call_next)`` to wrap every handler call."""
+    """Register ``func(job, call_next)`` to wrap every handler call, in the
+    child (and in :mod:`sandboxq.testing`). It returns what the job returns,
+    usually ``call_next(job)``; the first registered is the outermost. When
+    the handler or any middleware is ``async def``, ``call_next(job)``
+    returns an awaitable, which an async middleware awaits."""
     return _add(MIDDLEWARE, "@job_middleware", func)
 
 

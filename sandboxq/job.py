@@ -32,9 +32,36 @@ class JobRecord:
     """A job as last read from Redis: the attributes both front ends share.
     Attributes are a snapshot: ``refresh()`` reads them again.
 
-    Times are seconds since the epoch (floats) or ``None``. ``created`` is
-    True for a job this ``add`` created, False when the id existed already
-    (the job is then the one that existed), None for a job read back.
+    Times are seconds since the epoch (floats) or ``None``.
+
+    Attributes:
+        queue: The queue the job belongs to.
+        id: The job's id: generated (a decimal number) or the ``job_id`` given.
+        name: The job's name, which picks its handler.
+        data: The job's data, decoded from JSON.
+        state: ``waiting``, ``delayed``, ``active``, ``waiting-children``,
+            ``completed``, ``failed`` or ``cancelled``.
+        priority: Lower runs first.
+        progress: The last value the handler gave ``update_progress``.
+        result: What the handler returned (once completed).
+        error: Why it failed: the exception, or what happened to its child.
+        traceback: The handler's traceback, when it raised.
+        attempts: Attempts the job may use.
+        attempts_made: Attempts that ended (failed, or crashed).
+        stalls: Times its worker died while running it.
+        retries: Times it was put back to run again without spending an
+            attempt: its handler raised ``Retry``, or a worker had no
+            handler for its name.
+        timeout: The timeout it was added with (seconds), or None.
+        created_at: When it was added.
+        started_at: When its current (or final) attempt started.
+        finished_at: When it completed, failed or was cancelled.
+        cancelled_by: Who cancelled it (set once a cancel was asked).
+        cancel_reason: Why it was cancelled, if a reason was given.
+        fields: Every field of the job's hash, decoded.
+        created: True for a job this ``add`` created, False when the id
+            existed already (the job is then the one that existed), None
+            for a job read back.
     """
 
     created: bool | None = None

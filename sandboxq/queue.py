@@ -60,6 +60,7 @@ class Queue(QueueCore[Job]):
         return f"<Queue {self.name!r} at {redact(self.url)}>"
 
     def sibling(self, name: str) -> Queue:
+        """Another queue on the same connection (a flow's other queues)."""
         return Queue(name, connection=self.client, max_payload_bytes=self.max_payload_bytes)
 
     def _drive(self, op: Op[Any]) -> Any:

@@ -132,14 +132,17 @@ class EagerJob(Job):
     :meth:`wait` and :meth:`refresh` need no Redis."""
 
     def refresh(self) -> EagerJob:
+        """The job itself: it is final already."""
         return self
 
     def wait(self, timeout: float | None = None) -> Any:
+        """Its result, or :class:`sandboxq.JobFailed` if it failed."""
         if self.state != "completed":
             raise JobFailed(self)
         return self.result
 
     def logs(self) -> list[str]:
+        """The log lines its handler wrote."""
         return list(self.fields.get("logs", ()))
 
 
@@ -192,9 +195,11 @@ class EagerQueue(Queue):
         )
 
     def get_job(self, job_id: str) -> EagerJob | None:
+        """The job added with this id, or None."""
         return self.jobs.get(str(job_id))
 
     def counts(self) -> dict[str, int]:
+        """How many of the jobs added are in each state."""
         found = Counter(job.state for job in self.jobs.values())
         return {state: found[state] for state in STATES}
 
@@ -342,6 +347,8 @@ class WorkerProcess:
 
     # -- starting --------------------------------------------------------------
     def start(self, *, wait_ready: bool = True, timeout: float = 15.0) -> Self:
+        """Start the worker; unless ``wait_ready`` is False, wait (up to
+        ``timeout`` seconds) until it logs that it is ready. Returns ``self``."""
         self.started_at = time.monotonic()
         self.process = subprocess.Popen(
             self.command,
@@ -372,12 +379,14 @@ class WorkerProcess:
 
     @property
     def pid(self) -> int:
+        """The worker parent's process id."""
         assert self.process is not None, "worker not started"
         return self.process.pid
 
     # -- its log ---------------------------------------------------------------
     @property
     def log(self) -> str:
+        """Everything the worker logged so far (its stderr)."""
         with self._changed:
             return "\n".join(self.lines)
 
@@ -412,12 +421,14 @@ class WorkerProcess:
             return len(self.lines)
 
     def matching_lines(self, pattern: str) -> list[str]:
+        """The log lines so far in which regex ``pattern`` is found."""
         regex = re.compile(pattern)
         with self._changed:
             return [line for line in self.lines if regex.search(line)]
 
     # -- signals and exit ----------------------------------------------------------
     def send_signal(self, signum: int) -> None:
+        """Send ``signum`` to the worker parent only."""
         os.kill(self.pid, signum)
 
     def wait(self, timeout: float = 10.0) -> int:
@@ -436,6 +447,7 @@ class WorkerProcess:
         return code
 
     def running(self) -> bool:
+        """Whether the worker parent is still running."""
         return self.process is not None and self.process.poll() is None
 
     def kill_group(self, signum: int = signal.SIGKILL) -> None:
