@@ -87,3 +87,19 @@ def implementation(job: JobContext) -> Any:
 MORE_QUEUES = [q for q in os.environ.get("SANDBOXQ_BENCH_QUEUES", "").split(",") if q]
 for _queue in MORE_QUEUES:
     handler(_queue, name="noop")(noop)
+
+
+def _nothing() -> None:
+    return None
+
+
+@handler(QUEUE)
+def steps(job: JobContext) -> Any:
+    """``job.data`` durable steps that do nothing; returns how long each
+    took in the child (seconds): recording it is the whole cost."""
+    took = []
+    for n in range(int(job.data)):
+        started = time.perf_counter()
+        job.step(f"s{n}", _nothing)
+        took.append(time.perf_counter() - started)
+    return took

@@ -615,3 +615,58 @@ def test_latency(
         "(goal p50 <= 0.8 ms, p99 <= 1.5 ms)",
     )
     record_foreign(record_summary, "latency", load)
+
+
+#: Durable steps: jobs of STEPS_PER_JOB no-op steps, one child, then two.
+STEP_JOBS = 40
+STEPS_PER_JOB = 25
+
+
+@pytest.mark.benchmark(group="worker: durable steps")
+def test_step_cost(
+    benchmark: Any,
+    redis_client: redis.Redis,
+    workers: WorkerFactory,
+    record_summary: Callable[[str, str], None],
+) -> None:
+    """What one ``job.step`` costs the handler: the parent writes it to Redis
+    (step.lua) and answers; the child waits for that. Compared with a bare
+    PING round trip in the same run; with two children stepping at once,
+    their steps share round trips."""
+    figures: dict[str, dict[str, float]] = {}
+
+    def run(procs: int) -> None:
+        queue = fresh_queue(redis_client, f"steps{procs}")
+        worker = workers.start(queue.name, procs=procs)
+        worker.wait_idle()
+        started = time.perf_counter()
+        jobs = queue.add_bulk([{"name": "steps", "data": STEPS_PER_JOB}] * STEP_JOBS)
+        took = [t for job in jobs for t in job.wait(timeout=120)]
+        elapsed = time.perf_counter() - started
+        stop_worker(worker)
+        queue.obliterate(force=True)
+        figures[f"{procs} child(ren)"] = {
+            **summarize([t * 1000 for t in took]),
+            "steps_per_second": round(len(took) / elapsed),
+        }
+
+    def pings() -> dict[str, float]:
+        samples = []
+        for _ in range(500):
+            started = time.perf_counter()
+            redis_client.ping()
+            samples.append((time.perf_counter() - started) * 1000)
+        return summarize(samples)
+
+    with ForeignLoad() as load:
+        benchmark.pedantic(lambda: (run(1), run(2)), rounds=1, iterations=1)
+        ping = pings()
+    benchmark.extra_info.update(figures)
+    benchmark.extra_info["ping_ms"] = ping
+    for label, f in figures.items():
+        record_summary(
+            f"one job.step, {label}",
+            f"p50 {f['p50']:.2f} ms, p99 {f['p99']:.2f} ms; {f['steps_per_second']} steps/s "
+            f"({f['p50'] / ping['p50']:.1f}x a PING's p50 of {ping['p50']:.2f} ms)",
+        )
+    record_foreign(record_summary, "steps", load)

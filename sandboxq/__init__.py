@@ -7,6 +7,7 @@ from sandboxq.errors import (
     RateLimited,
     Retry,
     SandboxqError,
+    StepNotRecorded,
     Unrecoverable,
 )
 from sandboxq.events import QueueEvents
@@ -40,6 +41,7 @@ __all__ = [
     "Retention",
     "Retry",
     "SandboxqError",
+    "StepNotRecorded",
     "Unrecoverable",
     "__version__",
     "handler",

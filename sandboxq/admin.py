@@ -406,6 +406,7 @@ def job_report(job: Job) -> dict[str, Any]:
         "cancelled_by": job.cancelled_by,
         "cancel_reason": job.cancel_reason,
         "logs": job.logs(),
+        "steps": job.steps,
         "audit": job.audit(),
         "parent": job_parent(job.fields),
         "children_pending": job.fields.get("pending"),
@@ -452,6 +453,9 @@ def _optional_sections(report: dict[str, Any]) -> None:
         print_section("traceback", report["traceback"].rstrip().splitlines())
     if report["logs"]:
         print_section(f"logs ({len(report['logs'])})", report["logs"])
+    if report["steps"]:
+        steps = [(key, orjson.dumps(value).decode()) for key, value in report["steps"].items()]
+        print_section(f"steps ({len(steps)})", table_lines(steps))
     if report["audit"]:
         rows = [(format_time(e.get("at")), e.get("by"), e.get("action")) for e in report["audit"]]
         print_section(f"audit ({len(rows)})", table_lines(rows))
@@ -487,7 +491,7 @@ def retry(args: argparse.Namespace, client: redis.Redis) -> int:
         count = queue.retry_failed(by=args.by)
         message = f"retried {count} failed job(s) of queue {queue.name!r}"
         return _done(args, message, {"queue": queue.name, "retried": count})
-    if not queue.retry(args.job_id, by=args.by):
+    if not queue.retry(args.job_id, by=args.by, reset_steps=args.reset_steps):
         state = existing_job(queue, args.job_id).state
         raise CommandError(f"job {args.job_id} is {state}, not failed: nothing to retry")
     message = f"retried job {args.job_id} of queue {queue.name!r}: waiting"

@@ -14,7 +14,7 @@ its result (``max_result_bytes``, 1 MiB by default; a bigger result fails
 the job instead, because a cut result would be wrong data). Events copy at
 most 1 KiB of an error (``lua/include/common.lua``) and 4 KiB of progress;
 a ``completed`` event carries a result of up to 4 KiB and only the size of a
-bigger one.
+bigger one. Durable steps add at most 1,000 results of 64 KiB each.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ MAX_TRACEBACK_BYTES = 32 * 1024
 
 #: A job's result, as JSON, unless the worker sets another limit.
 DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
+
+#: A durable step (``job.step``): its key, its result as JSON, and how many
+#: one job records. A result over the limit fails the step, recording nothing.
+MAX_STEP_KEY_BYTES = 200
+MAX_STEP_RESULT_BYTES = 64 * 1024
+MAX_STEPS = 1000
 
 
 def _marker(total: int) -> str:

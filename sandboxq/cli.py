@@ -369,6 +369,11 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("job_id", nargs="?", metavar="ID")
     which.add_argument("--all-failed", action="store_true", help="every failed job")
+    retry.add_argument(
+        "--reset-steps",
+        action="store_true",
+        help="forget the job's recorded steps (job.step), so it redoes them all",
+    )
 
     remove = command("remove", "delete a job that is not running", audited=True)
     remove.add_argument("queue", metavar="QUEUE")

@@ -461,10 +461,12 @@ class QueueCore(Generic[J]):
         """Whether the queue is paused."""
         return bool((yield cmd("HEXISTS", self.keys.meta, "paused")))
 
-    def _retry(self, job_id: str, *, by: str | None = None) -> Op[bool]:
+    def _retry(self, job_id: str, *, by: str | None = None, reset_steps: bool = False) -> Op[bool]:
         """Send a failed job back to waiting with a fresh attempt budget.
-        Returns False if the job is not in the failed set."""
-        return bool((yield PLAN.retry(self.keys, str(job_id), by=who(by))))
+        Returns False if the job is not in the failed set. ``reset_steps``
+        forgets its durable steps (``job.step``), so it redoes them all."""
+        moved = yield PLAN.retry(self.keys, str(job_id), by=who(by), reset_steps=reset_steps)
+        return bool(moved)
 
     def _retry_failed(self, *, by: str | None = None) -> Op[int]:
         """Retry every failed job; returns how many."""

@@ -40,6 +40,12 @@ class JobCancelled(SandboxqError):
         self.job = job
 
 
+class StepNotRecorded(SandboxqError):
+    """Raised by ``job.step`` when the step's result could not be recorded:
+    the worker no longer holds the job (its lease was lost), or the job has
+    recorded the most steps it may. The handler should stop."""
+
+
 # -- raised by handlers ---------------------------------------------------
 class Retry(SandboxqError):
     """Run this job again after ``delay`` seconds. No attempt is spent."""

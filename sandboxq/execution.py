@@ -19,7 +19,7 @@ import orjson
 from sandboxq import hooks
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES, MAX_ERROR_BYTES, MAX_TRACEBACK_BYTES, clip_text
 from sandboxq.errors import RateLimited, Retry, Unrecoverable
-from sandboxq.handlers import JobContext
+from sandboxq.handlers import JobContext, StepRecorder
 from sandboxq.options import Backoff, ms, seconds
 from sandboxq.payload import load_json, to_json
 
@@ -164,21 +164,27 @@ def run_stored(
     queue: str,
     job_id: str,
     name: str,
-    stored: tuple[bytes | None, bytes | None],
+    stored: tuple[bytes | None, bytes | None, bytes | None],
     attempts_made: int,
     retries: int,
     report: Callable[[str, str, str], None],
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    record: StepRecorder | None = None,
 ) -> Outcome:
-    """Run a job as Redis holds it: ``stored`` is its data and (a flow parent)
-    its children's results, still JSON. They are parsed here, in whatever
-    process runs the handler, so the worker parent never parses payloads."""
-    data_json, children_json = stored
+    """Run a job as Redis holds it: ``stored`` is its data, (a flow parent)
+    its children's results, and the durable steps earlier attempts recorded
+    (``{key: result}``), still JSON. They are parsed here, in whatever
+    process runs the handler, so the worker parent never parses payloads.
+    ``record`` takes the steps this attempt records (``job.step``)."""
+    data_json, children_json, steps_json = stored
     try:
         data, children = load_json(data_json), load_json(children_json)
+        steps = load_json(steps_json)
     except orjson.JSONDecodeError as exc:
         return Outcome.error(f"the job's stored data is not valid JSON: {exc}", unrecoverable=True)
-    ctx = JobContext(queue, job_id, name, data, attempts_made, report, retries, children)
+    ctx = JobContext(
+        queue, job_id, name, data, attempts_made, report, retries, children, steps, record
+    )
     return run(func, ctx, max_result_bytes)
 
 

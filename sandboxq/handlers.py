@@ -6,13 +6,28 @@ imports the module and finds them in the registry.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sandboxq.caps import MAX_LOG_LINE_BYTES, MAX_PROGRESS_BYTES, clip_json, clip_text
+import orjson
+
+from sandboxq.caps import (
+    MAX_LOG_LINE_BYTES,
+    MAX_PROGRESS_BYTES,
+    MAX_STEP_KEY_BYTES,
+    MAX_STEP_RESULT_BYTES,
+    clip_json,
+    clip_text,
+)
+from sandboxq.errors import StepNotRecorded
 from sandboxq.keys import validate_name
 from sandboxq.payload import to_json
+
+#: How a step's result reaches Redis: ``record(job_id, key, result_json)``
+#: returns step.lua's status ("recorded", "known", "lost" or "full").
+StepRecorder = Callable[[str, str, str], str]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,7 +96,18 @@ class JobContext:
             spend no attempt.
     """
 
-    __slots__ = ("_children", "_report", "attempts_made", "data", "id", "name", "queue", "retries")
+    __slots__ = (
+        "_children",
+        "_record",
+        "_report",
+        "_steps",
+        "attempts_made",
+        "data",
+        "id",
+        "name",
+        "queue",
+        "retries",
+    )
 
     def __init__(
         self,
@@ -93,6 +119,8 @@ class JobContext:
         report: Callable[[str, str, str], None],
         retries: int = 0,
         children: dict[str, Any] | None = None,
+        steps: dict[str, Any] | None = None,
+        record: StepRecorder | None = None,
     ) -> None:
         self.queue = queue
         self.id = job_id
@@ -104,6 +132,9 @@ class JobContext:
         self.retries = retries
         self._children = children
         self._report = report
+        #: Durable steps recorded by this job's earlier attempts (and this one).
+        self._steps = dict(steps or {})
+        self._record = record
 
     def __repr__(self) -> str:
         return f"<JobContext {self.queue}/{self.id} {self.name!r}>"
@@ -121,3 +152,65 @@ class JobContext:
     def log(self, message: str) -> None:
         """Append a line to the job's log (clipped to 8 KiB)."""
         self._report(self.id, "log", clip_text(str(message), MAX_LOG_LINE_BYTES))
+
+    def step(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` once for this job, whatever happens to
+        its attempts: the first time ``key`` is reached, call ``fn``, record
+        its result (JSON) in Redis, and return it; on any later attempt
+        (after an error, a crash, a timeout, a stall on another worker, a
+        manual retry) return the recorded result without calling ``fn``.
+
+        The result is in Redis before this returns. ``fn`` that raises
+        records nothing, and the exception propagates. With an ``async def``
+        ``fn``, ``await job.step(...)``. A crash inside ``fn`` before it
+        returns can still repeat ``fn``: make it idempotent where it can be,
+        e.g. with the provider's idempotency key ``f"{job.id}:{key}"``.
+        Raises :class:`sandboxq.StepNotRecorded` when the result cannot be
+        recorded (the worker lost the job, or it has 1,000 steps already)."""
+        key = _step_key(key)
+        if inspect.iscoroutinefunction(fn):
+            return self._step_async(key, fn, args, kwargs)
+        if key in self._steps:
+            return self._steps[key]
+        return self._keep(key, fn(*args, **kwargs))
+
+    async def _step_async(
+        self,
+        key: str,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        if key in self._steps:
+            return self._steps[key]
+        return self._keep(key, await fn(*args, **kwargs))
+
+    def _keep(self, key: str, result: Any) -> Any:
+        """Record a step's result; return it as JSON gives it back, so the
+        first attempt sees what later ones will."""
+        raw = to_json(result, f"the result of step {key!r}")
+        if len(raw) > MAX_STEP_RESULT_BYTES:
+            raise ValueError(
+                f"the result of step {key!r} is {len(raw)} bytes as JSON, over the limit of "
+                f"{MAX_STEP_RESULT_BYTES}: record an id or a path, not the data"
+            )
+        if self._record is None:
+            raise RuntimeError("job.step needs a worker (or sandboxq.testing) to record steps")
+        status = self._record(self.id, key, raw.decode())
+        if status == "lost":
+            raise StepNotRecorded(
+                f"step {key!r} of job {self.id} was not recorded: this worker no longer holds "
+                "the job"
+            )
+        if status == "full":
+            raise StepNotRecorded(f"step {key!r} of job {self.id} was not recorded: too many steps")
+        self._steps[key] = value = orjson.loads(raw)
+        return value
+
+
+def _step_key(key: Any) -> str:
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"a step key must be a non-empty str, got {key!r}")
+    if len(key.encode()) > MAX_STEP_KEY_BYTES:
+        raise ValueError(f"a step key must be at most {MAX_STEP_KEY_BYTES} bytes, got {key!r}")
+    return key

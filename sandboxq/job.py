@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 
-from sandboxq import events, fast, payload
+from sandboxq import events, fast, payload, steps
 from sandboxq.errors import JobCancelled, JobFailed
 from sandboxq.ops import Op, blocking, cmd
 
@@ -101,6 +101,12 @@ class JobRecord:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.queue.name}/{self.id} {self.name!r} {self.state}>"
+
+    @property
+    def steps(self) -> dict[str, Any]:
+        """The durable steps the job recorded (``job.step`` in its handler):
+        ``{key: result}`` in the order they were recorded."""
+        return steps.recorded(self.fields)
 
     # -- operations (sans-I/O) ----------------------------------------------------------
     def _refresh(self) -> Op[Self]:

@@ -153,6 +153,7 @@ class Scripts:
         "configure",
         "list_waiting",
         "heartbeat",
+        "step",
     )
 
     def __init__(self, client: redis.Redis | None, events_maxlen: int = EVENTS_MAXLEN) -> None:
@@ -361,6 +362,21 @@ class Scripts:
             args.extend(report)
         return self._run("report", [k.events], args, pipe)
 
+    def step(
+        self,
+        k: QueueKeys,
+        token: str,
+        steps: Sequence[tuple[str, str, str]],
+        max_steps: int,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> Any:
+        """Record ``(job_id, key, result_json)`` durable steps of jobs this
+        token holds; one status per step (see step.lua)."""
+        args: list[Any] = [k.prefix, token, self.events_maxlen, max_steps]
+        for step in steps:
+            args.extend(step)
+        return self._run("step", [k.events], args, pipe, decode_ids)
+
     # -- admin ------------------------------------------------------------
     # The admin transitions take ``by``: who asked, for the audit log.
     def promote(
@@ -432,11 +448,20 @@ class Scripts:
         limit: int = STEP_LIMIT,
         now: int | None = None,
         by: str = "",
+        reset_steps: bool = False,
     ) -> Any:
         return self._run(
             "retry",
             [k.failed, k.wait, k.seq, k.marker, k.events],
-            [k.prefix, self.events_maxlen, job_id, limit, now_ms() if now is None else now, by],
+            [
+                k.prefix,
+                self.events_maxlen,
+                job_id,
+                limit,
+                now_ms() if now is None else now,
+                by,
+                "1" if reset_steps else "0",
+            ],
             decode=decode_ids,
         )
 

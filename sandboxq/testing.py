@@ -30,6 +30,7 @@ from typing import Any, Self
 import orjson
 
 from sandboxq import execution, fast
+from sandboxq.caps import MAX_STEPS
 from sandboxq.core import MAX_PAYLOAD_BYTES
 from sandboxq.errors import JobFailed
 from sandboxq.handlers import Handler, handlers_for
@@ -38,6 +39,7 @@ from sandboxq.ops import Op
 from sandboxq.options import JobOptions
 from sandboxq.queue import Queue
 from sandboxq.scripts import now_ms
+from sandboxq.steps import COUNT_FIELD, steps_json
 
 #: Lease given to inline jobs; nothing renews it, so make it long.
 _LEASE_MS = 3_600_000
@@ -110,15 +112,20 @@ def _run_one(
     def report(jid: str, kind: str, value: str) -> None:
         queue.scripts.report(queue.keys, token, [(jid, kind, value)])
 
+    def record(jid: str, key: str, result: str) -> str:
+        [status] = queue.scripts.step(queue.keys, token, [(jid, key, result)], MAX_STEPS)
+        return str(status)
+
     return execution.run_stored(
         found.func,
         queue.name,
         job_id,
         name,
-        (fields.get("data"), fields.get("children")),
+        (fields.get("data"), fields.get("children"), steps_json(fields)),
         fields.get("attempts_made", 0),
         fields.get("retries", 0),
         report,
+        record=record,
     )
 
 
@@ -240,6 +247,13 @@ class EagerQueue(Queue):
             else:
                 fields["logs"].append(value)
 
+        def record(_jid: str, key: str, result: str) -> str:
+            """As step.lua records a step, in the job's fields."""
+            if f"step:{key}" not in fields:
+                fields[COUNT_FIELD] = count = fields.get(COUNT_FIELD, 0) + 1
+                fields[f"step:{key}"] = f"{count}:{result}"
+            return "recorded"
+
         found = handlers_for(self.name, self.handlers).get(name)
         for _run in range(MAX_EAGER_RUNS):
             if found is None:
@@ -250,10 +264,11 @@ class EagerQueue(Queue):
                 self.name,
                 job_id,
                 name,
-                (raw_data, None),
+                (raw_data, None, steps_json(fields)),
                 fields["attempts_made"],
                 fields["retries"],
                 report,
+                record=record,
             )
             if outcome.kind in (execution.RETRY, execution.RATE_LIMITED):
                 fields["retries"] += 1

@@ -112,7 +112,7 @@ def test_run_stored_parses_data_and_children_where_the_handler_runs() -> None:
 
     # When it runs
     result = execution.run_stored(
-        handler, "q", "7", "resize", (b'{"w": 256}', b'{"q:1": 5}'), 0, 2, lambda *a: None
+        handler, "q", "7", "resize", (b'{"w": 256}', b'{"q:1": 5}', None), 0, 2, lambda *a: None
     )
 
     # Then the handler got values, and the result is JSON text
@@ -124,7 +124,7 @@ def test_run_stored_fails_a_job_whose_stored_data_is_not_json_without_retries() 
     # Given data that is not JSON (written by something other than sandboxq)
     # When the job runs
     result = execution.run_stored(
-        lambda ctx: None, "q", "7", "resize", (b"{oops", None), 0, 0, lambda *a: None
+        lambda ctx: None, "q", "7", "resize", (b"{oops", None, None), 0, 0, lambda *a: None
     )
 
     # Then it fails for good, saying why, and the handler never ran

@@ -37,6 +37,7 @@ from typing import Any
 import redis
 
 from sandboxq import fast, registry
+from sandboxq.caps import MAX_STEPS
 from sandboxq.keys import QueueKeys
 from sandboxq.redis_checks import RISKY_SETTINGS, UnsupportedRedis, info_field, judge_server
 from sandboxq.schedule import BROKEN_RETRY_MS, DUE_BATCH, occurrence_jobs
@@ -85,6 +86,8 @@ class StepResult:
     recovered: list[tuple[str, list[str], list[str], list[str]]] = field(default_factory=list)
     #: Jobs this worker holds whose cancel a person asked for: (queue, job id).
     cancel_requested: list[tuple[str, str]] = field(default_factory=list)
+    #: Durable steps sent: (queue, job id, key, step.lua's status).
+    stepped: list[tuple[str, str, str, str]] = field(default_factory=list)
     #: Queues where a limit (rate, concurrency, a paused group) held jobs back.
     rate_limited: list[str] = field(default_factory=list)
     #: Schedule occurrences this worker enqueued: (queue, how many).
@@ -201,6 +204,8 @@ class Broker:
         self.pending_since: float | None = None
         self.pending_entries = 0
         self.reports: dict[str, list[tuple[str, str, str]]] = {q: [] for q in queues}
+        #: Durable steps children wait on: (job id, key, result JSON).
+        self.steps: dict[str, list[tuple[str, str, str]]] = {q: [] for q in queues}
         self.releases: dict[str, list[str]] = {q: [] for q in queues}
         self.leased: dict[str, set[str]] = {q: set() for q in queues}
         #: Per queue, the highest fetch request whose reply never came: the
@@ -250,6 +255,7 @@ class Broker:
             or any(self.finishes.values())
             or any(self.starts.values())
             or any(self.reports.values())
+            or any(self.steps.values())
             or any(self.releases.values())
             or bool(self._schedule_reads)
             or bool(self._schedule_fires)
@@ -257,8 +263,15 @@ class Broker:
 
     def has_urgent(self) -> bool:
         """Something waits that must not wait for more to batch with it:
-        jobs a lost reply may have leased, a schedule half-way fired."""
-        return bool(self.unsure) or bool(self._schedule_reads) or bool(self._schedule_fires)
+        jobs a lost reply may have leased, a schedule half-way fired, a
+        durable step a child waits on (steps of several children still share
+        a step when they come while one is in flight)."""
+        return (
+            bool(self.unsure)
+            or bool(self._schedule_reads)
+            or bool(self._schedule_fires)
+            or any(self.steps.values())
+        )
 
     @property
     def in_flight(self) -> bool:
@@ -294,6 +307,12 @@ class Broker:
 
     def report(self, queue: str, job_id: str, kind: str, value: str) -> None:
         self.reports[queue].append((job_id, kind, value))
+        self._note_pending()
+
+    def step(self, queue: str, job_id: str, key: str, result: str) -> None:
+        """Record a durable step in the next step (step.lua); its status
+        comes back in ``StepResult.stepped``."""
+        self.steps[queue].append((job_id, key, result))
         self._note_pending()
 
     def hand_back(self, queue: str, job_id: str) -> None:
@@ -469,6 +488,10 @@ class Broker:
             # usually travel in the same step as its result, and finishing
             # drops the lease token that report.lua checks. Starts before
             # reports: a job's events say it started before its progress.
+            if steps := self.steps[queue]:  # first: a child waits on each
+                self.steps[queue] = []
+                self.scripts.step(k, self.token, steps, MAX_STEPS, pipe)
+                plan.append(_Command("step", queue, steps))
             reports, starts = self.reports[queue], self.starts[queue]
             if reports and starts:
                 self._queue_finish(queue, now, pipe, plan, settle=False)
@@ -577,6 +600,9 @@ class Broker:
         elif kind == "report":
             self.reports[queue][:0] = command.sent
             self._note_pending(len(command.sent))
+        elif kind == "step":  # sent again, step.lua answers "known" if it was recorded
+            self.steps[queue][:0] = command.sent
+            self._note_pending(len(command.sent))
         elif kind == "release":
             self.releases[queue][:0] = command.sent
             self._note_pending(len(command.sent))
@@ -608,6 +634,9 @@ class Broker:
             for entry, status in zip(command.sent[0], reply, strict=True):
                 self.leased[queue].discard(entry[0])
                 result.finished.append((queue, entry[0], status.decode()))
+        elif kind == "step":
+            for (job_id, key, _result), status in zip(command.sent, reply, strict=True):
+                result.stepped.append((queue, job_id, key, status.decode()))
         elif kind == "release":
             self.leased[queue].difference_update(command.sent)
             if released := decode_ids(reply):

@@ -75,11 +75,22 @@ def serve(
     def report(job_id: str, kind: str, value: str) -> None:
         protocol.send(sock, [kind, job_id, value])
 
+    def record(job_id: str, key: str, result: str) -> str:
+        """A durable step: the parent writes it to Redis and answers; the
+        handler goes on only once it is recorded (or could not be)."""
+        protocol.send(sock, [protocol.STEP, job_id, key, result])
+        answer = inbox.wait_for(protocol.STEPPED, job_id, key)
+        if answer is None:  # the parent is gone: nothing can be recorded
+            raise SystemExit(1)
+        return str(answer[3])
+
     inbox = protocol.Inbox(sock)
     while (message := inbox.recv()) is not None:
         if message[0] == protocol.DROP:
             continue  # too late: that job ran already
-        _kind, job_id, name, data_json, queue, attempts_made, retries, children_json = message
+        _kind, job_id, name, data_json, queue, attempts_made, retries, children_json, steps_json = (
+            message
+        )
         if inbox.dropped(job_id):
             protocol.send(sock, [protocol.DROPPED, job_id])
             continue
@@ -90,11 +101,12 @@ def serve(
                 queue,
                 job_id,
                 name,
-                (data_json, children_json),
+                (data_json, children_json, steps_json),
                 attempts_made,
                 retries,
                 report,
                 max_result_bytes,
+                record,
             )
         except SystemExit:
             raise  # sys.exit() in a handler: the child exits with that code

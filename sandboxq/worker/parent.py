@@ -563,6 +563,8 @@ class Worker:
                 return
             if kind == protocol.DONE:
                 outcome = protocol.check_done(message, self.max_result_bytes)
+            elif kind == protocol.STEP:
+                key, result = protocol.check_step(message)
             else:
                 value = protocol.check_report(message)
         except protocol.ProtocolError as exc:
@@ -575,6 +577,8 @@ class Worker:
             if self.max_jobs_per_child and child.jobs_done >= self.max_jobs_per_child:
                 self.pool.retire(child)
             self._next_queued(child)
+        elif kind == protocol.STEP:
+            self.broker.step(job.queue, job_id, key, result)
         else:
             self.broker.report(job.queue, job_id, kind, value)
 
@@ -607,6 +611,16 @@ class Worker:
         self._next_queued(child)  # it goes on with the next one, if any
 
     # -- cancellation -------------------------------------------------------------
+    def _stepped(self, queue: str, job_id: str, key: str, status: str) -> None:
+        """Tell the child that runs ``job_id`` what became of its step: it
+        waits for this before its handler goes on."""
+        for child in self.pool.by_pid.values():
+            running = child.job
+            if running is not None and running.queue == queue and running.job_id == job_id:
+                child.outbox += protocol.encode([protocol.STEPPED, job_id, key, status])
+                self._flush(child)
+                return
+
     def _cancel(self, queue: str, job_id: str) -> None:
         """A person cancelled a job this worker holds (cancel.lua). Running:
         its processes get SIGTERM, then SIGKILL after the kill grace (as on a
@@ -822,6 +836,8 @@ class Worker:
             )
         for queue, job_id in result.cancel_requested:
             self._cancel(queue, job_id)
+        for queue, job_id, key, status in result.stepped:
+            self._stepped(queue, job_id, key, status)
         for queue, created in result.scheduled:
             logs.event("enqueued scheduled jobs", logging.INFO, queue=queue, count=created)
         for queue, job_id in result.still_running:

@@ -20,6 +20,7 @@ from typing import Any
 
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.handlers import Handler
+from sandboxq.steps import steps_json
 from sandboxq.worker import child as child_main
 from sandboxq.worker import proctree, protocol
 
@@ -256,6 +257,7 @@ class Pool:
                 fields.get("attempts_made", 0),
                 fields.get("retries", 0),
                 fields.get("children"),
+                steps_json(fields),
             ]
         )
         if runs_now:

@@ -9,14 +9,20 @@ to exactly one job: the first it was sent and has not answered; those
 queued behind it never started.
 
 Parent → child:  ["run", job_id, name, data_json, queue, attempts_made, retries,
-                  children_json]
-                 data_json and children_json (a flow parent's children's
-                 results, else None) are the JSON bytes from Redis, untouched:
-                 the child parses them, the parent never does.
+                  children_json, steps_json]
+                 data_json, children_json (a flow parent's children's
+                 results, else None) and steps_json (the durable steps
+                 earlier attempts recorded, {key: result}, else None) are
+                 JSON bytes from Redis, untouched: the child parses them,
+                 the parent never does.
                  ["drop", job_id]: do not start that queued job (the worker
                  is stopping, or the job waited too long behind a slow one).
+                 ["stepped", job_id, key, status]: step.lua's answer to a
+                 "step" (recorded, known, lost or full).
 Child → parent:  ["progress", job_id, value_json]
                  ["log", job_id, message]
+                 ["step", job_id, key, result_json]: record a durable step
+                 (job.step); the child waits for "stepped" before going on.
                  ["done", job_id, outcome, value, traceback, delay_seconds]
                  ["dropped", job_id]: it never started that job. A drop that
                  came too late (the job had started) is ignored, and the job
@@ -40,6 +46,8 @@ from sandboxq.caps import (
     MAX_ERROR_BYTES,
     MAX_LOG_LINE_BYTES,
     MAX_PROGRESS_BYTES,
+    MAX_STEP_KEY_BYTES,
+    MAX_STEP_RESULT_BYTES,
     MAX_TRACEBACK_BYTES,
     clip_json,
     clip_text,
@@ -52,6 +60,8 @@ LOG = "log"
 DONE = "done"
 DROP = "drop"
 DROPPED = "dropped"
+STEP = "step"
+STEPPED = "stepped"
 
 #: The bytes of a frame's length header.
 HEADER_SIZE = 4
@@ -100,6 +110,21 @@ class Inbox:
                 return None
         return self._ready.popleft()
 
+    def wait_for(self, kind: str, job_id: str, key: str) -> list[Any] | None:
+        """The parent's ``kind`` answer about ``job_id``'s ``key``: blocks
+        until it comes; other messages (jobs queued behind this one, drops)
+        stay queued, in order. None if the parent closed its end."""
+        seen = 0
+        while True:
+            for index in range(seen, len(self._ready)):
+                message = self._ready[index]
+                if message[0] == kind and message[1] == job_id and message[2] == key:
+                    del self._ready[index]
+                    return message
+            seen = len(self._ready)
+            if self._closed or not self._take(self._sock.recv(65536)):
+                return None
+
     def dropped(self, job_id: str) -> bool:
         """Whether the parent asked, by now, not to start ``job_id``: reads
         what the pipe holds without waiting, and takes that drop out."""
@@ -126,7 +151,7 @@ class ProtocolError(ValueError):
 
 def check_header(message: list[Any]) -> tuple[str, str]:
     """A child's message kind and job id, checked."""
-    if len(message) < 2 or message[0] not in (PROGRESS, LOG, DONE, DROPPED):
+    if len(message) < 2 or message[0] not in (PROGRESS, LOG, DONE, DROPPED, STEP):
         raise ProtocolError(f"unknown message {_summary(message)}")
     if not isinstance(message[1], str):
         raise ProtocolError(f"a {message[0]!r} frame names job {message[1]!r}, not a str")
@@ -143,6 +168,19 @@ def check_report(message: list[Any]) -> str:
     if message[0] == PROGRESS:
         return clip_json(message[2], MAX_PROGRESS_BYTES)
     return clip_text(message[2], MAX_LOG_LINE_BYTES)
+
+
+def check_step(message: list[Any]) -> tuple[str, str]:
+    """A step frame's key and result (JSON text), checked against the caps
+    the child keeps (sandboxq.caps)."""
+    if len(message) != 4 or not isinstance(message[2], str) or not isinstance(message[3], str):
+        raise ProtocolError(f"a step frame carries a key and a result, got {_summary(message)}")
+    key, result = message[2], message[3]
+    if not key or len(key.encode()) > MAX_STEP_KEY_BYTES:
+        raise ProtocolError(f"a step key of 1 to {MAX_STEP_KEY_BYTES} bytes, got {key[:50]!r}")
+    if len(result.encode()) > MAX_STEP_RESULT_BYTES:
+        raise ProtocolError(f"a step result over {MAX_STEP_RESULT_BYTES} bytes")
+    return key, result
 
 
 def check_done(message: list[Any], max_result_bytes: int) -> execution.Outcome:

@@ -1,0 +1,42 @@
+-- step: record the results of durable steps (job.step) of running jobs.
+--
+-- KEYS[1] events
+--
+-- ARGV[1] key prefix   ARGV[2] lease token   ARGV[3] events maxlen
+-- ARGV[4] the most steps one job may record
+-- then per step 3 values: job id, step key, result (JSON)
+--
+-- A step is recorded only while this token holds the job's lease: a worker
+-- that lost the job cannot record for it. Each lands in the job's own hash
+-- as `step:<key>` = "<n>:<result>", n its place in the job's order
+-- (`step_count`), so steps go wherever the job goes: retention deletes them
+-- with it, and a retry with reset_steps deletes them (retry.lua).
+--
+-- Returns one status per step: "recorded"; "known" when the key holds a
+-- result already (the same step sent again after its reply was lost: the
+-- first result stays); "lost" when the job is not this token's; "full"
+-- when the job has recorded the most steps it may.
+--!include common
+local prefix, token, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local max_steps = tonumber(ARGV[4])
+local statuses = {}
+for i = 5, #ARGV, 3 do
+  local id, key, result = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local job_key = prefix .. 'job:' .. id
+  local field = 'step:' .. key
+  local status
+  if redis.call('HGET', job_key, 'token') ~= token then
+    status = 'lost'
+  elseif redis.call('HEXISTS', job_key, field) == 1 then
+    status = 'known'
+  elseif (tonumber(redis.call('HGET', job_key, 'step_count')) or 0) >= max_steps then
+    status = 'full'
+  else
+    local n = redis.call('HINCRBY', job_key, 'step_count', 1)
+    redis.call('HSET', job_key, field, n .. ':' .. result)
+    emit(KEYS[1], maxlen, 'step', id, 'key', key)
+    status = 'recorded'
+  end
+  statuses[#statuses + 1] = status
+end
+return statuses

@@ -1,0 +1,45 @@
+"""Durable steps as a job's hash holds them (``lua/step.lua`` writes them).
+
+Each recorded step is a field ``step:<key>`` whose value is ``<n>:<result>``:
+its place in the job's order, then its result as JSON. They live in the
+job's own hash, so a fetch brings them along with the job and retention
+deletes them with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+#: The prefix of a step's field in the job's hash.
+FIELD_PREFIX = "step:"
+
+#: The job field counting its steps (step.lua); only jobs with steps have it.
+COUNT_FIELD = "step_count"
+
+
+def steps_json(fields: dict[str, Any]) -> bytes | None:
+    """The job's recorded steps as one JSON object ``{key: result}``, for
+    the child that runs it; None when it has none. Built from the stored
+    JSON texts without parsing them: the worker parent never parses a
+    payload."""
+    if COUNT_FIELD not in fields:
+        return None
+    parts = [
+        orjson.dumps(name[len(FIELD_PREFIX) :]) + b":" + value.partition(":")[2].encode()
+        for name, value in fields.items()
+        if name.startswith(FIELD_PREFIX)
+    ]
+    return b"{" + b",".join(parts) + b"}"
+
+
+def recorded(fields: dict[str, Any]) -> dict[str, Any]:
+    """The job's recorded steps, ``{key: result}`` in the order they were
+    recorded."""
+    found = []
+    for name, value in fields.items():
+        if name.startswith(FIELD_PREFIX) and isinstance(value, str):
+            place, _, result = value.partition(":")
+            found.append((int(place), name[len(FIELD_PREFIX) :], orjson.loads(result)))
+    return {key: result for _place, key, result in sorted(found)}
