@@ -320,3 +320,48 @@ def test_redis_down_is_a_503_not_a_crash() -> None:
     application = app("redis://127.0.0.1:1/0", token=TOKEN)
     reply = Client(application).bearer(TOKEN).get("/api/queues")
     assert reply.status == 503 and "cannot reach Redis" in reply.json()["error"]
+
+
+# -- bad input is a 400/403, never a 500 -----------------------------------------------
+@pytest.mark.parametrize("where", ["header", "form"])
+def test_a_non_ascii_csrf_token_is_a_403(user: Client, queue: Queue, where: str) -> None:
+    path = f"/queues/{queue.name}/pause"
+    if where == "header":
+        reply = user.post(path, {}, x_csrf_token="jeton-é")
+    else:
+        reply = user.post(path, {"csrf_token": "jeton-é"})
+    assert reply.status == 403, reply.text
+    assert not queue.is_paused()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("keep", "1e400"),
+        ("keep", "nan"),
+        ("keep", "-1"),
+        ("keep", "1.5"),
+        ("keep", "1e300"),
+        ("older_than", "inf"),
+        ("older_than", "nan"),
+        ("older_than", "1e300"),
+        ("older_than", "soon"),
+    ],
+)
+def test_clean_with_a_bad_number_is_a_400(
+    user: Client, queue: Queue, field: str, value: str
+) -> None:
+    queue.add("ok")
+    token = csrf_of(user)
+    state = "completed" if field == "older_than" else "waiting"
+    reply = user.post(
+        f"/queues/{queue.name}/clean", {"state": state, field: value}, x_csrf_token=token
+    )
+    assert reply.status == 400, reply.text
+    assert field in reply.json()["error"]
+    assert queue.counts()["waiting"] == 1
+
+
+def test_a_non_ascii_basic_auth_header_is_a_401(dash: Dashboard) -> None:
+    reply = Client(dash, headers={"authorization": "Basic é"}).get("/api/queues")
+    assert reply.status == 401

@@ -29,6 +29,9 @@ DEFAULT_REDACT = ("password", "token", "card", "secret")
 #: What a job's page can do to it (POST .../jobs/<id>/<verb>).
 JOB_ACTIONS = ("retry", "promote", "remove", "cancel")
 TOKEN_ENV = "SANDBOXQ_DASHBOARD_TOKEN"
+#: The largest ``older_than`` (seconds) or ``keep`` a clean takes: beyond any
+#: real use, and exact in Lua's doubles even as milliseconds.
+MAX_NUMBER = 10**12
 
 ASGIApp = Callable[[Scope, Receive, Send], Any]
 
@@ -250,8 +253,8 @@ class Dashboard:
                 keep = form.get("keep") or None
                 removed = self.store.queue(q).clean(
                     state,
-                    older_than=None if older is None else _number(older, "older_than"),
-                    keep=None if keep is None else int(_number(keep, "keep")),
+                    older_than=None if older is None else _seconds(older, "older_than"),
+                    keep=None if keep is None else _count(keep, "keep"),
                     by=by,
                 )
                 return (
@@ -291,13 +294,25 @@ def _int(text: str | None, default: int) -> int:
         return default
 
 
-def _number(text: str, name: str) -> float:
+def _seconds(text: str, name: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise HTTPError(400, f"{name} must be a number, got {text!r}") from None
-    if value < 0:
-        raise HTTPError(400, f"{name} must be >= 0")
+        raise HTTPError(400, f"{name} must be a number, got {text[:40]!r}") from None
+    return _bounded(value, text, name)
+
+
+def _count(text: str, name: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise HTTPError(400, f"{name} must be a whole number, got {text[:40]!r}") from None
+    return int(_bounded(value, text, name))
+
+
+def _bounded(value: float, text: str, name: str) -> float:
+    if not 0 <= value <= MAX_NUMBER:  # NaN and infinities fail this too
+        raise HTTPError(400, f"{name} must be from 0 to {MAX_NUMBER:.0e}, got {text[:40]!r}")
     return value
 
 

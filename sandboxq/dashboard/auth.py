@@ -9,7 +9,6 @@ session, so a page of another origin can neither read nor guess it.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import secrets
@@ -44,7 +43,7 @@ class Auth:
         return hmac.new(self.secret, message.encode(), hashlib.sha256).hexdigest()
 
     def _token_ok(self, given: str) -> bool:
-        return self.token is not None and hmac.compare_digest(given.encode(), self.token.encode())
+        return self.token is not None and _same(given, self.token)
 
     # -- identifying --------------------------------------------------------------
     def identify(self, headers: dict[str, str], cookies: dict[str, str]) -> Identity | None:
@@ -60,7 +59,7 @@ class Auth:
         if scheme.lower() == "basic":
             try:
                 user, _, password = base64.b64decode(value.strip()).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8
                 return None
             if self._token_ok(password):
                 user = clean_user(user) or "basic"
@@ -74,7 +73,7 @@ class Auth:
 
     def check_session(self, cookie: str) -> Identity | None:
         session, _, mac = cookie.rpartition(":")
-        if not session or not hmac.compare_digest(mac, self._mac("session:" + session)):
+        if not session or not _same(mac, self._mac("session:" + session)):
             return None
         return Identity(session.partition(":")[0], session)
 
@@ -86,9 +85,15 @@ class Auth:
         return self._mac("csrf:" + identity.session)
 
     def csrf_ok(self, identity: Identity, given: str) -> bool:
-        return bool(given) and hmac.compare_digest(given, self.csrf_token(identity))
+        return bool(given) and _same(given, self.csrf_token(identity))
 
 
 def clean_user(user: str) -> str:
     """A user name safe for the audit log: printable, no colons, short."""
     return "".join(c for c in user if c.isprintable() and c not in ":\r\n")[:64].strip()
+
+
+def _same(given: str, expected: str) -> bool:
+    """A constant-time comparison that takes any text: ``compare_digest``
+    raises TypeError on non-ASCII ``str``, so compare the UTF-8 bytes."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
