@@ -20,7 +20,7 @@ from sandboxq.testing import run_until_empty
 from tests.asgi_client import Client
 from tests.dashboard_data import fill_completed
 
-TOKEN = "t0ken-for-tests"
+TOKEN = "t0ken-for-the-tests"
 
 
 @pytest.fixture
@@ -314,6 +314,22 @@ def test_cli_refuses_non_loopback_without_auth(redis_url: str) -> None:
         )
         assert done.returncode == 2, done.stderr
         assert "SANDBOXQ_DASHBOARD_TOKEN" in done.stderr
+
+
+def test_a_short_token_is_refused_at_start(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        app(redis_url, token="short")
+    env = {"PATH": "/usr/bin:/bin", "SANDBOXQ_REDIS_URL": redis_url}
+    for args, extra in ((["--token", "short"], {}), ([], {"SANDBOXQ_DASHBOARD_TOKEN": "x" * 15})):
+        done = subprocess.run(
+            [sys.executable, "-m", "sandboxq", "dashboard", *args, "--port", "1"],
+            capture_output=True,
+            text=True,
+            env={**env, **extra},
+            timeout=30,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "at least 16" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_redis_down_is_a_503_not_a_crash() -> None:

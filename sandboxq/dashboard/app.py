@@ -76,9 +76,9 @@ class Dashboard:
         redact: Sequence[str],
         queues: Sequence[str] | None,
     ) -> None:
+        self.auth = Auth(token)
         self.url = resolve_url(url)
         self.client = connect(self.url)
-        self.auth = Auth(token)
         self.read_only = read_only
         self.store = Store(self.client, Redactor(redact), queues)
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 SESSION_COOKIE = "sandboxq_session"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
+#: The shortest token accepted: a guessable token would make the rest moot.
+MIN_TOKEN_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class Auth:
 
     def __init__(self, token: str | None) -> None:
         self.token = token or None
+        if self.token is not None:
+            check_token(self.token)
         # With a token, sessions survive restarts; without, a random secret
         # still makes CSRF tokens unguessable.
         seed = self.token.encode() if self.token else secrets.token_bytes(32)
@@ -86,6 +90,17 @@ class Auth:
 
     def csrf_ok(self, identity: Identity, given: str) -> bool:
         return bool(given) and _same(given, self.csrf_token(identity))
+
+
+def check_token(token: str) -> str:
+    """``token``, or ValueError if it is too short to be a secret."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(
+            f"the dashboard token must be at least {MIN_TOKEN_LENGTH} characters long, "
+            f"not {len(token)} (make one with: python -c "
+            "'import secrets; print(secrets.token_urlsafe(24))')"
+        )
+    return token
 
 
 def clean_user(user: str) -> str:
