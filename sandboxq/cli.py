@@ -475,6 +475,13 @@ def add_dashboard_command(commands: argparse._SubParsersAction[argparse.Argument
         "--no-auth", action="store_true", help="no authentication (loopback addresses only)"
     )
     dash.add_argument("--read-only", action="store_true", help="hide actions and refuse POSTs")
+    dash.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a Host name clients use, besides the bound address and the loopback names "
+        "(repeatable; '*' for any); other Hosts get 400",
+    )
 
 
 def import_modules(names: Sequence[str]) -> None:

@@ -15,10 +15,11 @@ import pytest
 from sandboxq import Queue
 from sandboxq.dashboard import app
 from sandboxq.dashboard.app import Dashboard
-from sandboxq.dashboard.server import check_auth, is_loopback
+from sandboxq.dashboard.server import LOOPBACK_NAMES, allowed_hosts, check_auth, is_loopback
 from sandboxq.testing import run_until_empty
 from tests.asgi_client import Client
 from tests.dashboard_data import fill_completed
+from tests.dashboard_server import DashboardServer
 
 TOKEN = "t0ken-for-the-tests"
 
@@ -381,3 +382,75 @@ def test_clean_with_a_bad_number_is_a_400(
 def test_a_non_ascii_basic_auth_header_is_a_401(dash: Dashboard) -> None:
     reply = Client(dash, headers={"authorization": "Basic é"}).get("/api/queues")
     assert reply.status == 401
+
+
+# -- DNS rebinding: the Host allow-list ----------------------------------------------------
+def _csrf_in(text: str) -> str:
+    found = re.search(r'name="sandboxq-csrf" content="([^"]+)"', text)
+    assert found is not None, text
+    return found[1]
+
+
+def test_dns_rebinding_is_refused_by_the_default_host_allow_list(
+    redis_url: str, queue: Queue
+) -> None:
+    """A page on evil.example whose name now resolves to 127.0.0.1 sends
+    ``Host: evil.example:PORT``: it must not read the CSRF token, nor clean."""
+    queue.add("ok")
+    queue.add("ok")
+    with DashboardServer(redis_url, ["--no-auth"]) as server:
+        evil = f"evil.example:{server.port}"
+        page = server.request("GET", "/", host=evil)
+        assert page.status == 400 and "sandboxq-csrf" not in page.text
+        # The token read through the real name, replayed by the rebound page:
+        token = _csrf_in(server.request("GET", "/").text)
+        attack = server.request(
+            "POST",
+            f"/queues/{queue.name}/clean",
+            host=evil,
+            form={"csrf_token": token, "state": "waiting", "keep": "0"},
+            headers={"Origin": f"http://{evil}"},
+        )
+        assert attack.status == 400, attack.text
+        assert queue.counts()["waiting"] == 2
+        for name in ("127.0.0.1", "localhost", "LOCALHOST.", "[::1]"):
+            assert server.request("GET", "/", host=f"{name}:{server.port}").status == 200, name
+        assert server.request("GET", "/", host="").status == 400
+
+
+def test_allowed_hosts_are_added_by_flag(redis_url: str, queue: Queue) -> None:
+    args = ["--no-auth", "--allowed-host", "queues.example", "--allowed-host", "q2.example"]
+    with DashboardServer(redis_url, args) as server:
+        for host in ("queues.example", f"q2.example:{server.port}", f"localhost:{server.port}"):
+            assert server.request("GET", "/api/queues", host=host).status == 200, host
+        assert server.request("GET", "/api/queues", host="evil.example").status == 400
+
+
+def test_binding_every_address_needs_allowed_hosts(redis_url: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", "SANDBOXQ_REDIS_URL": redis_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "sandboxq", "dashboard", "--host", "0.0.0.0", "--port", "1"],
+        capture_output=True,
+        text=True,
+        env={**env, "SANDBOXQ_DASHBOARD_TOKEN": TOKEN},
+        timeout=30,
+    )
+    assert done.returncode == 2 and "--allowed-host" in done.stderr, done.stderr
+    assert allowed_hosts("0.0.0.0", ["q.example"]) == [*LOOPBACK_NAMES, "0.0.0.0", "q.example"]
+    assert allowed_hosts("10.1.2.3", None) == [*LOOPBACK_NAMES, "10.1.2.3"]
+
+
+def test_the_app_checks_host_before_anything_else(redis_url: str, queue: Queue) -> None:
+    application = app(redis_url, token=TOKEN, allowed_hosts=["queues.example"])
+    try:
+        wrong = Client(application).bearer(TOKEN)
+        for reply in (wrong.get("/"), wrong.get("/login"), wrong.post("/login", {})):
+            assert reply.status == 400 and "not allowed" in reply.text
+        assert wrong.get("/api/queues", host="Queues.Example:443").status == 200
+        anyone = app(redis_url, token=TOKEN, allowed_hosts=["*"])
+        assert Client(anyone).bearer(TOKEN).get("/api/queues").status == 200
+        anyone.client.close()
+        with pytest.raises(ValueError, match="empty"):
+            app(redis_url, token=TOKEN, allowed_hosts=[])
+    finally:
+        application.client.close()

@@ -18,7 +18,16 @@ from sandboxq.addresses import redact
 from sandboxq.connection import connect, resolve_url
 from sandboxq.dashboard import templates
 from sandboxq.dashboard.auth import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, Auth, Identity
-from sandboxq.dashboard.http import BodyTooLarge, Receive, Request, Response, Scope, Send, read_body
+from sandboxq.dashboard.http import (
+    AllowedHosts,
+    BodyTooLarge,
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    read_body,
+)
 from sandboxq.dashboard.redact import Redactor
 from sandboxq.dashboard.store import NotFound, Store
 from sandboxq.errors import ConnectionFailed
@@ -49,6 +58,7 @@ def app(
     read_only: bool = False,
     redact: Sequence[str] = DEFAULT_REDACT,
     queues: Sequence[str] | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> Dashboard:
     """The dashboard as an ASGI application.
 
@@ -56,6 +66,9 @@ def app(
     token, a basic-auth password or through the login form. With neither, the
     app requires no authentication: mount it behind your own. ``queues``
     limits it to those queues (default: every queue found on the Redis).
+    ``allowed_hosts``: the names a request's ``Host`` may carry (port
+    ignored; ``"*"``: any); any other gets a 400. None leaves the check to
+    the application it is mounted in.
     """
     return Dashboard(
         url,
@@ -63,6 +76,7 @@ def app(
         read_only=read_only,
         redact=redact,
         queues=queues,
+        allowed_hosts=allowed_hosts,
     )
 
 
@@ -75,7 +89,9 @@ class Dashboard:
         read_only: bool,
         redact: Sequence[str],
         queues: Sequence[str] | None,
+        allowed_hosts: Sequence[str] | None = None,
     ) -> None:
+        self.hosts = None if allowed_hosts is None else AllowedHosts(allowed_hosts)
         self.auth = Auth(token)
         self.url = resolve_url(url)
         self.client = connect(self.url)
@@ -87,6 +103,10 @@ class Dashboard:
             await _lifespan(receive, send)
             return
         if scope["type"] != "http":
+            return
+        refused = None if self.hosts is None else self.hosts.refusal(scope)
+        if refused is not None:
+            await refused.send(send)
             return
         try:
             body = await read_body(receive)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
@@ -109,6 +109,43 @@ class Response:
         ]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
+
+
+def host_name(value: str) -> str:
+    """The name part of a Host header or an allowed host, normalized:
+    ``Example.COM.:8080`` → ``example.com``, ``[::1]:8080`` → ``::1``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        value = value[1:].partition("]")[0]
+    elif value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
+
+
+class AllowedHosts:
+    """The names a request's ``Host`` may carry; ``*`` allows any. A page of
+    another site that rebinds its DNS name to this server's address sends
+    its own name as Host, so it gets a 400 before anything else happens."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = frozenset(host_name(n) for n in names if n.strip())
+        if not self.names:
+            raise ValueError("allowed_hosts is empty: name at least one host (or '*')")
+
+    def __contains__(self, header: object) -> bool:
+        if "*" in self.names:
+            return True
+        return isinstance(header, str) and bool(header) and host_name(header) in self.names
+
+    def refusal(self, scope: Scope) -> Response | None:
+        """A 400 unless the request's Host is allowed."""
+        found = [v for k, v in scope["headers"] if k.lower() == b"host"]
+        host = found[0].decode("latin-1") if len(found) == 1 else ""
+        if host in self:
+            return None
+        return Response(
+            400, f"host {host[:100]!r} is not allowed here\n".encode(), "text/plain; charset=utf-8"
+        )
 
 
 async def read_body(receive: Receive) -> bytes:

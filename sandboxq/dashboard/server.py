@@ -11,6 +11,10 @@ import sys
 from sandboxq.dashboard.app import TOKEN_ENV, app
 
 EXIT_USAGE = 2
+#: Host names always allowed: a browser sends them only for a page it loaded
+#: from this machine, never for another site's page (DNS rebinding).
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_ADDRESSES = ("", "0.0.0.0", "::", "[::]")
 
 
 def is_loopback(host: str) -> bool:
@@ -39,6 +43,18 @@ def check_auth(host: str, token: str | None, no_auth: bool) -> str | None:
     return None
 
 
+def allowed_hosts(host: str, given: list[str] | None) -> list[str]:
+    """The Host names served: the loopback names, the bound address and
+    ``given``; ValueError when bound to every address with none given."""
+    if host.strip() in WILDCARD_ADDRESSES and not given:
+        raise ValueError(
+            f"bound to {host or 'every address'}, the dashboard cannot tell which Host names "
+            "are its own: pass --allowed-host NAME for each name or address clients use "
+            "(--allowed-host '*' accepts any, for a proxy that checks Host itself)"
+        )
+    return [*LOOPBACK_NAMES, host, *(given or ())]
+
+
 def run(args: argparse.Namespace) -> int:
     token = None if args.no_auth else (args.token or os.environ.get(TOKEN_ENV) or None)
     problem = check_auth(args.host, token, args.no_auth)
@@ -54,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     try:
-        application = app(args.url, token=token or "", read_only=args.read_only)
+        hosts = allowed_hosts(args.host, args.allowed_host)
+        application = app(
+            args.url, token=token or "", read_only=args.read_only, allowed_hosts=hosts
+        )
     except ValueError as exc:
         print(f"sandboxq: {exc}", file=sys.stderr)
         return EXIT_USAGE
