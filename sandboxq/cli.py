@@ -482,6 +482,19 @@ def add_dashboard_command(commands: argparse._SubParsersAction[argparse.Argument
         help="a Host name clients use, besides the bound address and the loopback names "
         "(repeatable; '*' for any); other Hosts get 400",
     )
+    dash.add_argument(
+        "--session-ttl",
+        type=parse_duration,
+        default=12 * 3600.0,
+        metavar="DURATION",
+        help="how long a login lasts (30m, 12h, 2d; plain numbers are seconds) [12h]",
+    )
+    dash.add_argument(
+        "--trust-proxy-headers",
+        action="store_true",
+        help="believe X-Forwarded-Proto (Secure cookie over HTTPS) and X-Forwarded-For "
+        "(the client's address): only behind a proxy that sets them",
+    )
 
 
 def import_modules(names: Sequence[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
@@ -32,19 +33,31 @@ class Reply:
         return orjson.loads(self.body)
 
 
+def loopback_address() -> str:
+    """A random 127.x.y.z, so that each client is a client of its own for
+    the dashboard's login throttling (kept in the Redis all tests share)."""
+    return "127." + ".".join(str(random.randrange(1, 255)) for _ in range(3))
+
+
 @dataclass
 class Client:
     app: Any
     root_path: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     cookies: dict[str, str] = field(default_factory=dict)
+    scheme: str = "http"
+    address: str = field(default_factory=loopback_address)
 
     def bearer(self, token: str) -> Client:
-        return Client(self.app, self.root_path, {"authorization": f"Bearer {token}"})
+        return self.with_auth(f"Bearer {token}")
 
     def basic(self, user: str, password: str) -> Client:
-        raw = base64.b64encode(f"{user}:{password}".encode()).decode()
-        return Client(self.app, self.root_path, {"authorization": f"Basic {raw}"})
+        return self.with_auth("Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+
+    def with_auth(self, authorization: str) -> Client:
+        """A client that sends this Authorization header (no cookies)."""
+        headers = {**self.headers, "authorization": authorization}
+        return Client(self.app, self.root_path, headers, {}, self.scheme, self.address)
 
     def get(self, path: str, **headers: str) -> Reply:
         return self.request("GET", path, headers=headers)
@@ -73,14 +86,14 @@ class Client:
             "asgi": {"version": "3.0"},
             "http_version": "1.1",
             "method": method,
-            "scheme": "http",
+            "scheme": self.scheme,
             "path": self.root_path + path,
             "raw_path": (self.root_path + path).encode(),
             "root_path": self.root_path,
             "query_string": query.encode(),
             "headers": [(k.encode(), v.encode()) for k, v in all_headers.items()],
             "server": ("testserver", 80),
-            "client": ("127.0.0.1", 12345),
+            "client": (self.address, 12345),
         }
         reply = asyncio.run(self._run(scope, body))
         for value in reply.all("set-cookie"):

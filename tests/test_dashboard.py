@@ -4,6 +4,7 @@ redaction, pagination and the audit entry of every action."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from sandboxq import Queue
 from sandboxq.dashboard import app
@@ -84,7 +86,7 @@ def test_bearer_and_basic_auth_are_accepted(dash: Dashboard, queue: Queue) -> No
     assert "alice" in reply.text and queue.name in reply.text
 
 
-def test_login_form_sets_an_httponly_strict_hmac_cookie(dash: Dashboard) -> None:
+def test_login_form_sets_an_httponly_strict_random_session_cookie(dash: Dashboard) -> None:
     browser = Client(dash)
     assert browser.get("/login").status == 200
     bad = browser.post("/login", {"username": "bob", "password": "wrong"})
@@ -94,12 +96,117 @@ def test_login_form_sets_an_httponly_strict_hmac_cookie(dash: Dashboard) -> None
     assert reply.status == 303 and reply.header("location") == "/"
     cookie = reply.header("set-cookie")
     assert cookie is not None
-    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
-    assert TOKEN not in cookie
-    assert browser.cookies["sandboxq_session"].startswith("bob:")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Max-Age=43200" in cookie
+    assert "Secure" not in cookie  # plain HTTP: the browser would drop a Secure cookie
+    assert TOKEN not in cookie and "bob" not in cookie
+    assert len(browser.cookies["sandboxq_session"]) >= 40
     assert browser.get("/").status == 200
     browser.post("/logout")
     assert browser.get("/").status == 401
+
+
+def logged_in(application: Dashboard, name: str = "alice", **client: str) -> Client:
+    browser = Client(application, **client)  # type: ignore[arg-type]
+    reply = browser.post("/login", {"username": name, "password": TOKEN})
+    assert reply.status == 303, reply.text
+    return browser
+
+
+def test_logout_revokes_the_session_server_side(dash: Dashboard, queue: Queue) -> None:
+    browser = logged_in(dash)
+    token = csrf_of(browser)
+    stolen = dict(browser.cookies)
+    assert browser.post("/logout").status == 303
+    # The old cookie and its CSRF token, replayed after the logout, act no more.
+    replay = Client(dash, cookies=stolen)
+    assert replay.get("/").status == 401
+    assert replay.post(f"/queues/{queue.name}/pause", {"csrf_token": token}).status == 401
+    assert replay.post(f"/queues/{queue.name}/pause", {}, x_csrf_token=token).status == 401
+    assert not queue.is_paused()
+
+
+def test_sessions_expire(redis_url: str, queue: Queue) -> None:
+    application = app(redis_url, token=TOKEN, queues=[queue.name], session_ttl=0.5)
+    try:
+        browser = logged_in(application)
+        assert "Max-Age=0" not in str(browser.cookies)
+        assert browser.get("/").status == 200
+        deadline = time.monotonic() + 5
+        while browser.get("/api/queues").status == 200:
+            assert time.monotonic() < deadline, "the session outlived its TTL"
+            time.sleep(0.1)
+        assert browser.get("/").status == 401
+    finally:
+        application.client.close()
+    with pytest.raises(ValueError, match="session_ttl"):
+        app(redis_url, token=TOKEN, session_ttl=0)
+
+
+def test_sessions_live_in_redis_keyed_by_a_hash_of_the_cookie(
+    dash: Dashboard, client: redis.Redis
+) -> None:
+    browser = logged_in(dash)
+    cookie = browser.cookies["sandboxq_session"]
+    key = "sq:dashboard:session:" + hashlib.sha256(cookie.encode()).hexdigest()
+    stored = client.get(key)
+    assert stored is not None and cookie.encode() not in stored
+    assert 43_000_000 < client.pttl(key) <= 43_200_000
+    assert not any(cookie.encode() in k for k in client.scan_iter("sq:dashboard:*"))
+    browser.post("/logout")
+    assert not client.exists(key)
+
+
+def test_sessions_are_shared_across_processes_until_the_token_changes(
+    redis_url: str, dash: Dashboard, queue: Queue
+) -> None:
+    """Another dashboard process (a uvicorn worker, a restart) knows the
+    session; one started with a new token (a rotation) does not."""
+    browser = logged_in(dash)
+    token = csrf_of(browser)
+    twin = app(redis_url, token=TOKEN, queues=[queue.name])
+    rotated = app(redis_url, token="another-t0ken-for-the-tests", queues=[queue.name])
+    try:
+        on_twin = Client(twin, cookies=dict(browser.cookies))
+        assert on_twin.post(f"/queues/{queue.name}/pause", {"csrf_token": token}).status == 303
+        assert queue.is_paused()
+        assert Client(rotated, cookies=dict(browser.cookies)).get("/").status == 401
+    finally:
+        twin.client.close()
+        rotated.client.close()
+
+
+def test_the_cookie_is_secure_over_https(redis_url: str, dash: Dashboard) -> None:
+    def cookie_of(application: Dashboard, **headers: str) -> str:
+        browser = Client(application, scheme=headers.pop("scheme", "http"))
+        reply = browser.post("/login", {"username": "a", "password": TOKEN}, **headers)
+        return reply.header("set-cookie") or ""
+
+    assert "; Secure" in cookie_of(dash, scheme="https")
+    assert "; Secure" not in cookie_of(dash)
+    # A proxy's word counts only when it is trusted.
+    assert "; Secure" not in cookie_of(dash, x_forwarded_proto="https")
+    proxied = app(redis_url, token=TOKEN, trust_proxy_headers=True)
+    try:
+        assert "; Secure" in cookie_of(proxied, x_forwarded_proto="https")
+        assert "; Secure" not in cookie_of(proxied, x_forwarded_proto="http")
+        logout = Client(proxied, scheme="https").post("/logout").header("set-cookie") or ""
+        assert "Max-Age=0" in logout and "; Secure" in logout
+    finally:
+        proxied.client.close()
+
+
+def test_server_flags_session_ttl_and_trust_proxy_headers(redis_url: str) -> None:
+    args = ["--session-ttl", "1m", "--trust-proxy-headers"]
+    with DashboardServer(redis_url, args, env={"SANDBOXQ_DASHBOARD_TOKEN": TOKEN}) as server:
+        reply = server.request(
+            "POST",
+            "/login",
+            form={"username": "a", "password": TOKEN},
+            headers={"X-Forwarded-Proto": "https"},
+        )
+        assert reply.status == 303, reply.text
+        cookie = reply.header("set-cookie") or ""
+        assert "Max-Age=60;" in cookie and cookie.endswith("; Secure")
 
 
 def test_links_respect_root_path(dash: Dashboard, queue: Queue) -> None:

@@ -7,6 +7,7 @@ thread (``asyncio.to_thread``): the Redis client is synchronous.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -17,7 +18,14 @@ import redis
 from sandboxq.addresses import redact
 from sandboxq.connection import connect, resolve_url
 from sandboxq.dashboard import templates
-from sandboxq.dashboard.auth import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, Auth, Identity
+from sandboxq.dashboard.auth import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    DEFAULT_SESSION_TTL,
+    SESSION_COOKIE,
+    Auth,
+    Identity,
+)
 from sandboxq.dashboard.http import (
     AllowedHosts,
     BodyTooLarge,
@@ -46,9 +54,22 @@ ASGIApp = Callable[[Scope, Receive, Send], Any]
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = list(headers)
+
+
+#: What ``respond`` answers with an error page rather than a crash.
+HANDLED = (
+    HTTPError,
+    NotFound,
+    JobIsActive,
+    ValueError,
+    ConnectionFailed,
+    redis.ConnectionError,
+    redis.TimeoutError,
+)
 
 
 def app(
@@ -59,6 +80,8 @@ def app(
     redact: Sequence[str] = DEFAULT_REDACT,
     queues: Sequence[str] | None = None,
     allowed_hosts: Sequence[str] | None = None,
+    session_ttl: float = DEFAULT_SESSION_TTL,
+    trust_proxy_headers: bool = False,
 ) -> Dashboard:
     """The dashboard as an ASGI application.
 
@@ -69,6 +92,11 @@ def app(
     ``allowed_hosts``: the names a request's ``Host`` may carry (port
     ignored; ``"*"``: any); any other gets a 400. None leaves the check to
     the application it is mounted in.
+
+    A login session lasts ``session_ttl`` seconds (12 h) or until logout; it
+    is kept in Redis. ``trust_proxy_headers``: believe ``X-Forwarded-Proto``
+    (is it HTTPS? then the cookie is ``Secure``) and ``X-Forwarded-For``
+    (the client's address), for a dashboard behind a proxy that sets them.
     """
     return Dashboard(
         url,
@@ -77,6 +105,8 @@ def app(
         redact=redact,
         queues=queues,
         allowed_hosts=allowed_hosts,
+        session_ttl=session_ttl,
+        trust_proxy_headers=trust_proxy_headers,
     )
 
 
@@ -90,11 +120,14 @@ class Dashboard:
         redact: Sequence[str],
         queues: Sequence[str] | None,
         allowed_hosts: Sequence[str] | None = None,
+        session_ttl: float = DEFAULT_SESSION_TTL,
+        trust_proxy_headers: bool = False,
     ) -> None:
         self.hosts = None if allowed_hosts is None else AllowedHosts(allowed_hosts)
-        self.auth = Auth(token)
         self.url = resolve_url(url)
         self.client = connect(self.url)
+        self.auth = Auth(token, self.client, session_ttl)
+        self.trust_proxy = trust_proxy_headers
         self.read_only = read_only
         self.store = Store(self.client, Redactor(redact), queues)
 
@@ -122,32 +155,42 @@ class Dashboard:
         seg = request.segments
         if seg == ["static", "dashboard.js"] and request.method == "GET":
             return Response(200, _script(), "text/javascript; charset=utf-8")
-        if seg == ["login"]:
-            return self.login(request)
-        identity = self.auth.identify(request.headers, request.cookies)
+        try:
+            if seg == ["login"]:
+                return self.login(request)
+            if seg == ["logout"] and request.method == "POST":
+                return self.logout(request)
+            identity = self.auth.identify(request.headers, request.cookies)
+        except HANDLED as exc:
+            return self.failure(request, None, exc)
         if identity is None:
             return self.unauthorized(request)
-        ctx = templates.Context(
-            request.root, self.auth.csrf_token(identity), self.read_only, identity.user
-        )
+        ctx = templates.Context(request.root, identity.csrf, self.read_only, identity.user)
         try:
             if request.method == "POST":
                 return self.post(request, identity, ctx)
             if request.method in ("GET", "HEAD"):
                 return self.get(request, ctx)
             raise HTTPError(405, f"method {request.method} not allowed")
-        except HTTPError as exc:
-            return _error(request, ctx, exc.status, str(exc))
-        except NotFound as exc:
-            return _error(request, ctx, 404, str(exc))
-        except JobIsActive as exc:
-            return _error(request, ctx, 409, str(exc))
-        except ValueError as exc:
-            return _error(request, ctx, 400, str(exc))
-        except ConnectionFailed as exc:
-            return _error(request, ctx, 503, str(exc))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            return _error(request, ctx, 503, f"cannot reach Redis at {redact(self.url)}: {exc}")
+        except HANDLED as exc:
+            return self.failure(request, ctx, exc)
+
+    def failure(self, request: Request, ctx: templates.Context | None, exc: Exception) -> Response:
+        """The error page (or JSON) for one of the ``HANDLED`` exceptions."""
+        status, message, headers = 400, str(exc), []
+        if isinstance(exc, HTTPError):
+            status, headers = exc.status, exc.headers
+        elif isinstance(exc, NotFound):
+            status = 404
+        elif isinstance(exc, JobIsActive):
+            status = 409
+        elif isinstance(exc, ConnectionFailed):
+            status = 503
+        elif isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            status, message = 503, f"cannot reach Redis at {redact(self.url)}: {exc}"
+        response = _error(request, ctx, status, message)
+        response.headers += headers
+        return response
 
     def unauthorized(self, request: Request) -> Response:
         challenge = [("www-authenticate", 'Bearer realm="sandboxq"')]
@@ -161,14 +204,38 @@ class Dashboard:
     def login(self, request: Request) -> Response:
         if request.method != "POST":
             return Response.html(templates.login_page(request.root))
+        if not _same_origin(request):
+            raise HTTPError(403, "cross-origin request refused")
         if not self.auth.required:
             return Response.redirect(request.root + "/")
-        if not self.auth.login(request.form.get("password", "")):
+        form = request.form
+        cookie = self.auth.login(form.get("username", ""), form.get("password", ""))
+        if cookie is None:
             return Response.html(templates.login_page(request.root, "Wrong token."), 401)
-        cookie = self.auth.new_session(request.form.get("username", ""))
         response = Response.redirect(request.root + "/")
-        response.headers.append(("set-cookie", _cookie(request.root, cookie)))
+        response.headers.append(("set-cookie", self.cookie(request, cookie)))
         return response
+
+    def logout(self, request: Request) -> Response:
+        """Ends the session for good, server-side, whoever asks: a page of
+        another site cannot send the (SameSite=Strict) cookie anyway."""
+        self.auth.logout(request.cookies.get(SESSION_COOKIE, ""))
+        response = Response.redirect(request.root + "/login")
+        response.headers.append(("set-cookie", self.cookie(request, "")))
+        return response
+
+    def cookie(self, request: Request, value: str) -> str:
+        """The session cookie's header (an empty ``value`` deletes it)."""
+        parts = [
+            f"{SESSION_COOKIE}={value}",
+            f"Path={request.root or '/'}",
+            "HttpOnly",
+            "SameSite=Strict",
+            f"Max-Age={math.ceil(self.auth.sessions.ttl) if value else 0}",
+        ]
+        if request.is_secure(self.trust_proxy):
+            parts.append("Secure")
+        return "; ".join(parts)
 
     def get(self, request: Request, ctx: templates.Context) -> Response:
         seg, query = request.segments, request.query
@@ -206,14 +273,10 @@ class Dashboard:
 
     # -- actions -------------------------------------------------------------------
     def post(self, request: Request, identity: Identity, ctx: templates.Context) -> Response:
-        if request.segments == ["logout"]:
-            response = Response.redirect(request.root + "/login")
-            response.headers.append(("set-cookie", _cookie(request.root, "", expire=True)))
-            return response
         if self.read_only:
             raise HTTPError(403, "this dashboard is read-only")
         given = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD, "")
-        if not self.auth.csrf_ok(identity, given):
+        if not Auth.csrf_ok(identity, given):
             raise HTTPError(403, "missing or wrong CSRF token; reload the page")
         if not _same_origin(request):
             raise HTTPError(403, "cross-origin request refused")
@@ -286,17 +349,10 @@ class Dashboard:
 
 
 # -- helpers -------------------------------------------------------------------------
-def _error(request: Request, ctx: templates.Context, status: int, message: str) -> Response:
+def _error(request: Request, ctx: templates.Context | None, status: int, message: str) -> Response:
     if request.wants_json or CSRF_HEADER in request.headers:
         return Response.json({"error": message}, status)
     return Response.html(templates.error_page(ctx, status, message), status)
-
-
-def _cookie(root: str, value: str, *, expire: bool = False) -> str:
-    parts = [f"{SESSION_COOKIE}={value}", f"Path={root or '/'}", "HttpOnly", "SameSite=Strict"]
-    if expire:
-        parts.append("Max-Age=0")
-    return "; ".join(parts)
 
 
 def _same_origin(request: Request) -> bool:

@@ -1,9 +1,11 @@
-"""Who is asking: a bearer token, the basic-auth password or a session cookie
-from the login form; and the CSRF token every POST must carry.
+"""Who is asking: a session cookie from the login form, a bearer token or a
+basic-auth password; and the CSRF token every POST must carry.
 
-The session cookie holds ``user:nonce:HMAC(secret, user:nonce)``, never the
-token. The CSRF token is ``HMAC(secret, "csrf:" + user:nonce)``: bound to the
-session, so a page of another origin can neither read nor guess it.
+A session lives in Redis (``sessions.py``): the cookie is a random id, the
+session expires after its TTL and logout deletes it. Its CSRF token is
+random and stored with it. Callers without a session get a CSRF token
+derived from a secret kept in Redis and who they are; either way a page of
+another origin can neither read nor guess it.
 """
 
 from __future__ import annotations
@@ -11,85 +13,85 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import secrets
 from dataclasses import dataclass
+from typing import Any
+
+from sandboxq.dashboard.sessions import Sessions, csrf_secret, derive
 
 SESSION_COOKIE = "sandboxq_session"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 #: The shortest token accepted: a guessable token would make the rest moot.
 MIN_TOKEN_LENGTH = 16
+#: How long a login session lasts unless told otherwise.
+DEFAULT_SESSION_TTL = 12 * 3600.0
 
 
 @dataclass(frozen=True)
 class Identity:
-    user: str
-    session: str  # "user:nonce" of a cookie session, else "user:"
+    user: str  # as shown, and audited as "dashboard:<user>"
+    csrf: str  # the CSRF token this caller's POSTs must carry
 
 
 class Auth:
     """``token=None``: no authentication (everyone is ``anonymous``)."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(
+        self, token: str | None, client: Any, session_ttl: float = DEFAULT_SESSION_TTL
+    ) -> None:
         self.token = token or None
         if self.token is not None:
             check_token(self.token)
-        # With a token, sessions survive restarts; without, a random secret
-        # still makes CSRF tokens unguessable.
-        seed = self.token.encode() if self.token else secrets.token_bytes(32)
-        self.secret = hashlib.sha256(b"sandboxq-dashboard:" + seed).digest()
+        self.client = client
+        self.sessions = Sessions(client, session_ttl)
+        # Sessions opened with another token (before a rotation) are void.
+        seed = (self.token or "").encode()
+        self.credential = hashlib.sha256(b"sandboxq-dashboard:" + seed).hexdigest()[:8]
 
     @property
     def required(self) -> bool:
         return self.token is not None
 
-    def _mac(self, message: str) -> str:
-        return hmac.new(self.secret, message.encode(), hashlib.sha256).hexdigest()
-
     def _token_ok(self, given: str) -> bool:
         return self.token is not None and _same(given, self.token)
+
+    def _stateless(self, user: str) -> Identity:
+        """A caller without a session: its CSRF token is derived."""
+        return Identity(user, derive(csrf_secret(self.client), "csrf:" + user))
 
     # -- identifying --------------------------------------------------------------
     def identify(self, headers: dict[str, str], cookies: dict[str, str]) -> Identity | None:
         """The caller, or None if authentication is required and missing/wrong."""
-        session = self.check_session(cookies.get(SESSION_COOKIE, ""))
-        if session is not None:
-            return session
+        session = self.sessions.find(cookies.get(SESSION_COOKIE, ""))
+        if session is not None and session.credential == self.credential:
+            return Identity(session.user, session.csrf)
         if not self.required:
-            return Identity("anonymous", "anonymous:")
+            return self._stateless("anonymous")
         scheme, _, value = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self._token_ok(value.strip()):
-            return Identity("token", "token:")
+            return self._stateless("token")
         if scheme.lower() == "basic":
             try:
                 user, _, password = base64.b64decode(value.strip()).decode().partition(":")
             except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8
                 return None
             if self._token_ok(password):
-                user = clean_user(user) or "basic"
-                return Identity(user, f"{user}:")
+                return self._stateless(clean_user(user) or "basic")
         return None
 
-    def new_session(self, user: str) -> str:
-        """A cookie value for a user who just logged in."""
-        session = f"{clean_user(user) or 'admin'}:{secrets.token_hex(12)}"
-        return f"{session}:{self._mac('session:' + session)}"
-
-    def check_session(self, cookie: str) -> Identity | None:
-        session, _, mac = cookie.rpartition(":")
-        if not session or not _same(mac, self._mac("session:" + session)):
+    def login(self, user: str, password: str) -> str | None:
+        """A session cookie for a user who gave the right token, else None."""
+        if not self._token_ok(password):
             return None
-        return Identity(session.partition(":")[0], session)
+        return self.sessions.open(clean_user(user) or "admin", self.credential)
 
-    def login(self, password: str) -> bool:
-        return self._token_ok(password)
+    def logout(self, cookie: str) -> None:
+        self.sessions.close(cookie)
 
     # -- CSRF ---------------------------------------------------------------------
-    def csrf_token(self, identity: Identity) -> str:
-        return self._mac("csrf:" + identity.session)
-
-    def csrf_ok(self, identity: Identity, given: str) -> bool:
-        return bool(given) and _same(given, self.csrf_token(identity))
+    @staticmethod
+    def csrf_ok(identity: Identity, given: str) -> bool:
+        return bool(given) and _same(given, identity.csrf)
 
 
 def check_token(token: str) -> str:

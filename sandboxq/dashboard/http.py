@@ -32,6 +32,8 @@ class Request:
     cookies: dict[str, str]
     root: str  # root_path: every link starts with it
     form: dict[str, str] = field(default_factory=dict)
+    scheme: str = "http"  # as the server saw it (a proxy's X-Forwarded-Proto aside)
+    client: str = ""  # the peer's address, as the server saw it
 
     @property
     def wants_json(self) -> bool:
@@ -70,7 +72,34 @@ class Request:
                 loaded = {}
             if isinstance(loaded, dict):
                 form = {str(k): str(v) for k, v in loaded.items()}
-        return cls(scope["method"], segments, query, headers, cookies, root, form)
+        client = scope.get("client")
+        return cls(
+            scope["method"],
+            segments,
+            query,
+            headers,
+            cookies,
+            root,
+            form,
+            str(scope.get("scheme", "http")),
+            str(client[0]) if client else "",
+        )
+
+    def forwarded(self, header: str, trusted: bool) -> str:
+        """The last value of a proxy's ``X-Forwarded-*`` header: the one the
+        proxy in front of us set or appended (what the client sent comes
+        first). Empty unless the proxy is ``trusted``."""
+        if not trusted:
+            return ""
+        return self.headers.get(header, "").rpartition(",")[2].strip()
+
+    def is_secure(self, trust_proxy: bool) -> bool:
+        """Served over HTTPS, or behind a trusted proxy that says so."""
+        return self.scheme == "https" or self.forwarded("x-forwarded-proto", trust_proxy) == "https"
+
+    def client_address(self, trust_proxy: bool) -> str:
+        """Who is asking: the peer, or the address a trusted proxy saw."""
+        return self.forwarded("x-forwarded-for", trust_proxy) or self.client
 
 
 @dataclass

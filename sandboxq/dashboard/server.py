@@ -72,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         hosts = allowed_hosts(args.host, args.allowed_host)
         application = app(
-            args.url, token=token or "", read_only=args.read_only, allowed_hosts=hosts
+            args.url,
+            token=token or "",
+            read_only=args.read_only,
+            allowed_hosts=hosts,
+            session_ttl=args.session_ttl,
+            trust_proxy_headers=args.trust_proxy_headers,
         )
     except ValueError as exc:
         print(f"sandboxq: {exc}", file=sys.stderr)

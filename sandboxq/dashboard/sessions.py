@@ -1,0 +1,86 @@
+"""What the dashboard keeps in Redis, so that several dashboard processes
+(uvicorn workers, restarts) agree on it. Every key is under ``sq:dashboard:``,
+outside any queue's hash tag (``sq:{q}:``), so no queue listing sees them:
+
+``sq:dashboard:session:<SHA-256 of the cookie>``
+    One login session (JSON: who, its CSRF token, which credential opened
+    it), set to expire after the session TTL; logout deletes it. The cookie
+    itself is stored nowhere, so reading Redis gives no session away.
+``sq:dashboard:secret``
+    A random key, made once, that the CSRF tokens of callers without a
+    session (bearer, basic auth, no auth) are derived from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+PREFIX = "sq:dashboard:"
+SECRET_KEY = PREFIX + "secret"
+#: What a session cookie looks like (``secrets.token_urlsafe(32)``); anything
+#: else is not looked up.
+_COOKIE = re.compile(r"[A-Za-z0-9_-]{32,64}")
+
+
+@dataclass(frozen=True)
+class Session:
+    user: str  # who, as shown and audited
+    csrf: str  # the CSRF token of this session's POSTs
+    credential: str  # a fingerprint of the credential it was opened with
+
+
+class Sessions:
+    """Login sessions in Redis: random ids, a TTL, revocable."""
+
+    def __init__(self, client: Any, ttl: float) -> None:
+        if not ttl > 0:
+            raise ValueError(f"session_ttl must be > 0 seconds, not {ttl!r}")
+        self.client = client
+        self.ttl = ttl
+
+    @staticmethod
+    def key(cookie: str) -> str:
+        return PREFIX + "session:" + hashlib.sha256(cookie.encode()).hexdigest()
+
+    def open(self, user: str, credential: str) -> str:
+        """A new session for ``user``; its cookie value."""
+        cookie = secrets.token_urlsafe(32)
+        value = {"user": user, "csrf": secrets.token_urlsafe(32), "credential": credential}
+        self.client.set(self.key(cookie), orjson.dumps(value), px=max(1, round(self.ttl * 1000)))
+        return cookie
+
+    def find(self, cookie: str) -> Session | None:
+        if not _COOKIE.fullmatch(cookie):
+            return None
+        raw = self.client.get(self.key(cookie))
+        if raw is None:
+            return None
+        try:
+            found = orjson.loads(raw)
+            return Session(str(found["user"]), str(found["csrf"]), str(found["credential"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+
+    def close(self, cookie: str) -> None:
+        if _COOKIE.fullmatch(cookie):
+            self.client.delete(self.key(cookie))
+
+
+def csrf_secret(client: Any) -> bytes:
+    """The shared key of the session-less CSRF tokens, made on first use."""
+    found = client.get(SECRET_KEY)
+    if found is None:
+        client.set(SECRET_KEY, secrets.token_hex(32), nx=True)
+        found = client.get(SECRET_KEY)
+    return bytes(found)
+
+
+def derive(secret: bytes, message: str) -> str:
+    return hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()
