@@ -19,7 +19,7 @@ from sandboxq.dashboard import app
 from sandboxq.dashboard.app import Dashboard
 from sandboxq.dashboard.server import LOOPBACK_NAMES, allowed_hosts, check_auth, is_loopback
 from sandboxq.testing import run_until_empty
-from tests.asgi_client import Client
+from tests.asgi_client import Client, loopback_address
 from tests.dashboard_data import fill_completed
 from tests.dashboard_server import DashboardServer
 
@@ -207,6 +207,67 @@ def test_server_flags_session_ttl_and_trust_proxy_headers(redis_url: str) -> Non
         assert reply.status == 303, reply.text
         cookie = reply.header("set-cookie") or ""
         assert "Max-Age=60;" in cookie and cookie.endswith("; Secure")
+
+
+# -- login throttling -------------------------------------------------------------------
+def test_login_guesses_are_throttled_after_five(dash: Dashboard, client: redis.Redis) -> None:
+    guesser = Client(dash)
+    statuses = [
+        guesser.post("/login", {"username": "x", "password": f"guess-{i}"}).status
+        for i in range(20)
+    ]
+    assert statuses == [401] * 5 + [429] * 15
+    # Locked out, even with the right token, and told for how long.
+    reply = guesser.post("/login", {"username": "x", "password": TOKEN})
+    assert reply.status == 429 and "too many failed logins" in reply.text
+    assert 1 <= int(reply.header("retry-after") or 0) <= 60
+    assert not guesser.cookies
+    assert 0 < client.pttl(f"sq:dashboard:failures:{guesser.address}") <= 60_000
+    # Another client is not.
+    assert logged_in(dash).get("/").status == 200
+
+
+def test_bearer_and_basic_guesses_are_throttled_too(dash: Dashboard) -> None:
+    guesser = Client(dash)
+    assert guesser.bearer("guess").get("/api/queues").status == 401
+    assert guesser.basic("x", "guess").get("/api/queues").status == 401
+    assert guesser.post("/login", {"password": "guess"}).status == 401
+    assert guesser.bearer("guess").get("/api/queues").status == 401
+    assert guesser.basic("x", "guess").get("/").status == 401
+    locked = guesser.bearer(TOKEN).get("/api/queues")
+    assert locked.status == 429 and "too many failed logins" in locked.json()["error"]
+    assert locked.header("retry-after") is not None
+    # Asking without credentials is no guess.
+    fresh = Client(dash)
+    for _ in range(6):
+        assert fresh.get("/api/queues").status == 401
+    assert fresh.bearer(TOKEN).get("/api/queues").status == 200
+
+
+def test_throttling_counts_the_forwarded_client_behind_a_trusted_proxy(
+    redis_url: str, dash: Dashboard
+) -> None:
+    proxy = loopback_address()
+
+    def guesses(application: Dashboard, forwarded_for: str) -> list[int]:
+        guesser = Client(application, address=proxy)
+        form = {"password": "guess"}
+        return [
+            guesser.post("/login", form, x_forwarded_for=forwarded_for).status for _ in range(6)
+        ]
+
+    # Untrusted, X-Forwarded-For is the client's say: ignored.
+    assert guesses(dash, "203.0.113.1") == [401] * 5 + [429]
+    assert guesses(dash, "203.0.113.2") == [429] * 6
+    proxied = app(redis_url, token=TOKEN, trust_proxy_headers=True)
+    try:
+        first, second = (loopback_address() for _ in range(2))
+        assert guesses(proxied, f"{first}") == [401] * 5 + [429]
+        # The address the proxy appended counts, not what the client sent.
+        assert guesses(proxied, f"{first}, {second}") == [401] * 5 + [429]
+        assert guesses(proxied, f"{second}") == [429] * 6
+    finally:
+        proxied.client.close()
 
 
 def test_links_respect_root_path(dash: Dashboard, queue: Queue) -> None:

@@ -25,6 +25,7 @@ from sandboxq.dashboard.auth import (
     SESSION_COOKIE,
     Auth,
     Identity,
+    Throttled,
 )
 from sandboxq.dashboard.http import (
     AllowedHosts,
@@ -63,6 +64,7 @@ class HTTPError(Exception):
 #: What ``respond`` answers with an error page rather than a crash.
 HANDLED = (
     HTTPError,
+    Throttled,
     NotFound,
     JobIsActive,
     ValueError,
@@ -160,7 +162,9 @@ class Dashboard:
                 return self.login(request)
             if seg == ["logout"] and request.method == "POST":
                 return self.logout(request)
-            identity = self.auth.identify(request.headers, request.cookies)
+            identity = self.auth.identify(
+                request.headers, request.cookies, request.client_address(self.trust_proxy)
+            )
         except HANDLED as exc:
             return self.failure(request, None, exc)
         if identity is None:
@@ -180,6 +184,8 @@ class Dashboard:
         status, message, headers = 400, str(exc), []
         if isinstance(exc, HTTPError):
             status, headers = exc.status, exc.headers
+        elif isinstance(exc, Throttled):
+            status, headers = 429, [("retry-after", str(exc.wait))]
         elif isinstance(exc, NotFound):
             status = 404
         elif isinstance(exc, JobIsActive):
@@ -208,8 +214,13 @@ class Dashboard:
             raise HTTPError(403, "cross-origin request refused")
         if not self.auth.required:
             return Response.redirect(request.root + "/")
-        form = request.form
-        cookie = self.auth.login(form.get("username", ""), form.get("password", ""))
+        form, address = request.form, request.client_address(self.trust_proxy)
+        try:
+            cookie = self.auth.login(form.get("username", ""), form.get("password", ""), address)
+        except Throttled as exc:
+            response = Response.html(templates.login_page(request.root, f"{exc}."), 429)
+            response.headers.append(("retry-after", str(exc.wait)))
+            return response
         if cookie is None:
             return Response.html(templates.login_page(request.root, "Wrong token."), 401)
         response = Response.redirect(request.root + "/")

@@ -16,7 +16,7 @@ import hmac
 from dataclasses import dataclass
 from typing import Any
 
-from sandboxq.dashboard.sessions import Sessions, csrf_secret, derive
+from sandboxq.dashboard.sessions import Sessions, Throttle, csrf_secret, derive
 
 SESSION_COOKIE = "sandboxq_session"
 CSRF_FIELD = "csrf_token"
@@ -25,6 +25,14 @@ CSRF_HEADER = "x-csrf-token"
 MIN_TOKEN_LENGTH = 16
 #: How long a login session lasts unless told otherwise.
 DEFAULT_SESSION_TTL = 12 * 3600.0
+
+
+class Throttled(Exception):
+    """Too many failed logins from this client: it must wait ``wait`` s."""
+
+    def __init__(self, wait: int) -> None:
+        super().__init__(f"too many failed logins; try again in {wait} s")
+        self.wait = wait
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class Auth:
             check_token(self.token)
         self.client = client
         self.sessions = Sessions(client, session_ttl)
+        self.throttle = Throttle(client)
         # Sessions opened with another token (before a rotation) are void.
         seed = (self.token or "").encode()
         self.credential = hashlib.sha256(b"sandboxq-dashboard:" + seed).hexdigest()[:8]
@@ -60,14 +69,28 @@ class Auth:
         return Identity(user, derive(csrf_secret(self.client), "csrf:" + user))
 
     # -- identifying --------------------------------------------------------------
-    def identify(self, headers: dict[str, str], cookies: dict[str, str]) -> Identity | None:
-        """The caller, or None if authentication is required and missing/wrong."""
+    def identify(
+        self, headers: dict[str, str], cookies: dict[str, str], address: str
+    ) -> Identity | None:
+        """The caller, or None if authentication is required and missing or
+        wrong. Wrong credentials count as a failed login of ``address``;
+        Throttled once it made too many."""
         session = self.sessions.find(cookies.get(SESSION_COOKIE, ""))
         if session is not None and session.credential == self.credential:
             return Identity(session.user, session.csrf)
         if not self.required:
             return self._stateless("anonymous")
-        scheme, _, value = headers.get("authorization", "").partition(" ")
+        authorization = headers.get("authorization")
+        if authorization is None:
+            return None
+        self._check_throttle(address)
+        found = self._from_header(authorization)
+        if found is None:
+            self.throttle.failed(address)
+        return found
+
+    def _from_header(self, authorization: str) -> Identity | None:
+        scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and self._token_ok(value.strip()):
             return self._stateless("token")
         if scheme.lower() == "basic":
@@ -79,11 +102,19 @@ class Auth:
                 return self._stateless(clean_user(user) or "basic")
         return None
 
-    def login(self, user: str, password: str) -> str | None:
-        """A session cookie for a user who gave the right token, else None."""
+    def login(self, user: str, password: str, address: str) -> str | None:
+        """A session cookie for a user who gave the right token, else None
+        (a failed login of ``address``); Throttled after too many."""
+        self._check_throttle(address)
         if not self._token_ok(password):
+            self.throttle.failed(address)
             return None
         return self.sessions.open(clean_user(user) or "admin", self.credential)
+
+    def _check_throttle(self, address: str) -> None:
+        wait = self.throttle.wait(address)
+        if wait:
+            raise Throttled(wait)
 
     def logout(self, cookie: str) -> None:
         self.sessions.close(cookie)

@@ -6,6 +6,9 @@ outside any queue's hash tag (``sq:{q}:``), so no queue listing sees them:
     One login session (JSON: who, its CSRF token, which credential opened
     it), set to expire after the session TTL; logout deletes it. The cookie
     itself is stored nowhere, so reading Redis gives no session away.
+``sq:dashboard:failures:<client address>``
+    Failed logins (form, bearer or basic) from one client: a counter that
+    expires a minute after the first. At five, the client waits that out.
 ``sq:dashboard:secret``
     A random key, made once, that the CSRF tokens of callers without a
     session (bearer, basic auth, no auth) are derived from.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -24,6 +28,18 @@ import orjson
 
 PREFIX = "sq:dashboard:"
 SECRET_KEY = PREFIX + "secret"
+#: Failed logins one client may make within ``FAILURE_WINDOW`` seconds.
+MAX_FAILURES = 5
+FAILURE_WINDOW = 60
+#: Count a failure; the first starts the window (and a counter that somehow
+#: lost its expiry gets one back, so no client is locked out for good).
+_COUNT_FAILURE = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then
+    redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return n
+"""
 #: What a session cookie looks like (``secrets.token_urlsafe(32)``); anything
 #: else is not looked up.
 _COOKIE = re.compile(r"[A-Za-z0-9_-]{32,64}")
@@ -71,6 +87,29 @@ class Sessions:
     def close(self, cookie: str) -> None:
         if _COOKIE.fullmatch(cookie):
             self.client.delete(self.key(cookie))
+
+
+class Throttle:
+    """Failed logins per client address, across every dashboard process."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._count = client.register_script(_COUNT_FAILURE)
+
+    @staticmethod
+    def key(address: str) -> str:
+        return PREFIX + "failures:" + address
+
+    def wait(self, address: str) -> int:
+        """Seconds before ``address`` may try again; 0: it may now."""
+        key = self.key(address)
+        count = self.client.get(key)
+        if count is None or int(count) < MAX_FAILURES:
+            return 0
+        return max(1, math.ceil(int(self.client.pttl(key)) / 1000))
+
+    def failed(self, address: str) -> None:
+        self._count(keys=[self.key(address)], args=[FAILURE_WINDOW])
 
 
 def csrf_secret(client: Any) -> bytes:
