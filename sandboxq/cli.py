@@ -465,12 +465,20 @@ def add_dashboard_command(commands: argparse._SubParsersAction[argparse.Argument
         "dashboard",
         help="serve the web dashboard (needs: pip install 'sandboxq[dashboard]')",
         description="Serve the web dashboard: queues, jobs, schedules and admin actions. "
-        "A token is required unless bound to a loopback address with --no-auth.",
+        "A token (or --users) is required unless bound to a loopback address with --no-auth.",
     )
     dash.add_argument("--host", default="127.0.0.1", help="address to bind [127.0.0.1]")
     dash.add_argument("--port", type=int, default=8080, help="[8080]")
     dash.add_argument("--url", help="Redis URL [$SANDBOXQ_REDIS_URL or redis://localhost:6379/0]")
-    dash.add_argument("--token", help="the access token [$SANDBOXQ_DASHBOARD_TOKEN]")
+    dash.add_argument(
+        "--token", help="one access token shared by all users [$SANDBOXQ_DASHBOARD_TOKEN]"
+    )
+    dash.add_argument(
+        "--users",
+        metavar="FILE",
+        help="named users instead: NAME:HASH lines (HASH from 'sandboxq dashboard hash-token'); "
+        "the audit records who acted",
+    )
     dash.add_argument(
         "--no-auth", action="store_true", help="no authentication (loopback addresses only)"
     )
@@ -494,6 +502,14 @@ def add_dashboard_command(commands: argparse._SubParsersAction[argparse.Argument
         action="store_true",
         help="believe X-Forwarded-Proto (Secure cookie over HTTPS) and X-Forwarded-For "
         "(the client's address): only behind a proxy that sets them",
+    )
+    dash_commands = dash.add_subparsers(dest="dashboard_command", metavar="COMMAND")
+    dash_commands.add_parser(
+        "hash-token",
+        help="print the hash of a user's token, for a --users file",
+        description="Read a token (prompted for without echo on a terminal, else one line "
+        "of standard input) and print its scrypt hash: the HASH of a NAME:HASH line of "
+        "the --users file.",
     )
 
 

@@ -609,13 +609,14 @@ def test_the_dashboard_cancel_button(redis_url: str, queue: Queue) -> None:
         token = csrf_of(browser)
         reply = browser.post(f"{path}/cancel", {"csrf_token": token, "reason": "not needed"})
 
-        # Then the job is cancelled, audited as the dashboard user
+        # Then the job is cancelled, audited as the dashboard user (a name given
+        # with the shared token, so unverified)
         assert reply.status == 303, reply.text
         cancelled = queue.get_job(job.id)
         assert cancelled is not None and cancelled.state == "cancelled"
-        assert cancelled.cancelled_by == "dashboard:kim"
+        assert cancelled.cancelled_by == "dashboard:kim (unverified)"
         assert cancelled.audit()[-1]["action"] == "cancel: not needed"
-        assert "dashboard:kim (not needed)" in browser.get(path).text
+        assert "dashboard:kim (unverified) (not needed)" in browser.get(path).text
         # and pressing it again has nothing to cancel
         again = browser.post(f"{path}/cancel", {}, x_csrf_token=token)
         assert again.status == 409 and "cannot cancel" in again.json()["error"]

@@ -5,11 +5,14 @@ redaction, pagination and the audit entry of every action."""
 from __future__ import annotations
 
 import hashlib
+import os
+import pty
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -18,10 +21,12 @@ from sandboxq import Queue
 from sandboxq.dashboard import app
 from sandboxq.dashboard.app import Dashboard
 from sandboxq.dashboard.server import LOOPBACK_NAMES, allowed_hosts, check_auth, is_loopback
+from sandboxq.dashboard.users import TokenHash, hash_token, parse_users
 from sandboxq.testing import run_until_empty
 from tests.asgi_client import Client, loopback_address
 from tests.dashboard_data import fill_completed
 from tests.dashboard_server import DashboardServer
+from tests.worker_harness import ROOT
 
 TOKEN = "t0ken-for-the-tests"
 
@@ -270,6 +275,188 @@ def test_throttling_counts_the_forwarded_client_behind_a_trusted_proxy(
         proxied.client.close()
 
 
+# -- who acted: shared-token names are unverified; named users are verified ---------------
+ALICE, BOB = "alice-own-t0ken-1234", "bob-own-t0ken-5678"
+
+
+@pytest.fixture(scope="module")
+def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("users") / "users.txt"
+    path.write_text(
+        f"# dashboard users\nalice:{hash_token(ALICE)}\n\nbob:{hash_token(BOB)}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def named(redis_url: str, queue: Queue, users_file: Path) -> Iterator[Dashboard]:
+    application = app(redis_url, users=users_file, queues=[queue.name])
+    yield application
+    application.client.close()
+
+
+def pause_as(browser: Client, queue: Queue) -> str:
+    """Pause ``queue`` as ``browser``; who the audit says did it."""
+    reply = browser.post(f"/queues/{queue.name}/pause", {}, x_csrf_token=csrf_of(browser))
+    assert reply.status == 200, reply.text
+    by: str = queue.audit_log()[0]["by"]
+    queue.resume()
+    return by
+
+
+def test_a_name_typed_with_the_shared_token_is_audited_as_unverified(
+    dash: Dashboard, queue: Queue
+) -> None:
+    carol = logged_in(dash, "carol")
+    assert "carol (unverified)" in carol.get("/").text
+    assert pause_as(carol, queue) == "dashboard:carol (unverified)"
+    assert pause_as(logged_in(dash, ""), queue) == "dashboard:token"
+    assert pause_as(Client(dash).bearer(TOKEN), queue) == "dashboard:token"
+    assert pause_as(Client(dash).basic("dave", TOKEN), queue) == "dashboard:dave (unverified)"
+    assert pause_as(Client(dash).basic("", TOKEN), queue) == "dashboard:token"
+
+
+def test_named_users_log_in_with_their_own_token_and_are_audited_by_name(
+    named: Dashboard, queue: Queue
+) -> None:
+    page = Client(named).get("/login").text
+    assert "unverified" not in page and "required" in page
+    alice = Client(named)
+    assert alice.post("/login", {"username": "alice", "password": ALICE}).status == 303
+    assert "alice" in alice.get("/").text and "unverified" not in alice.get("/").text
+    assert pause_as(alice, queue) == "dashboard:alice"
+    # Someone else's token, an unknown name, the name alone: refused.
+    for name, token in (("alice", BOB), ("mallory", ALICE), ("alice", ""), ("", ALICE)):
+        reply = Client(named).post("/login", {"username": name, "password": token})
+        assert reply.status == 401 and "Wrong user or token" in reply.text
+    # API clients: basic auth, or a bearer token NAME:TOKEN.
+    assert pause_as(Client(named).basic("bob", BOB), queue) == "dashboard:bob"
+    assert pause_as(Client(named).bearer(f"bob:{BOB}"), queue) == "dashboard:bob"
+    assert Client(named).bearer(BOB).get("/api/queues").status == 401
+    assert Client(named).basic("alice", BOB).get("/api/queues").status == 401
+
+
+def test_a_users_session_dies_with_the_user_or_their_token(
+    redis_url: str, named: Dashboard, queue: Queue, tmp_path: Path
+) -> None:
+    alice = Client(named)
+    alice.post("/login", {"username": "alice", "password": ALICE})
+    cookies = dict(alice.cookies)
+    assert Client(named, cookies=cookies).get("/").status == 200
+    for users in ({"bob": str(hash_token(BOB))}, {"alice": str(hash_token(ALICE))}):
+        changed = app(redis_url, users=users, queues=[queue.name])
+        try:
+            assert Client(changed, cookies=cookies).get("/").status == 401
+        finally:
+            changed.client.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "names no user"),
+        ("alice", "line 1: expected NAME:scrypt"),
+        ("# ok\nal ice:scrypt$x", "line 2: expected NAME"),
+        ("alice:plain-text-token", "line 1: not a token hash"),
+        ("alice:scrypt$1024$8$1$" + "00" * 16 + "$" + "00" * 32, "N=1024 r=8 p=1 refused"),
+        ("alice:scrypt$1048576$32$1$" + "00" * 16 + "$" + "00" * 32, "over 256 MiB"),
+    ],
+)
+def test_a_bad_users_file_is_refused_naming_the_line(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        parse_users(text)
+
+
+def test_duplicate_users_and_both_kinds_of_auth_are_refused(redis_url: str) -> None:
+    hashed = str(hash_token(ALICE))
+    with pytest.raises(ValueError, match="named twice"):
+        parse_users(f"alice:{hashed}\nalice:{hashed}")
+    with pytest.raises(ValueError, match="not both"):
+        app(redis_url, token=TOKEN, users={"alice": hashed})
+    with pytest.raises(ValueError, match="cannot read the users file"):
+        app(redis_url, users="/nonexistent/users.txt")
+
+
+def test_hash_token_reads_stdin_and_refuses_short_or_several_tokens() -> None:
+    done = run_sandboxq_input("dashboard", "hash-token", stdin=f"{ALICE}\n")
+    assert done.returncode == 0, done.stderr
+    assert TokenHash.parse(done.stdout).verify(ALICE)
+    assert not TokenHash.parse(done.stdout).verify(BOB)
+    for stdin, problem in (("short\n", "at least 16"), (f"{ALICE}\n{BOB}\n", "one line")):
+        refused = run_sandboxq_input("dashboard", "hash-token", stdin=stdin)
+        assert refused.returncode == 2 and problem in refused.stderr
+        assert not refused.stdout
+
+
+def test_hash_token_prompts_without_echo_on_a_terminal() -> None:
+    primary, secondary = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "sandboxq", "dashboard", "hash-token"],
+        stdin=secondary,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        start_new_session=True,  # no controlling terminal: getpass uses stdin's
+        cwd=ROOT,
+    )
+    os.close(secondary)
+    try:
+        seen = b""
+        for _ in range(2):
+            while not seen.rstrip().endswith(b":"):
+                seen += os.read(primary, 1024)
+            os.write(primary, ALICE.encode() + b"\n")
+            seen += b"|"
+        out, _ = child.communicate(timeout=30)
+    finally:
+        os.close(primary)
+    assert child.returncode == 0
+    assert TokenHash.parse(out.decode()).verify(ALICE)
+    assert ALICE.encode() not in seen  # not echoed
+
+
+def test_server_with_a_users_file_audits_the_user(
+    redis_url: str, queue: Queue, users_file: Path
+) -> None:
+    queue.add("ok")
+    with DashboardServer(redis_url, ["--users", str(users_file)]) as server:
+        login = server.request("POST", "/login", form={"username": "bob", "password": BOB})
+        assert login.status == 303, login.text
+        cookie = (login.header("set-cookie") or "").partition(";")[0]
+        page = server.request("GET", "/", headers={"Cookie": cookie})
+        paused = server.request(
+            "POST",
+            f"/queues/{queue.name}/pause",
+            form={"csrf_token": _csrf_in(page.text)},
+            headers={"Cookie": cookie},
+        )
+        assert paused.status == 303, paused.text
+    assert queue.audit_log()[0]["by"] == "dashboard:bob"
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--users", "u.txt", "--token", TOKEN], "not both"),
+        (["--users", "u.txt", "--no-auth"], "contradicts"),
+        (["--users", "/nonexistent/users.txt"], "cannot read the users file"),
+        (["--session-ttl", "0", "--no-auth"], "session_ttl"),
+    ],
+)
+def test_server_refuses_contradictory_auth_flags(
+    redis_url: str, args: list[str], problem: str
+) -> None:
+    env = {"PATH": "/usr/bin:/bin", "SANDBOXQ_REDIS_URL": redis_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "sandboxq", "dashboard", *args, "--port", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert done.returncode == 2 and problem in done.stderr, done.stderr
+
+
 def test_links_respect_root_path(dash: Dashboard, queue: Queue) -> None:
     queue.add("ok")
     mounted = Client(dash, root_path="/admin/queues").bearer(TOKEN)
@@ -423,7 +610,7 @@ def test_each_action_writes_its_audit_entry(dash: Dashboard, queue: Queue) -> No
     browser.post("/login", {"username": "carol", "password": TOKEN})
     token = csrf_of(browser)
     q = queue.name
-    by = "dashboard:carol"
+    by = "dashboard:carol (unverified)"
 
     def post(path: str, **form: str) -> None:
         reply = browser.post(path, {"csrf_token": token, **form})
@@ -499,6 +686,17 @@ def test_a_short_token_is_refused_at_start(redis_url: str) -> None:
         )
         assert done.returncode == 2, done.stderr
         assert "at least 16" in done.stderr and "Traceback" not in done.stderr
+
+
+def run_sandboxq_input(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sandboxq", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
 
 
 def test_redis_down_is_a_503_not_a_crash() -> None:

@@ -191,6 +191,6 @@ def test_failed_job_traceback_retry_and_live_refresh(
         assert '"fixed": true' in page.locator('[data-field="result"]').inner_text()
         assert not page.get_by_role("button", name="Retry").is_visible()
         audit = queue.get_job(job.id).audit()  # type: ignore[union-attr]
-        assert audit[-1]["by"] == "dashboard:e2e" and audit[-1]["action"] == "retry"
+        assert audit[-1]["by"] == "dashboard:e2e (unverified)" and audit[-1]["action"] == "retry"
     finally:
         context.close()

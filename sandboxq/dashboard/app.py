@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -39,6 +39,7 @@ from sandboxq.dashboard.http import (
 )
 from sandboxq.dashboard.redact import Redactor
 from sandboxq.dashboard.store import NotFound, Store
+from sandboxq.dashboard.users import TokenHash, load_users
 from sandboxq.errors import ConnectionFailed
 from sandboxq.job import STATES
 from sandboxq.queue import JobIsActive
@@ -84,12 +85,17 @@ def app(
     allowed_hosts: Sequence[str] | None = None,
     session_ttl: float = DEFAULT_SESSION_TTL,
     trust_proxy_headers: bool = False,
+    users: str | os.PathLike[str] | Mapping[str, str] | None = None,
 ) -> Dashboard:
     """The dashboard as an ASGI application.
 
     ``token`` (else ``$SANDBOXQ_DASHBOARD_TOKEN``) is required as a bearer
-    token, a basic-auth password or through the login form. With neither, the
-    app requires no authentication: mount it behind your own. ``queues``
+    token, a basic-auth password or through the login form; the name a user
+    gives is audited as unverified. ``users`` instead (a file of
+    ``name:hash`` lines, or a mapping of name to hash; see
+    ``sandboxq dashboard hash-token``) gives each user a token of their own,
+    and the audit their name. With none, the app requires no
+    authentication: mount it behind your own. ``queues``
     limits it to those queues (default: every queue found on the Redis).
     ``allowed_hosts``: the names a request's ``Host`` may carry (port
     ignored; ``"*"``: any); any other gets a 400. None leaves the check to
@@ -102,13 +108,14 @@ def app(
     """
     return Dashboard(
         url,
-        token=token if token is not None else os.environ.get(TOKEN_ENV),
+        token=token if token is not None or users is not None else os.environ.get(TOKEN_ENV),
         read_only=read_only,
         redact=redact,
         queues=queues,
         allowed_hosts=allowed_hosts,
         session_ttl=session_ttl,
         trust_proxy_headers=trust_proxy_headers,
+        users=None if users is None else load_users(users),
     )
 
 
@@ -124,11 +131,12 @@ class Dashboard:
         allowed_hosts: Sequence[str] | None = None,
         session_ttl: float = DEFAULT_SESSION_TTL,
         trust_proxy_headers: bool = False,
+        users: Mapping[str, TokenHash] | None = None,
     ) -> None:
         self.hosts = None if allowed_hosts is None else AllowedHosts(allowed_hosts)
         self.url = resolve_url(url)
         self.client = connect(self.url)
-        self.auth = Auth(token, self.client, session_ttl)
+        self.auth = Auth(token, self.client, session_ttl, users)
         self.trust_proxy = trust_proxy_headers
         self.read_only = read_only
         self.store = Store(self.client, Redactor(redact), queues)
@@ -203,13 +211,16 @@ class Dashboard:
         if request.wants_json or request.method != "GET":
             response = Response.json({"error": "authentication required"}, 401)
         else:
-            response = Response.html(templates.login_page(request.root), 401)
+            response = Response.html(self.login_page(request), 401)
         response.headers += challenge
         return response
 
+    def login_page(self, request: Request, error: str = "") -> str:
+        return templates.login_page(request.root, error, named=self.auth.named)
+
     def login(self, request: Request) -> Response:
         if request.method != "POST":
-            return Response.html(templates.login_page(request.root))
+            return Response.html(self.login_page(request))
         if not _same_origin(request):
             raise HTTPError(403, "cross-origin request refused")
         if not self.auth.required:
@@ -218,11 +229,16 @@ class Dashboard:
         try:
             cookie = self.auth.login(form.get("username", ""), form.get("password", ""), address)
         except Throttled as exc:
-            response = Response.html(templates.login_page(request.root, f"{exc}."), 429)
+            response = Response.html(self.login_page(request, f"{exc}."), 429)
             response.headers.append(("retry-after", str(exc.wait)))
             return response
         if cookie is None:
-            return Response.html(templates.login_page(request.root, "Wrong token."), 401)
+            return Response.html(
+                self.login_page(
+                    request, "Wrong user or token." if self.auth.named else "Wrong token."
+                ),
+                401,
+            )
         response = Response.redirect(request.root + "/")
         response.headers.append(("set-cookie", self.cookie(request, cookie)))
         return response
@@ -279,7 +295,7 @@ class Dashboard:
                     return Response.json({"queue": q, "schedules": found})
                 return Response.html(templates.schedules_page(ctx, q, found))
             case ["logout"]:
-                return Response.html(templates.login_page(request.root))
+                return Response.html(self.login_page(request))
         raise HTTPError(404, "no such page")
 
     # -- actions -------------------------------------------------------------------

@@ -11,12 +11,16 @@ another origin can neither read nor guess it.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
+import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sandboxq.dashboard.sessions import Sessions, Throttle, csrf_secret, derive
+from sandboxq.dashboard.users import TokenHash, hash_token
 
 SESSION_COOKIE = "sandboxq_session"
 CSRF_FIELD = "csrf_token"
@@ -42,12 +46,22 @@ class Identity:
 
 
 class Auth:
-    """``token=None``: no authentication (everyone is ``anonymous``)."""
+    """One of: a shared ``token`` (anyone who has it is in, under the name
+    they type, unverified); named ``users``, each with a token of their own
+    (hashed), so the audit says who really acted; neither: no
+    authentication (everyone is ``anonymous``)."""
 
     def __init__(
-        self, token: str | None, client: Any, session_ttl: float = DEFAULT_SESSION_TTL
+        self,
+        token: str | None,
+        client: Any,
+        session_ttl: float = DEFAULT_SESSION_TTL,
+        users: Mapping[str, TokenHash] | None = None,
     ) -> None:
         self.token = token or None
+        self.users = None if users is None else dict(users)
+        if self.token is not None and self.users is not None:
+            raise ValueError("the dashboard takes a shared token or named users, not both")
         if self.token is not None:
             check_token(self.token)
         self.client = client
@@ -59,10 +73,34 @@ class Auth:
 
     @property
     def required(self) -> bool:
-        return self.token is not None
+        return self.token is not None or self.users is not None
 
-    def _token_ok(self, given: str) -> bool:
-        return self.token is not None and _same(given, self.token)
+    @property
+    def named(self) -> bool:
+        return self.users is not None
+
+    def check(self, user: str, secret: str) -> str | None:
+        """Who ``user`` and ``secret`` stand for, as shown and audited, or
+        None. Named users: the user, if the secret is theirs. A shared
+        token: the name typed, marked unverified (``token`` if none)."""
+        if self.users is not None:
+            found = self.users.get(user)
+            if found is None:
+                _decoy().verify(secret)  # an unknown name takes as long to refuse
+                return None
+            return user if found.verify(secret) else None
+        if self.token is None or not _same(secret, self.token):
+            return None
+        name = clean_user(user)
+        return f"{name} (unverified)" if name else "token"
+
+    def credential_of(self, user: str) -> str | None:
+        """What a session of ``user`` must have been opened with: the
+        user's hash as it is now, or the shared token (its fingerprints)."""
+        if self.users is None:
+            return self.credential
+        found = self.users.get(user)
+        return None if found is None else found.fingerprint
 
     def _stateless(self, user: str) -> Identity:
         """A caller without a session: its CSRF token is derived."""
@@ -76,7 +114,7 @@ class Auth:
         wrong. Wrong credentials count as a failed login of ``address``;
         Throttled once it made too many."""
         session = self.sessions.find(cookies.get(SESSION_COOKIE, ""))
-        if session is not None and session.credential == self.credential:
+        if session is not None and session.credential == self.credential_of(session.user):
             return Identity(session.user, session.csrf)
         if not self.required:
             return self._stateless("anonymous")
@@ -84,45 +122,57 @@ class Auth:
         if authorization is None:
             return None
         self._check_throttle(address)
-        found = self._from_header(authorization)
-        if found is None:
+        user = self._from_header(authorization)
+        if user is None:
             self.throttle.failed(address)
-        return found
+            return None
+        return self._stateless(user)
 
-    def _from_header(self, authorization: str) -> Identity | None:
+    def _from_header(self, authorization: str) -> str | None:
+        """``Bearer TOKEN`` (named users: ``Bearer NAME:TOKEN``) or basic
+        auth ``NAME:TOKEN``: who it stands for, or None."""
         scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and self._token_ok(value.strip()):
-            return self._stateless("token")
-        if scheme.lower() == "basic":
+        scheme, value = scheme.lower(), value.strip()
+        if scheme == "bearer" and not self.named:
+            return self.check("", value)
+        if scheme == "basic":
             try:
-                user, _, password = base64.b64decode(value.strip()).decode().partition(":")
+                value = base64.b64decode(value, validate=True).decode()
             except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8
                 return None
-            if self._token_ok(password):
-                return self._stateless(clean_user(user) or "basic")
-        return None
+        elif scheme != "bearer":
+            return None
+        user, _, secret = value.partition(":")
+        return self.check(user, secret)
 
     def login(self, user: str, password: str, address: str) -> str | None:
         """A session cookie for a user who gave the right token, else None
         (a failed login of ``address``); Throttled after too many."""
         self._check_throttle(address)
-        if not self._token_ok(password):
+        who = self.check(user.strip(), password)
+        credential = None if who is None else self.credential_of(who)
+        if who is None or credential is None:
             self.throttle.failed(address)
             return None
-        return self.sessions.open(clean_user(user) or "admin", self.credential)
+        return self.sessions.open(who, credential)
+
+    def logout(self, cookie: str) -> None:
+        self.sessions.close(cookie)
 
     def _check_throttle(self, address: str) -> None:
         wait = self.throttle.wait(address)
         if wait:
             raise Throttled(wait)
 
-    def logout(self, cookie: str) -> None:
-        self.sessions.close(cookie)
-
     # -- CSRF ---------------------------------------------------------------------
     @staticmethod
     def csrf_ok(identity: Identity, given: str) -> bool:
         return bool(given) and _same(given, identity.csrf)
+
+
+@functools.cache
+def _decoy() -> TokenHash:
+    return hash_token(secrets.token_urlsafe(16))
 
 
 def check_token(token: str) -> str:

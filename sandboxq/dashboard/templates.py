@@ -367,15 +367,18 @@ def schedules_page(ctx: Context, q: str, found: list[dict[str, Any]]) -> str:
     return layout(ctx, f"{q} schedules", body, "schedules", queue=q)
 
 
-def login_page(root: str, error: str = "") -> str:
+def login_page(root: str, error: str = "", *, named: bool = False) -> str:
     message = f'<p class="err">{h(error)}</p>' if error else ""
+    user = "User" if named else "Name <small>(optional, shown as unverified)</small>"
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>Log in · sandboxq</title></head><body style="font:14px system-ui;margin:3em">
 <h1>sandboxq dashboard</h1>{message}
 <form method="post" action="{h(root)}/login">
-<p><label>User <input name="username" autocomplete="username"></label></p>
+<p><label>{user} <input name="username" autocomplete="username"
+ {"required autofocus" if named else ""}></label></p>
 <p><label>Token <input name="password" type="password" autocomplete="current-password"
- autofocus></label></p><p><button type="submit">Log in</button></p></form></body></html>"""
+ {"required" if named else "autofocus"}></label></p>
+<p><button type="submit">Log in</button></p></form></body></html>"""
 
 
 def error_page(ctx: Context | None, status: int, message: str) -> str:
