@@ -13,13 +13,15 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from sandboxq import Queue
 from sandboxq.dashboard import app
-from sandboxq.dashboard.app import Dashboard
+from sandboxq.dashboard.app import DEFAULT_REDACT, Dashboard
+from sandboxq.dashboard.redact import Redactor
 from sandboxq.dashboard.server import LOOPBACK_NAMES, allowed_hosts, check_auth, is_loopback
 from sandboxq.dashboard.users import TokenHash, hash_token, parse_users
 from sandboxq.testing import run_until_empty
@@ -530,6 +532,49 @@ def test_sensitive_fields_are_redacted_everywhere(user: Client, queue: Queue) ->
         assert secret not in page
         assert secret not in str(report)
     assert "visible-value" in page
+
+
+def _leaky(job: Any) -> None:
+    job.log(f"connecting as {job.data['user']} with {job.data['password']}")
+    job.log(f"payload {job.data}")
+    job.log("retrying with api_token=tok-only-in-the-log&attempt=2")
+    raise ValueError(f"login refused: {job.data['password']} / {job.data['keys']}")
+
+
+def test_secrets_are_redacted_in_errors_tracebacks_and_logs(user: Client, queue: Queue) -> None:
+    data = {"user": "ann", "password": "hunter2", "keys": {"client_secret": 123456789}}
+    job = queue.add("leaky", data)
+    run_until_empty(queue, {"leaky": _leaky})
+    report = user.get(f"/api/queues/{queue.name}/jobs/{job.id}").json()
+    assert report["state"] == "failed" and "login refused" in report["error"]
+    page = user.get(f"/queues/{queue.name}/jobs/{job.id}").text
+    listed = user.get(f"/api/queues/{queue.name}/jobs?state=failed").json()["jobs"]
+    list_page = user.get(f"/queues/{queue.name}?state=failed").text
+    for shown in (str(report), page, str(listed), list_page):
+        for secret in ("hunter2", "123456789", "tok-only-in-the-log"):
+            assert secret not in shown
+    assert report["logs"][0] == "connecting as ann with [redacted]"
+    assert "'password': '[redacted]'" in report["logs"][1]
+    assert report["logs"][2] == "retrying with api_token=[redacted]&attempt=2"
+    assert "Traceback" in report["traceback"] and "[redacted]" in report["traceback"]
+    assert listed[0]["error"].startswith("ValueError: login refused: [redacted]")
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("password=hunter2&x=1", "password=[redacted]&x=1"),
+        ("{'Password': 'hunter2', 'n': 1}", "{'Password': '[redacted]', 'n': 1}"),
+        ('{"api_token":"abc", "n": 1}', '{"api_token":"[redacted]", "n": 1}'),
+        ("    password = data['password']", "    password = data['password']"),
+        ("KeyError: 'token'", "KeyError: 'token'"),
+        ("the pin is 42, the key s3cr3t-value", "the pin is 42, the key [redacted]"),
+    ],
+)
+def test_redaction_in_text(text: str, shown: str) -> None:
+    hide = Redactor(DEFAULT_REDACT).in_text({"secret": {"pin": 42, "key": "s3cr3t-value"}})
+    assert hide(text) == shown
+    assert Redactor(()).in_text({"secret": "s3cr3t-value"})(text) == text
 
 
 def test_html_is_escaped(user: Client, queue: Queue) -> None:

@@ -23,6 +23,9 @@ from sandboxq.scripts import now_ms
 
 #: Jobs per page of a job list.
 PER_PAGE = 50
+#: A job's values whose sensitive fields are hidden; the same secrets are
+#: hidden in its error, traceback, logs and children's errors.
+SENSITIVE_FIELDS = ("data", "result", "progress", "children_results")
 #: How long a SCAN for queue names is reused (a full SCAN walks every key).
 DISCOVERY_TTL = 5.0
 THROUGHPUT_WINDOW = 60.0
@@ -110,7 +113,11 @@ class Store:
             jobs = [] if one is None else [one]
         else:
             jobs = queue.get_jobs(queue.job_ids(state, (page - 1) * PER_PAGE, PER_PAGE))
-        rows = [job_summary(j) for j in jobs]
+        rows = []
+        for j in jobs:
+            row = job_summary(j)
+            row["error"] = self.redact.in_text(j.data, j.result, j.progress)(row["error"])
+            rows.append(row)
         if search:
             rows = [r for r in rows if search.lower() in str(r["name"]).lower()]
         return {
@@ -133,8 +140,15 @@ class Store:
         if job is None:
             raise NotFound(f"no job {job_id!r} in queue {name!r}")
         report = job_report(job)
-        for field in ("data", "result", "progress", "children_results"):
+        hide = self.redact.in_text(*(report[f] for f in SENSITIVE_FIELDS))
+        for field in SENSITIVE_FIELDS:
             report[field] = self.redact(report[field])
+        report["error"] = hide(report["error"])
+        report["traceback"] = hide(report["traceback"])
+        report["logs"] = [hide(line) for line in report["logs"]]
+        report["children_failures"] = {
+            ref: hide(error) for ref, error in report["children_failures"].items()
+        }
         report["children"] = [
             {"ref": ref, **split_ref(ref), "result": value}
             for ref, value in report["children_results"].items()
