@@ -5,6 +5,7 @@ redaction, pagination and the audit entry of every action."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pty
 import re
@@ -17,6 +18,12 @@ from typing import Any
 
 import pytest
 import redis
+from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser, SimpleUser
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection
+from starlette.routing import Mount
 
 from sandboxq import Queue
 from sandboxq.dashboard import app
@@ -691,6 +698,70 @@ def test_json_action_with_csrf_header(user: Client, queue: Queue) -> None:
     assert again.status == 409 and "cannot retry" in again.json()["error"]
     bad = user.post(f"/queues/{queue.name}/clean", {"state": "completed"}, x_csrf_token=token)
     assert bad.status == 400
+
+
+# -- mounted in an application: its login decides ---------------------------------------
+def test_an_open_dashboard_warns_at_start(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("SANDBOXQ_DASHBOARD_TOKEN", raising=False)
+    with caplog.at_level(logging.WARNING, logger="sandboxq.dashboard"):
+        app(redis_url).client.close()
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "requires no authentication" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sandboxq.dashboard"):
+        app(redis_url, token=TOKEN).client.close()
+        app(redis_url, authenticate=lambda scope: None).client.close()
+    assert not caplog.records
+
+
+class HostLogin(AuthenticationBackend):
+    """The host application's own login (a cookie naming the user, for the test)."""
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        name = conn.cookies.get("host_session")
+        return None if name is None else (AuthCredentials(["authenticated"]), SimpleUser(name))
+
+
+def host_user(scope: Any) -> str | None:
+    user = scope["user"]
+    return str(user.username) if user.is_authenticated else None
+
+
+async def host_user_async(scope: Any) -> str | None:
+    return host_user(scope)
+
+
+@pytest.mark.parametrize("authenticate", [host_user, host_user_async])
+def test_mounted_with_authenticate_the_host_login_decides_and_is_audited(
+    redis_url: str, queue: Queue, authenticate: Any
+) -> None:
+    queue.add("ok")
+    dashboard = app(redis_url, queues=[queue.name], authenticate=authenticate)
+    host = Starlette(
+        routes=[Mount("/admin/queues", app=dashboard)],
+        middleware=[Middleware(AuthenticationMiddleware, backend=HostLogin())],
+    )
+    try:
+        stranger = Client(host)
+        for path in ("/admin/queues/", "/admin/queues/api/queues"):
+            reply = stranger.get(path)
+            assert reply.status == 401 and 'type="password"' not in reply.text
+        assert stranger.get("/admin/queues/login").status == 303
+        # A guessed token is no way in: there is none.
+        assert stranger.bearer("x" * 20).get("/admin/queues/api/queues").status == 401
+        erin = Client(host, cookies={"host_session": "erin"})
+        page = erin.get("/admin/queues/")
+        assert page.status == 200 and "erin" in page.text
+        assert 'src="/admin/queues/static/dashboard.js"' in page.text
+        pause = f"/admin/queues/queues/{queue.name}/pause"
+        assert erin.post(pause, {}).status == 403  # CSRF still
+        reply = erin.post(pause, {}, x_csrf_token=_csrf_in(page.text))
+        assert reply.status == 200, reply.text
+        assert queue.audit_log()[0]["by"] == "dashboard:erin"
+    finally:
+        dashboard.client.close()
 
 
 # -- serving ----------------------------------------------------------------------------

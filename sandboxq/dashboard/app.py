@@ -7,9 +7,11 @@ thread (``asyncio.to_thread``): the Redis client is synchronous.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -26,6 +28,7 @@ from sandboxq.dashboard.auth import (
     Auth,
     Identity,
     Throttled,
+    clean_user,
 )
 from sandboxq.dashboard.http import (
     AllowedHosts,
@@ -53,6 +56,11 @@ TOKEN_ENV = "SANDBOXQ_DASHBOARD_TOKEN"
 MAX_NUMBER = 10**12
 
 ASGIApp = Callable[[Scope, Receive, Send], Any]
+#: ``authenticate``: given the ASGI scope, the name of the user the host
+#: application logged in, or None; a plain function or a coroutine function.
+Authenticate = Callable[[Scope], str | Awaitable[str | None] | None]
+
+log = logging.getLogger("sandboxq.dashboard")
 
 
 class HTTPError(Exception):
@@ -86,6 +94,7 @@ def app(
     session_ttl: float = DEFAULT_SESSION_TTL,
     trust_proxy_headers: bool = False,
     users: str | os.PathLike[str] | Mapping[str, str] | None = None,
+    authenticate: Authenticate | None = None,
 ) -> Dashboard:
     """The dashboard as an ASGI application.
 
@@ -94,8 +103,10 @@ def app(
     gives is audited as unverified. ``users`` instead (a file of
     ``name:hash`` lines, or a mapping of name to hash; see
     ``sandboxq dashboard hash-token``) gives each user a token of their own,
-    and the audit their name. With none, the app requires no
-    authentication: mount it behind your own. ``queues``
+    and the audit their name. Mounted in an application that logs its users
+    in, ``authenticate(scope)`` returns the user's name (audited as such) or
+    None (a 401). With none of these the app requires no authentication
+    (and logs a warning): anyone who reaches it can act. ``queues``
     limits it to those queues (default: every queue found on the Redis).
     ``allowed_hosts``: the names a request's ``Host`` may carry (port
     ignored; ``"*"``: any); any other gets a 400. None leaves the check to
@@ -116,6 +127,7 @@ def app(
         session_ttl=session_ttl,
         trust_proxy_headers=trust_proxy_headers,
         users=None if users is None else load_users(users),
+        authenticate=authenticate,
     )
 
 
@@ -132,11 +144,19 @@ class Dashboard:
         session_ttl: float = DEFAULT_SESSION_TTL,
         trust_proxy_headers: bool = False,
         users: Mapping[str, TokenHash] | None = None,
+        authenticate: Authenticate | None = None,
     ) -> None:
         self.hosts = None if allowed_hosts is None else AllowedHosts(allowed_hosts)
         self.url = resolve_url(url)
         self.client = connect(self.url)
-        self.auth = Auth(token, self.client, session_ttl, users)
+        self.auth = Auth(token, self.client, session_ttl, users, external=authenticate is not None)
+        self.authenticate = authenticate
+        if not self.auth.required:
+            log.warning(
+                "the sandboxq dashboard requires no authentication: anyone who reaches it "
+                "can retry, remove, cancel and clean jobs. Give it a token, users or "
+                "authenticate=, or make sure it is served only behind a login."
+            )
         self.trust_proxy = trust_proxy_headers
         self.read_only = read_only
         self.store = Store(self.client, Redactor(redact), queues)
@@ -157,8 +177,22 @@ class Dashboard:
             await Response.html(str(exc), 413).send(send)
             return
         request = Request.from_scope(scope, body)
+        if self.authenticate is not None:
+            request.external_user = await self._authenticate(self.authenticate, scope)
         response = await asyncio.to_thread(self.respond, request)
         await response.send(send)
+
+    @staticmethod
+    async def _authenticate(authenticate: Authenticate, scope: Scope) -> str | None:
+        """The host application's user, called in a thread unless it is a
+        coroutine function (it may read a database)."""
+        if inspect.iscoroutinefunction(authenticate):
+            found = await authenticate(scope)
+        else:
+            found = await asyncio.to_thread(authenticate, scope)
+            if inspect.isawaitable(found):
+                found = await found
+        return None if found is None else clean_user(str(found)) or None
 
     # -- dispatch ------------------------------------------------------------------
     def respond(self, request: Request) -> Response:
@@ -171,7 +205,10 @@ class Dashboard:
             if seg == ["logout"] and request.method == "POST":
                 return self.logout(request)
             identity = self.auth.identify(
-                request.headers, request.cookies, request.client_address(self.trust_proxy)
+                request.headers,
+                request.cookies,
+                request.client_address(self.trust_proxy),
+                request.external_user,
             )
         except HANDLED as exc:
             return self.failure(request, None, exc)
@@ -208,7 +245,9 @@ class Dashboard:
 
     def unauthorized(self, request: Request) -> Response:
         challenge = [("www-authenticate", 'Bearer realm="sandboxq"')]
-        if request.wants_json or request.method != "GET":
+        if not self.auth.tokens:  # the host application logs users in, not this form
+            response = _error(request, None, 401, "authentication required: log in first")
+        elif request.wants_json or request.method != "GET":
             response = Response.json({"error": "authentication required"}, 401)
         else:
             response = Response.html(self.login_page(request), 401)
@@ -219,12 +258,12 @@ class Dashboard:
         return templates.login_page(request.root, error, named=self.auth.named)
 
     def login(self, request: Request) -> Response:
+        if not self.auth.tokens:  # nothing to log in with here
+            return Response.redirect(request.root + "/")
         if request.method != "POST":
             return Response.html(self.login_page(request))
         if not _same_origin(request):
             raise HTTPError(403, "cross-origin request refused")
-        if not self.auth.required:
-            return Response.redirect(request.root + "/")
         form, address = request.form, request.client_address(self.trust_proxy)
         try:
             cookie = self.auth.login(form.get("username", ""), form.get("password", ""), address)

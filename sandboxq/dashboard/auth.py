@@ -48,8 +48,9 @@ class Identity:
 class Auth:
     """One of: a shared ``token`` (anyone who has it is in, under the name
     they type, unverified); named ``users``, each with a token of their own
-    (hashed), so the audit says who really acted; neither: no
-    authentication (everyone is ``anonymous``)."""
+    (hashed), so the audit says who really acted; ``external``: the host
+    application names the user (``identify``'s ``external_user``); none of
+    these: no authentication (everyone is ``anonymous``)."""
 
     def __init__(
         self,
@@ -57,6 +58,8 @@ class Auth:
         client: Any,
         session_ttl: float = DEFAULT_SESSION_TTL,
         users: Mapping[str, TokenHash] | None = None,
+        *,
+        external: bool = False,
     ) -> None:
         self.token = token or None
         self.users = None if users is None else dict(users)
@@ -64,6 +67,7 @@ class Auth:
             raise ValueError("the dashboard takes a shared token or named users, not both")
         if self.token is not None:
             check_token(self.token)
+        self.external = external
         self.client = client
         self.sessions = Sessions(client, session_ttl)
         self.throttle = Throttle(client)
@@ -72,8 +76,13 @@ class Auth:
         self.credential = hashlib.sha256(b"sandboxq-dashboard:" + seed).hexdigest()[:8]
 
     @property
-    def required(self) -> bool:
+    def tokens(self) -> bool:
+        """Does it take tokens (login form, bearer, basic)?"""
         return self.token is not None or self.users is not None
+
+    @property
+    def required(self) -> bool:
+        return self.tokens or self.external
 
     @property
     def named(self) -> bool:
@@ -108,18 +117,25 @@ class Auth:
 
     # -- identifying --------------------------------------------------------------
     def identify(
-        self, headers: dict[str, str], cookies: dict[str, str], address: str
+        self,
+        headers: dict[str, str],
+        cookies: dict[str, str],
+        address: str,
+        external_user: str | None = None,
     ) -> Identity | None:
         """The caller, or None if authentication is required and missing or
         wrong. Wrong credentials count as a failed login of ``address``;
-        Throttled once it made too many."""
+        Throttled once it made too many. ``external_user``: whom the host
+        application logged in, if anyone."""
         session = self.sessions.find(cookies.get(SESSION_COOKIE, ""))
         if session is not None and session.credential == self.credential_of(session.user):
             return Identity(session.user, session.csrf)
+        if self.external and external_user:
+            return self._stateless(external_user)
         if not self.required:
             return self._stateless("anonymous")
         authorization = headers.get("authorization")
-        if authorization is None:
+        if authorization is None or not self.tokens:
             return None
         self._check_throttle(address)
         user = self._from_header(authorization)

@@ -34,6 +34,7 @@ class Request:
     form: dict[str, str] = field(default_factory=dict)
     scheme: str = "http"  # as the server saw it (a proxy's X-Forwarded-Proto aside)
     client: str = ""  # the peer's address, as the server saw it
+    external_user: str | None = None  # who the host application says is asking
 
     @property
     def wants_json(self) -> bool:
