@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandboxq.dashboard.sessions import Sessions, Throttle, csrf_secret, derive
-from sandboxq.dashboard.users import TokenHash, hash_token
+from sandboxq.dashboard.users import TokenHash, hash_token, token_fingerprint
 
 SESSION_COOKIE = "sandboxq_session"
 CSRF_FIELD = "csrf_token"
@@ -72,8 +71,8 @@ class Auth:
         self.sessions = Sessions(client, session_ttl)
         self.throttle = Throttle(client)
         # Sessions opened with another token (before a rotation) are void.
-        seed = (self.token or "").encode()
-        self.credential = hashlib.sha256(b"sandboxq-dashboard:" + seed).hexdigest()[:8]
+        # Through scrypt: what Redis holds must not make guessing it cheap.
+        self.credential = "" if self.token is None else token_fingerprint(self.token)
 
     @property
     def tokens(self) -> bool:

@@ -74,6 +74,13 @@ def hash_token(token: str) -> TokenHash:
     )
 
 
+def token_fingerprint(token: str) -> str:
+    """A short, slow-to-guess id of a shared token, stored with the sessions
+    opened with it: a session of an older token is void."""
+    salt = b"sandboxq-dashboard-session"
+    return _scrypt(token, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)[:8].hex()
+
+
 def _memory(n: int, r: int, p: int) -> int:
     return 128 * r * (n + p + 2)
 
