@@ -114,9 +114,13 @@ def test_login_form_sets_an_httponly_strict_random_session_cookie(dash: Dashboar
     assert "Secure" not in cookie  # plain HTTP: the browser would drop a Secure cookie
     assert TOKEN not in cookie and "bob" not in cookie
     assert len(browser.cookies["sandboxq_session"]) >= 40
+    page = browser.get("/")
+    assert page.status == 200 and 'action="/logout"' in page.text
+    assert 'action="/logout"' in browser.get("/logout").text  # a button, not a logout
     assert browser.get("/").status == 200
     browser.post("/logout")
     assert browser.get("/").status == 401
+    assert 'action="/logout"' not in Client(dash).bearer(TOKEN).get("/").text
 
 
 def logged_in(application: Dashboard, name: str = "alice", **client: str) -> Client:

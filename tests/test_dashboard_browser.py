@@ -133,6 +133,31 @@ def test_unauthenticated_requests_get_401_and_posts_need_csrf(
         context.close()
 
 
+def test_log_out_ends_the_session_for_good(browser: Any, server: str, queue: Queue) -> None:
+    queue.add("ok")
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{server}/login")
+        page.fill("input[name=username]", "e2e")
+        page.fill("input[name=password]", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#queues")
+        assert "e2e (unverified)" in page.locator("header .who").inner_text()
+        cookies = {c["name"]: c["value"] for c in context.cookies()}
+        page.get_by_role("button", name="Log out").click()
+        page.wait_for_selector("input[type=password]")
+        # The cookie, replayed from elsewhere after the logout, is refused.
+        replay = browser.new_context()
+        try:
+            replay.add_cookies([{"name": k, "value": v, "url": server} for k, v in cookies.items()])
+            assert replay.request.get(f"{server}/api/queues").status == 401
+        finally:
+            replay.close()
+    finally:
+        context.close()
+
+
 def test_failed_job_traceback_retry_and_live_refresh(
     browser: Any,
     server: str,

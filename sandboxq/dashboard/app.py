@@ -214,7 +214,9 @@ class Dashboard:
             return self.failure(request, None, exc)
         if identity is None:
             return self.unauthorized(request)
-        ctx = templates.Context(request.root, identity.csrf, self.read_only, identity.user)
+        ctx = templates.Context(
+            request.root, identity.csrf, self.read_only, identity.user, identity.session
+        )
         try:
             if request.method == "POST":
                 return self.post(request, identity, ctx)
@@ -334,7 +336,7 @@ class Dashboard:
                     return Response.json({"queue": q, "schedules": found})
                 return Response.html(templates.schedules_page(ctx, q, found))
             case ["logout"]:
-                return Response.html(self.login_page(request))
+                return Response.html(templates.logout_page(ctx))
         raise HTTPError(404, "no such page")
 
     # -- actions -------------------------------------------------------------------

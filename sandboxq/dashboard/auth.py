@@ -42,6 +42,7 @@ class Throttled(Exception):
 class Identity:
     user: str  # as shown, and audited as "dashboard:<user>"
     csrf: str  # the CSRF token this caller's POSTs must carry
+    session: bool = False  # logged in through the form (so it can log out)
 
 
 class Auth:
@@ -128,7 +129,7 @@ class Auth:
         application logged in, if anyone."""
         session = self.sessions.find(cookies.get(SESSION_COOKIE, ""))
         if session is not None and session.credential == self.credential_of(session.user):
-            return Identity(session.user, session.csrf)
+            return Identity(session.user, session.csrf, session=True)
         if self.external and external_user:
             return self._stateless(external_user)
         if not self.required:

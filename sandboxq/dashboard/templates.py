@@ -22,6 +22,7 @@ class Context:
     csrf: str
     read_only: bool
     user: str
+    session: bool = False  # logged in through the form: a Log out button
 
 
 def h(value: Any) -> str:
@@ -70,7 +71,7 @@ nav.states a.current{font-weight:bold;text-decoration:none;color:#000}
 </style></head>
 <body data-page="$page" $attrs>
 <header><a href="$root/"><b>sandboxq</b></a><a href="$root/">Queues</a>
-<span class="who">$who</span></header>
+<span class="who">$who</span>$logout</header>
 <main><div id="flash"></div>
 $body
 </main><script src="$root/static/dashboard.js"></script></body></html>
@@ -81,6 +82,7 @@ def layout(ctx: Context, title: str, body: str, page: str, **attrs: str) -> str:
     extra = " ".join(f'data-{k.replace("_", "-")}="{h(v)}"' for k, v in attrs.items())
     who = f"{h(ctx.user)}" + (" · read-only" if ctx.read_only else "")
     return LAYOUT.substitute(
+        logout=logout_form(ctx) if ctx.session else "",
         root=h(ctx.root),
         csrf=h(ctx.csrf),
         title=h(title),
@@ -379,6 +381,20 @@ def login_page(root: str, error: str = "", *, named: bool = False) -> str:
 <p><label>Token <input name="password" type="password" autocomplete="current-password"
  {"required" if named else "autofocus"}></label></p>
 <p><button type="submit">Log in</button></p></form></body></html>"""
+
+
+def logout_form(ctx: Context) -> str:
+    """Ends the session server-side (no CSRF token: a page of another site
+    cannot send the SameSite=Strict cookie, so it cannot log anyone out)."""
+    return (
+        f'<form method="post" action="{h(ctx.root)}/logout" style="margin:0">'
+        '<button type="submit">Log out</button></form>'
+    )
+
+
+def logout_page(ctx: Context) -> str:
+    body = "<h1>Log out</h1><p>This ends your session: its cookie will not work again.</p>"
+    return layout(ctx, "Log out", body + logout_form(ctx), "logout")
 
 
 def error_page(ctx: Context | None, status: int, message: str) -> str:
