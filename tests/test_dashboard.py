@@ -27,7 +27,7 @@ from starlette.routing import Mount
 
 from sandboxq import Queue
 from sandboxq.dashboard import app
-from sandboxq.dashboard.app import DEFAULT_REDACT, Dashboard
+from sandboxq.dashboard.app import DEFAULT_REDACT, TOKEN_ENV, Dashboard
 from sandboxq.dashboard.redact import Redactor
 from sandboxq.dashboard.server import LOOPBACK_NAMES, allowed_hosts, check_auth, is_loopback
 from sandboxq.dashboard.users import TokenHash, hash_token, parse_users
@@ -215,7 +215,7 @@ def test_the_cookie_is_secure_over_https(redis_url: str, dash: Dashboard) -> Non
 
 def test_server_flags_session_ttl_and_trust_proxy_headers(redis_url: str) -> None:
     args = ["--session-ttl", "1m", "--trust-proxy-headers"]
-    with DashboardServer(redis_url, args, env={"SANDBOXQ_DASHBOARD_TOKEN": TOKEN}) as server:
+    with DashboardServer(redis_url, args, env={TOKEN_ENV: TOKEN}) as server:
         reply = server.request(
             "POST",
             "/login",
@@ -392,12 +392,12 @@ def test_duplicate_users_and_both_kinds_of_auth_are_refused(redis_url: str) -> N
 
 
 def test_hash_token_reads_stdin_and_refuses_short_or_several_tokens() -> None:
-    done = run_sandboxq_input("dashboard", "hash-token", stdin=f"{ALICE}\n")
+    done = dashboard_cli("hash-token", stdin=f"{ALICE}\n")
     assert done.returncode == 0, done.stderr
     assert TokenHash.parse(done.stdout).verify(ALICE)
     assert not TokenHash.parse(done.stdout).verify(BOB)
     for stdin, problem in (("short\n", "at least 16"), (f"{ALICE}\n{BOB}\n", "one line")):
-        refused = run_sandboxq_input("dashboard", "hash-token", stdin=stdin)
+        refused = dashboard_cli("hash-token", stdin=stdin)
         assert refused.returncode == 2 and problem in refused.stderr
         assert not refused.stdout
 
@@ -459,14 +459,7 @@ def test_server_with_a_users_file_audits_the_user(
 def test_server_refuses_contradictory_auth_flags(
     redis_url: str, args: list[str], problem: str
 ) -> None:
-    env = {"PATH": "/usr/bin:/bin", "SANDBOXQ_REDIS_URL": redis_url}
-    done = subprocess.run(
-        [sys.executable, "-m", "sandboxq", "dashboard", *args, "--port", "1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    done = dashboard_cli(*args, "--port", "1", redis_url=redis_url)
     assert done.returncode == 2 and problem in done.stderr, done.stderr
 
 
@@ -708,7 +701,7 @@ def test_json_action_with_csrf_header(user: Client, queue: Queue) -> None:
 def test_an_open_dashboard_warns_at_start(
     redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.delenv("SANDBOXQ_DASHBOARD_TOKEN", raising=False)
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
     with caplog.at_level(logging.WARNING, logger="sandboxq.dashboard"):
         app(redis_url).client.close()
     assert [r.levelname for r in caplog.records] == ["WARNING"]
@@ -778,16 +771,25 @@ def test_auth_policy_of_the_server() -> None:
     assert "not a loopback" in (check_auth("0.0.0.0", None, no_auth=True) or "")
 
 
+def dashboard_cli(
+    *args: str, redis_url: str = "", env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``sandboxq dashboard ARGS`` run to its end (a refusal to start, or
+    ``hash-token``), in an environment of only ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "sandboxq", "dashboard", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "SANDBOXQ_REDIS_URL": redis_url, **(env or {})},
+        timeout=30,
+        cwd=ROOT,
+    )
+
+
 def test_cli_refuses_non_loopback_without_auth(redis_url: str) -> None:
-    env = {"PATH": "/usr/bin:/bin", "SANDBOXQ_REDIS_URL": redis_url}
     for args in (["--host", "0.0.0.0", "--no-auth"], ["--host", "0.0.0.0"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "sandboxq", "dashboard", *args, "--port", "1"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
+        done = dashboard_cli(*args, "--port", "1", redis_url=redis_url)
         assert done.returncode == 2, done.stderr
         assert "SANDBOXQ_DASHBOARD_TOKEN" in done.stderr
 
@@ -795,28 +797,10 @@ def test_cli_refuses_non_loopback_without_auth(redis_url: str) -> None:
 def test_a_short_token_is_refused_at_start(redis_url: str) -> None:
     with pytest.raises(ValueError, match="at least 16 characters"):
         app(redis_url, token="short")
-    env = {"PATH": "/usr/bin:/bin", "SANDBOXQ_REDIS_URL": redis_url}
-    for args, extra in ((["--token", "short"], {}), ([], {"SANDBOXQ_DASHBOARD_TOKEN": "x" * 15})):
-        done = subprocess.run(
-            [sys.executable, "-m", "sandboxq", "dashboard", *args, "--port", "1"],
-            capture_output=True,
-            text=True,
-            env={**env, **extra},
-            timeout=30,
-        )
+    for args, env in ((["--token", "short"], {}), ([], {TOKEN_ENV: "x" * 15})):
+        done = dashboard_cli(*args, "--port", "1", redis_url=redis_url, env=env)
         assert done.returncode == 2, done.stderr
         assert "at least 16" in done.stderr and "Traceback" not in done.stderr
-
-
-def run_sandboxq_input(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sandboxq", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
 
 
 def test_redis_down_is_a_503_not_a_crash() -> None:
@@ -913,13 +897,8 @@ def test_allowed_hosts_are_added_by_flag(redis_url: str, queue: Queue) -> None:
 
 
 def test_binding_every_address_needs_allowed_hosts(redis_url: str) -> None:
-    env = {"PATH": "/usr/bin:/bin", "SANDBOXQ_REDIS_URL": redis_url}
-    done = subprocess.run(
-        [sys.executable, "-m", "sandboxq", "dashboard", "--host", "0.0.0.0", "--port", "1"],
-        capture_output=True,
-        text=True,
-        env={**env, "SANDBOXQ_DASHBOARD_TOKEN": TOKEN},
-        timeout=30,
+    done = dashboard_cli(
+        "--host", "0.0.0.0", "--port", "1", redis_url=redis_url, env={TOKEN_ENV: TOKEN}
     )
     assert done.returncode == 2 and "--allowed-host" in done.stderr, done.stderr
     assert allowed_hosts("0.0.0.0", ["q.example"]) == [*LOOPBACK_NAMES, "0.0.0.0", "q.example"]

@@ -108,6 +108,13 @@ def _status(url: str, data: bytes | None = None) -> int:
         return exc.code
 
 
+def _log_in(page: Any) -> None:
+    """Fill in and send the login form the page shows, as user e2e."""
+    page.fill("input[name=username]", "e2e")
+    page.fill("input[name=password]", TOKEN)
+    page.click("button[type=submit]")
+
+
 def test_unauthenticated_requests_get_401_and_posts_need_csrf(
     browser: Any, server: str, queue: Queue
 ) -> None:
@@ -121,9 +128,7 @@ def test_unauthenticated_requests_get_401_and_posts_need_csrf(
         first = page.goto(f"{server}/")
         assert first is not None and first.status == 401
         assert page.locator("input[type=password]").is_visible()
-        page.fill("input[name=username]", "e2e")
-        page.fill("input[name=password]", TOKEN)
-        page.click("button[type=submit]")
+        _log_in(page)
         page.wait_for_selector("#queues")
         # Logged in (cookie), but a POST without the CSRF token is refused.
         refused = context.request.post(f"{server}/queues/{queue.name}/pause", form={})
@@ -139,9 +144,7 @@ def test_log_out_ends_the_session_for_good(browser: Any, server: str, queue: Que
     try:
         page = context.new_page()
         page.goto(f"{server}/login")
-        page.fill("input[name=username]", "e2e")
-        page.fill("input[name=password]", TOKEN)
-        page.click("button[type=submit]")
+        _log_in(page)
         page.wait_for_selector("#queues")
         assert "e2e (unverified)" in page.locator("header .who").inner_text()
         cookies = {c["name"]: c["value"] for c in context.cookies()}
@@ -179,9 +182,7 @@ def test_failed_job_traceback_retry_and_live_refresh(
     try:
         page = context.new_page()
         page.goto(f"{server}/login")
-        page.fill("input[name=username]", "e2e")
-        page.fill("input[name=password]", TOKEN)
-        page.click("button[type=submit]")
+        _log_in(page)
         row = page.locator(f'#queues tr[data-queue="{queue.name}"]')
         row.wait_for()
         assert row.locator('[data-count="failed"]').inner_text() == "2"
