@@ -156,8 +156,9 @@ def test_sessions_expire(redis_url: str, queue: Queue) -> None:
         assert browser.get("/").status == 401
     finally:
         application.client.close()
-    with pytest.raises(ValueError, match="session_ttl"):
-        app(redis_url, token=TOKEN, session_ttl=0)
+    for wrong in (0, -1, float("nan"), 1e20):
+        with pytest.raises(ValueError, match="session_ttl"):
+            app(redis_url, token=TOKEN, session_ttl=wrong)
 
 
 def test_sessions_live_in_redis_keyed_by_a_hash_of_the_cookie(

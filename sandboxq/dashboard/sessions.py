@@ -28,6 +28,8 @@ import orjson
 
 PREFIX = "sq:dashboard:"
 SECRET_KEY = PREFIX + "secret"
+#: The longest session a dashboard may grant.
+MAX_SESSION_TTL = 366 * 86400.0
 #: Failed logins one client may make within ``FAILURE_WINDOW`` seconds.
 MAX_FAILURES = 5
 FAILURE_WINDOW = 60
@@ -56,8 +58,11 @@ class Sessions:
     """Login sessions in Redis: random ids, a TTL, revocable."""
 
     def __init__(self, client: Any, ttl: float) -> None:
-        if not ttl > 0:
-            raise ValueError(f"session_ttl must be > 0 seconds, not {ttl!r}")
+        if not 0 < ttl <= MAX_SESSION_TTL:  # NaN fails this too
+            raise ValueError(
+                f"session_ttl must be over 0 and at most {MAX_SESSION_TTL:.0f} seconds "
+                f"(366 days), not {ttl!r}"
+            )
         self.client = client
         self.ttl = ttl
 
