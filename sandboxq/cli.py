@@ -503,7 +503,11 @@ def add_dashboard_command(commands: argparse._SubParsersAction[argparse.Argument
         help="believe X-Forwarded-Proto (Secure cookie over HTTPS) and X-Forwarded-For "
         "(the client's address): only behind a proxy that sets them",
     )
-    dash_commands = dash.add_subparsers(dest="dashboard_command", metavar="COMMAND")
+    dash_commands = dash.add_subparsers(
+        dest="dashboard_command",
+        metavar="[hash-token]",
+        help="instead of serving: print the hash of a user's token, for a --users file",
+    )
     dash_commands.add_parser(
         "hash-token",
         help="print the hash of a user's token, for a --users file",
