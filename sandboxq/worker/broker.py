@@ -190,6 +190,8 @@ class Broker:
         self.next_recover = now  # recover what dead workers left, at once
         self.next_schedules = now
         self.next_cancel_check = now + CANCEL_CHECK_SECONDS
+        #: No fetch before this (monotonic): see hold_fetches.
+        self.fetch_hold_until = 0.0
         self._schedules_due = False
         #: Schedules through their three steps: due keys to read, then
         #: occurrences to fire (queue -> list).
@@ -290,6 +292,13 @@ class Broker:
     def holds_jobs(self) -> bool:
         return any(self.leased.values())
 
+    def hold_fetches(self, seconds: float) -> None:
+        """Fetch nothing for ``seconds`` (other steps go on)."""
+        self.fetch_hold_until = time.monotonic() + seconds
+
+    def fetches_held(self, now: float) -> bool:
+        return now < self.fetch_hold_until
+
     def _note_pending(self, entries: int = 1) -> None:
         if self.pending_since is None:
             self.pending_since = time.monotonic()
@@ -337,6 +346,8 @@ class Broker:
         commands = _Commands()
         plan: list[_Command] = []
         clock = time.monotonic()
+        if self.fetches_held(clock):
+            free_slots = start_now = 0
         self._fetching = (None, 0)
         self._start_now = start_now
         if not self._set_up:

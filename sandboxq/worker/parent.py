@@ -55,6 +55,13 @@ EXIT_INTERNAL_ERROR = 70  # an unexpected error stopped the worker (EX_SOFTWARE)
 #: offered again (within --unknown-name-grace).
 UNKNOWN_NAME_RETRY_SECONDS = 5.0
 
+#: When a job this worker has no handler for comes back to it while it
+#: waits for a worker that has one, this worker hands it back at once and
+#: fetches nothing for this long: the other workers, woken by the hand-back,
+#: get the first look. (Equal wake-ups would otherwise go to the same worker
+#: every time: the one whose wait was armed first.)
+STEP_ASIDE_SECONDS = 0.2
+
 #: Children that die before running any job, in a row, before the worker
 #: gives up instead of respawning forever.
 MAX_BIRTH_FAILURES = 5
@@ -200,6 +207,9 @@ class Worker:
         if not 0 <= unknown_name_grace < math.inf:
             raise ValueError(f"unknown_name_grace must be >= 0 seconds, got {unknown_name_grace!r}")
         self.unknown_name_grace = unknown_name_grace
+        #: Jobs with no handler here this worker handed back, until when it
+        #: steps aside if they come back to it (monotonic).
+        self._handed_back_unknown: dict[tuple[str, str], float] = {}
         # --rate-limit is stored on the queues (Queue.set_rate_limit), so it
         # holds across every worker, not per process.
         self.settings = {} if rate_limit is None else rate_limit_fields("rl", *rate_limit)
@@ -742,10 +752,12 @@ class Worker:
         broker = self.broker
         if self._stopping:
             return now if broker.has_pending() else broker.next_timer()
-        fetch = room.fetch > 0 and broker.maybe_work
+        fetch = room.fetch > 0 and broker.maybe_work and not broker.fetches_held(now)
         if broker.has_urgent() or (fetch and (room.start_now > 0 or room.fetch >= room.refill_at)):
             return now
         due = broker.next_timer()
+        if broker.fetches_held(now):
+            due = min(due, broker.fetch_hold_until)
         if (since := broker.pending_since) is not None:
             if room.free > 0 or broker.pending_entries >= BATCH_ENTRIES:
                 return now
@@ -888,11 +900,34 @@ class Worker:
         name = fields.get("name", "")
         found = self.handlers.get((queue, name))
         if found is None:
+            if self._step_aside(queue, job_id, fields):
+                return
             outcome = self._unknown_name(queue, job_id, name, fields)
+            if outcome.kind == execution.RETRY:
+                # Until a little after it is due again (see _step_aside).
+                self._handed_back_unknown[(queue, job_id)] = time.monotonic() + (
+                    UNKNOWN_NAME_RETRY_SECONDS + 1.0
+                )
             self.broker.finish(queue, execution.finish_entry(job_id, fields, outcome))
             return
         timeout = fields.get("timeout") or found.timeout or self.default_timeout
         self._buffer.append(Assignment(queue, job_id, name, fields, timeout, started))
+
+    def _step_aside(self, queue: str, job_id: str, fields: dict[str, Any]) -> bool:
+        """A job with no handler here, that this worker handed back moments
+        ago, is back: give it back at once and fetch nothing for
+        STEP_ASIDE_SECONDS, so a worker that knows it takes it (the hand-back
+        wakes one). False when the job is not one of those (or it must not
+        be released: a manual_retry_only job fails when released)."""
+        now = time.monotonic()
+        expired = [key for key, until in self._handed_back_unknown.items() if until <= now]
+        for key in expired:
+            del self._handed_back_unknown[key]
+        if (queue, job_id) not in self._handed_back_unknown or fields.get("manual_retry_only"):
+            return False
+        self.broker.hand_back(queue, job_id)
+        self.broker.hold_fetches(STEP_ASIDE_SECONDS)
+        return True
 
     def _unknown_name(
         self, queue: str, job_id: str, name: str, fields: dict[str, Any]
@@ -1094,6 +1129,8 @@ class Worker:
             or self.broker.armed
             or time.monotonic() < self._redis_retry_at
             or not room.fetch
+            # Stepping aside: a wait could take the wake-up meant for others.
+            or self.broker.fetches_held(time.monotonic())
         ):
             return
         try:
