@@ -18,7 +18,7 @@ from tests.asgi_client import Client
 from tests.dashboard_data import fill_completed
 
 JOBS = 100_000
-TOKEN = "bench"
+TOKEN = "benchmark-token-0123456789"
 
 
 def test_job_list_first_page_of_100k_completed(
