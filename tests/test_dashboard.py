@@ -565,6 +565,41 @@ def test_secrets_are_redacted_in_errors_tracebacks_and_logs(user: Client, queue:
     assert listed[0]["error"].startswith("ValueError: login refused: [redacted]")
 
 
+def _stepped(job: Any) -> None:
+    job.step("fetch <page>", lambda: {"rows": 3, "api_token": "tok-in-a-step"})
+    job.step("charge", lambda: "ch_42")
+    raise ValueError("after the steps")
+
+
+def test_job_page_and_api_show_recorded_steps_redacted(user: Client, queue: Queue) -> None:
+    job = queue.add("stepped", {"n": 1})
+    run_until_empty(queue, {"stepped": _stepped})
+    report = user.get(f"/api/queues/{queue.name}/jobs/{job.id}").json()
+    assert report["state"] == "failed"
+    assert report["steps"] == {
+        "fetch <page>": {"rows": 3, "api_token": "[redacted]"},
+        "charge": "ch_42",
+    }
+    assert list(report["steps"]) == ["fetch <page>", "charge"]
+    page = user.get(f"/queues/{queue.name}/jobs/{job.id}").text
+    assert "tok-in-a-step" not in page and "tok-in-a-step" not in str(report)
+    assert 'data-field="step_count">2<' in page
+    assert '<tr data-step="fetch &lt;page&gt;"><td>fetch &lt;page&gt;</td>' in page
+    assert page.index("fetch &lt;page&gt;") < page.index("ch_42")
+
+
+def test_steps_recorded_through_the_scripts_show_up(user: Client, queue: Queue) -> None:
+    job = queue.add("leased", None)
+    queue.scripts.fetch(queue.keys, int(time.time() * 1000), 1, "w", 60_000)
+    status = queue.scripts.step(queue.keys, "w", [(job.id, "only", '{"ok":true}')], 10)
+    assert status == ["recorded"]
+    report = user.get(f"/api/queues/{queue.name}/jobs/{job.id}").json()
+    assert report["state"] == "active" and report["steps"] == {"only": {"ok": True}}
+    empty = queue.add("plain", None)
+    assert user.get(f"/api/queues/{queue.name}/jobs/{empty.id}").json()["steps"] == {}
+    assert 'data-field="step_count">0<' in user.get(f"/queues/{queue.name}/jobs/{empty.id}").text
+
+
 @pytest.mark.parametrize(
     ("text", "shown"),
     [

@@ -25,7 +25,7 @@ from sandboxq.scripts import now_ms
 PER_PAGE = 50
 #: A job's values whose sensitive fields are hidden; the same secrets are
 #: hidden in its error, traceback, logs and children's errors.
-SENSITIVE_FIELDS = ("data", "result", "progress", "children_results")
+SENSITIVE_FIELDS = ("data", "result", "progress", "steps", "children_results")
 #: How long a SCAN for queue names is reused (a full SCAN walks every key).
 DISCOVERY_TTL = 5.0
 THROUGHPUT_WINDOW = 60.0

@@ -259,6 +259,18 @@ def section(title: str, content: str, ident: str = "") -> str:
     return f"<section{ident_attr}><h2>{h(title)}</h2>{content}</section>"
 
 
+def steps_section(steps: dict[str, Any]) -> str:
+    """The durable steps the job recorded, in order: key and result."""
+    rows = (
+        f'<tr data-step="{h(key)}"><td>{h(key)}</td><td><pre>{h(pretty(result))}</pre></td></tr>'
+        for key, result in steps.items()
+    )
+    return (
+        '<section id="steps"><h2>Steps (<span data-field="step_count">'
+        f"{len(steps)}</span>)</h2>{table(['Key', 'Result'], rows, 'step-rows')}</section>"
+    )
+
+
 def job_page(ctx: Context, r: dict[str, Any]) -> str:
     q, jid = r["queue"], r["id"]
     base = url(ctx.root, "queues", q, "jobs", jid)
@@ -312,6 +324,7 @@ def job_page(ctx: Context, r: dict[str, Any]) -> str:
         + section("Options", f"<pre>{h(pretty(r['options']))}</pre>")
         + section("Progress", f'<pre data-field="progress">{h(pretty(r["progress"]))}</pre>')
         + section("Result", f'<pre data-field="result">{h(pretty(r["result"]))}</pre>')
+        + steps_section(r["steps"])
         + section("Error", f'<pre data-field="error" class="err">{h(r["error"] or "")}</pre>')
         + section(
             "Traceback", f'<pre data-field="traceback">{h(r["traceback"] or "")}</pre>', "traceback"

@@ -105,6 +105,24 @@
       form.hidden = form.dataset.states.split(" ").indexOf(state) < 0;
     });
   }
+  function showSteps(steps) {
+    var tbody = document.getElementById("step-rows"), keys = Object.keys(steps);
+    var seen = JSON.stringify(steps);
+    if (!tbody || tbody.dataset.seen === seen) return;
+    tbody.dataset.seen = seen;
+    setText(document, "step_count", keys.length);
+    var rows = keys.map(function (key) {
+      var tr = document.createElement("tr"), td = document.createElement("td");
+      var pre = document.createElement("pre");
+      tr.dataset.step = key;
+      tr.appendChild(cell(key));
+      pre.textContent = json(steps[key]);
+      td.appendChild(pre);
+      tr.appendChild(td);
+      return tr;
+    });
+    tbody.replaceChildren.apply(tbody, rows);
+  }
   function refreshJob() {
     var q = body.dataset.queue, id = body.dataset.job;
     return getJSON("/api/queues/" + enc(q) + "/jobs/" + enc(id)).then(function (res) {
@@ -122,6 +140,7 @@
       setText(document, "error", r.error || "");
       setText(document, "traceback", r.traceback || "");
       setText(document, "logs", (r.logs || []).join("\n"));
+      showSteps(r.steps || {});
     });
   }
 
