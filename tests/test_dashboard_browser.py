@@ -220,3 +220,52 @@ def test_failed_job_traceback_retry_and_live_refresh(
         assert audit[-1]["by"] == "dashboard:e2e (unverified)" and audit[-1]["action"] == "retry"
     finally:
         context.close()
+
+
+def _fail(job: Any) -> None:
+    raise ValueError(f"cannot reach {job.data['host']}")
+
+
+def test_select_two_failed_jobs_and_retry_them(browser: Any, server: str, queue: Queue) -> None:
+    from playwright.sync_api import expect
+
+    from sandboxq.testing import run_until_empty
+
+    ids = [queue.add("sync_account", {"host": f"db-{i}"}).id for i in range(3)]
+    run_until_empty(queue, {"sync_account": _fail})
+    assert all(queue.get_job(i).state == "failed" for i in ids)  # type: ignore[union-attr]
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        page.goto(f"{server}/login")
+        _log_in(page)
+        page.wait_for_selector("#queues")
+        page.goto(f"{server}/queues/{queue.name}?state=failed")
+        rows = page.locator("#jobs tr[data-job]")
+        expect(rows).to_have_count(3)
+        page.evaluate("window.__notReloaded = true")
+        for job_id in ids[:2]:
+            page.locator(f'#jobs tr[data-job="{job_id}"] input[name="ids"]').check()
+        page.get_by_role("button", name="Retry selected").click()
+        expect(page.locator("#flash")).to_have_text("retry: 2 of 2 job(s)", timeout=10_000)
+        expect(rows).to_have_count(1, timeout=10_000)  # the list refreshed in place
+        assert page.locator("#jobs tr[data-job]").get_attribute("data-job") == ids[2]
+        assert page.evaluate("window.__notReloaded") is True
+        states = [queue.get_job(i).state for i in ids]  # type: ignore[union-attr]
+        assert states == ["waiting", "waiting", "failed"]
+        for job_id in ids[:2]:
+            audit = queue.get_job(job_id).audit()  # type: ignore[union-attr]
+            assert audit[-1]["by"] == "dashboard:e2e (unverified)"
+            assert audit[-1]["action"] == "retry"
+        # "Retry all failed" asks first: dismissed, nothing happens; accepted, it runs.
+        asked: list[str] = []
+        page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+        page.get_by_role("button", name="Retry all failed").click()
+        assert asked == [f"Retry all 1 failed jobs of queue {queue.name}?"]
+        assert queue.get_job(ids[2]).state == "failed"  # type: ignore[union-attr]
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name="Retry all failed").click()
+        expect(page.locator("#flash")).to_have_text("retried 1 failed job(s)", timeout=10_000)
+        assert queue.get_job(ids[2]).state == "waiting"  # type: ignore[union-attr]
+    finally:
+        context.close()

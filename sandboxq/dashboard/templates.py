@@ -187,15 +187,49 @@ def queue_header(ctx: Context, q: str, paused: bool, counts: dict[str, int], sta
     )
 
 
-def job_row(ctx: Context, q: str, job: dict[str, Any]) -> str:
+#: The states whose jobs each bulk action applies to.
+BULK_STATES = {
+    "retry": ("failed",),
+    "remove": ("waiting", "delayed", "completed", "failed", "waiting-children", "cancelled"),
+    "cancel": ("waiting", "delayed", "active", "waiting-children"),
+}
+
+
+def job_row(ctx: Context, q: str, job: dict[str, Any], selectable: bool = False) -> str:
     error = (job.get("error") or "").splitlines()
+    pick = (
+        f'<td><input type="checkbox" form="bulk" name="ids" value="{h(job["id"])}" '
+        f'aria-label="select job {h(job["id"])}"></td>'
+        if selectable
+        else ""
+    )
     return (
-        f'<tr data-job="{h(job["id"])}">'
+        f'<tr data-job="{h(job["id"])}">{pick}'
         f'<td><a href="{h(url(ctx.root, "queues", q, "jobs", job["id"]))}">{h(job["id"])}</a></td>'
         f'<td>{h(job["name"])}</td><td class="state {h(job["state"])}">{h(job["state"])}</td>'
         f'<td class="n">{h(job["attempts_made"])}/{h(job["attempts"])}</td>'
         f"<td>{h(when(job['created_at']))}</td><td>{h(when(job['finished_at']))}</td>"
         f"<td>{h(error[0] if error else '')}</td></tr>"
+    )
+
+
+def bulk_form(ctx: Context, q: str, state: str) -> str:
+    """The buttons acting on the jobs ticked in the list (their checkboxes
+    belong to this form through ``form="bulk"``); nothing when read-only or
+    when no bulk action applies to the state."""
+    verbs = [verb for verb, states in BULK_STATES.items() if state in states]
+    if ctx.read_only or not verbs:
+        return ""
+    buttons = " ".join(
+        f'<button type="submit" name="action" value="{h(verb)}">{h(verb.capitalize())} '
+        "selected</button>"
+        for verb in verbs
+    )
+    target = url(ctx.root, "queues", q, "bulk")
+    return (
+        f'<form id="bulk" class="bulk" method="post" action="{h(target)}">'
+        f'<input type="hidden" name="csrf_token" value="{h(ctx.csrf)}">'
+        f'<input type="hidden" name="state" value="{h(state)}">{buttons}</form>'
     )
 
 
@@ -206,12 +240,26 @@ def jobs_page(ctx: Context, page: dict[str, Any]) -> str:
         f'<form method="get" action="{h(url(ctx.root, "queues", q))}">'
         f'<input type="hidden" name="state" value="{h(state)}">'
         f'<input name="id" placeholder="job id" value="{h(page["job_id"])}"> '
-        f'<input name="q" placeholder="name contains (this page)" value="{h(page["search"])}"> '
+        f'<input name="q" placeholder="name contains" value="{h(page["search"])}"> '
         f"<button>Search</button></form>"
     )
+    if page["search"]:
+        search += (
+            f'<p data-field="matched">{h(page["matched"])} {h(state)} job(s) named like '
+            f"“{h(page['search'])}” among the first {h(page['scanned'])} of "
+            f"{h(page['total'])} (a search looks at the first {h(page['scan_limit'])}).</p>"
+        )
     bulk = []
-    if state == "failed":
-        bulk.append(action(ctx, url(ctx.root, "queues", q, "retry-failed"), "Retry all failed"))
+    if state == "failed" and page["counts"]["failed"]:
+        bulk.append(
+            action(
+                ctx,
+                url(ctx.root, "queues", q, "retry-failed"),
+                "Retry all failed",
+                # dashboard.js puts the live count in for {failed}.
+                confirm="Retry all {failed} failed jobs of queue " + q + "?",
+            )
+        )
     if state != "active":
         fields = (
             {"state": state, "older_than": "3600"}
@@ -221,9 +269,13 @@ def jobs_page(ctx: Context, page: dict[str, Any]) -> str:
         label = "Clean older than 1h" if state in FINISHED_STATES else f"Clean all {state}"
         bulk.append(action(ctx, url(ctx.root, "queues", q, "clean"), label, fields))
     pager = []
+    search_term = page["search"]
     if page["page"] > 1:
         pager.append(
-            link(url(ctx.root, "queues", q, state=state, page=page["page"] - 1), "« newer")
+            link(
+                url(ctx.root, "queues", q, state=state, page=page["page"] - 1, q=search_term),
+                "« newer",
+            )
         )
     pager.append(
         f'page <span data-field="page">{h(page["page"])}</span> of '
@@ -231,13 +283,23 @@ def jobs_page(ctx: Context, page: dict[str, Any]) -> str:
     )
     if page["page"] < page["pages"]:
         pager.append(
-            link(url(ctx.root, "queues", q, state=state, page=page["page"] + 1), "older »")
+            link(
+                url(ctx.root, "queues", q, state=state, page=page["page"] + 1, q=search_term),
+                "older »",
+            )
         )
-    body += search + f"<p>{' '.join(bulk)}</p>" + f"<p>{' · '.join(pager)}</p>"
-    body += table(
-        ["Id", "Name", "State", "Attempts", "Created", "Finished", "Error"],
-        (job_row(ctx, q, j) for j in page["jobs"]),
-        "jobs",
+    chooser = bulk_form(ctx, q, state)
+    body += search + f"<p>{' '.join(bulk)}</p>" + chooser + f"<p>{' · '.join(pager)}</p>"
+    heads = ["Id", "Name", "State", "Attempts", "Created", "Finished", "Error"]
+    pick_all = (
+        '<th><input type="checkbox" id="select-all" aria-label="select every job shown"></th>'
+        if chooser
+        else ""
+    )
+    rows = "".join(job_row(ctx, q, j, bool(chooser)) for j in page["jobs"])
+    body += (
+        f"<table><thead><tr>{pick_all}{''.join(f'<th>{h(x)}</th>' for x in heads)}</tr></thead>"
+        f'<tbody id="jobs">{rows}</tbody></table>'
     )
     if not page["jobs"]:
         body += f"<p>No {h(state)} jobs{' match' if page['job_id'] or page['search'] else ''}.</p>"
@@ -252,6 +314,20 @@ def jobs_page(ctx: Context, page: dict[str, Any]) -> str:
         page_number=str(page["page"]),
         live=live,
     )
+
+
+def confirm_retry_failed(ctx: Context, q: str, failed: int) -> str:
+    """Asked before "Retry all failed" runs, when the browser runs no script."""
+    form = action(
+        ctx, url(ctx.root, "queues", q, "retry-failed"), "Retry them all", {"confirm": "yes"}
+    )
+    body = (
+        f"<h1>Retry all failed jobs of {h(q)}?</h1>"
+        f"<p>{h(failed)} failed job(s) go back to waiting, each with a fresh attempt budget; "
+        "each retry is audited.</p>"
+        f"<p>{form} {link(url(ctx.root, 'queues', q, state='failed'), 'Cancel')}</p>"
+    )
+    return layout(ctx, f"{q} · retry all failed", body, "confirm", queue=q)
 
 
 def section(title: str, content: str, ident: str = "") -> str:

@@ -80,10 +80,25 @@
         setText(document, "paused", data.paused ? "paused" : "");
         setText(document, "pages", data.pages);
         if (!tbody) return;
+        var selectable = !!document.getElementById("bulk"), ticked = {};
+        tbody.querySelectorAll('input[name="ids"]:checked').forEach(function (box) {
+          ticked[box.value] = true;
+        });
         var rows = data.jobs.map(function (job) {
           var tr = document.createElement("tr"), td = document.createElement("td");
           var a = document.createElement("a");
           tr.dataset.job = job.id;
+          if (selectable) {
+            var pick = document.createElement("td"), box = document.createElement("input");
+            box.type = "checkbox";
+            box.name = "ids";
+            box.value = job.id;
+            box.checked = !!ticked[job.id];
+            box.setAttribute("form", "bulk");
+            box.setAttribute("aria-label", "select job " + job.id);
+            pick.appendChild(box);
+            tr.appendChild(pick);
+          }
           a.href = root + "/queues/" + enc(q) + "/jobs/" + enc(job.id);
           a.textContent = job.id;
           td.appendChild(a);
@@ -153,25 +168,49 @@
     fn().catch(function () {}).then(function () { busy = false; });
   }
 
+  document.addEventListener("change", function (event) {
+    var all = event.target;
+    if (all.id !== "select-all") return;
+    document.querySelectorAll('#jobs input[name="ids"]').forEach(function (box) {
+      box.checked = all.checked;
+    });
+  });
+
   document.addEventListener("submit", function (event) {
     var form = event.target;
-    if (!form.classList || !form.classList.contains("action")) return;
+    if (!form.classList || !(form.classList.contains("action") || form.classList.contains("bulk"))) return;
     event.preventDefault();
+    // The attribute: a field named "action" (the bulk form's) shadows form.action.
+    var target = form.getAttribute("action");
+    if (form.dataset.confirm) {
+      var failed = document.querySelector('[data-count="failed"]');
+      var question = form.dataset.confirm.replace("{failed}", failed ? failed.textContent : "the");
+      if (!window.confirm(question)) return;
+    }
+    var fields = new FormData(form);
+    if (event.submitter && event.submitter.name) fields.append(event.submitter.name, event.submitter.value);
+    if (form.classList.contains("bulk") && !fields.getAll("ids").length) {
+      flash("Select jobs first.", true);
+      return;
+    }
     var buttons = form.querySelectorAll("button");
     buttons.forEach(function (b) { b.disabled = true; });
-    fetch(form.action, {
+    fetch(target, {
       method: "POST",
       credentials: "same-origin",
       headers: { "X-CSRF-Token": csrf, Accept: "application/json",
                  "Content-Type": "application/x-www-form-urlencoded" },
-      body: new URLSearchParams(new FormData(form)).toString(),
+      body: new URLSearchParams(fields).toString(),
     }).then(function (r) {
       return r.json().then(function (data) {
         if (!r.ok) throw new Error(data.error || ("HTTP " + r.status));
         flash(data.message);
-        if (/\/(remove|pause|resume)$/.test(form.action) && page !== "overview") {
-          window.location.href = form.action.replace(/\/jobs\/[^/]+\/remove$/, "").replace(/\/(pause|resume)$/, "");
+        if (/\/(remove|pause|resume)$/.test(target) && page !== "overview") {
+          window.location.href = target.replace(/\/jobs\/[^/]+\/remove$/, "").replace(/\/(pause|resume)$/, "");
           return;
+        }
+        if (form.classList.contains("bulk")) {
+          document.querySelectorAll('input[name="ids"], #select-all').forEach(function (box) { box.checked = false; });
         }
         refresh();
       });
