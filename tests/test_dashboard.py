@@ -31,11 +31,12 @@ from sandboxq.dashboard.app import DEFAULT_REDACT, TOKEN_ENV, Dashboard
 from sandboxq.dashboard.redact import Redactor
 from sandboxq.dashboard.server import LOOPBACK_NAMES, allowed_hosts, check_auth, is_loopback
 from sandboxq.dashboard.users import TokenHash, hash_token, parse_users
+from sandboxq.stats import RETENTION_SECONDS, bucket, flush_commands, minute_of
 from sandboxq.testing import run_until_empty
 from tests.asgi_client import Client, loopback_address
 from tests.dashboard_data import fill_completed
 from tests.dashboard_server import DashboardServer
-from tests.worker_harness import ROOT
+from tests.worker_harness import ROOT, wait_until
 
 TOKEN = "t0ken-for-the-tests"
 
@@ -688,6 +689,58 @@ def test_search_by_id_goes_straight_to_the_job(user: Client, queue: Queue) -> No
     missing = user.get(f"/queues/{queue.name}?state=failed&id=nope%3Cb%3E")
     assert missing.status == 200 and "No failed jobs match" in missing.text
     assert "nope<b>" not in missing.text
+
+
+def _record_stats(queue: Queue, counts: dict[tuple[str, int, str], int]) -> None:
+    """Write counts as a worker's step does (sandboxq.stats.flush_commands)."""
+    pipe = queue.client.pipeline(transaction=False)
+    for command in flush_commands({queue.name: queue.keys}, counts):
+        pipe.execute_command(*command)
+    pipe.execute()
+
+
+def test_charts_draw_the_workers_counts_as_svg(user: Client, queue: Queue) -> None:
+    # Not in a minute's last seconds: the page must read the minute written here.
+    wait_until(lambda: time.time() % 60 < 50, 15, "a minute's first 50 seconds")
+    now = minute_of(int(time.time() * 1000))
+    q, name = queue.name, "<b>resize</b>"
+    _record_stats(
+        queue,
+        {
+            (q, now, "completed"): 7,
+            (q, now, "failed"): 2,
+            (q, now - 1, "completed"): 3,
+            (q, now, f"rt:{bucket(8)}:{name}"): 9,
+            (q, now - 1, f"rt:{bucket(400)}:{name}"): 1,
+            (q, now - 90, "completed"): 100,  # beyond the hour, within the day
+        },
+    )
+    queue.client.hset(queue.keys.stats(now), mapping={"waiting": 4, "active": 1})
+    hour = user.get(f"/api/queues/{q}/charts").json()
+    assert hour["span"] == "hour" and hour["per_minutes"] == 1 and len(hour["points"]) == 60
+    assert hour["points"][-1] == {
+        "minute": now,
+        "completed": 7,
+        "failed": 2,
+        "waiting": 4,
+        "active": 1,
+    }
+    assert hour["points"][-2]["completed"] == 3 and hour["points"][-2]["waiting"] is None
+    assert hour["run_times"] == {name: {"runs": 10, "p50_ms": 10.0, "p95_ms": 500.0}}
+    day = user.get(f"/api/queues/{q}/charts?span=day").json()
+    assert len(day["points"]) == 144 and sum(p["completed"] for p in day["points"]) == 110
+    page = user.get(f"/queues/{q}/charts").text
+    assert page.count('<g class="bar">') == 60 and page.count('class="line"') == 2
+    assert "&lt;b&gt;resize&lt;/b&gt;" in page and "<b>resize" not in page
+    assert user.get(f"/queues/{q}/charts?span=day").text.count('<g class="bar">') == 144
+    assert user.get(f"/queues/{q}/charts?span=week").status == 404
+    overview = user.get("/").text
+    assert 'data-chart="last_hour"' in overview and overview.count('<g class="bar">') == 60
+    listed = user.get("/api/queues").json()["queues"][0]
+    assert listed["last_hour"][-1]["completed"] == 7
+    assert listed["last_hour_svg"].count('<g class="bar">') == 60
+    for minute in (now, now - 1, now - 90):
+        assert 0 < queue.client.ttl(queue.keys.stats(minute)) <= RETENTION_SECONDS
 
 
 def test_overview_job_and_schedules_pages(user: Client, queue: Queue) -> None:

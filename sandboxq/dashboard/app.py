@@ -317,7 +317,15 @@ class Dashboard:
             case []:
                 return Response.html(templates.overview_page(ctx, self.store.overview()))
             case ["queues"] if api:
-                return Response.json({"queues": self.store.overview()})
+                found = self.store.overview()
+                for entry in found:  # the overview's small chart, drawn for dashboard.js
+                    entry["last_hour_svg"] = templates.bars_svg(entry["last_hour"], 180, 30)
+                return Response.json({"queues": found})
+            case ["queues", q, "charts"]:
+                charts = self.store.charts(q, query.get("span", "hour"))
+                if api:
+                    return Response.json({**charts, "svg": templates.chart_fragments(charts)})
+                return Response.html(templates.charts_page(ctx, charts))
             case ["queues", q] | ["queues", q, "jobs"]:
                 page = self.store.job_page(
                     q,

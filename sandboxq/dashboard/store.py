@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from sandboxq import stats
 from sandboxq.admin import discover_queues, job_report, job_summary
 from sandboxq.dashboard.redact import Redactor
 from sandboxq.job import STATES
@@ -33,6 +34,10 @@ SENSITIVE_FIELDS = ("data", "result", "progress", "steps", "children_results")
 DISCOVERY_TTL = 5.0
 THROUGHPUT_WINDOW = 60.0
 #: The audit stream's cap, as the Lua scripts' (include/common.lua).
+
+
+#: A chart's span: how many minutes, and how many minutes a point sums.
+CHART_SPANS = {"hour": (60, 1), "day": (1440, 10)}
 
 
 class NotFound(LookupError):
@@ -93,9 +98,27 @@ class Store:
                     "paused": queue.is_paused(),
                     "throughput": queue.throughput(THROUGHPUT_WINDOW),
                     "workers": [w for w in workers if name in w.get("queues", ())],
+                    "last_hour": self.series(queue, "hour")["points"],
                 }
             )
         return found
+
+    def charts(self, name: str, span: str) -> dict[str, Any]:
+        """The queue's charts over ``span`` (hour: a point a minute; day: a
+        point per 10 minutes, summed on read)."""
+        if span not in CHART_SPANS:
+            raise NotFound(f"unknown span {span!r}: hour or day")
+        return {"queue": name, "span": span, **self.series(self.queue(name), span)}
+
+    def series(self, queue: Queue, span: str) -> dict[str, Any]:
+        """Every minute's stats hash of the span in one pipelined round trip."""
+        count, per = CHART_SPANS[span]
+        minutes = stats.span_minutes(stats.minute_of(now_ms()), count)
+        pipe = self.client.pipeline(transaction=False)
+        for key in stats.keys_of(queue.keys, minutes):
+            pipe.hgetall(key)
+        hashes = [stats.decode(raw) for raw in pipe.execute()]
+        return {"per_minutes": per, **stats.summarize(minutes, hashes, per)}
 
     # -- jobs ------------------------------------------------------------------
     def job_page(

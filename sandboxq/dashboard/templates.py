@@ -126,6 +126,121 @@ def table(headers: Sequence[str], rows: Iterable[str], tbody_id: str = "") -> st
     return f"<table><thead><tr>{head}</tr></thead><tbody{ident}>{''.join(rows)}</tbody></table>"
 
 
+# -- charts (inline SVG, drawn here: no script, no library) ---------------------------
+COMPLETED_COLOR, FAILED_COLOR = "#1b7f3b", "#b00020"
+WAITING_COLOR, ACTIVE_COLOR = "#283447", "#b36b00"
+
+
+def minute_label(minute: int) -> str:
+    return time.strftime("%H:%M", time.localtime(minute * 60))
+
+
+def bars_svg(points: Sequence[dict[str, Any]], width: int = 720, height: int = 140) -> str:
+    """Completed (below) and failed (stacked on top) per point: one
+    ``<g class="bar">`` per point, its numbers in a ``<title>``."""
+    top = max([p["completed"] + p["failed"] for p in points] + [1])
+    step = width / max(len(points), 1)
+    bars = []
+    for i, p in enumerate(points):
+        x = f"{i * step:.1f}"
+        w = f"{max(step - 1, 0.5):.1f}"
+        done_h = p["completed"] / top * (height - 12)
+        fail_h = p["failed"] / top * (height - 12)
+        bars.append(
+            f'<g class="bar"><title>{h(minute_label(p["minute"]))}: {h(p["completed"])} '
+            f"completed, {h(p['failed'])} failed</title>"
+            f'<rect x="{x}" y="{height - done_h:.1f}" width="{w}" height="{done_h:.1f}" '
+            f'fill="{COMPLETED_COLOR}"></rect>'
+            f'<rect x="{x}" y="{height - done_h - fail_h:.1f}" width="{w}" '
+            f'height="{fail_h:.1f}" fill="{FAILED_COLOR}"></rect></g>'
+        )
+    return (
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="completed and failed jobs, up to {top} a point">'
+        f'<text x="2" y="10" font-size="10">{h(top)}</text>{"".join(bars)}</svg>'
+    )
+
+
+def lines_svg(points: Sequence[dict[str, Any]], width: int = 720, height: int = 140) -> str:
+    """Waiting and active depth over time, one polyline each (minutes with
+    no sample are skipped)."""
+    fields = (("waiting", WAITING_COLOR), ("active", ACTIVE_COLOR))
+    values = [p[f] for p in points for f, _ in fields if p[f] is not None]
+    top = max([*values, 1])
+    step = width / max(len(points) - 1, 1)
+    lines = []
+    for field, color in fields:
+        coords = " ".join(
+            f"{i * step:.1f},{height - p[field] / top * (height - 12):.1f}"
+            for i, p in enumerate(points)
+            if p[field] is not None
+        )
+        lines.append(
+            f'<polyline class="line" data-series="{field}" points="{coords}" fill="none" '
+            f'stroke="{color}" stroke-width="1.5"><title>{field}</title></polyline>'
+        )
+    return (
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="waiting and active jobs, up to {top}">'
+        f'<text x="2" y="10" font-size="10">{h(top)}</text>{"".join(lines)}</svg>'
+    )
+
+
+def run_time(ms: float | None) -> str:
+    if ms is None:
+        return ""
+    if ms == float("inf"):
+        return "> 1 h"
+    return f"≤ {ms / 1000:g} s" if ms >= 1000 else f"≤ {ms:g} ms"
+
+
+def run_times_table(run_times: dict[str, dict[str, Any]]) -> str:
+    rows = (
+        f'<tr><td>{h(name)}</td><td class="n">{h(r["runs"])}</td>'
+        f'<td class="n">{h(run_time(r["p50_ms"]))}</td>'
+        f'<td class="n">{h(run_time(r["p95_ms"]))}</td></tr>'
+        for name, r in run_times.items()
+    )
+    return table(["Job name", "Runs", "p50", "p95"], rows, "run-times")
+
+
+def chart_fragments(charts: dict[str, Any]) -> dict[str, str]:
+    """What the charts page shows and dashboard.js swaps in live."""
+    return {
+        "throughput": bars_svg(charts["points"]),
+        "depth": lines_svg(charts["points"]),
+        "run_times": run_times_table(charts["run_times"]),
+    }
+
+
+def charts_page(ctx: Context, charts: dict[str, Any]) -> str:
+    q, span = charts["queue"], charts["span"]
+    spans = " ".join(
+        f'<a class="{"current" if s == span else ""}" '
+        f'href="{h(url(ctx.root, "queues", q, "charts", span=s))}">last {h(s)}</a>'
+        for s in ("hour", "day")
+    )
+    per = "minute" if charts["per_minutes"] == 1 else f"{charts['per_minutes']} minutes"
+    parts = chart_fragments(charts)
+    body = (
+        f"<h1>Charts of {h(q)}</h1><p>{link(url(ctx.root, 'queues', q), '« queue ' + q)}</p>"
+        f'<nav class="states">{spans}</nav>'
+        + section(
+            f"Completed and failed per {per}",
+            f'<div data-chart="throughput">{parts["throughput"]}</div>',
+        )
+        + section(
+            "Waiting and active (sampled each minute)",
+            f'<div data-chart="depth">{parts["depth"]}</div>',
+        )
+        + section(
+            f"Run time per job name (last {span})",
+            f'<div data-chart="run_times">{parts["run_times"]}</div>',
+        )
+    )
+    return layout(ctx, f"{q} charts", body, "charts", queue=q, span=span)
+
+
 # -- pages ----------------------------------------------------------------------------
 def overview_page(ctx: Context, stats: list[dict[str, Any]]) -> str:
     rows = []
@@ -143,10 +258,14 @@ def overview_page(ctx: Context, stats: list[dict[str, Any]]) -> str:
             f"{cells}"
             f'<td data-field="paused" class="paused">{"paused" if s["paused"] else ""}</td>'
             f'<td class="n" data-field="throughput">{rate}</td>'
-            f'<td class="n" data-field="workers">{len(s["workers"])}</td></tr>'
+            f'<td class="n" data-field="workers">{len(s["workers"])}</td>'
+            f'<td><a data-chart="last_hour" href="{h(url(ctx.root, "queues", q, "charts"))}">'
+            f"{bars_svg(s['last_hour'], 180, 30)}</a></td></tr>"
         )
     body = "<h1>Queues</h1>" + table(
-        ["Queue", *STATES, "Paused", "Done/s ok / failed (1 min)", "Workers"], rows, "queues"
+        ["Queue", *STATES, "Paused", "Done/s ok / failed (1 min)", "Workers", "Last hour"],
+        rows,
+        "queues",
     )
     if not stats:
         body += "<p>No queues found.</p>"
@@ -182,7 +301,8 @@ def queue_header(ctx: Context, q: str, paused: bool, counts: dict[str, int], sta
     return (
         f'<h1>Queue {h(q)} <span class="paused" data-field="paused">'
         f"{'paused' if paused else ''}</span></h1>"
-        f'<p>{toggle} <a href="{h(url(ctx.root, "queues", q, "schedules"))}">Schedules</a></p>'
+        f'<p>{toggle} <a href="{h(url(ctx.root, "queues", q, "schedules"))}">Schedules</a> '
+        f'<a href="{h(url(ctx.root, "queues", q, "charts"))}">Charts</a></p>'
         f'<nav class="states">{links}</nav>'
     )
 

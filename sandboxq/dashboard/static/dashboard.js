@@ -46,6 +46,12 @@
     });
   }
 
+  function draw(el, markup) {
+    if (el.dataset.drawn === markup) return;
+    el.innerHTML = markup;
+    el.dataset.drawn = markup;
+  }
+
   function refreshOverview() {
     return getJSON("/api/queues").then(function (res) {
       var rows = document.querySelectorAll("#queues tr[data-queue]");
@@ -60,6 +66,9 @@
         setText(row, "paused", q.paused ? "paused" : "");
         setText(row, "throughput", q.throughput.completed.toFixed(2) + " / " + q.throughput.failed.toFixed(2));
         setText(row, "workers", q.workers.length);
+        var small = row.querySelector('[data-chart="last_hour"]');
+        // Drawn by the server (templates.bars_svg), every value escaped there.
+        if (small && q.last_hour_svg) draw(small, q.last_hour_svg);
       });
     });
   }
@@ -159,7 +168,21 @@
     });
   }
 
-  var refreshers = { overview: refreshOverview, jobs: refreshJobs, job: refreshJob };
+  var CHARTS_EVERY = 10000, chartsAt = Date.now();
+  function refreshCharts() {
+    var q = body.dataset.queue, span = body.dataset.span;
+    if (Date.now() - chartsAt < CHARTS_EVERY) return Promise.resolve();
+    chartsAt = Date.now();
+    return getJSON("/api/queues/" + enc(q) + "/charts?span=" + enc(span)).then(function (res) {
+      Object.keys(res.data.svg || {}).forEach(function (name) {
+        var el = document.querySelector('[data-chart="' + name + '"]');
+        // Drawn by the server (templates.chart_fragments), every value escaped there.
+        if (el) draw(el, res.data.svg[name]);
+      });
+    });
+  }
+
+  var refreshers = { overview: refreshOverview, jobs: refreshJobs, job: refreshJob, charts: refreshCharts };
   var busy = false;
   function refresh() {
     var fn = refreshers[page];
