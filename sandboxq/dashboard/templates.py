@@ -226,11 +226,11 @@ def charts_page(ctx: Context, charts: dict[str, Any]) -> str:
         f"<h1>Charts of {h(q)}</h1><p>{link(url(ctx.root, 'queues', q), '« queue ' + q)}</p>"
         f'<nav class="states">{spans}</nav>'
         + section(
-            f"Completed and failed per {per}",
+            f"Completed (green) and failed (red) per {per}",
             f'<div data-chart="throughput">{parts["throughput"]}</div>',
         )
         + section(
-            "Waiting and active (sampled each minute)",
+            "Waiting (blue) and active (orange), sampled each minute",
             f'<div data-chart="depth">{parts["depth"]}</div>',
         )
         + section(
