@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sandboxq import payload, registry
+from sandboxq import payload, registry, stats
 from sandboxq.connection import describe, resolve_url
 from sandboxq.errors import SandboxqError
 from sandboxq.job import FINISHED_STATES, STATES, JobRecord
@@ -555,6 +555,11 @@ class QueueCore(Generic[J]):
                 raise JobIsActive(
                     f"queue {self.name!r} has active jobs; pass force=True to obliterate anyway"
                 )
+        # The charts' counters (sandboxq.stats): every minute they can still hold.
+        now = stats.minute_of(now_ms())
+        minutes = range(now - stats.RETENTION_SECONDS // 60 - 1, now + 2)
+        names = stats.keys_of(self.keys, minutes)
+        yield [cmd("UNLINK", *names[i : i + 1000]) for i in range(0, len(names), 1000)]
 
     # -- flow control --------------------------------------------------------
     def _set_rate_limit(self, max_jobs: int | None, per_seconds: float | None = None) -> Op[None]:

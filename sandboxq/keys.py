@@ -24,7 +24,7 @@ JOB_SETS = ("wait", "delayed", "active", "completed", "failed", "waiting_childre
 
 #: Every kind of key that belongs to one job or group: ``<prefix>KIND:<id>``.
 #: The Lua scripts build them the same way (``prefix .. 'job:' .. id``).
-PER_ID_KINDS = ("job", "logs", "deps", "ignored", "audit", "gwait", "glimiter")
+PER_ID_KINDS = ("job", "logs", "deps", "ignored", "audit", "gwait", "glimiter", "stats")
 
 
 def validate_name(kind: str, value: object) -> str:
@@ -118,13 +118,19 @@ class QueueKeys:
 
     def of(self, kind: str, name: str) -> str:
         """The key of one job or group: ``kind`` is one of PER_ID_KINDS
-        (``gwait`` and ``glimiter`` take a group name, the others a job id)."""
+        (``gwait`` and ``glimiter`` take a group name, ``stats`` a minute,
+        the others a job id)."""
         if kind not in PER_ID_KINDS:
             raise ValueError(f"unknown key kind {kind!r}")
         return f"{self.prefix}{kind}:{name}"
 
     def job(self, job_id: str) -> str:
         return self.of("job", job_id)
+
+    def stats(self, minute: int) -> str:
+        """One minute's counters for the dashboard's charts (sandboxq.stats);
+        ``minute``: minutes since the epoch."""
+        return self.of("stats", str(minute))
 
     def logs(self, job_id: str) -> str:
         return self.of("logs", job_id)

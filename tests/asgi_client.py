@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
@@ -31,6 +32,10 @@ class Reply:
 
     def json(self) -> Any:
         return orjson.loads(self.body)
+
+
+#: A form's fields: a mapping, or (name, value) pairs to repeat a name.
+Form = Mapping[str, str] | Sequence[tuple[str, str]]
 
 
 def loopback_address() -> str:
@@ -62,7 +67,7 @@ class Client:
     def get(self, path: str, **headers: str) -> Reply:
         return self.request("GET", path, headers=headers)
 
-    def post(self, path: str, form: dict[str, str] | None = None, **headers: str) -> Reply:
+    def post(self, path: str, form: Form | None = None, **headers: str) -> Reply:
         return self.request("POST", path, form=form, headers=headers)
 
     def request(
@@ -70,7 +75,7 @@ class Client:
         method: str,
         path: str,
         *,
-        form: dict[str, str] | None = None,
+        form: Form | None = None,
         headers: dict[str, str] | None = None,
     ) -> Reply:
         path, _, query = path.partition("?")

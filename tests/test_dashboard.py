@@ -31,11 +31,12 @@ from sandboxq.dashboard.app import DEFAULT_REDACT, TOKEN_ENV, Dashboard
 from sandboxq.dashboard.redact import Redactor
 from sandboxq.dashboard.server import LOOPBACK_NAMES, allowed_hosts, check_auth, is_loopback
 from sandboxq.dashboard.users import TokenHash, hash_token, parse_users
+from sandboxq.stats import RETENTION_SECONDS, bucket, flush_commands, minute_of
 from sandboxq.testing import run_until_empty
 from tests.asgi_client import Client, loopback_address
 from tests.dashboard_data import fill_completed
 from tests.dashboard_server import DashboardServer
-from tests.worker_harness import ROOT
+from tests.worker_harness import ROOT, wait_until
 
 TOKEN = "t0ken-for-the-tests"
 
@@ -565,6 +566,41 @@ def test_secrets_are_redacted_in_errors_tracebacks_and_logs(user: Client, queue:
     assert listed[0]["error"].startswith("ValueError: login refused: [redacted]")
 
 
+def _stepped(job: Any) -> None:
+    job.step("fetch <page>", lambda: {"rows": 3, "api_token": "tok-in-a-step"})
+    job.step("charge", lambda: "ch_42")
+    raise ValueError("after the steps")
+
+
+def test_job_page_and_api_show_recorded_steps_redacted(user: Client, queue: Queue) -> None:
+    job = queue.add("stepped", {"n": 1})
+    run_until_empty(queue, {"stepped": _stepped})
+    report = user.get(f"/api/queues/{queue.name}/jobs/{job.id}").json()
+    assert report["state"] == "failed"
+    assert report["steps"] == {
+        "fetch <page>": {"rows": 3, "api_token": "[redacted]"},
+        "charge": "ch_42",
+    }
+    assert list(report["steps"]) == ["fetch <page>", "charge"]
+    page = user.get(f"/queues/{queue.name}/jobs/{job.id}").text
+    assert "tok-in-a-step" not in page and "tok-in-a-step" not in str(report)
+    assert 'data-field="step_count">2<' in page
+    assert '<tr data-step="fetch &lt;page&gt;"><td>fetch &lt;page&gt;</td>' in page
+    assert page.index("fetch &lt;page&gt;") < page.index("ch_42")
+
+
+def test_steps_recorded_through_the_scripts_show_up(user: Client, queue: Queue) -> None:
+    job = queue.add("leased", None)
+    queue.scripts.fetch(queue.keys, int(time.time() * 1000), 1, "w", 60_000)
+    status = queue.scripts.step(queue.keys, "w", [(job.id, "only", '{"ok":true}')], 10)
+    assert status == ["recorded"]
+    report = user.get(f"/api/queues/{queue.name}/jobs/{job.id}").json()
+    assert report["state"] == "active" and report["steps"] == {"only": {"ok": True}}
+    empty = queue.add("plain", None)
+    assert user.get(f"/api/queues/{queue.name}/jobs/{empty.id}").json()["steps"] == {}
+    assert 'data-field="step_count">0<' in user.get(f"/queues/{queue.name}/jobs/{empty.id}").text
+
+
 @pytest.mark.parametrize(
     ("text", "shown"),
     [
@@ -627,6 +663,86 @@ def test_search_by_id_and_by_name(user: Client, queue: Queue) -> None:
     assert named["jobs"] and all(j["name"] == "bulk-3" for j in named["jobs"])
 
 
+def test_search_by_name_pages_through_the_first_ids_of_the_state(
+    user: Client, queue: Queue
+) -> None:
+    for _ in range(70):
+        queue.add("other")
+    needles = [queue.add(f"send-<needle>-{i}").id for i in range(3)]
+    queue.add("other")
+    api = f"/api/queues/{queue.name}/jobs?state=waiting"
+    found = user.get(f"{api}&q=NEEDLE").json()
+    assert [j["id"] for j in found["jobs"]] == needles  # beyond the first page of 50
+    assert found["matched"] == 3 and found["scanned"] == 74 and found["pages"] == 1
+    assert found["scan_limit"] == 5000 and found["total"] == 74
+    assert user.get(f"{api}&q=nothing-like-it").json()["jobs"] == []
+    html = user.get(f"/queues/{queue.name}?state=waiting&q=%3Cneedle%3E").text
+    assert "send-&lt;needle&gt;-0" in html and "<needle>" not in html
+    assert "among the first 74 of 74" in html and ">other<" not in html
+
+
+def test_search_by_id_goes_straight_to_the_job(user: Client, queue: Queue) -> None:
+    job = queue.add("ok")
+    found = user.get(f"/queues/{queue.name}?state=failed&id={job.id}")
+    assert found.status == 303
+    assert found.header("location") == f"/queues/{queue.name}/jobs/{job.id}"
+    missing = user.get(f"/queues/{queue.name}?state=failed&id=nope%3Cb%3E")
+    assert missing.status == 200 and "No failed jobs match" in missing.text
+    assert "nope<b>" not in missing.text
+
+
+def _record_stats(queue: Queue, counts: dict[tuple[str, int, str], int]) -> None:
+    """Write counts as a worker's step does (sandboxq.stats.flush_commands)."""
+    pipe = queue.client.pipeline(transaction=False)
+    for command in flush_commands({queue.name: queue.keys}, counts):
+        pipe.execute_command(*command)
+    pipe.execute()
+
+
+def test_charts_draw_the_workers_counts_as_svg(user: Client, queue: Queue) -> None:
+    # Not in a minute's last seconds: the page must read the minute written here.
+    wait_until(lambda: time.time() % 60 < 50, 15, "a minute's first 50 seconds")
+    now = minute_of(int(time.time() * 1000))
+    q, name = queue.name, "<b>resize</b>"
+    _record_stats(
+        queue,
+        {
+            (q, now, "completed"): 7,
+            (q, now, "failed"): 2,
+            (q, now - 1, "completed"): 3,
+            (q, now, f"rt:{bucket(8)}:{name}"): 9,
+            (q, now - 1, f"rt:{bucket(400)}:{name}"): 1,
+            (q, now - 90, "completed"): 100,  # beyond the hour, within the day
+        },
+    )
+    queue.client.hset(queue.keys.stats(now), mapping={"waiting": 4, "active": 1})
+    hour = user.get(f"/api/queues/{q}/charts").json()
+    assert hour["span"] == "hour" and hour["per_minutes"] == 1 and len(hour["points"]) == 60
+    assert hour["points"][-1] == {
+        "minute": now,
+        "completed": 7,
+        "failed": 2,
+        "waiting": 4,
+        "active": 1,
+    }
+    assert hour["points"][-2]["completed"] == 3 and hour["points"][-2]["waiting"] is None
+    assert hour["run_times"] == {name: {"runs": 10, "p50_ms": 10.0, "p95_ms": 500.0}}
+    day = user.get(f"/api/queues/{q}/charts?span=day").json()
+    assert len(day["points"]) == 144 and sum(p["completed"] for p in day["points"]) == 110
+    page = user.get(f"/queues/{q}/charts").text
+    assert page.count('<g class="bar">') == 60 and page.count('class="line"') == 2
+    assert "&lt;b&gt;resize&lt;/b&gt;" in page and "<b>resize" not in page
+    assert user.get(f"/queues/{q}/charts?span=day").text.count('<g class="bar">') == 144
+    assert user.get(f"/queues/{q}/charts?span=week").status == 404
+    overview = user.get("/").text
+    assert 'data-chart="last_hour"' in overview and overview.count('<g class="bar">') == 60
+    listed = user.get("/api/queues").json()["queues"][0]
+    assert listed["last_hour"][-1]["completed"] == 7
+    assert listed["last_hour_svg"].count('<g class="bar">') == 60
+    for minute in (now, now - 1, now - 90):
+        assert 0 < queue.client.ttl(queue.keys.stats(minute)) <= RETENTION_SECONDS
+
+
 def test_overview_job_and_schedules_pages(user: Client, queue: Queue) -> None:
     job_id = failing_job(queue, {"n": 1})
     queue.schedule("nightly", cron="30 2 * * *", data={"secret": "zzz"})
@@ -670,7 +786,7 @@ def test_each_action_writes_its_audit_entry(dash: Dashboard, queue: Queue) -> No
     post(f"/queues/{q}/jobs/{failed}/retry")
     assert queue.get_job(failed).audit()[-1]["by"] == by  # type: ignore[union-attr]
     run_until_empty(queue, {"raise_error": _fail})
-    post(f"/queues/{q}/retry-failed")
+    post(f"/queues/{q}/retry-failed", confirm="yes")
     delayed = queue.add("ok", delay=3600).id
     post(f"/queues/{q}/jobs/{delayed}/promote")
     assert queue.get_job(delayed).state == "waiting"  # type: ignore[union-attr]
@@ -685,6 +801,98 @@ def test_each_action_writes_its_audit_entry(dash: Dashboard, queue: Queue) -> No
     actions = [e["action"] for e in reversed(entries)]
     assert actions[:5] == ["retry", "retry", "promote", "remove", "pause"]
     assert actions[5] == "resume" and actions[6].startswith("clean waiting")
+
+
+def test_bulk_retry_remove_and_cancel_are_each_audited(dash: Dashboard, queue: Queue) -> None:
+    browser = Client(dash)
+    browser.post("/login", {"username": "dora", "password": TOKEN})
+    token = csrf_of(browser)
+    q, by = queue.name, "dashboard:dora (unverified)"
+    first, second, third = (failing_job(queue, {"n": i}) for i in range(3))
+    page = browser.get(f"/queues/{q}?state=failed").text
+    assert f'form="bulk" name="ids" value="{first}"' in page and 'id="select-all"' in page
+    assert ">Retry selected<" in page and ">Cancel selected<" not in page
+    reply = browser.post(
+        f"/queues/{q}/bulk",
+        [
+            ("csrf_token", token),
+            ("state", "failed"),
+            ("action", "retry"),
+            ("ids", first),
+            ("ids", second),
+        ],
+    )
+    assert reply.status == 303 and reply.header("location") == f"/queues/{q}?state=failed"
+    assert [queue.get_job(i).state for i in (first, second, third)] == [  # type: ignore[union-attr]
+        "waiting",
+        "waiting",
+        "failed",
+    ]
+    for job_id in (first, second):
+        assert queue.get_job(job_id).audit()[-1] == {  # type: ignore[union-attr]
+            "at": pytest.approx(time.time(), abs=60),
+            "by": by,
+            "action": "retry",
+        }
+    # A script: ids as one comma-separated field; a job it cannot apply to is skipped.
+    done = browser.post(
+        f"/queues/{q}/bulk",
+        {"action": "cancel", "ids": f"{first}, {third}"},
+        x_csrf_token=token,
+    ).json()
+    assert done["result"] == {"done": [first], "skipped": [third]}
+    assert done["message"] == "cancel: 1 of 2 job(s) (1 not in a state that allows it)"
+    assert queue.get_job(first).state == "cancelled"  # type: ignore[union-attr]
+    removed = browser.post(
+        f"/queues/{q}/bulk", {"action": "remove", "ids": f"{first} {third}"}, x_csrf_token=token
+    ).json()
+    assert removed["result"]["done"] == [first, third]
+    assert queue.get_job(first) is None and queue.get_job(third) is None
+    actions = [(e["action"], e.get("job_id"), e["by"]) for e in reversed(queue.audit_log())]
+    assert ("remove", third, by) in actions and ("cancel", first, by) in actions
+
+
+def test_bulk_actions_are_refused_without_csrf_when_read_only_or_malformed(
+    redis_url: str, user: Client, queue: Queue
+) -> None:
+    job_id = failing_job(queue)
+    token = csrf_of(user)
+    bulk = f"/queues/{queue.name}/bulk"
+    assert user.post(bulk, {"action": "retry", "ids": job_id}).status == 403
+    assert user.post(bulk, {"action": "explode", "ids": job_id}, x_csrf_token=token).status == 400
+    assert user.post(bulk, {"action": "retry", "ids": " "}, x_csrf_token=token).status == 400
+    too_many = ",".join(str(i) for i in range(501))
+    assert user.post(bulk, {"action": "retry", "ids": too_many}, x_csrf_token=token).status == 400
+    read_only = app(redis_url, token=TOKEN, queues=[queue.name], read_only=True)
+    try:
+        viewer = Client(read_only).bearer(TOKEN)
+        page = viewer.get(f"/queues/{queue.name}?state=failed").text
+        assert 'id="bulk"' not in page and 'name="ids"' not in page
+        refused = viewer.post(bulk, {"action": "retry", "ids": job_id}, x_csrf_token=token)
+        assert refused.status == 403
+    finally:
+        read_only.client.close()
+    assert queue.get_job(job_id).state == "failed"  # type: ignore[union-attr]
+    assert queue.audit_log() == []
+
+
+def test_retry_all_failed_asks_first_without_javascript(dash: Dashboard, queue: Queue) -> None:
+    browser = Client(dash)
+    browser.post("/login", {"username": "eve", "password": TOKEN})
+    token = csrf_of(browser)
+    failed = [failing_job(queue) for _ in range(2)]
+    listed = browser.get(f"/queues/{queue.name}?state=failed").text
+    assert f'data-confirm="Retry all {{failed}} failed jobs of queue {queue.name}?"' in listed
+    ask = browser.post(f"/queues/{queue.name}/retry-failed", {"csrf_token": token})
+    assert ask.status == 200 and "2 failed job(s) go back to waiting" in ask.text
+    assert 'name="confirm" value="yes"' in ask.text
+    assert [queue.get_job(i).state for i in failed] == ["failed", "failed"]  # type: ignore[union-attr]
+    done = browser.post(
+        f"/queues/{queue.name}/retry-failed", {"csrf_token": token, "confirm": "yes"}
+    )
+    assert done.status == 303
+    assert [queue.get_job(i).state for i in failed] == ["waiting", "waiting"]  # type: ignore[union-attr]
+    assert {e["by"] for e in queue.audit_log()} == {"dashboard:eve (unverified)"}
 
 
 def test_json_action_with_csrf_header(user: Client, queue: Queue) -> None:

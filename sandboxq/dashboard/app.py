@@ -50,6 +50,10 @@ from sandboxq.queue import JobIsActive
 DEFAULT_REDACT = ("password", "token", "card", "secret")
 #: What a job's page can do to it (POST .../jobs/<id>/<verb>).
 JOB_ACTIONS = ("retry", "promote", "remove", "cancel")
+#: What a job list can do to the jobs selected on it (POST .../bulk).
+BULK_ACTIONS = ("retry", "remove", "cancel")
+#: The most jobs one bulk action takes.
+MAX_BULK = 500
 TOKEN_ENV = "SANDBOXQ_DASHBOARD_TOKEN"
 #: The largest ``older_than`` (seconds) or ``keep`` a clean takes: beyond any
 #: real use, and exact in Lua's doubles even as milliseconds.
@@ -313,7 +317,15 @@ class Dashboard:
             case []:
                 return Response.html(templates.overview_page(ctx, self.store.overview()))
             case ["queues"] if api:
-                return Response.json({"queues": self.store.overview()})
+                found = self.store.overview()
+                for entry in found:  # the overview's small chart, drawn for dashboard.js
+                    entry["last_hour_svg"] = templates.bars_svg(entry["last_hour"], 180, 30)
+                return Response.json({"queues": found})
+            case ["queues", q, "charts"]:
+                charts = self.store.charts(q, query.get("span", "hour"))
+                if api:
+                    return Response.json({**charts, "svg": templates.chart_fragments(charts)})
+                return Response.html(templates.charts_page(ctx, charts))
             case ["queues", q] | ["queues", q, "jobs"]:
                 page = self.store.job_page(
                     q,
@@ -324,6 +336,10 @@ class Dashboard:
                 )
                 if api:
                     return Response.json(page)
+                if page["job_id"] and page["jobs"]:  # found: straight to the job
+                    return Response.redirect(
+                        templates.url(request.root, "queues", q, "jobs", page["job_id"])
+                    )
                 return Response.html(templates.jobs_page(ctx, page))
             case ["queues", q, "jobs", job_id]:
                 report = self.store.job(q, job_id)
@@ -350,17 +366,58 @@ class Dashboard:
             raise HTTPError(403, "cross-origin request refused")
         path = request.segments[1:] if request.segments[:1] == ["api"] else request.segments
         by = f"dashboard:{identity.user}"
-        message, result, back = self.act(path, request.form, by, request.root)
-        if request.wants_json or CSRF_HEADER in request.headers:
+        scripted = request.wants_json or CSRF_HEADER in request.headers
+        asks = len(path) == 3 and path[0] == "queues" and path[2] == "retry-failed"
+        if asks and not scripted and "confirm" not in request.form:
+            # A browser's form post without JavaScript: ask first.
+            failed = self.store.queue(path[1]).counts()["failed"]
+            return Response.html(templates.confirm_retry_failed(ctx, path[1], failed))
+        message, result, back = self.act(path, request, by)
+        if scripted:
             return Response.json({"ok": True, "message": message, "result": result})
         return Response.redirect(back)
 
-    def act(
-        self, path: list[str], form: dict[str, str], by: str, root: str
-    ) -> tuple[str, Any, str]:
+    def bulk(self, q: str, request: Request, by: str) -> tuple[str, Any, str]:
+        """``action`` (retry, remove or cancel) on each of the jobs ``ids``
+        (a repeated field, a JSON list, or ids separated by commas or
+        spaces), each audited; those it does not apply to are skipped."""
+        verb = request.form.get("action", "")
+        if verb not in BULK_ACTIONS:
+            raise HTTPError(400, f"unknown bulk action {verb[:40]!r}")
+        ids = list(
+            dict.fromkeys(i for v in request.values("ids") for i in v.replace(",", " ").split())
+        )
+        if not ids:
+            raise HTTPError(400, "no jobs selected")
+        if len(ids) > MAX_BULK:
+            raise HTTPError(400, f"at most {MAX_BULK} jobs at once, got {len(ids)}")
+        queue = self.store.queue(q)
+        done: list[str] = []
+        skipped: list[str] = []
+        for job_id in ids:
+            try:
+                if verb == "retry":
+                    ok: Any = queue.retry(job_id, by=by)
+                elif verb == "remove":
+                    ok = queue.remove(job_id, by=by)
+                else:
+                    ok = queue.cancel(job_id, reason=request.form.get("reason") or None, by=by)
+            except JobIsActive:
+                ok = False
+            (done if ok else skipped).append(job_id)
+        message = f"{verb}: {len(done)} of {len(ids)} job(s)"
+        if skipped:
+            message += f" ({len(skipped)} not in a state that allows it)"
+        state = request.form.get("state", "")
+        back = templates.url(request.root, "queues", q, state=state if state in STATES else "")
+        return message, {"done": done, "skipped": skipped}, back
+
+    def act(self, path: list[str], request: Request, by: str) -> tuple[str, Any, str]:
         """Run one action; (message, result, page to go back to)."""
-        url = templates.url
+        url, form, root = templates.url, request.form, request.root
         match path:
+            case ["queues", q, "bulk"]:
+                return self.bulk(q, request, by)
             case ["queues", q, "jobs", job_id, verb] if verb in JOB_ACTIONS:
                 queue = self.store.queue(q)
                 back = url(root, "queues", q, "jobs", job_id)

@@ -35,6 +35,15 @@ class Request:
     scheme: str = "http"  # as the server saw it (a proxy's X-Forwarded-Proto aside)
     client: str = ""  # the peer's address, as the server saw it
     external_user: str | None = None  # who the host application says is asking
+    #: Every value of a field given more than once (a form's repeated
+    #: field, a JSON list), as ``form`` keeps only the last.
+    form_lists: dict[str, list[str]] = field(default_factory=dict)
+
+    def values(self, name: str) -> list[str]:
+        """Every value of the form field ``name`` (none: [])."""
+        if name in self.form_lists:
+            return self.form_lists[name]
+        return [self.form[name]] if name in self.form else []
 
     @property
     def wants_json(self) -> bool:
@@ -64,8 +73,12 @@ class Request:
             cookies = {k: m.value for k, m in jar.items()}
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         form: dict[str, str] = {}
+        lists: dict[str, list[str]] = {}
         if "application/x-www-form-urlencoded" in headers.get("content-type", ""):
-            form = dict(parse_qsl(body.decode("utf-8", "replace")))
+            pairs = parse_qsl(body.decode("utf-8", "replace"))
+            form = dict(pairs)
+            for k, v in pairs:
+                lists.setdefault(k, []).append(v)
         elif body and "application/json" in headers.get("content-type", ""):
             try:
                 loaded = orjson.loads(body)
@@ -73,6 +86,9 @@ class Request:
                 loaded = {}
             if isinstance(loaded, dict):
                 form = {str(k): str(v) for k, v in loaded.items()}
+                lists = {
+                    str(k): [str(x) for x in v] for k, v in loaded.items() if isinstance(v, list)
+                }
         client = scope.get("client")
         return cls(
             scope["method"],
@@ -84,6 +100,7 @@ class Request:
             form,
             str(scope.get("scheme", "http")),
             str(client[0]) if client else "",
+            form_lists=lists,
         )
 
     def forwarded(self, header: str, trusted: bool) -> str:

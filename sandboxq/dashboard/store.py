@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from sandboxq import stats
 from sandboxq.admin import discover_queues, job_report, job_summary
 from sandboxq.dashboard.redact import Redactor
 from sandboxq.job import STATES
@@ -23,13 +24,20 @@ from sandboxq.scripts import now_ms
 
 #: Jobs per page of a job list.
 PER_PAGE = 50
+#: How many of a state's ids (from the first) a search by name looks at:
+#: one ZRANGE, then one pipelined HGET of each job's name.
+NAME_SCAN = 5000
 #: A job's values whose sensitive fields are hidden; the same secrets are
 #: hidden in its error, traceback, logs and children's errors.
-SENSITIVE_FIELDS = ("data", "result", "progress", "children_results")
+SENSITIVE_FIELDS = ("data", "result", "progress", "steps", "children_results")
 #: How long a SCAN for queue names is reused (a full SCAN walks every key).
 DISCOVERY_TTL = 5.0
 THROUGHPUT_WINDOW = 60.0
 #: The audit stream's cap, as the Lua scripts' (include/common.lua).
+
+
+#: A chart's span: how many minutes, and how many minutes a point sums.
+CHART_SPANS = {"hour": (60, 1), "day": (1440, 10)}
 
 
 class NotFound(LookupError):
@@ -90,36 +98,63 @@ class Store:
                     "paused": queue.is_paused(),
                     "throughput": queue.throughput(THROUGHPUT_WINDOW),
                     "workers": [w for w in workers if name in w.get("queues", ())],
+                    "last_hour": self.series(queue, "hour")["points"],
                 }
             )
         return found
+
+    def charts(self, name: str, span: str) -> dict[str, Any]:
+        """The queue's charts over ``span`` (hour: a point a minute; day: a
+        point per 10 minutes, summed on read)."""
+        if span not in CHART_SPANS:
+            raise NotFound(f"unknown span {span!r}: hour or day")
+        return {"queue": name, "span": span, **self.series(self.queue(name), span)}
+
+    def series(self, queue: Queue, span: str) -> dict[str, Any]:
+        """Every minute's stats hash of the span in one pipelined round trip."""
+        count, per = CHART_SPANS[span]
+        minutes = stats.span_minutes(stats.minute_of(now_ms()), count)
+        pipe = self.client.pipeline(transaction=False)
+        for key in stats.keys_of(queue.keys, minutes):
+            pipe.hgetall(key)
+        hashes = [stats.decode(raw) for raw in pipe.execute()]
+        return {"per_minutes": per, **stats.summarize(minutes, hashes, per)}
 
     # -- jobs ------------------------------------------------------------------
     def job_page(
         self, name: str, state: str, page: int, *, job_id: str = "", search: str = ""
     ) -> dict[str, Any]:
         """One page of ``state``'s jobs: ZRANGE by rank, then every hash in one
-        pipeline. ``job_id`` looks one job up instead; ``search`` keeps the
-        page's jobs whose name contains it."""
+        pipeline. ``job_id`` looks one job up instead; ``search`` pages
+        through the jobs whose name contains it (case-insensitively) among
+        the state's first ``NAME_SCAN`` ids."""
         if state not in STATES:
             raise NotFound(f"unknown state {state!r}")
         queue = self.queue(name)
         counts = queue.counts()
         total = counts[state]
-        pages = max(1, -(-total // PER_PAGE))
-        page = min(max(page, 1), pages)
+        scanned, matched = 0, None
         if job_id:
             one = queue.get_job(job_id)
-            jobs = [] if one is None else [one]
+            jobs, page, pages = ([] if one is None else [one]), 1, 1
         else:
-            jobs = queue.get_jobs(queue.job_ids(state, (page - 1) * PER_PAGE, PER_PAGE))
+            if search:
+                ids = queue.job_ids(state, 0, NAME_SCAN)
+                scanned = len(ids)
+                ids = self._named(queue, ids, search.lower())
+                found = matched = len(ids)
+            else:
+                ids, found = [], total
+            pages = max(1, -(-found // PER_PAGE))
+            page = min(max(page, 1), pages)
+            start = (page - 1) * PER_PAGE
+            window = slice(start, start + PER_PAGE)
+            jobs = queue.get_jobs(ids[window] if search else queue.job_ids(state, start, PER_PAGE))
         rows = []
         for j in jobs:
             row = job_summary(j)
             row["error"] = self.redact.in_text(j.data, j.result, j.progress)(row["error"])
             rows.append(row)
-        if search:
-            rows = [r for r in rows if search.lower() in str(r["name"]).lower()]
         return {
             "queue": name,
             "state": state,
@@ -131,8 +166,24 @@ class Store:
             "paused": queue.is_paused(),
             "job_id": job_id,
             "search": search,
+            "scanned": scanned,
+            "matched": matched,
+            "scan_limit": NAME_SCAN,
             "jobs": rows,
         }
+
+    def _named(self, queue: Queue, ids: list[str], search: str) -> list[str]:
+        """Those of ``ids`` whose job's name contains ``search`` (lower
+        case): every name in one pipeline."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(queue.keys.job(job_id), "name")
+        names = pipe.execute()
+        return [
+            job_id
+            for job_id, found in zip(ids, names, strict=True)
+            if found is not None and search in found.decode("utf-8", "replace").lower()
+        ]
 
     def job(self, name: str, job_id: str) -> dict[str, Any]:
         queue = self.queue(name)

@@ -126,6 +126,121 @@ def table(headers: Sequence[str], rows: Iterable[str], tbody_id: str = "") -> st
     return f"<table><thead><tr>{head}</tr></thead><tbody{ident}>{''.join(rows)}</tbody></table>"
 
 
+# -- charts (inline SVG, drawn here: no script, no library) ---------------------------
+COMPLETED_COLOR, FAILED_COLOR = "#1b7f3b", "#b00020"
+WAITING_COLOR, ACTIVE_COLOR = "#283447", "#b36b00"
+
+
+def minute_label(minute: int) -> str:
+    return time.strftime("%H:%M", time.localtime(minute * 60))
+
+
+def bars_svg(points: Sequence[dict[str, Any]], width: int = 720, height: int = 140) -> str:
+    """Completed (below) and failed (stacked on top) per point: one
+    ``<g class="bar">`` per point, its numbers in a ``<title>``."""
+    top = max([p["completed"] + p["failed"] for p in points] + [1])
+    step = width / max(len(points), 1)
+    bars = []
+    for i, p in enumerate(points):
+        x = f"{i * step:.1f}"
+        w = f"{max(step - 1, 0.5):.1f}"
+        done_h = p["completed"] / top * (height - 12)
+        fail_h = p["failed"] / top * (height - 12)
+        bars.append(
+            f'<g class="bar"><title>{h(minute_label(p["minute"]))}: {h(p["completed"])} '
+            f"completed, {h(p['failed'])} failed</title>"
+            f'<rect x="{x}" y="{height - done_h:.1f}" width="{w}" height="{done_h:.1f}" '
+            f'fill="{COMPLETED_COLOR}"></rect>'
+            f'<rect x="{x}" y="{height - done_h - fail_h:.1f}" width="{w}" '
+            f'height="{fail_h:.1f}" fill="{FAILED_COLOR}"></rect></g>'
+        )
+    return (
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="completed and failed jobs, up to {top} a point">'
+        f'<text x="2" y="10" font-size="10">{h(top)}</text>{"".join(bars)}</svg>'
+    )
+
+
+def lines_svg(points: Sequence[dict[str, Any]], width: int = 720, height: int = 140) -> str:
+    """Waiting and active depth over time, one polyline each (minutes with
+    no sample are skipped)."""
+    fields = (("waiting", WAITING_COLOR), ("active", ACTIVE_COLOR))
+    values = [p[f] for p in points for f, _ in fields if p[f] is not None]
+    top = max([*values, 1])
+    step = width / max(len(points) - 1, 1)
+    lines = []
+    for field, color in fields:
+        coords = " ".join(
+            f"{i * step:.1f},{height - p[field] / top * (height - 12):.1f}"
+            for i, p in enumerate(points)
+            if p[field] is not None
+        )
+        lines.append(
+            f'<polyline class="line" data-series="{field}" points="{coords}" fill="none" '
+            f'stroke="{color}" stroke-width="1.5"><title>{field}</title></polyline>'
+        )
+    return (
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="waiting and active jobs, up to {top}">'
+        f'<text x="2" y="10" font-size="10">{h(top)}</text>{"".join(lines)}</svg>'
+    )
+
+
+def run_time(ms: float | None) -> str:
+    if ms is None:
+        return ""
+    if ms == float("inf"):
+        return "> 1 h"
+    return f"≤ {ms / 1000:g} s" if ms >= 1000 else f"≤ {ms:g} ms"
+
+
+def run_times_table(run_times: dict[str, dict[str, Any]]) -> str:
+    rows = (
+        f'<tr><td>{h(name)}</td><td class="n">{h(r["runs"])}</td>'
+        f'<td class="n">{h(run_time(r["p50_ms"]))}</td>'
+        f'<td class="n">{h(run_time(r["p95_ms"]))}</td></tr>'
+        for name, r in run_times.items()
+    )
+    return table(["Job name", "Runs", "p50", "p95"], rows, "run-times")
+
+
+def chart_fragments(charts: dict[str, Any]) -> dict[str, str]:
+    """What the charts page shows and dashboard.js swaps in live."""
+    return {
+        "throughput": bars_svg(charts["points"]),
+        "depth": lines_svg(charts["points"]),
+        "run_times": run_times_table(charts["run_times"]),
+    }
+
+
+def charts_page(ctx: Context, charts: dict[str, Any]) -> str:
+    q, span = charts["queue"], charts["span"]
+    spans = " ".join(
+        f'<a class="{"current" if s == span else ""}" '
+        f'href="{h(url(ctx.root, "queues", q, "charts", span=s))}">last {h(s)}</a>'
+        for s in ("hour", "day")
+    )
+    per = "minute" if charts["per_minutes"] == 1 else f"{charts['per_minutes']} minutes"
+    parts = chart_fragments(charts)
+    body = (
+        f"<h1>Charts of {h(q)}</h1><p>{link(url(ctx.root, 'queues', q), '« queue ' + q)}</p>"
+        f'<nav class="states">{spans}</nav>'
+        + section(
+            f"Completed (green) and failed (red) per {per}",
+            f'<div data-chart="throughput">{parts["throughput"]}</div>',
+        )
+        + section(
+            "Waiting (blue) and active (orange), sampled each minute",
+            f'<div data-chart="depth">{parts["depth"]}</div>',
+        )
+        + section(
+            f"Run time per job name (last {span})",
+            f'<div data-chart="run_times">{parts["run_times"]}</div>',
+        )
+    )
+    return layout(ctx, f"{q} charts", body, "charts", queue=q, span=span)
+
+
 # -- pages ----------------------------------------------------------------------------
 def overview_page(ctx: Context, stats: list[dict[str, Any]]) -> str:
     rows = []
@@ -143,10 +258,14 @@ def overview_page(ctx: Context, stats: list[dict[str, Any]]) -> str:
             f"{cells}"
             f'<td data-field="paused" class="paused">{"paused" if s["paused"] else ""}</td>'
             f'<td class="n" data-field="throughput">{rate}</td>'
-            f'<td class="n" data-field="workers">{len(s["workers"])}</td></tr>'
+            f'<td class="n" data-field="workers">{len(s["workers"])}</td>'
+            f'<td><a data-chart="last_hour" href="{h(url(ctx.root, "queues", q, "charts"))}">'
+            f"{bars_svg(s['last_hour'], 180, 30)}</a></td></tr>"
         )
     body = "<h1>Queues</h1>" + table(
-        ["Queue", *STATES, "Paused", "Done/s ok / failed (1 min)", "Workers"], rows, "queues"
+        ["Queue", *STATES, "Paused", "Done/s ok / failed (1 min)", "Workers", "Last hour"],
+        rows,
+        "queues",
     )
     if not stats:
         body += "<p>No queues found.</p>"
@@ -182,20 +301,55 @@ def queue_header(ctx: Context, q: str, paused: bool, counts: dict[str, int], sta
     return (
         f'<h1>Queue {h(q)} <span class="paused" data-field="paused">'
         f"{'paused' if paused else ''}</span></h1>"
-        f'<p>{toggle} <a href="{h(url(ctx.root, "queues", q, "schedules"))}">Schedules</a></p>'
+        f'<p>{toggle} <a href="{h(url(ctx.root, "queues", q, "schedules"))}">Schedules</a> '
+        f'<a href="{h(url(ctx.root, "queues", q, "charts"))}">Charts</a></p>'
         f'<nav class="states">{links}</nav>'
     )
 
 
-def job_row(ctx: Context, q: str, job: dict[str, Any]) -> str:
+#: The states whose jobs each bulk action applies to.
+BULK_STATES = {
+    "retry": ("failed",),
+    "remove": ("waiting", "delayed", "completed", "failed", "waiting-children", "cancelled"),
+    "cancel": ("waiting", "delayed", "active", "waiting-children"),
+}
+
+
+def job_row(ctx: Context, q: str, job: dict[str, Any], selectable: bool = False) -> str:
     error = (job.get("error") or "").splitlines()
+    pick = (
+        f'<td><input type="checkbox" form="bulk" name="ids" value="{h(job["id"])}" '
+        f'aria-label="select job {h(job["id"])}"></td>'
+        if selectable
+        else ""
+    )
     return (
-        f'<tr data-job="{h(job["id"])}">'
+        f'<tr data-job="{h(job["id"])}">{pick}'
         f'<td><a href="{h(url(ctx.root, "queues", q, "jobs", job["id"]))}">{h(job["id"])}</a></td>'
         f'<td>{h(job["name"])}</td><td class="state {h(job["state"])}">{h(job["state"])}</td>'
         f'<td class="n">{h(job["attempts_made"])}/{h(job["attempts"])}</td>'
         f"<td>{h(when(job['created_at']))}</td><td>{h(when(job['finished_at']))}</td>"
         f"<td>{h(error[0] if error else '')}</td></tr>"
+    )
+
+
+def bulk_form(ctx: Context, q: str, state: str) -> str:
+    """The buttons acting on the jobs ticked in the list (their checkboxes
+    belong to this form through ``form="bulk"``); nothing when read-only or
+    when no bulk action applies to the state."""
+    verbs = [verb for verb, states in BULK_STATES.items() if state in states]
+    if ctx.read_only or not verbs:
+        return ""
+    buttons = " ".join(
+        f'<button type="submit" name="action" value="{h(verb)}">{h(verb.capitalize())} '
+        "selected</button>"
+        for verb in verbs
+    )
+    target = url(ctx.root, "queues", q, "bulk")
+    return (
+        f'<form id="bulk" class="bulk" method="post" action="{h(target)}">'
+        f'<input type="hidden" name="csrf_token" value="{h(ctx.csrf)}">'
+        f'<input type="hidden" name="state" value="{h(state)}">{buttons}</form>'
     )
 
 
@@ -206,12 +360,26 @@ def jobs_page(ctx: Context, page: dict[str, Any]) -> str:
         f'<form method="get" action="{h(url(ctx.root, "queues", q))}">'
         f'<input type="hidden" name="state" value="{h(state)}">'
         f'<input name="id" placeholder="job id" value="{h(page["job_id"])}"> '
-        f'<input name="q" placeholder="name contains (this page)" value="{h(page["search"])}"> '
+        f'<input name="q" placeholder="name contains" value="{h(page["search"])}"> '
         f"<button>Search</button></form>"
     )
+    if page["search"]:
+        search += (
+            f'<p data-field="matched">{h(page["matched"])} {h(state)} job(s) named like '
+            f"“{h(page['search'])}” among the first {h(page['scanned'])} of "
+            f"{h(page['total'])} (a search looks at the first {h(page['scan_limit'])}).</p>"
+        )
     bulk = []
-    if state == "failed":
-        bulk.append(action(ctx, url(ctx.root, "queues", q, "retry-failed"), "Retry all failed"))
+    if state == "failed" and page["counts"]["failed"]:
+        bulk.append(
+            action(
+                ctx,
+                url(ctx.root, "queues", q, "retry-failed"),
+                "Retry all failed",
+                # dashboard.js puts the live count in for {failed}.
+                confirm="Retry all {failed} failed jobs of queue " + q + "?",
+            )
+        )
     if state != "active":
         fields = (
             {"state": state, "older_than": "3600"}
@@ -221,9 +389,13 @@ def jobs_page(ctx: Context, page: dict[str, Any]) -> str:
         label = "Clean older than 1h" if state in FINISHED_STATES else f"Clean all {state}"
         bulk.append(action(ctx, url(ctx.root, "queues", q, "clean"), label, fields))
     pager = []
+    search_term = page["search"]
     if page["page"] > 1:
         pager.append(
-            link(url(ctx.root, "queues", q, state=state, page=page["page"] - 1), "« newer")
+            link(
+                url(ctx.root, "queues", q, state=state, page=page["page"] - 1, q=search_term),
+                "« newer",
+            )
         )
     pager.append(
         f'page <span data-field="page">{h(page["page"])}</span> of '
@@ -231,13 +403,23 @@ def jobs_page(ctx: Context, page: dict[str, Any]) -> str:
     )
     if page["page"] < page["pages"]:
         pager.append(
-            link(url(ctx.root, "queues", q, state=state, page=page["page"] + 1), "older »")
+            link(
+                url(ctx.root, "queues", q, state=state, page=page["page"] + 1, q=search_term),
+                "older »",
+            )
         )
-    body += search + f"<p>{' '.join(bulk)}</p>" + f"<p>{' · '.join(pager)}</p>"
-    body += table(
-        ["Id", "Name", "State", "Attempts", "Created", "Finished", "Error"],
-        (job_row(ctx, q, j) for j in page["jobs"]),
-        "jobs",
+    chooser = bulk_form(ctx, q, state)
+    body += search + f"<p>{' '.join(bulk)}</p>" + chooser + f"<p>{' · '.join(pager)}</p>"
+    heads = ["Id", "Name", "State", "Attempts", "Created", "Finished", "Error"]
+    pick_all = (
+        '<th><input type="checkbox" id="select-all" aria-label="select every job shown"></th>'
+        if chooser
+        else ""
+    )
+    rows = "".join(job_row(ctx, q, j, bool(chooser)) for j in page["jobs"])
+    body += (
+        f"<table><thead><tr>{pick_all}{''.join(f'<th>{h(x)}</th>' for x in heads)}</tr></thead>"
+        f'<tbody id="jobs">{rows}</tbody></table>'
     )
     if not page["jobs"]:
         body += f"<p>No {h(state)} jobs{' match' if page['job_id'] or page['search'] else ''}.</p>"
@@ -254,9 +436,35 @@ def jobs_page(ctx: Context, page: dict[str, Any]) -> str:
     )
 
 
+def confirm_retry_failed(ctx: Context, q: str, failed: int) -> str:
+    """Asked before "Retry all failed" runs, when the browser runs no script."""
+    form = action(
+        ctx, url(ctx.root, "queues", q, "retry-failed"), "Retry them all", {"confirm": "yes"}
+    )
+    body = (
+        f"<h1>Retry all failed jobs of {h(q)}?</h1>"
+        f"<p>{h(failed)} failed job(s) go back to waiting, each with a fresh attempt budget; "
+        "each retry is audited.</p>"
+        f"<p>{form} {link(url(ctx.root, 'queues', q, state='failed'), 'Cancel')}</p>"
+    )
+    return layout(ctx, f"{q} · retry all failed", body, "confirm", queue=q)
+
+
 def section(title: str, content: str, ident: str = "") -> str:
     ident_attr = f' id="{h(ident)}"' if ident else ""
     return f"<section{ident_attr}><h2>{h(title)}</h2>{content}</section>"
+
+
+def steps_section(steps: dict[str, Any]) -> str:
+    """The durable steps the job recorded, in order: key and result."""
+    rows = (
+        f'<tr data-step="{h(key)}"><td>{h(key)}</td><td><pre>{h(pretty(result))}</pre></td></tr>'
+        for key, result in steps.items()
+    )
+    return (
+        '<section id="steps"><h2>Steps (<span data-field="step_count">'
+        f"{len(steps)}</span>)</h2>{table(['Key', 'Result'], rows, 'step-rows')}</section>"
+    )
 
 
 def job_page(ctx: Context, r: dict[str, Any]) -> str:
@@ -312,6 +520,7 @@ def job_page(ctx: Context, r: dict[str, Any]) -> str:
         + section("Options", f"<pre>{h(pretty(r['options']))}</pre>")
         + section("Progress", f'<pre data-field="progress">{h(pretty(r["progress"]))}</pre>')
         + section("Result", f'<pre data-field="result">{h(pretty(r["result"]))}</pre>')
+        + steps_section(r["steps"])
         + section("Error", f'<pre data-field="error" class="err">{h(r["error"] or "")}</pre>')
         + section(
             "Traceback", f'<pre data-field="traceback">{h(r["traceback"] or "")}</pre>', "traceback"

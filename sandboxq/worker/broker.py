@@ -36,7 +36,7 @@ from typing import Any
 
 import redis
 
-from sandboxq import fast, registry
+from sandboxq import fast, registry, stats
 from sandboxq.caps import MAX_STEPS
 from sandboxq.keys import QueueKeys
 from sandboxq.redis_checks import RISKY_SETTINGS, UnsupportedRedis, info_field, judge_server
@@ -247,6 +247,15 @@ class Broker:
         #: Queues with a rate or concurrency limit (fetch.lua says): their
         #: limits count leases, so the worker does not prefetch their jobs.
         self.limited_queues: set[str] = set()
+        #: Settled jobs counted for the dashboard's charts (sandboxq.stats),
+        #: sent in a step that goes anyway, at most every FLUSH_SECONDS.
+        self.stats = stats.MinuteCounts()
+        self.next_stats_flush = now + stats.FLUSH_SECONDS
+        self.next_depth = now
+        #: Each queue's depth as read (ZCARD wait, GET gcount, ZCARD active),
+        #: then the writes of it the next step carries.
+        self._depth_read: dict[str, list[int]] = {}
+        self._depth_writes: list[tuple[Any, ...]] = []
 
     # -- what the parent loop asks -------------------------------------------
     def has_pending(self) -> bool:
@@ -422,7 +431,11 @@ class Broker:
             reply = step.replies[index]
             if isinstance(reply, Exception):
                 self._undo(command, reply)
-                if not isinstance(reply, redis.exceptions.NoScriptError):
+                # The charts' counters are best effort: they never fail a step.
+                if not isinstance(reply, redis.exceptions.NoScriptError) and command.kind not in (
+                    "stats",
+                    "depth",
+                ):
                     result.error = result.error or reply
                 continue
             self._apply(command, reply, result, next_due, (step.sent_at, received_at))
@@ -462,6 +475,32 @@ class Broker:
             self.next_recover = clock + self.recover_every
         if cancels:
             self.next_cancel_check = clock + CANCEL_CHECK_SECONDS
+        if plan:  # the charts' counters ride along; they never make a step of their own
+            self._queue_stats(commands, plan, clock, now)
+
+    def _queue_stats(
+        self, commands: _Commands, plan: list[_Command], clock: float, now: int
+    ) -> None:
+        """The counted jobs (HINCRBY, EXPIRE), the depth read last time, and,
+        once a minute, a new depth reading (sandboxq.stats)."""
+        if self.stats and clock >= self.next_stats_flush:
+            self.next_stats_flush = clock + stats.FLUSH_SECONDS
+            taken = self.stats.take()
+            for index, command in enumerate(stats.flush_commands(self.keys, taken)):
+                commands.command(*command)
+                plan.append(_Command("stats", sent=taken if index == 0 else None))
+        writes, self._depth_writes = self._depth_writes, []
+        for command in writes:
+            commands.command(*command)
+            plan.append(_Command("stats"))
+        if clock >= self.next_depth:
+            self.next_depth = clock + stats.DEPTH_SECONDS
+            minute = stats.minute_of(now)
+            for queue, k in self.keys.items():
+                commands.command("ZCARD", k.wait)
+                commands.command("GET", k.gcount)
+                commands.command("ZCARD", k.active)
+                plan += [_Command("depth", queue, minute) for _ in range(3)]
 
     def _queue_setup(self, commands: _Commands, plan: list[_Command]) -> None:
         """At the first step and after Redis lost its scripts: check the
@@ -628,6 +667,10 @@ class Broker:
             self._specs.pop(queue, None)
         elif kind in ("info", "config", "load", "configure"):
             self._set_up = False
+        elif kind == "stats" and command.sent is not None:  # sent again with the next
+            self.stats.give_back(command.sent)
+        elif kind == "depth":
+            self._depth_read.pop(queue, None)
 
     def _apply(
         self,
@@ -675,10 +718,24 @@ class Broker:
             self._mirror_limits(queue, reply)
         elif kind == "limiter" and (window := self.windows.get(queue)) is not None:
             window.sync([int(float(score)) for score in reply[1::2]])
+        elif kind == "depth":
+            self._note_depth(queue, command.sent, int(reply or 0))
         elif kind == "info":
             self._server_version = info_field(reply, "redis_version") or "0"
         elif kind == "config":
             self._note_config(reply, result)
+
+    def _note_depth(self, queue: str, minute: int, value: int) -> None:
+        """One of a queue's three depth replies; after the third, its write
+        waits for the next step."""
+        read = self._depth_read.setdefault(queue, [])
+        read.append(value)
+        if len(read) == 3:
+            del self._depth_read[queue]
+            waiting, grouped, active = read
+            self._depth_writes += stats.depth_commands(
+                self.keys[queue], minute, waiting + grouped, active
+            )
 
     def _note_config(self, reply: Any, result: StepResult) -> None:
         """One CONFIG GET reply of the server check (refused: CONFIG is

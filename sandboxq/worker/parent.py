@@ -869,6 +869,9 @@ class Worker:
         repeated = status.startswith("settled:")
         outcome = status.removeprefix("settled:")
         self.metrics.settled(queue, done.name, outcome, done.duration_ms)
+        if not repeated and outcome != "lost":
+            minute = self.broker.now_ms() // 60_000
+            self.broker.stats.note(queue, minute, done.name, outcome, done.duration_ms)
         self.health.job_finished()
         if outcome == "completed" and not repeated and not logs.log.isEnabledFor(logging.INFO):
             return  # the common case, at WARNING: no line to build

@@ -46,6 +46,12 @@
     });
   }
 
+  function draw(el, markup) {
+    if (el.dataset.drawn === markup) return;
+    el.innerHTML = markup;
+    el.dataset.drawn = markup;
+  }
+
   function refreshOverview() {
     return getJSON("/api/queues").then(function (res) {
       var rows = document.querySelectorAll("#queues tr[data-queue]");
@@ -60,6 +66,9 @@
         setText(row, "paused", q.paused ? "paused" : "");
         setText(row, "throughput", q.throughput.completed.toFixed(2) + " / " + q.throughput.failed.toFixed(2));
         setText(row, "workers", q.workers.length);
+        var small = row.querySelector('[data-chart="last_hour"]');
+        // Drawn by the server (templates.bars_svg), every value escaped there.
+        if (small && q.last_hour_svg) draw(small, q.last_hour_svg);
       });
     });
   }
@@ -80,10 +89,25 @@
         setText(document, "paused", data.paused ? "paused" : "");
         setText(document, "pages", data.pages);
         if (!tbody) return;
+        var selectable = !!document.getElementById("bulk"), ticked = {};
+        tbody.querySelectorAll('input[name="ids"]:checked').forEach(function (box) {
+          ticked[box.value] = true;
+        });
         var rows = data.jobs.map(function (job) {
           var tr = document.createElement("tr"), td = document.createElement("td");
           var a = document.createElement("a");
           tr.dataset.job = job.id;
+          if (selectable) {
+            var pick = document.createElement("td"), box = document.createElement("input");
+            box.type = "checkbox";
+            box.name = "ids";
+            box.value = job.id;
+            box.checked = !!ticked[job.id];
+            box.setAttribute("form", "bulk");
+            box.setAttribute("aria-label", "select job " + job.id);
+            pick.appendChild(box);
+            tr.appendChild(pick);
+          }
           a.href = root + "/queues/" + enc(q) + "/jobs/" + enc(job.id);
           a.textContent = job.id;
           td.appendChild(a);
@@ -105,6 +129,24 @@
       form.hidden = form.dataset.states.split(" ").indexOf(state) < 0;
     });
   }
+  function showSteps(steps) {
+    var tbody = document.getElementById("step-rows"), keys = Object.keys(steps);
+    var seen = JSON.stringify(steps);
+    if (!tbody || tbody.dataset.seen === seen) return;
+    tbody.dataset.seen = seen;
+    setText(document, "step_count", keys.length);
+    var rows = keys.map(function (key) {
+      var tr = document.createElement("tr"), td = document.createElement("td");
+      var pre = document.createElement("pre");
+      tr.dataset.step = key;
+      tr.appendChild(cell(key));
+      pre.textContent = json(steps[key]);
+      td.appendChild(pre);
+      tr.appendChild(td);
+      return tr;
+    });
+    tbody.replaceChildren.apply(tbody, rows);
+  }
   function refreshJob() {
     var q = body.dataset.queue, id = body.dataset.job;
     return getJSON("/api/queues/" + enc(q) + "/jobs/" + enc(id)).then(function (res) {
@@ -122,10 +164,25 @@
       setText(document, "error", r.error || "");
       setText(document, "traceback", r.traceback || "");
       setText(document, "logs", (r.logs || []).join("\n"));
+      showSteps(r.steps || {});
     });
   }
 
-  var refreshers = { overview: refreshOverview, jobs: refreshJobs, job: refreshJob };
+  var CHARTS_EVERY = 10000, chartsAt = Date.now();
+  function refreshCharts() {
+    var q = body.dataset.queue, span = body.dataset.span;
+    if (Date.now() - chartsAt < CHARTS_EVERY) return Promise.resolve();
+    chartsAt = Date.now();
+    return getJSON("/api/queues/" + enc(q) + "/charts?span=" + enc(span)).then(function (res) {
+      Object.keys(res.data.svg || {}).forEach(function (name) {
+        var el = document.querySelector('[data-chart="' + name + '"]');
+        // Drawn by the server (templates.chart_fragments), every value escaped there.
+        if (el) draw(el, res.data.svg[name]);
+      });
+    });
+  }
+
+  var refreshers = { overview: refreshOverview, jobs: refreshJobs, job: refreshJob, charts: refreshCharts };
   var busy = false;
   function refresh() {
     var fn = refreshers[page];
@@ -134,25 +191,49 @@
     fn().catch(function () {}).then(function () { busy = false; });
   }
 
+  document.addEventListener("change", function (event) {
+    var all = event.target;
+    if (all.id !== "select-all") return;
+    document.querySelectorAll('#jobs input[name="ids"]').forEach(function (box) {
+      box.checked = all.checked;
+    });
+  });
+
   document.addEventListener("submit", function (event) {
     var form = event.target;
-    if (!form.classList || !form.classList.contains("action")) return;
+    if (!form.classList || !(form.classList.contains("action") || form.classList.contains("bulk"))) return;
     event.preventDefault();
+    // The attribute: a field named "action" (the bulk form's) shadows form.action.
+    var target = form.getAttribute("action");
+    if (form.dataset.confirm) {
+      var failed = document.querySelector('[data-count="failed"]');
+      var question = form.dataset.confirm.replace("{failed}", failed ? failed.textContent : "the");
+      if (!window.confirm(question)) return;
+    }
+    var fields = new FormData(form);
+    if (event.submitter && event.submitter.name) fields.append(event.submitter.name, event.submitter.value);
+    if (form.classList.contains("bulk") && !fields.getAll("ids").length) {
+      flash("Select jobs first.", true);
+      return;
+    }
     var buttons = form.querySelectorAll("button");
     buttons.forEach(function (b) { b.disabled = true; });
-    fetch(form.action, {
+    fetch(target, {
       method: "POST",
       credentials: "same-origin",
       headers: { "X-CSRF-Token": csrf, Accept: "application/json",
                  "Content-Type": "application/x-www-form-urlencoded" },
-      body: new URLSearchParams(new FormData(form)).toString(),
+      body: new URLSearchParams(fields).toString(),
     }).then(function (r) {
       return r.json().then(function (data) {
         if (!r.ok) throw new Error(data.error || ("HTTP " + r.status));
         flash(data.message);
-        if (/\/(remove|pause|resume)$/.test(form.action) && page !== "overview") {
-          window.location.href = form.action.replace(/\/jobs\/[^/]+\/remove$/, "").replace(/\/(pause|resume)$/, "");
+        if (/\/(remove|pause|resume)$/.test(target) && page !== "overview") {
+          window.location.href = target.replace(/\/jobs\/[^/]+\/remove$/, "").replace(/\/(pause|resume)$/, "");
           return;
+        }
+        if (form.classList.contains("bulk")) {
+          document.querySelectorAll('input[name="ids"], #select-all').forEach(function (box) { box.checked = false; });
         }
         refresh();
       });
