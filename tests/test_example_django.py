@@ -4,22 +4,16 @@ real processes, talking over HTTP, SQLite and Redis."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sandboxq import Queue
-from tests.faults import free_port
+from tests.web_servers import call, serving
 from tests.worker_harness import ROOT, WorkerProcess, wait_for_counts
 
 EXAMPLE = ROOT / "examples" / "django_export"
@@ -56,39 +50,13 @@ def exports(redis_url: str) -> Iterator[Queue]:
 @pytest.fixture
 def web(site_env: dict[str, str]) -> Iterator[str]:
     """``manage.py runserver``; its base URL once it serves."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+    with serving(
+        lambda port: [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
         cwd=EXAMPLE,
-        env={**os.environ, **site_env, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    ready = threading.Event()
-
-    def watch() -> None:
-        assert server.stdout is not None
-        for line in server.stdout:
-            if "Starting development server" in line:
-                ready.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-    try:
-        assert ready.wait(30), "runserver did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(10)
-
-
-def call(url: str, form: dict[str, Any] | None = None) -> tuple[int, dict[str, str], Any]:
-    body = None if form is None else urllib.parse.urlencode(form).encode()
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as reply:
-            return reply.status, dict(reply.headers), json.loads(reply.read())
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read())
+        env=site_env,
+        ready="Starting development server",
+    ) as url:
+        yield url
 
 
 @pytest.mark.timeout(180)
@@ -99,7 +67,7 @@ def test_exports_run_on_the_worker_and_a_rolled_back_request_enqueues_nothing(
     exports.pause()
 
     # When four exports are asked for, and the view allows three pending
-    replies = [call(f"{web}/exports", {"rows": 20_000}) for _ in range(4)]
+    replies = [call(f"{web}/exports", form={"rows": 20_000}) for _ in range(4)]
 
     # Then three are accepted, the fourth refused, and its job never added
     assert [status for status, _h, _b in replies] == [202, 202, 202, 429]

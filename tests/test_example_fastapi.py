@@ -5,22 +5,15 @@ Redis."""
 from __future__ import annotations
 
 import io
-import json
-import os
-import subprocess
 import sys
-import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
 
 from sandboxq import Queue
-from tests.faults import free_port
+from tests.web_servers import call, serving
 from tests.worker_harness import ROOT, WorkerProcess, wait_until
 
 EXAMPLE = ROOT / "examples" / "fastapi_resize"
@@ -38,44 +31,19 @@ def images(redis_url: str) -> Iterator[Queue]:
 @pytest.fixture
 def web(redis_url: str, tmp_path: Path) -> Iterator[str]:
     """``uvicorn app:app`` in the example's folder; its base URL once ready."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)],
+    with serving(
+        lambda port: [sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)],
         cwd=EXAMPLE,
-        env={**os.environ, "SANDBOXQ_REDIS_URL": redis_url, "RESIZE_DIR": str(tmp_path)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    ready = threading.Event()
-
-    def watch() -> None:
-        assert server.stderr is not None
-        for line in server.stderr:
-            if "Application startup complete" in line:
-                ready.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-    try:
-        assert ready.wait(30), "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(10)
+        env={"SANDBOXQ_REDIS_URL": redis_url, "RESIZE_DIR": str(tmp_path)},
+        ready="Application startup complete",
+    ) as url:
+        yield url
 
 
 def png(width: int, height: int) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (width, height), (200, 30, 30)).save(out, "PNG")
     return out.getvalue()
-
-
-def call(url: str, body: bytes | None = None) -> tuple[int, dict[str, str], Any]:
-    request = urllib.request.Request(url, data=body, method="POST" if body else "GET")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            return reply.status, dict(reply.headers), json.loads(reply.read())
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read())
 
 
 @pytest.mark.timeout(120)
