@@ -18,11 +18,12 @@ browser:
 	  echo "installing Debian's chromium for the browser tests (needs root)"; \
 	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-# The whole suite on the native extension, then the suite (less the slow
-# stress tests) on the pure-Python twin.
+# The whole suite on the native extension, then the suite on the pure-Python
+# twin, less the slow stress tests and the end-to-end runs of other systems
+# (marked integration), whose outcome the twin does not change.
 test: install browser
 	$(PY) -m pytest
-	SANDBOXQ_NO_EXTENSIONS=1 $(PY) -m pytest -m 'not slow' -q
+	SANDBOXQ_NO_EXTENSIONS=1 $(PY) -m pytest -m 'not slow and not integration' -q
 
 test-pure: install
 	SANDBOXQ_NO_EXTENSIONS=1 $(PY) -m pytest

@@ -22,7 +22,7 @@ from tests.worker_harness import (
     wait_until,
 )
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.integration]
 
 #: Queues per test, and how many distinct masters they must land on.
 QUEUES = 6

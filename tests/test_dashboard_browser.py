@@ -30,6 +30,8 @@ from sandboxq.dashboard import app
 from sandboxq.stats import bucket, flush_commands, minute_of
 from tests.worker_harness import WorkerProcess, wait_for_job, wait_for_jobs
 
+pytestmark = pytest.mark.integration
+
 CHROMIUM = os.environ.get("SANDBOXQ_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",

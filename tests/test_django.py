@@ -21,6 +21,8 @@ from sandboxq import Queue
 from sandboxq.worker.parent import EXIT_BOOT_ERROR
 from tests.worker_harness import WorkerProcess, assert_counts, wait_for_jobs, wait_until
 
+pytestmark = pytest.mark.integration
+
 StartWorker = Callable[..., WorkerProcess]
 SETTINGS = "tests.django_project.settings"
 BACKEND = "sandboxq.contrib.django.SandboxqBackend"

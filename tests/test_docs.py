@@ -21,6 +21,8 @@ import sandboxq
 import sandboxq.aio
 from sandboxq.cli import build_parser
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 

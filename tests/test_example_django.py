@@ -16,6 +16,8 @@ from sandboxq import Queue
 from tests.web_servers import call, serving
 from tests.worker_harness import ROOT, WorkerProcess, wait_for_counts
 
+pytestmark = pytest.mark.integration
+
 EXAMPLE = ROOT / "examples" / "django_export"
 StartWorker = Callable[..., WorkerProcess]
 

@@ -50,6 +50,7 @@ def test_each_test_gets_the_queue_empty(sandboxq_queue):
 """
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_a_users_project_gets_the_fixtures_without_a_conftest(tmp_path: Path) -> None:
     (tmp_path / "myapp_jobs.py").write_text(textwrap.dedent(HANDLERS))

@@ -15,7 +15,7 @@ from sandboxq import Queue
 from tests.topologies import SentinelSet
 from tests.worker_harness import WorkerProcess, run_sandboxq, wait_for_counts
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.integration]
 
 
 def test_producers_and_the_admin_cli_reach_the_master_through_a_sentinel_url(

@@ -22,7 +22,7 @@ from tests.topologies import (
     TopologyError,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.integration]
 
 
 @pytest.fixture
