@@ -34,6 +34,20 @@ def steps_json(fields: dict[str, Any]) -> bytes | None:
     return b"{" + b",".join(parts) + b"}"
 
 
+def record_in(fields: dict[str, Any], key: str, result: str, max_steps: int) -> str:
+    """What lua/step.lua does to a job's hash, done to a dict of its fields
+    (EagerQueue keeps its jobs in memory); the same statuses."""
+    field = FIELD_PREFIX + key
+    if field in fields:
+        return "known"
+    count = int(fields.get(COUNT_FIELD, 0))
+    if count >= max_steps:
+        return "full"
+    fields[COUNT_FIELD] = count + 1
+    fields[field] = f"{count + 1}:{result}"
+    return "recorded"
+
+
 def recorded(fields: dict[str, Any]) -> dict[str, Any]:
     """The job's recorded steps, ``{key: result}`` in the order they were
     recorded."""

@@ -39,7 +39,7 @@ from sandboxq.ops import Op
 from sandboxq.options import JobOptions
 from sandboxq.queue import Queue
 from sandboxq.scripts import now_ms
-from sandboxq.steps import COUNT_FIELD, steps_json
+from sandboxq.steps import record_in, steps_json
 
 #: Lease given to inline jobs; nothing renews it, so make it long.
 _LEASE_MS = 3_600_000
@@ -248,11 +248,7 @@ class EagerQueue(Queue):
                 fields["logs"].append(value)
 
         def record(_jid: str, key: str, result: str) -> str:
-            """As step.lua records a step, in the job's fields."""
-            if f"step:{key}" not in fields:
-                fields[COUNT_FIELD] = count = fields.get(COUNT_FIELD, 0) + 1
-                fields[f"step:{key}"] = f"{count}:{result}"
-            return "recorded"
+            return record_in(fields, key, result, MAX_STEPS)
 
         found = handlers_for(self.name, self.handlers).get(name)
         for _run in range(MAX_EAGER_RUNS):
