@@ -624,12 +624,18 @@ class Worker:
     def _stepped(self, queue: str, job_id: str, key: str, status: str) -> None:
         """Tell the child that runs ``job_id`` what became of its step: it
         waits for this before its handler goes on."""
+        child = self._running_child(queue, job_id)
+        if child is not None:  # else the job ended meanwhile (killed, say)
+            child.outbox += protocol.encode([protocol.STEPPED, job_id, key, status])
+            self._flush(child)
+
+    def _running_child(self, queue: str, job_id: str) -> Child | None:
+        """The child running that job, if one does."""
         for child in self.pool.by_pid.values():
             running = child.job
             if running is not None and running.queue == queue and running.job_id == job_id:
-                child.outbox += protocol.encode([protocol.STEPPED, job_id, key, status])
-                self._flush(child)
-                return
+                return child
+        return None
 
     def _cancel(self, queue: str, job_id: str) -> None:
         """A person cancelled a job this worker holds (cancel.lua). Running:
@@ -643,12 +649,11 @@ class Worker:
                 self._buffer.remove(job)
                 self._settle_unstarted(job)
                 return
+        if (running := self._running_child(queue, job_id)) is not None:
+            if running.kill_reason is None and job_id not in running.dropping:
+                self._stop_for_cancel(running)
+            return
         for child in self.pool.by_pid.values():
-            running = child.job
-            if running is not None and running.queue == queue and running.job_id == job_id:
-                if child.kill_reason is None and job_id not in child.dropping:
-                    self._stop_for_cancel(child)
-                return
             for job in child.queued:
                 if job.queue == queue and job.job_id == job_id and job_id not in child.dropping:
                     job.cancelled = True
