@@ -12,7 +12,10 @@ from sandboxq._fast_py import (
     INT64_LIMIT,
     MAX_FRAME_LIMIT,
     MAX_FRAME_SIZE,
+    CorruptRecord,
     _bounded,
+    stored_int,
+    stored_text,
 )
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -120,23 +123,27 @@ cdef inline str _text(bytes raw):
 
 cdef inline int _put(dict out, object field_obj, object value_obj) except -1:
     cdef bytes field = <bytes?>field_obj
-    cdef bytes value
+    cdef bytes value = <bytes?>value_obj
     cdef int64_t number
     cdef _Field known = _known(field)
     if known is None:
-        name = _text(field)  # the name before the value, as the twin does
-        out[name] = _text(<bytes?>value_obj)
+        try:
+            out[_text(field)] = _text(value)
+        except UnicodeDecodeError:
+            pass  # another tool's field: not ours to read (as the twin does)
         return 0
-    value = <bytes?>value_obj
     if known.kind == _JSON:
         out[known.name] = value
     elif known.kind == _INT:
-        out[known.name] = number if _parse_int(value, &number) else int(value)
+        out[known.name] = number if _parse_int(value, &number) else stored_int(known.name, value)
     elif known.kind == _SECONDS:
         out[known.name] = (number / 1000.0 if _parse_int(value, &number)
-                           else int(value) / 1000.0)
+                           else stored_int(known.name, value) / 1000.0)
     else:
-        out[known.name] = _text(value)
+        try:
+            out[known.name] = _text(value)
+        except UnicodeDecodeError:
+            out[known.name] = stored_text(known.name, value)  # raises CorruptRecord
     return 0
 
 
@@ -163,11 +170,22 @@ def decode_job_mapping(dict mapping):
 def decode_fetched(list rows):
     cdef list out = []
     cdef Py_ssize_t i, n = PyList_GET_SIZE(rows)
+    cdef bytes raw_id
     if n % 2:
         raise ValueError(f"fetched rows need id/hash pairs, got {n} items")
     for i in range(0, n, 2):
-        job_id = _text(<bytes?>PyList_GET_ITEM(rows, i))
-        out.append((job_id, decode_job_flat(<list?>PyList_GET_ITEM(rows, i + 1))))
+        raw_id = <bytes?>PyList_GET_ITEM(rows, i)
+        try:
+            job_id = _text(raw_id)
+        except UnicodeDecodeError:
+            job_id = raw_id.decode(errors="surrogateescape")
+            out.append((job_id, CorruptRecord("its id is not UTF-8 text")))
+            continue
+        try:
+            fields = decode_job_flat(<list?>PyList_GET_ITEM(rows, i + 1))
+        except CorruptRecord as exc:
+            fields = exc
+        out.append((job_id, fields))
     return out
 
 

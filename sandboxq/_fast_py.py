@@ -8,6 +8,7 @@ what is not hot from here: the field table, the limits and ``_bounded``.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import struct
 from bisect import bisect_right, insort
@@ -21,7 +22,13 @@ from typing import Any
 # progress, backoff, a flow parent's children) stay the JSON bytes Redis
 # holds: the worker parent only forwards them, so they are parsed once, where
 # they are used (the child, ``Job``). Unknown fields decode as text, so an
-# older reader survives fields a newer writer added.
+# older reader survives fields a newer writer added; one that is not UTF-8
+# (another tool wrote it) is left out: it is not ours to read.
+#
+# A record is untrusted input (anything may write to Redis): a known field
+# that does not hold what its kind needs raises CorruptRecord, naming the
+# field and its value, and a fetch decodes each job on its own, so one
+# corrupt record fails that job and nothing else.
 _JSON = 1
 _INT = 2
 _SECONDS = 3  # stored as integer milliseconds
@@ -65,24 +72,67 @@ FIELD_KINDS: dict[bytes, int] = {
 #: Each known field's name as text and its kind: one lookup per field.
 _KNOWN: dict[bytes, tuple[str, int]] = {f: (f.decode(), k) for f, k in FIELD_KINDS.items()}
 
+#: Integer fields must fit a signed 64-bit integer: frames and Lua carry them.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+#: How much of a bad value an error message shows.
+_SHOWN_CHARS = 40
+
+
+class CorruptRecord(ValueError):
+    """A stored job record this version cannot read. The message names the
+    problem: ``corrupt record: field 'timeout' = '1.5' is not an integer``."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"corrupt record: {problem}")
+
+
+def corrupt_field(name: str, value: bytes, problem: str) -> CorruptRecord:
+    """The error for known field ``name`` holding ``value``: the value is
+    shown as text (bytes that are not UTF-8 escaped), clipped."""
+    shown = value.decode(errors="backslashreplace")
+    if len(shown) > _SHOWN_CHARS:
+        shown = shown[:_SHOWN_CHARS] + "…"
+    return CorruptRecord(f"field '{name}' = '{shown}' {problem}")
+
+
+def stored_int(name: str, value: bytes) -> int:
+    """An integer field's value, or CorruptRecord. (The native module parses
+    the common case itself and comes here for the rest.)"""
+    try:
+        number = int(value)
+    except ValueError:
+        raise corrupt_field(name, value, "is not an integer") from None
+    if not _INT64_MIN <= number <= _INT64_MAX:
+        raise corrupt_field(name, value, "is out of range (a signed 64-bit integer)")
+    return number
+
+
+def stored_text(name: str, value: bytes) -> str:
+    """A text field's value, or CorruptRecord."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise corrupt_field(name, value, "is not UTF-8 text") from None
+
 
 def _decode_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field, value in pairs:
         known = _KNOWN.get(field)
         if known is None:
-            name = field.decode()  # before the value: a bad name is the error
-            out[name] = value.decode()
+            with contextlib.suppress(UnicodeDecodeError):  # another tool's: not ours to read
+                out[field.decode()] = value.decode()
             continue
         name, kind = known
         if kind == _JSON:
             out[name] = value
         elif kind == _INT:
-            out[name] = int(value)
+            out[name] = stored_int(name, value)
         elif kind == _SECONDS:
-            out[name] = int(value) / 1000.0
+            out[name] = stored_int(name, value) / 1000.0
         else:
-            out[name] = value.decode()
+            out[name] = stored_text(name, value)
     return out
 
 
@@ -98,11 +148,29 @@ def decode_job_mapping(mapping: dict[bytes, bytes]) -> dict[str, Any]:
     return _decode_pairs(mapping.items())
 
 
-def decode_fetched(rows: list[Any]) -> list[tuple[str, dict[str, Any]]]:
-    """fetch.lua's ``[id, hash, id, hash, ...]`` → ``[(id, fields), ...]``."""
+def decode_fetched(rows: list[Any]) -> list[tuple[str, dict[str, Any] | CorruptRecord]]:
+    """fetch.lua's ``[id, hash, id, hash, ...]`` → ``[(id, fields), ...]``,
+    each job decoded on its own: a record that cannot be decoded comes back
+    as its CorruptRecord instead of its fields. An id that is not UTF-8 is
+    decoded with surrogate escapes (``id.encode("utf-8", "surrogateescape")``
+    gives the stored bytes back), and its record is corrupt."""
     if len(rows) % 2:
         raise ValueError(f"fetched rows need id/hash pairs, got {len(rows)} items")
-    return [(rows[i].decode(), decode_job_flat(rows[i + 1])) for i in range(0, len(rows), 2)]
+    out: list[tuple[str, dict[str, Any] | CorruptRecord]] = []
+    for i in range(0, len(rows), 2):
+        fields: dict[str, Any] | CorruptRecord
+        try:
+            job_id = rows[i].decode()
+        except UnicodeDecodeError:
+            job_id = rows[i].decode(errors="surrogateescape")
+            fields = CorruptRecord("its id is not UTF-8 text")
+        else:
+            try:
+                fields = decode_job_flat(rows[i + 1])
+            except CorruptRecord as exc:
+                fields = exc
+        out.append((job_id, fields))
+    return out
 
 
 # -- limits shared with the native module -------------------------------------

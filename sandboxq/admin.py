@@ -328,7 +328,9 @@ def job_summary(job: Job) -> dict[str, Any]:
         "state": job.state,
         "attempts_made": job.attempts_made,
         "attempts": job.attempts,
-        "error": job.error,
+        # A record that cannot be read says so where its error would be.
+        "error": job.error or job.corrupt,
+        "corrupt": job.corrupt,
         "created_at": job.created_at,
         "finished_at": job.finished_at,
         "cancelled_by": job.cancelled_by,
@@ -390,6 +392,7 @@ def job_report(job: Job) -> dict[str, Any]:
         "id": job.id,
         "name": job.name,
         "state": job.state,
+        "corrupt": job.corrupt,
         "data": job.data,
         "options": job_options(job.fields),
         "progress": job.progress,
@@ -438,6 +441,8 @@ def show_job(report: dict[str, Any]) -> None:
         ("children", f"{pending} pending" if pending else None),
     ]
     print(terminal_safe(f"job {report['id']} ({report['name']}) in queue {report['queue']!r}"))
+    if report["corrupt"]:
+        print_section("corrupt", [report["corrupt"]])
     print_table([row for row in summary if row[1] is not None], indent="  ")
     print_section("data", pretty_json(report["data"]))
     print_section("options", table_lines(list(report["options"].items())))

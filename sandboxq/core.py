@@ -446,7 +446,7 @@ class QueueCore(Generic[J]):
     def _job_logs(self, job_id: str) -> Op[list[str]]:
         """The log lines a job's handler wrote (the newest 1,000), oldest first."""
         lines = yield cmd("LRANGE", self.keys.logs(job_id), 0, -1)
-        return [line.decode() for line in lines]
+        return [line.decode(errors="replace") for line in lines]
 
     # -- administering -----------------------------------------------------
     def _pause(self, *, by: str | None = None) -> Op[bool]:

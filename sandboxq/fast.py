@@ -28,12 +28,15 @@ def _choose() -> tuple[ModuleType, str]:
 
 _impl, IMPLEMENTATION = _choose()
 
+from sandboxq._fast_py import CorruptRecord  # noqa: E402  one class, shared by both
+
 decode_job_flat = _impl.decode_job_flat
 decode_job_mapping = _impl.decode_job_mapping
 decode_fetched = _impl.decode_fetched
 
 if TYPE_CHECKING:  # the classes by name, so they can annotate (both share _fast.pyi)
     from sandboxq._fast import (
+        INT64_LIMIT,
         MAX_FRAME_LIMIT,
         MAX_FRAME_SIZE,
         FrameDecoder,
@@ -41,6 +44,7 @@ if TYPE_CHECKING:  # the classes by name, so they can annotate (both share _fast
         encode_frame,
     )
 else:
+    INT64_LIMIT = _impl.INT64_LIMIT
     MAX_FRAME_LIMIT = _impl.MAX_FRAME_LIMIT
     MAX_FRAME_SIZE = _impl.MAX_FRAME_SIZE
     encode_frame = _impl.encode_frame
@@ -49,8 +53,10 @@ else:
 
 __all__ = [
     "IMPLEMENTATION",
+    "INT64_LIMIT",
     "MAX_FRAME_LIMIT",
     "MAX_FRAME_SIZE",
+    "CorruptRecord",
     "FrameDecoder",
     "SlidingWindow",
     "decode_fetched",

@@ -59,26 +59,33 @@ class JobRecord:
         cancelled_by: Who cancelled it (set once a cancel was asked).
         cancel_reason: Why it was cancelled, if a reason was given.
         fields: Every field of the job's hash, decoded.
+        corrupt: Why the stored record cannot be read as written, or None:
+            e.g. ``corrupt record: field 'timeout' = '1.5' is not an
+            integer``; the fields it names are left out of ``fields``.
         created: True for a job this ``add`` created, False when the id
             existed already (the job is then the one that existed), None
             for a job read back.
     """
 
     created: bool | None = None
+    corrupt: str | None = None
 
-    def __init__(self, queue: Any, job_id: str, fields: dict[str, Any]) -> None:
+    def __init__(
+        self, queue: Any, job_id: str, fields: dict[str, Any], corrupt: str | None = None
+    ) -> None:
         """``fields``: the job hash's fields as Python values."""
         self.queue = queue
         self.id = job_id
-        self._load(fields)
+        self._load(fields, corrupt)
 
     @classmethod
     def from_hash(cls, queue: Any, job_id: str, raw: dict[Any, Any]) -> Self:
         """The job from its hash as HGETALL returns it (bytes to bytes)."""
-        return cls(queue, job_id, decode_hash(raw))
+        return cls(queue, job_id, *decode_hash(raw))
 
-    def _load(self, fields: dict[str, Any]) -> None:
+    def _load(self, fields: dict[str, Any], corrupt: str | None = None) -> None:
         self.fields = fields
+        self.corrupt = corrupt
         self.name: str = fields.get("name", "")
         self.data: Any = fields.get("data")
         self.state: str = fields.get("state", "")
@@ -114,7 +121,7 @@ class JobRecord:
         fields = yield cmd("HGETALL", self.queue.keys.job(self.id))
         if not fields:
             raise LookupError(f"job {self.id} no longer exists in queue {self.queue.name!r}")
-        self._load(decode_hash(fields))
+        self._load(*decode_hash(fields))
         return self
 
     def _children_results(self) -> Op[dict[str, Any]]:
@@ -171,9 +178,21 @@ class JobRecord:
             )
 
 
-def decode_hash(raw: dict[Any, Any]) -> dict[str, Any]:
-    """A job hash as HGETALL returns it, as Python values."""
-    return payload.with_json_decoded(fast.decode_job_mapping(raw))
+def decode_hash(raw: dict[Any, Any]) -> tuple[dict[str, Any], str | None]:
+    """A job hash as HGETALL returns it, as Python values, and what makes it
+    corrupt (None when nothing does). A corrupt record is still shown: each
+    field that cannot be read is left out, and the problem says which."""
+    try:
+        fields = fast.decode_job_mapping(raw)
+    except fast.CorruptRecord:
+        fields, problems = {}, []
+        for name, value in raw.items():
+            try:
+                fields.update(fast.decode_job_mapping({name: value}))
+            except fast.CorruptRecord as exc:
+                problems.append(str(exc).removeprefix("corrupt record: "))
+        return payload.with_json_decoded(fields), "corrupt record: " + "; ".join(problems)
+    return payload.with_json_decoded(fields), None
 
 
 class Job(JobRecord):

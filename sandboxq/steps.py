@@ -8,6 +8,7 @@ deletes them with it.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import orjson
@@ -50,10 +51,15 @@ def record_in(fields: dict[str, Any], key: str, result: str, max_steps: int) -> 
 
 def recorded(fields: dict[str, Any]) -> dict[str, Any]:
     """The job's recorded steps, ``{key: result}`` in the order they were
-    recorded."""
+    recorded. A step field something else wrote, that does not hold this
+    format, is shown as its text, after the others: a job is always
+    viewable (running it fails instead, saying why)."""
     found = []
     for name, value in fields.items():
         if name.startswith(FIELD_PREFIX) and isinstance(value, str):
             place, _, result = value.partition(":")
-            found.append((int(place), name[len(FIELD_PREFIX) :], orjson.loads(result)))
-    return {key: result for _place, key, result in sorted(found)}
+            try:
+                found.append((int(place), name[len(FIELD_PREFIX) :], orjson.loads(result)))
+            except ValueError:  # orjson.JSONDecodeError is one too
+                found.append((sys.maxsize, name[len(FIELD_PREFIX) :], value))
+    return {key: result for _place, key, result in sorted(found, key=lambda s: s[0])}

@@ -81,7 +81,7 @@ def job_hashes(draw: st.DrawFn) -> tuple[dict[bytes, bytes], dict[str, Any]]:
         value = orjson.dumps(draw(json_values))
         raw[name.encode()], expected[name] = value, value  # JSON stays JSON
     for name in draw(st.lists(st.sampled_from(INT_FIELDS), unique=True)):
-        value = draw(st.integers(min_value=-(2**63), max_value=2**63))
+        value = draw(st.integers(min_value=-(2**63), max_value=2**63 - 1))
         raw[name.encode()], expected[name] = str(value).encode(), value
     for name in draw(st.lists(st.sampled_from(SECONDS_FIELDS), unique=True)):
         millis = draw(st.integers(min_value=0, max_value=2**53))
@@ -99,11 +99,15 @@ def flat(mapping: dict[bytes, bytes]) -> list[bytes]:
 
 
 def outcome(func: Any, *args: Any) -> tuple[str, Any]:
-    """What a call did: its result, or its exception's type and message."""
+    """What a call did: its result, or its exception's type and message (a
+    fetch's corrupt records, returned as exceptions, likewise)."""
     try:
-        return ("returned", func(*args))
+        result = func(*args)
     except Exception as exc:
         return ("raised", (type(exc), str(exc)))
+    if func in (_fast.decode_fetched, _fast_py.decode_fetched):
+        result = [(i, (type(f), str(f)) if isinstance(f, Exception) else f) for i, f in result]
+    return ("returned", result)
 
 
 # -- the selector -------------------------------------------------------------
@@ -250,6 +254,75 @@ def test_an_odd_number_of_items_is_refused(fast_impl: ModuleType, func: str) -> 
     # Then it is refused rather than silently cut short
     with pytest.raises(ValueError, match="got 3 items"):
         getattr(fast_impl, func)([b"name", b"x", b"data"])
+
+
+# -- corrupt records: each job on its own, a reason naming the field ----------
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        (b"timeout", b"1.5", "field 'timeout' = '1.5' is not an integer"),
+        (b"attempts_made", b"", "field 'attempts_made' = '' is not an integer"),
+        (b"leases", b"nan", "field 'leases' = 'nan' is not an integer"),
+        (
+            b"attempts",
+            b"9" * 30,
+            f"field 'attempts' = '{'9' * 30}' is out of range (a signed 64-bit integer)",
+        ),
+        (b"name", b"r\xff", "field 'name' = 'r\\xff' is not UTF-8 text"),
+        (b"created_at", b"x" * 60, f"field 'created_at' = '{'x' * 40}…' is not an integer"),
+    ],
+)
+def test_a_corrupt_record_fails_alone_with_a_reason_naming_the_field(
+    fast_impl: ModuleType, field: bytes, value: bytes, reason: str
+) -> None:
+    # Given a fetch of three jobs, the middle one with a field that cannot be read
+    rows = [
+        b"1",
+        [b"name", b"a", b"timeout", b"1000"],
+        b"2",
+        [b"name", b"b", field, value],
+        b"3",
+        [b"name", b"c"],
+    ]
+
+    # When the fetch is decoded
+    decoded = fast_impl.decode_fetched(rows)
+
+    # Then the sound jobs decode, and the corrupt one comes back as its error
+    assert decoded[0] == ("1", {"name": "a", "timeout": 1.0})
+    assert decoded[2] == ("3", {"name": "c"})
+    job_id, corrupt = decoded[1]
+    assert job_id == "2" and isinstance(corrupt, fast.CorruptRecord)
+    assert str(corrupt) == f"corrupt record: {reason}"
+    # And decoding the hash alone raises that error
+    with pytest.raises(fast.CorruptRecord, match="corrupt record: field"):
+        fast_impl.decode_job_mapping({field: value})
+
+
+def test_unknown_fields_that_are_not_utf8_are_left_out(fast_impl: ModuleType) -> None:
+    # Given a job hash with fields another tool wrote, not UTF-8
+    raw = {b"name": b"a", b"note": b"\xff", b"\xfe": b"x", b"ok": b"fine"}
+
+    # When it is decoded
+    decoded = fast_impl.decode_job_mapping(raw)
+
+    # Then those fields are ignored, not fatal
+    assert decoded == {"name": "a", "ok": "fine"}
+
+
+def test_an_id_that_is_not_utf8_is_a_corrupt_record_that_keeps_its_bytes(
+    fast_impl: ModuleType,
+) -> None:
+    # Given a fetched job whose id is not UTF-8
+    rows = [b"j\xff", [b"name", b"a"]]
+
+    # When decoded
+    [(job_id, corrupt)] = fast_impl.decode_fetched(rows)
+
+    # Then it is corrupt, and its id gives the stored bytes back
+    assert isinstance(corrupt, fast.CorruptRecord)
+    assert str(corrupt) == "corrupt record: its id is not UTF-8 text"
+    assert job_id.encode("utf-8", "surrogateescape") == b"j\xff"
 
 
 # -- the job-hash codec: native against pure, directly ------------------------

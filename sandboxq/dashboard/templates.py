@@ -498,6 +498,8 @@ def job_page(ctx: Context, r: dict[str, Any]) -> str:
         ("Started", f'<span data-field="started_at">{h(when(r["started_at"]))}</span>'),
         ("Finished", f'<span data-field="finished_at">{h(when(r["finished_at"]))}</span>'),
     ]
+    if r["corrupt"]:
+        summary.append(("Corrupt", f'<span class="err">{h(r["corrupt"])}</span>'))
     if r["cancelled_by"] is not None:
         reason = r["cancel_reason"] or "no reason given"
         summary.append(("Cancelled by", f"{h(r['cancelled_by'])} ({h(reason)})"))
