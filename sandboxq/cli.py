@@ -237,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="after a timeout's SIGTERM, wait this long before SIGKILL [2]",
     )
     worker.add_argument(
+        "--child-hook-timeout",
+        type=positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a child's on_child_start or on_child_exit hooks may take before "
+        "the child is killed and replaced [10]",
+    )
+    worker.add_argument(
         "--child-nice",
         type=int,
         choices=range(20),
@@ -555,6 +563,7 @@ def run_worker(args: argparse.Namespace) -> int:
             max_stalls=args.max_stalls,
             default_timeout=args.default_timeout,
             kill_grace=args.kill_grace,
+            child_hook_timeout=args.child_hook_timeout,
             child_nice=args.child_nice,
             rate_limit=args.rate_limit,
             metrics_port=args.metrics_port,

@@ -131,6 +131,15 @@ def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(asyncio.wait(leftovers, timeout=LEFTOVER_TASKS_SECONDS))
 
 
+def stuck_tasks() -> int:
+    """How many tasks on this process's handler loop still run after the
+    job that left them was cleaned up: they ignored their cancellation, and
+    would run on inside every later job (the worker child then leaves)."""
+    if _loop is None or _loop_pid != os.getpid() or _loop.is_closed():
+        return 0
+    return sum(not task.done() for task in asyncio.all_tasks(_loop))
+
+
 def _run_later(kind: str, exc: Retry | RateLimited, attribute: str) -> Outcome:
     """A Retry or RateLimited, its delay checked again: the constructor
     checks it, but a handler may set the attribute afterwards."""
@@ -186,6 +195,21 @@ def run_stored(
         queue, job_id, name, data, attempts_made, report, retries, children, steps, record
     )
     return run(func, ctx, max_result_bytes)
+
+
+def record_problem(fields: dict[str, Any]) -> str | None:
+    """Why a fetched job's record cannot be run as it is stored (something
+    other than sandboxq wrote it: its fields decoded, but say nothing that
+    runs), or None. The worker fails such a job with this reason."""
+    for name in ("name", "data"):
+        if name not in fields:
+            return f"corrupt record: field '{name}' is missing"
+    if not fields["name"]:
+        return "corrupt record: field 'name' is empty"
+    timeout = fields.get("timeout")
+    if timeout is not None and timeout < 0:
+        return f"corrupt record: field 'timeout' = '{ms(timeout)}' is negative"
+    return None
 
 
 def finish_entry(job_id: str, fields: dict[str, Any], outcome: Outcome) -> list[Any]:

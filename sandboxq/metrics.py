@@ -140,6 +140,20 @@ class WorkerMetrics:
             ["queue"],
             registry=r,
         )
+        self.faults = Counter(
+            "sandboxq_faults",
+            "Bad input the worker's barriers caught, by queue and kind: corrupt_record (a job "
+            "failed), bad_setting and queue_error (a queue paused), log_budget (a run's log "
+            "lines dropped), foreign_writer (a process the handler forked wrote to the pipe)",
+            ["queue", "kind"],
+            registry=r,
+        )
+        self.paused_queues = Gauge(
+            "sandboxq_queue_paused_by_fault",
+            "1 while this worker does not fetch from the queue because of a fault",
+            ["queue"],
+            registry=r,
+        )
         pool = Gauge("sandboxq_pool_size", "Child processes this worker keeps", registry=r)
         pool.set(procs)
         busy = Gauge("sandboxq_active_jobs", "Children running a job now", registry=r)

@@ -352,18 +352,29 @@ def test_cgroup_quota_is_read_along_the_process_cgroup_path(tmp_path: Path) -> N
 
 def test_a_corrupt_frame_kills_only_the_child_that_sent_it() -> None:
     # Given a child process and its pipe, over which it sends a corrupt frame
+    import select
     import socket as socket_module
-    import struct
     import subprocess
+    import sys
 
     from sandboxq.worker.pool import Child, Pool
 
-    process = subprocess.Popen(["sleep", "30"])
     parent_end, child_end = socket_module.socketpair()
+    parent_end.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_PASSCRED, 1)
     parent_end.setblocking(False)
+    sends_garbage = (
+        "import socket, struct, sys, time\n"
+        "end = socket.socket(fileno=int(sys.argv[1]))\n"
+        "end.sendall(struct.pack('>I', 2**31) + b'{')\n"
+        "time.sleep(30)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", sends_garbage, str(child_end.fileno())],
+        pass_fds=[child_end.fileno()],
+    )
     child = Child(1, process.pid, parent_end)
     pool = Pool(1, {})
-    child_end.sendall(struct.pack(">I", 2**31) + b"{")
+    assert select.select([parent_end], [], [], 10)[0], "the child sent nothing"
     # When the parent reads it
     messages, closed = pool.read(child)
     # Then the parent survives, the child is killed with a reason, and never reused

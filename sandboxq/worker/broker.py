@@ -47,6 +47,10 @@ from sandboxq.worker.cluster import ClusterLink, ClusterTopology, ClusterWaiter
 from sandboxq.worker.link import Endpoint, LinkError, RedisLink
 from sandboxq.worker.trouble import is_transient, reply_timeout
 
+#: The report kind whose pending value a newer one replaces (the child's
+#: protocol.PROGRESS; the broker does not import the pipe's protocol).
+PROGRESS = "progress"
+
 #: The longest a blocking wait lasts before it is re-armed.
 MAX_WAIT_SECONDS = 30.0
 #: The shortest: a timeout that could round to 0 would block forever.
@@ -70,10 +74,66 @@ SCHEDULE_CHECK_SECONDS = 1.0
 CANCEL_CHECK_SECONDS = 0.5
 
 
+def stored_id(job_id: str) -> str:
+    """A fetched id as Redis stores it: the id itself, or for one that is
+    not UTF-8 (fast.decode_fetched escapes such bytes as surrogates) its
+    bytes, so the commands that settle it name that very job."""
+    try:
+        job_id.encode()
+    except UnicodeEncodeError:
+        return job_id.encode("utf-8", "surrogateescape")  # type: ignore[return-value]
+    return job_id
+
+
+#: A queue whose settings or commands fail is left alone this long, doubling
+#: up to the most while it keeps failing; then the worker tries it again.
+QUEUE_FAULT_SECONDS = 5.0
+QUEUE_FAULT_MAX_SECONDS = 60.0
+
+#: Commands that carry what the worker owes Redis for jobs it holds: when
+#: one of them fails for a queue's own reason, that queue's share of every
+#: step waits until the fault's retry (else each step would fail again).
+CARRIERS = frozenset({"finish", "report", "step", "release", "reclaim", "renew", "cancels"})
+
+
+@dataclass(slots=True)
+class QueueFault:
+    """Why this worker does not fetch from a queue for now (a fault barrier:
+    one queue's bad settings or data pause that queue, never the worker)."""
+
+    reason: str
+    #: When to try the queue again (monotonic), and the next wait after that.
+    until: float
+    backoff: float
+    #: Whether the queue's carried work (finishes, reports...) waits too.
+    holds_work: bool
+    #: The worker looked for work once the fault lapsed.
+    retried: bool = False
+
+
+class BadSetting(ValueError):
+    """A queue setting read from Redis that the worker cannot use."""
+
+
+def setting_int(name: str, raw: Any, low: int, high: int) -> int:
+    """A whole-number setting read back from Redis, or BadSetting naming it."""
+    text = raw.decode(errors="backslashreplace") if isinstance(raw, bytes) else str(raw)
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadSetting(f"setting '{name}' = '{text[:40]}' is not a whole number") from None
+    if not low <= value <= high:
+        raise BadSetting(f"setting '{name}' = {value} is out of range ({low} to {high})")
+    return value
+
+
 @dataclass(slots=True)
 class StepResult:
-    #: Leased jobs: (queue, job id, decoded hash fields).
-    fetched: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    #: Leased jobs: (queue, job id, decoded hash fields), or for a record
+    #: that cannot be decoded (queue, stored id, its CorruptRecord).
+    fetched: list[tuple[str, str, dict[str, Any] | fast.CorruptRecord]] = field(
+        default_factory=list
+    )
     #: How many of ``fetched`` (the first ones) Redis marked started; the
     #: others were prefetched, and their start is reported later.
     started_now: int = 0
@@ -107,6 +167,11 @@ class StepResult:
     worked: bool = False
     #: Why the server cannot be used (too old), from the server check.
     unsupported: str | None = None
+    #: Queues this step found at fault (paused for now): (queue, kind,
+    #: reason), kind "bad_setting" or "queue_error".
+    faults: list[tuple[str, str, str]] = field(default_factory=list)
+    #: Queues whose fault is over: the step used them without trouble.
+    recovered_queues: list[str] = field(default_factory=list)
     #: The Redis error this step ran into, if any; what is listed above
     #: happened anyway, and what the failed commands carried is pending again.
     error: Exception | None = None
@@ -205,7 +270,13 @@ class Broker:
         #: more of them in one step.
         self.pending_since: float | None = None
         self.pending_entries = 0
+        #: Log lines children sent, per queue: (job id, "log", line); and
+        #: each job's newest progress, which replaces any not sent yet.
         self.reports: dict[str, list[tuple[str, str, str]]] = {q: [] for q in queues}
+        self.progress: dict[str, dict[str, str]] = {q: {} for q in queues}
+        #: Log bytes held for each job (queue, id) until Redis took them:
+        #: the parent stops reading a child whose job holds too many.
+        self.report_bytes: dict[tuple[str, str], int] = {}
         #: Durable steps children wait on: (job id, key, result JSON).
         self.steps: dict[str, list[tuple[str, str, str]]] = {q: [] for q in queues}
         self.releases: dict[str, list[str]] = {q: [] for q in queues}
@@ -232,7 +303,7 @@ class Broker:
         self._wake_fetch: tuple[str, int] | None = None
         self._wake_replies: list[Any] = []
         #: Its reply, held while a step is in flight: (queue, reply).
-        self._wake_held: tuple[str, Any] | None = None
+        self._wake_held: tuple[_Command, Any] | None = None
         self._set_up = False
         self.settings = settings or {}
         self.description = description or {}
@@ -247,6 +318,8 @@ class Broker:
         #: Queues with a rate or concurrency limit (fetch.lua says): their
         #: limits count leases, so the worker does not prefetch their jobs.
         self.limited_queues: set[str] = set()
+        #: Queues this worker leaves alone for now, and why (QueueFault).
+        self.faults: dict[str, QueueFault] = {}
         #: Settled jobs counted for the dashboard's charts (sandboxq.stats),
         #: sent in a step that goes anyway, at most every FLUSH_SECONDS.
         self.stats = stats.MinuteCounts()
@@ -259,17 +332,21 @@ class Broker:
 
     # -- what the parent loop asks -------------------------------------------
     def has_pending(self) -> bool:
-        """Something waits to be sent, or a step is on its way."""
-        return (
-            self._step is not None
-            or bool(self.unsure)
-            or any(self.finishes.values())
-            or any(self.starts.values())
-            or any(self.reports.values())
-            or any(self.steps.values())
-            or any(self.releases.values())
-            or bool(self._schedule_reads)
-            or bool(self._schedule_fires)
+        """Something waits to be sent (a queue at fault holds its own), or a
+        step is on its way."""
+        if self._step is not None or self._schedule_reads or self._schedule_fires:
+            return True
+        now = time.monotonic()
+        return any(
+            queue in self.unsure
+            or self.finishes[queue]
+            or self.starts[queue]
+            or self.reports[queue]
+            or self.progress[queue]
+            or self.steps[queue]
+            or self.releases[queue]
+            for queue in self.queues
+            if not self._holds_work(queue, now)
         )
 
     def has_urgent(self) -> bool:
@@ -277,11 +354,12 @@ class Broker:
         jobs a lost reply may have leased, a schedule half-way fired, a
         durable step a child waits on (steps of several children still share
         a step when they come while one is in flight)."""
-        return (
-            bool(self.unsure)
-            or bool(self._schedule_reads)
-            or bool(self._schedule_fires)
-            or any(self.steps.values())
+        if self._schedule_reads or self._schedule_fires:
+            return True
+        now = time.monotonic()
+        return any(
+            (queue in self.unsure or self.steps[queue]) and not self._holds_work(queue, now)
+            for queue in self.queues
         )
 
     @property
@@ -294,9 +372,41 @@ class Broker:
 
     def next_timer(self) -> float:
         due = min(self.next_renew, self.next_recover, self.next_schedules)
+        if self.faults:  # a queue at fault is tried again then
+            due = min(due, min(fault.until for fault in self.faults.values()))
         if self.next_cancel_check < due and self.holds_jobs():
             return self.next_cancel_check
         return due
+
+    # -- queues at fault ---------------------------------------------------------
+    def paused(self, queue: str, now: float) -> bool:
+        """Whether this worker leaves the queue alone for now (a fault)."""
+        fault = self.faults.get(queue)
+        return fault is not None and now < fault.until
+
+    def _holds_work(self, queue: str, now: float) -> bool:
+        fault = self.faults.get(queue)
+        return fault is not None and fault.holds_work and now < fault.until
+
+    def _fault(
+        self, queue: str, kind: str, reason: str, result: StepResult, *, holds_work: bool
+    ) -> None:
+        """One queue's settings or data failed: leave it alone for a while
+        (fetching, its limits and schedules; with ``holds_work`` what the
+        worker owes it too), longer each time it fails again."""
+        fault = self.faults.get(queue)
+        backoff = QUEUE_FAULT_SECONDS if fault is None else fault.backoff
+        self.faults[queue] = QueueFault(
+            reason,
+            time.monotonic() + backoff,
+            min(backoff * 2, QUEUE_FAULT_MAX_SECONDS),
+            holds_work or (fault is not None and fault.holds_work),
+        )
+        # Its schedules are read again from the start after the pause.
+        self._schedule_reads.pop(queue, None)
+        self._schedule_fires.pop(queue, None)
+        self._specs.pop(queue, None)
+        result.faults.append((queue, kind, reason))
 
     def holds_jobs(self) -> bool:
         return any(self.leased.values())
@@ -324,8 +434,19 @@ class Broker:
         self._note_pending()
 
     def report(self, queue: str, job_id: str, kind: str, value: str) -> None:
-        self.reports[queue].append((job_id, kind, value))
+        """A progress or log frame, for the next step. Progress not sent
+        yet is replaced by the newer value: only the latest counts."""
+        if kind == PROGRESS:
+            self.progress[queue][job_id] = value
+        else:
+            self.reports[queue].append((job_id, kind, value))
+            held = (queue, job_id)
+            self.report_bytes[held] = self.report_bytes.get(held, 0) + len(value)
         self._note_pending()
+
+    def held_report_bytes(self, queue: str, job_id: str) -> int:
+        """Log bytes of this job the broker holds (not yet in Redis)."""
+        return self.report_bytes.get((queue, job_id), 0)
 
     def step(self, queue: str, job_id: str, key: str, result: str) -> None:
         """Record a durable step in the next step (step.lua); its status
@@ -424,30 +545,104 @@ class Broker:
         result = StepResult(worked=step.worked, round_trip=received_at - step.sent_at)
         result.started_now = step.start_now
         next_due: list[int] = []
+        faulted: set[str] = set()
         for index, command in enumerate(step.plan):
             if index >= len(step.replies):
                 self._undo(command, error or LinkError("no reply"))
+                faulted.add(command.queue)
                 continue
             reply = step.replies[index]
             if isinstance(reply, Exception):
                 self._undo(command, reply)
-                # The charts' counters are best effort: they never fail a step.
-                if not isinstance(reply, redis.exceptions.NoScriptError) and command.kind not in (
-                    "stats",
-                    "depth",
-                ):
-                    result.error = result.error or reply
+                self._refused(command, reply, result)
+                faulted.add(command.queue)
                 continue
-            self._apply(command, reply, result, next_due, (step.sent_at, received_at))
+            if not self._use(command, reply, result, next_due, (step.sent_at, received_at)):
+                faulted.add(command.queue)
         if self._wake_held is not None:  # the wait's jobs, after the step's replies
-            held, self._wake_held = self._wake_held, None
+            (command, reply), self._wake_held = self._wake_held, None
             result.started_now = min(result.started_now, len(result.fetched))
-            self._take(*held, result, [])
+            self._use(command, reply, result, [], (step.sent_at, received_at))
         if error is not None:
             result.error = error
         elif step.fetched_from is not None and result.error is None:
             self._after_fetch(step.fetched_from, step.asked, result, next_due)
+        faulted.update(queue for queue, _kind, _reason in result.faults)
+        self._note_recovered(step.plan, faulted, result)
         return result
+
+    def _use(
+        self,
+        command: _Command,
+        reply: Any,
+        result: StepResult,
+        next_due: list[int],
+        round_trip: tuple[float, float],
+    ) -> bool:
+        """Apply one reply behind its queue's barrier: a reply that cannot be
+        used pauses that queue, not the worker (False then)."""
+        try:
+            self._apply(command, reply, result, next_due, round_trip)
+        except Exception as exc:
+            if not command.queue:
+                raise  # the worker's own commands: a bug, not a queue's data
+            self._unusable(command, exc, result)
+            return False
+        return True
+
+    def _refused(self, command: _Command, reply: Exception, result: StepResult) -> None:
+        """Redis refused one command (its work was kept by _undo). Trouble
+        that passes is the worker's to wait out; any other refusal of a
+        queue's command is that queue's fault: it pauses, the rest go on.
+        (NOSCRIPT reloads the scripts; the charts' counters never fail a step.)"""
+        if isinstance(reply, redis.exceptions.NoScriptError) or command.kind in ("stats", "depth"):
+            return
+        if command.queue and not is_transient(reply):
+            reason = f"Redis refused its {command.kind} command: {reply}"
+            holds = command.kind in CARRIERS
+            self._fault(command.queue, "queue_error", reason, result, holds_work=holds)
+            return
+        result.error = result.error or reply
+
+    def _unusable(self, command: _Command, exc: Exception, result: StepResult) -> None:
+        """A reply for one queue could not be used (a setting out of range,
+        a score that is not a number, a shape no script returns...): that
+        queue pauses; its command is undone (a fetch's jobs are reclaimed,
+        carried work sent again after the pause). A fetch that named a bad
+        setting leased nothing."""
+        if not (isinstance(exc, BadSetting) and command.kind == "fetch"):
+            self._undo(command, exc)
+        if isinstance(exc, BadSetting):
+            kind, reason = "bad_setting", str(exc)
+        else:
+            what = f"{type(exc).__name__}: {exc}"
+            kind, reason = (
+                "queue_error",
+                f"could not use Redis's reply to its {command.kind}: {what}",
+            )
+        self._fault(command.queue, kind, reason, result, holds_work=command.kind in CARRIERS)
+
+    def _note_recovered(self, plan: list[_Command], faulted: set[str], result: StepResult) -> None:
+        """Queues whose fault lapsed and that this step tried again without
+        trouble: a fetch (or a read of its limits) for a bad setting, any
+        command for one that held its work."""
+        now = time.monotonic()
+        for command in plan:
+            fault = self.faults.get(command.queue)
+            if fault is None or now < fault.until or command.queue in faulted:
+                continue
+            if fault.holds_work or command.kind in ("fetch", "limits", "limiter", "schedules"):
+                del self.faults[command.queue]
+                result.recovered_queues.append(command.queue)
+
+    def retry_lapsed_faults(self, now: float) -> None:
+        """A queue whose fault lapsed is tried again: look for work (the
+        next fetch from it says whether its settings are usable now)."""
+        for fault in self.faults.values():
+            if now >= fault.until and not fault.retried:
+                fault.retried = True
+                self.maybe_work = True
+                self._short.clear()
 
     # -- building a step ------------------------------------------------------
     def _queue_work(
@@ -465,9 +660,11 @@ class Broker:
             commands.command("TIME")
             plan.append(_Command("time"))
         self._queue_queue_work(commands, plan, now, renew, recover, cancels)
-        # Hand back what lost replies leased before asking for more; and
-        # while a wait carries a fetch, that fetch is the one to ask.
-        if free_slots > 0 and self.maybe_work and not self.unsure and self._wake_fetch is None:
+        # Hand back what lost replies leased before asking for more (a queue
+        # at fault waits with its reclaim); and while a wait carries a
+        # fetch, that fetch is the one to ask.
+        reclaiming = any(not self.paused(queue, clock) for queue in self.unsure)
+        if free_slots > 0 and self.maybe_work and not reclaiming and self._wake_fetch is None:
             self._fetching = self._queue_fetch(commands, plan, now, free_slots)
         if renew:
             self.next_renew = clock + self.renew_every
@@ -533,7 +730,10 @@ class Broker:
         """Each queue's share of a step. Pending finishes, reports and
         hand-backs move into the commands (a failed one puts them back)."""
         pipe: Any = commands
+        clock = time.monotonic()
         for queue, k in self.keys.items():
+            if self._holds_work(queue, clock):
+                continue  # at fault: what it is owed waits for the retry
             # Reports before finishes: a job's last progress and log lines
             # usually travel in the same step as its result, and finishing
             # drops the lease token that report.lua checks. Starts before
@@ -542,11 +742,11 @@ class Broker:
                 self.steps[queue] = []
                 self.scripts.step(k, self.token, steps, MAX_STEPS, pipe)
                 plan.append(_Command("step", queue, steps))
-            reports, starts = self.reports[queue], self.starts[queue]
+            starts = self.starts[queue]
+            reports = self._take_reports(queue)
             if reports and starts:
                 self._queue_finish(queue, now, pipe, plan, settle=False)
             if reports:
-                self.reports[queue] = []
                 self.scripts.report(k, self.token, reports, pipe=pipe)
                 plan.append(_Command("report", queue, reports))
             if self.finishes[queue] or self.starts[queue]:
@@ -574,6 +774,8 @@ class Broker:
             registry.heartbeat(self.scripts, pipe, self.token, self.description, now)
             plan.append(_Command("heartbeat"))
         for queue, k in self.keys.items():
+            if self.paused(queue, clock):
+                continue  # its schedules and limits are read again after the pause
             if self._schedules_due:  # the next occurrences, the due ones first
                 commands.command("ZRANGE", k.schedule_times, 0, DUE_BATCH - 1, "WITHSCORES")
                 plan.append(_Command("schedules", queue))
@@ -591,8 +793,15 @@ class Broker:
                 commands.command("ZRANGE", k.limiter, 0, -1, "WITHSCORES")
                 plan += [_Command("limits", queue), _Command("limiter", queue)]
         self._schedules_due = False
-        self._resync.clear()
+        self._resync = {queue for queue in self._resync if self.paused(queue, clock)}
         self.pending_since, self.pending_entries = None, 0  # all in this step
+
+    def _take_reports(self, queue: str) -> list[tuple[str, str, str]]:
+        """The queue's pending reports, for one report.lua call: each job's
+        latest progress, then the log lines in order."""
+        progress, self.progress[queue] = self.progress[queue], {}
+        reports, self.reports[queue] = self.reports[queue], []
+        return [(job_id, PROGRESS, value) for job_id, value in progress.items()] + reports
 
     def _queue_finish(
         self, queue: str, now: int, pipe: Any, plan: list[_Command], *, settle: bool
@@ -612,6 +821,9 @@ class Broker:
         """Ask the next queue in turn for up to ``free_slots`` jobs (fewer if
         its mirrored rate window is fuller). Returns the queue and the count."""
         queue = self._next_queue()
+        if queue is None:  # every queue is at fault: nothing to fetch until a retry
+            self.maybe_work = False
+            return None, 0
         count = self._room(queue, free_slots, now)
         if count <= 0:
             self._short.add(queue)
@@ -629,10 +841,16 @@ class Broker:
         self._requests += 1
         return self._requests
 
-    def _next_queue(self) -> str:
-        """The queues take turns, so one busy queue cannot starve the others."""
-        self._rotation = (self._rotation + 1) % len(self.queues)
-        return self.queues[self._rotation]
+    def _next_queue(self) -> str | None:
+        """The queues take turns, so one busy queue cannot starve the others;
+        a queue at fault sits out. None when every queue does."""
+        now = time.monotonic()
+        for _ in self.queues:
+            self._rotation = (self._rotation + 1) % len(self.queues)
+            queue = self.queues[self._rotation]
+            if not self.paused(queue, now):
+                return queue
+        return None
 
     # -- reading a step's replies ------------------------------------------------
     def _undo(self, command: _Command, error: Exception) -> None:
@@ -647,8 +865,12 @@ class Broker:
             self.finishes[queue][:0] = finishes
             self.starts[queue][:0] = starts
             self._note_pending(len(finishes) + len(starts))
-        elif kind == "report":
-            self.reports[queue][:0] = command.sent
+        elif kind == "report":  # a progress sent since is newer: it stays
+            logs = [entry for entry in command.sent if entry[1] != PROGRESS]
+            for job_id, sent_kind, value in command.sent:
+                if sent_kind == PROGRESS:
+                    self.progress[queue].setdefault(job_id, value)
+            self.reports[queue][:0] = logs
             self._note_pending(len(command.sent))
         elif kind == "step":  # sent again, step.lua answers "known" if it was recorded
             self.steps[queue][:0] = command.sent
@@ -684,6 +906,8 @@ class Broker:
         kind, queue = command.kind, command.queue
         if kind == "time":
             self.clock.sample(*round_trip, reply)
+        elif kind == "report":
+            self._release_report_bytes(queue, command.sent)
         elif kind == "finish":
             for entry, status in zip(command.sent[0], reply, strict=True):
                 self.leased[queue].discard(entry[0])
@@ -725,6 +949,17 @@ class Broker:
         elif kind == "config":
             self._note_config(reply, result)
 
+    def _release_report_bytes(self, queue: str, sent: list[tuple[str, str, str]]) -> None:
+        """Redis took these log lines: the parent no longer holds them."""
+        for job_id, kind, value in sent:
+            if kind != PROGRESS:
+                held = (queue, job_id)
+                left = self.report_bytes.get(held, 0) - len(value)
+                if left > 0:
+                    self.report_bytes[held] = left
+                else:
+                    self.report_bytes.pop(held, None)
+
     def _note_depth(self, queue: str, minute: int, value: int) -> None:
         """One of a queue's three depth replies; after the third, its write
         waits for the next step."""
@@ -755,7 +990,10 @@ class Broker:
                 result.unsupported = str(exc)
 
     def _take(self, queue: str, reply: Any, result: StepResult, next_due: list[int]) -> None:
-        rows, due, limited, has_limits = reply
+        rows, due, limited, has_limits = reply[:4]
+        problem = reply[4] if len(reply) > 4 else b""  # TODO(merge): fetch.lua's 5th item
+        if problem:  # a setting fetch.lua cannot use: it leased nothing
+            raise BadSetting(problem.decode(errors="backslashreplace"))
         if has_limits:
             self.limited_queues.add(queue)
         else:
@@ -769,6 +1007,8 @@ class Broker:
         if fetched and (window := self.windows.get(queue)) is not None:
             window.record(self.now_ms(), len(fetched))
         for job_id, fields in fetched:
+            if isinstance(fields, fast.CorruptRecord):
+                job_id = stored_id(job_id)  # the parent fails it at once
             if job_id in self.leased[queue]:
                 # Our own lease lapsed (the parent was frozen, or Redis slow)
                 # and the job came back to us while a child still runs it:
@@ -862,13 +1102,17 @@ class Broker:
 
     def _mirror_limits(self, queue: str, reply: Any) -> None:
         """Keep the mirror in step with the queue's rate limit (or drop it);
-        the limiter log read next in the same reply fills it."""
+        the limiter log read next in the same reply fills it. A limit the
+        mirror cannot hold is a BadSetting (the queue pauses)."""
         raw_max, raw_window = reply
         if raw_max is None or raw_window is None:
             self.windows.pop(queue, None)
             self._window_params.pop(queue, None)
             return
-        params = (int(raw_max), int(raw_window))
+        params = (
+            setting_int("rl_max", raw_max, 1, fast.INT64_LIMIT),
+            setting_int("rl_window_ms", raw_window, 1, fast.INT64_LIMIT),
+        )
         if self._window_params.get(queue) != params:
             self.windows[queue] = fast.SlidingWindow(*params)
             self._window_params[queue] = params
@@ -923,7 +1167,7 @@ class Broker:
         queue = self.queues[0]
         if not self.clock.measured or queue in self.limited_queues or queue in self.windows:
             return None
-        return queue
+        return None if self.paused(queue, time.monotonic()) else queue
 
     def _wake_fetch_command(self, queue: str, count: int, timeout: float) -> tuple[Any, ...]:
         request = self._next_request()
@@ -936,7 +1180,7 @@ class Broker:
         )
         return commands.sent[0]
 
-    def _wake_fetch_reply(self) -> tuple[str, Any] | None:
+    def _wake_fetch_reply(self) -> tuple[_Command, Any] | None:
         """The jobs the answered wait's fetch leased. A fetch whose reply
         never came, or that failed half-way, may still have leased jobs: the
         next step reclaims them. Redis refusing it (NOSCRIPT, or refusing
@@ -954,7 +1198,7 @@ class Broker:
             elif reply is None or not is_transient(reply):
                 self.unsure[queue] = max(request, self.unsure.get(queue, 0))
             return None
-        return queue, reply
+        return _Command("fetch", queue, request), reply
 
     @property
     def armed(self) -> bool:
@@ -1000,7 +1244,7 @@ class Broker:
             self._wake_held = fetched
             return None
         result = StepResult()
-        self._take(*fetched, result, [])
+        self._use(*fetched, result, [], (0.0, 0.0))
         return result
 
     def _woken(self) -> None:

@@ -1,11 +1,19 @@
 """The child's side: run one job at a time, report everything over the pipe.
 
-A child never talks to Redis. It reads a job frame, runs the handler, and
-answers with progress/log frames and one ``done`` frame. Its next jobs may
-already wait on the pipe; before starting one, the child looks whether the
-parent took it back meanwhile (``drop``), and then says ``dropped`` instead.
-It exits 0 when the parent closes the pipe. Any other exit fails the job it
-was running, with the reason decoded by the parent from the wait status.
+A child never talks to Redis. Once its ``on_child_start`` hooks ran it says
+``ready``; then it reads a job frame, runs the handler, and answers with
+progress/log frames and one ``done`` frame. Its next jobs may already wait
+on the pipe; before starting one, the child looks whether the parent took it
+back meanwhile (``drop``), and then says ``dropped`` instead. It exits 0 when
+the parent closes the pipe. Any other exit fails the job it was running,
+with the reason decoded by the parent from the wait status.
+
+Only the child itself speaks on the pipe: a process the handler forked (a
+copy of the child) that uses the job's reporting raises, and one that
+returns from the handler exits there, so it never answers for the job or
+reads the next one. A child whose event loop still runs a task a job left
+behind (one that ignored its cancellation) says ``leaving`` and exits after
+that job, so the task cannot run on inside later jobs.
 
 Whatever the handler does, the child answers with a ``done`` frame it can
 send: an exception that cannot be described, a result too big for the pipe
@@ -20,6 +28,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from typing import Any
 
 from setproctitle import setproctitle
@@ -38,6 +47,43 @@ def reset_signals() -> None:
     for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+#: A child's (and its job's processes') oom_score_adj: when the machine runs
+#: out of memory, the kernel kills a job before the worker parent, whose
+#: death would stop every job. Raising it needs no privilege.
+CHILD_OOM_SCORE_ADJ = 1000
+
+
+def prefer_for_oom_kill() -> None:
+    # Not Linux, or no /proc: nothing to do.
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as adj:
+        adj.write(str(CHILD_OOM_SCORE_ADJ))
+
+
+class ForkedCopyError(RuntimeError):
+    """A process the job's handler forked tried to speak for the job."""
+
+
+class ParentPipe:
+    """The child's end of its pipe: whole frames, one writer at a time (a
+    handler's threads may report at once, and a frame cut by another's
+    would corrupt the stream), and only from the child itself: a process
+    the handler forked shares the socket, and must not answer for the job."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def send(self, message: list[Any]) -> None:
+        if os.getpid() != self.pid:
+            raise ForkedCopyError(
+                "only the worker child reports for its job: this process was forked by the "
+                f"job's handler (pid {os.getpid()}, child {self.pid})"
+            )
+        with self._lock:
+            protocol.send(self.sock, message)
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -68,42 +114,43 @@ def serve(
     handlers: dict[tuple[str, str], Handler],
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
 ) -> None:
-    """The child's main loop; returns when the parent closes the pipe."""
+    """The child's main loop; returns when the parent closes the pipe, or
+    after a job that left this child unfit for more (``leaving``)."""
     idle_title = f"sandboxq child {index}: idle"
     setproctitle(idle_title)
+    pipe = ParentPipe(sock)
 
     def report(job_id: str, kind: str, value: str) -> None:
-        protocol.send(sock, [kind, job_id, value])
+        pipe.send([kind, job_id, value])
 
     def record(job_id: str, key: str, result: str) -> str:
         """A durable step: the parent writes it to Redis and answers; the
         handler goes on only once it is recorded (or could not be)."""
-        protocol.send(sock, [protocol.STEP, job_id, key, result])
+        pipe.send([protocol.STEP, job_id, key, result])
         answer = inbox.wait_for(protocol.STEPPED, job_id, key)
         if answer is None:  # the parent is gone: nothing can be recorded
             raise SystemExit(1)
         return str(answer[3])
 
     inbox = protocol.Inbox(sock)
+    pipe.send([protocol.READY, ""])
     while (message := inbox.recv()) is not None:
         if message[0] == protocol.DROP:
             continue  # too late: that job ran already
-        _kind, job_id, name, data_json, queue, attempts_made, retries, children_json, steps_json = (
-            message
-        )
-        if inbox.dropped(job_id):
-            protocol.send(sock, [protocol.DROPPED, job_id])
+        job = protocol.decode_run(message)
+        if inbox.dropped(job.job_id):
+            pipe.send([protocol.DROPPED, job.job_id])
             continue
-        setproctitle(f"sandboxq child {index}: {name}#{job_id}")
+        setproctitle(f"sandboxq child {index}: {job.name}#{job.job_id}")
         try:
             outcome = execution.run_stored(
-                handlers[(queue, name)].func,
-                queue,
-                job_id,
-                name,
-                (data_json, children_json, steps_json),
-                attempts_made,
-                retries,
+                handlers[(job.queue, job.name)].func,
+                job.queue,
+                job.job_id,
+                job.name,
+                (job.data_json, job.children_json, job.steps_json),
+                job.attempts_made,
+                job.retries,
                 report,
                 max_result_bytes,
                 record,
@@ -114,25 +161,48 @@ def serve(
             outcome = execution.Outcome(
                 execution.FAILED, execution.describe_error(exc), execution.format_traceback()
             )
+        if os.getpid() != pipe.pid:
+            forked_copy_returned(job.job_id)
         if left := proctree.kill_leftovers():
-            report(job_id, protocol.LOG, f"killed {left} process(es) the job left running")
-        send_done(sock, job_id, outcome)
+            report(job.job_id, protocol.LOG, f"killed {left} process(es) the job left running")
+        stuck = execution.stuck_tasks()
+        if stuck:
+            why = (
+                f"{stuck} asyncio task(s) the job left behind ignored their cancellation for "
+                f"{execution.LEFTOVER_TASKS_SECONDS:g}s"
+            )
+            pipe.send([protocol.LEAVING, job.job_id, why])
+        send_done(pipe, job.job_id, outcome)
         sys.stdout.flush()
+        if stuck:
+            return  # the parent replaces this child; its loop cannot be cleaned
         setproctitle(idle_title)
 
 
-def send_done(sock: socket.socket, job_id: str, outcome: execution.Outcome) -> None:
+def forked_copy_returned(job_id: str) -> None:
+    """This process is a copy the handler forked, come back from the
+    handler: exit here, before it says anything for the job or reads the
+    next one (the child it was forked from answers for the job)."""
+    print(
+        f"sandboxq: process {os.getpid()}, forked by the handler of job {job_id}, returned "
+        "from the handler; it exits here (a forked process should end with os._exit)",
+        file=sys.stderr,
+    )
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def send_done(pipe: ParentPipe, job_id: str, outcome: execution.Outcome) -> None:
     """Send the job's done frame; one the pipe cannot carry (protocol.send
     refuses it before writing anything) becomes a failed attempt saying why.
     execution caps results well below the frame limit: a last line of defence."""
     try:
-        protocol.send(
-            sock,
+        pipe.send(
             [protocol.DONE, job_id, outcome.kind, outcome.value, outcome.traceback, outcome.delay],
         )
     except (TypeError, ValueError, OverflowError) as exc:
         message = f"could not send the job's outcome to the worker: {exc}"
-        protocol.send(sock, [protocol.DONE, job_id, execution.FAILED, message, "", 0.0])
+        pipe.send([protocol.DONE, job_id, execution.FAILED, message, "", 0.0])
 
 
 def start_child(index: int) -> None:
@@ -176,6 +246,7 @@ def main(
     code = 0
     try:
         die_with_parent(parent_pid)
+        prefer_for_oom_kill()
         own_the_job_processes()
         if nice:
             os.nice(nice)

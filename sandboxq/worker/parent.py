@@ -34,6 +34,8 @@ from sandboxq import execution, hooks, logs
 from sandboxq.addresses import redact
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.connection import connect, resolve_url
+from sandboxq.execution import record_problem
+from sandboxq.fast import CorruptRecord
 from sandboxq.handlers import REGISTRY, Handler
 from sandboxq.keys import validate_name
 from sandboxq.metrics import Health, WorkerMetrics, crash_kind, serve
@@ -43,12 +45,13 @@ from sandboxq.worker import protocol
 from sandboxq.worker.broker import Broker, StepResult
 from sandboxq.worker.cpus import available_cpus
 from sandboxq.worker.link import Endpoint
-from sandboxq.worker.pool import HANDLED_SIGNALS, Assignment, Child, Pool, describe_exit
+from sandboxq.worker.pool import HANDLED_SIGNALS, MIB, Assignment, Child, Pool, describe_exit
 from sandboxq.worker.trouble import is_transient
 
 EXIT_OK = 0  # drained cleanly
 EXIT_FORCED = 1  # stopped before the jobs in flight finished; they were handed back
 EXIT_BOOT_ERROR = 3  # could not start: bad handlers or modules, children dying at birth
+EXIT_STOP_HOOK_FAILED = 4  # drained cleanly, then an on_worker_stop hook failed (logged)
 EXIT_INTERNAL_ERROR = 70  # an unexpected error stopped the worker (EX_SOFTWARE): a bug to report
 
 #: How long a job no handler here runs goes back to the queue before it is
@@ -65,6 +68,16 @@ STEP_ASIDE_SECONDS = 0.2
 #: Children that die before running any job, in a row, before the worker
 #: gives up instead of respawning forever.
 MAX_BIRTH_FAILURES = 5
+
+#: A run's log budget: lines past it are dropped in the parent (a count of
+#: them ends the log), so one job cannot flood Redis. Far above any log a
+#: person reads, and the job's log in Redis keeps its newest 1,000 lines.
+LOG_BYTES_PER_RUN = 16 * 1024 * 1024
+
+#: The parent stops reading a child's pipe while its job holds this many
+#: log bytes not yet in Redis (back-pressure: the child waits on a full
+#: pipe), so the parent's memory stays flat whatever a job sends.
+HELD_REPORT_BYTES = 1024 * 1024
 
 #: Redis reconnect backoff, seconds.
 RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
@@ -194,6 +207,7 @@ class Worker:
         max_stalls: int = 1,
         default_timeout: float | None = None,
         kill_grace: float = 2.0,
+        child_hook_timeout: float = 10.0,
         child_nice: int = 5,
         rate_limit: tuple[int, float] | None = None,
         metrics_port: int | None = None,
@@ -219,6 +233,10 @@ class Worker:
             raise ValueError(f"procs must be 'auto' or an int >= 1, got {procs!r}")
         if lease <= 0 or shutdown_timeout < 0 or max_stalls < 0:
             raise ValueError("lease must be > 0, shutdown_timeout and max_stalls >= 0")
+        if not 0 < child_hook_timeout < math.inf:
+            raise ValueError(
+                f"child_hook_timeout must be > 0 seconds and finite, got {child_hook_timeout!r}"
+            )
         if (
             isinstance(max_result_bytes, bool)
             or not isinstance(max_result_bytes, int)
@@ -243,6 +261,7 @@ class Worker:
         self.max_stalls = max_stalls
         self.default_timeout = default_timeout
         self.kill_grace = kill_grace
+        self.child_hook_timeout = child_hook_timeout
         self.child_nice = child_nice
         self.max_result_bytes = max_result_bytes
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
@@ -280,7 +299,7 @@ class Worker:
     def run(self) -> int:
         """Run until stopped; returns the exit code (EXIT_OK after a clean drain)."""
         self._open()
-        started = False
+        started = stop_hooks_ok = False
         try:
             self._start_hooks()
             started = True
@@ -288,25 +307,36 @@ class Worker:
         finally:
             self._close()
             if started:
-                self._stop_hooks()
-        return EXIT_FORCED if self._forced else EXIT_OK
+                stop_hooks_ok = self._stop_hooks()
+        if self._forced:
+            return EXIT_FORCED
+        return EXIT_OK if stop_hooks_ok else EXIT_STOP_HOOK_FAILED
 
     def _start_hooks(self) -> None:
         """on_worker_start, once the first children are forked (so they do
-        not inherit what the hooks open). A failure is a boot error."""
+        not inherit what the hooks open). A failure, SystemExit included, is
+        a boot error."""
         try:
             hooks.run(hooks.WORKER_START)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise BootError(
                 f"an on_worker_start hook failed: {type(exc).__name__}: {exc}\n"
                 + traceback.format_exc()
             ) from exc
 
-    def _stop_hooks(self) -> None:
+    def _stop_hooks(self) -> bool:
+        """on_worker_stop; False if one failed (logged). A hook's SystemExit
+        does not decide the worker's exit code: the worker's own does."""
         try:
             hooks.run(hooks.WORKER_STOP)
-        except Exception:
-            logs.log.error("an on_worker_stop hook failed:\n%s", traceback.format_exc())
+        except (Exception, SystemExit):
+            logs.log.error(
+                "an on_worker_stop hook failed (exit code %d):\n%s",
+                EXIT_STOP_HOOK_FAILED,
+                traceback.format_exc(),
+            )
+            return False
+        return True
 
     # -- setup and teardown ---------------------------------------------------
     def _open(self) -> None:
@@ -343,6 +373,7 @@ class Worker:
             max_memory_bytes=self.max_memory_per_child,
             max_jobs_per_child=self.max_jobs_per_child,
             kill_grace=self.kill_grace,
+            hook_timeout=self.child_hook_timeout,
             child_nice=self.child_nice,
             inherited_fds=[wake_r, self._wake_w, self.selector.fileno()],
             max_result_bytes=self.max_result_bytes,
@@ -387,7 +418,10 @@ class Worker:
             self._probe.close()
         for child in self.pool.children():
             self.pool.retire(child)
-        deadline = time.monotonic() + max(self.kill_grace, 1.0)
+        # Idle children exit within milliseconds of EOF, unless their
+        # on_child_exit hooks take time: those get the hooks' timeout.
+        wait = self.child_hook_timeout if hooks.HOOKS[hooks.CHILD_EXIT] else 1.0
+        deadline = time.monotonic() + max(self.kill_grace, wait)
         while self.pool.by_pid and time.monotonic() < deadline:
             for child, _status in self.pool.reap():
                 self._forget(child)
@@ -439,6 +473,7 @@ class Worker:
             now = time.monotonic()
             self.pool.enforce_limits(now)
             self._return_stale_prefetch(now)
+            self.broker.retry_lapsed_faults(now)
             if result := self.broker.check_step_deadline(now):
                 self._step_done(result)
             if self.broker.wait_overdue(now):
@@ -550,13 +585,73 @@ class Worker:
         if mask & selectors.EVENT_WRITE:
             self.pool.flush(child)
             if not child.outbox:
-                self.selector.modify(child.sock, selectors.EVENT_READ, child)
+                self._watch_child(child)
         if mask & selectors.EVENT_READ:
             messages, eof = self.pool.read(child)
             for message in messages:
                 self._on_message(child, message)
+            self._note_foreign(child)
             if eof:  # it is exiting; the reaper reports why
-                self.selector.unregister(child.sock)
+                self._watch_child(child)
+            else:
+                self._hold_if_behind(child)
+
+    def _watch_child(self, child: Child) -> None:
+        """Watch a child's pipe for what the parent wants of it now:
+        reading unless it is held (or closed), writing while frames wait."""
+        events = 0 if child.held or child.closed else selectors.EVENT_READ
+        if child.outbox:
+            events |= selectors.EVENT_WRITE
+        watched = child.sock.fileno() in self.selector.get_map()
+        if events and watched:
+            self.selector.modify(child.sock, events, child)
+        elif events:
+            self.selector.register(child.sock, events, child)
+        elif watched:
+            self.selector.unregister(child.sock)
+
+    def _hold_if_behind(self, child: Child) -> None:
+        """Back-pressure: while the child's job holds HELD_REPORT_BYTES of
+        log lines Redis has not taken yet, stop reading its pipe; the child
+        waits on the full pipe (its limits still apply). _release_held reads
+        it again once a step took them."""
+        job = child.job
+        if job is None or child.held:
+            return
+        if self.broker.held_report_bytes(job.queue, job.job_id) >= HELD_REPORT_BYTES:
+            child.held = True
+            self._watch_child(child)
+
+    def _release_held(self) -> None:
+        for child in self.pool.by_pid.values():
+            if not child.held or child.closed:
+                continue
+            job = child.job
+            if job is None or self.broker.held_report_bytes(job.queue, job.job_id) < (
+                HELD_REPORT_BYTES // 2
+            ):
+                child.held = False
+                self._watch_child(child)
+
+    def _note_foreign(self, child: Child) -> None:
+        """Say once per process which process other than the child wrote to
+        its pipe (a copy its handler forked): its bytes were discarded."""
+        for pid, count in child.foreign.items():
+            if count < 0:
+                continue  # said already
+            job = child.job
+            logs.event(
+                "ignored what a process other than the worker child wrote to its pipe (a copy "
+                "its job's handler forked?): only the child's own frames count",
+                logging.WARNING,
+                pid=child.pid,
+                writer_pid=pid,
+                ignored_bytes=count,
+                job_id=job.job_id if job else None,
+                queue=job.queue if job else None,
+            )
+            self.metrics.faults.labels(job.queue if job else "", "foreign_writer").inc()
+            child.foreign[pid] = -1
 
     def _on_message(self, child: Child, message: list[Any]) -> None:
         """Act on one frame from a child. Every value is checked first: the
@@ -565,6 +660,9 @@ class Worker:
         with the reason; nothing a child sends can stop the parent."""
         try:
             kind, job_id = protocol.check_header(message)
+            if kind == protocol.READY:
+                self._child_ready(child)
+                return
             job = child.job
             if job is None or job.job_id != job_id:
                 return  # a late frame of a job already settled (killed on timeout)
@@ -575,6 +673,8 @@ class Worker:
                 outcome = protocol.check_done(message, self.max_result_bytes)
             elif kind == protocol.STEP:
                 key, result = protocol.check_step(message)
+            elif kind == protocol.LEAVING:
+                reason = protocol.check_leaving(message)
             else:
                 value = protocol.check_report(message)
         except protocol.ProtocolError as exc:
@@ -589,12 +689,59 @@ class Worker:
             self._next_queued(child)
         elif kind == protocol.STEP:
             self.broker.step(job.queue, job_id, key, result)
+        elif kind == protocol.LEAVING:
+            self._child_leaving(child, job, reason)
+        elif kind == protocol.LOG:
+            self._on_log(job, value)
         else:
             self.broker.report(job.queue, job_id, kind, value)
+
+    def _child_ready(self, child: Child) -> None:
+        """Its on_child_start hooks ran: it takes jobs from now on."""
+        if not child.ready:
+            child.ready = True
+            self._feed_children()
+
+    def _child_leaving(self, child: Child, job: Assignment, reason: str) -> None:
+        """The child exits after this job (a task the job left on its event
+        loop ignored its cancellation): it gets no more jobs; those queued
+        behind this one go back in line when it is done (_next_queued)."""
+        child.leaving = reason
+        logs.event(
+            "child leaves after this job, to be replaced: " + reason,
+            logging.WARNING,
+            **_run_fields(job, child.pid),
+        )
+
+    def _on_log(self, job: Assignment, line: str) -> None:
+        """A log line, within the run's budget: past LOG_BYTES_PER_RUN
+        lines are dropped (counted; _settle says how many), after one line
+        that says so."""
+        job.log_lines += 1
+        job.log_bytes += len(line)
+        if job.log_bytes <= LOG_BYTES_PER_RUN:
+            self.broker.report(job.queue, job.job_id, protocol.LOG, line)
+            return
+        if not job.dropped_lines:
+            self.broker.report(
+                job.queue,
+                job.job_id,
+                protocol.LOG,
+                f"[sandboxq] this run reached its log budget of {LOG_BYTES_PER_RUN // MIB} MiB: "
+                "later lines are dropped (counted at the end)",
+            )
+            self.metrics.faults.labels(job.queue, "log_budget").inc()
+        job.dropped_lines += 1
+        job.dropped_bytes += len(line)
 
     def _next_queued(self, child: Child) -> None:
         """The child ended its job and goes on with the one queued behind
         it, if any: that job starts now."""
+        if child.leaving is not None:  # it exits now: what it was sent never starts
+            child.job = None
+            self._take_back_queued(child)
+            self._feed_children()
+            return
         job = self.pool.start_queued(child)
         if job is None:
             self._feed_children()  # it is free
@@ -692,6 +839,14 @@ class Worker:
         self._avg_job = _average(self._avg_job, duration)
         if not job.start_reported:  # it started (and ended) before the step
             self._report_start(job)
+        if job.dropped_lines:  # the end of its log says what the budget dropped
+            self.broker.report(
+                job.queue,
+                job.job_id,
+                protocol.LOG,
+                f"[sandboxq] dropped {job.dropped_lines} log line(s), "
+                f"{job.dropped_bytes / MIB:.1f} MiB, over this run's budget",
+            )
         self.broker.finish(job.queue, execution.finish_entry(job.job_id, job.fields, outcome))
         self._finishing[(job.queue, job.job_id)] = _Finishing(
             job.name, job.attempt, child.pid, duration_ms
@@ -721,16 +876,29 @@ class Worker:
                 reason = describe_exit(status, child.kill_reason)
                 self.metrics.crashes.labels(crash_kind(reason)).inc()
                 self._settle(child, execution.Outcome(execution.FAILED, reason))
-            elif not child.retiring and child.jobs_done == 0 and status != 0:
-                self._birth_failures += 1
-                if self._birth_failures >= MAX_BIRTH_FAILURES:
-                    raise BootError(
-                        f"{self._birth_failures} children in a row died before "
-                        f"running a job ({describe_exit(status, None)})"
-                    )
+            elif not child.ready or (not child.retiring and child.jobs_done == 0 and status != 0):
+                self._birth_failure(child, status)
+            elif child.kill_reason is not None:  # idle, and killed: its exit hooks hung
+                logs.event(
+                    "killed an idle child: " + child.kill_reason,
+                    logging.WARNING,
+                    pid=child.pid,
+                )
             if not self._stopping:
                 self._spawn()
         self._feed_children()
+
+    def _birth_failure(self, child: Child, status: int) -> None:
+        """A child died before its first job: its on_child_start hooks
+        failed, hung, or it exited. Give up after MAX_BIRTH_FAILURES in a
+        row rather than respawn forever."""
+        self._birth_failures += 1
+        why = describe_exit(status, child.kill_reason)
+        logs.event("a child died before its first job", logging.WARNING, pid=child.pid, why=why)
+        if self._birth_failures >= MAX_BIRTH_FAILURES:
+            raise BootError(
+                f"{self._birth_failures} children in a row died before running a job ({why})"
+            )
 
     # -- Redis ----------------------------------------------------------------
     def _redis_step(self, room: _Room) -> None:
@@ -811,6 +979,7 @@ class Worker:
         self._unarm_wait()
 
     def _after_step(self, result: StepResult) -> None:
+        self._note_queue_faults(result)
         for queue, job_id, status in result.finished:
             done = self._finishing.pop((queue, job_id), None)
             if done is not None:
@@ -866,7 +1035,27 @@ class Worker:
             )
         for index, (queue, job_id, fields) in enumerate(result.fetched):
             self._take_fetched(queue, job_id, fields, started=index < result.started_now)
+        self._release_held()
         self._feed_children()
+
+    def _note_queue_faults(self, result: StepResult) -> None:
+        """Log and count the queues a step found at fault (this worker
+        leaves them alone for a while, serving the rest), and those usable
+        again."""
+        for queue, kind, reason in result.faults:
+            retry_in = self.broker.faults[queue].until - time.monotonic()
+            logs.event(
+                "queue paused on this worker: its settings or data in Redis cannot be used; "
+                f"the other queues go on, and it is tried again in {retry_in:.0f}s",
+                logging.ERROR,
+                queue=queue,
+                error=reason,
+            )
+            self.metrics.faults.labels(queue, kind).inc()
+            self.metrics.paused_queues.labels(queue).set(1)
+        for queue in result.recovered_queues:
+            logs.event("queue usable again on this worker", logging.INFO, queue=queue)
+            self.metrics.paused_queues.labels(queue).set(0)
 
     def _log_finished(self, queue: str, job_id: str, status: str, done: _Finishing) -> None:
         """One line per settled job. ``settled:<status>``: the finish went
@@ -898,10 +1087,18 @@ class Worker:
             duration_ms=done.duration_ms,
         )
 
-    def _take_fetched(self, queue: str, job_id: str, fields: dict[str, Any], started: bool) -> None:
+    def _take_fetched(
+        self, queue: str, job_id: str, fields: dict[str, Any] | CorruptRecord, started: bool
+    ) -> None:
         """A leased job joins the buffer (children take it from there), or
-        fails at once if no handler runs it here. A stopping worker starts
-        nothing new: what an idle wait's fetch brought goes back at once."""
+        fails at once if its record cannot be run or no handler runs it
+        here. A stopping worker starts nothing new: what an idle wait's
+        fetch brought goes back at once."""
+        problem = str(fields) if isinstance(fields, CorruptRecord) else record_problem(fields)
+        if problem is not None:
+            self._fail_corrupt(queue, job_id, problem)
+            return
+        assert isinstance(fields, dict)
         if self._stopping:
             self.broker.hand_back(queue, job_id)
             return
@@ -920,6 +1117,22 @@ class Worker:
             return
         timeout = fields.get("timeout") or found.timeout or self.default_timeout
         self._buffer.append(Assignment(queue, job_id, name, fields, timeout, started))
+
+    def _fail_corrupt(self, queue: str, job_id: str, reason: str) -> None:
+        """A job whose stored record cannot be run: it fails for good with
+        ``reason`` (naming the field), and only it: the rest of its batch
+        and its queue go on. Its id is as the broker leased it (the stored
+        bytes, when they are not UTF-8)."""
+        logs.event(
+            "failed a job whose stored record cannot be run",
+            logging.ERROR,
+            queue=queue,
+            job_id=job_id,
+            error=reason,
+        )
+        self.metrics.faults.labels(queue, "corrupt_record").inc()
+        outcome = execution.Outcome.error(reason, unrecoverable=True)
+        self.broker.finish(queue, execution.finish_entry(job_id, {}, outcome))
 
     def _step_aside(self, queue: str, job_id: str, fields: dict[str, Any]) -> bool:
         """A job with no handler here, that this worker handed back moments
@@ -986,6 +1199,16 @@ class Worker:
             room = min(room, left)
         return max(room, 0)
 
+    def _takes_more(self, child: Child) -> bool:
+        """Whether the child will take a job after the one it runs (or, if
+        free, is about to get) and those queued on it: it takes jobs, and is
+        not due to retire before (--max-jobs-per-child)."""
+        if not child.takes_jobs:
+            return False
+        if not self.max_jobs_per_child:
+            return True
+        return child.jobs_done + 1 + len(child.queued) < self.max_jobs_per_child
+
     def _queue_depth(self) -> int:
         """How many jobs may wait behind a busy child's job: enough for
         QUEUE_COVER_SECONDS of work when prefetching, else none."""
@@ -1002,19 +1225,22 @@ class Worker:
         through in a few round trips; less what the buffer holds."""
         if self._stopping:
             return _Room()
-        free = queue_slots = 0
+        free = queue_slots = takers = 0
         for child in self.pool.by_pid.values():
+            takers += self._takes_more(child)
             if child.job is None and child.takes_jobs:
                 free += 1
             elif child.job is not None:
                 queue_slots += self._queue_room(child)
         room, refill_at = free, 1
-        if self._prefetching():
+        # No buffer for children that cannot take jobs (starting, retiring):
+        # its jobs would only wait, then go back.
+        if self._prefetching() and takers:
             assert self._avg_job is not None
             per_round_trip = (
-                BUFFER_ROUND_TRIPS * self.procs * self._avg_round_trip / max(self._avg_job, 1e-6)
+                BUFFER_ROUND_TRIPS * takers * self._avg_round_trip / max(self._avg_job, 1e-6)
             )
-            room += queue_slots + min(math.ceil(per_round_trip), BUFFER_PER_CHILD * self.procs)
+            room += queue_slots + min(math.ceil(per_round_trip), BUFFER_PER_CHILD * takers)
             refill_at = max(room // 2, 1)  # fetch in batches of half or more
         held = len(self._buffer)
         return _Room(max(room - held, 0), max(free - held, 0), free, refill_at)
@@ -1062,7 +1288,7 @@ class Worker:
         if child.outbox:
             self.pool.flush(child)
         if child.outbox:
-            self.selector.modify(child.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, child)
+            self._watch_child(child)
 
     def _job_started(self, child: Child, job: Assignment) -> None:
         if not job.start_reported:

@@ -2,6 +2,12 @@
 
 The pool knows processes and pipes, not Redis. It tells the parent loop what
 happened (messages, deaths with a readable reason) and the parent decides.
+
+What a child's pipe carries is untrusted: the kernel names the process that
+wrote each chunk (SO_PASSCRED), and only the child's own bytes are decoded.
+A child gets no job before it said ``ready`` (its ``on_child_start`` hooks
+ran), and a child that does not get through its hooks (start or exit)
+within ``hook_timeout`` is killed.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import math
 import os
 import signal
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -30,8 +37,14 @@ HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP,
 
 MIB = 1024 * 1024
 
-#: The most the parent reads from a child's pipe at once.
-READ_SIZE = 65536
+#: The most the parent reads from one child's pipe in one turn of its loop,
+#: in READ_SIZE chunks: a child that writes without pause (a log flood) must
+#: not keep the parent reading while the other children and Redis wait.
+READS_PER_TURN = 16
+
+#: SCM_CREDENTIALS: pid, uid, gid (struct ucred), sent with every chunk.
+_UCRED = struct.Struct("iII")
+_CREDENTIALS_SPACE = socket.CMSG_SPACE(_UCRED.size)
 
 
 @dataclass(slots=True)
@@ -53,10 +66,31 @@ class Assignment:
     started: float = 0.0
     #: Settled as cancelled while it waited (a person cancelled it).
     cancelled: bool = False
+    #: Log lines and their bytes this run sent, and what it sent past its
+    #: budget (dropped: see Worker._on_log).
+    log_lines: int = 0
+    log_bytes: int = 0
+    dropped_lines: int = 0
+    dropped_bytes: int = 0
 
     @property
     def attempt(self) -> int:
         return int(self.fields.get("attempts_made", 0)) + 1
+
+    @property
+    def frame(self) -> protocol.RunFrame:
+        """What the child needs to run it."""
+        fields = self.fields
+        return protocol.RunFrame(
+            self.job_id,
+            self.name,
+            fields.get("data"),
+            self.queue,
+            fields.get("attempts_made", 0),
+            fields.get("retries", 0),
+            fields.get("children"),
+            steps_json(fields),
+        )
 
 
 @dataclass(slots=True, eq=False)
@@ -64,6 +98,10 @@ class Child:
     index: int
     pid: int
     sock: socket.socket
+    #: When it was forked (monotonic): its start hooks get hook_timeout.
+    born: float = field(default_factory=time.monotonic)
+    #: It said "ready": its on_child_start hooks ran; it takes jobs.
+    ready: bool = False
     reader: protocol.FrameReader = field(default_factory=protocol.FrameReader)
     outbox: bytearray = field(default_factory=bytearray)
     #: The job it runs.
@@ -76,6 +114,16 @@ class Child:
     dropping: set[str] = field(default_factory=set)
     jobs_done: int = 0
     retiring: bool = False
+    #: When a retiring child's exit hooks are out of time (monotonic).
+    retire_deadline: float = math.inf
+    #: Why it leaves after its job ("leaving"): it takes no more jobs.
+    leaving: str | None = None
+    #: Processes other than the child that wrote to its pipe (a copy its
+    #: handler forked), and the bytes each wrote: discarded.
+    foreign: dict[int, int] = field(default_factory=dict)
+    #: The parent does not read its pipe for now (its job's reports wait
+    #: for Redis): the child blocks on a full pipe until it reads again.
+    held: bool = False
     #: Its end of the pipe closed: it is exiting, not yet reaped.
     closed: bool = False
     #: Why the parent killed it (timeout, memory); None if it died on its own.
@@ -95,11 +143,19 @@ class Child:
 
     @property
     def takes_jobs(self) -> bool:
-        """Neither asked to exit nor exiting."""
-        return not self.retiring and not self.closed
+        """Ready, and neither asked to exit nor exiting."""
+        return self.ready and not self.retiring and not self.closed and self.leaving is None
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+
+def _sender(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The pid the kernel says wrote a chunk (0 if it said nothing)."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            return int(_UCRED.unpack_from(data)[0])
+    return 0
 
 
 def describe_exit(status: int, kill_reason: str | None) -> str:
@@ -128,6 +184,7 @@ class Pool:
         max_memory_bytes: int | None = None,
         max_jobs_per_child: int | None = None,
         kill_grace: float = 2.0,
+        hook_timeout: float = 10.0,
         child_nice: int = 0,
         inherited_fds: list[int] | None = None,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
@@ -137,6 +194,7 @@ class Pool:
         self.max_memory_bytes = max_memory_bytes
         self.max_jobs_per_child = max_jobs_per_child
         self.kill_grace = kill_grace
+        self.hook_timeout = hook_timeout
         self.child_nice = child_nice
         self.max_result_bytes = max_result_bytes
         self.inherited_fds = inherited_fds or []  # parent fds a child must close
@@ -152,6 +210,8 @@ class Pool:
         own descriptors (``inherited_fds``) and ``close_fds``."""
         index = self._free_indexes.pop()
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Every chunk the parent reads says which process wrote it.
+        parent_sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         close_in_child = [c.sock.fileno() for c in self.by_pid.values()]
         close_in_child += [parent_sock.fileno(), *self.inherited_fds, *(close_fds or [])]
         parent_pid = os.getpid()
@@ -178,6 +238,7 @@ class Pool:
         parent_sock.setblocking(False)
         child = Child(index, pid, parent_sock)
         self.by_pid[pid] = child
+        self._limits_due = 0.0  # its start hooks' deadline
         return child
 
     def children(self) -> Iterator[Child]:
@@ -214,8 +275,12 @@ class Pool:
         return dead
 
     def retire(self, child: Child) -> None:
-        """Ask an idle child to exit (end of its pipe); it is reaped later."""
-        child.retiring = True
+        """Ask an idle child to exit (end of its pipe); it is reaped later.
+        Its on_child_exit hooks get hook_timeout, then it is killed."""
+        if not child.retiring:
+            child.retiring = True
+            child.retire_deadline = time.monotonic() + self.hook_timeout
+            self._limits_due = 0.0
         if child.outbox:
             return  # closing now would cut a frame; it cannot be busy anyway
         with contextlib.suppress(OSError):
@@ -246,20 +311,7 @@ class Pool:
             self._limits_due = 0.0
         else:
             child.queued.append(job)
-        fields = job.fields
-        child.outbox += protocol.encode(
-            [
-                protocol.RUN,
-                job.job_id,
-                job.name,
-                fields.get("data"),
-                job.queue,
-                fields.get("attempts_made", 0),
-                fields.get("retries", 0),
-                fields.get("children"),
-                steps_json(fields),
-            ]
-        )
+        child.outbox += protocol.encode_run(job.frame)
         if runs_now:
             self.flush(child)
 
@@ -293,11 +345,16 @@ class Pool:
         del child.outbox[:sent]
 
     def read(self, child: Child) -> tuple[list[list[Any]], bool]:
-        """The whole frames the child has sent, and whether its end closed."""
+        """The whole frames the child has sent (at most READS_PER_TURN
+        chunks of them), and whether its end closed. Chunks another process
+        wrote (a copy the handler forked) are counted in ``child.foreign``
+        and dropped."""
         messages: list[list[Any]] = []
-        while True:
+        for _ in range(READS_PER_TURN):
             try:
-                data = child.sock.recv(READ_SIZE)
+                data, ancillary, _flags, _address = child.sock.recvmsg(
+                    protocol.READ_SIZE, _CREDENTIALS_SPACE
+                )
             except BlockingIOError:
                 return messages, False
             except OSError:
@@ -306,21 +363,27 @@ class Pool:
             if not data:
                 child.closed = True
                 return messages, True
+            sender = _sender(ancillary)
+            if sender != child.pid:
+                child.foreign[sender] = child.foreign.get(sender, 0) + len(data)
+                continue
             try:
                 messages += child.reader.feed(data)
             except ValueError as exc:  # a corrupt stream: that child is done for
                 self.kill(child, f"child sent a corrupt frame: {exc}")
                 child.closed = True
                 return messages, True
-            if len(data) < READ_SIZE:  # drained: select says when more comes
+            if len(data) < protocol.READ_SIZE:  # drained: select says when more comes
                 return messages, False
+        return messages, False
 
     # -- limits -------------------------------------------------------------
     def enforce_limits(self, now: float) -> None:
-        """Timeouts (SIGTERM, then SIGKILL after the grace) and memory, when
-        one is due (the loop calls this every turn)."""
+        """Timeouts (SIGTERM, then SIGKILL after the grace), memory, and the
+        hooks' time, when one is due (the loop calls this every turn)."""
         if now < self._limits_due:
             return
+        self._enforce_hook_time(now)
         for child in self.busy():
             job = child.job
             assert job is not None
@@ -343,12 +406,35 @@ class Pool:
                     )
         self._limits_due = self._next_deadline(now)
 
+    def _enforce_hook_time(self, now: float) -> None:
+        """Kill a child whose on_child_start hooks (before "ready") or
+        on_child_exit hooks (retiring, idle) ran out of time: a hook that
+        hangs must not cost a slot of the pool for good."""
+        for child in self.by_pid.values():
+            if child.sigkilled or child.busy:
+                continue
+            if not child.ready and now - child.born >= self.hook_timeout:
+                self.kill(
+                    child, f"its on_child_start hooks did not finish in {self.hook_timeout:g}s"
+                )
+            elif child.retiring and now >= child.retire_deadline:
+                self.kill(
+                    child, f"its on_child_exit hooks did not finish in {self.hook_timeout:g}s"
+                )
+
     def next_deadline(self) -> float | None:
         """When ``enforce_limits`` next has something to do (monotonic)."""
         return None if self._limits_due == math.inf else self._limits_due
 
     def _next_deadline(self, now: float) -> float:
         deadlines = []
+        for child in self.by_pid.values():
+            if child.sigkilled or child.busy:
+                continue
+            if not child.ready:
+                deadlines.append(child.born + self.hook_timeout)
+            elif child.retiring:
+                deadlines.append(child.retire_deadline)
         for child in self.busy():
             job = child.job
             assert job is not None

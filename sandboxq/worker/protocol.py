@@ -9,7 +9,7 @@ to exactly one job: the first it was sent and has not answered; those
 queued behind it never started.
 
 Parent → child:  ["run", job_id, name, data_json, queue, attempts_made, retries,
-                  children_json, steps_json]
+                  children_json, steps_json] (encode_run / decode_run)
                  data_json, children_json (a flow parent's children's
                  results, else None) and steps_json (the durable steps
                  earlier attempts recorded, {key: result}, else None) are
@@ -19,7 +19,9 @@ Parent → child:  ["run", job_id, name, data_json, queue, attempts_made, retrie
                  is stopping, or the job waited too long behind a slow one).
                  ["stepped", job_id, key, status]: step.lua's answer to a
                  "step" (recorded, known, lost or full).
-Child → parent:  ["progress", job_id, value_json]
+Child → parent:  ["ready", ""]: its on_child_start hooks ran; it takes jobs
+                 from now on (the parent sends none before).
+                 ["progress", job_id, value_json]
                  ["log", job_id, message]
                  ["step", job_id, key, result_json]: record a durable step
                  (job.step); the child waits for "stepped" before going on.
@@ -27,6 +29,15 @@ Child → parent:  ["progress", job_id, value_json]
                  ["dropped", job_id]: it never started that job. A drop that
                  came too late (the job had started) is ignored, and the job
                  ends with "done" as usual.
+                 ["leaving", job_id, reason]: sent just before that job's
+                 "done": the child cannot run another job cleanly (a task
+                 the job left on its event loop ignored its cancellation),
+                 and exits after this one; the jobs queued behind it never
+                 start there.
+
+The parent reads each child's pipe with SO_PASSCRED: the kernel says which
+process wrote each chunk, and what a process other than the child wrote (a
+copy its handler forked shares the socket) is discarded, never decoded.
 
 The parent treats what a child sends as untrusted input (the handler runs in
 that process and can write to the socket): :func:`check_report` and
@@ -39,7 +50,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 from sandboxq import execution, fast
 from sandboxq.caps import (
@@ -55,6 +66,8 @@ from sandboxq.caps import (
 from sandboxq.options import seconds
 
 RUN = "run"
+READY = "ready"
+LEAVING = "leaving"
 PROGRESS = "progress"
 LOG = "log"
 DONE = "done"
@@ -66,6 +79,9 @@ STEPPED = "stepped"
 #: The bytes of a frame's length header.
 HEADER_SIZE = 4
 
+#: The most either side reads from a pipe at once.
+READ_SIZE = 65536
+
 #: The largest frame body the parent reads; a child refuses to send a bigger one.
 MAX_FRAME_SIZE = fast.MAX_FRAME_SIZE
 
@@ -76,6 +92,28 @@ encode = fast.encode_frame
 #: returns the whole frames; a header declaring more than MAX_FRAME_SIZE
 #: bytes raises ValueError (a corrupt stream), as does a malformed body.
 FrameReader = fast.FrameDecoder
+
+
+class RunFrame(NamedTuple):
+    """A "run" frame's items after its kind: one job for the child."""
+
+    job_id: str
+    name: str
+    data_json: bytes | None
+    queue: str
+    attempts_made: int
+    retries: int
+    children_json: bytes | None
+    steps_json: bytes | None
+
+
+def encode_run(frame: RunFrame) -> bytes:
+    return encode([RUN, *frame])
+
+
+def decode_run(message: list[Any]) -> RunFrame:
+    """A run frame the child read (from its own parent: trusted)."""
+    return RunFrame(*message[1:])
 
 
 def send(sock: socket.socket, message: list[Any]) -> None:
@@ -106,7 +144,7 @@ class Inbox:
     def recv(self) -> list[Any] | None:
         """The next message; None once the parent closed its end."""
         while not self._ready:
-            if self._closed or not self._take(self._sock.recv(65536)):
+            if self._closed or not self._take(self._sock.recv(READ_SIZE)):
                 return None
         return self._ready.popleft()
 
@@ -122,14 +160,14 @@ class Inbox:
                     del self._ready[index]
                     return message
             seen = len(self._ready)
-            if self._closed or not self._take(self._sock.recv(65536)):
+            if self._closed or not self._take(self._sock.recv(READ_SIZE)):
                 return None
 
     def dropped(self, job_id: str) -> bool:
         """Whether the parent asked, by now, not to start ``job_id``: reads
         what the pipe holds without waiting, and takes that drop out."""
         with contextlib.suppress(BlockingIOError):
-            while not self._closed and self._take(self._sock.recv(65536, socket.MSG_DONTWAIT)):
+            while not self._closed and self._take(self._sock.recv(READ_SIZE, socket.MSG_DONTWAIT)):
                 pass
         for message in self._ready:
             if message[0] == DROP and message[1] == job_id:
@@ -149,15 +187,36 @@ class ProtocolError(ValueError):
     """A child sent a frame the protocol does not allow."""
 
 
+#: What a child may send, and how many items each frame has (None: checked
+#: by the frame's own check_* function).
+_CHILD_FRAMES = {
+    READY: 2,
+    DROPPED: 2,
+    LEAVING: 3,
+    PROGRESS: None,
+    LOG: None,
+    STEP: None,
+    DONE: None,
+}
+
+
 def check_header(message: list[Any]) -> tuple[str, str]:
     """A child's message kind and job id, checked."""
-    if len(message) < 2 or message[0] not in (PROGRESS, LOG, DONE, DROPPED, STEP):
+    if len(message) < 2 or message[0] not in _CHILD_FRAMES:
         raise ProtocolError(f"unknown message {_summary(message)}")
     if not isinstance(message[1], str):
         raise ProtocolError(f"a {message[0]!r} frame names job {message[1]!r}, not a str")
-    if message[0] == DROPPED and len(message) != 2:
-        raise ProtocolError(f"a dropped frame has 2 items, got {_summary(message)}")
+    size = _CHILD_FRAMES[message[0]]
+    if size is not None and len(message) != size:
+        raise ProtocolError(f"a {message[0]!r} frame has {size} items, got {_summary(message)}")
     return message[0], message[1]
+
+
+def check_leaving(message: list[Any]) -> str:
+    """Why a child leaves after its job (a short text)."""
+    if not isinstance(message[2], str):
+        raise ProtocolError(f"a leaving frame carries a reason, got {_summary(message)}")
+    return clip_text(message[2], MAX_ERROR_BYTES)
 
 
 def check_report(message: list[Any]) -> str:
