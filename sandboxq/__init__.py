@@ -8,6 +8,7 @@ from sandboxq.errors import (
     Retry,
     SandboxqError,
     StepNotRecorded,
+    UnrecordableStep,
     Unrecoverable,
 )
 from sandboxq.events import QueueEvents
@@ -42,6 +43,7 @@ __all__ = [
     "Retry",
     "SandboxqError",
     "StepNotRecorded",
+    "UnrecordableStep",
     "Unrecoverable",
     "__version__",
     "handler",

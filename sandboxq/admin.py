@@ -517,7 +517,9 @@ def remove(args: argparse.Namespace, client: redis.Redis) -> int:
 
 def cancel(args: argparse.Namespace, client: redis.Redis) -> int:
     queue = open_queue(client, args.queue)
-    status = queue.cancel(args.job_id, reason=args.reason, by=args.by)
+    status = queue.cancel(
+        args.job_id, reason=args.reason, by=args.by, keep_children=args.keep_children
+    )
     if status is None:
         state = existing_job(queue, args.job_id).state
         raise CommandError(f"job {args.job_id} is {state}: nothing to cancel")

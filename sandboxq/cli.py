@@ -390,12 +390,18 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     cancel = command(
         "cancel",
         "cancel a job for good: at once unless it is running, else the worker holding it "
-        "stops it (SIGTERM, then SIGKILL after its --kill-grace); never retried",
+        "stops it (SIGTERM, then SIGKILL after its --kill-grace); never retried. A flow "
+        "parent's unfinished children are cancelled with it",
         audited=True,
     )
     cancel.add_argument("queue", metavar="QUEUE")
     cancel.add_argument("job_id", metavar="ID")
     cancel.add_argument("--reason", metavar="TEXT", help="why, for the job and the audit log")
+    cancel.add_argument(
+        "--keep-children",
+        action="store_true",
+        help="a flow parent's children run on (default: the unfinished ones are cancelled too)",
+    )
 
     for name, summary in (("pause", "stop handing out jobs"), ("resume", "hand out jobs again")):
         command(name, summary, audited=True).add_argument("queue", metavar="QUEUE")

@@ -488,16 +488,34 @@ class QueueCore(Generic[J]):
         return bool(status == 1)
 
     def _cancel(
-        self, job_id: str, *, reason: str | None = None, by: str | None = None
+        self,
+        job_id: str,
+        *,
+        reason: str | None = None,
+        by: str | None = None,
+        keep_children: bool = False,
     ) -> Op[str | None]:
         """Cancel a job for good (never retried). Returns ``"cancelled"`` if
         it was waiting, delayed or waiting for its children, ``"cancelling"``
         if it is active (the worker holding it stops it within a second), or
         None when there is nothing to cancel: no such job, or it finished.
-        Audited with ``reason``, by ``by`` (default the OS user)."""
+        Audited with ``reason``, by ``by`` (default the OS user).
+
+        A flow parent's unfinished children (and theirs, down the flow, in
+        any queue) are cancelled with it the same way, each audited with
+        the reason "its flow parent QUEUE:ID was cancelled"; with
+        ``keep_children=True`` they run on."""
         if reason is not None and not isinstance(reason, str):
             raise TypeError(f"reason must be a str, not {type(reason).__name__}")
-        status = yield PLAN.cancel(self.keys, str(job_id), by=who(by), reason=reason or "")
+        if not isinstance(keep_children, bool):
+            raise TypeError(f"keep_children must be a bool, not {type(keep_children).__name__}")
+        status = yield PLAN.cancel(
+            self.keys,
+            str(job_id),
+            by=who(by),
+            reason=reason or "",
+            keep_children=keep_children,
+        )
         return status if status in ("cancelled", "cancelling") else None
 
     def _clean(

@@ -41,9 +41,10 @@ class JobCancelled(SandboxqError):
 
 
 class StepNotRecorded(SandboxqError):
-    """Raised by ``job.step`` when the step's result could not be recorded:
-    the worker no longer holds the job (its lease was lost), or the job has
-    recorded the most steps it may. The handler should stop."""
+    """Raised by ``job.step`` when the step's result could not be recorded
+    because the worker no longer holds the job (its lease was lost: another
+    worker may run it now). The handler should stop. See
+    :class:`UnrecordableStep` for a result that can never be recorded."""
 
 
 # -- raised by handlers ---------------------------------------------------
@@ -69,3 +70,14 @@ class RateLimited(SandboxqError):
 
 class Unrecoverable(SandboxqError):
     """Fail this job now, without the retries its options allow."""
+
+
+class UnrecordableStep(StepNotRecorded, Unrecoverable):
+    """Raised by ``job.step`` when a step cannot be recorded for this job,
+    ever: its function ran and returned a result JSON cannot hold or one over
+    64 KiB, or the job has recorded the most steps it may (1,000). A retry
+    would repeat the step's side effect (or reach the same limit), so the
+    job fails for good, not retried. Its message says whether the function
+    ran. A handler that catches it and raises something else still fails for
+    good (the worker remembers the step); one that catches it and returns
+    completes."""

@@ -76,6 +76,10 @@ def format_traceback() -> str:
 
 def run(func: Any, ctx: JobContext, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> Outcome:
     """Call the handler and classify the result or exception."""
+    return _not_again_after_unrecorded_step(ctx, _classify(func, ctx, max_result_bytes))
+
+
+def _classify(func: Any, ctx: JobContext, max_result_bytes: int) -> Outcome:
     try:
         result = call_handler(func, ctx)
     except Retry as exc:
@@ -87,6 +91,21 @@ def run(func: Any, ctx: JobContext, max_result_bytes: int = DEFAULT_MAX_RESULT_B
     except Exception as exc:
         return Outcome(FAILED, describe_error(exc), format_traceback())
     return completed(result, max_result_bytes)
+
+
+def _not_again_after_unrecorded_step(ctx: JobContext, outcome: Outcome) -> Outcome:
+    """A step's function ran and its result could not be recorded
+    (UnrecordableStep): running the job again would repeat its side effect.
+    A handler that caught that error and then raised something else, or
+    asked to run again, fails for good all the same, saying why."""
+    key = ctx._unrecorded_step
+    if key is None or outcome.kind not in (FAILED, RETRY, RATE_LIMITED):
+        return outcome
+    message = (
+        f"{outcome.value} (not retried: step {key!r} ran earlier in this attempt and its "
+        "result could not be recorded, so its side effect must not be repeated)"
+    )
+    return Outcome(UNRECOVERABLE, clip_text(message, MAX_ERROR_BYTES), outcome.traceback)
 
 
 # -- async handlers ---------------------------------------------------------------

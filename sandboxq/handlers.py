@@ -6,10 +6,13 @@ imports the module and finds them in the registry.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import inspect
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import orjson
 
@@ -18,10 +21,11 @@ from sandboxq.caps import (
     MAX_PROGRESS_BYTES,
     MAX_STEP_KEY_BYTES,
     MAX_STEP_RESULT_BYTES,
+    MAX_STEPS,
     clip_json,
     clip_text,
 )
-from sandboxq.errors import StepNotRecorded
+from sandboxq.errors import StepNotRecorded, UnrecordableStep
 from sandboxq.keys import validate_name
 from sandboxq.payload import to_json
 
@@ -98,9 +102,14 @@ class JobContext:
 
     __slots__ = (
         "_children",
+        "_lock",
         "_record",
+        "_record_lock",
         "_report",
+        "_running",
         "_steps",
+        "_unrecorded",
+        "_unrecorded_step",
         "attempts_made",
         "data",
         "id",
@@ -135,6 +144,19 @@ class JobContext:
         #: Durable steps recorded by this job's earlier attempts (and this one).
         self._steps = dict(steps or {})
         self._record = record
+        #: Guards the steps' state: steps may be called from several threads.
+        self._lock = threading.Lock()
+        #: Held while a step's result travels to Redis (one answer at a time).
+        self._record_lock = threading.Lock()
+        #: The steps whose function is running now, by key.
+        self._running: dict[str, _Running] = {}
+        #: The steps whose function ran but whose result was not recorded:
+        #: the error to raise again if the key is called again.
+        self._unrecorded: dict[str, tuple[type[StepNotRecorded], str]] = {}
+        #: The key of the first step whose function ran and whose result can
+        #: never be recorded (UnrecordableStep): this attempt must not be
+        #: retried, whatever the handler does with the error.
+        self._unrecorded_step: str | None = None
 
     def __repr__(self) -> str:
         return f"<JobContext {self.queue}/{self.id} {self.name!r}>"
@@ -165,14 +187,37 @@ class JobContext:
         ``fn``, ``await job.step(...)``. A crash inside ``fn`` before it
         returns can still repeat ``fn``: make it idempotent where it can be,
         e.g. with the provider's idempotency key ``f"{job.id}:{key}"``.
-        Raises :class:`sandboxq.StepNotRecorded` when the result cannot be
-        recorded (the worker lost the job, or it has 1,000 steps already)."""
+
+        One key runs once per job even when called concurrently (tasks of an
+        ``asyncio.gather``, threads of a pool): a second caller waits for
+        the first and returns the recorded result; if the first raised,
+        the second calls ``fn`` itself, as a fresh call would.
+
+        Raises, before calling ``fn``: ``RuntimeError`` with no worker (or
+        ``sandboxq.testing``) to record steps, :class:`sandboxq.UnrecordableStep`
+        when the job has recorded 1,000 steps. After ``fn`` ran:
+        :class:`sandboxq.UnrecordableStep` when its result cannot be recorded
+        (not JSON, over 64 KiB): the job then fails for good, so the side
+        effect is not repeated; :class:`sandboxq.StepNotRecorded` when the
+        worker no longer holds the job."""
         key = _step_key(key)
         if inspect.iscoroutinefunction(fn):
             return self._step_async(key, fn, args, kwargs)
-        if key in self._steps:
-            return self._steps[key]
-        return self._keep(key, fn(*args, **kwargs))
+        while True:
+            found, mine = self._claim(key, None)
+            if not isinstance(found, _Running):
+                return found.value
+            if mine:
+                break
+            if found.thread == threading.get_ident():
+                raise _waits_for_itself(key)
+            found.done.result()  # the first caller is done: look again
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            self._release(key, found)
+            raise
+        return self._keep(key, result, found)
 
     async def _step_async(
         self,
@@ -181,31 +226,157 @@ class JobContext:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        if key in self._steps:
-            return self._steps[key]
-        return self._keep(key, await fn(*args, **kwargs))
+        task = asyncio.current_task()
+        while True:
+            found, mine = self._claim(key, task)
+            if not isinstance(found, _Running):
+                return found.value
+            if mine:
+                break
+            if found.task is task or (found.task is None and found.thread == threading.get_ident()):
+                raise _waits_for_itself(key)
+            await asyncio.wrap_future(found.done)
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException:
+            self._release(key, found)
+            raise
+        return self._keep(key, result, found)
 
-    def _keep(self, key: str, result: Any) -> Any:
+    def _claim(self, key: str, task: asyncio.Task[Any] | None) -> tuple[_Running | _Recorded, bool]:
+        """The step's recorded result; or the run of it under way, which the
+        caller waits for; or a new run, the caller's own (True). Everything
+        that can be checked before ``fn`` runs is checked here."""
+        with self._lock:
+            if key in self._steps:
+                return _Recorded(self._steps[key]), False
+            if key in self._unrecorded:
+                kind, message = self._unrecorded[key]
+                raise kind(message)
+            if key in self._running:
+                return self._running[key], False
+            if self._record is None:
+                raise RuntimeError(
+                    f"job.step needs a worker (or sandboxq.testing) to record steps: step {key!r} "
+                    "was not run"
+                )
+            if len(self._steps) + len(self._running) >= MAX_STEPS:
+                raise UnrecordableStep(
+                    f"step {key!r} was not run: job {self.id} has "
+                    f"{len(self._steps) + len(self._running)} steps recorded or running, and may "
+                    f"record at most {MAX_STEPS}; not retried"
+                )
+            running = self._running[key] = _Running(task)
+            return running, True
+
+    def _release(self, key: str, running: _Running) -> None:
+        """The run of a step is over (recorded or not): wake its waiters."""
+        with self._lock:
+            if self._running.get(key) is running:
+                del self._running[key]
+        running.done.set_result(None)
+
+    def _keep(self, key: str, result: Any, running: _Running) -> Any:
         """Record a step's result; return it as JSON gives it back, so the
         first attempt sees what later ones will."""
-        raw = to_json(result, f"the result of step {key!r}")
+        try:
+            raw = self._encode(key, result)
+            record = self._record
+            assert record is not None, "checked by _claim"
+            with self._record_lock:  # one pipe, one question at a time
+                status = record(self.id, key, raw.decode())
+            if status == "lost":
+                self._not_recorded(
+                    key,
+                    StepNotRecorded,
+                    f"step {key!r} of job {self.id} ran but was not recorded: this worker no "
+                    "longer holds the job",
+                )
+            if status not in ("recorded", "known"):
+                why = "the job has recorded the most steps it may"
+                if status != "full":
+                    why = f"the worker answered {status!r}"
+                self._not_recorded(key, UnrecordableStep, _ran_but(key, why))
+            value = orjson.loads(raw)
+            with self._lock:
+                self._steps[key] = value
+            return value
+        finally:
+            self._release(key, running)
+
+    def _encode(self, key: str, result: Any) -> bytes:
+        """The step's result as JSON, or the reason the job fails for good:
+        ``fn`` ran, so running it again is what must not happen."""
+        if inspect.isawaitable(result):
+            # Nothing ran yet: the awaitable was made, never awaited.
+            if inspect.iscoroutine(result):
+                result.close()
+            raise TypeError(
+                f"step {key!r}: the function returned an awaitable, which a step cannot record; "
+                "pass an async def function and await job.step(...)"
+            )
+        try:
+            raw = to_json(result, "the result")
+        except (TypeError, ValueError) as exc:
+            self._not_recorded(key, UnrecordableStep, _ran_but(key, str(exc)))
+        except Exception as exc:  # e.g. a value whose own methods raise while encoded
+            why = f"encoding it raised {type(exc).__name__}"
+            self._not_recorded(key, UnrecordableStep, _ran_but(key, why))
         if len(raw) > MAX_STEP_RESULT_BYTES:
-            raise ValueError(
-                f"the result of step {key!r} is {len(raw)} bytes as JSON, over the limit of "
+            why = (
+                f"the result is {len(raw)} bytes as JSON, over the limit of "
                 f"{MAX_STEP_RESULT_BYTES}: record an id or a path, not the data"
             )
-        if self._record is None:
-            raise RuntimeError("job.step needs a worker (or sandboxq.testing) to record steps")
-        status = self._record(self.id, key, raw.decode())
-        if status == "lost":
-            raise StepNotRecorded(
-                f"step {key!r} of job {self.id} was not recorded: this worker no longer holds "
-                "the job"
-            )
-        if status == "full":
-            raise StepNotRecorded(f"step {key!r} of job {self.id} was not recorded: too many steps")
-        self._steps[key] = value = orjson.loads(raw)
-        return value
+            self._not_recorded(key, UnrecordableStep, _ran_but(key, why))
+        return raw
+
+    def _not_recorded(self, key: str, kind: type[StepNotRecorded], message: str) -> NoReturn:
+        """Raise ``kind(message)``, and remember it: the same key called again
+        in this attempt raises it again instead of running its function a
+        second time; and once a step's function ran without its result being
+        kept, the attempt ends unrecoverable however the handler ends it
+        (``execution.run``)."""
+        with self._lock:
+            self._unrecorded.setdefault(key, (kind, message))
+            if kind is UnrecordableStep and self._unrecorded_step is None:
+                self._unrecorded_step = key
+        raise kind(message)
+
+
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    """A step's recorded result (which may be None)."""
+
+    value: Any
+
+
+class _Running:
+    """A step whose function is running: where (its asyncio task, None for
+    a plain call, and its thread), and a future its waiters wait on, in
+    threads or on an event loop."""
+
+    __slots__ = ("done", "task", "thread")
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
+        self.thread = threading.get_ident()
+        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        # Running: a waiter on an event loop that is cancelled cannot cancel it.
+        self.done.set_running_or_notify_cancel()
+
+
+def _waits_for_itself(key: str) -> RuntimeError:
+    return RuntimeError(
+        f"step {key!r} is already running in this thread or task, and would wait for "
+        "itself: a step's function cannot call job.step with its own key"
+    )
+
+
+def _ran_but(key: str, why: str) -> str:
+    return (
+        f"step {key!r} ran but its result could not be recorded ({why}): its side effect "
+        "happened and will not be repeated; not retried"
+    )
 
 
 def _step_key(key: Any) -> str:

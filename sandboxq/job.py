@@ -139,9 +139,16 @@ class JobRecord:
         raw = yield cmd("LRANGE", self.queue.keys.job_audit(self.id), 0, -1)
         return [orjson.loads(entry) for entry in raw]
 
-    def _cancel(self, reason: str | None = None, by: str | None = None) -> Op[str | None]:
-        """Cancel this job; see ``Queue.cancel``."""
-        return (yield from self.queue._cancel(self.id, reason=reason, by=by))  # type: ignore[no-any-return]
+    def _cancel(
+        self, reason: str | None = None, by: str | None = None, *, keep_children: bool = False
+    ) -> Op[str | None]:
+        """Cancel this job (and, unless ``keep_children``, a flow parent's
+        unfinished children); see ``Queue.cancel``."""
+        return (  # type: ignore[no-any-return]
+            yield from self.queue._cancel(
+                self.id, reason=reason, by=by, keep_children=keep_children
+            )
+        )
 
     def _logs(self) -> Op[list[str]]:
         """The log lines the handler wrote (the newest 1,000)."""

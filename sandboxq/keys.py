@@ -24,7 +24,17 @@ JOB_SETS = ("wait", "delayed", "active", "completed", "failed", "waiting_childre
 
 #: Every kind of key that belongs to one job or group: ``<prefix>KIND:<id>``.
 #: The Lua scripts build them the same way (``prefix .. 'job:' .. id``).
-PER_ID_KINDS = ("job", "logs", "deps", "ignored", "audit", "gwait", "glimiter", "stats")
+PER_ID_KINDS = (
+    "job",
+    "logs",
+    "deps",
+    "ignored",
+    "children",
+    "audit",
+    "gwait",
+    "glimiter",
+    "stats",
+)
 
 
 def validate_name(kind: str, value: object) -> str:
@@ -138,6 +148,11 @@ class QueueKeys:
     def deps(self, job_id: str) -> str:
         """A flow parent's children's results: ``queue:id`` → result JSON."""
         return self.of("deps", job_id)
+
+    def children(self, job_id: str) -> str:
+        """A flow parent's children: ``queue:id`` → the child's key prefix
+        (add_flow.lua writes it, cancel.lua reads it)."""
+        return self.of("children", job_id)
 
     def job_audit(self, job_id: str) -> str:
         """The manual actions on one job (JSON entries)."""

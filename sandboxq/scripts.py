@@ -421,10 +421,17 @@ class Scripts:
         )
 
     def cancel(
-        self, k: QueueKeys, job_id: str, by: str = "", reason: str = "", now: int | None = None
+        self,
+        k: QueueKeys,
+        job_id: str,
+        by: str = "",
+        reason: str = "",
+        now: int | None = None,
+        keep_children: bool = False,
     ) -> Any:
-        """Cancel one job: "cancelled", "cancelling" (active), "finished:<state>"
-        or "missing" (nothing to cancel; see cancel.lua)."""
+        """Cancel one job, and (unless ``keep_children``) a flow parent's
+        unfinished children: "cancelled", "cancelling" (active),
+        "finished:<state>" or "missing" (nothing to cancel; see cancel.lua)."""
         return self._run(
             "cancel",
             [
@@ -437,7 +444,16 @@ class Scripts:
                 k.events,
                 k.given_up,
             ],
-            [k.prefix, self.events_maxlen, job_id, now_ms() if now is None else now, by, reason],
+            [
+                k.prefix,
+                self.events_maxlen,
+                job_id,
+                now_ms() if now is None else now,
+                by,
+                reason,
+                "1" if keep_children else "0",
+                k.name,
+            ],
             decode=_text,
         )
 

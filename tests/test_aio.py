@@ -309,3 +309,28 @@ def test_a_job_is_cancelled_from_asyncio_and_its_waiter_told(queue: Queue, redis
             assert (await q.audit_log())[0]["action"] == "cancel: customer left"
 
     run(scenario())
+
+
+def test_a_flow_parent_is_cancelled_from_asyncio_with_or_without_its_children(
+    queue: Queue, redis_url: str
+) -> None:
+    async def scenario() -> None:
+        async with AsyncQueue(queue.name, url=redis_url) as q:
+            # Given two flows, each a parent with a waiting child
+            kept, cascaded = [
+                await q.add_flow(parent={"name": "parent"}, children=[{"name": "child"}])
+                for _ in range(2)
+            ]
+
+            # When one parent is cancelled keeping its child, the other not
+            assert await q.cancel(kept.job.id, keep_children=True) == "cancelled"
+            assert await cascaded.job.cancel(reason="gone") == "cancelled"
+
+            # Then the first child waits on, the second is cancelled
+            states = [
+                (await q.get_job(flow.children[0].job.id)).state  # type: ignore[union-attr]
+                for flow in (kept, cascaded)
+            ]
+            assert states == ["waiting", "cancelled"]
+
+    run(scenario())

@@ -15,7 +15,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from tests.test_lua_scripts import (
     add,
     event_names,
     events,
+    fetch_ids,
     fields,
     finish,
     ids,
@@ -113,20 +114,148 @@ def test_a_job_that_is_not_running_is_cancelled_at_once(
     assert state_of(queue, job.id) == "cancelled"
 
 
-def test_a_flow_parent_waiting_for_its_children_is_cancelled_at_once(queue: Queue) -> None:
-    # Given a parent waiting for its child
-    flow = queue.add_flow(parent={"name": "parent"}, children=[{"name": "child"}])
-    parent = flow.job
+def test_a_flow_parent_kept_from_its_children_is_cancelled_alone(queue: Queue) -> None:
+    # Given a parent waiting for a waiting child, a delayed one and one that runs
+    flow = queue.add_flow(
+        parent={"name": "parent"},
+        children=[{"name": "child"}, {"name": "child"}, {"name": "child", "delay": 3600}],
+    )
+    running, waiting, delayed = (child.job.id for child in flow.children)
+    assert fetch_ids(queue, NOW, 1) == [running]
 
-    # When the parent is cancelled (by default, by the OS user)
-    assert queue.cancel(parent.id) == "cancelled"
+    # When the parent is cancelled keeping its children (by default, by the OS user)
+    assert queue.cancel(flow.job.id, keep_children=True) == "cancelled"
 
-    # Then it is cancelled, and its child runs on without waking it
-    assert state_of(queue, parent.id) == "cancelled"
-    assert queue.get_job(parent.id).cancelled_by == getpass.getuser()  # type: ignore[union-attr]
+    # Then the parent is cancelled, and its children are untouched
+    assert state_of(queue, flow.job.id) == "cancelled"
+    assert queue.get_job(flow.job.id).cancelled_by == getpass.getuser()  # type: ignore[union-attr]
+    assert [state_of(queue, i) for i in (running, waiting, delayed)] == [
+        "active",
+        "waiting",
+        "delayed",
+    ]
+    assert pending_requests(queue) == []
+    # and the waiting child runs on without waking its parent
     assert run_until_empty(queue, {"child": lambda j: 1}) == {"completed": 1}
-    assert state_of(queue, parent.id) == "cancelled"
-    assert_counts(queue, completed=1, cancelled=1)
+    assert state_of(queue, flow.job.id) == "cancelled"
+    assert_counts(queue, active=1, completed=1, delayed=1, cancelled=1)
+
+
+@pytest.fixture
+def flow_queues(queue: Queue) -> Iterator[tuple[Queue, Queue, Queue]]:
+    """The test's queue and two more of its hash tag, for flows across queues."""
+    others = (queue.sibling(f"{queue.name}:kids"), queue.sibling(f"{queue.name}:busy"))
+    yield (queue, *others)
+    for other in others:
+        other.obliterate(force=True)
+
+
+def with_parent(parent_ref: str, reason: str) -> str:
+    return f"its flow parent {parent_ref} was cancelled: {reason}"
+
+
+def test_cancelling_a_flow_parent_cancels_its_unfinished_children_down_the_flow(
+    flow_queues: tuple[Queue, Queue, Queue],
+) -> None:
+    queue, kids, busy = flow_queues
+    # Given a parent with, across three queues of its hash tag: a child that
+    # completed, one that runs, one waiting, one prioritized, one in a
+    # group, one delayed, and a child waiting for children of its own
+    flow = queue.add_flow(
+        parent={"name": "parent"},
+        children=[
+            {"queue": busy.name, "name": "child"},
+            {"queue": busy.name, "name": "child"},
+            {"name": "child"},
+            {"queue": kids.name, "name": "child", "priority": 5},
+            {"queue": kids.name, "name": "child", "group": "customer-7"},
+            {"name": "child", "delay": 3600},
+            {
+                "queue": kids.name,
+                "name": "mid",
+                "children": [{"name": "leaf"}, {"queue": kids.name, "name": "leaf", "delay": 60}],
+            },
+        ],
+    )
+    done, running, waiting, urgent, grouped, later, mid = (c.job for c in flow.children)
+    leaf, later_leaf = (c.job for c in flow.children[-1].children)
+    assert fetch_ids(busy, NOW, 2) == [done.id, running.id]
+    assert finish(busy, NOW, outcome(done.id, "completed", "ok")) == ["completed"]
+
+    # When the parent is cancelled
+    assert queue.cancel(flow.job.id, reason="customer left", by="alice") == "cancelled"
+
+    # Then the parent is cancelled first, so no child counts against it
+    root = queue.get_job(flow.job.id)
+    assert root is not None
+    assert (root.state, root.error) == ("cancelled", "cancelled by alice: customer left")
+    # and every unfinished job under it is cancelled, saying with which parent
+    root_ref, mid_ref = f"{queue.name}:{flow.job.id}", f"{kids.name}:{mid.id}"
+    parents = {job.id: root_ref for job in (waiting, urgent, grouped, later, mid)}
+    parents |= {leaf.id: mid_ref, later_leaf.id: mid_ref}
+    for job in (waiting, urgent, grouped, later, mid, leaf, later_leaf):
+        found = job.queue.get_job(job.id)
+        assert found is not None
+        why = with_parent(parents[job.id], "customer left")
+        assert (found.state, found.cancelled_by, found.cancel_reason) == ("cancelled", "alice", why)
+        assert found.error == f"cancelled by alice: {why}"
+        assert [(e["by"], e["action"]) for e in found.audit()] == [("alice", f"cancel: {why}")]
+        assert events(job.queue, job.id)[-1] == ("cancelled", {"by": "alice", "reason": why})
+    # and the running child has a cancel request for its worker, as if
+    # cancelled on its own; the completed child stays completed
+    why = with_parent(root_ref, "customer left")
+    asked = busy.get_job(running.id)
+    assert asked is not None
+    assert (asked.state, asked.cancelled_by, asked.cancel_reason) == ("active", "alice", why)
+    assert pending_requests(busy) == [running.id]
+    assert [e["action"] for e in asked.audit()] == [f"cancel requested: {why}"]
+    assert events(busy, running.id)[-1] == ("cancel-requested", {"by": "alice", "reason": why})
+    assert state_of(busy, done.id) == "completed"
+    assert_counts(queue, cancelled=4)
+    assert_counts(kids, cancelled=4)
+    assert_counts(busy, active=1, completed=1)
+    # and nothing is left to run
+    for q in flow_queues:
+        assert run_until_empty(q, {"child": lambda j: 1, "leaf": lambda j: 1}) == {}
+
+    # When the running child's worker stops it
+    stopped = outcome(running.id, "cancelled", "stopped while running")
+    assert finish(busy, NOW + 1_000, stopped) == ["cancelled"]
+
+    # Then it is cancelled, and its parent stays as it was
+    assert busy.get_job(running.id).error == f"cancelled by alice: {why} (stopped while running)"  # type: ignore[union-attr]
+    assert queue.get_job(flow.job.id).error == "cancelled by alice: customer left"  # type: ignore[union-attr]
+
+
+def test_cancelling_a_child_flow_cancels_its_children_only(
+    flow_queues: tuple[Queue, Queue, Queue],
+) -> None:
+    queue, kids, _busy = flow_queues
+    # Given root <- mid <- leaf, and a sibling of mid, all waiting
+    flow = queue.add_flow(
+        parent={"name": "root"},
+        children=[
+            {"queue": kids.name, "name": "mid", "children": [{"name": "leaf"}]},
+            {"name": "sibling"},
+        ],
+        ignore_failed_children=True,
+    )
+    mid, sibling = (c.job for c in flow.children)
+    leaf = flow.children[0].children[0].job
+
+    # When mid is cancelled, without a reason
+    assert kids.cancel(mid.id, by="bob") == "cancelled"
+
+    # Then its leaf is cancelled with it, named after mid's own ref
+    cancelled_leaf = queue.get_job(leaf.id)
+    assert cancelled_leaf is not None and cancelled_leaf.state == "cancelled"
+    assert cancelled_leaf.cancel_reason == f"its flow parent {kids.name}:{mid.id} was cancelled"
+    # and the root counts mid as a child that failed, while the sibling runs on
+    assert state_of(queue, sibling.id) == "waiting"
+    run_until_empty(queue, {"sibling": lambda j: "s", "root": lambda j: j.children_results()})
+    root = queue.get_job(flow.job.id)
+    assert root is not None and root.state == "completed"
+    assert root.result == {f"{queue.name}:{sibling.id}": "s"}
 
 
 @pytest.mark.parametrize(
@@ -167,6 +296,47 @@ def test_a_cancelled_flow_child_counts_as_a_child_that_failed_for_good(
     if parent_state == "completed":
         assert parent.children_failures() == {ref: "cancelled by bob: not needed"}
         assert parent.result == {f"{queue.name}:{done.id}": "ok"}
+
+
+def test_a_flow_parent_that_retention_deletes_as_it_is_cancelled_still_cancels_its_children(
+    queue: Queue,
+) -> None:
+    # Given a flow whose jobs keep no failed (nor cancelled) job
+    flow = queue.add_flow(
+        parent={"name": "parent", "keep_failed": {"count": 0}},
+        children=[{"name": "mid", "keep_failed": {"count": 0}, "children": [{"name": "leaf"}]}],
+    )
+    mid, leaf = flow.children[0].job, flow.children[0].children[0].job
+
+    # When the parent is cancelled
+    assert queue.cancel(flow.job.id) == "cancelled"
+
+    # Then the parent and its child are gone, with their lists of children,
+    # and the grandchild was cancelled all the same
+    assert queue.get_job(flow.job.id) is None and queue.get_job(mid.id) is None
+    assert not queue.client.exists(queue.keys.children(flow.job.id), queue.keys.children(mid.id))
+    assert state_of(queue, leaf.id) == "cancelled"
+
+
+def test_a_listed_child_outside_the_hash_tag_is_never_touched(queue: Queue, redis_url: str) -> None:
+    # Given a flow parent whose list of children names, besides its own
+    # child, a job of a queue of another hash tag (written by something else)
+    other = Queue(f"{queue.name}-other", url=redis_url)
+    try:
+        stranger = other.add("x")
+        flow = queue.add_flow(parent={"name": "parent"}, children=[{"name": "child"}])
+        queue.client.hset(
+            queue.keys.children(flow.job.id), f"{other.name}:{stranger.id}", other.keys.prefix
+        )
+
+        # When the parent is cancelled
+        assert queue.cancel(flow.job.id) == "cancelled"
+
+        # Then its own child is cancelled, and the stranger left alone
+        assert state_of(queue, flow.children[0].job.id) == "cancelled"
+        assert state_of(other, stranger.id) == "waiting"
+    finally:
+        other.obliterate(force=True)
 
 
 # -- nothing to cancel ---------------------------------------------------------------
@@ -546,6 +716,43 @@ def test_a_job_whose_worker_died_with_a_cancel_pending_is_cancelled_on_recovery(
     assert_counts(queue, cancelled=1)
 
 
+@pytest.mark.timeout(60)
+def test_a_flow_parent_cancelled_stops_its_running_child_and_cancels_the_rest(
+    start_worker: StartWorker, flow_queues: tuple[Queue, Queue, Queue]
+) -> None:
+    queue, kids, _busy = flow_queues
+    # Given a worker running one child of a flow whose parent, a waiting
+    # child and a delayed child are in a queue it does not serve
+    worker = start_worker("--kill-grace", "2", procs=2)
+    flow = kids.add_flow(
+        parent={"name": "parent"},
+        children=[
+            {"queue": queue.name, "name": "hang", "attempts": 3},
+            {"name": "child"},
+            {"name": "child", "delay": 3600},
+        ],
+    )
+    running, waiting, delayed = (child.job for child in flow.children)
+    child = worker.child_running("hang", running.id, timeout=DEADLINE)
+
+    # When the parent is cancelled
+    assert flow.job.cancel(reason="album deleted", by="lee") == "cancelled"
+
+    # Then the waiting and delayed children are cancelled at once
+    why = with_parent(f"{kids.name}:{flow.job.id}", "album deleted")
+    for job in (waiting, delayed):
+        assert kids.get_job(job.id).error == f"cancelled by lee: {why}"  # type: ignore[union-attr]
+    # and the worker stops the running one, as if it had been cancelled on its own
+    done = wait_for_job(queue, running.id, ("cancelled", "completed", "failed"), timeout=DEADLINE)
+    assert done.state == "cancelled", done.fields
+    assert done.error == f"cancelled by lee: {why} (stopped while running)"
+    assert done.attempts_made == 1
+    assert_all_gone([child])
+    assert worker.matching_lines(rf"job cancelled while running.*job_id={running.id}\b")
+    assert_worker_carries_on(worker, queue)
+    assert_counts(kids, cancelled=3)
+
+
 # -- the CLI and the dashboard ------------------------------------------------------------
 def test_the_cancel_command(queue: Queue, redis_url: str) -> None:
     # Given an active job and a waiting one
@@ -587,6 +794,57 @@ def test_the_cancel_command(queue: Queue, redis_url: str) -> None:
     )
     shown = run_sandboxq("job", queue.name, waiting.id, *url)
     assert "cancelled by   jane" in shown.stdout and "cancel: typo" in shown.stdout
+
+
+def test_the_cancel_command_cancels_a_flow_parent_with_or_without_its_children(
+    queue: Queue, redis_url: str
+) -> None:
+    # Given two flows, each a parent with a waiting child
+    kept, cascaded = (
+        queue.add_flow(parent={"name": "parent"}, children=[{"name": "child"}]) for _ in range(2)
+    )
+    url = ("--url", redis_url)
+
+    # When one parent is cancelled with --keep-children, the other without
+    first = run_sandboxq("cancel", queue.name, kept.job.id, "--keep-children", *url)
+    second = run_sandboxq("cancel", queue.name, cascaded.job.id, "--by", "max", *url)
+
+    # Then both parents are cancelled; the first's child waits on, the
+    # second's is cancelled with its parent
+    assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
+    assert first.stdout == f"cancelled job {kept.job.id} of queue {queue.name!r}\n"
+    assert [state_of(queue, f.job.id) for f in (kept, cascaded)] == ["cancelled", "cancelled"]
+    assert state_of(queue, kept.children[0].job.id) == "waiting"
+    child = queue.get_job(cascaded.children[0].job.id)
+    assert child is not None and child.state == "cancelled"
+    assert (
+        child.error
+        == f"cancelled by max: its flow parent {queue.name}:{cascaded.job.id} was cancelled"
+    )
+
+
+def test_the_dashboard_cancel_button_cancels_a_flow_parent_with_its_children(
+    redis_url: str, queue: Queue
+) -> None:
+    application = app(redis_url, token=TOKEN, queues=[queue.name])
+    try:
+        # Given a flow parent with a waiting child, and a user logged in
+        flow = queue.add_flow(parent={"name": "parent"}, children=[{"name": "child"}])
+        browser = Client(application)
+        browser.post("/login", {"username": "kim", "password": TOKEN})
+        path = f"/queues/{queue.name}/jobs/{flow.job.id}"
+
+        # When the parent's Cancel button is pressed
+        reply = browser.post(f"{path}/cancel", {"csrf_token": csrf_of(browser)})
+
+        # Then the parent and its child are cancelled
+        assert reply.status == 303, reply.text
+        assert [state_of(queue, j.id) for j in (flow.job, flow.children[0].job)] == [
+            "cancelled",
+            "cancelled",
+        ]
+    finally:
+        application.client.close()
 
 
 def test_the_dashboard_cancel_button(redis_url: str, queue: Queue) -> None:

@@ -128,6 +128,40 @@ def test_a_master_dies_mid_drain_and_every_job_completes(
         worker.cleanup()
 
 
+def test_cancelling_a_flow_parent_cancels_its_children_across_the_group_on_a_cluster(
+    cluster: RedisClusterNodes,
+) -> None:
+    # Given a flow over two queues of one group (one slot), nested, on a cluster
+    group = f"f{uuid.uuid4().hex[:6]}"
+    parents, kids = (
+        Queue(f"{group}:parents", url=cluster.url),
+        Queue(f"{group}:kids", url=cluster.url),
+    )
+    try:
+        flow = parents.add_flow(
+            parent={"name": "root"},
+            children=[
+                {"queue": kids.name, "name": "mid", "children": [{"name": "leaf", "delay": 60}]},
+                {"queue": kids.name, "name": "child", "group": "g"},
+            ],
+        )
+        mid, child = (c.job for c in flow.children)
+        leaf = flow.children[0].children[0].job
+
+        # When the parent is cancelled
+        assert parents.cancel(flow.job.id, reason="stop") == "cancelled"
+
+        # Then every job of the flow is cancelled (no CROSSSLOT: one slot)
+        states = [
+            (q.get_job(j.id).state)  # type: ignore[union-attr]
+            for q, j in ((parents, flow.job), (kids, mid), (kids, child), (parents, leaf))
+        ]
+        assert states == ["cancelled"] * 4
+    finally:
+        for q in (parents, kids):
+            q.obliterate(force=True)
+
+
 def test_the_admin_cli_lists_queues_on_every_shard(cluster: RedisClusterNodes) -> None:
     queues = spread_queues(cluster)
     for queue in queues:

@@ -5,18 +5,22 @@ and the step script itself, the inline runner and eager mode."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from sandboxq import Queue, QueueEvents, StepNotRecorded
-from sandboxq.caps import MAX_STEP_RESULT_BYTES
+from sandboxq import Queue, QueueEvents, StepNotRecorded, UnrecordableStep, Unrecoverable
+from sandboxq.caps import MAX_STEP_RESULT_BYTES, MAX_STEPS
 from sandboxq.fast import decode_fetched
+from sandboxq.handlers import JobContext
 from sandboxq.scripts import now_ms
 from sandboxq.testing import EagerQueue, run_until_empty
+from tests import steps_jobs
 from tests.worker_harness import WorkerProcess, wait_for_job, wait_until
 
 StartWorker = Callable[..., WorkerProcess]
@@ -31,6 +35,13 @@ def charged(path: Path, job_id: str) -> int:
 def charges(tmp_path: Path) -> Path:
     """Where tests/steps_jobs.py records each charge."""
     return tmp_path / "charges"
+
+
+@pytest.fixture
+def charges_env(charges: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """For handlers of tests/steps_jobs.py run in this process (inline, eager)."""
+    monkeypatch.setenv("SANDBOXQ_TEST_CHARGES", str(charges))
+    return charges
 
 
 @pytest.fixture
@@ -97,6 +108,89 @@ def test_an_async_step_is_recorded_once_too(
     assert done.state == "completed", done.fields
     assert done.result["charged"] == 1
     assert charged(charges, job.id) == 1
+
+
+# -- a step whose result cannot be recorded fails the job for good ----------------------------
+STEP_RAN = "UnrecordableStep: step 'charge' ran but its result could not be recorded ({why})"
+SIDE_EFFECT_KEPT = ": its side effect happened and will not be repeated; not retried"
+WHY = {
+    "big": "the result is {size} bytes as JSON, over the limit of 65536: record an id or a path, "
+    "not the data",
+    "decimal": "the result is not JSON-serializable: Type is not JSON serializable: "
+    "decimal.Decimal",
+}
+WRAPPED = (
+    "{first} (not retried: step 'charge' ran earlier in this attempt and its result could not "
+    "be recorded, so its side effect must not be repeated)"
+)
+
+
+def big_receipt_size(job_id: str) -> int:
+    """The size as JSON of the 70 KiB receipt tests/steps_jobs.py returns."""
+    return len(orjson.dumps({"charge": f"ch_{job_id}", "amount": 5, "pdf": "x" * (70 * 1024)}))
+
+
+def expected_error(job_id: str, result: str, then: str) -> str:
+    step = STEP_RAN.format(why=WHY[result].format(size=big_receipt_size(job_id))) + SIDE_EFFECT_KEPT
+    if then == "raise":
+        return step
+    first = (
+        "RuntimeError: the payment step failed"
+        if then == "wrap"
+        else "Retry: try the payment again"
+    )
+    return WRAPPED.format(first=first)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("result", "then"), [("big", "raise"), ("decimal", "wrap")])
+def test_a_step_whose_result_cannot_be_recorded_charges_once_and_is_not_retried(
+    charging_worker: StartWorker, queue: Queue, charges: Path, result: str, then: str
+) -> None:
+    charging_worker()
+
+    # Given a job with 3 attempts whose step charges, then returns a receipt
+    # that cannot be recorded (70 KiB, or a Decimal)
+    job = queue.add("charge_unrecordable", {"result": result, "then": then}, attempts=3)
+
+    # When a worker runs it
+    done = wait_for_job(queue, job.id, timeout=30)
+
+    # Then the card was charged once, and the job failed for good on its
+    # first attempt, saying the step ran and its result was not kept
+    assert charged(charges, job.id) == 1
+    assert done.state == "failed", done.fields
+    assert done.attempts_made == 1
+    assert done.error == expected_error(job.id, result, then)
+    assert done.steps == {}
+
+
+# -- one key runs once per job, even called concurrently ---------------------------------------
+def assert_charged_once_and_both_got_the_record(done: Any, charges: Path) -> None:
+    assert done.state == "completed", done.fields
+    receipt = {"charge": f"ch_{done.id}_1"}
+    assert done.result == {"receipts": [receipt, receipt], "charged": 1}
+    assert done.steps == {"charge": receipt}
+    assert charged(charges, done.id) == 1
+
+
+@pytest.mark.timeout(60)
+def test_one_step_key_called_at_once_by_two_tasks_or_threads_runs_once(
+    charging_worker: StartWorker, queue: Queue, charges: Path
+) -> None:
+    charging_worker()
+
+    # Given a job whose handler takes the same step twice at once, in two
+    # asyncio tasks (gather), and one that does in two threads
+    in_tasks = queue.add("charge_concurrently")
+    in_threads = queue.add("charge_from_threads")
+
+    # When a worker runs them
+    done = [wait_for_job(queue, job.id, timeout=30) for job in (in_tasks, in_threads)]
+
+    # Then each charged once, and both callers got the recorded receipt
+    for job in done:
+        assert_charged_once_and_both_got_the_record(job, charges)
 
 
 # -- the step script ---------------------------------------------------------------------
@@ -224,3 +318,159 @@ def test_eager_mode_replays_steps_across_attempts() -> None:
 
     job = EagerQueue("q", {"charge": charge}).add("charge", attempts=2)
     assert (job.result, len(calls), job.steps) == ("ch_1", 1, {"charge": "ch_1"})
+
+
+# -- unrecordable results and concurrent calls, inline and eager ----------------------------
+@pytest.mark.parametrize("then", ["raise", "wrap", "retry"])
+@pytest.mark.parametrize("result", ["big", "decimal"])
+def test_inline_and_eager_fail_an_unrecordable_step_for_good_as_a_worker_does(
+    queue: Queue, charges_env: Path, result: str, then: str
+) -> None:
+    handlers = {"charge_unrecordable": steps_jobs.charge_unrecordable}
+    data = {"result": result, "then": then}
+
+    # Given the job of the worker test, with 3 attempts, inline and eager
+    job = queue.add("charge_unrecordable", data, attempts=3)
+    run_until_empty(queue, handlers, skip_delays=True)
+    eager = EagerQueue("q", handlers).add(
+        "charge_unrecordable",
+        data,
+        attempts=3,
+        job_id="eager",  # charges apart from inline's
+    )
+
+    # Then both failed for good on their first attempt, after one charge
+    inline = queue.get_job(job.id)
+    assert inline is not None
+    for done in (inline, eager):
+        assert (done.state, done.attempts_made, done.steps) == ("failed", 1, {})
+        assert done.error == expected_error(done.id, result, then)
+        assert charged(charges_env, done.id) == 1
+
+
+@pytest.mark.parametrize("name", ["charge_concurrently", "charge_from_threads"])
+def test_inline_and_eager_run_one_key_once_when_called_at_once(
+    queue: Queue, charges_env: Path, name: str
+) -> None:
+    handlers = {name: getattr(steps_jobs, name)}
+    job = queue.add(name)
+    run_until_empty(queue, handlers)
+    assert_charged_once_and_both_got_the_record(queue.get_job(job.id), charges_env)
+    eager = EagerQueue("q", handlers).add(name, job_id="eager")  # charges apart from inline's
+    assert_charged_once_and_both_got_the_record(eager, charges_env)
+
+
+# -- JobContext on its own: what is checked before the function runs --------------------------
+def context(record: Any = None, steps: dict[str, Any] | None = None) -> JobContext:
+    """A job context as a unit test builds it: no worker unless ``record``."""
+    return JobContext("q", "1", "x", None, 0, lambda *a: None, steps=steps, record=record)
+
+
+def test_a_step_outside_a_worker_raises_before_running_its_function() -> None:
+    # Given a job context built outside any worker (no recorder)
+    ctx, calls = context(), []
+
+    # When a step is taken, plain or async
+    with pytest.raises(RuntimeError, match=r"needs a worker .*step 'charge' was not run"):
+        ctx.step("charge", calls.append, "charged")
+
+    async def charge_async() -> None:
+        calls.append("charged")
+
+    with pytest.raises(RuntimeError, match="needs a worker"):
+        asyncio.run(ctx.step("charge", charge_async))
+
+    # Then its function never ran
+    assert calls == []
+    # and a result the context was given is returned without running anything
+    assert context(steps={"charge": "ch_1"}).step("charge", calls.append, 1) == "ch_1"
+    assert calls == []
+
+
+def test_a_job_with_all_its_steps_recorded_runs_no_further_step() -> None:
+    # Given a job that recorded as many steps as a job may
+    recorded = {f"step-{n}": n for n in range(MAX_STEPS)}
+    ctx, calls = context(record=lambda *a: "recorded", steps=recorded), []
+
+    # When it takes another, its function is not run, and the job fails for good
+    with pytest.raises(UnrecordableStep, match=r"step 'one more' was not run: .* at most 1000"):
+        ctx.step("one more", calls.append, 1)
+    assert calls == []
+    # while a recorded one is still returned
+    assert ctx.step("step-7", calls.append, 1) == 7
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "why"),
+    [
+        ("full", UnrecordableStep, "the job has recorded the most steps it may"),
+        ("nonsense", UnrecordableStep, "the worker answered 'nonsense'"),
+        ("lost", StepNotRecorded, "this worker no longer holds the job"),
+    ],
+)
+def test_a_step_that_ran_but_was_not_recorded_is_not_run_again_in_the_attempt(
+    answer: str, error: type[Exception], why: str
+) -> None:
+    # Given a worker that answers a step with something else than "recorded"
+    ctx, calls = context(record=lambda *a: answer), []
+
+    # When the step is taken, then taken again after its error was caught
+    for _ in range(2):
+        with pytest.raises(error, match=f"step 'charge' .*ran but .*{why}") as raised:
+            ctx.step("charge", calls.append, "charged")
+
+    # Then its function ran once; only a lost job may be retried (by
+    # whichever worker holds it now)
+    assert calls == ["charged"]
+    assert isinstance(raised.value, Unrecoverable) is (answer != "lost")
+
+
+def test_a_waiting_caller_runs_the_step_itself_when_the_first_raised() -> None:
+    # Given two tasks taking the same step, the first of which raises
+    ctx, calls = context(record=lambda *a: "recorded"), []
+
+    async def flaky() -> str:
+        calls.append("called")
+        await asyncio.sleep(0)  # the second task reaches the step meanwhile
+        if len(calls) == 1:
+            raise ConnectionError("provider timeout")
+        return "ok"
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(
+            ctx.step("call", flaky), ctx.step("call", flaky), return_exceptions=True
+        )
+
+    # When they run
+    first, second = asyncio.run(both())
+
+    # Then the first's error propagates, and the second ran the step itself
+    assert isinstance(first, ConnectionError)
+    assert (second, calls) == ("ok", ["called", "called"])
+
+
+def test_a_step_that_calls_itself_raises_instead_of_waiting_for_ever() -> None:
+    ctx = context(record=lambda *a: "recorded")
+
+    def again() -> Any:
+        return ctx.step("loop", again)
+
+    with pytest.raises(RuntimeError, match="would wait for itself"):
+        ctx.step("loop", again)
+
+    async def again_async() -> Any:
+        return await ctx.step("loop-async", again_async)
+
+    with pytest.raises(RuntimeError, match="would wait for itself"):
+        asyncio.run(ctx.step("loop-async", again_async))
+
+
+def test_a_plain_function_returning_an_awaitable_is_refused_before_it_runs() -> None:
+    ctx, calls = context(record=lambda *a: "recorded"), []
+
+    async def charge() -> None:
+        calls.append("charged")
+
+    with pytest.raises(TypeError, match="returned an awaitable"):
+        ctx.step("charge", lambda: charge())
+    assert calls == []

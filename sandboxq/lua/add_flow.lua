@@ -1,5 +1,7 @@
 -- add_flow: add a tree of jobs atomically. Parents wait in
 -- `waiting-children` until every child has finished (see include/flow.lua).
+-- A parent's `children:<id>` hash lists its children, "queue:id" -> the
+-- child's key prefix, so cancelling the parent can cancel them (cancel.lua).
 --
 -- KEYS[1] the root queue's events stream (names the slot; every queue of the
 --         flow shares its hash tag, checked by the caller)
@@ -29,6 +31,7 @@ while i <= #ARGV do
   if parent > 0 then
     redis.call('HSET', job_key, 'parent_prefix', prefixes[parent], 'parent_id', ids[parent],
       'ref', queue .. ':' .. id, 'fail_parent', fail_parent, 'ignore_failure', ignore_failure)
+    redis.call('HSET', prefixes[parent] .. 'children:' .. ids[parent], queue .. ':' .. id, prefix)
   end
   local events = prefix .. 'events'
   if children > 0 then

@@ -6,6 +6,8 @@
 --
 -- ARGV[1] key prefix   ARGV[2] events maxlen   ARGV[3] job id
 -- ARGV[4] now (ms)   ARGV[5] who asked   ARGV[6] why ("" = not said)
+-- ARGV[7] keep its flow children ("1") or cancel them too ("0")
+-- ARGV[8] the queue's name (how the job's children name it: "queue:id")
 --
 -- A waiting, delayed or waiting-children job moves to `cancelled` now (a
 -- flow parent counts it as a child that failed for good). An active job
@@ -13,6 +15,14 @@
 -- processes (SIGTERM, then SIGKILL after its kill grace) and settles it as
 -- cancelled; if that worker died, stalled recovery does. Both are audited
 -- (the job's audit list and the queue's audit stream) with the reason.
+--
+-- Unless ARGV[7] is "1", a flow parent's unfinished children are cancelled
+-- with it, the same way, and theirs, down the whole flow: each with its own
+-- audit entry and event, its reason saying "its flow parent <queue:id> was
+-- cancelled". The parent goes first, so no child counts against it. Its
+-- children are listed in `children:<id>` (add_flow.lua), each with its key
+-- prefix, in this queue or another of its hash tag: a prefix outside the
+-- hash tag of ARGV[1] is skipped, never touched.
 --
 -- Returns "cancelled", "cancelling" (active: its worker will stop it; also
 -- when it was asked before), "finished:<state>" when there is nothing to
@@ -24,32 +34,96 @@
 --!include cancel
 local prefix, maxlen, id, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local by, reason = ARGV[5], clip(ARGV[6], EVENT_TEXT_BYTES)
-local job_key = prefix .. 'job:' .. id
-if redis.call('EXISTS', job_key) == 0 then return 'missing' end
-claim_cancelled_key(KEYS[5], KEYS[8])
-local why = ''
-if reason ~= '' then why = ': ' .. reason end
+local keep_children, queue_name = ARGV[7] == '1', ARGV[8]
 
-if redis.call('ZSCORE', KEYS[3], id) then
-  if redis.call('HEXISTS', job_key, 'cancel_requested_at') == 1 then return 'cancelling' end
-  redis.call('HSET', job_key, 'cancel_requested_at', num(now), 'cancelled_by', by,
-    'cancel_reason', reason)
-  redis.call('ZADD', KEYS[6], num(now), id)
-  audit(prefix, id, now, by, 'cancel requested' .. why)
-  emit(KEYS[7], maxlen, 'cancel-requested', id, 'by', by, 'reason', reason)
-  return 'cancelling'
+-- Cancel one job of the queue whose keys are `k`: "cancelled",
+-- "cancelling", "finished:<state>" or "missing", as the script returns.
+local function cancel_job(k, job_prefix, job_id, why)
+  local job_key = job_prefix .. 'job:' .. job_id
+  if redis.call('EXISTS', job_key) == 0 then return 'missing' end
+  claim_cancelled_key(k.cancelled, k.given_up)
+  local said = ''
+  if why ~= '' then said = ': ' .. why end
+
+  if redis.call('ZSCORE', k.active, job_id) then
+    if redis.call('HEXISTS', job_key, 'cancel_requested_at') == 1 then return 'cancelling' end
+    redis.call('HSET', job_key, 'cancel_requested_at', num(now), 'cancelled_by', by,
+      'cancel_reason', why)
+    redis.call('ZADD', k.cancel_requests, num(now), job_id)
+    audit(job_prefix, job_id, now, by, 'cancel requested' .. said)
+    emit(k.events, maxlen, 'cancel-requested', job_id, 'by', by, 'reason', why)
+    return 'cancelling'
+  end
+
+  local state = redis.call('HGET', job_key, 'state')
+  if state == 'waiting' then
+    unwait(job_prefix, job_key, job_id)
+  elseif state == 'delayed' then
+    redis.call('ZREM', k.delayed, job_id)
+  elseif state == 'waiting-children' then
+    redis.call('ZREM', k.waiting_children, job_id)
+  else
+    return 'finished:' .. (state or '')
+  end
+  redis.call('HSET', job_key, 'cancelled_by', by, 'cancel_reason', why)
+  audit(job_prefix, job_id, now, by, 'cancel' .. said)
+  return cancel_for_good(job_prefix, job_key, job_id, now, maxlen, k.cancelled,
+    k.cancel_requests, k.events, '', '')
 end
 
-local state = redis.call('HGET', job_key, 'state')
-if state == 'waiting' then
-  unwait(prefix, job_key, id)
-elseif state == 'delayed' then
-  redis.call('ZREM', KEYS[2], id)
-elseif state == 'waiting-children' then
-  redis.call('ZREM', KEYS[4], id)
-else
-  return 'finished:' .. (state or '')
+-- The keys cancel_job needs, of the queue whose key prefix is `p`.
+local function keys_of(p)
+  return {active = p .. 'active', delayed = p .. 'delayed',
+    waiting_children = p .. 'waiting_children', cancelled = p .. 'cancelled',
+    cancel_requests = p .. 'cancel_requests', events = p .. 'events', given_up = p .. 'given_up'}
 end
-redis.call('HSET', job_key, 'cancelled_by', by, 'cancel_reason', reason)
-audit(prefix, id, now, by, 'cancel' .. why)
-return cancel_for_good(prefix, job_key, id, now, maxlen, KEYS[5], KEYS[6], KEYS[7], '', '')
+
+-- A job's flow children, as add_flow.lua listed them: {ref, key prefix} each.
+local function children_of(job_prefix, job_id)
+  local flat = redis.call('HGETALL', job_prefix .. 'children:' .. job_id)
+  local children = {}
+  for i = 1, #flat, 2 do children[#children + 1] = {flat[i], flat[i + 1]} end
+  return children
+end
+
+-- Cancel the unfinished jobs of the flow under a cancelled parent, level by
+-- level. Finished children are left as they are, but their own children are
+-- looked at (a failed parent's children may still run). Each job's children
+-- are read before it is cancelled: retention may delete it, and them with
+-- it, as it settles. `seen` stops lists that loop (written by something
+-- else) from looping here.
+local function cancel_children(children, parent_ref)
+  local hash_tag = string.match(prefix, '^[^{]*{[^}]*}')
+  local levels, seen, next_level = {{children, parent_ref}}, {}, 1
+  while levels[next_level] do
+    local level = levels[next_level]
+    next_level = next_level + 1
+    local why = 'its flow parent ' .. level[2] .. ' was cancelled'
+    if reason ~= '' then why = clip(why .. ': ' .. reason, EVENT_TEXT_BYTES) end
+    for _, child in ipairs(level[1]) do
+      local ref, child_prefix = child[1], child[2]
+      local child_id = string.match(ref, ':([^:]+)$')
+      local child_key = child_id and child_prefix .. 'job:' .. child_id
+      if child_key and hash_tag and string.sub(child_prefix, 1, #hash_tag) == hash_tag
+          and not seen[child_key] then
+        seen[child_key] = true
+        local grandchildren = children_of(child_prefix, child_id)
+        cancel_job(keys_of(child_prefix), child_prefix, child_id, why)
+        if #grandchildren > 0 then levels[#levels + 1] = {grandchildren, ref} end
+      end
+    end
+  end
+end
+
+local root_keys = {active = KEYS[3], delayed = KEYS[2], waiting_children = KEYS[4],
+  cancelled = KEYS[5], cancel_requests = KEYS[6], events = KEYS[7], given_up = KEYS[8]}
+local children, ref = {}, nil
+if not keep_children then
+  children = children_of(prefix, id)
+  ref = redis.call('HGET', prefix .. 'job:' .. id, 'ref') or (queue_name .. ':' .. id)
+end
+local status = cancel_job(root_keys, prefix, id, reason)
+if #children > 0 and (status == 'cancelled' or status == 'cancelling') then
+  cancel_children(children, ref)
+end
+return status

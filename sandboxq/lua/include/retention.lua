@@ -10,7 +10,8 @@ local on_job_deleted
 local function delete_job(prefix, id, now, maxlen)
   on_job_deleted(prefix, id, now, maxlen)
   redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'logs:' .. id,
-    prefix .. 'deps:' .. id, prefix .. 'ignored:' .. id, prefix .. 'audit:' .. id)
+    prefix .. 'deps:' .. id, prefix .. 'ignored:' .. id, prefix .. 'audit:' .. id,
+    prefix .. 'children:' .. id)
 end
 
 -- Returns the number of jobs removed; never more than `limit` per call so a
