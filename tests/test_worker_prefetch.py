@@ -51,7 +51,17 @@ def active_events(queue: Queue, job_id: str) -> int:
 
 
 #: The events of one ``progress`` job, in order: started once, before its progress.
-PROGRESS_JOB_EVENTS = ["added", "active", "progress", "progress", "progress", "completed"]
+def in_order(events: list[str]) -> bool:
+    """The events of a job that reports progress 3 times, in order: added,
+    active, then its progress (1 to 3 events: progress the parent has not
+    sent yet is replaced by the newer value), then completed."""
+    middle = events[2:-1]
+    return (
+        events[:2] == ["added", "active"]
+        and events[-1:] == ["completed"]
+        and 1 <= len(middle) <= 3
+        and set(middle) == {"progress"}
+    )
 
 
 def job_events(queue: Queue, job_id: str) -> list[str]:
@@ -114,7 +124,7 @@ def test_a_prefetched_job_reports_its_start_before_its_progress(
     wait_until(lambda: prefetched(queue, jobs[1].id), 5, "the progress job prefetched")
     done = wait_for_job(queue, jobs[1].id)
     assert done.state == "completed"
-    assert job_events(queue, jobs[1].id) == PROGRESS_JOB_EVENTS
+    assert in_order(job_events(queue, jobs[1].id)), job_events(queue, jobs[1].id)
 
 
 def test_the_job_that_wakes_an_idle_worker_starts_once_when_a_child_takes_it(
@@ -133,7 +143,7 @@ def test_the_job_that_wakes_an_idle_worker_starts_once_when_a_child_takes_it(
     assert done.created_at is not None and done.started_at is not None
     assert done.finished_at is not None
     assert done.created_at <= done.started_at <= done.finished_at
-    assert job_events(queue, job.id) == PROGRESS_JOB_EVENTS
+    assert in_order(job_events(queue, job.id)), job_events(queue, job.id)
 
 
 def test_drain_hands_prefetched_jobs_back_at_once(queue: Queue, start_worker: StartWorker) -> None:
