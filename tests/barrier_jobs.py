@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from sandboxq import (
     on_worker_stop,
 )
 from sandboxq.worker import protocol
+from tests.child_pipe import child_socket
 
 Q = os.environ.get("SANDBOXQ_TEST_QUEUE", "barriers")
 #: Seconds each on_child_start takes (a database that is slow to connect).
@@ -80,17 +79,6 @@ def fork_and_return(job: JobContext) -> Any:
     return "real"
 
 
-def _pipe_to_parent() -> socket.socket:
-    """The child's socket to the worker parent (the only socket a child has)."""
-    for fd in sorted(int(name) for name in os.listdir("/proc/self/fd")):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                return socket.socket(fileno=os.dup(fd))
-        except OSError:
-            continue
-    raise RuntimeError("no socket to the parent")
-
-
 @handler(Q)
 def fork_and_forge(job: JobContext) -> Any:
     """Forks a copy that writes a forged result straight onto the pipe (past
@@ -99,7 +87,7 @@ def fork_and_forge(job: JobContext) -> Any:
     pid = os.fork()
     if pid == 0:
         forged = [protocol.DONE, job.id, "completed", '"forged"', "", 0.0]
-        _pipe_to_parent().sendall(protocol.encode(forged))
+        child_socket().sendall(protocol.encode(forged))
         os._exit(0)
     os.waitpid(pid, 0)
     return "real"
@@ -159,9 +147,3 @@ async def leak_task(job: JobContext) -> Any:
     asyncio.get_running_loop().create_task(stubborn())
     await asyncio.sleep(0)
     return os.getpid()
-
-
-@handler(Q)
-def hang_on_sigterm(job: JobContext) -> Any:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    time.sleep(60)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 from sandboxq import JobContext, RateLimited, Retry, Unrecoverable, fast, handler
 from sandboxq.handlers import REGISTRY
 from tests.appending import append_line
+from tests.child_pipe import child_socket
 
 Q = os.environ.get("SANDBOXQ_TEST_QUEUE", "crash")
 
@@ -214,18 +214,6 @@ def always_fail(job: JobContext) -> Any:
     raise RuntimeError(f"attempt {job.attempts_made + 1} failed")
 
 
-def _child_socket() -> socket.socket:
-    """The socket the child talks to its parent on (a local of its serve
-    loop): what a handler that writes to it behind sandboxq's back would use."""
-    frame = sys._getframe()
-    while frame is not None:
-        sock = frame.f_locals.get("sock")
-        if isinstance(sock, socket.socket):
-            return sock
-        frame = frame.f_back  # type: ignore[assignment]
-    raise RuntimeError("not running in a worker child")
-
-
 #: Items JSON cannot carry, for forge_frame's data.
 _FORGED = {"$nan": float("nan"), "$inf": float("inf"), "$bytes": b"raw"}
 
@@ -236,7 +224,7 @@ def forge_frame(job: JobContext) -> Any:
     "$nan", "$inf" and "$bytes" what they say) behind sandboxq's back, then
     wait to be killed."""
     items = [job.id if item == "$id" else _FORGED.get(item, item) for item in job.data]
-    _child_socket().sendall(fast.encode_frame(items))
+    child_socket().sendall(fast.encode_frame(items))
     time.sleep(30)
 
 
