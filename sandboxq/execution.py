@@ -191,14 +191,21 @@ def run_stored(
 def finish_entry(job_id: str, fields: dict[str, Any], outcome: Outcome) -> list[Any]:
     """The finish script's 6 values for this job: the retry delay comes from
     the handler (RETRY) or the job's backoff policy (FAILED); the lease
-    number (fetch.lua) lets finish.lua recognize a finish sent twice."""
+    number (fetch.lua) lets finish.lua recognize a finish sent twice.
+    Whatever the job's stored fields hold, this returns an entry: a stored
+    backoff that cannot be used fails the job for good, saying why."""
     lease = fields.get("leases", "")
     delay = outcome.delay
     if outcome.kind == FAILED and fields.get("backoff"):
         try:
             backoff = Backoff.parse(load_json(fields["backoff"]))
         except (TypeError, ValueError) as exc:  # written by something other than sandboxq
-            message = f"{outcome.value} (not retried: its stored backoff is invalid: {exc})"
+            message = clip_text(
+                f"{outcome.value} (not retried: its stored backoff is invalid: {exc})",
+                MAX_ERROR_BYTES,
+            )
             return [job_id, UNRECOVERABLE, message, outcome.traceback, 0, lease]
-        delay = backoff.delay_for(fields.get("attempts_made", 0) + 1)
+        made = fields.get("attempts_made")
+        made = made if isinstance(made, int) and not isinstance(made, bool) else 0
+        delay = backoff.delay_for(made + 1)
     return [job_id, outcome.kind, outcome.value, outcome.traceback, ms(delay), lease]
