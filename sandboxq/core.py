@@ -494,7 +494,8 @@ class QueueCore(Generic[J]):
         """Cancel a job for good (never retried). Returns ``"cancelled"`` if
         it was waiting, delayed or waiting for its children, ``"cancelling"``
         if it is active (the worker holding it stops it within a second), or
-        None when there is nothing to cancel: no such job, or it finished.
+        None when there is nothing to cancel: no such job, it finished, or its
+        record is not a hash (something other than sandboxq wrote it: remove it).
         Audited with ``reason``, by ``by`` (default the OS user)."""
         if reason is not None and not isinstance(reason, str):
             raise TypeError(f"reason must be a str, not {type(reason).__name__}")

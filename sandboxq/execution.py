@@ -35,6 +35,10 @@ OUTCOMES = frozenset({COMPLETED, FAILED, UNRECOVERABLE, RETRY, RATE_LIMITED})
 #: started it): finish.lua settles it as cancelled. Only the parent sends it;
 #: a child's done frame cannot (it is not in OUTCOMES).
 CANCELLED = "cancelled"
+#: The worker parent never started the job (no handler for its name there,
+#: say) and puts it back, after the entry's delay, with no attempt spent
+#: whatever its options (finish.lua). Only the parent sends it, as CANCELLED.
+UNSTARTED = "unstarted"
 
 #: How long the tasks an async handler left running get to end once cancelled.
 LEFTOVER_TASKS_SECONDS = 1.0

@@ -16,8 +16,9 @@
 --
 -- Returns "cancelled", "cancelling" (active: its worker will stop it; also
 -- when it was asked before), "finished:<state>" when there is nothing to
--- cancel (completed, failed, cancelled), or "missing" when there is no such
--- job. Nothing is written (nor audited) in the last two cases.
+-- cancel (completed, failed, cancelled), "missing" when there is no such
+-- job, or "corrupt" when its key holds something other than a hash (remove
+-- it instead). Nothing is written (nor audited) in the last three cases.
 --!include common
 --!include retention
 --!include flow
@@ -25,7 +26,9 @@
 local prefix, maxlen, id, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local by, reason = ARGV[5], clip(ARGV[6], EVENT_TEXT_BYTES)
 local job_key = prefix .. 'job:' .. id
-if redis.call('EXISTS', job_key) == 0 then return 'missing' end
+local kind = job_type(job_key)
+if kind == 'none' then return 'missing' end
+if kind ~= 'hash' then return 'corrupt' end
 claim_cancelled_key(KEYS[5], KEYS[8])
 local why = ''
 if reason ~= '' then why = ': ' .. reason end

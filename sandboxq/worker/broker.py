@@ -208,7 +208,10 @@ class Broker:
         self.reports: dict[str, list[tuple[str, str, str]]] = {q: [] for q in queues}
         #: Durable steps children wait on: (job id, key, result JSON).
         self.steps: dict[str, list[tuple[str, str, str]]] = {q: [] for q in queues}
+        #: Jobs to hand back (release.lua), per queue: those that never ran,
+        #: and those that may have run (a forced shutdown interrupted them).
         self.releases: dict[str, list[str]] = {q: [] for q in queues}
+        self.interrupted: dict[str, list[str]] = {q: [] for q in queues}
         self.leased: dict[str, set[str]] = {q: set() for q in queues}
         #: Per queue, the highest fetch request whose reply never came: the
         #: next step reclaims what it may have leased.
@@ -268,6 +271,7 @@ class Broker:
             or any(self.reports.values())
             or any(self.steps.values())
             or any(self.releases.values())
+            or any(self.interrupted.values())
             or bool(self._schedule_reads)
             or bool(self._schedule_fires)
         )
@@ -333,9 +337,12 @@ class Broker:
         self.steps[queue].append((job_id, key, result))
         self._note_pending()
 
-    def hand_back(self, queue: str, job_id: str) -> None:
-        """Give a leased job back to its queue in the next step (release.lua)."""
-        self.releases[queue].append(job_id)
+    def hand_back(self, queue: str, job_id: str, *, ran: bool = False) -> None:
+        """Give a leased job back to its queue in the next step (release.lua).
+        ``ran``: it may have run (a forced shutdown interrupted it), so a
+        manual_retry_only job fails instead; one that never ran goes back
+        with nothing spent, whatever its options."""
+        (self.interrupted if ran else self.releases)[queue].append(job_id)
         self._note_pending()
         if any(started == job_id for started, _ms in self.starts[queue]):
             self.starts[queue] = [s for s in self.starts[queue] if s[0] != job_id]
@@ -551,10 +558,11 @@ class Broker:
                 plan.append(_Command("report", queue, reports))
             if self.finishes[queue] or self.starts[queue]:
                 self._queue_finish(queue, now, pipe, plan, settle=True)
-            if releases := self.releases[queue]:
-                self.releases[queue] = []
-                self.scripts.release(k, self.token, releases, now, pipe)
-                plan.append(_Command("release", queue, releases))
+            unstarted, interrupted = self.releases[queue], self.interrupted[queue]
+            if unstarted or interrupted:
+                self.releases[queue], self.interrupted[queue] = [], []
+                self.scripts.release(k, self.token, unstarted, interrupted, now, pipe)
+                plan.append(_Command("release", queue, (unstarted, interrupted)))
             if queue in self.unsure:
                 known = list(self.leased[queue])
                 self.scripts.reclaim(k, now, self.token, self.unsure[queue], known, pipe)
@@ -654,8 +662,10 @@ class Broker:
             self.steps[queue][:0] = command.sent
             self._note_pending(len(command.sent))
         elif kind == "release":
-            self.releases[queue][:0] = command.sent
-            self._note_pending(len(command.sent))
+            unstarted, interrupted = command.sent
+            self.releases[queue][:0] = unstarted
+            self.interrupted[queue][:0] = interrupted
+            self._note_pending(len(unstarted) + len(interrupted))
         elif kind == "fetch" and not isinstance(error, redis.exceptions.NoScriptError):
             self.unsure[queue] = max(command.sent, self.unsure.get(queue, 0))
         elif kind == "renew":
@@ -692,7 +702,8 @@ class Broker:
             for (job_id, key, _result), status in zip(command.sent, reply, strict=True):
                 result.stepped.append((queue, job_id, key, status.decode()))
         elif kind == "release":
-            self.leased[queue].difference_update(command.sent)
+            for ids in command.sent:
+                self.leased[queue].difference_update(ids)
             if released := decode_ids(reply):
                 result.released.append((queue, released))
         elif kind == "reclaim":
@@ -755,7 +766,7 @@ class Broker:
                 result.unsupported = str(exc)
 
     def _take(self, queue: str, reply: Any, result: StepResult, next_due: list[int]) -> None:
-        rows, due, limited, has_limits = reply
+        rows, due, limited, has_limits, _problem = reply
         if has_limits:
             self.limited_queues.add(queue)
         else:

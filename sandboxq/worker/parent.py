@@ -1189,7 +1189,9 @@ class Worker:
         for child in busy:
             for job in (child.job, *child.queued):
                 if job is not None and job.job_id not in child.dropping:
-                    self.broker.hand_back(job.queue, job.job_id)
+                    # The child may have started it (a queued one too, since
+                    # it last said so): it may have run.
+                    self.broker.hand_back(job.queue, job.job_id, ran=True)
             child.job = None
             child.queued.clear()
             self.pool.kill(child)
@@ -1198,7 +1200,8 @@ class Worker:
     def _give_up_on_redis(self) -> None:
         """Stopping while Redis does not answer: what is still pending can
         only come back through the leases."""
-        left = [job_id for ids in self.broker.releases.values() for job_id in ids]
+        handing_back = (*self.broker.releases.values(), *self.broker.interrupted.values())
+        left = [job_id for ids in handing_back for job_id in ids]
         logs.event(
             "could not reach Redis before stopping: jobs not handed back and results "
             "not recorded run again once their leases lapse",
