@@ -1513,6 +1513,13 @@ JUNK = [
     b"0x10",
 ]
 
+
+def junk_id(value: Any) -> str:
+    """A short test id for a junk value."""
+    text = repr(value)
+    return text if len(text) <= 16 else text[:12] + "..."
+
+
 #: The job-hash fields a script reads (numbers, then the others).
 JOB_FIELDS = [
     "attempts",
@@ -1610,7 +1617,7 @@ def visit_every_script(q: Queue, job_ids: list[str], now: int) -> None:
     q.scripts.drain(q.keys, True, now=now + 10**9)
 
 
-@pytest.mark.parametrize("junk", JUNK, ids=repr)
+@pytest.mark.parametrize("junk", JUNK, ids=junk_id)
 @pytest.mark.parametrize("field", JOB_FIELDS)
 def test_junk_in_a_job_field_fails_no_fetch_or_finish_and_spares_the_batch(
     queue: Queue, field: str, junk: bytes
@@ -1885,7 +1892,7 @@ def fetch_reply(q: Queue, now: int = NOW, count: int = 10) -> tuple[list[str], s
         # Usable: 16, and a time with a fraction of a millisecond
         if junk != b"0x10" and (field, junk) != ("rl_until", b"1.5")
     ],
-    ids=repr,
+    ids=junk_id,
 )
 def test_a_setting_that_is_no_usable_number_makes_fetch_lease_nothing_and_say_so(
     queue: Queue, field: str, junk: bytes
@@ -1981,7 +1988,7 @@ def test_fetch_repeats_the_bounds_of_options() -> None:
     }
 
 
-@pytest.mark.parametrize("junk", JUNK, ids=repr)
+@pytest.mark.parametrize("junk", JUNK, ids=junk_id)
 def test_junk_in_the_queue_bookkeeping_fails_no_script(queue: Queue, junk: bytes) -> None:
     # Given junk in the counters and marks the scripts keep for a queue
     grouped, plain = add(queue, spec(group="g"), spec())
