@@ -55,7 +55,7 @@ def lease_all(queue: Queue, batch: int) -> list[tuple[str, dict[str, Any]]]:
     does, until none is left; returns the leased ``(id, fields)``."""
     leased: list[tuple[str, dict[str, Any]]] = []
     for request in range(1, JOBS + 2):
-        rows, _next_check, _limited, _has_limits = queue.scripts.fetch(
+        rows, _next_check, _limited, _has_limits, _problem = queue.scripts.fetch(
             queue.keys, now_ms(), batch, TOKEN, LEASE_MS, request=request
         )
         if not rows:

@@ -24,6 +24,7 @@ import redis
 from sandboxq import logs
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.job import STATES
+from sandboxq.options import rate_limit_fields
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
@@ -61,7 +62,12 @@ def parse_rate(text: str) -> tuple[int, float]:
     unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(3) or "s"]
     if amount * unit <= 0:
         raise argparse.ArgumentTypeError(f"the period of {text!r} must be > 0")
-    return int(match.group(1)), amount * unit
+    rate = int(match.group(1)), amount * unit
+    try:
+        rate_limit_fields("rl", *rate)  # the bounds Queue.set_rate_limit checks
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return rate
 
 
 def positive_seconds(text: str) -> float:

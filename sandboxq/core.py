@@ -19,11 +19,12 @@ from sandboxq.keys import JOB_SETS, QueueKeys, validate_name
 from sandboxq.ops import PLAN, Op, cmd
 from sandboxq.options import (
     JOB_OPTION_NAMES,
+    MAX_CONCURRENCY,
     JobOptions,
+    aging_ms,
     ms,
     positive_int,
     rate_limit_fields,
-    seconds,
 )
 from sandboxq.schedule import Schedule
 from sandboxq.scripts import STEP_LIMIT, now_ms
@@ -498,7 +499,8 @@ class QueueCore(Generic[J]):
         """Cancel a job for good (never retried). Returns ``"cancelled"`` if
         it was waiting, delayed or waiting for its children, ``"cancelling"``
         if it is active (the worker holding it stops it within a second), or
-        None when there is nothing to cancel: no such job, or it finished.
+        None when there is nothing to cancel: no such job, it finished, or its
+        record is not a hash (something other than sandboxq wrote it: remove it).
         Audited with ``reason``, by ``by`` (default the OS user).
 
         A flow parent's unfinished children (and theirs, down the flow, in
@@ -582,7 +584,9 @@ class QueueCore(Generic[J]):
     # -- flow control --------------------------------------------------------
     def _set_rate_limit(self, max_jobs: int | None, per_seconds: float | None = None) -> Op[None]:
         """At most ``max_jobs`` starts of this queue's jobs in any window of
-        ``per_seconds``, across every worker. ``None`` clears the limit."""
+        ``per_seconds``, across every worker. ``None`` clears the limit.
+        ``max_jobs`` is at most ``options.MAX_RATE_LIMIT_JOBS`` (a billion),
+        ``per_seconds`` at most 100 years."""
         yield PLAN.configure(self.keys, rate_limit_fields("rl", max_jobs, per_seconds))
 
     def _set_group_rate_limit(
@@ -592,24 +596,21 @@ class QueueCore(Generic[J]):
         yield PLAN.configure(self.keys, rate_limit_fields("grl", max_jobs, per_seconds))
 
     def _set_concurrency(self, max_active: int | None) -> Op[None]:
-        """At most ``max_active`` jobs of this queue active across all workers."""
-        yield PLAN.configure(self.keys, {"concurrency": positive_int("concurrency", max_active)})
+        """At most ``max_active`` jobs of this queue active across all workers
+        (at most ``options.MAX_CONCURRENCY``, a million)."""
+        setting = positive_int("concurrency", max_active, MAX_CONCURRENCY)
+        yield PLAN.configure(self.keys, {"concurrency": setting})
 
     def _set_group_concurrency(self, max_active: int | None) -> Op[None]:
         """At most ``max_active`` active jobs per group."""
-        setting = positive_int("group concurrency", max_active)
+        setting = positive_int("group concurrency", max_active, MAX_CONCURRENCY)
         yield PLAN.configure(self.keys, {"gconcurrency": setting})
 
     def _set_priority_aging(self, seconds_per_level: float | None) -> Op[None]:
         """Opt in to priority aging: a waiting job's effective priority improves
-        by one level per ``seconds_per_level`` it waits, so low priorities
-        cannot starve. ``None``: strict priority (the default)."""
-        aging = None
-        if seconds_per_level is not None:
-            if seconds("seconds_per_level", seconds_per_level) == 0:
-                raise ValueError("seconds_per_level must be > 0 (None for strict priority)")
-            aging = max(ms(seconds_per_level), 1)
-        yield PLAN.configure(self.keys, {"aging_ms": aging})
+        by one level per ``seconds_per_level`` it waits (at most 30 days), so
+        low priorities cannot starve. ``None``: strict priority (the default)."""
+        yield PLAN.configure(self.keys, {"aging_ms": aging_ms(seconds_per_level)})
 
     def _limits(self) -> Op[dict[str, Any]]:
         """The flow-control settings in force (seconds; None when unset)."""

@@ -35,6 +35,10 @@ OUTCOMES = frozenset({COMPLETED, FAILED, UNRECOVERABLE, RETRY, RATE_LIMITED})
 #: started it): finish.lua settles it as cancelled. Only the parent sends it;
 #: a child's done frame cannot (it is not in OUTCOMES).
 CANCELLED = "cancelled"
+#: The worker parent never started the job (no handler for its name there,
+#: say) and puts it back, after the entry's delay, with no attempt spent
+#: whatever its options (finish.lua). Only the parent sends it, as CANCELLED.
+UNSTARTED = "unstarted"
 
 #: How long the tasks an async handler left running get to end once cancelled.
 LEFTOVER_TASKS_SECONDS = 1.0
@@ -234,14 +238,21 @@ def record_problem(fields: dict[str, Any]) -> str | None:
 def finish_entry(job_id: str, fields: dict[str, Any], outcome: Outcome) -> list[Any]:
     """The finish script's 6 values for this job: the retry delay comes from
     the handler (RETRY) or the job's backoff policy (FAILED); the lease
-    number (fetch.lua) lets finish.lua recognize a finish sent twice."""
+    number (fetch.lua) lets finish.lua recognize a finish sent twice.
+    Whatever the job's stored fields hold, this returns an entry: a stored
+    backoff that cannot be used fails the job for good, saying why."""
     lease = fields.get("leases", "")
     delay = outcome.delay
     if outcome.kind == FAILED and fields.get("backoff"):
         try:
             backoff = Backoff.parse(load_json(fields["backoff"]))
         except (TypeError, ValueError) as exc:  # written by something other than sandboxq
-            message = f"{outcome.value} (not retried: its stored backoff is invalid: {exc})"
+            message = clip_text(
+                f"{outcome.value} (not retried: its stored backoff is invalid: {exc})",
+                MAX_ERROR_BYTES,
+            )
             return [job_id, UNRECOVERABLE, message, outcome.traceback, 0, lease]
-        delay = backoff.delay_for(fields.get("attempts_made", 0) + 1)
+        made = fields.get("attempts_made")
+        made = made if isinstance(made, int) and not isinstance(made, bool) else 0
+        delay = backoff.delay_for(made + 1)
     return [job_id, outcome.kind, outcome.value, outcome.traceback, ms(delay), lease]

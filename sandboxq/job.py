@@ -49,9 +49,8 @@ class JobRecord:
         attempts: Attempts the job may use.
         attempts_made: Attempts that ended (failed, or crashed).
         stalls: Times its worker died while running it.
-        retries: Times it was put back to run again without spending an
-            attempt: its handler raised ``Retry``, or a worker had no
-            handler for its name.
+        retries: Times its handler raised ``Retry`` (they spend no
+            attempt).
         timeout: The timeout it was added with (seconds), or None.
         created_at: When it was added.
         started_at: When its current (or final) attempt started.

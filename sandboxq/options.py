@@ -32,6 +32,55 @@ MIN_TIMEOUT_SECONDS = 0.001
 #: doubling once it reaches its cap.
 MAX_ATTEMPTS = 2**31 - 1
 
+# The bounds below are those of every other number the API stores in Redis.
+# Each is read back by the worker (Python, whose limits mirror int64 in
+# sandboxq/_fast.pyx) and by the Lua scripts (numbers are doubles there,
+# exact below 2**53): a stored number beyond its bound is refused at the
+# call, with a ValueError naming it, and nothing is written. fetch.lua
+# repeats the bounds of the queue settings (a test checks they agree) and
+# reports a stored value beyond them instead of using it.
+
+#: The shortest backoff delay (and backoff max) other than 0 (retry at
+#: once): 1 ms. Retry delays are stored in whole milliseconds, and a
+#: smaller delay doubled would take thousands of attempts to reach any cap.
+MIN_BACKOFF_SECONDS = 0.001
+
+#: The most starts a rate limit (the queue's or each group's) may allow in
+#: its window. The limiter logs each start still in the window (in Redis,
+#: and mirrored in each worker), so a bigger limit could not bind before
+#: that log outgrew Redis's memory; a billion keeps every count exact in
+#: Lua and far inside int64.
+MAX_RATE_LIMIT_JOBS = 10**9
+
+#: The most jobs a concurrency limit (the queue's or each group's) may let
+#: be active at once. Each active job runs in a child process of some
+#: worker: no fleet runs a million, and a cap above the fleet is no cap
+#: (None clears it).
+MAX_CONCURRENCY = 10**6
+
+#: The longest step of priority aging, in seconds per priority level: 30
+#: days. A waiting job's score is then priority * aging_ms + the time (ms)
+#: it started waiting (lua/include/common.lua); with |priority| below
+#: PRIORITY_LIMIT (2**20) and times before the year 2248 (2**43 ms) it
+#: stays below 2**53, exact in Lua, so aging never reorders jobs by rounding.
+MAX_AGING_SECONDS = 30 * 24 * 3600.0
+
+#: The most finished jobs a retention count (keep_completed, keep_failed)
+#: may keep. Redis could not hold more (a billion jobs of a KiB each is a
+#: terabyte), so a bigger count is no bound at all (``True`` keeps every
+#: job); counts stay exact in Lua and inside int64.
+MAX_RETENTION_COUNT = 10**9
+
+#: The most occurrences a schedule's ``limit`` may ask for: one a second
+#: for 31 years (None: no limit). The count of occurrences so far stays
+#: exact in Lua and inside int64.
+MAX_SCHEDULE_LIMIT = 10**9
+
+#: The latest time a schedule may start or end: the last second of the year
+#: 9999, the last one Python's datetime (which works out the occurrences)
+#: can hold; in milliseconds, far below 2**53.
+MAX_EPOCH_SECONDS = 253_402_300_799
+
 #: Options ``Queue.add`` and ``add_bulk`` accept, besides name and data.
 JOB_OPTION_NAMES = frozenset(
     {
@@ -56,7 +105,8 @@ class Backoff:
     ``fixed``: always ``delay`` seconds. ``exponential``: ``delay * 2**(n-1)``
     after the n-th failed attempt, capped at ``max_delay``; ``jitter`` (0..1)
     takes up to that fraction off at random, so retries of many jobs that
-    failed together spread out.
+    failed together spread out. ``delay`` and ``max_delay`` are 0 (retry at
+    once) or from 1 ms to 100 years.
     """
 
     kind: str = "fixed"
@@ -82,7 +132,10 @@ class Backoff:
     @classmethod
     def parse(cls, spec: Any) -> Backoff:
         """Accept a number of seconds (fixed), a dict ``{"type", "delay",
-        "jitter", "max"}``, or a :class:`Backoff`."""
+        "jitter", "max"}``, or a :class:`Backoff`. ``delay`` and ``max`` are
+        0 or from MIN_BACKOFF_SECONDS (1 ms) to MAX_SECONDS. Raises
+        ``TypeError`` or ``ValueError`` (only those) for anything else,
+        e.g. a stored value something other than sandboxq wrote."""
         if isinstance(spec, Backoff):
             return spec
         if isinstance(spec, bool):
@@ -98,12 +151,16 @@ class Backoff:
                 f"unknown backoff spec {spec!r}: type must be 'fixed' or "
                 "'exponential', keys among type, delay, jitter, max"
             )
-        delay = seconds("backoff delay", spec.get("delay", 0.0))
-        jitter = float(spec.get("jitter") or 0.0)
-        if not 0.0 <= jitter <= 1.0:
-            raise ValueError(f"backoff jitter must be between 0 and 1, got {jitter}")
+        delay = _backoff_seconds("backoff delay", spec.get("delay", 0.0))
+        raw_jitter = spec.get("jitter") or 0.0
+        try:
+            jitter = float(raw_jitter)
+        except (TypeError, ValueError, OverflowError):
+            jitter = math.nan
+        if not 0.0 <= jitter <= 1.0:  # NaN fails this too
+            raise ValueError(f"backoff jitter must be between 0 and 1, got {raw_jitter!r}")
         cap = spec.get("max")
-        max_delay = None if cap is None else seconds("backoff max", cap)
+        max_delay = None if cap is None else _backoff_seconds("backoff max", cap)
         return cls(kind, delay, jitter, max_delay)
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,24 +173,30 @@ class Backoff:
         }
 
     def delay_for(self, failed_attempts: int, rand: float | None = None) -> float:
-        """Seconds to wait after the ``failed_attempts``-th failure (1-based)."""
-        cap = MAX_SECONDS if self.max_delay is None else self.max_delay
-        delay = min(self.delay, cap)
-        doublings = max(failed_attempts - 1, 0)
+        """Seconds to wait after the ``failed_attempts``-th failure (1-based):
+        a finite number from 0 to MAX_SECONDS, whatever the count (0 or
+        negative counts as 1) and ``rand`` (the jitter's draw, clamped to
+        0..1; default random)."""
+        cap = _clamped_seconds(MAX_SECONDS if self.max_delay is None else self.max_delay)
+        delay = min(_clamped_seconds(self.delay), cap)
         if self.kind == "exponential" and 0 < delay < cap:
-            # Compare exponents before computing the power: 2.0 ** n overflows
-            # past n = 1023, and the cap is reached long before that.
-            over = doublings >= math.log2(cap / delay)
-            delay = cap if over else min(math.ldexp(delay, doublings), cap)
+            # A delay of at least 1 ms reaches a cap of at most MAX_SECONDS
+            # within 42 doublings; more would only overflow (ldexp raises
+            # past 2**1023).
+            doublings = min(max(failed_attempts - 1, 0), _MAX_DOUBLINGS)
+            delay = min(math.ldexp(delay, doublings), cap)
         if self.jitter:
-            delay *= 1.0 - self.jitter * (random.random() if rand is None else rand)
-        return delay
+            draw = random.random() if rand is None else rand
+            jitter = min(max(self.jitter, 0.0), 1.0)
+            delay *= 1.0 - jitter * min(max(draw, 0.0), 1.0)
+        return _clamped_seconds(delay)
 
 
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """How many finished jobs to keep: at most ``count`` and none older than
-    ``age`` seconds. ``None`` means no bound; ``Retention(count=0)`` removes a
+    """How many finished jobs to keep: at most ``count`` (up to
+    MAX_RETENTION_COUNT, a billion) and none older than ``age`` seconds (up
+    to 100 years). ``None`` means no bound; ``Retention(count=0)`` removes a
     job as soon as it finishes."""
 
     count: int | None = None
@@ -158,21 +221,47 @@ class Retention:
             )
         count, age = spec.get("count"), spec.get("age")
         if count is not None and (
-            not isinstance(count, int) or isinstance(count, bool) or count < 0
+            not isinstance(count, int)
+            or isinstance(count, bool)
+            or not 0 <= count <= MAX_RETENTION_COUNT
         ):
-            raise ValueError(f"{what} count must be an int >= 0, got {count!r}")
+            raise ValueError(
+                f"{what} count must be an int from 0 to {MAX_RETENTION_COUNT} "
+                f"(True keeps every job), got {count!r}"
+            )
         return cls(count, None if age is None else seconds(f"{what} age", age))
+
+
+#: Doublings that take the shortest backoff delay past the longest cap
+#: (MIN_BACKOFF_SECONDS * 2**42 > MAX_SECONDS), with room to spare.
+_MAX_DOUBLINGS = 64
+
+
+def _clamped_seconds(value: float) -> float:
+    """``value`` within 0..MAX_SECONDS; NaN as 0."""
+    return min(max(value, 0.0), MAX_SECONDS) if value == value else 0.0
+
+
+def _backoff_seconds(what: str, value: Any) -> float:
+    """A backoff delay: 0 (at once) or from MIN_BACKOFF_SECONDS to MAX_SECONDS."""
+    delay = seconds(what, value)
+    if 0 < delay < MIN_BACKOFF_SECONDS:
+        raise ValueError(
+            f"{what} must be 0 or at least {MIN_BACKOFF_SECONDS} seconds (1 ms), got {value!r}"
+        )
+    return delay
 
 
 def seconds(what: str, value: Any) -> float:
     """A duration option: a real number of seconds from 0 to MAX_SECONDS."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    if math.isnan(value):
+    # The checks compare before converting: an int may be too big for a float.
+    if value != value:
         raise ValueError(f"{what} must be a number of seconds, got nan")
     if value < 0:
         raise ValueError(f"{what} must be >= 0 seconds, got {value}")
-    if math.isinf(value):
+    if value == math.inf:
         raise ValueError(f"{what} must be a finite number of seconds, got {value}")
     if value > MAX_SECONDS:
         raise ValueError(
@@ -298,23 +387,41 @@ def _flag(what: str, value: Any) -> bool:
     return value
 
 
-def positive_int(what: str, value: Any) -> int | None:
+def positive_int(what: str, value: Any, maximum: int) -> int | None:
+    """A count setting: None (clear it) or an int from 1 to ``maximum``."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be an int >= 1 (None to clear), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ValueError(
+            f"{what} must be an int from 1 to {maximum} (None to clear), got {value!r}"
+        )
     return value
 
 
 def rate_limit_fields(
     prefix: str, max_jobs: int | None, per_seconds: float | None
 ) -> dict[str, Any]:
-    """Meta fields of a rate limit: ``max_jobs`` per ``per_seconds`` (or clear)."""
+    """Meta fields of a rate limit: ``max_jobs`` (at most MAX_RATE_LIMIT_JOBS)
+    per ``per_seconds`` (more than 0, at most MAX_SECONDS), or clear it."""
     if max_jobs is None:
         return {f"{prefix}_max": None, f"{prefix}_window_ms": None}
+    jobs = positive_int("max_jobs", max_jobs, MAX_RATE_LIMIT_JOBS)
     if per_seconds is None or seconds("per_seconds", per_seconds) == 0:
         raise ValueError(f"a rate limit needs per_seconds > 0, got {per_seconds!r}")
-    return {
-        f"{prefix}_max": positive_int("max_jobs", max_jobs),
-        f"{prefix}_window_ms": max(ms(per_seconds), 1),
-    }
+    return {f"{prefix}_max": jobs, f"{prefix}_window_ms": max(ms(per_seconds), 1)}
+
+
+def aging_ms(seconds_per_level: Any) -> int | None:
+    """The meta field of priority aging: None (strict priority), or more than
+    0 and at most MAX_AGING_SECONDS seconds per level, in ms (at least 1)."""
+    if seconds_per_level is None:
+        return None
+    step = seconds("seconds_per_level", seconds_per_level)
+    if step == 0:
+        raise ValueError("seconds_per_level must be > 0 (None for strict priority)")
+    if step > MAX_AGING_SECONDS:
+        raise ValueError(
+            f"seconds_per_level must be at most {MAX_AGING_SECONDS:.0f} (30 days), "
+            f"got {seconds_per_level!r}"
+        )
+    return max(ms(step), 1)

@@ -15,7 +15,6 @@ hand-written parser would get wrong.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,14 @@ from croniter import croniter
 
 from sandboxq import payload
 from sandboxq.keys import validate_name
-from sandboxq.options import JobOptions, ms
+from sandboxq.options import (
+    MAX_EPOCH_SECONDS,
+    MAX_SCHEDULE_LIMIT,
+    MAX_SECONDS,
+    JobOptions,
+    ms,
+    seconds,
+)
 
 if TYPE_CHECKING:
     from sandboxq.keys import QueueKeys
@@ -91,14 +97,18 @@ class Schedule:
             raise ValueError(f"bad cron expression {cron!r}")
         every_ms = None
         if every is not None:
-            if (
-                isinstance(every, bool)
-                or not isinstance(every, (int, float))
-                or not math.isfinite(every)
-                or every <= 0
-            ):
+            if isinstance(every, bool) or not isinstance(every, (int, float)):
                 raise ValueError(f"every must be a positive number of seconds, got {every!r}")
-            every_ms = max(ms(every), 1)
+            try:
+                interval = seconds("every", every)
+            except ValueError:
+                interval = 0.0
+            if interval <= 0:
+                raise ValueError(
+                    f"every must be a positive number of seconds, at most {MAX_SECONDS:.0f} "
+                    f"(100 years), got {every!r}"
+                )
+            every_ms = max(ms(interval), 1)
         try:
             ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError, TypeError):
@@ -108,9 +118,14 @@ class Schedule:
                 f"misfire must be one of {', '.join(MISFIRE_POLICIES)}, got {misfire!r}"
             )
         if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= MAX_SCHEDULE_LIMIT
         ):
-            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+            raise ValueError(
+                f"limit must be an int from 1 to {MAX_SCHEDULE_LIMIT} (None: no limit), "
+                f"got {limit!r}"
+            )
         start_ms, end_ms = _epoch_ms("start_at", start_at), _epoch_ms("end_at", end_at)
         if start_ms is not None and end_ms is not None and end_ms <= start_ms:
             raise ValueError("end_at must be after start_at")
@@ -169,15 +184,23 @@ class Schedule:
 
 
 def _epoch_ms(what: str, value: Any) -> int | None:
+    """A time as epoch ms: from 1970 to the end of the year 9999."""
     if value is None:
         return None
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError(f"{what} must be timezone-aware")
-        return int(value.timestamp() * 1000)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        epoch = value.timestamp()
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a datetime or epoch seconds, got {value!r}")
-    return int(value * 1000)
+    else:
+        epoch = value
+    if not 0 <= epoch <= MAX_EPOCH_SECONDS:  # NaN fails this too
+        raise ValueError(
+            f"{what} must be from 0 to {MAX_EPOCH_SECONDS} epoch seconds "
+            f"(1970 to the end of 9999), got {value!r}"
+        )
+    return int(epoch * 1000)
 
 
 def plan_occurrences(

@@ -211,7 +211,9 @@ class Scripts:
         request: int | None = None,
         start_now: int | None = None,
     ) -> Any:
-        """Lease up to ``count`` jobs. Returns ``[rows, next_check_ms, limited]`` (see fetch.lua);
+        """Lease up to ``count`` jobs. Returns ``[rows, next_check_ms, limited,
+        has_limits, problem]`` (see fetch.lua): ``problem`` is ``b""``, or names
+        a queue setting the worker cannot use (then nothing was leased);
         :func:`sandboxq.fast.decode_fetched` turns the rows into job records.
         ``request`` numbers the worker's fetches, for :meth:`reclaim`. Only
         the first ``start_now`` jobs (default: all) start now; the rest are
@@ -334,15 +336,27 @@ class Scripts:
         self,
         k: QueueKeys,
         token: str,
-        job_ids: Sequence[str],
+        unstarted: Sequence[str],
+        interrupted: Sequence[str],
         now: int | None = None,
         pipe: redis.client.Pipeline | None = None,
     ) -> Any:
-        """Hand leased jobs back (the ids released, raw when ``pipe`` is given)."""
+        """Hand leased jobs back: ``unstarted`` never ran (they go back with
+        nothing spent, whatever their options), ``interrupted`` may have run
+        (a manual_retry_only one fails instead). Returns the ids handed back
+        to waiting (raw when ``pipe`` is given); see release.lua."""
         return self._run(
             "release",
             [k.active, k.wait, k.events, k.marker, k.cancelled, k.cancel_requests],
-            [k.prefix, token, self.events_maxlen, now_ms() if now is None else now, *job_ids],
+            [
+                k.prefix,
+                token,
+                self.events_maxlen,
+                now_ms() if now is None else now,
+                len(unstarted),
+                *unstarted,
+                *interrupted,
+            ],
             pipe,
             decode_ids,
         )
@@ -431,7 +445,8 @@ class Scripts:
     ) -> Any:
         """Cancel one job, and (unless ``keep_children``) a flow parent's
         unfinished children: "cancelled", "cancelling" (active),
-        "finished:<state>" or "missing" (nothing to cancel; see cancel.lua)."""
+        "finished:<state>", "missing" or "corrupt" (nothing to cancel; see
+        cancel.lua)."""
         return self._run(
             "cancel",
             [

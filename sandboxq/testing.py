@@ -65,6 +65,10 @@ def run_until_empty(
     retries waiting out their backoff), move the clock on to when they are
     due and run them too, until nothing is left to run. A job that always
     asks to run again then runs for ever: bound it with ``max_jobs``.
+
+    Raises ``ValueError`` naming the setting when a queue setting cannot be
+    used (stored by something other than sandboxq): a worker would pause
+    the queue.
     """
     by_name = handlers_for(queue.name, handlers)
     token = f"inline-{uuid.uuid4().hex}"
@@ -72,7 +76,14 @@ def run_until_empty(
     done = 0
     while max_jobs is None or done < max_jobs:
         count = batch if max_jobs is None else min(batch, max_jobs - done)
-        rows, *_ = queue.scripts.fetch(queue.keys, now_ms(), count, token, _LEASE_MS)
+        rows, _due, _limited, _has_limits, problem = queue.scripts.fetch(
+            queue.keys, now_ms(), count, token, _LEASE_MS
+        )
+        if problem:
+            # A worker would pause this queue; a test wants to hear why at once.
+            raise ValueError(
+                f"queue {queue.name!r} cannot run its jobs: {problem.decode(errors='replace')}"
+            )
         if not rows:
             if skip_delays and _promote_delayed(queue):
                 continue

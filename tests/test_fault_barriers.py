@@ -24,6 +24,7 @@ from tests.worker_harness import (
     job_field,
     wait_for_job,
     wait_for_jobs,
+    wait_until,
 )
 
 StartWorker = Callable[..., WorkerProcess]
@@ -360,3 +361,67 @@ def test_a_task_that_ignores_cancellation_retires_its_child(
     assert "ignored their cancellation" in line.string
     worker.wait_pool_size(1, timeout=10)
     assert worker.stop() == 0
+
+
+# -- nothing spends a job that never ran -------------------------------------------
+def manual_jobs(queue: Queue, name: str, data: object, count: int) -> list[str]:
+    return [queue.add(name, data, manual_retry_only=True).id for _ in range(count)]
+
+
+def test_a_drain_hands_back_prefetched_manual_retry_only_jobs_unspent(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given one child busy with short manual_retry_only jobs, so the parent
+    # leases a few ahead of it
+    worker = start_worker(procs=1, modules=MODULES)
+    warm = manual_jobs(queue, "sleep", 0.005, 20)
+    wait_for_jobs(queue, warm, ("completed",))
+    jobs = manual_jobs(queue, "sleep", 0.02, 200)
+    wait_until(lambda: queue.counts()["completed"] >= 60, 30, "the worker well into the jobs")
+
+    # When the worker drains (a deploy)
+    assert worker.stop() == 0
+
+    # Then no job failed: those that did not run are waiting, nothing spent
+    counts = queue.counts()
+    assert counts["failed"] == 0 and counts["active"] == 0, counts
+    waiting = [j for j in (queue.get_job(i) for i in jobs) if j and j.state == "waiting"]
+    assert waiting, "the drain came after every job ran"
+    assert all(j.attempts_made == 0 and j.started_at is None for j in waiting)
+
+
+def test_a_manual_retry_only_job_handed_back_behind_a_slow_one_is_not_spent(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given one child that warms up on short jobs, then meets a slow one with
+    # short manual_retry_only jobs behind it, leased ahead
+    start_worker(procs=1, modules=MODULES)
+    wait_for_jobs(queue, manual_jobs(queue, "sleep", 0.005, 20), ("completed",))
+    slow = queue.add("sleep", 2.0).id
+    behind = manual_jobs(queue, "sleep", 0.005, 10)
+
+    # When the slow one runs past the prefetched jobs' wait (0.5 s)
+    done = wait_for_jobs(queue, [slow, *behind], ("completed", "failed"), timeout=30)
+
+    # Then the jobs behind it went back and ran later: none failed
+    assert [j.state for j in done.values()] == ["completed"] * 11
+    assert all(done[i].attempts_made == 1 for i in behind)
+
+
+def test_a_manual_retry_only_job_no_worker_knows_waits_for_one(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given a worker that has no handler for a manual_retry_only job
+    old = start_worker(procs=1)  # tests.jobs: no "oom_scores"
+    job = queue.add("oom_scores", manual_retry_only=True).id
+    old.wait_for_line(r"no handler for job 'oom_scores'", 15)
+
+    # Then it is handed back, nothing spent, rather than failed
+    handed_back = wait_for_job(queue, job, ("delayed", "waiting"), timeout=10)
+    assert handed_back.attempts_made == 0 and handed_back.error is None
+
+    # And a worker that knows it runs it
+    start_worker(procs=1, modules=MODULES)
+    done = wait_for_job(queue, job, timeout=30)
+    assert done.state == "completed", done.error
+    assert done.attempts_made == 1

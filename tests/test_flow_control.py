@@ -247,11 +247,11 @@ def test_clean_waiting_keeps_the_count_of_each_group_and_of_the_ungrouped(queue:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda q: q.set_rate_limit(0, 1), "max_jobs must be an int >= 1"),
+        (lambda q: q.set_rate_limit(0, 1), "max_jobs must be an int from 1"),
         (lambda q: q.set_rate_limit(5, 0), "per_seconds > 0"),
         (lambda q: q.set_rate_limit(5), "per_seconds > 0"),
-        (lambda q: q.set_concurrency(0), "concurrency must be an int >= 1"),
-        (lambda q: q.set_group_concurrency(-1), "group concurrency must be an int >= 1"),
+        (lambda q: q.set_concurrency(0), "concurrency must be an int from 1"),
+        (lambda q: q.set_group_concurrency(-1), "group concurrency must be an int from 1"),
         (lambda q: q.set_priority_aging(0), "seconds_per_level must be > 0"),
         (lambda q: q.add("j", group=""), "group must not be empty"),
         (lambda q: q.add("j", group="a{b}"), "must not contain"),

@@ -6,18 +6,31 @@ Time is whatever the test passes: ``NOW`` is an arbitrary millisecond clock.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.crc import key_slot
 
+import sandboxq
 from sandboxq import Queue, Retention
 from sandboxq.fast import decode_fetched, decode_job_mapping
-from sandboxq.options import DEFAULT_KEEP_COMPLETED
+from sandboxq.options import (
+    DEFAULT_KEEP_COMPLETED,
+    MAX_AGING_SECONDS,
+    MAX_CONCURRENCY,
+    MAX_RATE_LIMIT_JOBS,
+    MAX_SECONDS,
+    ms,
+)
 from sandboxq.payload import with_json_decoded
 from sandboxq.scripts import Scripts
+from tests.conftest import fresh_queue
 
 NOW = 1_000_000
 LEASE = 30_000
@@ -49,7 +62,10 @@ def add(q: Queue, *jobs: list[Any], now: int = NOW) -> list[str]:
 def fetch(
     q: Queue, now: int, count: int = 100, token: str = TOKEN, lease_ms: int = LEASE
 ) -> tuple[list[tuple[str, dict[str, Any]]], int]:
-    rows, next_due, _limited, _has_limits = q.scripts.fetch(q.keys, now, count, token, lease_ms)
+    rows, next_due, _limited, _has_limits, problem = q.scripts.fetch(
+        q.keys, now, count, token, lease_ms
+    )
+    assert problem == b""
     return [(i, with_json_decoded(f)) for i, f in decode_fetched(rows)], next_due
 
 
@@ -296,7 +312,7 @@ def test_prefetched_jobs_are_leased_but_start_when_finish_says_so(queue: Queue) 
     add(queue, spec(), spec(), spec())
 
     # When a worker with one free child fetches all three (two prefetched)
-    rows, _due, _limited, has_limits = queue.scripts.fetch(
+    rows, _due, _limited, has_limits, _problem = queue.scripts.fetch(
         queue.keys, NOW, 3, TOKEN, LEASE, start_now=1
     )
     leased = decode_fetched(rows)
@@ -568,6 +584,62 @@ def test_a_retry_outcome_reschedules_without_spending_an_attempt(queue: Queue) -
     assert fields(queue, job_id)["attempts_made"] == 1
 
 
+@pytest.mark.parametrize("manual_retry_only", ["0", "1"])
+def test_an_unstarted_job_waits_again_at_its_place_with_nothing_spent(
+    queue: Queue, manual_retry_only: str
+) -> None:
+    # Given a job that already had a run and a retry, then two more waiting behind it
+    job_id = leased_job(queue, attempts=3, manual_retry_only=manual_retry_only)
+    spoil(queue, job_id, "attempts_made", b"1")
+    spoil(queue, job_id, "retries", b"2")
+    behind = add(queue, spec(), spec())
+
+    # When its worker says it never started it (say, no handler there)
+    statuses = finish(queue, NOW + 5, outcome(job_id, "unstarted", "", delay_ms=0, lease=1))
+
+    # Then it waits again ahead of those behind it, no attempt or retry counted
+    assert statuses == ["unstarted"]
+    assert ids(queue, queue.keys.wait) == [job_id, *behind]
+    job = fields(queue, job_id)
+    assert (job["state"], job["attempts_made"], job["retries"]) == ("waiting", 1, 2)
+    assert "token" not in job and "started_at" not in job
+    assert events(queue, job_id)[-1] == ("waiting", {"from": "unstarted"})
+    assert queue.client.zcard(queue.keys.active) == 0
+    # And the same finish sent again is recognized
+    again = finish(queue, NOW + 6, outcome(job_id, "unstarted", "", lease=1))
+    assert again == ["settled:unstarted"]
+
+
+def test_an_unstarted_job_with_a_delay_waits_in_delayed(queue: Queue) -> None:
+    # Given a leased manual_retry_only job
+    job_id = leased_job(queue, manual_retry_only="1")
+
+    # When its worker puts it back unstarted for 5 s
+    assert finish(queue, NOW + 1, outcome(job_id, "unstarted", delay_ms=5000)) == ["unstarted"]
+
+    # Then it is delayed until then, nothing spent
+    assert members(queue, queue.keys.delayed) == [(job_id, NOW + 5001)]
+    job = fields(queue, job_id)
+    assert (job["state"], job["attempts_made"]) == ("delayed", 0)
+    assert events(queue, job_id)[-1] == ("delayed", {"delay_ms": "5000"})
+
+
+def test_an_unstarted_job_with_a_cancel_request_is_cancelled(queue: Queue) -> None:
+    # Given a leased job a person asked to cancel
+    job_id = leased_job(queue)
+    assert queue.scripts.cancel(queue.keys, job_id, "bob", "done", now=NOW + 1) == "cancelling"
+
+    # When its worker puts it back unstarted
+    statuses = finish(queue, NOW + 2, outcome(job_id, "unstarted", delay_ms=1000))
+
+    # Then it is cancelled instead, and it never ran
+    assert statuses == ["cancelled"]
+    job = fields(queue, job_id)
+    assert (job["state"], job["attempts_made"]) == ("cancelled", 0)
+    assert job["error"] == "cancelled by bob: done (never started)"
+    assert queue.client.zcard(queue.keys.delayed) == 0
+
+
 def test_finish_settles_a_batch_with_one_status_per_job(queue: Queue) -> None:
     # Given three leased jobs
     add(queue, spec(attempts=1), spec(attempts=2), spec(attempts=1))
@@ -782,7 +854,7 @@ def test_release_gives_jobs_back_at_their_place_without_counting_a_stall(
     assert fetch_ids(queue, NOW, 2) == [first, second]
 
     # When it releases them
-    released = queue.scripts.release(queue.keys, TOKEN, [first, second])
+    released = queue.scripts.release(queue.keys, TOKEN, [first], [second])
 
     # Then they wait again in their original order, with no stall or attempt counted
     assert released == [first, second]
@@ -799,12 +871,55 @@ def test_release_ignores_jobs_of_another_token(queue: Queue) -> None:
     job_id = leased_job(queue, token=OTHER)
 
     # When worker A tries to release it
-    released = queue.scripts.release(queue.keys, TOKEN, [job_id])
+    released = queue.scripts.release(queue.keys, TOKEN, [job_id], [])
 
     # Then nothing happens
     assert released == []
     assert ids(queue, queue.keys.active) == [job_id]
     assert fields(queue, job_id)["token"] == OTHER
+
+
+def test_release_tells_jobs_that_never_ran_from_jobs_that_may_have_run(queue: Queue) -> None:
+    # Given four leased manual_retry_only jobs and a plain one
+    never_ran, may_have_run, plain, *cancelled = add(
+        queue,
+        spec(manual_retry_only="1"),
+        spec(manual_retry_only="1"),
+        spec(),
+        spec(manual_retry_only="1"),
+        spec(manual_retry_only="1"),
+    )
+    fetch_ids(queue, NOW)
+    # ... two of which a person asked to cancel
+    for job_id in cancelled:
+        assert queue.scripts.cancel(queue.keys, job_id, "alice", now=NOW + 1) == "cancelling"
+
+    # When the worker releases them: one of each kind never ran, and one of
+    # each may have run (a forced shutdown)
+    released = queue.scripts.release(
+        queue.keys,
+        TOKEN,
+        [never_ran, cancelled[0]],
+        [may_have_run, plain, cancelled[1]],
+        now=NOW + 2,
+    )
+
+    # Then the one that never ran waits again at its place with nothing spent,
+    # manual_retry_only or not
+    assert released == [never_ran, plain]
+    assert ids(queue, queue.keys.wait) == [never_ran, plain]
+    job = fields(queue, never_ran)
+    assert (job["state"], job["attempts_made"], job["stalls"]) == ("waiting", 0, 0)
+    assert events(queue, never_ran)[-1] == ("waiting", {"from": "released"})
+    # ... the manual_retry_only one that may have run fails, as before
+    job = fields(queue, may_have_run)
+    assert (job["state"], job["attempts_made"]) == ("failed", 1)
+    assert job["error"] == "interrupted by a forced shutdown (not retried: manual_retry_only)"
+    # ... and a pending cancel cancels either kind, saying whether it ran
+    assert ids(queue, queue.keys.cancelled) == cancelled
+    assert fields(queue, cancelled[0])["error"] == "cancelled by alice (never started)"
+    assert fields(queue, cancelled[1])["error"] == "cancelled by alice (its worker let go of it)"
+    assert queue.client.zcard(queue.keys.active) == 0
 
 
 # -- reclaim (a lost fetch reply) ---------------------------------------------------
@@ -842,7 +957,7 @@ def test_a_fetch_given_up_on_leases_nothing_when_it_arrives_late(queue: Queue) -
 
     # When that fetch, or an earlier one, reaches Redis only now
     for request in (7, 3):
-        rows, _due, _limited, _has_limits = queue.scripts.fetch(
+        rows, _due, _limited, _has_limits, _problem = queue.scripts.fetch(
             queue.keys, NOW + 1, 1, TOKEN, LEASE, request=request
         )
         # Then it leases nothing
@@ -1339,7 +1454,7 @@ def test_every_key_the_scripts_touch_is_under_the_queue_hash_tag(
     queue.scripts.retry(queue.keys)
     add(queue)
     fetch_ids(queue, NOW + 20 * LEASE)
-    queue.scripts.release(queue.keys, TOKEN, ["custom", "1", "2", "3", "4", "5"])
+    queue.scripts.release(queue.keys, TOKEN, ["custom", "1", "2"], ["3", "4", "5"])
     queue.scripts.remove(queue.keys, "4")
     created = set(client.keys("*")) - before
     queue.scripts.clean(queue.keys, "failed", NOW, max_count=0)
@@ -1375,3 +1490,553 @@ def test_queues_of_one_group_share_a_slot_but_not_keys() -> None:
     assert key_slot(group.wait.encode()) == key_slot(member.wait.encode())
     assert member.wait == "sq:{media}/thumbs:wait"
     assert group.wait != member.wait
+
+
+# -- fault barriers: no stored value makes a script raise ----------------------------
+# Another tool, an old version or a person's HSET can leave anything in a job's
+# hash or a queue's settings. A script that raised on it would abort its whole
+# call (every job of a finish or fetch batch) after some of its writes, and the
+# worker would send the same batch again for ever.
+
+#: What a stored number may turn out to hold.
+JUNK = [
+    b"abc",
+    b"\xff\xfe\x00",
+    b"",
+    b"nan",
+    b"inf",
+    b"-inf",
+    b"-1",
+    b"1.5",
+    b"1e300",
+    b"9" * 400,
+    b"0x10",
+]
+
+
+def junk_id(value: Any) -> str:
+    """A short test id for a junk value."""
+    text = repr(value)
+    return text if len(text) <= 16 else text[:12] + "..."
+
+
+#: The job-hash fields a script reads (numbers, then the others).
+JOB_FIELDS = [
+    "attempts",
+    "attempts_made",
+    "leases",
+    "priority",
+    "seq",
+    "waiting_since",
+    "timeout",
+    "retries",
+    "stalls",
+    "kc_count",
+    "kc_age",
+    "kf_count",
+    "kf_age",
+    "step_count",
+    "group",
+    "parent_prefix",
+    "parent_id",
+    "ref",
+    "manual_retry_only",
+    "pending",
+    "name",
+    "data",
+]
+
+#: Every outcome finish.lua takes.
+FINISH_OUTCOMES = [
+    "completed",
+    "failed",
+    "unrecoverable",
+    "retry",
+    "ratelimited",
+    "cancelled",
+    "unstarted",
+]
+
+#: Every status finish.lua may answer for a job it held.
+SETTLED_STATUSES = {
+    "completed",
+    "failed",
+    "retrying",
+    "rate-limited",
+    "cancelled",
+    "unstarted",
+}
+
+
+def raw_fetch(
+    q: Queue, now: int, count: int = 100, token: str = TOKEN
+) -> dict[str, dict[bytes, bytes]]:
+    """fetch.lua's leased jobs as stored, undecoded: {id: {field: value}}."""
+    rows, _due, _limited, _has_limits, problem = q.scripts.fetch(q.keys, now, count, token, LEASE)
+    assert problem == b""
+    return {
+        rows[i].decode(): dict(zip(rows[i + 1][::2], rows[i + 1][1::2], strict=True))
+        for i in range(0, len(rows), 2)
+    }
+
+
+def lease_of(leased: dict[str, dict[bytes, bytes]], job_id: str) -> str:
+    return leased[job_id][b"leases"].decode()
+
+
+def spoil(q: Queue, job_id: str, field: str, value: bytes) -> None:
+    q.client.hset(q.keys.job(job_id), field, value)
+
+
+def visit_every_script(q: Queue, job_ids: list[str], now: int) -> None:
+    """Run every script that reads a job by id over ``job_ids`` (wherever
+    they are), in the order a job's life goes; any script error raises."""
+    leased = raw_fetch(q, now)  # those back in line
+    held = list(leased)
+    q.scripts.renew(q.keys, now, TOKEN, LEASE, job_ids)
+    q.scripts.report(q.keys, TOKEN, [(j, "progress", "1") for j in job_ids])
+    q.scripts.report(q.keys, TOKEN, [(j, "log", "line") for j in job_ids])
+    q.scripts.step(q.keys, TOKEN, [(j, "k", "1") for j in job_ids], 1000)
+    q.scripts.release(q.keys, TOKEN, held[::2], held[1::2], now=now + 1)
+    raw_fetch(q, now + 2)
+    q.scripts.reclaim(q.keys, now + 3, TOKEN, 1, held[:1])
+    raw_fetch(q, now + 4)
+    q.scripts.recover_stalled(q.keys, now + 2 * LEASE, max_stalls=1)
+    q.scripts.promote(q.keys, now + 2 * LEASE + 1, job_ids[0])
+    q.scripts.promote(q.keys, now + 10**9)
+    q.scripts.configure(q.keys, {"aging_ms": 1000})
+    q.scripts.configure(q.keys, {"aging_ms": None})
+    q.scripts.retry(q.keys, now=now + 10**9)
+    q.scripts.retry(q.keys, job_ids[-1], now=now + 10**9)
+    for job_id in job_ids[: len(job_ids) // 2]:
+        q.scripts.cancel(q.keys, job_id, now=now + 10**9)
+    for job_id in job_ids[len(job_ids) // 2 :]:
+        q.scripts.remove(q.keys, job_id, now=now + 10**9)
+    q.scripts.clean(q.keys, "failed", now + 10**9, max_count=0)
+    q.scripts.clean(q.keys, "completed", now + 10**9, max_count=0)
+    q.scripts.drain(q.keys, True, now=now + 10**9)
+
+
+@pytest.mark.parametrize("junk", JUNK, ids=junk_id)
+@pytest.mark.parametrize("field", JOB_FIELDS)
+def test_junk_in_a_job_field_fails_no_fetch_or_finish_and_spares_the_batch(
+    queue: Queue, field: str, junk: bytes
+) -> None:
+    # Given a sound job first and last in line, and between them one job per
+    # outcome whose field holds junk
+    first, *spoilt, last = add(queue, *[spec(attempts=2) for _ in range(len(FINISH_OUTCOMES) + 2)])
+    for job_id in spoilt:
+        spoil(queue, job_id, field, junk)
+
+    # When a worker leases them in one fetch and settles them in one finish
+    leased = raw_fetch(queue, NOW)
+    statuses = finish(
+        queue,
+        NOW + 1,
+        outcome(first, "completed", 1, lease=lease_of(leased, first)),
+        *[
+            outcome(job_id, kind, "boom", lease=lease_of(leased, job_id))
+            for job_id, kind in zip(spoilt, FINISH_OUTCOMES, strict=True)
+        ],
+        outcome(last, "failed", "boom", lease=lease_of(leased, last)),
+    )
+
+    # Then every job was leased and settled, the sound ones as ever
+    assert set(leased) == {first, *spoilt, last}
+    assert set(statuses) <= SETTLED_STATUSES
+    assert (statuses[0], statuses[-1]) == ("completed", "retrying")
+    assert fields(queue, first)["result"] == 1
+    assert (fields(queue, last)["attempts_made"], fields(queue, last)["state"]) == (1, "waiting")
+    # And a finish sent again is recognized for each
+    again = finish(
+        queue,
+        NOW + 2,
+        outcome(first, "completed", 1, lease=lease_of(leased, first)),
+        *[
+            outcome(job_id, kind, "boom", lease=lease_of(leased, job_id))
+            for job_id, kind in zip(spoilt, FINISH_OUTCOMES, strict=True)
+        ],
+    )
+    assert all(s.startswith("settled:") or s == "lost" for s in again)
+
+
+@pytest.mark.parametrize("field", JOB_FIELDS)
+def test_junk_in_a_job_field_fails_no_other_script(queue: Queue, field: str) -> None:
+    # Given one job per kind of junk in the field, and a sound job; half of
+    # the junk ones settled so they wait again, half failed for good
+    *spoilt, sound = add(queue, *[spec(attempts=2) for _ in range(len(JUNK) + 1)])
+    for job_id, junk in zip(spoilt, JUNK, strict=True):
+        spoil(queue, job_id, field, junk)
+    raw_fetch(queue, NOW)
+    kinds = ["retry", "unstarted", "ratelimited", "unrecoverable"]
+    statuses = finish(
+        queue,
+        NOW + 1,
+        *[outcome(job_id, kinds[i % len(kinds)], "boom") for i, job_id in enumerate(spoilt)],
+        outcome(sound, "completed", 1),
+    )
+    assert statuses[-1] == "completed"
+
+    # When every other script meets them, then none raises
+    visit_every_script(queue, spoilt, NOW + 10)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(JOB_FIELDS),
+        st.one_of(st.sampled_from(JUNK), st.binary(max_size=40), st.from_regex(r"-?\d{1,30}")),
+        min_size=1,
+    ),
+    st.lists(st.sampled_from(FINISH_OUTCOMES), min_size=1, max_size=4),
+)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_random_junk_in_job_fields_spares_every_other_job(
+    redis_url: str, junk: dict[str, Any], kinds: list[str]
+) -> None:
+    for queue in fresh_queue(redis_url):
+        # Given sound jobs around jobs with random junk in random fields
+        first, *spoilt, last = add(queue, *[spec(attempts=2) for _ in range(len(kinds) + 2)])
+        for job_id in spoilt:
+            for field, value in junk.items():
+                spoil(queue, job_id, field, value.encode() if isinstance(value, str) else value)
+
+        # When they are leased and settled in one batch each, then meet every script
+        leased = raw_fetch(queue, NOW)
+        statuses = finish(
+            queue,
+            NOW + 1,
+            outcome(first, "completed", 1),
+            *[outcome(j, k, "boom") for j, k in zip(spoilt, kinds, strict=True)],
+            outcome(last, "failed", "boom"),
+        )
+        visit_every_script(queue, spoilt, NOW + 10)
+
+        # Then the sound jobs were leased and settled as ever
+        assert {first, last} <= set(leased)
+        assert (statuses[0], statuses[-1]) == ("completed", "retrying")
+
+
+def test_every_job_field_read_by_a_script_is_in_the_junk_tests() -> None:
+    # The fields the scripts read from a job's hash (HMGET/HGET), all covered
+    sources = "\n".join(
+        path.read_text() for path in (Path(sandboxq.__file__).parent / "lua").rglob("*.lua")
+    )
+    job_key = r"(?:job_key|pkey|[a-z_]+ \.\. 'job:' \.\. [a-z_]+)"
+    reads = re.findall(rf"'(?:HMGET|HGET|HEXISTS|HINCRBY)', {job_key}, ([^)]*)\)", sources)
+    reads += re.findall(rf"hincr\({job_key}, ('[a-z_]+')", sources)
+    reads += re.findall(r"link_fields = \{([^}]*)\}", sources)
+    reads += re.findall(r"name == ('[a-z_]+')", sources)  # fetch.lua's pass over HGETALL
+    read = {field for call in reads for field in re.findall(r"'([a-z_]+)'", call)}
+    assert {"attempts", "leases", "stalls", "parent_id"} <= read  # the patterns still match
+    # Fields only ever written, or compared as flags set by scripts themselves
+    own = {"token", "state", "settled", "cancel_requested_at", "cancelled_by", "cancel_reason"}
+    own |= {"started_at", "fail_parent", "ignore_failure"}
+    assert read - own <= set(JOB_FIELDS), read - own - set(JOB_FIELDS)
+
+
+# -- a job key that holds no hash -------------------------------------------------
+def overwrite_with_a_string(q: Queue, job_id: str) -> None:
+    q.client.delete(q.keys.job(job_id))
+    q.client.set(q.keys.job(job_id), b"\xffnot a hash")
+
+
+def test_fetch_sets_a_job_whose_key_holds_no_hash_aside_in_failed(queue: Queue) -> None:
+    # Given three waiting jobs, the middle one's key overwritten by a string
+    first, broken, last = add(queue, spec(), spec(), spec())
+    overwrite_with_a_string(queue, broken)
+
+    # When a worker fetches them in one batch
+    leased = raw_fetch(queue, NOW)
+
+    # Then the sound ones are leased, the broken one is out of line and failed
+    assert list(leased) == [first, last]
+    assert ids(queue, queue.keys.failed) == [broken]
+    assert ids(queue, queue.keys.wait) == []
+    assert events(queue, broken)[-1] == (
+        "failed",
+        {"error": "corrupt record: its key holds no hash"},
+    )
+
+
+def test_a_grouped_job_whose_key_holds_no_hash_takes_no_slot_of_its_group(
+    queue: Queue,
+) -> None:
+    # Given a group with a concurrency limit, whose first job's key is a list
+    queue.set_group_concurrency(1)
+    broken, sound = add(queue, spec(group="g"), spec(group="g"))
+    queue.client.delete(queue.keys.job(broken))
+    queue.client.rpush(queue.keys.job(broken), b"x")
+
+    # When a worker fetches twice
+    first = raw_fetch(queue, NOW)
+    second = raw_fetch(queue, NOW + 1)
+
+    # Then the broken one is set aside and the sound one still gets the slot
+    assert (list(first), list(second)) in (([], [sound]), ([sound], []))
+    assert ids(queue, queue.keys.failed) == [broken]
+    assert queue.client.hget(queue.keys.group_active, "g") == b"1"
+
+
+def test_a_delayed_job_whose_key_holds_no_hash_is_set_aside_when_due(queue: Queue) -> None:
+    # Given two delayed jobs, one overwritten by a string
+    broken, sound = add(queue, spec(delay_ms=5), spec(delay_ms=5))
+    overwrite_with_a_string(queue, broken)
+
+    # When they are due, through fetch and through promote
+    leased = raw_fetch(queue, NOW + 10)
+    [named] = add(queue, spec(delay_ms=5), now=NOW + 10)
+    overwrite_with_a_string(queue, named)
+    promoted = queue.scripts.promote(queue.keys, NOW + 11, named)
+
+    # Then the sound one runs and the broken ones wait in failed
+    assert list(leased) == [sound]
+    assert promoted == 0
+    assert ids(queue, queue.keys.failed) == [broken, named]
+    assert queue.client.zcard(queue.keys.delayed) == 0
+
+
+def test_a_leased_job_whose_key_turns_into_a_string_fails_no_script(queue: Queue) -> None:
+    # Given two leased jobs, and one of their keys then overwritten
+    broken, sound = add(queue, spec(), spec())
+    raw_fetch(queue, NOW)
+    overwrite_with_a_string(queue, broken)
+
+    # When the worker renews, reports, steps, settles and releases them
+    lost = queue.scripts.renew(queue.keys, NOW + 1, TOKEN, LEASE, [broken, sound])
+    recorded = queue.scripts.report(queue.keys, TOKEN, [(broken, "log", "x"), (sound, "log", "y")])
+    stepped = queue.scripts.step(queue.keys, TOKEN, [(broken, "k", "1"), (sound, "k", "1")], 10)
+    statuses = finish(queue, NOW + 2, outcome(broken, "completed", 1), outcome(sound, "retry"))
+    released = queue.scripts.release(queue.keys, TOKEN, [broken], [broken], now=NOW + 3)
+    handed = queue.scripts.reclaim(queue.keys, NOW + 4, TOKEN, 1, [])
+
+    # Then the broken one is lost to it and the sound one goes on as ever
+    assert lost == [broken]
+    assert recorded == 1
+    assert stepped == ["lost", "recorded"]
+    assert statuses == ["lost", "retrying"]
+    assert (released, handed) == ([], [])
+    # And once its lease lapses, recovery files it under failed
+    requeued, failed, cancelled = queue.scripts.recover_stalled(
+        queue.keys, NOW + 2 * LEASE, max_stalls=1
+    )
+    assert (requeued, failed, cancelled) == ([], [broken], [])
+    assert ids(queue, queue.keys.failed) == [broken]
+    assert queue.client.zcard(queue.keys.active) == 0
+
+
+def test_a_failed_id_whose_key_holds_no_hash_is_not_retried_and_can_be_removed(
+    queue: Queue,
+) -> None:
+    # Given a failed job whose key was overwritten, and a sound failed job
+    broken, sound = add(queue, spec(), spec())
+    raw_fetch(queue, NOW)
+    finish(queue, NOW + 1, outcome(broken, "unrecoverable", "x"), outcome(sound, "unrecoverable"))
+    overwrite_with_a_string(queue, broken)
+
+    # When a person retries every failed job, cancels and retries the broken one
+    moved = queue.scripts.retry(queue.keys, now=NOW + 2)
+    cancelled = queue.scripts.cancel(queue.keys, broken, now=NOW + 3)
+    again = queue.scripts.retry(queue.keys, broken, now=NOW + 4)
+
+    # Then only the sound one runs again, and the broken one stays failed
+    assert (moved, cancelled, again) == ([sound], "corrupt", [])
+    assert ids(queue, queue.keys.failed) == [broken]
+
+    # When they remove it, it is gone for good
+    assert queue.scripts.remove(queue.keys, broken, now=NOW + 5) == 1
+    assert queue.client.exists(queue.keys.job(broken)) == 0
+    assert ids(queue, queue.keys.failed) == []
+
+
+def test_retrying_every_failed_job_looks_past_broken_ones(queue: Queue) -> None:
+    # Given three failed jobs, the oldest overwritten
+    job_ids = add(queue, spec(), spec(), spec())
+    raw_fetch(queue, NOW)
+    finish(queue, NOW + 1, *[outcome(j, "unrecoverable") for j in job_ids])
+    overwrite_with_a_string(queue, job_ids[0])
+
+    # When every failed job is retried, two per call
+    moved = queue.scripts.retry(queue.keys, limit=2, now=NOW + 2)
+
+    # Then the sound ones are found behind it, and it stays failed
+    assert moved == job_ids[1:]
+    assert ids(queue, queue.keys.failed) == job_ids[:1]
+
+
+# -- a queue setting that cannot be used ------------------------------------------------
+META_FIELDS = [
+    "rl_until",
+    "concurrency",
+    "rl_max",
+    "rl_window_ms",
+    "gconcurrency",
+    "grl_max",
+    "grl_window_ms",
+    "aging_ms",
+]
+
+
+def fetch_reply(q: Queue, now: int = NOW, count: int = 10) -> tuple[list[str], str]:
+    rows, _due, _limited, _has_limits, problem = q.scripts.fetch(q.keys, now, count, TOKEN, LEASE)
+    return [rows[i].decode() for i in range(0, len(rows), 2)], problem.decode()
+
+
+@pytest.mark.parametrize(
+    ("field", "junk"),
+    [
+        (field, junk)
+        for field in META_FIELDS
+        for junk in JUNK
+        # Usable: 16, and a time with a fraction of a millisecond
+        if junk != b"0x10" and (field, junk) != ("rl_until", b"1.5")
+    ],
+    ids=junk_id,
+)
+def test_a_setting_that_is_no_usable_number_makes_fetch_lease_nothing_and_say_so(
+    queue: Queue, field: str, junk: bytes
+) -> None:
+    # Given a waiting job and a due delayed one, and junk in one setting (with
+    # a usable rate limit beside a window, so the window is what is read)
+    add(queue, spec(), spec(delay_ms=5))
+    if field.endswith("window_ms"):
+        queue.client.hset(queue.keys.meta, field.replace("window_ms", "max"), 5)
+    queue.client.hset(queue.keys.meta, field, junk)
+
+    # When a worker fetches
+    leased, problem = fetch_reply(queue, NOW + 10)
+
+    # Then nothing is leased or promoted, and the problem names the setting
+    assert leased == []
+    assert problem.startswith(f"setting '{field}' = '")
+    assert problem.isascii() and len(problem) < 200
+    assert queue.client.zcard(queue.keys.delayed) == 1
+
+
+def test_a_setting_problem_shows_the_value_cut_and_escaped(queue: Queue) -> None:
+    queue.client.hset(queue.keys.meta, "rl_max", b"ab\xff" + b"x" * 100)
+    _leased, problem = fetch_reply(queue)
+    assert problem == "setting 'rl_max' = 'ab\\xff" + "x" * 47 + "...' is not a number"
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"rl_max": "abc", "rl_window_ms": 1000}, "setting 'rl_max' = 'abc' is not a number"),
+        (
+            {"rl_max": 10**9 + 1, "rl_window_ms": 1000},
+            "setting 'rl_max' = '1000000001' is out of range (0 to 1000000000)",
+        ),
+        (
+            {"concurrency": 10**6 + 1},
+            "setting 'concurrency' = '1000001' is out of range (0 to 1000000)",
+        ),
+        (
+            {"gconcurrency": -1},
+            "setting 'gconcurrency' = '-1' is out of range (0 to 1000000)",
+        ),
+        (
+            {"grl_max": "2.5", "grl_window_ms": 10},
+            "setting 'grl_max' = '2.5' is not a whole number",
+        ),
+        (
+            {"rl_max": 5, "rl_window_ms": 0},
+            "setting 'rl_window_ms' = '0' must be at least 1 when rl_max is set",
+        ),
+        ({"grl_max": 5}, "setting 'grl_window_ms' = '' must be at least 1 when grl_max is set"),
+        (
+            {"rl_window_ms": 3153600000001, "rl_max": 1},
+            "setting 'rl_window_ms' = '3153600000001' is out of range (0 to 3153600000000)",
+        ),
+        (
+            {"aging_ms": 2592000001},
+            "setting 'aging_ms' = '2592000001' is out of range (0 to 2592000000)",
+        ),
+        ({"rl_until": "inf"}, "setting 'rl_until' = 'inf' is out of range (0 to 9007199254740991)"),
+    ],
+)
+def test_fetch_names_a_setting_the_worker_cannot_use(
+    queue: Queue, settings: dict[str, Any], problem: str
+) -> None:
+    add(queue)
+    queue.client.hset(queue.keys.meta, mapping=settings)
+    assert fetch_reply(queue) == ([], problem)
+
+
+def test_the_largest_settings_are_usable(queue: Queue) -> None:
+    # Given every setting at its bound
+    [job_id] = add(queue, spec(group="g"))
+    queue.set_rate_limit(MAX_RATE_LIMIT_JOBS, MAX_SECONDS)
+    queue.set_group_rate_limit(MAX_RATE_LIMIT_JOBS, MAX_SECONDS)
+    queue.set_concurrency(MAX_CONCURRENCY)
+    queue.set_group_concurrency(MAX_CONCURRENCY)
+    queue.set_priority_aging(MAX_AGING_SECONDS)
+
+    # Then fetch uses them
+    assert fetch_reply(queue) == ([job_id], "")
+
+
+def test_fetch_repeats_the_bounds_of_options() -> None:
+    source = (Path(sandboxq.__file__).parent / "lua" / "fetch.lua").read_text()
+    declared = dict(re.findall(r"local (MAX_[A-Z_]+) = (\d+)", source))
+    assert declared == {
+        "MAX_RATE_LIMIT_JOBS": str(MAX_RATE_LIMIT_JOBS),
+        "MAX_CONCURRENCY": str(MAX_CONCURRENCY),
+        "MAX_WINDOW_MS": str(ms(MAX_SECONDS)),
+        "MAX_AGING_MS": str(ms(MAX_AGING_SECONDS)),
+    }
+
+
+@pytest.mark.parametrize("junk", JUNK, ids=junk_id)
+def test_junk_in_the_queue_bookkeeping_fails_no_script(queue: Queue, junk: bytes) -> None:
+    # Given junk in the counters and marks the scripts keep for a queue
+    grouped, plain = add(queue, spec(group="g"), spec())
+    client = queue.client
+    for key in (queue.keys.seq, queue.keys.gcount, queue.keys.group_rr):
+        client.set(key, junk)
+    client.hset(queue.keys.group_active, "g", junk)
+    client.hset(queue.keys.meta, mapping={"clock": junk, "turn": junk})
+    if not junk[:1].isdigit():  # else it reads as a true mark: "requests up to N given up"
+        client.hset(queue.keys.given_up, TOKEN, junk)
+    client.zadd(queue.keys.delayed, {"ghost": float("inf")})
+
+    # When jobs are leased (with a request number), settled, added and recovered
+    rows, due, _limited, _has_limits, problem = queue.scripts.fetch(
+        queue.keys, NOW, 10, TOKEN, LEASE, request=1
+    )
+    statuses = finish(queue, NOW + 1, outcome(grouped, "unstarted"), outcome(plain, "retry"))
+    add(queue, spec(group="g"), spec(), now=NOW + 2)
+    queue.scripts.recover_stalled(queue.keys, NOW + 3, max_stalls=1)
+
+    # Then the jobs went through, and the wake-up time ignores the infinite score
+    assert (len(rows) // 2, problem, statuses) == (2, b"", ["unstarted", "retrying"])
+    assert due == -1
+
+
+def test_an_id_counter_that_holds_no_integer_stops_add_with_a_clear_error(queue: Queue) -> None:
+    queue.client.set(queue.keys.id_counter, b"abc")
+    with pytest.raises(redis.ResponseError, match=r"job id counter .* holds no integer"):
+        add(queue)
+    assert queue.client.zcard(queue.keys.wait) == 0
+
+
+def test_junk_in_a_flow_link_or_results_fails_no_script(queue: Queue) -> None:
+    # Given a flow parent whose count of children pending is junk and whose
+    # children's results key is a string, and a child whose link is junk
+    flow = queue.add_flow({"name": "parent"}, [{"name": "child"}] * 3)
+    parent = flow.job.id
+    children = [child.job.id for child in flow.children]
+    spoil(queue, parent, "pending", b"abc")
+    queue.client.set(queue.keys.prefix + "deps:" + parent, b"x")
+    spoil(queue, children[2], "parent_id", b"\xff")
+
+    # When the children finish in one batch and the parent is fetched
+    raw_fetch(queue, NOW)
+    statuses = finish(queue, NOW + 1, *[outcome(c, "completed", 1) for c in children])
+    leased = raw_fetch(queue, NOW + 2)
+
+    # Then the children completed and the parent was let go; its children's
+    # results are no JSON, so its worker fails it saying so
+    assert statuses == ["completed"] * 3
+    assert leased[parent][b"children"].startswith(b"corrupt")

@@ -328,7 +328,7 @@ def test_add_bulk_deduplicates_like_add(queue: Queue) -> None:
         ({"timeout": 0.0004}, ValueError, r"timeout must be at least 0\.001 seconds"),
         ({"attempts": 2**31}, ValueError, r"attempts must be at most 2147483647"),
         ({"delay": 1e300}, ValueError, r"delay must be at most 3153600000 seconds"),
-        ({"keep_completed": -1}, ValueError, r"keep_completed count must be an int >= 0"),
+        ({"keep_completed": -1}, ValueError, r"keep_completed count must be an int from 0"),
         ({"job_id": "42"}, ValueError, r"must not be a plain integer"),
         ({"job_id": "a{b"}, ValueError, r"job_id 'a\{b' must not contain"),
     ],

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from sandboxq import Queue
+from sandboxq.options import MAX_EPOCH_SECONDS, MAX_SCHEDULE_LIMIT, MAX_SECONDS
 from sandboxq.schedule import MISFIRE_GRACE_MS, Schedule, fire_due, plan_occurrences
 
 T0 = 1_800_000_000_000  # a fixed "now", in ms
@@ -158,9 +159,19 @@ def test_occurrences_carry_the_schedule_name_data_and_options(queue: Queue) -> N
         ({}, "exactly one of cron= or every="),
         ({"cron": "* * * * *", "every": 5}, "exactly one of cron= or every="),
         ({"every": 5, "misfire": "sometimes"}, "misfire must be one of"),
-        ({"every": 5, "limit": 0}, "limit must be an int >= 1"),
+        ({"every": 5, "limit": 0}, "limit must be an int from 1"),
         ({"every": 5, "start_at": 100, "end_at": 50}, "end_at must be after start_at"),
         ({"every": 5, "attempts": 0}, "attempts must be >= 1"),
+        # One past each bound
+        ({"every": MAX_SECONDS * 2}, f"at most {MAX_SECONDS:.0f}"),
+        ({"every": 10**400}, f"at most {MAX_SECONDS:.0f}"),
+        ({"every": float("inf")}, "positive number of seconds"),
+        ({"every": float("nan")}, "positive number of seconds"),
+        ({"every": 5, "limit": MAX_SCHEDULE_LIMIT + 1}, f"from 1 to {MAX_SCHEDULE_LIMIT}"),
+        ({"every": 5, "start_at": MAX_EPOCH_SECONDS + 1}, f"from 0 to {MAX_EPOCH_SECONDS}"),
+        ({"every": 5, "end_at": MAX_EPOCH_SECONDS + 1}, f"from 0 to {MAX_EPOCH_SECONDS}"),
+        ({"every": 5, "start_at": -1}, f"from 0 to {MAX_EPOCH_SECONDS}"),
+        ({"every": 5, "end_at": float("nan")}, f"from 0 to {MAX_EPOCH_SECONDS}"),
     ],
 )
 def test_bad_schedules_are_rejected_and_write_nothing(
@@ -169,6 +180,24 @@ def test_bad_schedules_are_rejected_and_write_nothing(
     with pytest.raises((ValueError, TypeError), match=message):
         queue.schedule("bad", **kwargs)  # type: ignore[arg-type]
     assert queue.schedules() == []
+
+
+def test_the_largest_schedule_numbers_are_accepted_and_stored(queue: Queue) -> None:
+    # Given a schedule at every bound: the longest interval, the highest
+    # limit, the first and the last epoch second accepted
+    stored = queue.schedule(
+        "far", every=MAX_SECONDS, limit=MAX_SCHEDULE_LIMIT, start_at=0, end_at=MAX_EPOCH_SECONDS
+    )
+
+    # Then it is stored as given
+    assert (stored["every"], stored["limit"]) == (MAX_SECONDS, MAX_SCHEDULE_LIMIT)
+    [listed] = queue.schedules()
+    assert listed["key"] == "far"
+
+
+def test_the_smallest_schedule_interval_is_one_millisecond(queue: Queue) -> None:
+    assert every_schedule(every=0.001).every_ms == 1
+    assert every_schedule(every=1e-9).every_ms == 1  # rounded up, as before
 
 
 def test_unschedule_removes_it_and_keeps_jobs_already_enqueued(queue: Queue) -> None:

@@ -17,10 +17,13 @@ What must hold, with real workers and real signals:
 
 from __future__ import annotations
 
+import select
 import signal
+import time
 from collections.abc import Callable
 
 from sandboxq import Job, Queue
+from sandboxq.worker.broker import Broker, StepResult
 from tests.worker_harness import WorkerProcess, wait_for_job, wait_for_jobs, wait_until
 
 StartWorker = Callable[..., WorkerProcess]
@@ -197,3 +200,49 @@ def test_children_recycled_with_jobs_queued_lose_none(
     done = wait_for_jobs(queue, [job.id for job in jobs], timeout=30)
     assert all(job.state == "completed" and job.attempts_made == 1 for job in done.values())
     assert not worker.matching_lines(r"WARNING job|ERROR|child (exited|killed)")
+
+
+def run_step(broker: Broker, free_slots: int = 0) -> StepResult:
+    """Send one step of ``broker`` and wait for its replies."""
+    result = broker.start_step(free_slots)
+    deadline = time.monotonic() + 10
+    while result is None:
+        assert time.monotonic() < deadline, "no reply from Redis"
+        sockets = broker.link.sockets()
+        readable, writable, _ = select.select(
+            [fd for fd, _ in sockets], [fd for fd, wants in sockets if wants], [], 1.0
+        )
+        for fd, _ in sockets:
+            result = result or broker.on_step_io(fd in readable, fd in writable, fd)
+    return result
+
+
+def test_the_broker_hands_back_jobs_that_never_ran_apart_from_those_that_may_have(
+    queue: Queue, redis_url: str
+) -> None:
+    # Given a worker's broker holding two manual_retry_only jobs
+    broker = Broker(redis_url, [queue.name], "w-token", lease=30, max_stalls=1)
+    try:
+        never_ran = queue.add("charge", manual_retry_only=True)
+        may_have_run = queue.add("charge", manual_retry_only=True)
+        leased: list[str] = []
+        while len(leased) < 2:
+            leased += [job_id for _queue, job_id, _fields in run_step(broker, 2).fetched]
+
+        # When it hands one back as never run, the other as interrupted
+        broker.hand_back(queue.name, never_ran.id)
+        broker.hand_back(queue.name, may_have_run.id, ran=True)
+        released: list[str] = []
+        while broker.has_pending():
+            released += [i for _queue, ids in run_step(broker).released for i in ids]
+
+        # Then the one that never ran waits again, nothing spent, and the
+        # other fails as manual_retry_only says
+        assert released == [never_ran.id]
+        assert not broker.holds_jobs()
+        again, failed = queue.get_job(never_ran.id), queue.get_job(may_have_run.id)
+        assert again is not None and (again.state, again.attempts_made) == ("waiting", 0)
+        assert failed is not None and failed.state == "failed"
+        assert "interrupted by a forced shutdown" in (failed.error or "")
+    finally:
+        broker.close()

@@ -16,7 +16,26 @@
 --!include common
 local now, maxlen = tonumber(ARGV[1]), ARGV[2]
 local ids, prefixes = {}, {}
+
+-- Every queue's job id counter must count before anything is written: a
+-- flow added in part would leave parents waiting for children that never
+-- came. (Restarting a counter could hand out the ids of existing jobs.)
+local checked = {}
 local i = 3
+while i <= #ARGV do
+  local counter = ARGV[i] .. 'id'
+  if not checked[counter] then
+    checked[counter] = true
+    local value = redis.call('GET', counter)
+    if value and not string.match(value, '^%-?%d+$') then
+      error('the job id counter ' .. counter .. ' holds no integer; set it to the highest '
+        .. 'job id to add jobs again')
+    end
+  end
+  i = i + 9 + 2 * tonumber(ARGV[i + 8])
+end
+
+i = 3
 while i <= #ARGV do
   local prefix, queue, parent = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local fail_parent, ignore_failure = ARGV[i + 3], ARGV[i + 4]

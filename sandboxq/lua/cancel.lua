@@ -26,8 +26,9 @@
 --
 -- Returns "cancelled", "cancelling" (active: its worker will stop it; also
 -- when it was asked before), "finished:<state>" when there is nothing to
--- cancel (completed, failed, cancelled), or "missing" when there is no such
--- job. Nothing is written (nor audited) in the last two cases.
+-- cancel (completed, failed, cancelled), "missing" when there is no such
+-- job, or "corrupt" when its key holds something other than a hash (remove
+-- it instead). Nothing is written (nor audited) in the last three cases.
 --!include common
 --!include retention
 --!include flow
@@ -37,10 +38,13 @@ local by, reason = ARGV[5], clip(ARGV[6], EVENT_TEXT_BYTES)
 local keep_children, queue_name = ARGV[7] == '1', ARGV[8]
 
 -- Cancel one job of the queue whose keys are `k`: "cancelled",
--- "cancelling", "finished:<state>" or "missing", as the script returns.
+-- "cancelling", "finished:<state>", "missing" or "corrupt", as the script
+-- returns.
 local function cancel_job(k, job_prefix, job_id, why)
   local job_key = job_prefix .. 'job:' .. job_id
-  if redis.call('EXISTS', job_key) == 0 then return 'missing' end
+  local kind = job_type(job_key)
+  if kind == 'none' then return 'missing' end
+  if kind ~= 'hash' then return 'corrupt' end
   claim_cancelled_key(k.cancelled, k.given_up)
   local said = ''
   if why ~= '' then said = ': ' .. why end
@@ -78,10 +82,12 @@ local function keys_of(p)
     cancel_requests = p .. 'cancel_requests', events = p .. 'events', given_up = p .. 'given_up'}
 end
 
--- A job's flow children, as add_flow.lua listed them: {ref, key prefix} each.
+-- A job's flow children, as add_flow.lua listed them: {ref, key prefix} each
+-- (none when the list is not a hash: something else wrote it).
 local function children_of(job_prefix, job_id)
-  local flat = redis.call('HGETALL', job_prefix .. 'children:' .. job_id)
+  local flat = redis.pcall('HGETALL', job_prefix .. 'children:' .. job_id)
   local children = {}
+  if is_error(flat) then return children end
   for i = 1, #flat, 2 do children[#children + 1] = {flat[i], flat[i + 1]} end
   return children
 end
@@ -118,7 +124,7 @@ end
 local root_keys = {active = KEYS[3], delayed = KEYS[2], waiting_children = KEYS[4],
   cancelled = KEYS[5], cancel_requests = KEYS[6], events = KEYS[7], given_up = KEYS[8]}
 local children, ref = {}, nil
-if not keep_children then
+if not keep_children and job_type(prefix .. 'job:' .. id) == 'hash' then
   children = children_of(prefix, id)
   ref = redis.call('HGET', prefix .. 'job:' .. id, 'ref') or (queue_name .. ':' .. id)
 end

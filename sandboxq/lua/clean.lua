@@ -25,7 +25,7 @@ if ARGV[8] == 'waiting' then
     if removed >= limit then break end
     local n = trim_finished(prefix, prefix .. 'gwait:' .. group, now, max_count, max_age,
       limit - removed, ARGV[6])
-    if n > 0 then redis.call('DECRBY', prefix .. 'gcount', n) end
+    if n > 0 then incr(prefix .. 'gcount', -n) end
     removed = removed + n
   end
 end

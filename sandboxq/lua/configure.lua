@@ -9,7 +9,8 @@
 -- aging_ms, rl_until.
 --
 -- Changing aging_ms rescores every waiting job (the score formula depends on
--- it; see wait_score). Returns the number of jobs rescored.
+-- it; see wait_score); one whose key holds no hash keeps its score (fetch.lua
+-- sets it aside when its turn comes). Returns the number of jobs rescored.
 --!include common
 local prefix, maxlen = ARGV[1], ARGV[2]
 local old_aging = aging_ms(prefix)
@@ -33,9 +34,11 @@ if aging_ms(prefix) ~= old_aging then
   end
   for _, set_key in ipairs(sets) do
     for _, id in ipairs(redis.call('ZRANGE', set_key, 0, -1)) do
-      local f = redis.call('HMGET', prefix .. 'job:' .. id, 'priority', 'seq', 'waiting_since')
-      redis.call('ZADD', set_key, wait_score(prefix, f[1] or '0', f[2] or '0', f[3] or '0'), id)
-      rescored = rescored + 1
+      local f = redis.pcall('HMGET', prefix .. 'job:' .. id, 'priority', 'seq', 'waiting_since')
+      if not is_error(f) then
+        redis.call('ZADD', set_key, wait_score(prefix, f[1], f[2], f[3]), id)
+        rescored = rescored + 1
+      end
     end
   end
 end

@@ -26,7 +26,7 @@ for _, group in ipairs(redis.call('SMEMBERS', prefix .. 'group_names')) do
   if removed >= limit then break end
   local before = removed
   take(prefix .. 'gwait:' .. group)
-  redis.call('DECRBY', prefix .. 'gcount', removed - before)
+  incr(prefix .. 'gcount', before - removed)
 end
 if ARGV[2] == '1' and removed < limit then take(KEYS[2]) end
 if removed > 0 then

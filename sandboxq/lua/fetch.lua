@@ -31,13 +31,28 @@
 -- jobs and groups take turns; groups take turns among themselves (`groups`,
 -- round robin), so a big group cannot starve a small one.
 --
--- Returns {jobs, next_check, limited, has_limits}: jobs is a flat array of
--- (id, hash as a flat field/value array) per leased job; next_check is the
--- earliest time (ms) something may become ready without an add (a delayed
--- job due, a rate window opening, a paused group resuming), or -1; limited
--- is 1 when a limit (not an empty queue) held jobs back; has_limits is 1
--- when the queue has a rate or concurrency limit (its own or per group):
--- such limits count leases, so a worker must not prefetch its jobs.
+-- A setting the worker cannot use (not a number, negative, not whole where
+-- a count is kept, above the bounds of sandboxq/options.py, a rate limit
+-- without a window of at least 1 ms) is not guessed at: the fetch promotes
+-- and leases nothing and names the first such setting in `problem`.
+--
+-- A job whose hash is gone is dropped from the line. One whose key holds
+-- something other than a hash (another tool wrote it) cannot be leased: it
+-- leaves the line for the `failed` set, with a `failed` event, so it is not
+-- lost silently (include/common.lua's quarantine). A job's fields are
+-- returned as stored: the worker judges them (a garbage `leases` count
+-- restarts from 0).
+--
+-- Returns {jobs, next_check, limited, has_limits, problem}: jobs is a flat
+-- array of (id, hash as a flat field/value array) per leased job;
+-- next_check is the earliest time (ms) something may become ready without
+-- an add (a delayed job due, a rate window opening, a paused group
+-- resuming), or -1; limited is 1 when a limit (not an empty queue) held jobs
+-- back; has_limits is 1 when the queue has a rate or concurrency limit (its
+-- own or per group), or a setting with a problem: such limits count leases,
+-- so a worker must not prefetch its jobs; problem is "" when the settings
+-- are usable, else a message such as "setting 'rl_max' = 'abc' is not a
+-- number" (the value cut to 50 bytes, other than printable ASCII as \xNN).
 --!include common
 --!include promote
 --!include retention
@@ -50,31 +65,92 @@ local checks = {}
 
 if request then
   local given_up = redis.call('HGET', prefix .. 'given_up', token)
-  if given_up and request <= tonumber(string.match(given_up, '^%d+')) then
-    return {{}, -1, 0, 0}
+  -- A mark that is not reclaim.lua's ("<number> <ms>") marks nothing.
+  local upto = given_up and tonumber(string.match(given_up, '^%d+') or '')
+  if upto and request <= upto then
+    return {{}, -1, 0, 0, ''}
   end
 end
 
-promote_due(prefix, KEYS[2], KEYS[6], maxlen, now, 1000)
+-- The bounds sandboxq/options.py puts on the settings it stores (a test
+-- checks that both say the same).
+local MAX_RATE_LIMIT_JOBS = 1000000000
+local MAX_CONCURRENCY = 1000000
+local MAX_WINDOW_MS = 3153600000000
+local MAX_AGING_MS = 2592000000
 
 local s = redis.call('HMGET', KEYS[4], 'paused', 'rl_until', 'concurrency', 'rl_max',
-  'rl_window_ms', 'gconcurrency', 'grl_max', 'grl_window_ms', 'turn', 'clock')
+  'rl_window_ms', 'gconcurrency', 'grl_max', 'grl_window_ms', 'turn', 'clock', 'aging_ms')
+local problem = ''
+
+-- A stored value as a problem shows it: at most 50 bytes, with anything but
+-- printable ASCII as \xNN, so the message is short, readable text.
+local function shown(raw)
+  local text = string.gsub(string.sub(raw, 1, 50), '[%z\1-\31\127-\255]', function(c)
+    return string.format('\\x%02x', string.byte(c))
+  end)
+  if #raw > 50 then text = text .. '...' end
+  return text
+end
+
+-- Setting number `index` (named `name`): 0 when unset, else a number from
+-- `min` to `max` (whole when `whole`). Anything else is a problem (the
+-- first found is reported) and counts as 0.
+local function setting(index, name, min, max, whole)
+  local raw = s[index]
+  if not raw then return 0 end
+  local n = tonumber(raw)
+  local why
+  if n == nil or n ~= n then
+    why = 'is not a number'
+  elseif n < min or n > max then
+    why = string.format('is out of range (%.0f to %.0f)', min, max)
+  elseif whole and n % 1 ~= 0 then
+    why = 'is not a whole number'
+  end
+  if why and problem == '' then
+    problem = "setting '" .. name .. "' = '" .. shown(raw) .. "' " .. why
+  end
+  return why and 0 or n
+end
+
+-- A rate limit's window: at least 1 ms when its max is set.
+local function window_setting(index, name, max_jobs, max_name)
+  local window = setting(index, name, 0, MAX_WINDOW_MS, true)
+  if max_jobs > 0 and window < 1 and problem == '' then
+    problem = "setting '" .. name .. "' = '" .. shown(s[index] or '') .. "' must be at least 1 "
+      .. 'when ' .. max_name .. ' is set'
+  end
+  return window
+end
+
+local rl_until = setting(2, 'rl_until', 0, EXACT_LIMIT - 1, false)
+local concurrency = setting(3, 'concurrency', 0, MAX_CONCURRENCY, true)
+local rl_max = setting(4, 'rl_max', 0, MAX_RATE_LIMIT_JOBS, true)
+local rl_window = window_setting(5, 'rl_window_ms', rl_max, 'rl_max')
+local gconc = setting(6, 'gconcurrency', 0, MAX_CONCURRENCY, true)
+local grl_max = setting(7, 'grl_max', 0, MAX_RATE_LIMIT_JOBS, true)
+local grl_window = window_setting(8, 'grl_window_ms', grl_max, 'grl_max')
+aging_cache[prefix] = setting(11, 'aging_ms', 0, MAX_AGING_MS, true)
+if problem ~= '' then return {{}, -1, 0, 1, problem} end
+
+promote_due(prefix, KEYS[2], KEYS[6], maxlen, now, 1000)
+
 -- Start times never go backwards within a queue: each worker passes its own
 -- clock, and one that computed `now` a little earlier but ran later must
 -- not start jobs "in the past", or a sliding window could admit more than
--- its limit. So `now` is at least the last start recorded.
-local clock = tonumber(s[10] or '0')
+-- its limit. So `now` is at least the last start recorded. (The clock is
+-- fetch's own bookkeeping: a garbage one is ignored and written anew.)
+local clock = stored_number(s[10], 0)
 if clock > now then now = clock end
 local allowed = count
 local limited = false
 if s[1] then allowed = 0 end
-local rl_until = tonumber(s[2] or '0')
 if rl_until > now then
   allowed = 0
   limited = true
   checks[#checks + 1] = rl_until
 end
-local concurrency = tonumber(s[3] or '0')
 if allowed > 0 and concurrency > 0 then
   local room = concurrency - redis.call('ZCARD', KEYS[3])
   if room < allowed then allowed, limited = math.max(room, 0), true end
@@ -93,7 +169,6 @@ local function window_room(log_key, max, window)
 end
 
 local limiter = prefix .. 'limiter'
-local rl_max, rl_window = tonumber(s[4] or '0'), tonumber(s[5] or '0')
 if allowed > 0 and rl_max > 0 then
   local room, opens = window_room(limiter, rl_max, rl_window)
   if room < allowed then allowed, limited = room, true end
@@ -107,8 +182,6 @@ for _, group in ipairs(redis.call('ZRANGEBYSCORE', paused_key, '-inf', num(now))
   if redis.call('ZCARD', prefix .. 'gwait:' .. group) > 0 then ready_group(prefix, group) end
 end
 
-local gconc = tonumber(s[6] or '0')
-local grl_max, grl_window = tonumber(s[7] or '0'), tonumber(s[8] or '0')
 local groups_key = prefix .. 'groups'
 
 -- The next job of the group whose turn it is, or nil if that group is at a
@@ -120,7 +193,7 @@ local function take_from_group(group)
     redis.call('ZREM', groups_key, group)  -- make_waiting() puts it back
     return nil
   end
-  if gconc > 0 and tonumber(redis.call('HGET', prefix .. 'group_active', group) or '0') >= gconc then
+  if gconc > 0 and stored_number(redis.call('HGET', prefix .. 'group_active', group), 0) >= gconc then
     redis.call('ZREM', groups_key, group)  -- leave_active() puts it back
     limited = true
     return nil
@@ -136,13 +209,12 @@ local function take_from_group(group)
     end
   end
   local id = redis.call('ZPOPMIN', gwait)[1]
-  redis.call('DECR', prefix .. 'gcount')
+  incr(prefix .. 'gcount', -1)
   if redis.call('ZCARD', gwait) > 0 then
-    redis.call('ZADD', groups_key, redis.call('INCR', prefix .. 'group_rr'), group)
+    redis.call('ZADD', groups_key, incr(prefix .. 'group_rr', 1), group)
   else
     redis.call('ZREM', groups_key, group)
   end
-  redis.call('HINCRBY', prefix .. 'group_active', group, 1)
   if grl_max > 0 then
     redis.call('ZADD', glog, num(now), id .. ':' .. now)
     local room, opens = window_room(glog, grl_max, grl_window)
@@ -162,18 +234,22 @@ local deadline = num(now + lease)
 -- (nothing in the loop reads `active`).
 local deadlines = {}
 
--- Lease one job (false if it no longer exists). The hash is read first and
--- returned with its lease count and state brought up to date: the worker
--- reads the job's fields from this reply.
+-- Lease one job (false if it no longer exists, or its key holds no hash).
+-- The hash is read first and returned with its lease count and state
+-- brought up to date: the worker reads the job's fields from this reply.
 local function lease_job(id)
   local job_key = prefix .. 'job:' .. id
-  local fields = redis.call('HGETALL', job_key)
+  local fields = redis.pcall('HGETALL', job_key)
+  if is_error(fields) then
+    quarantine(prefix, id, now, KEYS[6], maxlen)
+    return false
+  end
   if #fields == 0 then return false end
   local leases, flow_parent = nil, false
   for i = 1, #fields, 2 do
     local name = fields[i]
     if name == 'leases' then
-      leases = tonumber(fields[i + 1]) + 1
+      leases = stored_count(fields[i + 1]) + 1
       fields[i + 1] = tostring(leases)
     elseif name == 'state' then
       fields[i + 1] = 'active'
@@ -215,14 +291,16 @@ while taken < allowed do
     for i = 1, #popped, 2 do lease_job(popped[i]) end
   else
     local has_plain = redis.call('ZCARD', KEYS[1]) > 0
-    local id
+    local id, group = nil, nil
     if group_turn or not has_plain then
       id = take_from_group(next_group)
+      group = next_group
     else
       id = redis.call('ZPOPMIN', KEYS[1])[1]
     end
     if has_plain then group_turn = not group_turn end
-    if id then lease_job(id) end
+    -- A leased job takes a slot of its group (leave_active frees it).
+    if id and lease_job(id) and group then hincr(prefix .. 'group_active', group, 1) end
   end
 end
 for i = 1, #deadlines, 400 do  -- a bounded number of arguments per call
@@ -250,7 +328,8 @@ local first_paused = redis.call('ZRANGE', paused_key, 0, 0, 'WITHSCORES')
 if #first_paused > 0 then checks[#checks + 1] = tonumber(first_paused[2]) end
 local next_check = -1
 for _, t in ipairs(checks) do
-  if next_check < 0 or t < next_check then next_check = t end
+  -- A score someone set to inf (or a time past 2^53) is no time to wake.
+  if t >= 0 and t < EXACT_LIMIT and (next_check < 0 or t < next_check) then next_check = t end
 end
 local has_limits = rl_max > 0 or concurrency > 0 or gconc > 0 or grl_max > 0
-return {jobs, next_check, limited and 1 or 0, has_limits and 1 or 0}
+return {jobs, next_check, limited and 1 or 0, has_limits and 1 or 0, ''}

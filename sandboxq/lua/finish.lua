@@ -25,20 +25,31 @@
 --   outcome "cancelled":     the worker stopped the job (or never started it)
 --                            for a cancel request: value = what became of
 --                            the run; the job is cancelled for good
+--   outcome "unstarted":     the worker never started the job (no handler
+--                            for its name there, say) and puts it back: after
+--                            delay_ms in delayed (event `delayed`), or at
+--                            once in waiting at its place (event `waiting`,
+--                            from "unstarted"); no attempt is spent and
+--                            `retries` does not count it; value is unused
 -- The caller computes delay_ms (backoff and jitter live in Python).
 -- A job with manual_retry_only = "1" is never retried automatically: any
--- outcome but "completed" fails it for good.
+-- outcome but "completed" and "unstarted" fails it for good.
 -- A job with a pending cancel request (include/cancel.lua) is never run
 -- again: an outcome that would run it again (a failure with attempts left,
--- "retry", "ratelimited") cancels it instead. One that ends it for good
--- (completed, failed with no attempt left) stands, and the request is
--- dropped.
+-- "retry", "ratelimited", "unstarted") cancels it instead. One that ends it
+-- for good (completed, failed with no attempt left) stands, and the request
+-- is dropped.
+-- A job's stored fields may be garbage: a count that is not one (attempts_made,
+-- retries) counts as 0, an `attempts` that is no number as 1; a job whose key
+-- holds no hash is "lost" (recover_stalled.lua files it under `failed` once
+-- its lease lapses).
 --
 -- Returns one status per job: "completed", "failed", "retrying",
--- "rate-limited", "cancelled", "settled:<status>" when this very lease was settled before
--- (the same finish sent again because its reply was lost), or "lost" when
--- the job is no longer leased with this token (its lease expired and it was
--- recovered, or it was removed). A lost or settled job is left untouched.
+-- "rate-limited", "cancelled", "unstarted", "settled:<status>" when this very
+-- lease was settled before (the same finish sent again because its reply was
+-- lost), or "lost" when the job is no longer leased with this token (its
+-- lease expired and it was recovered, or it was removed). A lost or settled
+-- job is left untouched.
 --!include common
 --!include retention
 --!include flow
@@ -62,7 +73,7 @@ for i = 6, first_job - 1, 2 do
   local job_key = prefix .. 'job:' .. id
   if settling[id] then
     late_starts[id] = ARGV[i + 1]
-  elseif redis.call('HGET', job_key, 'token') == token then
+  elseif redis.pcall('HGET', job_key, 'token') == token then  -- no hash: not ours
     mark_started(job_key, id, ARGV[i + 1])
   end
 end
@@ -82,17 +93,30 @@ local function retry_later(job_key, id, delay)
   return 'retrying'
 end
 
+-- The worker never started the job: back in line with nothing counted.
+local function put_back(job_key, id, delay)
+  redis.call('HDEL', job_key, 'token', 'started_at')
+  if delay > 0 then
+    redis.call('ZADD', KEYS[3], num(now + delay), id)
+    redis.call('HSET', job_key, 'state', 'delayed')
+    redis.call('ZADD', KEYS[8], 0, '0')
+    emit(KEYS[6], maxlen, 'delayed', id, 'delay_ms', num(delay))
+  else
+    make_waiting(prefix, job_key, id, now, true)
+    emit(KEYS[6], maxlen, 'waiting', id, 'from', 'unstarted')
+  end
+  return 'unstarted'
+end
 -- The handler hit a downstream limit: pause its scope (the job's group, else
 -- the queue) for delay_ms, and put the job back at its place in line. No
 -- attempt is spent.
-local function rate_limited(job_key, id, delay)
-  local group = redis.call('HGET', job_key, 'group')
+local function rate_limited(job_key, id, delay, group)
   local until_ms = num(now + delay)
   if group then
     redis.call('ZREM', prefix .. 'groups', group)
     redis.call('ZADD', prefix .. 'group_paused', until_ms, group)
   else
-    local current = tonumber(redis.call('HGET', prefix .. 'meta', 'rl_until') or '0')
+    local current = stored_number(redis.call('HGET', prefix .. 'meta', 'rl_until'), 0)
     if now + delay > current then redis.call('HSET', prefix .. 'meta', 'rl_until', until_ms) end
   end
   redis.call('HDEL', job_key, 'token', 'started_at')
@@ -118,13 +142,17 @@ for i = first_job, #ARGV, 6 do
   local delay, lease = tonumber(ARGV[i + 4]), ARGV[i + 5]
   local job_key = prefix .. 'job:' .. id
   local status
-  -- What every outcome needs, in one read.
-  local f = redis.call('HMGET', job_key, 'token', 'group', 'manual_retry_only', 'parent_prefix',
-    'settled', 'attempts_made', 'kc_count', 'kc_age', 'cancel_requested_at')
+  -- What every outcome needs, in one read (a key that holds no hash has
+  -- no token: lost).
+  local f = redis.pcall('HMGET', job_key, 'token', 'group', 'manual_retry_only', 'parent_prefix',
+    'settled', 'attempts_made', 'kc_count', 'kc_age', 'cancel_requested_at', 'attempts', 'retries')
+  if is_error(f) then f = {} end
   local held = f[1] == token and redis.call('ZREM', KEYS[1], id) == 1
   local cancelling = held and f[9]
   local started = held and late_starts[id]
-  if started and outcome ~= 'completed' then
+  if outcome == 'unstarted' then
+    started = nil  -- whatever a start said: the worker says it never ran
+  elseif started and outcome ~= 'completed' then
     mark_started(job_key, id, started)
     started = nil
   end
@@ -138,6 +166,7 @@ for i = first_job, #ARGV, 6 do
   else
     leave_active(prefix, job_key, f[2])
   end
+  local made = stored_count(f[6]) + 1  -- attempts_made, if this run counts
   local manual_only = status == nil and f[3] == '1' and outcome ~= 'completed'
   if status then
     -- lost: left untouched
@@ -145,9 +174,15 @@ for i = first_job, #ARGV, 6 do
     -- A run that started counts as an attempt; a prefetched job the worker
     -- dropped before any child took it does not.
     if redis.call('HEXISTS', job_key, 'started_at') == 1 then
-      redis.call('HINCRBY', job_key, 'attempts_made', 1)
+      redis.call('HSET', job_key, 'attempts_made', made)
     end
     status = cancel_now(job_key, id, value, '')
+  elseif outcome == 'unstarted' then
+    if cancelling then
+      status = cancel_now(job_key, id, 'never started', '')
+    else
+      status = put_back(job_key, id, delay)
+    end
   elseif manual_only then
     -- Never retried automatically (e.g. a charge): any unfinished run is a
     -- failure that only a person's retry can send back.
@@ -155,13 +190,12 @@ for i = first_job, #ARGV, 6 do
     if outcome == 'retry' or outcome == 'ratelimited' then
       message = value .. ' (not retried: manual_retry_only)'
     end
-    redis.call('HSET', job_key, 'error', message, 'traceback', traceback)
-    redis.call('HINCRBY', job_key, 'attempts_made', 1)
+    redis.call('HSET', job_key, 'error', message, 'traceback', traceback, 'attempts_made', made)
     status = fail_for_good(job_key, id, message)
   elseif outcome == 'completed' then
     -- The plain job's path, kept short: one write, then filed in completed.
     local settle = {'HSET', job_key, 'result', value,
-      'attempts_made', (tonumber(f[6]) or 0) + 1, 'state', 'completed', 'finished_at', num(now)}
+      'attempts_made', made, 'state', 'completed', 'finished_at', num(now)}
     if lease ~= '' then
       settle[#settle + 1] = 'settled'
       settle[#settle + 1] = lease .. ' completed'
@@ -186,14 +220,13 @@ for i = first_job, #ARGV, 6 do
   elseif cancelling and (outcome == 'retry' or outcome == 'ratelimited') then
     status = cancel_now(job_key, id, 'not run again: ' .. clip(value, EVENT_TEXT_BYTES), '')
   elseif outcome == 'retry' then
-    redis.call('HINCRBY', job_key, 'retries', 1)
+    redis.call('HSET', job_key, 'retries', stored_count(f[11]) + 1)
     status = retry_later(job_key, id, delay)
   elseif outcome == 'ratelimited' then
-    status = rate_limited(job_key, id, delay)
+    status = rate_limited(job_key, id, delay, f[2])
   else
-    redis.call('HSET', job_key, 'error', value, 'traceback', traceback)
-    local made = redis.call('HINCRBY', job_key, 'attempts_made', 1)
-    local allowed = tonumber(redis.call('HGET', job_key, 'attempts') or '1')
+    redis.call('HSET', job_key, 'error', value, 'traceback', traceback, 'attempts_made', made)
+    local allowed = stored_number(f[10], 1)
     if outcome == 'failed' and made < allowed and cancelling then
       status = cancel_now(job_key, id, 'not retried: ' .. clip(value, EVENT_TEXT_BYTES), traceback)
     elseif outcome == 'failed' and made < allowed then

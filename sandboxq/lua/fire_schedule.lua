@@ -33,6 +33,7 @@ local out = add_jobs(ARGV[1], tonumber(ARGV[2]), ARGV[3], k, ARGV, 8)
 local created = 0
 for i = 2, #out, 2 do created = created + out[i] end
 if tonumber(ARGV[7]) > 0 then
-  redis.call('HINCRBY', KEYS[1], key, tonumber(ARGV[7]))
+  -- A stored count that is not an integer restarts from 0.
+  hincr(KEYS[1], key, tonumber(ARGV[7]))
 end
 return created

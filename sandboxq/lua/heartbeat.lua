@@ -20,7 +20,8 @@ local deleted = 0
 for i = 1, #sample, 2 do
   local ok, entry = pcall(cjson.decode, sample[i + 1])
   local seen = ok and type(entry) == 'table' and tonumber(entry.last_seen)
-  if not seen or now - seen * 1000 > stale then
+  -- not (... <= stale): a NaN time is stale too
+  if not seen or not (now - seen * 1000 <= stale) then
     redis.call('HDEL', KEYS[1], sample[i])
     deleted = deleted + 1
   end

@@ -7,7 +7,8 @@
 -- ARGV[4] job id, or "" for every due job   ARGV[5] limit (jobs per call)
 -- ARGV[6] who asked, for one named job (recorded in the audit log)
 --
--- Returns how many jobs were promoted.
+-- A job whose key holds no hash goes to `failed` instead (quarantine, in
+-- include/common.lua). Returns how many jobs were promoted.
 --!include common
 --!include promote
 local prefix, now, maxlen, id = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
@@ -16,7 +17,10 @@ if id == '' then
 end
 if redis.call('ZREM', KEYS[1], id) == 0 then return 0 end
 local job_key = prefix .. 'job:' .. id
-make_waiting(prefix, job_key, id, now, false)
+if not make_waiting(prefix, job_key, id, now, false) then
+  quarantine(prefix, id, now, KEYS[5], maxlen)
+  return 0
+end
 audit(prefix, id, now, ARGV[6] or '', 'promote')
 emit(KEYS[5], maxlen, 'waiting', id, 'from', 'promoted')
 return 1

@@ -16,7 +16,8 @@
 -- ARGV[6..] the ids the worker knows it holds
 --
 -- A job whose cancel was asked meanwhile (include/cancel.lua) is cancelled
--- instead of handed back.
+-- instead of handed back. An id whose key holds no hash is left to
+-- recover_stalled.lua.
 --
 -- Returns the ids handed back.
 --!include common
@@ -43,7 +44,7 @@ local returned = {}
 -- after a lost reply, never on the hot path.
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local job_key = prefix .. 'job:' .. id
-  if not known[id] and redis.call('HGET', job_key, 'token') == token then
+  if not known[id] and redis.pcall('HGET', job_key, 'token') == token then
     redis.call('ZREM', KEYS[1], id)
     if redis.call('HEXISTS', job_key, 'cancel_requested_at') == 1 then
       leave_active(prefix, job_key)

@@ -14,7 +14,10 @@
 -- A job whose cancel was asked while it ran (include/cancel.lua) is
 -- cancelled instead. Every worker runs this script from its start on, so it
 -- also moves a hash an older version left under `cancelled` (see
--- claim_cancelled_key) out of the way of the state's set.
+-- claim_cancelled_key) out of the way of the state's set. A job whose hash
+-- is gone is dropped; one whose key holds something other than a hash goes
+-- to `failed` as it is (include/common.lua's quarantine). A `stalls` or
+-- `attempts_made` that is not a count counts as 0.
 --
 -- Returns {requeued ids, failed ids, cancelled ids}.
 --!include common
@@ -29,9 +32,13 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. num(now), 'L
 for _, id in ipairs(expired) do
   local job_key = prefix .. 'job:' .. id
   redis.call('ZREM', KEYS[1], id)
-  if redis.call('EXISTS', job_key) == 1 then
+  local kind = job_type(job_key)
+  if kind ~= 'hash' and kind ~= 'none' then
+    quarantine(prefix, id, now, KEYS[4], maxlen)
+    failed[#failed + 1] = id
+  elseif kind == 'hash' then
     leave_active(prefix, job_key)
-    local stalls = redis.call('HINCRBY', job_key, 'stalls', 1)
+    local stalls = hincr(job_key, 'stalls', 1)
     emit(KEYS[4], maxlen, 'stalled', id, 'stalls', stalls)
     local f = redis.call('HMGET', job_key, 'manual_retry_only', 'cancel_requested_at')
     local manual_only = f[1] == '1'
@@ -43,7 +50,7 @@ for _, id in ipairs(expired) do
       local message = 'stalled ' .. stalls .. ' times'
       if manual_only then message = message .. ' (not retried: manual_retry_only)' end
       redis.call('HSET', job_key, 'error', message, 'traceback', '')
-      redis.call('HINCRBY', job_key, 'attempts_made', 1)
+      hincr(job_key, 'attempts_made', 1)
       notify_parent(job_key, now, maxlen, false, message)
       finalize(prefix, job_key, KEYS[3], id, 'failed', now, 'kf_count', 'kf_age', maxlen)
       emit(KEYS[4], maxlen, 'failed', id, 'error', message)

@@ -1,37 +1,47 @@
--- release: give a worker's unfinished jobs back to the queue at once (a forced
--- shutdown), instead of waiting for their leases to lapse. The jobs keep their
--- place in line and no attempt or stall is counted. A manual_retry_only job
--- fails instead: it may have half-run. A job whose cancel was asked
--- (include/cancel.lua) is cancelled instead of handed back.
+-- release: give a worker's unfinished jobs back to the queue at once, instead
+-- of waiting for their leases to lapse. Two kinds:
+-- - jobs that never ran (prefetched, and no child took them): each goes back
+--   to waiting at its place, with no attempt and no stall counted, whatever
+--   its options (manual_retry_only too: nothing ran);
+-- - jobs that may have run (a forced shutdown interrupted them): they go back
+--   the same way, except a manual_retry_only job, which fails instead: it
+--   may have half-run, and only a person may send it back.
+-- A job whose cancel was asked (include/cancel.lua) is cancelled instead of
+-- handed back, whichever kind. A job no longer leased with this token (or
+-- whose key holds no hash) is left alone.
 --
 -- KEYS[1] active   KEYS[2] wait   KEYS[3] events   KEYS[4] marker
 -- KEYS[5] cancelled   KEYS[6] cancel_requests
 --
 -- ARGV[1] key prefix   ARGV[2] lease token   ARGV[3] events maxlen
--- ARGV[4] now (ms)   ARGV[5..] job ids
+-- ARGV[4] now (ms)   ARGV[5] N, how many of the ids that follow never ran
+-- ARGV[6..5+N] the ids that never ran   ARGV[6+N..] the ids that may have run
 --
--- Returns the ids released (those still leased with this token).
+-- Returns the ids handed back to waiting (those still leased with this
+-- token, neither cancelled nor failed).
 --!include common
 --!include retention
 --!include flow
 --!include cancel
 local prefix, token, maxlen, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local last_unstarted = 5 + tonumber(ARGV[5])
 local released = {}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local id = ARGV[i]
   local job_key = prefix .. 'job:' .. id
-  if redis.call('HGET', job_key, 'token') == token and redis.call('ZREM', KEYS[1], id) == 1 then
+  local may_have_run = i > last_unstarted
+  if redis.pcall('HGET', job_key, 'token') == token and redis.call('ZREM', KEYS[1], id) == 1 then
     local f = redis.call('HMGET', job_key, 'manual_retry_only', 'cancel_requested_at')
     if f[2] then
       leave_active(prefix, job_key)
-      cancel_for_good(prefix, job_key, id, now, maxlen, KEYS[5], KEYS[6], KEYS[3],
-        'its worker let go of it', '')
-    elseif f[1] == '1' then
+      local detail = may_have_run and 'its worker let go of it' or 'never started'
+      cancel_for_good(prefix, job_key, id, now, maxlen, KEYS[5], KEYS[6], KEYS[3], detail, '')
+    elseif may_have_run and f[1] == '1' then
       leave_active(prefix, job_key)
       -- It may have half-run (a charge): only a person may send it back.
       local message = 'interrupted by a forced shutdown (not retried: manual_retry_only)'
       redis.call('HSET', job_key, 'error', message, 'traceback', '')
-      redis.call('HINCRBY', job_key, 'attempts_made', 1)
+      hincr(job_key, 'attempts_made', 1)
       notify_parent(job_key, now, maxlen, false, message)
       finalize(prefix, job_key, prefix .. 'failed', id, 'failed', now, 'kf_count', 'kf_age', maxlen)
       emit(KEYS[3], maxlen, 'failed', id, 'error', message)

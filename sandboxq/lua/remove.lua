@@ -7,6 +7,8 @@
 -- ARGV[4] now (ms)   ARGV[5] who asked (kept in the queue's audit log)
 --
 -- A flow child that its parent still waits for counts as a failed child.
+-- A key that holds something other than a hash (quarantined: see
+-- include/common.lua) is removed too: that is how a person clears it.
 --
 -- Returns 1 if removed, 0 if there is no such job, -1 if the job is active
 -- (a worker holds its lease; remove it once it finishes).
@@ -15,9 +17,10 @@
 --!include flow
 local prefix, maxlen, id, now, by = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local job_key = prefix .. 'job:' .. id
-if redis.call('EXISTS', job_key) == 0 then return 0 end
+local kind = job_type(job_key)
+if kind == 'none' then return 0 end
 if redis.call('ZSCORE', KEYS[3], id) then return -1 end
-unwait(prefix, job_key, id)
+if kind == 'hash' then unwait(prefix, job_key, id) else redis.call('ZREM', KEYS[1], id) end
 for k = 2, 5 do
   if k ~= 3 then redis.call('ZREM', KEYS[k], id) end
 end

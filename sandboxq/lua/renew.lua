@@ -6,15 +6,15 @@
 -- ARGV[4] lease (ms)   ARGV[5..] job ids
 --
 -- Returns the ids whose lease this token no longer holds (recovered by
--- another worker after a lapse, or removed): the caller should stop
--- reporting on them.
+-- another worker after a lapse, or removed, or whose key now holds no
+-- hash): the caller should stop reporting on them.
 --!include common
 local prefix, now, token, lease = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local deadline = num(now + lease)
 local lost = {}
 for i = 5, #ARGV do
   local id = ARGV[i]
-  local held = redis.call('HGET', prefix .. 'job:' .. id, 'token') == token
+  local held = redis.pcall('HGET', prefix .. 'job:' .. id, 'token') == token
   if held and redis.call('ZSCORE', KEYS[1], id) then
     redis.call('ZADD', KEYS[1], 'XX', deadline, id)
   else

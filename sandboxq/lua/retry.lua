@@ -8,19 +8,16 @@
 -- ARGV[7] "1" to forget the job's durable steps (step.lua), so it redoes them
 --
 -- The last error and traceback stay on the job for reference until it fails
--- again or completes. Returns the ids moved (empty if the job is not failed).
+-- again or completes. A failed id whose key holds no hash (quarantined: see
+-- include/common.lua) stays failed, as there is no job to run (remove it),
+-- and retrying the oldest looks past at most `limit` of them; an id whose
+-- hash is gone leaves the set. Returns the ids moved (empty if the job is
+-- not failed).
 --!include common
 local prefix, maxlen, id, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now, by, reset_steps = tonumber(ARGV[5]), ARGV[6], ARGV[7] == '1'
 
-local ids
-if id ~= '' then
-  if not redis.call('ZSCORE', KEYS[1], id) then return {} end
-  ids = {id}
-else
-  ids = redis.call('ZRANGE', KEYS[1], 0, limit - 1)
-end
-for _, job_id in ipairs(ids) do
+local function send_back(job_id)
   local job_key = prefix .. 'job:' .. job_id
   redis.call('ZREM', KEYS[1], job_id)
   redis.call('HSET', job_key, 'attempts_made', 0, 'stalls', 0)
@@ -38,4 +35,38 @@ for _, job_id in ipairs(ids) do
   audit(prefix, job_id, now, by, action)
   emit(KEYS[5], maxlen, 'waiting', job_id, 'from', 'retry')
 end
-return ids
+
+-- Whether the failed id can be sent back (its key holds a hash); an id
+-- whose hash is gone leaves the set.
+local function retryable(job_id)
+  local kind = job_type(prefix .. 'job:' .. job_id)
+  if kind == 'none' then redis.call('ZREM', KEYS[1], job_id) end
+  return kind == 'hash'
+end
+
+local moved = {}
+if id ~= '' then
+  if redis.call('ZSCORE', KEYS[1], id) and retryable(id) then
+    send_back(id)
+    moved[1] = id
+  end
+  return moved
+end
+-- The oldest first. What this call sends back (or drops) leaves the set, so
+-- the next page starts after the corrupt ids left in front. At most `limit`
+-- ids are passed over (corrupt or gone), so one call stays short.
+local offset, passed = 0, 0
+while #moved < limit and passed < limit do
+  local page = redis.call('ZRANGE', KEYS[1], offset, offset + limit - #moved - 1)
+  if #page == 0 then break end
+  for _, job_id in ipairs(page) do
+    if retryable(job_id) then
+      send_back(job_id)
+      moved[#moved + 1] = job_id
+    else
+      passed = passed + 1
+      if redis.call('ZSCORE', KEYS[1], job_id) then offset = offset + 1 end
+    end
+  end
+end
+return moved

@@ -14,8 +14,9 @@
 --
 -- Returns one status per step: "recorded"; "known" when the key holds a
 -- result already (the same step sent again after its reply was lost: the
--- first result stays); "lost" when the job is not this token's; "full"
--- when the job has recorded the most steps it may.
+-- first result stays); "lost" when the job is not this token's (or its key
+-- holds no hash); "full" when the job has recorded the most steps it may.
+-- A `step_count` that is not a count counts as 0.
 --!include common
 local prefix, token, maxlen = ARGV[1], ARGV[2], ARGV[3]
 local max_steps = tonumber(ARGV[4])
@@ -25,15 +26,16 @@ for i = 5, #ARGV, 3 do
   local job_key = prefix .. 'job:' .. id
   local field = 'step:' .. key
   local status
-  if redis.call('HGET', job_key, 'token') ~= token then
+  local f = redis.pcall('HMGET', job_key, 'token', field, 'step_count')
+  if is_error(f) or f[1] ~= token then
     status = 'lost'
-  elseif redis.call('HEXISTS', job_key, field) == 1 then
+  elseif f[2] then
     status = 'known'
-  elseif (tonumber(redis.call('HGET', job_key, 'step_count')) or 0) >= max_steps then
+  elseif stored_count(f[3]) >= max_steps then
     status = 'full'
   else
-    local n = redis.call('HINCRBY', job_key, 'step_count', 1)
-    redis.call('HSET', job_key, field, n .. ':' .. result)
+    local n = stored_count(f[3]) + 1
+    redis.call('HSET', job_key, 'step_count', n, field, n .. ':' .. result)
     emit(KEYS[1], maxlen, 'step', id, 'key', key)
     status = 'recorded'
   end

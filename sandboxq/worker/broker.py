@@ -279,7 +279,10 @@ class Broker:
         self.report_bytes: dict[tuple[str, str], int] = {}
         #: Durable steps children wait on: (job id, key, result JSON).
         self.steps: dict[str, list[tuple[str, str, str]]] = {q: [] for q in queues}
+        #: Jobs to hand back (release.lua), per queue: those that never ran,
+        #: and those that may have run (a forced shutdown interrupted them).
         self.releases: dict[str, list[str]] = {q: [] for q in queues}
+        self.interrupted: dict[str, list[str]] = {q: [] for q in queues}
         self.leased: dict[str, set[str]] = {q: set() for q in queues}
         #: Per queue, the highest fetch request whose reply never came: the
         #: next step reclaims what it may have leased.
@@ -345,6 +348,7 @@ class Broker:
             or self.progress[queue]
             or self.steps[queue]
             or self.releases[queue]
+            or self.interrupted[queue]
             for queue in self.queues
             if not self._holds_work(queue, now)
         )
@@ -454,9 +458,12 @@ class Broker:
         self.steps[queue].append((job_id, key, result))
         self._note_pending()
 
-    def hand_back(self, queue: str, job_id: str) -> None:
-        """Give a leased job back to its queue in the next step (release.lua)."""
-        self.releases[queue].append(job_id)
+    def hand_back(self, queue: str, job_id: str, *, ran: bool = False) -> None:
+        """Give a leased job back to its queue in the next step (release.lua).
+        ``ran``: it may have run (a forced shutdown interrupted it), so a
+        manual_retry_only job fails instead; one that never ran goes back
+        with nothing spent, whatever its options."""
+        (self.interrupted if ran else self.releases)[queue].append(job_id)
         self._note_pending()
         if any(started == job_id for started, _ms in self.starts[queue]):
             self.starts[queue] = [s for s in self.starts[queue] if s[0] != job_id]
@@ -751,10 +758,11 @@ class Broker:
                 plan.append(_Command("report", queue, reports))
             if self.finishes[queue] or self.starts[queue]:
                 self._queue_finish(queue, now, pipe, plan, settle=True)
-            if releases := self.releases[queue]:
-                self.releases[queue] = []
-                self.scripts.release(k, self.token, releases, now, pipe)
-                plan.append(_Command("release", queue, releases))
+            unstarted, interrupted = self.releases[queue], self.interrupted[queue]
+            if unstarted or interrupted:
+                self.releases[queue], self.interrupted[queue] = [], []
+                self.scripts.release(k, self.token, unstarted, interrupted, now, pipe)
+                plan.append(_Command("release", queue, (unstarted, interrupted)))
             if queue in self.unsure:
                 known = list(self.leased[queue])
                 self.scripts.reclaim(k, now, self.token, self.unsure[queue], known, pipe)
@@ -876,8 +884,10 @@ class Broker:
             self.steps[queue][:0] = command.sent
             self._note_pending(len(command.sent))
         elif kind == "release":
-            self.releases[queue][:0] = command.sent
-            self._note_pending(len(command.sent))
+            unstarted, interrupted = command.sent
+            self.releases[queue][:0] = unstarted
+            self.interrupted[queue][:0] = interrupted
+            self._note_pending(len(unstarted) + len(interrupted))
         elif kind == "fetch" and not isinstance(error, redis.exceptions.NoScriptError):
             self.unsure[queue] = max(command.sent, self.unsure.get(queue, 0))
         elif kind == "renew":
@@ -916,7 +926,8 @@ class Broker:
             for (job_id, key, _result), status in zip(command.sent, reply, strict=True):
                 result.stepped.append((queue, job_id, key, status.decode()))
         elif kind == "release":
-            self.leased[queue].difference_update(command.sent)
+            for ids in command.sent:
+                self.leased[queue].difference_update(ids)
             if released := decode_ids(reply):
                 result.released.append((queue, released))
         elif kind == "reclaim":
@@ -990,8 +1001,7 @@ class Broker:
                 result.unsupported = str(exc)
 
     def _take(self, queue: str, reply: Any, result: StepResult, next_due: list[int]) -> None:
-        rows, due, limited, has_limits = reply[:4]
-        problem = reply[4] if len(reply) > 4 else b""  # TODO(merge): fetch.lua's 5th item
+        rows, due, limited, has_limits, problem = reply
         if problem:  # a setting fetch.lua cannot use: it leased nothing
             raise BadSetting(problem.decode(errors="backslashreplace"))
         if has_limits:

@@ -1108,7 +1108,7 @@ class Worker:
             if self._step_aside(queue, job_id, fields):
                 return
             outcome = self._unknown_name(queue, job_id, name, fields)
-            if outcome.kind == execution.RETRY:
+            if outcome.kind == execution.UNSTARTED:
                 # Until a little after it is due again (see _step_aside).
                 self._handed_back_unknown[(queue, job_id)] = time.monotonic() + (
                     UNKNOWN_NAME_RETRY_SECONDS + 1.0
@@ -1136,15 +1136,15 @@ class Worker:
 
     def _step_aside(self, queue: str, job_id: str, fields: dict[str, Any]) -> bool:
         """A job with no handler here, that this worker handed back moments
-        ago, is back: give it back at once and fetch nothing for
-        STEP_ASIDE_SECONDS, so a worker that knows it takes it (the hand-back
-        wakes one). False when the job is not one of those (or it must not
-        be released: a manual_retry_only job fails when released)."""
+        ago, is back: give it back at once (it never ran: nothing is spent,
+        whatever its options) and fetch nothing for STEP_ASIDE_SECONDS, so a
+        worker that knows it takes it (the hand-back wakes one). False when
+        the job is not one of those."""
         now = time.monotonic()
         expired = [key for key, until in self._handed_back_unknown.items() if until <= now]
         for key in expired:
             del self._handed_back_unknown[key]
-        if (queue, job_id) not in self._handed_back_unknown or fields.get("manual_retry_only"):
+        if (queue, job_id) not in self._handed_back_unknown:
             return False
         self.broker.hand_back(queue, job_id)
         self.broker.hold_fetches(STEP_ASIDE_SECONDS)
@@ -1155,8 +1155,9 @@ class Worker:
     ) -> execution.Outcome:
         """A job no handler here runs: a typo, or a new job type reaching an
         old worker mid-deploy. Within --unknown-name-grace of its creation it
-        goes back to the queue for UNKNOWN_NAME_RETRY_SECONDS (no attempt
-        spent), so a newer worker can take it; after that it fails."""
+        goes back to the queue for UNKNOWN_NAME_RETRY_SECONDS, never having
+        run (no attempt spent, even for manual_retry_only), so a newer worker
+        can take it; after that it fails."""
         known = sorted(job for q, job in self.handlers if q == queue)
         problem = f"no handler for job {name!r} in queue {queue!r} (this worker knows: "
         problem += f"{', '.join(known)})"
@@ -1171,7 +1172,9 @@ class Worker:
                 job_id=job_id,
                 job_name=name,
             )
-            return execution.Outcome(execution.RETRY, problem, delay=UNKNOWN_NAME_RETRY_SECONDS)
+            return execution.Outcome(
+                execution.UNSTARTED, problem, delay=UNKNOWN_NAME_RETRY_SECONDS
+            )
         message = f"{problem}; no worker ran it within {self.unknown_name_grace:g}s"
         logs.event(message, logging.WARNING, queue=queue, job_id=job_id, job_name=name)
         return execution.Outcome.error(message, unrecoverable=True)
@@ -1415,7 +1418,9 @@ class Worker:
         for child in busy:
             for job in (child.job, *child.queued):
                 if job is not None and job.job_id not in child.dropping:
-                    self.broker.hand_back(job.queue, job.job_id)
+                    # The child may have started it (a queued one too, since
+                    # it last said so): it may have run.
+                    self.broker.hand_back(job.queue, job.job_id, ran=True)
             child.job = None
             child.queued.clear()
             self.pool.kill(child)
@@ -1424,7 +1429,8 @@ class Worker:
     def _give_up_on_redis(self) -> None:
         """Stopping while Redis does not answer: what is still pending can
         only come back through the leases."""
-        left = [job_id for ids in self.broker.releases.values() for job_id in ids]
+        handing_back = (*self.broker.releases.values(), *self.broker.interrupted.values())
+        left = [job_id for ids in handing_back for job_id in ids]
         logs.event(
             "could not reach Redis before stopping: jobs not handed back and results "
             "not recorded run again once their leases lapse",

@@ -16,7 +16,17 @@ local function add_jobs(prefix, now, maxlen, k, args, first_index)
     i = last + 1
     -- A generated id is new: a custom id cannot be a plain integer (JobOptions).
     local custom = id ~= ''
-    if not custom then id = tostring(redis.call('INCR', k.id)) end
+    if not custom then
+      local n = redis.pcall('INCR', k.id)
+      -- Restarting the counter could hand out the ids of existing jobs: stop
+      -- instead (jobs before this one in the batch have custom ids, so
+      -- adding the batch again changes nothing for them).
+      if is_error(n) then
+        error('the job id counter ' .. k.id .. ' holds no integer (' .. n.err .. '); set it '
+          .. 'to the highest job id to add jobs again')
+      end
+      id = tostring(n)
+    end
     local job_key = prefix .. 'job:' .. id
     if custom and redis.call('EXISTS', job_key) == 1 then
       out[#out + 1] = id

@@ -13,8 +13,72 @@ local function num(x)
   return num_out
 end
 
+-- Anything can be stored where a script expects a number (another tool, an
+-- old version, a person's HSET), and a script that raised on it would abort
+-- its whole call: every job of a batch, after some writes were made. So a
+-- number read back from Redis goes through one of these, which never raise:
+-- what they cannot use becomes a default. (The worker fails a job whose
+-- fields are garbage itself, saying why; fetch.lua reports a queue setting
+-- it cannot use.) Numbers stay below 2^53, where a double is exact.
+local EXACT_LIMIT = 9007199254740992
+
+-- A stored number: the value if it is a finite number within +/- 2^53,
+-- else `default` (a missing field, text, NaN, an infinity...).
+local function stored_number(value, default)
+  local n = tonumber(value)
+  if n == nil or not (n > -EXACT_LIMIT and n < EXACT_LIMIT) then return default end
+  return n
+end
+
+-- Counts (attempts_made, leases, stalls, retries, step_count) are whole
+-- numbers from 0 to under 2^40: no job gets near that many (one retry a
+-- millisecond for 30 years), and Redis writes a Lua number that small
+-- exactly. A stored count that is anything else counts as 0.
+local COUNT_LIMIT = 1099511627776
+local function stored_count(value)
+  local n = tonumber(value)
+  if n == nil or not (n >= 0 and n < COUNT_LIMIT) or n % 1 ~= 0 then return 0 end
+  return n
+end
+
+-- A stored whole number (a retention count...), else `default`.
+local function stored_whole(value, default)
+  local n = stored_number(value, nil)
+  if n == nil or n % 1 ~= 0 then return default end
+  return n
+end
+
+-- Whether a reply of redis.pcall is an error (e.g. WRONGTYPE: the key holds
+-- something other than what the script expects).
+local function is_error(reply)
+  return type(reply) == 'table' and reply.err ~= nil
+end
+
+-- HINCRBY on a hash that is known to be a hash, where a stored value that
+-- is not an integer (HINCRBY refuses it) counts as 0. Returns the new value.
+local function hincr(key, field, by)
+  local n = redis.pcall('HINCRBY', key, field, by)
+  if is_error(n) then
+    redis.call('HSET', key, field, by)
+    return by
+  end
+  return n
+end
+
+-- INCRBY on a counter of the queue's (seq, gcount, group_rr); a value that
+-- is not an integer restarts it from 0 rather than stopping every script
+-- that counts.
+local function incr(key, by)
+  local n = redis.pcall('INCRBY', key, by)
+  if is_error(n) then
+    redis.call('SET', key, by)
+    return by
+  end
+  return n
+end
+
 local function next_seq(seq_key)
-  return redis.call('INCR', seq_key)
+  return incr(seq_key, 1)
 end
 
 -- Waiting jobs are ordered by priority (lower first), then FIFO. Strict
@@ -28,18 +92,20 @@ local aging_cache = {}
 local function aging_ms(prefix)
   local cached = aging_cache[prefix]
   if cached == nil then
-    cached = tonumber(redis.call('HGET', prefix .. 'meta', 'aging_ms') or '0')
+    cached = stored_number(redis.call('HGET', prefix .. 'meta', 'aging_ms'), 0)
     aging_cache[prefix] = cached
   end
   return cached
 end
 
+-- The values may come from the job's hash: garbage counts as 0.
 local function wait_score(prefix, priority, seq, since)
   local aging = aging_ms(prefix)
+  priority = stored_number(priority, 0)
   if aging > 0 then
-    return num(tonumber(priority) * aging + tonumber(since))
+    return num(priority * aging + stored_number(since, 0))
   end
-  return num(tonumber(priority) * SEQ_SPAN + (tonumber(seq) % SEQ_SPAN))
+  return num(priority * SEQ_SPAN + (stored_number(seq, 0) % SEQ_SPAN))
 end
 
 -- At most `limit` bytes of `text`, cut on a UTF-8 character boundary, with a
@@ -72,7 +138,7 @@ end
 local function ready_group(prefix, group)
   if redis.call('ZSCORE', prefix .. 'group_paused', group) then return end
   if redis.call('ZSCORE', prefix .. 'groups', group) then return end
-  redis.call('ZADD', prefix .. 'groups', redis.call('INCR', prefix .. 'group_rr'), group)
+  redis.call('ZADD', prefix .. 'groups', incr(prefix .. 'group_rr', 1), group)
 end
 
 -- Put a job id into its waiting set: its group's (`group`, or false), or
@@ -80,7 +146,7 @@ end
 local function enter_wait(prefix, id, score, group)
   if group then
     redis.call('SADD', prefix .. 'group_names', group)
-    redis.call('INCR', prefix .. 'gcount')
+    incr(prefix .. 'gcount', 1)
     redis.call('ZADD', prefix .. 'gwait:' .. group, score, id)
     ready_group(prefix, group)
   else
@@ -90,17 +156,37 @@ end
 
 -- Put a job into waiting (its group's set, or the queue's) and wake one
 -- blocked worker. keep_place: requeue at its original place in line (a
--- stalled or released job), else join the end of its priority.
+-- stalled or released job), else join the end of its priority (so does a
+-- job whose stored place is not a number). Returns false, doing nothing,
+-- when the job's key holds something other than a hash (see quarantine).
 local function make_waiting(prefix, job_key, id, now, keep_place)
-  local f = redis.call('HMGET', job_key, 'priority', 'seq', 'waiting_since', 'group')
+  local f = redis.pcall('HMGET', job_key, 'priority', 'seq', 'waiting_since', 'group')
+  if is_error(f) then return false end
   local seq, since = f[2], f[3]
-  if not keep_place or not seq or not since then
+  if not keep_place or not stored_number(seq, nil) or not stored_number(since, nil) then
     seq, since = next_seq(prefix .. 'seq'), num(now)
     redis.call('HSET', job_key, 'seq', seq, 'waiting_since', since)
   end
-  enter_wait(prefix, id, wait_score(prefix, f[1] or '0', seq, since), f[4])
+  enter_wait(prefix, id, wait_score(prefix, f[1], seq, since), f[4])
   redis.call('HSET', job_key, 'state', 'waiting')
   redis.call('ZADD', prefix .. 'marker', 0, '0')
+  return true
+end
+
+-- A job id whose key holds something other than a hash (another tool wrote
+-- it there): no script can read, run or settle it. The caller took it out
+-- of the set it was found in; it goes to `failed`, with a `failed` event,
+-- so a person sees it (and can remove it) instead of it vanishing. Its key
+-- is left as it is.
+local function quarantine(prefix, id, now, events_key, maxlen)
+  redis.call('ZADD', prefix .. 'failed', num(now), id)
+  emit(events_key, maxlen, 'failed', id, 'error', 'corrupt record: its key holds no hash')
+end
+
+-- Whether a job's key is a hash ("hash"), missing ("none"), or something
+-- else: for the scripts that touch a job by id outside the hot paths.
+local function job_type(job_key)
+  return redis.call('TYPE', job_key).ok
 end
 
 -- Take a job out of whichever waiting set holds it; true if it was waiting.
@@ -108,7 +194,7 @@ local function unwait(prefix, job_key, id)
   local group = redis.call('HGET', job_key, 'group')
   if group then
     local removed = redis.call('ZREM', prefix .. 'gwait:' .. group, id) == 1
-    if removed then redis.call('DECR', prefix .. 'gcount') end
+    if removed then incr(prefix .. 'gcount', -1) end
     return removed
   end
   return redis.call('ZREM', prefix .. 'wait', id) == 1
@@ -123,7 +209,7 @@ local concurrency_cache = {}
 local function leave_active(prefix, job_key, group)
   if group == nil then group = redis.call('HGET', job_key, 'group') end
   if group then
-    if redis.call('HINCRBY', prefix .. 'group_active', group, -1) <= 0 then
+    if hincr(prefix .. 'group_active', group, -1) <= 0 then
       redis.call('HDEL', prefix .. 'group_active', group)
     end
     if redis.call('ZCARD', prefix .. 'gwait:' .. group) > 0 then ready_group(prefix, group) end
@@ -153,8 +239,8 @@ end
 -- log, which outlives removed jobs. job_id "" means the queue itself.
 local function audit(prefix, job_id, now, by, action)
   local at = num(now)
-  if job_id ~= '' then
-    redis.call('RPUSH', prefix .. 'audit:' .. job_id,
+  if job_id ~= '' then  -- (an audit key that holds no list keeps the stream's entry only)
+    redis.pcall('RPUSH', prefix .. 'audit:' .. job_id,
       cjson.encode({at = tonumber(at) / 1000, by = by, action = action}))
   end
   redis.call('XADD', prefix .. 'audit', 'MAXLEN', '~', 10000, '*',

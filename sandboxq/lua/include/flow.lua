@@ -7,7 +7,10 @@
 
 -- The children's results a parent reads, as one JSON object {ref: result}.
 local function children_json(prefix, id)
-  local deps = redis.call('HGETALL', prefix .. 'deps:' .. id)
+  local deps = redis.pcall('HGETALL', prefix .. 'deps:' .. id)
+  -- Not a hash: no JSON, so the worker fails the job saying its stored
+  -- data is not valid, rather than running it without its children's results.
+  if is_error(deps) then return 'corrupt: the results of its children are not a hash' end
   local parts = {}
   for i = 1, #deps, 2 do
     parts[#parts + 1] = cjson.encode(deps[i]) .. ':' .. deps[i + 1]
@@ -25,14 +28,17 @@ end
 local function notify_parent(job_key, now, maxlen, completed, value, removed)
   local link_fields = {'parent_prefix', 'parent_id', 'ref', 'fail_parent', 'ignore_failure'}
   local link = redis.call('HMGET', job_key, unpack(link_fields))
-  while link[1] do
+  -- A link that is not whole, or names a key the parent's state cannot be
+  -- read from (not a hash, or not in this slot), leaves no parent to tell.
+  while link[1] and link[2] and link[3] do
     local pprefix, pid, ref = link[1], link[2], link[3]
     local pkey = pprefix .. 'job:' .. pid
-    if redis.call('HGET', pkey, 'state') ~= 'waiting-children' then return end
+    local state = redis.pcall('HGET', pkey, 'state')
+    if state ~= 'waiting-children' then return end
     if completed or link[5] == '1' then
       local where = completed and 'deps:' or 'ignored:'
-      redis.call('HSET', pprefix .. where .. pid, ref, value)
-      if redis.call('HINCRBY', pkey, 'pending', -1) <= 0 then
+      redis.pcall('HSET', pprefix .. where .. pid, ref, value)  -- not a hash: not kept
+      if hincr(pkey, 'pending', -1) <= 0 then
         redis.call('ZREM', pprefix .. 'waiting_children', pid)
         make_waiting(pprefix, pkey, pid, now, false)
         emit(pprefix .. 'events', maxlen, 'waiting', pid, 'from', 'children')
@@ -57,11 +63,11 @@ end
 -- skipped) changes nothing.
 on_job_deleted = function(prefix, id, now, maxlen)
   local job_key = prefix .. 'job:' .. id
-  local link = redis.call('HMGET', job_key, 'parent_prefix', 'parent_id', 'ref')
-  if not link[1] then return end
+  local link = redis.pcall('HMGET', job_key, 'parent_prefix', 'parent_id', 'ref')
+  if is_error(link) or not (link[1] and link[2] and link[3]) then return end
   local pprefix, pid, ref = link[1], link[2], link[3]
-  if redis.call('HEXISTS', pprefix .. 'deps:' .. pid, ref) == 1
-      or redis.call('HEXISTS', pprefix .. 'ignored:' .. pid, ref) == 1 then
+  if redis.pcall('HEXISTS', pprefix .. 'deps:' .. pid, ref) == 1
+      or redis.pcall('HEXISTS', pprefix .. 'ignored:' .. pid, ref) == 1 then
     return
   end
   notify_parent(job_key, now, maxlen, false, 'the job was removed', true)

@@ -51,8 +51,9 @@ local function file_finished(prefix, job_key, set_key, id, now, count_field, age
   redis.call('HDEL', job_key, 'token')
   redis.call('ZADD', set_key, num(now), id)
   keep = keep or redis.call('HMGET', job_key, count_field, age_field)
-  local max_count = tonumber(keep[1]) or -1
-  local max_age_ms = tonumber(keep[2]) or -1
+  -- Stored on the job: one that is not a count or a number keeps all.
+  local max_count = stored_whole(keep[1], -1)
+  local max_age_ms = stored_number(keep[2], -1)
   if max_count >= 0 or max_age_ms >= 0 then
     trim_finished(prefix, set_key, now, max_count, max_age_ms, 1000, maxlen)
   end
