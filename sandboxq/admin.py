@@ -25,6 +25,7 @@ import redis
 
 from sandboxq import registry
 from sandboxq.addresses import redact
+from sandboxq.caps import terminal_safe
 from sandboxq.connection import connect, describe, resolve_url, url_in_errors
 from sandboxq.errors import ConnectionFailed
 from sandboxq.job import FINISHED_STATES, STATES, Job
@@ -54,18 +55,6 @@ class CommandError(Exception):
 def print_json(value: Any, *, compact: bool = False) -> None:
     option = 0 if compact else orjson.OPT_INDENT_2
     print(orjson.dumps(value, option=option).decode(), flush=True)
-
-
-#: Characters that would steer a terminal (C0 and C1 controls, DEL, and the
-#: bidirectional overrides that reorder what a line shows).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def terminal_safe(text: str) -> str:
-    """``text`` with those characters shown as escapes (``\\x1b``): ids, names
-    and errors come from whoever added the job, and must not move the cursor,
-    recolour the screen or hide what follows."""
-    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 def cell(value: Any) -> str:

@@ -19,6 +19,8 @@ bigger one. Durable steps add at most 1,000 results of 64 KiB each.
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
 #: One log line (``job.log``); the log keeps the newest MAX_LOG_LINES.
@@ -88,3 +90,15 @@ def clip_json(raw: str, limit: int) -> str:
             return out
         budget -= over
     return '""'[: max(limit, 0)]
+
+
+#: Characters that would steer a terminal (C0 and C1 controls, DEL, and the
+#: bidirectional overrides that reorder what a line shows).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with those characters shown as escapes (``\\x1b``): ids, names
+    and errors come from whoever added the job, and must not move the cursor,
+    recolour the screen or hide what follows."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)

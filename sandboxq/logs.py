@@ -2,6 +2,11 @@
 
 Job events carry ``job_id``, ``job_name``, ``queue``, ``attempt``, ``pid``
 and ``duration_ms`` in ``record.fields``; both formats print them.
+
+Names, ids and errors come from whoever added the job (or wrote to Redis):
+a line shows at most MAX_SHOWN characters of the message and of each value,
+and the text format shows control characters as escapes, so no value can
+fake a line of its own or flood the log.
 """
 
 from __future__ import annotations
@@ -13,17 +18,31 @@ from typing import Any
 
 import orjson
 
+from sandboxq.caps import terminal_safe
+
 LOGGER_NAME = "sandboxq"
 log = logging.getLogger(LOGGER_NAME)
+
+#: The most characters a log line shows of its message, and of each value.
+MAX_SHOWN = 2000
+
+
+def clipped(value: Any) -> Any:
+    """A value as a line shows it: text longer than MAX_SHOWN is cut."""
+    if isinstance(value, str) and len(value) > MAX_SHOWN:
+        return f"{value[:MAX_SHOWN]}…[{len(value)} characters]"
+    return value
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
-        line = f"{stamp} {record.levelname} {record.getMessage()}"
+        line = f"{stamp} {record.levelname} {terminal_safe(clipped(record.getMessage()))}"
         fields: dict[str, Any] = getattr(record, "fields", {})
         if fields:
-            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+            line += " " + " ".join(
+                f"{k}={terminal_safe(clipped(str(v)))}" for k, v in fields.items()
+            )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -34,9 +53,9 @@ class JsonFormatter(logging.Formatter):
         entry: dict[str, Any] = {
             "ts": round(record.created, 3),
             "level": record.levelname,
-            "msg": record.getMessage(),
+            "msg": clipped(record.getMessage()),
         }
-        entry.update(getattr(record, "fields", {}))
+        entry.update((k, clipped(v)) for k, v in getattr(record, "fields", {}).items())
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
