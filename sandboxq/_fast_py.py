@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import re
 import struct
 from bisect import bisect_right, insort
 from collections import deque
@@ -96,12 +97,20 @@ def corrupt_field(name: str, value: bytes, problem: str) -> CorruptRecord:
     return CorruptRecord(f"field '{name}' = '{shown}' {problem}")
 
 
+#: How sandboxq writes an integer, and the only way it reads one: no spaces,
+#: signs, underscores or exponents (int() takes " 7 " and "1_000"), as the
+#: Lua scripts read them (lua/include/common.lua, stored_number).
+_INTEGER = re.compile(rb"-?[0-9]+")
+
+
 def stored_int(name: str, value: bytes) -> int:
     """An integer field's value, or CorruptRecord. (The native module parses
     the common case itself and comes here for the rest.)"""
+    if _INTEGER.fullmatch(value) is None:
+        raise corrupt_field(name, value, "is not an integer")
     try:
         number = int(value)
-    except ValueError:
+    except ValueError:  # more digits than int() reads
         raise corrupt_field(name, value, "is not an integer") from None
     if not _INT64_MIN <= number <= _INT64_MAX:
         raise corrupt_field(name, value, "is out of range (a signed 64-bit integer)")

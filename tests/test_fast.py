@@ -269,6 +269,10 @@ def test_an_odd_number_of_items_is_refused(fast_impl: ModuleType, func: str) -> 
             f"field 'attempts' = '{'9' * 30}' is out of range (a signed 64-bit integer)",
         ),
         (b"name", b"r\xff", "field 'name' = 'r\\xff' is not UTF-8 text"),
+        (b"stalls", b" 7 ", "field 'stalls' = ' 7 ' is not an integer"),
+        (b"priority", b"+3", "field 'priority' = '+3' is not an integer"),
+        (b"retries", b"1_000", "field 'retries' = '1_000' is not an integer"),
+        (b"seq", b"0x10", "field 'seq' = '0x10' is not an integer"),
         (b"created_at", b"x" * 60, f"field 'created_at' = '{'x' * 40}…' is not an integer"),
     ],
 )

@@ -171,6 +171,27 @@ def test_the_cli_and_the_dashboard_show_a_corrupt_job(
         dashboard.client.close()
 
 
+def test_a_job_name_can_neither_forge_nor_flood_log_lines(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given a job whose name, as written by whoever added it, holds a line
+    # break and a fake log line, and is 50,000 characters long
+    forged = "evil\n2026-01-01T00:00:00 INFO sandboxq worker stopped cleanly" + "x" * 50_000
+    job = queue.add(forged).id
+
+    # When a worker that does not know it logs it
+    worker = start_worker("--unknown-name-grace", "0", procs=1, modules=MODULES)
+    wait_for_job(queue, job, ("failed",))
+    assert worker.stop() == 0
+
+    # Then its lines show the line break escaped, and are cut short
+    [line] = worker.matching_lines(r"no handler for job")
+    assert "evil\\n2026" in line
+    assert len(line) < 6000
+    # And the only line that says the worker stopped is the worker's own
+    assert len(worker.matching_lines(r"^\S+ INFO sandboxq worker stopped cleanly$")) == 1
+
+
 # -- settings --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("field", "value"),

@@ -24,7 +24,7 @@ from sandboxq.testing import WorkerTimeout
 from tests.worker_harness import WorkerProcess, wait_for_jobs, wait_until
 
 StartWorker = Callable[..., WorkerProcess]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 #: Damaged job records per run, sound jobs beside them, and queues whose
 #: settings are junk.
@@ -105,16 +105,19 @@ def test_junk_in_records_and_settings_fails_only_what_it_touched(
     names = [queue.name, *(q.name for q in queues)]
     args = [item for name in names for item in ("-q", name)]
     # (A short lease: a running job whose token was overwritten is lost to
-    # its worker, and comes back through the stalled recovery.)
+    # its worker, and comes back through the stalled recovery. A short
+    # grace: a junk name is a name no worker knows, which waits that long
+    # for a worker that does.)
     worker = WorkerProcess(
         queue.name,
         redis_url,
-        [*args, "--lease", "5"],
+        [*args, "--lease", "5", "--unknown-name-grace", "1"],
         modules=("tests.barrier_jobs",),
         env={"SANDBOXQ_TEST_QUEUES": ",".join(names)},
         procs=2,
     )
     worker.start()
+    began = time.monotonic()
     try:
         # When jobs arrive, due a little later, and junk is written into
         # some of their records before they are fetched, and into others
@@ -140,10 +143,12 @@ def test_junk_in_records_and_settings_fails_only_what_it_touched(
             junk_settings[other.name] = (field, value)
             stuck[other.name] = other.add("ok", "stuck").id
 
+        print(f"fuzz: damage written at {time.monotonic() - began:.1f}s")
         # Then every sound job completes, with no stall
         context = f"(seed {seed})"
         for job in wait_for_jobs(queue, sound, ("completed",), timeout=120).values():
             assert job.stalls == 0, context
+        print(f"fuzz: sound jobs done at {time.monotonic() - began:.1f}s")
         # And every damaged job ends: completed, or failed saying why
         ended = wait_for_jobs(queue, damaged, ("completed", "failed"), timeout=120)
         for job_id, job in ended.items():

@@ -1953,7 +1953,7 @@ def test_a_setting_problem_shows_the_value_cut_and_escaped(queue: Queue) -> None
             {"aging_ms": 2592000001},
             "setting 'aging_ms' = '2592000001' is out of range (0 to 2592000000)",
         ),
-        ({"rl_until": "inf"}, "setting 'rl_until' = 'inf' is out of range (0 to 9007199254740991)"),
+        ({"rl_until": "inf"}, "setting 'rl_until' = 'inf' is not a whole number"),
     ],
 )
 def test_fetch_names_a_setting_the_worker_cannot_use(
@@ -2040,3 +2040,24 @@ def test_junk_in_a_flow_link_or_results_fails_no_script(queue: Queue) -> None:
     # results are no JSON, so its worker fails it saying so
     assert statuses == ["completed"] * 3
     assert leased[parent][b"children"].startswith(b"corrupt")
+
+
+@pytest.mark.parametrize("junk", [" 7 ", "0x10", "1e1", "+3", "2.0"])
+def test_a_retention_count_not_written_as_sandboxq_writes_integers_bounds_nothing(
+    queue: Queue, junk: str
+) -> None:
+    # Given three completed jobs, and a fourth whose keep_completed count is a
+    # value Lua's tonumber would read as a small number (the worker's decoder
+    # calls it corrupt)
+    done = add(queue, spec(), spec(), spec())
+    fetch_ids(queue, NOW)
+    finish(queue, NOW, *(outcome(job_id, "completed", "1") for job_id in done))
+    [last] = add(queue, spec())
+    queue.client.hset(queue.keys.job(last), "kc_count", junk)
+
+    # When it completes (fetched as it is: its record is corrupt to the worker)
+    queue.scripts.fetch(queue.keys, NOW, 1, TOKEN, LEASE)
+    assert finish(queue, NOW, outcome(last, "completed", "1")) == ["completed"]
+
+    # Then no finished job is trimmed for it
+    assert queue.client.zcard(queue.keys.completed) == 4

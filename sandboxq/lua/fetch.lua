@@ -96,17 +96,16 @@ end
 -- Setting number `index` (named `name`): 0 when unset, else a number from
 -- `min` to `max` (whole when `whole`). Anything else is a problem (the
 -- first found is reported) and counts as 0.
-local function setting(index, name, min, max, whole)
+local function setting(index, name, min, max)
   local raw = s[index]
   if not raw then return 0 end
-  local n = tonumber(raw)
+  local n = stored_number(raw, nil)
   local why
-  if n == nil or n ~= n then
-    why = 'is not a number'
+  if n == nil then
+    local loose = tonumber(raw)
+    why = (loose == nil or loose ~= loose) and 'is not a number' or 'is not a whole number'
   elseif n < min or n > max then
     why = string.format('is out of range (%.0f to %.0f)', min, max)
-  elseif whole and n % 1 ~= 0 then
-    why = 'is not a whole number'
   end
   if why and problem == '' then
     problem = "setting '" .. name .. "' = '" .. shown(raw) .. "' " .. why
@@ -116,7 +115,7 @@ end
 
 -- A rate limit's window: at least 1 ms when its max is set.
 local function window_setting(index, name, max_jobs, max_name)
-  local window = setting(index, name, 0, MAX_WINDOW_MS, true)
+  local window = setting(index, name, 0, MAX_WINDOW_MS)
   if max_jobs > 0 and window < 1 and problem == '' then
     problem = "setting '" .. name .. "' = '" .. shown(s[index] or '') .. "' must be at least 1 "
       .. 'when ' .. max_name .. ' is set'
@@ -124,14 +123,14 @@ local function window_setting(index, name, max_jobs, max_name)
   return window
 end
 
-local rl_until = setting(2, 'rl_until', 0, EXACT_LIMIT - 1, false)
-local concurrency = setting(3, 'concurrency', 0, MAX_CONCURRENCY, true)
-local rl_max = setting(4, 'rl_max', 0, MAX_RATE_LIMIT_JOBS, true)
+local rl_until = setting(2, 'rl_until', 0, EXACT_LIMIT - 1)
+local concurrency = setting(3, 'concurrency', 0, MAX_CONCURRENCY)
+local rl_max = setting(4, 'rl_max', 0, MAX_RATE_LIMIT_JOBS)
 local rl_window = window_setting(5, 'rl_window_ms', rl_max, 'rl_max')
-local gconc = setting(6, 'gconcurrency', 0, MAX_CONCURRENCY, true)
-local grl_max = setting(7, 'grl_max', 0, MAX_RATE_LIMIT_JOBS, true)
+local gconc = setting(6, 'gconcurrency', 0, MAX_CONCURRENCY)
+local grl_max = setting(7, 'grl_max', 0, MAX_RATE_LIMIT_JOBS)
 local grl_window = window_setting(8, 'grl_window_ms', grl_max, 'grl_max')
-aging_cache[prefix] = setting(11, 'aging_ms', 0, MAX_AGING_MS, true)
+aging_cache[prefix] = setting(11, 'aging_ms', 0, MAX_AGING_MS)
 if problem ~= '' then return {{}, -1, 0, 1, problem} end
 
 promote_due(prefix, KEYS[2], KEYS[6], maxlen, now, 1000)

@@ -30,6 +30,7 @@ Redis faults are waited out, never fatal, and lose nothing:
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,12 +117,12 @@ class BadSetting(ValueError):
 
 
 def setting_int(name: str, raw: Any, low: int, high: int) -> int:
-    """A whole-number setting read back from Redis, or BadSetting naming it."""
+    """A whole-number setting read back from Redis (written as sandboxq
+    writes integers, as fetch.lua reads them), or BadSetting naming it."""
     text = raw.decode(errors="backslashreplace") if isinstance(raw, bytes) else str(raw)
-    try:
-        value = int(text)
-    except ValueError:
-        raise BadSetting(f"setting '{name}' = '{text[:40]}' is not a whole number") from None
+    if re.fullmatch(r"-?[0-9]{1,30}", text) is None:
+        raise BadSetting(f"setting '{name}' = '{text[:40]}' is not a whole number")
+    value = int(text)
     if not low <= value <= high:
         raise BadSetting(f"setting '{name}' = {value} is out of range ({low} to {high})")
     return value

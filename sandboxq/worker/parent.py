@@ -1172,9 +1172,7 @@ class Worker:
                 job_id=job_id,
                 job_name=name,
             )
-            return execution.Outcome(
-                execution.UNSTARTED, problem, delay=UNKNOWN_NAME_RETRY_SECONDS
-            )
+            return execution.Outcome(execution.UNSTARTED, problem, delay=UNKNOWN_NAME_RETRY_SECONDS)
         message = f"{problem}; no worker ran it within {self.unknown_name_grace:g}s"
         logs.event(message, logging.WARNING, queue=queue, job_id=job_id, job_name=name)
         return execution.Outcome.error(message, unrecoverable=True)

@@ -22,10 +22,19 @@ end
 -- it cannot use.) Numbers stay below 2^53, where a double is exact.
 local EXACT_LIMIT = 9007199254740992
 
--- A stored number: the value if it is a finite number within +/- 2^53,
--- else `default` (a missing field, text, NaN, an infinity...).
+-- A stored integer: "-"? and digits, the way sandboxq writes every number
+-- (and the worker's decoder reads them), within +/- 2^53; else `default`
+-- (a missing field, text, "1.5", " 7 ", "0x10", "1e3", NaN, an infinity...).
+-- Lua's tonumber alone would read some of those as numbers the worker calls
+-- corrupt: a junk retention count of "0x10" would then trim the queue's
+-- finished jobs to 16. A number a command returned is taken as it is.
 local function stored_number(value, default)
-  local n = tonumber(value)
+  local n
+  if type(value) == 'number' then
+    n = value
+  elseif type(value) == 'string' and string.match(value, '^%-?%d+$') then
+    n = tonumber(value)
+  end
   if n == nil or not (n > -EXACT_LIMIT and n < EXACT_LIMIT) then return default end
   return n
 end
@@ -36,15 +45,8 @@ end
 -- exactly. A stored count that is anything else counts as 0.
 local COUNT_LIMIT = 1099511627776
 local function stored_count(value)
-  local n = tonumber(value)
-  if n == nil or not (n >= 0 and n < COUNT_LIMIT) or n % 1 ~= 0 then return 0 end
-  return n
-end
-
--- A stored whole number (a retention count...), else `default`.
-local function stored_whole(value, default)
-  local n = stored_number(value, nil)
-  if n == nil or n % 1 ~= 0 then return default end
+  local n = stored_number(value, 0)
+  if not (n >= 0 and n < COUNT_LIMIT) then return 0 end
   return n
 end
 
