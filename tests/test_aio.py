@@ -10,7 +10,6 @@ results match the blocking API's. Each test drives its own loop with
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -163,12 +162,11 @@ def test_a_stalled_redis_fails_the_call_after_the_timeout_and_the_loop_keeps_run
         async with AsyncQueue("stalled", url=proxy.url, timeout=0.5) as q:
             await q.add("warm-up")  # connected
             proxy.stall()
-            started = time.monotonic()
+            # (Without the timeout the add would wait forever on the stalled
+            # proxy, and pytest-timeout would fail the test.)
             async with Ticker() as ticker:
                 with pytest.raises(ConnectionFailed, match=f"cannot reach Redis at {proxy.url}"):
                     await q.add("resize", {"w": 1})
-            took = time.monotonic() - started
-            assert took < 5  # bounded by the timeout, not redis-py's defaults
             assert ticker.ticks >= 10  # and the loop was never blocked meanwhile
             proxy.resume()
             assert (await q.counts())["waiting"] >= 1

@@ -45,14 +45,14 @@ def test_a_rate_limit_holds_across_three_workers(
     # Given 3 worker processes limited to 20 starts per second, and 200 jobs
     for _ in range(3):
         start_worker("--rate-limit", "20/s", procs=2)
-    began = time.monotonic()
     ids = [job.id for job in queue.add_bulk([{"name": "noop"}] * 200)]
     # When they drain the queue
-    wait_until(all_done(queue, 200), timeout=30, what="200 jobs")
-    elapsed = time.monotonic() - began
-    # Then no one-second window saw more than 20 starts, and it took <= 11 s
-    assert busiest_window(started_ms(queue, ids)) <= 20
-    assert elapsed <= 11.0
+    wait_until(all_done(queue, 200), timeout=60, what="200 jobs")
+    # Then no one-second window saw more than 20 starts, and the limit was
+    # reached (the workers did not hold back more than it asks): judged on
+    # the start times Redis recorded, not on how busy this machine is
+    busiest = busiest_window(started_ms(queue, ids))
+    assert 15 <= busiest <= 20, busiest
     assert queue.limits()["rate_limit"] == (20, 1.0)
 
 
