@@ -4,7 +4,9 @@ Each test puts a real ``sandboxq worker`` in front of a real fault: a TCP
 proxy (tests/faults.py) that loses one reply or holds a request back, a
 Redis that refuses writes (MISCONF after a failed snapshot), one busy with
 another client's script (BUSY), a replica whose master is gone
-(MASTERDOWN), or a worker whose clock is off (libfaketime).
+(MASTERDOWN), or a worker whose clock is off (libfaketime). Each test with a
+server of its own runs on Redis 6.2 and on 7.x (the ``redis_version``
+fixture, named in the test's id: ``[redis-7.0.15]``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tests.faults import (
     busy_script,
     failing_snapshots,
     free_port,
+    refusals,
     sends_script,
     shifted_clock_env,
 )
@@ -48,11 +51,10 @@ StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[LocalRedis]:
-    """A redis-server of the test's own, on TCP (the proxy's target)."""
-    own = LocalRedis(tmp_path / "redis", port=free_port()).start()
-    yield own
-    own.stop()
+def server(fault_server: LocalRedis) -> LocalRedis:
+    """A redis-server of the test's own, on TCP (the proxy's target), on
+    each Redis version in turn."""
+    return fault_server
 
 
 @pytest.fixture
@@ -386,9 +388,12 @@ def test_an_idle_worker_stops_cleanly_while_redis_refuses_writes(
     worker = start_worker("--lease", "4", url=server.url, procs=1)
     with failing_snapshots(admin, tmp_path):
         # When it is asked to stop: leaving the worker registry is a write
+        refused_before = refusals(admin, "MISCONF")
         worker.send_signal(signal.SIGTERM)
         # Then it still exits cleanly, without a traceback
         assert worker.wait(15.0) == EXIT_OK, worker.log
+        # having met the refusal on its way out
+        assert refusals(admin, "MISCONF") > refused_before
     assert not worker.matching_lines("Traceback")
 
 
