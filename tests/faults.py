@@ -341,7 +341,7 @@ def failing_snapshots(client: redis.Redis, tmp_path: Path) -> Iterator[None]:
     client.bgsave()
     wait_until(
         lambda: client.info("persistence")["rdb_last_bgsave_status"] == "err",
-        10.0,
+        30.0,
         "a failed BGSAVE",
     )
     with pytest.raises(redis.ResponseError, match=r"^MISCONF"):
