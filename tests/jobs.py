@@ -113,19 +113,37 @@ def kill_parent(job: JobContext) -> Any:
     return "outlived my parent"
 
 
+#: The longest a gated job waits for its gate: a test that never opens it failed.
+GATE_TIMEOUT_SECONDS = 90.0
+
+
+def wait_for_file(path: str) -> None:
+    """Wait until ``path`` exists (a test's go-ahead); RuntimeError after
+    GATE_TIMEOUT_SECONDS."""
+    deadline = time.monotonic() + GATE_TIMEOUT_SECONDS
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"gate {path} not opened within {GATE_TIMEOUT_SECONDS}s")
+        time.sleep(0.01)  # polling the go-ahead, not standing in for it
+
+
 @handler(Q)
 def chaos(job: JobContext) -> Any:
     """Record this run, then do what ``data`` says: return, raise or exit.
 
     ``data``: {"runs": path, "action": "ok" | "raise" | "exit",
-    "sleep": seconds, "code": exit code}. Each run appends the job id to
-    ``runs`` in one O_APPEND write, so concurrent runs never interleave.
+    "sleep": seconds, "code": exit code, "gate": path}. Each run appends the
+    job id to ``runs`` in one O_APPEND write, so concurrent runs never
+    interleave. With a ``gate``, the job goes on only once that file exists:
+    the test says when it ends, whatever the machine's speed.
     """
     fd = os.open(job.data["runs"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{job.id}\n".encode())
     finally:
         os.close(fd)
+    if gate := job.data.get("gate"):
+        wait_for_file(gate)
     time.sleep(job.data.get("sleep", 0))
     action = job.data["action"]
     if action == "raise":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,13 +142,12 @@ def test_wait_gives_up_after_its_timeout_without_blocking_the_loop(
 
 
 @pytest.fixture
-def proxied_redis(tmp_path: Path) -> Iterator[tuple[LocalRedis, TcpProxy]]:
-    server = LocalRedis(tmp_path / "redis", port=free_port()).start()
-    assert server.port is not None
-    proxy = TcpProxy(server.port)
-    yield server, proxy
+def proxied_redis(fault_server: LocalRedis) -> Iterator[tuple[LocalRedis, TcpProxy]]:
+    """A server of the test's own (each Redis version in turn) behind a proxy."""
+    assert fault_server.port is not None
+    proxy = TcpProxy(fault_server.port)
+    yield fault_server, proxy
     proxy.close()
-    server.stop()
 
 
 @pytest.mark.timeout(30)
@@ -199,9 +197,9 @@ def test_bad_input_raises_before_anything_is_written(queue: Queue, redis_url: st
     assert sum(queue.counts().values()) == 0
 
 
-def test_scripts_redis_lost_are_loaded_again(queue: Queue, redis_url: str) -> None:
+def test_scripts_redis_lost_are_loaded_again(fault_server: LocalRedis) -> None:
     async def scenario() -> None:
-        async with AsyncQueue(queue.name, url=redis_url) as q:
+        async with AsyncQueue("flushed", url=fault_server.url) as q:
             await q.add("x")
             await q.client.script_flush()
             again = await q.add("x")

@@ -1,5 +1,6 @@
 """The public API: Queue, Job, QueueEvents and the inline runner, against the
-real redis-server of the session."""
+real redis-server of the session (a test that hurts its server gets one of
+its own, on each Redis version in turn)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +27,7 @@ from sandboxq import (
     Unrecoverable,
 )
 from sandboxq.handlers import JobContext
+from sandboxq.local_redis import LocalRedis
 from sandboxq.schedule import fire_due
 from sandboxq.scripts import now_ms
 from sandboxq.testing import run_until_empty
@@ -116,35 +119,53 @@ def test_queue_can_share_an_existing_connection(client: redis.Redis, redis_url: 
     q.obliterate()
 
 
-def test_add_loads_its_script_again_when_redis_forgot_it(queue: Queue, client: redis.Redis) -> None:
+@pytest.fixture
+def hurt_queue(fault_server: LocalRedis) -> Iterator[Queue]:
+    """A queue on a server of the test's own, which the test may hurt."""
+    own = Queue("hurt", url=fault_server.url)
+    yield own
+    own.client.close()
+
+
+@pytest.fixture
+def hurt_admin(fault_server: LocalRedis) -> Iterator[redis.Redis]:
+    """Another client of ``hurt_queue``'s server."""
+    admin = redis.Redis.from_url(fault_server.url)
+    yield admin
+    admin.close()
+
+
+def test_add_loads_its_script_again_when_redis_forgot_it(
+    hurt_queue: Queue, hurt_admin: redis.Redis
+) -> None:
     # Given a queue that added a job, and then Redis's script cache flushed
     # (a restart, a failover, or SCRIPT FLUSH)
-    queue.add("x", 1)
-    client.script_flush()
+    hurt_queue.add("x", 1)
+    hurt_admin.script_flush()
 
     # When it adds again
-    job = queue.add("x", 2)
+    job = hurt_queue.add("x", 2)
 
     # Then the add went through, its script loaded again, and nothing doubled
-    assert queue.get_job(job.id).data == 2
-    assert queue.counts()["waiting"] == 2
+    assert hurt_queue.get_job(job.id).data == 2
+    assert hurt_queue.counts()["waiting"] == 2
 
 
 def test_add_replaces_a_pooled_connection_that_redis_closed(
-    queue: Queue, client: redis.Redis
+    hurt_queue: Queue, hurt_admin: redis.Redis
 ) -> None:
     # Given a queue whose pooled connection the server closed meanwhile
-    queue.add("x", 1)
-    queue_conn = queue.client.client_id()
-    client.client_kill_filter(_id=queue_conn)
+    hurt_queue.add("x", 1)
+    queue_conn = hurt_queue.client.client_id()
+    hurt_admin.client_kill_filter(_id=queue_conn)
 
     # When it adds again
-    job = queue.add("x", 2)
+    job = hurt_queue.add("x", 2)
 
     # Then redis-py's retry policy reconnected, and the job was added once
-    assert queue.client.client_id() != queue_conn
-    assert queue.get_job(job.id).data == 2
-    assert queue.counts()["waiting"] == 2
+    assert hurt_queue.client.client_id() != queue_conn
+    assert hurt_queue.get_job(job.id).data == 2
+    assert hurt_queue.counts()["waiting"] == 2
 
 
 def test_an_error_reply_raises_the_redis_py_exception(queue: Queue, client: redis.Redis) -> None:

@@ -1,14 +1,15 @@
-"""Redis safety checks at worker start."""
+"""Redis safety checks at worker start, on each supported Redis version."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
-from sandboxq import Queue
+from sandboxq.local_redis import LocalRedis
 from sandboxq.redis_checks import UnsupportedRedis, check_server, parse_version
+from tests.faults import RedisVersion
 from tests.worker_harness import WorkerProcess
 
 
@@ -25,20 +26,36 @@ def test_a_redis_older_than_6_2_is_refused_with_a_clear_error() -> None:
     assert parse_version("6.2.14") >= (6, 2) > parse_version("6.0.9")
 
 
-def test_the_test_server_is_supported_but_has_no_persistence(client: redis.Redis) -> None:
-    warnings = check_server(client)
+@pytest.fixture
+def own_client(fault_server: LocalRedis) -> Iterator[redis.Redis]:
+    """A client of a server of the test's own, on each Redis version in turn."""
+    client = redis.Redis.from_url(fault_server.url)
+    yield client
+    client.close()
+
+
+def test_each_test_server_is_supported_but_has_no_persistence(
+    own_client: redis.Redis, redis_version: RedisVersion
+) -> None:
+    # Given a test server of each version, writing nothing to disk
+    assert own_client.info("server")["redis_version"] == redis_version.version
+    # When a worker would check it
+    warnings = check_server(own_client)
+    # Then it is supported, and only its lack of persistence is warned about
     assert [w for w in warnings if "persistence is off" in w]
     assert not [w for w in warnings if "maxmemory-policy" in w]
 
 
 def test_an_eviction_policy_is_warned_about_by_the_worker(
-    client: redis.Redis, queue: Queue, start_worker: Callable[..., WorkerProcess]
+    own_client: redis.Redis,
+    fault_server: LocalRedis,
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    client.config_set("maxmemory-policy", "allkeys-lru")
-    try:
-        worker = start_worker(procs=1)
-        line = worker.wait_for_line("maxmemory-policy", timeout=10).string
-        assert "allkeys-lru" in line and "noeviction" in line
-        assert worker.matching_lines("persistence is off")
-    finally:
-        client.config_set("maxmemory-policy", "noeviction")
+    # Given a server that evicts keys under memory pressure
+    own_client.config_set("maxmemory-policy", "allkeys-lru")
+    # When a worker starts on it
+    worker = start_worker(procs=1, url=fault_server.url)
+    # Then it warns about the policy, and about the lack of persistence
+    line = worker.wait_for_line("maxmemory-policy", timeout=10).string
+    assert "allkeys-lru" in line and "noeviction" in line
+    assert worker.matching_lines("persistence is off")

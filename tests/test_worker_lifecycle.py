@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from sandboxq import Queue
-from sandboxq.local_redis import LocalRedis
 from sandboxq.worker import Worker
+from tests.faults import RedisVersion
 from tests.worker_harness import (
     READY,
     WorkerProcess,
@@ -478,10 +478,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_worker_rides_out_a_redis_restart(queue: Queue, tmp_path: Path) -> None:
+def test_worker_rides_out_a_redis_restart(
+    queue: Queue, tmp_path: Path, redis_version: RedisVersion
+) -> None:
     # Given a worker on a Redis of its own (with an append-only file, so the
     # jobs survive a restart), running a short job and a hanging one
-    server = LocalRedis(tmp_path / "redis", persistent=True).start()
+    server = redis_version.server(tmp_path / "redis", persistent=True).start()
     own_queue = Queue(queue.name, url=server.url)
     worker = WorkerProcess(queue.name, server.url, ("--lease", "10", "--kill-grace", "0.2"))
     try:
@@ -540,9 +542,11 @@ def test_worker_rides_out_a_redis_restart(queue: Queue, tmp_path: Path) -> None:
         server.stop()
 
 
-def test_a_full_redis_is_waited_out_not_fatal(tmp_path: Path, queue: Queue) -> None:
+def test_a_full_redis_is_waited_out_not_fatal(
+    tmp_path: Path, queue: Queue, redis_version: RedisVersion
+) -> None:
     # Given a worker on a Redis that has just hit maxmemory under noeviction
-    server = LocalRedis(tmp_path / "full").start()
+    server = redis_version.server(tmp_path / "full").start()
     worker = WorkerProcess(queue.name, server.url, ["--lease", "2"], procs=1)
     client = redis.Redis.from_url(server.url)
     try:

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 
 from sandboxq import Queue
-from sandboxq.local_redis import LocalRedis
 from sandboxq.metrics import DURATION_BUCKETS, Health, SettledJobs
+from tests.faults import RedisVersion
 from tests.worker_harness import WorkerProcess, wait_for_job, wait_until
 
 
@@ -103,10 +103,10 @@ def test_health_endpoints_are_green_when_all_is_well(
 
 @pytest.mark.slow
 def test_a_frozen_redis_turns_readiness_red_while_the_loop_keeps_turning(
-    tmp_path: Path, queue: Queue
+    tmp_path: Path, queue: Queue, redis_version: RedisVersion
 ) -> None:
     # Given a worker on its own Redis, judged stuck after 1 s without a loop pass
-    server = LocalRedis(tmp_path / "redis").start()
+    server = redis_version.server(tmp_path / "redis").start()
     port = free_port()
     worker = WorkerProcess(
         queue.name,

@@ -4,7 +4,9 @@ Each test puts a real ``sandboxq worker`` in front of a real fault: a TCP
 proxy (tests/faults.py) that loses one reply or holds a request back, a
 Redis that refuses writes (MISCONF after a failed snapshot), one busy with
 another client's script (BUSY), a replica whose master is gone
-(MASTERDOWN), or a worker whose clock is off (libfaketime).
+(MASTERDOWN), or a worker whose clock is off (libfaketime). Each test with a
+server of its own runs on Redis 6.2 and on 7.x (the ``redis_version``
+fixture, named in the test's id: ``[redis-7.0.15]``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tests.faults import (
     busy_script,
     failing_snapshots,
     free_port,
+    refusals,
     sends_script,
     shifted_clock_env,
 )
@@ -48,11 +51,10 @@ StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[LocalRedis]:
-    """A redis-server of the test's own, on TCP (the proxy's target)."""
-    own = LocalRedis(tmp_path / "redis", port=free_port()).start()
-    yield own
-    own.stop()
+def server(fault_server: LocalRedis) -> LocalRedis:
+    """A redis-server of the test's own, on TCP (the proxy's target), on
+    each Redis version in turn."""
+    return fault_server
 
 
 @pytest.fixture
@@ -79,9 +81,15 @@ def admin(server: LocalRedis) -> Iterator[redis.Redis]:
         client.close()
 
 
-def chaos(runs: Path, action: str = "ok", sleep: float = 0.0) -> dict[str, object]:
-    """Data for the ``chaos`` handler, which records each run in ``runs``."""
-    return {"runs": str(runs), "action": action, "sleep": sleep}
+def chaos(
+    runs: Path, action: str = "ok", sleep: float = 0.0, gate: Path | None = None
+) -> dict[str, object]:
+    """Data for the ``chaos`` handler, which records each run in ``runs``
+    (and with a ``gate``, goes on only once that file exists)."""
+    data: dict[str, object] = {"runs": str(runs), "action": action, "sleep": sleep}
+    if gate is not None:
+        data["gate"] = str(gate)
+    return data
 
 
 def running_job(
@@ -240,29 +248,41 @@ def test_a_fetch_that_reaches_redis_late_leases_nothing(
 def test_a_network_stall_longer_than_the_reply_timeout_loses_and_repeats_nothing(
     start_worker: StartWorker, proxy: TcpProxy, producer: Queue, tmp_path: Path
 ) -> None:
-    # Given a worker with two children behind a proxy, working through jobs
+    # Given a worker with two children behind a proxy, each running a job
+    # that ends 0.4 s after the test opens its gate, and more 0.4 s jobs
+    # waiting
     worker = start_worker("--lease", "6", url=proxy.url, procs=2)
-    runs = tmp_path / "runs"
-    jobs = [producer.add("chaos", chaos(runs, sleep=0.4)) for _ in range(8)]
-    worker.child_running("chaos", jobs[0].id)
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    in_flight = [producer.add("chaos", chaos(runs, sleep=0.4, gate=gate)) for _ in range(2)]
+    waiting = [producer.add("chaos", chaos(runs, sleep=0.4)) for _ in range(6)]
+    children = [worker.child_running("chaos", job.id, timeout=20.0) for job in in_flight]
 
-    # When the network stalls while the jobs in flight finish, long enough
-    # for the worker to give up on a reply (after 1.5 s) and try again,
-    # then flows again
+    # When the network stalls, and the jobs in flight finish meanwhile (the
+    # parent holds their results), long enough for the worker to give up on
+    # a reply (after 1.5 s) and try again, then flows again
+    gave_up = "Redis unreachable or refusing writes"
+    gave_up_before = len(worker.matching_lines(gave_up))
     proxy.stall()
-    wait_until(lambda: len(runs_recorded(runs)) >= 2, 10.0, "the jobs in flight to run")
+    gate.touch()
+    for child in children:
+        wait_until(
+            lambda child=child: (process_title(child) or "").endswith(": idle"),
+            20.0,
+            f"child {child} to finish its job in flight",
+        )
     wait_until(
-        lambda: len(worker.matching_lines("Redis unreachable or refusing writes")) >= 2,
-        10.0,
+        lambda: len(worker.matching_lines(gave_up)) >= gave_up_before + 2,
+        30.0,
         "the worker to give up on a reply twice",
     )
     proxy.resume()
 
     # Then every job completed once, on its first attempt, with no stall: late
     # requests were recognized (finishes) or leased nothing (fetches)
-    done = wait_for_jobs(producer, [job.id for job in jobs], timeout=30.0)
+    jobs = [*in_flight, *waiting]
+    done = wait_for_jobs(producer, [job.id for job in jobs], timeout=45.0)
     assert {(j.state, j.attempts_made, j.stalls) for j in done.values()} == {("completed", 1, 0)}
-    assert sorted(runs_recorded(runs)) == sorted(job.id for job in jobs)
+    assert sorted(runs_recorded(runs)) == sorted(job.id for job in jobs), worker.log
     assert producer.counts()["active"] == 0
     assert not worker.matching_lines("job lost")
     assert worker.running()
@@ -386,9 +406,12 @@ def test_an_idle_worker_stops_cleanly_while_redis_refuses_writes(
     worker = start_worker("--lease", "4", url=server.url, procs=1)
     with failing_snapshots(admin, tmp_path):
         # When it is asked to stop: leaving the worker registry is a write
+        refused_before = refusals(admin, "MISCONF")
         worker.send_signal(signal.SIGTERM)
         # Then it still exits cleanly, without a traceback
         assert worker.wait(15.0) == EXIT_OK, worker.log
+        # having met the refusal on its way out
+        assert refusals(admin, "MISCONF") > refused_before
     assert not worker.matching_lines("Traceback")
 
 
