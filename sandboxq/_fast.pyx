@@ -14,8 +14,8 @@ from sandboxq._fast_py import (
     MAX_FRAME_SIZE,
     CorruptRecord,
     _bounded,
+    corrupt_field,
     stored_int,
-    stored_text,
 )
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -143,7 +143,7 @@ cdef inline int _put(dict out, object field_obj, object value_obj) except -1:
         try:
             out[known.name] = _text(value)
         except UnicodeDecodeError:
-            out[known.name] = stored_text(known.name, value)  # raises CorruptRecord
+            raise corrupt_field(known.name, value, "is not UTF-8 text") from None
     return 0
 
 

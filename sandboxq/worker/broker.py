@@ -361,6 +361,8 @@ class Broker:
         a step when they come while one is in flight)."""
         if self._schedule_reads or self._schedule_fires:
             return True
+        if not self.unsure and not any(self.steps.values()):
+            return False  # the common case, asked every turn of the loop
         now = time.monotonic()
         return any(
             (queue in self.unsure or self.steps[queue]) and not self._holds_work(queue, now)
@@ -634,6 +636,8 @@ class Broker:
         """Queues whose fault lapsed and that this step tried again without
         trouble: a fetch (or a read of its limits) for a bad setting, any
         command for one that held its work."""
+        if not self.faults:
+            return
         now = time.monotonic()
         for command in plan:
             fault = self.faults.get(command.queue)
@@ -802,14 +806,17 @@ class Broker:
                 commands.command("ZRANGE", k.limiter, 0, -1, "WITHSCORES")
                 plan += [_Command("limits", queue), _Command("limiter", queue)]
         self._schedules_due = False
-        self._resync = {queue for queue in self._resync if self.paused(queue, clock)}
+        if self._resync:  # a paused queue's limits are read after its pause
+            self._resync = {queue for queue in self._resync if self.paused(queue, clock)}
         self.pending_since, self.pending_entries = None, 0  # all in this step
 
     def _take_reports(self, queue: str) -> list[tuple[str, str, str]]:
         """The queue's pending reports, for one report.lua call: each job's
         latest progress, then the log lines in order."""
-        progress, self.progress[queue] = self.progress[queue], {}
-        reports, self.reports[queue] = self.reports[queue], []
+        progress, reports = self.progress[queue], self.reports[queue]
+        if not progress and not reports:
+            return reports
+        self.progress[queue], self.reports[queue] = {}, []
         return [(job_id, PROGRESS, value) for job_id, value in progress.items()] + reports
 
     def _queue_finish(

@@ -590,10 +590,11 @@ class Worker:
             messages, eof = self.pool.read(child)
             for message in messages:
                 self._on_message(child, message)
-            self._note_foreign(child)
+            if child.foreign:
+                self._note_foreign(child)
             if eof:  # it is exiting; the reaper reports why
                 self._watch_child(child)
-            else:
+            elif self.broker.report_bytes:  # log lines wait for Redis
                 self._hold_if_behind(child)
 
     def _watch_child(self, child: Child) -> None:
@@ -1094,11 +1095,12 @@ class Worker:
         fails at once if its record cannot be run or no handler runs it
         here. A stopping worker starts nothing new: what an idle wait's
         fetch brought goes back at once."""
-        problem = str(fields) if isinstance(fields, CorruptRecord) else record_problem(fields)
-        if problem is not None:
+        if isinstance(fields, CorruptRecord):
+            self._fail_corrupt(queue, job_id, str(fields))
+            return
+        if (problem := record_problem(fields)) is not None:
             self._fail_corrupt(queue, job_id, problem)
             return
-        assert isinstance(fields, dict)
         if self._stopping:
             self.broker.hand_back(queue, job_id)
             return

@@ -77,11 +77,10 @@ class Assignment:
     def attempt(self) -> int:
         return int(self.fields.get("attempts_made", 0)) + 1
 
-    @property
-    def frame(self) -> protocol.RunFrame:
-        """What the child needs to run it."""
+    def run_frame(self) -> bytes:
+        """The frame that has a child run it."""
         fields = self.fields
-        return protocol.RunFrame(
+        return protocol.encode_run(
             self.job_id,
             self.name,
             fields.get("data"),
@@ -311,7 +310,7 @@ class Pool:
             self._limits_due = 0.0
         else:
             child.queued.append(job)
-        child.outbox += protocol.encode_run(job.frame)
+        child.outbox += job.run_frame()
         if runs_now:
             self.flush(child)
 
