@@ -99,7 +99,7 @@ end
 local function setting(index, name, min, max)
   local raw = s[index]
   if not raw then return 0 end
-  local n = stored_number(raw, nil)
+  local n = stored_integer(raw, nil)
   local why
   if n == nil then
     local loose = tonumber(raw)

@@ -143,9 +143,10 @@ for i = first_job, #ARGV, 6 do
   local job_key = prefix .. 'job:' .. id
   local status
   -- What every outcome needs, in one read (a key that holds no hash has
-  -- no token: lost).
+  -- no token: lost). Each field is a scan of the job's hash: what only a
+  -- failure or a retry needs is read there, not for every completed job.
   local f = redis.pcall('HMGET', job_key, 'token', 'group', 'manual_retry_only', 'parent_prefix',
-    'settled', 'attempts_made', 'kc_count', 'kc_age', 'cancel_requested_at', 'attempts', 'retries')
+    'settled', 'attempts_made', 'kc_count', 'kc_age', 'cancel_requested_at')
   if is_error(f) then f = {} end
   local held = f[1] == token and redis.call('ZREM', KEYS[1], id) == 1
   local cancelling = held and f[9]
@@ -220,13 +221,13 @@ for i = first_job, #ARGV, 6 do
   elseif cancelling and (outcome == 'retry' or outcome == 'ratelimited') then
     status = cancel_now(job_key, id, 'not run again: ' .. clip(value, EVENT_TEXT_BYTES), '')
   elseif outcome == 'retry' then
-    redis.call('HSET', job_key, 'retries', stored_count(f[11]) + 1)
+    redis.call('HSET', job_key, 'retries', stored_count(redis.call('HGET', job_key, 'retries')) + 1)
     status = retry_later(job_key, id, delay)
   elseif outcome == 'ratelimited' then
     status = rate_limited(job_key, id, delay, f[2])
   else
     redis.call('HSET', job_key, 'error', value, 'traceback', traceback, 'attempts_made', made)
-    local allowed = stored_number(f[10], 1)
+    local allowed = stored_number(redis.call('HGET', job_key, 'attempts'), 1)
     if outcome == 'failed' and made < allowed and cancelling then
       status = cancel_now(job_key, id, 'not retried: ' .. clip(value, EVENT_TEXT_BYTES), traceback)
     elseif outcome == 'failed' and made < allowed then

@@ -69,15 +69,28 @@ class ParentPipe:
     """The child's end of its pipe: whole frames, one writer at a time (a
     handler's threads may report at once, and a frame cut by another's
     would corrupt the stream), and only from the child itself: a process
-    the handler forked shares the socket, and must not answer for the job."""
+    the handler forked shares the socket, and must not answer for the job.
+    (A copy forked below Python, where no fork hook runs, still cannot: the
+    parent discards what any process but the child writes.)"""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.pid = os.getpid()
+        #: False in a process forked from this one: known without a system
+        #: call per frame.
+        self.mine = True
         self._lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.mine = False
+
+    def in_copy(self) -> bool:
+        """Whether this process is a copy the handler forked."""
+        return not self.mine or os.getpid() != self.pid
 
     def send(self, message: list[Any]) -> None:
-        if os.getpid() != self.pid:
+        if not self.mine:
             raise ForkedCopyError(
                 "only the worker child reports for its job: this process was forked by the "
                 f"job's handler (pid {os.getpid()}, child {self.pid})"
@@ -161,7 +174,7 @@ def serve(
             outcome = execution.Outcome(
                 execution.FAILED, execution.describe_error(exc), execution.format_traceback()
             )
-        if os.getpid() != pipe.pid:
+        if pipe.in_copy():
             forked_copy_returned(job.job_id)
         if left := proctree.kill_leftovers():
             report(job.job_id, protocol.LOG, f"killed {left} process(es) the job left running")

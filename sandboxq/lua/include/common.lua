@@ -22,21 +22,24 @@ end
 -- it cannot use.) Numbers stay below 2^53, where a double is exact.
 local EXACT_LIMIT = 9007199254740992
 
--- A stored integer: "-"? and digits, the way sandboxq writes every number
--- (and the worker's decoder reads them), within +/- 2^53; else `default`
--- (a missing field, text, "1.5", " 7 ", "0x10", "1e3", NaN, an infinity...).
--- Lua's tonumber alone would read some of those as numbers the worker calls
--- corrupt: a junk retention count of "0x10" would then trim the queue's
--- finished jobs to 16. A number a command returned is taken as it is.
+-- A stored number: the value if it is a finite number within +/- 2^53,
+-- else `default` (a missing field, text, NaN, an infinity...). For what
+-- concerns one job (its counts, its place in line) and for scores: cheap.
 local function stored_number(value, default)
-  local n
-  if type(value) == 'number' then
-    n = value
-  elseif type(value) == 'string' and string.match(value, '^%-?%d+$') then
-    n = tonumber(value)
-  end
+  local n = tonumber(value)
   if n == nil or not (n > -EXACT_LIMIT and n < EXACT_LIMIT) then return default end
   return n
+end
+
+-- A stored integer written the way sandboxq writes every number, and the
+-- worker's decoder and API read them: "-"? and digits, within +/- 2^53;
+-- else `default`. For what reaches beyond one job (a queue's settings, a
+-- job's retention, which trims the queue's finished set): tonumber alone
+-- would read " 7 ", "0x10" or "1e1" as numbers the worker calls corrupt,
+-- and a junk keep_completed of "0x10" would trim the queue to 16 jobs.
+local function stored_integer(value, default)
+  if type(value) ~= 'string' or not string.match(value, '^%-?%d+$') then return default end
+  return stored_number(value, default)
 end
 
 -- Counts (attempts_made, leases, stalls, retries, step_count) are whole
@@ -46,7 +49,7 @@ end
 local COUNT_LIMIT = 1099511627776
 local function stored_count(value)
   local n = stored_number(value, 0)
-  if not (n >= 0 and n < COUNT_LIMIT) then return 0 end
+  if not (n >= 0 and n < COUNT_LIMIT) or n % 1 ~= 0 then return 0 end
   return n
 end
 
@@ -56,12 +59,20 @@ local function is_error(reply)
   return type(reply) == 'table' and reply.err ~= nil
 end
 
+-- A step of a counter as a command argument: redis.call formats a Lua
+-- number with printf's float code, on the hot path for every job; the
+-- common steps are written once.
+local STEPS = {[1] = '1', [-1] = '-1'}
+local function step_arg(by)
+  return STEPS[by] or num(by)
+end
+
 -- HINCRBY on a hash that is known to be a hash, where a stored value that
 -- is not an integer (HINCRBY refuses it) counts as 0. Returns the new value.
 local function hincr(key, field, by)
-  local n = redis.pcall('HINCRBY', key, field, by)
+  local n = redis.pcall('HINCRBY', key, field, step_arg(by))
   if is_error(n) then
-    redis.call('HSET', key, field, by)
+    redis.call('HSET', key, field, step_arg(by))
     return by
   end
   return n
@@ -71,9 +82,9 @@ end
 -- is not an integer restarts it from 0 rather than stopping every script
 -- that counts.
 local function incr(key, by)
-  local n = redis.pcall('INCRBY', key, by)
+  local n = redis.pcall('INCRBY', key, step_arg(by))
   if is_error(n) then
-    redis.call('SET', key, by)
+    redis.call('SET', key, step_arg(by))
     return by
   end
   return n
@@ -94,7 +105,7 @@ local aging_cache = {}
 local function aging_ms(prefix)
   local cached = aging_cache[prefix]
   if cached == nil then
-    cached = stored_number(redis.call('HGET', prefix .. 'meta', 'aging_ms'), 0)
+    cached = stored_integer(redis.call('HGET', prefix .. 'meta', 'aging_ms'), 0)
     aging_cache[prefix] = cached
   end
   return cached

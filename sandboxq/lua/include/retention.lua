@@ -52,8 +52,8 @@ local function file_finished(prefix, job_key, set_key, id, now, count_field, age
   redis.call('ZADD', set_key, num(now), id)
   keep = keep or redis.call('HMGET', job_key, count_field, age_field)
   -- Stored on the job: one that is not a count or a number keeps all.
-  local max_count = stored_number(keep[1], -1)
-  local max_age_ms = stored_number(keep[2], -1)
+  local max_count = stored_integer(keep[1], -1)
+  local max_age_ms = stored_integer(keep[2], -1)
   if max_count >= 0 or max_age_ms >= 0 then
     trim_finished(prefix, set_key, now, max_count, max_age_ms, 1000, maxlen)
   end
