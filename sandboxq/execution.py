@@ -80,21 +80,21 @@ def format_traceback() -> str:
 
 def run(func: Any, ctx: JobContext, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> Outcome:
     """Call the handler and classify the result or exception."""
-    return _not_again_after_unrecorded_step(ctx, _classify(func, ctx, max_result_bytes))
-
-
-def _classify(func: Any, ctx: JobContext, max_result_bytes: int) -> Outcome:
     try:
         result = call_handler(func, ctx)
     except Retry as exc:
-        return _run_later(RETRY, exc, "delay")
+        outcome = _run_later(RETRY, exc, "delay")
     except RateLimited as exc:
-        return _run_later(RATE_LIMITED, exc, "retry_after")
+        outcome = _run_later(RATE_LIMITED, exc, "retry_after")
     except Unrecoverable as exc:
-        return Outcome(UNRECOVERABLE, describe_error(exc), format_traceback())
+        outcome = Outcome(UNRECOVERABLE, describe_error(exc), format_traceback())
     except Exception as exc:
-        return Outcome(FAILED, describe_error(exc), format_traceback())
-    return completed(result, max_result_bytes)
+        outcome = Outcome(FAILED, describe_error(exc), format_traceback())
+    else:
+        outcome = completed(result, max_result_bytes)
+    if ctx._unrecorded_step is None:
+        return outcome  # the common case: every step's result was kept
+    return _not_again_after_unrecorded_step(ctx, outcome)
 
 
 def _not_again_after_unrecorded_step(ctx: JobContext, outcome: Outcome) -> Outcome:

@@ -102,13 +102,10 @@ class JobContext:
 
     __slots__ = (
         "_children",
-        "_lock",
         "_record",
-        "_record_lock",
         "_report",
-        "_running",
+        "_runs",
         "_steps",
-        "_unrecorded",
         "_unrecorded_step",
         "attempts_made",
         "data",
@@ -144,15 +141,9 @@ class JobContext:
         #: Durable steps recorded by this job's earlier attempts (and this one).
         self._steps = dict(steps or {})
         self._record = record
-        #: Guards the steps' state: steps may be called from several threads.
-        self._lock = threading.Lock()
-        #: Held while a step's result travels to Redis (one answer at a time).
-        self._record_lock = threading.Lock()
-        #: The steps whose function is running now, by key.
-        self._running: dict[str, _Running] = {}
-        #: The steps whose function ran but whose result was not recorded:
-        #: the error to raise again if the key is called again.
-        self._unrecorded: dict[str, tuple[type[StepNotRecorded], str]] = {}
+        #: The steps under way, made by the first step (a context is made
+        #: for every job; most never take a step).
+        self._runs: _StepRuns | None = None
         #: The key of the first step whose function ran and whose result can
         #: never be recorded (UnrecordableStep): this attempt must not be
         #: retried, whatever the handler does with the error.
@@ -243,37 +234,48 @@ class JobContext:
             raise
         return self._keep(key, result, found)
 
+    def _step_runs(self) -> _StepRuns:
+        runs = self._runs
+        if runs is None:
+            with _NEW_RUNS:  # two threads' first steps make one
+                if self._runs is None:
+                    self._runs = _StepRuns()
+                runs = self._runs
+        return runs
+
     def _claim(self, key: str, task: asyncio.Task[Any] | None) -> tuple[_Running | _Recorded, bool]:
         """The step's recorded result; or the run of it under way, which the
         caller waits for; or a new run, the caller's own (True). Everything
         that can be checked before ``fn`` runs is checked here."""
-        with self._lock:
+        runs = self._step_runs()
+        with runs.lock:
             if key in self._steps:
                 return _Recorded(self._steps[key]), False
-            if key in self._unrecorded:
-                kind, message = self._unrecorded[key]
+            if key in runs.unrecorded:
+                kind, message = runs.unrecorded[key]
                 raise kind(message)
-            if key in self._running:
-                return self._running[key], False
+            if key in runs.running:
+                return runs.running[key], False
             if self._record is None:
                 raise RuntimeError(
                     f"job.step needs a worker (or sandboxq.testing) to record steps: step {key!r} "
                     "was not run"
                 )
-            if len(self._steps) + len(self._running) >= MAX_STEPS:
+            if len(self._steps) + len(runs.running) >= MAX_STEPS:
                 raise UnrecordableStep(
                     f"step {key!r} was not run: job {self.id} has "
-                    f"{len(self._steps) + len(self._running)} steps recorded or running, and may "
+                    f"{len(self._steps) + len(runs.running)} steps recorded or running, and may "
                     f"record at most {MAX_STEPS}; not retried"
                 )
-            running = self._running[key] = _Running(task)
+            running = runs.running[key] = _Running(task)
             return running, True
 
     def _release(self, key: str, running: _Running) -> None:
         """The run of a step is over (recorded or not): wake its waiters."""
-        with self._lock:
-            if self._running.get(key) is running:
-                del self._running[key]
+        runs = self._step_runs()
+        with runs.lock:
+            if runs.running.get(key) is running:
+                del runs.running[key]
         running.done.set_result(None)
 
     def _keep(self, key: str, result: Any, running: _Running) -> Any:
@@ -283,7 +285,8 @@ class JobContext:
             raw = self._encode(key, result)
             record = self._record
             assert record is not None, "checked by _claim"
-            with self._record_lock:  # one pipe, one question at a time
+            runs = self._step_runs()
+            with runs.record_lock:  # one pipe, one question at a time
                 status = record(self.id, key, raw.decode())
             if status == "lost":
                 self._not_recorded(
@@ -298,7 +301,7 @@ class JobContext:
                     why = f"the worker answered {status!r}"
                 self._not_recorded(key, UnrecordableStep, _ran_but(key, why))
             value = orjson.loads(raw)
-            with self._lock:
+            with runs.lock:
                 self._steps[key] = value
             return value
         finally:
@@ -336,11 +339,33 @@ class JobContext:
         second time; and once a step's function ran without its result being
         kept, the attempt ends unrecoverable however the handler ends it
         (``execution.run``)."""
-        with self._lock:
-            self._unrecorded.setdefault(key, (kind, message))
+        runs = self._step_runs()
+        with runs.lock:
+            runs.unrecorded.setdefault(key, (kind, message))
             if kind is UnrecordableStep and self._unrecorded_step is None:
                 self._unrecorded_step = key
         raise kind(message)
+
+
+#: Held while a job context makes its _StepRuns.
+_NEW_RUNS = threading.Lock()
+
+
+class _StepRuns:
+    """A job's durable steps under way, shared by its tasks and threads."""
+
+    __slots__ = ("lock", "record_lock", "running", "unrecorded")
+
+    def __init__(self) -> None:
+        #: Guards the steps' state: steps may be called from several threads.
+        self.lock = threading.Lock()
+        #: Held while a step's result travels to Redis (one answer at a time).
+        self.record_lock = threading.Lock()
+        #: The steps whose function is running now, by key.
+        self.running: dict[str, _Running] = {}
+        #: The steps whose function ran but whose result was not recorded:
+        #: the error to raise again if the key is called again.
+        self.unrecorded: dict[str, tuple[type[StepNotRecorded], str]] = {}
 
 
 @dataclass(frozen=True, slots=True)

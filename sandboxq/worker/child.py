@@ -70,8 +70,9 @@ class ParentPipe:
     handler's threads may report at once, and a frame cut by another's
     would corrupt the stream), and only from the child itself: a process
     the handler forked shares the socket, and must not answer for the job.
-    (A copy forked below Python, where no fork hook runs, still cannot: the
-    parent discards what any process but the child writes.)"""
+    A fork hook marks such a copy, so telling costs no system call per frame.
+    (A copy forked below Python, where no fork hook runs, still cannot answer
+    for the job: the parent discards what any process but the child writes.)"""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -84,10 +85,6 @@ class ParentPipe:
 
     def _forked(self) -> None:
         self.mine = False
-
-    def in_copy(self) -> bool:
-        """Whether this process is a copy the handler forked."""
-        return not self.mine or os.getpid() != self.pid
 
     def send(self, message: list[Any]) -> None:
         if not self.mine:
@@ -174,7 +171,7 @@ def serve(
             outcome = execution.Outcome(
                 execution.FAILED, execution.describe_error(exc), execution.format_traceback()
             )
-        if pipe.in_copy():
+        if not pipe.mine:  # a copy the handler forked, back from the handler
             forked_copy_returned(job.job_id)
         if left := proctree.kill_leftovers():
             report(job.job_id, protocol.LOG, f"killed {left} process(es) the job left running")

@@ -718,7 +718,6 @@ class Worker:
         """A log line, within the run's budget: past LOG_BYTES_PER_RUN
         lines are dropped (counted; _settle says how many), after one line
         that says so."""
-        job.log_lines += 1
         job.log_bytes += len(line)
         if job.log_bytes <= LOG_BYTES_PER_RUN:
             self.broker.report(job.queue, job.job_id, protocol.LOG, line)

@@ -66,9 +66,8 @@ class Assignment:
     started: float = 0.0
     #: Settled as cancelled while it waited (a person cancelled it).
     cancelled: bool = False
-    #: Log lines and their bytes this run sent, and what it sent past its
-    #: budget (dropped: see Worker._on_log).
-    log_lines: int = 0
+    #: The log bytes this run sent, and what it sent past its budget
+    #: (dropped: see Worker._on_log).
     log_bytes: int = 0
     dropped_lines: int = 0
     dropped_bytes: int = 0
@@ -76,20 +75,6 @@ class Assignment:
     @property
     def attempt(self) -> int:
         return int(self.fields.get("attempts_made", 0)) + 1
-
-    def run_frame(self) -> bytes:
-        """The frame that has a child run it."""
-        fields = self.fields
-        return protocol.encode_run(
-            self.job_id,
-            self.name,
-            fields.get("data"),
-            self.queue,
-            fields.get("attempts_made", 0),
-            fields.get("retries", 0),
-            fields.get("children"),
-            steps_json(fields),
-        )
 
 
 @dataclass(slots=True, eq=False)
@@ -310,7 +295,17 @@ class Pool:
             self._limits_due = 0.0
         else:
             child.queued.append(job)
-        child.outbox += job.run_frame()
+        fields = job.fields
+        child.outbox += protocol.encode_run(
+            job.job_id,
+            job.name,
+            fields.get("data"),
+            job.queue,
+            fields.get("attempts_made", 0),
+            fields.get("retries", 0),
+            fields.get("children"),
+            steps_json(fields),
+        )
         if runs_now:
             self.flush(child)
 
