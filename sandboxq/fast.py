@@ -36,7 +36,6 @@ decode_fetched = _impl.decode_fetched
 
 if TYPE_CHECKING:  # the classes by name, so they can annotate (both share _fast.pyi)
     from sandboxq._fast import (
-        INT64_LIMIT,
         MAX_FRAME_LIMIT,
         MAX_FRAME_SIZE,
         FrameDecoder,
@@ -44,7 +43,6 @@ if TYPE_CHECKING:  # the classes by name, so they can annotate (both share _fast
         encode_frame,
     )
 else:
-    INT64_LIMIT = _impl.INT64_LIMIT
     MAX_FRAME_LIMIT = _impl.MAX_FRAME_LIMIT
     MAX_FRAME_SIZE = _impl.MAX_FRAME_SIZE
     encode_frame = _impl.encode_frame
@@ -53,7 +51,6 @@ else:
 
 __all__ = [
     "IMPLEMENTATION",
-    "INT64_LIMIT",
     "MAX_FRAME_LIMIT",
     "MAX_FRAME_SIZE",
     "CorruptRecord",

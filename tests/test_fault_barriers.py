@@ -266,7 +266,7 @@ def test_a_hanging_child_exit_hook_costs_no_slot(start_worker: StartWorker, queu
     # replaced, and every job runs, each in a child of its own
     done = wait_for_jobs(queue, jobs, ("completed",), timeout=60)
     assert len({job.result["pid"] for job in done.values()}) == 4
-    assert worker.matching_lines(r"killed an idle child: its on_child_exit hooks did not finish")
+    worker.wait_for_line(r"killed an idle child: its on_child_exit hooks did not finish")
     # And no job went back and forth while the only child was retiring
     assert not worker.matching_lines(r"handed prefetched jobs back")
     assert worker.stop() == 0

@@ -58,4 +58,4 @@ def test_an_eviction_policy_is_warned_about_by_the_worker(
     # Then it warns about the policy, and about the lack of persistence
     line = worker.wait_for_line("maxmemory-policy", timeout=10).string
     assert "allkeys-lru" in line and "noeviction" in line
-    assert worker.matching_lines("persistence is off")
+    worker.wait_for_line("persistence is off", timeout=10)

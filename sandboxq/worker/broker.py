@@ -40,6 +40,7 @@ import redis
 from sandboxq import fast, registry, stats
 from sandboxq.caps import MAX_STEPS
 from sandboxq.keys import QueueKeys
+from sandboxq.options import MAX_RATE_LIMIT_JOBS, MAX_SECONDS, ms
 from sandboxq.redis_checks import RISKY_SETTINGS, UnsupportedRedis, info_field, judge_server
 from sandboxq.schedule import BROKEN_RETRY_MS, DUE_BATCH, occurrence_jobs
 from sandboxq.scripts import Scripts, decode_ids, lua_source
@@ -1127,9 +1128,9 @@ class Broker:
             self.windows.pop(queue, None)
             self._window_params.pop(queue, None)
             return
-        params = (
-            setting_int("rl_max", raw_max, 1, fast.INT64_LIMIT),
-            setting_int("rl_window_ms", raw_window, 1, fast.INT64_LIMIT),
+        params = (  # the bounds the API and fetch.lua hold a rate limit to
+            setting_int("rl_max", raw_max, 1, MAX_RATE_LIMIT_JOBS),
+            setting_int("rl_window_ms", raw_window, 1, ms(MAX_SECONDS)),
         )
         if self._window_params.get(queue) != params:
             self.windows[queue] = fast.SlidingWindow(*params)
