@@ -88,6 +88,29 @@ def test_a_corrupt_record_fails_that_job_and_only_it(
     assert worker.stop() == 0
 
 
+def test_a_job_whose_id_is_not_utf8_fails_under_its_own_id(
+    start_worker: StartWorker, queue: Queue, raw: redis.Redis
+) -> None:
+    # Given a waiting job another tool wrote under an id that is not UTF-8
+    job_id = b"odd\xff"
+    template = raw.hgetall(queue.keys.job(queue.add("ok", 1).id))
+    raw.hset(queue.keys.prefix.encode() + b"job:" + job_id, mapping=template)
+    raw.zadd(queue.keys.wait, {job_id: 0})
+
+    # When a worker fetches it
+    worker = start_worker(procs=1, modules=MODULES)
+
+    # Then that very job fails, saying why, and the worker goes on
+    def failed() -> bool:
+        return raw.zscore(queue.keys.failed, job_id) is not None
+
+    wait_until(failed, 10, "the job filed as failed")
+    error = raw.hget(queue.keys.prefix.encode() + b"job:" + job_id, "error")
+    assert error == b"corrupt record: its id is not UTF-8 text"
+    assert wait_for_job(queue, queue.add("ok", 2).id).state == "completed"
+    assert worker.stop() == 0
+
+
 def test_unknown_fields_that_are_not_utf8_are_ignored(
     start_worker: StartWorker, queue: Queue, raw: redis.Redis
 ) -> None:
