@@ -26,10 +26,11 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 
-# The sandboxq wheel, with the native extension compiled in (the runtime
-# stage checks that it loads); then the wheels of its dependencies, resolved
-# from that wheel's metadata.
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+# The sandboxq wheel, with the native extension compiled in (a failed compile
+# fails the build rather than falling back to the pure-Python twin, and the
+# runtime stage checks that it loads); then the wheels of its dependencies,
+# resolved from that wheel's metadata.
+RUN SANDBOXQ_REQUIRE_EXTENSIONS=1 pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && pip wheel --no-cache-dir --wheel-dir /wheels /wheels/sandboxq-*.whl
 
 # -------------------------------------------------------------- runtime stage

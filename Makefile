@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install browser redis7 test test-pure bench lint docs demo screenshots clean
+.PHONY: install browser redis7 test test-pure test-pythons wheels bench lint docs demo screenshots clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -47,12 +47,27 @@ test: install browser redis7
 test-pure: install redis7
 	SANDBOXQ_NO_EXTENSIONS=1 $(PY) -m pytest
 
+# The suite on every other supported Python (3.12 and 3.13: python3.X on PATH
+# or pyenv's), native then pure, each in a venv of its own (.venv-3.X), with
+# Django 6.0 there. A Python the machine lacks is named and skipped.
+# `make test` runs it on the first Python, in ./.venv.
+OTHER_PYTHONS ?= 3.12 3.13
+test-pythons: redis7
+	@for version in $(OTHER_PYTHONS); do tools/test_python.sh $$version || exit 1; done
+
+# This Python's release artifacts into dist/: the sdist (with its generated
+# C), the pure-Python wheel (py3-none-any) and the native wheel repaired to a
+# manylinux tag. The release workflow builds every Python's and platform's.
+wheels: install
+	rm -rf dist
+	$(PY) tools/build_dists.py dist
+
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-columns=min,median,ops -p no:timeout
 
 lint: install
-	$(VENV)/bin/ruff check sandboxq tests benchmarks examples docs
-	$(VENV)/bin/ruff format --check sandboxq tests benchmarks examples docs
+	$(VENV)/bin/ruff check sandboxq tests benchmarks examples docs tools build_backend setup.py
+	$(VENV)/bin/ruff format --check sandboxq tests benchmarks examples docs tools build_backend setup.py
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
@@ -71,4 +86,4 @@ demo: $(PY)
 	$(VENV)/bin/sandboxq demo
 
 clean:
-	rm -rf build *.egg-info sandboxq/_fast.c sandboxq/*.so .pytest_cache .mypy_cache
+	rm -rf build dist *.egg-info sandboxq/_fast.c sandboxq/*.so .pytest_cache .mypy_cache

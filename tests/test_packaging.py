@@ -39,3 +39,23 @@ def test_the_wheel_ships_every_module_script_and_the_extension(tmp_path: Path) -
     assert lua - names == set()
     assert any(n.startswith("sandboxq/_fast.") and n.endswith(".so") for n in names)
     assert "sandboxq/py.typed" in names
+
+
+def test_the_release_builds_native_wheels_for_every_python_and_linux() -> None:
+    # Given the cibuildwheel configuration in pyproject.toml
+    # When cibuildwheel lists the wheels it would build for Linux
+    listed = subprocess.run(
+        [sys.executable, "-m", "cibuildwheel", "--print-build-identifiers", "--platform", "linux"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout.split()
+    # Then they are CPython 3.11-3.14, on manylinux and musllinux, x86_64 and aarch64
+    expected = {
+        f"cp3{minor}-{libc}_{arch}"
+        for minor in (11, 12, 13, 14)
+        for libc in ("manylinux", "musllinux")
+        for arch in ("x86_64", "aarch64")
+    }
+    assert sorted(listed) == sorted(expected)
