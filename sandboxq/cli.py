@@ -12,11 +12,12 @@ import argparse
 import importlib
 import math
 import os
+import platform
 import re
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import orjson
 import redis
@@ -154,11 +155,44 @@ class Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from sandboxq import __version__
+def version_line() -> str:
+    """What ``--version`` prints and the worker logs at start: the release, the
+    implementation of the hot path in use (and why the twin, if it is), the Python."""
+    from sandboxq import __version__, fast
 
+    python = platform.python_version()
+    return f"sandboxq {__version__}, {fast.describe()}, Python {python}"
+
+
+def log_version() -> None:
+    """The version line, as a warning when the twin runs for want of a build:
+    pip shows a build's own warning only with -v, so the worker says it too."""
+    from sandboxq import fast
+
+    if fast.IMPLEMENTATION == "pure" and fast.IMPLEMENTATION_REASON != fast.FORCED:
+        logs.log.warning(
+            "%s: the worker parent runs slower than with the native extension "
+            "(see the Installation guide)",
+            version_line(),
+        )
+    else:
+        logs.log.info("%s", version_line())
+
+
+class PrintVersion(argparse.Action):
+    """``--version``, printed as it is (argparse's own action wraps long lines)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        print(version_line())
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = Parser(prog="sandboxq", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"sandboxq {__version__}")
+    parser.add_argument("--version", action=PrintVersion)
     commands = parser.add_subparsers(dest="command", required=True)
 
     worker = commands.add_parser("worker", help="run a sandboxed worker")
@@ -545,10 +579,22 @@ def import_modules(names: Sequence[str]) -> None:
         importlib.import_module(name)
 
 
+NOT_LINUX = (
+    "the worker runs on Linux only (it forks its children, reads /proc and asks the "
+    "kernel who wrote to its pipes), and this is {platform}: run it in a Linux container "
+    "or VM (see the Installation guide); Queue, AsyncQueue and the commands that only "
+    "talk to Redis work here"
+)
+
+
 def run_worker(args: argparse.Namespace) -> int:
     from sandboxq.worker.parent import EXIT_BOOT_ERROR, EXIT_INTERNAL_ERROR, BootError, Worker
 
     logs.setup(args.log_format, args.log_level)
+    log_version()
+    if not sys.platform.startswith("linux"):
+        logs.log.error("cannot start: %s", NOT_LINUX.format(platform=sys.platform))
+        return EXIT_BOOT_ERROR
     modules = args.modules or [m for m in os.environ.get("SANDBOXQ_APP", "").split(",") if m]
     if not modules:
         logs.log.error(

@@ -1,32 +1,49 @@
 """The one place that chooses the native hot path or its pure-Python twin.
 
 ``SANDBOXQ_NO_EXTENSIONS=1`` forces the twin. Otherwise the compiled
-``sandboxq._fast`` is used when it was built, and ``IMPLEMENTATION`` says
-which one is loaded ("native" or "pure").
+``sandboxq._fast`` is used when it was built, ``IMPLEMENTATION`` says
+which one is loaded ("native" or "pure") and ``IMPLEMENTATION_REASON`` why
+the twin runs ("" when the native one does). An install with no C compiler
+at hand has no compiled module: it runs the twin, which gives the same
+results, slower.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+#: Why the twin runs when it was asked for (other reasons say what went wrong).
+FORCED = "SANDBOXQ_NO_EXTENSIONS is set"
 
-def _choose() -> tuple[ModuleType, str]:
+
+def _choose() -> tuple[ModuleType, str, str]:
+    from sandboxq import _fast_py
+
     if os.environ.get("SANDBOXQ_NO_EXTENSIONS", "") not in ("", "0"):
-        from sandboxq import _fast_py
+        return _fast_py, "pure", FORCED
+    try:  # by its full name: "from sandboxq import" can't tell a missing module apart
+        _fast = importlib.import_module("sandboxq._fast")
+    except ModuleNotFoundError as exc:
+        if exc.name != "sandboxq._fast":
+            raise  # the extension is there but needs a module that is not: a real error
+        return _fast_py, "pure", "the native extension was not built with this install"
+    except ImportError as exc:  # built for another Python or platform, or damaged
+        return _fast_py, "pure", f"the native extension failed to import: {exc}"
+    return _fast, "native", ""
 
-        return _fast_py, "pure"
-    try:
-        from sandboxq import _fast
-    except ImportError:
-        from sandboxq import _fast_py
 
-        return _fast_py, "pure"
-    return _fast, "native"
+_impl, IMPLEMENTATION, IMPLEMENTATION_REASON = _choose()
 
 
-_impl, IMPLEMENTATION = _choose()
+def describe() -> str:
+    """One line for people: which implementation runs, and why the twin if it does."""
+    if IMPLEMENTATION == "native":
+        return "native extension"
+    return f"pure-Python twin ({IMPLEMENTATION_REASON})"
+
 
 from sandboxq._fast_py import CorruptRecord  # noqa: E402  one class, shared by both
 
@@ -51,6 +68,7 @@ else:
 
 __all__ = [
     "IMPLEMENTATION",
+    "IMPLEMENTATION_REASON",
     "MAX_FRAME_LIMIT",
     "MAX_FRAME_SIZE",
     "CorruptRecord",
@@ -59,5 +77,6 @@ __all__ = [
     "decode_fetched",
     "decode_job_flat",
     "decode_job_mapping",
+    "describe",
     "encode_frame",
 ]

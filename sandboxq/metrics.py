@@ -8,6 +8,7 @@ runs in a thread of the parent: /metrics, /healthz (liveness) and /readyz
 
 from __future__ import annotations
 
+import platform
 import threading
 import time
 from bisect import bisect_left
@@ -24,6 +25,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
+
+from sandboxq import __version__, fast
 
 #: Job-duration buckets, seconds: from no-op jobs to hour-long exports.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -154,6 +157,16 @@ class WorkerMetrics:
             ["queue"],
             registry=r,
         )
+        build = Gauge(
+            "sandboxq_build_info",
+            "Always 1: the release, whether the native extension runs (else the pure-Python "
+            "twin) and the Python, as labels",
+            ["version", "native", "python"],
+            registry=r,
+        )
+        build.labels(
+            __version__, str(fast.IMPLEMENTATION == "native").lower(), platform.python_version()
+        ).set(1)
         pool = Gauge("sandboxq_pool_size", "Child processes this worker keeps", registry=r)
         pool.set(procs)
         busy = Gauge("sandboxq_active_jobs", "Children running a job now", registry=r)

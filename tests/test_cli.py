@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import selectors
 import shlex
 import signal
@@ -813,12 +814,63 @@ def test_an_unexpected_error_in_the_worker_exits_70_not_1(
     assert "planted bug" in logged
 
 
+def test_the_worker_refuses_to_start_off_linux_and_says_what_to_do(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a platform other than Linux (a developer's Mac, say)
+    from sandboxq.worker import parent
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    # When a worker is started there
+    code = main(["worker", "tests.jobs", "--url", redis_url, "--procs", "1"])
+    # Then it stops at once with the boot error's exit code, saying why and what to do
+    assert code == parent.EXIT_BOOT_ERROR
+    logged = capsys.readouterr().err
+    assert "the worker runs on Linux only" in logged
+    assert "this is darwin: run it in a Linux container or VM" in logged
+
+
 # -- polish: version, pipes, JSON errors, escapes, promote/drain/obliterate ---------------
-def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version_says_which_implementation_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    # Given this run's environment (the suite runs once on each implementation)
+    pure = os.environ.get("SANDBOXQ_NO_EXTENSIONS", "") not in ("", "0")
+    # When asked for the version
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
+    # Then it names the release, the implementation in use (and why the twin) and the Python
     assert exited.value.code == 0
-    assert capsys.readouterr().out.strip() == f"sandboxq {sandboxq.__version__}"
+    running = "pure-Python twin (SANDBOXQ_NO_EXTENSIONS is set)" if pure else "native extension"
+    expected = f"sandboxq {sandboxq.__version__}, {running}, Python {platform.python_version()}"
+    assert capsys.readouterr().out.strip() == expected
+
+
+BROKEN_EXTENSION = """
+import importlib.abc, sys
+
+class Broken(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "sandboxq._fast":
+            raise ImportError("_fast.so: undefined symbol: PyFoo_Bar")
+
+sys.meta_path.insert(0, Broken())
+from sandboxq.cli import main
+main(["--version"])
+"""
+
+
+def test_version_says_why_the_native_extension_did_not_load() -> None:
+    # Given a native extension that fails to import (built for another Python, say)
+    env = {k: v for k, v in os.environ.items() if k != "SANDBOXQ_NO_EXTENSIONS"}
+    # When asked for the version
+    shown = subprocess.run(
+        [sys.executable, "-c", BROKEN_EXTENSION], env=env, capture_output=True, text=True
+    )
+    # Then the twin runs, and the line says why
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "pure-Python twin (the native extension failed to import: "
+        "_fast.so: undefined symbol: PyFoo_Bar)"
+    ) in shown.stdout
 
 
 def test_a_reader_that_goes_away_ends_the_output_quietly(queue: Queue, redis_url: str) -> None:

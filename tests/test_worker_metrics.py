@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import time
@@ -9,12 +10,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from platform import python_version
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sandboxq import Queue
+import sandboxq
+from sandboxq import IMPLEMENTATION, Queue
 from sandboxq.metrics import DURATION_BUCKETS, Health, SettledJobs
 from tests.faults import RedisVersion
 from tests.worker_harness import WorkerProcess, wait_for_job, wait_until
@@ -85,6 +88,11 @@ def test_metrics_families_have_live_values_during_a_run(
     assert value(found, "sandboxq_child_crashes_total", kind="timeout") == 1
     assert value(found, "sandboxq_stalled_recoveries_total", queue=q, result="requeued") == 1
     assert value(found, "sandboxq_pool_size") == 2
+    native = str(IMPLEMENTATION == "native").lower()
+    build = {"version": sandboxq.__version__, "native": native, "python": python_version()}
+    assert value(found, "sandboxq_build_info", **build) == 1
+    implementation = "native extension" if native == "true" else "pure-Python twin ("
+    worker.wait_for_line(re.escape(f"sandboxq {sandboxq.__version__}, {implementation}"))
     assert value(found, "sandboxq_active_jobs") == 0
     assert value(found, "sandboxq_queue_jobs", queue=q, state="waiting") == 1  # held back
     assert value(found, "sandboxq_queue_jobs", queue=q, state="failed") == 3
