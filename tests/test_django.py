@@ -533,12 +533,11 @@ def on_db(url: str, db: int) -> str:
 
 @pytest.fixture
 def start_settings_worker(
-    queue: Queue, django_env: dict[str, str]
-) -> Iterator[Callable[..., WorkerProcess]]:
+    start_command_worker: Callable[..., WorkerProcess], django_env: dict[str, str]
+) -> Callable[..., WorkerProcess]:
     """``start(command, *args, env=..., wait_ready=True)``: a worker for the
     test project run as ``command`` (MANAGE_PY or SANDBOXQ_WORKER), with no
     ``$SANDBOXQ_REDIS_URL`` in its environment: only the settings name Redis."""
-    started: list[WorkerProcess] = []
 
     def start(
         command: tuple[str, ...],
@@ -546,15 +545,17 @@ def start_settings_worker(
         env: dict[str, str] | None = None,
         wait_ready: bool = True,
     ) -> WorkerProcess:
-        worker = WorkerProcess(queue.name, "", modules=(), env={**django_env, **(env or {})})
-        worker.command = [sys.executable, "-m", *command, "--procs", "1", *args]
-        worker.env.pop("SANDBOXQ_REDIS_URL", None)
-        started.append(worker)
-        return worker.start(wait_ready=wait_ready)
+        return start_command_worker(
+            "-m",
+            *command,
+            "--procs",
+            "1",
+            *args,
+            env={**django_env, **(env or {})},
+            wait_ready=wait_ready,
+        )
 
-    yield start
-    for worker in started:
-        worker.cleanup()
+    return start
 
 
 @pytest.fixture
