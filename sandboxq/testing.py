@@ -203,14 +203,16 @@ class _Eager(QueueCore[Any]):
     now, to its end; the front end's ``_drive`` makes each attempt's
     handler call (:meth:`_advance`)."""
 
-    def _eager_setup(
+    def __init__(
         self,
         name: str,
-        handlers: Mapping[str, Callable[..., Any]] | Iterable[Handler] | None,
-        defaults: Mapping[str, Any] | None,
-        max_payload_bytes: int,
+        handlers: Mapping[str, Callable[..., Any]] | Iterable[Handler] | None = None,
+        *,
+        defaults: Mapping[str, Any] | None = None,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
     ) -> None:
-        # No Queue.__init__: a queue with no Redis needs no client.
+        # No Queue.__init__ or AsyncQueue.__init__: a queue with no Redis
+        # needs no client.
         self._settings(name, max_payload_bytes, defaults, 0.0)
         self._url = f"eager:{name}"
         self.handlers = handlers
@@ -365,16 +367,6 @@ class EagerQueue(_Eager, Queue):
     job_type = EagerJob
     jobs: dict[str, EagerJob]
 
-    def __init__(
-        self,
-        name: str,
-        handlers: Mapping[str, Callable[..., Any]] | Iterable[Handler] | None = None,
-        *,
-        defaults: Mapping[str, Any] | None = None,
-        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
-    ) -> None:
-        self._eager_setup(name, handlers, defaults, max_payload_bytes)
-
     def _drive(self, op: Op[Any]) -> Any:
         """Run an operation, calling the handlers of the jobs it adds."""
         done, value = self._advance(op, None)
@@ -398,16 +390,6 @@ class AsyncEagerQueue(_Eager, AsyncQueue):
 
     job_type = AsyncEagerJob
     jobs: dict[str, AsyncEagerJob]
-
-    def __init__(
-        self,
-        name: str,
-        handlers: Mapping[str, Callable[..., Any]] | Iterable[Handler] | None = None,
-        *,
-        defaults: Mapping[str, Any] | None = None,
-        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
-    ) -> None:
-        self._eager_setup(name, handlers, defaults, max_payload_bytes)
 
     async def _drive(self, op: Op[Any]) -> Any:
         """Run an operation, awaiting the handlers of the jobs it adds."""
