@@ -33,6 +33,8 @@ def on_db_2(url: str) -> str:
 def site_env(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.delenv("SANDBOXQ_REDIS_URL", raising=False)  # the settings name Redis
     env = {
+        # (manage.py's default, set here for a test session that set another)
+        "DJANGO_SETTINGS_MODULE": "exportsite.settings",
         "PYTHONPATH": str(EXAMPLE),
         "EXPORT_DIR": str(tmp_path),
         "EXPORT_REDIS_URL": on_db_2(redis_url),
