@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install browser redis7 test test-pure test-pythons wheels bench lint docs demo screenshots clean
+.PHONY: install browser redis7 test test-pure test-pythons wheels bench lint docs docs-serve demo screenshots clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -72,10 +72,26 @@ lint: install
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 
-# The documentation site, into build/site (open build/site/index.html); any
-# warning (a broken link, a missing docstring target...) fails the build.
-docs: install
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
+# The documentation site, into build/site; any warning (a broken link, a
+# missing docstring target...) fails the build. It needs mkdocs and what the
+# hooks of docs/ import (sandboxq and its dependencies), not the test tools:
+# a venv of its own, with sandboxq's docs extra (no native extension built).
+DOCS_VENV ?= .venv-docs
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs
+
+$(DOCS_VENV)/.installed: pyproject.toml
+	python3 -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install --quiet --upgrade pip
+	SANDBOXQ_NO_EXTENSIONS=1 $(DOCS_VENV)/bin/pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(DOCS_VENV)/.installed
+	$(MKDOCS) build --strict --site-dir build/site
+
+# The site served at http://127.0.0.1:8000, rebuilt on each change. Served
+# over HTTP its search works (opened as a file:// page, it does not).
+docs-serve: $(DOCS_VENV)/.installed
+	$(MKDOCS) serve --strict --dev-addr 127.0.0.1:8000
 
 # The README's dashboard pictures, taken by the browser tests.
 screenshots: install browser

@@ -9,6 +9,13 @@ replaces with what the code says, so the page cannot drift from it:
   registry of ``sandboxq.metrics.WorkerMetrics``.
 - ``<!-- generated: events -->``: every lifecycle event and its payload
   fields, from the ``emit(...)`` calls of the Lua scripts.
+- ``<!-- generated: changelog -->``: CHANGELOG.md, from the repository's root.
+
+Lines between a marker and a later ``<!-- end generated -->`` are what the
+repository's web page shows instead (a link, say); the site replaces them too.
+Code the guides show is written out in them, not included, so that it reads
+on the repository's web page as well (tests/test_docs.py checks each such
+block against its file).
 
 mkdocs.yml loads this file (``hooks:``).
 """
@@ -22,7 +29,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-MARKER = re.compile(r"^<!-- generated: (\w+) -->$", re.MULTILINE)
+MARKER = re.compile(
+    r"^<!-- generated: (\w+) -->$(?:\n(?:.*\n)*?<!-- end generated -->$)?", re.MULTILINE
+)
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
@@ -33,6 +42,11 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         return GENERATORS[name]()
 
     return MARKER.sub(generate, markdown)
+
+
+# -- the changelog --------------------------------------------------------------------
+def changelog() -> str:
+    return (Path(__file__).resolve().parent.parent / "CHANGELOG.md").read_text()
 
 
 # -- Markdown helpers ---------------------------------------------------------------
@@ -233,6 +247,7 @@ def _call_arguments(source: str, start: int) -> list[str]:
 
 
 GENERATORS: dict[str, Callable[[], str]] = {
+    "changelog": changelog,
     "cli": cli_reference,
     "events": events_reference,
     "metrics": metrics_reference,

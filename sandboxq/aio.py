@@ -15,6 +15,7 @@ each round trip that takes over ``timeout`` seconds raises
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Generator, Mapping
 from types import TracebackType
@@ -55,8 +56,13 @@ class AsyncQueue(QueueCore[AsyncJob]):
     :class:`sandboxq.Queue`, as coroutines.
 
     ``connection`` may be a ``redis.asyncio`` client to share (it must not
-    decode responses); otherwise one is made from ``url`` and closed by
-    :meth:`close` (or ``async with``).
+    decode responses); otherwise the queue makes one from ``url`` for each
+    event loop it is used on (a ``redis.asyncio`` client belongs to the loop
+    that made it), and :meth:`close` (or ``async with``) closes the running
+    loop's. With no ``url``, ``$SANDBOXQ_REDIS_URL`` (else the local
+    default) is read when such a client is made, not when the queue is: an
+    app can make its queue at import time and its tests point it at another
+    Redis (see the testing guide).
     """
 
     job_type = AsyncJob
@@ -71,8 +77,28 @@ class AsyncQueue(QueueCore[AsyncJob]):
         defaults: Mapping[str, Any] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self._owns_client = connection is None
         self._setup(name, url, connection, connect_async, max_payload_bytes, defaults, timeout)
+        #: The clients this queue made, by the event loop each belongs to.
+        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+
+    @property
+    def client(self) -> Any:
+        """The ``redis.asyncio`` client for the running event loop: the one
+        shared, else this queue's own for that loop (made on first use)."""
+        if self._connection is not None:
+            return self._connection
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                f"AsyncQueue {self.name!r} makes a client per event loop: use it in async code"
+            ) from None
+        client = self._clients.get(loop)
+        if client is None:
+            for gone in [other for other in self._clients if other.is_closed()]:
+                del self._clients[gone]  # its connections went with its loop
+            client = self._clients[loop] = self._new_client()
+        return client
 
     def __repr__(self) -> str:
         return f"<AsyncQueue {self.name!r} at {redact(self.url)}>"
@@ -95,9 +121,12 @@ class AsyncQueue(QueueCore[AsyncJob]):
             raise unreachable(self.url, exc) from exc
 
     async def close(self) -> None:
-        """Close the client this queue made (a shared one stays open)."""
-        if self._owns_client:
-            await self.client.aclose()
+        """Close the client this queue made for the running event loop (a
+        shared one stays open). Used again afterwards, the queue makes a new
+        one."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
 
     async def __aenter__(self) -> Self:
         return self

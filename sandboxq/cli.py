@@ -16,7 +16,7 @@ import platform
 import re
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import orjson
@@ -202,6 +202,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="modules that register handlers (default: $SANDBOXQ_APP)",
     )
+    add_worker_options(worker)
+
+    demo = commands.add_parser("demo", help="run a demo on a private, embedded Redis")
+    demo.add_argument("--jobs", type=int, default=200, help="thumbnail jobs to run [200]")
+    demo.add_argument("--procs", type=parse_procs, default="auto")
+    demo.add_argument("--dir", default=".sandboxq", help="where Redis and outputs go")
+
+    schedules = commands.add_parser("schedules", help="list a queue's schedules")
+    schedules.add_argument("queue", metavar="QUEUE")
+    schedules.add_argument("--url", help="Redis URL [$SANDBOXQ_REDIS_URL]")
+    schedules.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    add_admin_commands(commands)
+    add_dev_command(commands)
+    add_dashboard_command(commands)
+    return parser
+
+
+def add_worker_options(worker: argparse.ArgumentParser) -> None:
+    """The options of ``sandboxq worker`` (all but its MODULE arguments), on
+    ``worker``: the command's parser, or another front end's (Django's
+    ``manage.py sandboxq_worker``), so they are defined once."""
     worker.add_argument(
         "-q",
         "--queue",
@@ -325,20 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
-
-    demo = commands.add_parser("demo", help="run a demo on a private, embedded Redis")
-    demo.add_argument("--jobs", type=int, default=200, help="thumbnail jobs to run [200]")
-    demo.add_argument("--procs", type=parse_procs, default="auto")
-    demo.add_argument("--dir", default=".sandboxq", help="where Redis and outputs go")
-
-    schedules = commands.add_parser("schedules", help="list a queue's schedules")
-    schedules.add_argument("queue", metavar="QUEUE")
-    schedules.add_argument("--url", help="Redis URL [$SANDBOXQ_REDIS_URL]")
-    schedules.add_argument("--json", action="store_true", help="print JSON, for scripts")
-    add_admin_commands(commands)
-    add_dev_command(commands)
-    add_dashboard_command(commands)
-    return parser
 
 
 #: The commands ``sandboxq.admin.run`` implements.
@@ -571,6 +578,21 @@ def add_dashboard_command(commands: argparse._SubParsersAction[argparse.Argument
     )
 
 
+#: Functions ``func(args)`` that ``sandboxq worker`` calls with its parsed
+#: command line once the handler modules are imported, before the worker
+#: is made: a module that knows where its jobs come from settles
+#: ``args.queues`` and ``args.url`` there (:mod:`sandboxq.contrib.django`
+#: reads them from Django's ``TASKS``). A ValueError one raises stops the
+#: worker as a boot error, with its message.
+WORKER_ARGUMENT_HOOKS: list[Callable[[argparse.Namespace], None]] = []
+
+
+def on_worker_arguments(func: Callable[[argparse.Namespace], None]) -> None:
+    """Register ``func`` in :data:`WORKER_ARGUMENT_HOOKS` (once)."""
+    if func not in WORKER_ARGUMENT_HOOKS:
+        WORKER_ARGUMENT_HOOKS.append(func)
+
+
 def import_modules(names: Sequence[str]) -> None:
     """Import the handler modules (before forking, so children start warm)."""
     if "" not in sys.path and os.getcwd() not in sys.path:
@@ -607,6 +629,12 @@ def run_worker(args: argparse.Namespace) -> int:
         logs.log.error(
             "cannot import handler module(s) %s:\n%s", ", ".join(modules), traceback.format_exc()
         )
+        return EXIT_BOOT_ERROR
+    try:
+        for settle in WORKER_ARGUMENT_HOOKS:
+            settle(args)
+    except ValueError as exc:
+        logs.log.error("cannot start: %s", exc)
         return EXIT_BOOT_ERROR
     try:
         worker = Worker(

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import hiredis
 import redis
+from redis.connection import parse_url
 
 from sandboxq import addresses
 from sandboxq.errors import ConnectionFailed
@@ -21,6 +22,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 def resolve_url(url: str | None) -> str:
     """The argument, else ``$SANDBOXQ_REDIS_URL``, else the local default."""
     return url or os.environ.get("SANDBOXQ_REDIS_URL") or DEFAULT_URL
+
+
+def check_url(url: str) -> str:
+    """``url``, once it reads as a Redis URL of a kind :mod:`sandboxq.addresses`
+    knows; else a ValueError naming it (and no client is made)."""
+    if addresses.parse(url).kind == "server":
+        try:
+            parse_url(url)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise ValueError(f"bad Redis URL {addresses.redact(url)!r}: {exc}") from None
+    return url
 
 
 def connect(url: str, **options: Any) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from sandboxq import payload, registry, stats
-from sandboxq.connection import describe, resolve_url
+from sandboxq.connection import check_url, describe, resolve_url
 from sandboxq.errors import SandboxqError
 from sandboxq.job import FINISHED_STATES, STATES, JobRecord
 from sandboxq.keys import JOB_SETS, QueueKeys, validate_name
@@ -86,18 +86,34 @@ class QueueCore(Generic[J]):
         defaults: Mapping[str, Any] | None,
         timeout: float,
     ) -> None:
-        """Check the settings and take ``connection``, or make a client for
-        ``url`` with ``connector`` (redis-py's, blocking or asyncio)."""
+        """Check the settings and take ``connection``, or keep what makes a
+        client for ``url`` with ``connector`` (redis-py's, blocking or
+        asyncio) when the front end first needs one (:meth:`_new_client`).
+        A ``url`` given is checked here; none given is resolved then, so a
+        queue made at import time follows ``$SANDBOXQ_REDIS_URL`` as it is
+        when the queue is first used (a test's private Redis, say)."""
         self._settings(name, max_payload_bytes, defaults, timeout)
-        self.client: Any
-        if connection is not None:
-            self.client = connection
-            self.url = describe(connection)
-        else:
-            self.url = resolve_url(url)
-            self.client = connector(
-                self.url, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
+        self._connection = connection
+        self._connector = connector
+        self._given_url = check_url(url) if url else None
+        #: Where the client connects, once known (see :attr:`url`).
+        self._url = describe(connection) if connection is not None else self._given_url
+
+    @property
+    def url(self) -> str:
+        """Where this queue's client connects (password included: see
+        :func:`sandboxq.addresses.redact`). A queue given no URL and no
+        connection resolves ``$SANDBOXQ_REDIS_URL`` when it makes its
+        client; until then this says where that would be now."""
+        return self._url if self._url is not None else resolve_url(None)
+
+    def _new_client(self) -> Any:
+        """A client of this queue's own, for the URL it was given, else
+        ``$SANDBOXQ_REDIS_URL`` as it is now, else the local default."""
+        self._url = resolve_url(self._given_url)
+        return self._connector(
+            self._url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+        )
 
     def _settings(
         self,

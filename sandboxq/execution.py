@@ -82,19 +82,39 @@ def run(func: Any, ctx: JobContext, max_result_bytes: int = DEFAULT_MAX_RESULT_B
     """Call the handler and classify the result or exception."""
     try:
         result = call_handler(func, ctx)
-    except Retry as exc:
-        outcome = _run_later(RETRY, exc, "delay")
-    except RateLimited as exc:
-        outcome = _run_later(RATE_LIMITED, exc, "retry_after")
-    except Unrecoverable as exc:
-        outcome = Outcome(UNRECOVERABLE, describe_error(exc), format_traceback())
     except Exception as exc:
-        outcome = Outcome(FAILED, describe_error(exc), format_traceback())
+        outcome = raised(exc)
     else:
         outcome = completed(result, max_result_bytes)
     if ctx._unrecorded_step is None:
         return outcome  # the common case: every step's result was kept
     return _not_again_after_unrecorded_step(ctx, outcome)
+
+
+async def run_async(
+    func: Any, ctx: JobContext, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+) -> Outcome:
+    """:func:`run` for a caller on an event loop (``AsyncEagerQueue``): an
+    async handler is awaited on the running loop, not on this process's
+    handler loop, so it can use what the caller's loop owns."""
+    try:
+        result = hooks.with_middleware(func)(ctx)
+        if inspect.isawaitable(result):
+            result = await result
+    except Exception as exc:
+        return _not_again_after_unrecorded_step(ctx, raised(exc))
+    return _not_again_after_unrecorded_step(ctx, completed(result, max_result_bytes))
+
+
+def raised(exc: Exception) -> Outcome:
+    """How a run that raised ``exc`` ended; called while ``exc`` is being
+    handled (its traceback is read from there)."""
+    if isinstance(exc, Retry):
+        return _run_later(RETRY, exc, "delay")
+    if isinstance(exc, RateLimited):
+        return _run_later(RATE_LIMITED, exc, "retry_after")
+    kind = UNRECOVERABLE if isinstance(exc, Unrecoverable) else FAILED
+    return Outcome(kind, describe_error(exc), format_traceback())
 
 
 def _not_again_after_unrecorded_step(ctx: JobContext, outcome: Outcome) -> Outcome:
@@ -208,16 +228,31 @@ def run_stored(
     (``{key: result}``), still JSON. They are parsed here, in whatever
     process runs the handler, so the worker parent never parses payloads.
     ``record`` takes the steps this attempt records (``job.step``)."""
+    ctx = stored_context(queue, job_id, name, stored, attempts_made, retries, report, record)
+    return ctx if isinstance(ctx, Outcome) else run(func, ctx, max_result_bytes)
+
+
+def stored_context(
+    queue: str,
+    job_id: str,
+    name: str,
+    stored: tuple[bytes | None, bytes | None, bytes | None],
+    attempts_made: int,
+    retries: int,
+    report: Callable[[str, str, str], None],
+    record: StepRecorder | None = None,
+) -> JobContext | Outcome:
+    """The handler's job context of a job as Redis holds it (see
+    :func:`run_stored`), or the failure of a job whose stored JSON is bad."""
     data_json, children_json, steps_json = stored
     try:
         data, children = load_json(data_json), load_json(children_json)
         steps = load_json(steps_json)
     except orjson.JSONDecodeError as exc:
         return Outcome.error(f"the job's stored data is not valid JSON: {exc}", unrecoverable=True)
-    ctx = JobContext(
+    return JobContext(
         queue, job_id, name, data, attempts_made, report, retries, children, steps, record
     )
-    return run(func, ctx, max_result_bytes)
 
 
 def record_problem(fields: dict[str, Any]) -> str | None:

@@ -32,7 +32,9 @@ __all__ = ["BULK_CHUNK", "MAX_PAYLOAD_BYTES", "Flow", "JobIsActive", "Queue"]
 class Queue(QueueCore[Job]):
     """A named queue on Redis: add jobs, look at them, and administer them.
 
-    ``url`` defaults to ``$SANDBOXQ_REDIS_URL``, then ``redis://localhost:6379/0``.
+    ``url`` defaults to ``$SANDBOXQ_REDIS_URL``, then ``redis://localhost:6379/0``,
+    read when the queue first talks to Redis rather than when it is made: a
+    queue made at import time can be pointed at a test's Redis afterwards.
     Pass ``connection`` to share an existing ``redis.Redis`` (it must not
     decode responses). Nothing connects until the first call; a round trip
     that takes over ``timeout`` seconds fails (on a client made from a URL).
@@ -53,8 +55,22 @@ class Queue(QueueCore[Job]):
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self._setup(name, url, connection, connect, max_payload_bytes, defaults, timeout)
-        #: The scripts run directly on this queue's client (tests, tools).
-        self.scripts = Scripts(self.client)
+        self._client: redis.Redis | None = connection
+        self._scripts: Scripts | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client (made on first use, for the URL as it is then)."""
+        if self._client is None:
+            self._client = self._new_client()
+        return self._client
+
+    @property
+    def scripts(self) -> Scripts:
+        """The scripts run directly on this queue's client (tests, tools)."""
+        if self._scripts is None:
+            self._scripts = Scripts(self.client)
+        return self._scripts
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} at {redact(self.url)}>"

@@ -24,18 +24,20 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Self
 
 import orjson
 
 from sandboxq import execution, fast
+from sandboxq.aio import AsyncJob, AsyncQueue
 from sandboxq.caps import MAX_STEPS
-from sandboxq.core import MAX_PAYLOAD_BYTES
+from sandboxq.core import MAX_PAYLOAD_BYTES, QueueCore
 from sandboxq.errors import JobFailed
-from sandboxq.handlers import Handler, handlers_for
-from sandboxq.job import STATES, Job
-from sandboxq.ops import Op
+from sandboxq.handlers import Handler, JobContext, handlers_for
+from sandboxq.job import STATES, Job, JobRecord
+from sandboxq.ops import Op, awaiting, blocking
 from sandboxq.options import JobOptions
 from sandboxq.queue import Queue
 from sandboxq.scripts import now_ms
@@ -155,31 +157,51 @@ class EagerJob(Job):
 
     def wait(self, timeout: float | None = None) -> Any:
         """Its result, or :class:`sandboxq.JobFailed` if it failed."""
-        if self.state != "completed":
-            raise JobFailed(self)
-        return self.result
+        return _eager_result(self)
 
     def logs(self) -> list[str]:
         """The log lines its handler wrote."""
         return list(self.fields.get("logs", ()))
 
 
-class EagerQueue(Queue):
-    """A stand-in for :class:`sandboxq.Queue` in unit tests that need no
-    Redis: ``add`` and ``add_bulk`` check and encode the job exactly as a
-    queue does, then run it at once, in this process, and return it
-    finished. Failed attempts are retried at once while attempts remain (no
-    backoff wait), as are ``Retry`` and ``RateLimited`` asks, up to
-    ``MAX_EAGER_RUNS`` runs. There is no sandbox, timeout or memory limit.
+class AsyncEagerJob(AsyncJob):
+    """A job an :class:`AsyncEagerQueue` ran: :class:`EagerJob`'s methods,
+    as coroutines."""
 
-    ``handlers``: ``{job name: function}``, a list of handlers, or ``None``
-    for those registered with ``@handler`` for this queue. ``get_job``,
-    ``counts`` and the jobs in :attr:`jobs` show what ran; any other queue
-    call needs Redis and raises, saying so. It is a ``Queue``, so it can
-    stand in wherever the code under test takes one.
-    """
+    async def refresh(self) -> AsyncEagerJob:
+        """The job itself: it is final already."""
+        return self
 
-    job_type = EagerJob
+    async def wait(self, timeout: float | None = None) -> Any:
+        """Its result, or :class:`sandboxq.JobFailed` if it failed."""
+        return _eager_result(self)
+
+    async def logs(self) -> list[str]:
+        """The log lines its handler wrote."""
+        return list(self.fields.get("logs", ()))
+
+
+def _eager_result(job: JobRecord) -> Any:
+    if job.state != "completed":
+        raise JobFailed(job)
+    return job.result
+
+
+@dataclass(frozen=True, slots=True)
+class _HandlerRun:
+    """What an eager ``add`` asks its front end to run: one attempt of a
+    job (the blocking one calls the handler, the asyncio one awaits it)."""
+
+    func: Callable[..., Any]
+    ctx: JobContext
+
+
+class _Eager(QueueCore[Any]):
+    """What :class:`EagerQueue` and :class:`AsyncEagerQueue` share: ``add``
+    and ``add_bulk`` run as the queue's operations (checked and encoded as
+    on Redis), but where the add script would run, each job is run here and
+    now, to its end; the front end's ``_drive`` makes each attempt's
+    handler call (:meth:`_advance`)."""
 
     def __init__(
         self,
@@ -189,55 +211,75 @@ class EagerQueue(Queue):
         defaults: Mapping[str, Any] | None = None,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
     ) -> None:
-        # No Queue.__init__: it would make a Redis client.
+        # No Queue.__init__ or AsyncQueue.__init__: a queue with no Redis
+        # needs no client.
         self._settings(name, max_payload_bytes, defaults, 0.0)
-        self.url = f"eager:{name}"
+        self._url = f"eager:{name}"
         self.handlers = handlers
         #: Every job added, by id, in the order added.
-        self.jobs: dict[str, EagerJob] = {}
+        self.jobs: dict[str, Any] = {}
         self._ids = itertools.count(1)
 
     def __repr__(self) -> str:
-        return f"<EagerQueue {self.name!r}>"
+        return f"<{type(self).__name__} {self.name!r}>"
 
-    def _drive(self, op: Op[Any]) -> Any:
-        """Run an operation that needs no round trip; any other is refused."""
-        try:
-            op.send(None)
-        except StopIteration as done:
-            return done.value
-        op.close()
-        raise RuntimeError(
-            f"EagerQueue {self.name!r} has no Redis: in eager mode only add, add_bulk, "
-            "get_job and counts work"
+    @property
+    def client(self) -> Any:
+        """None to have: an eager queue talks to no Redis."""
+        raise RuntimeError(self._no_redis())
+
+    def _no_redis(self) -> str:
+        return (
+            f"{type(self).__name__} {self.name!r} has no Redis: in eager mode only add, "
+            "add_bulk, get_job and counts work"
         )
 
-    def get_job(self, job_id: str) -> EagerJob | None:
+    def _advance(self, op: Op[Any], reply: Any) -> tuple[bool, Any]:
+        """Run an operation on to its next handler call: ``(False, run)``,
+        or ``(True, result)`` at its end. An operation that needs a round
+        trip is refused."""
+        try:
+            step = op.send(reply)
+        except StopIteration as done:
+            return True, done.value
+        if isinstance(step, _HandlerRun):
+            return False, step
+        op.close()
+        raise RuntimeError(self._no_redis())
+
+    def _eager_get_job(self, job_id: str) -> Op[Any]:
         """The job added with this id, or None."""
         return self.jobs.get(str(job_id))
+        yield  # a generator, like the operation it stands in for
 
-    def counts(self) -> dict[str, int]:
+    def _eager_counts(self) -> Op[dict[str, int]]:
         """How many of the jobs added are in each state."""
         found = Counter(job.state for job in self.jobs.values())
         return {state: found[state] for state in STATES}
+        yield
 
     def _add_encoded(
         self, encoded: list[list[Any]], data: list[Any], options: list[JobOptions]
-    ) -> Op[list[Job]]:
+    ) -> Op[list[Any]]:
         """What the add script does, then the jobs' runs, here and now."""
-        jobs: list[Job] = []
+        jobs: list[Any] = []
         for args, opts in zip(encoded, options, strict=True):
             job_id = args[0] or str(next(self._ids))
             if job_id in self.jobs:
                 existing = self.jobs[job_id]
                 jobs.append(self.job(job_id, existing.fields, created=False))
             else:
-                self.jobs[job_id] = self._run_now(job_id, args[4], args[6], opts)
+                # (it yields handler calls, not Redis steps: see _advance)
+                run = self._run_now(job_id, args[4], args[6], opts)
+                self.jobs[job_id] = yield from run  # type: ignore[misc]
                 jobs.append(self.jobs[job_id])
         return jobs
-        yield  # a generator, like the operation it stands in for
 
-    def _run_now(self, job_id: str, name: str, raw_data: bytes, opts: JobOptions) -> EagerJob:
+    def _run_now(
+        self, job_id: str, name: str, raw_data: bytes, opts: JobOptions
+    ) -> Generator[_HandlerRun, execution.Outcome, Any]:
+        """Run a job's attempts until it ends (asking the front end to make
+        each handler call); the job, finished."""
         fields: dict[str, Any] = {
             "name": name,
             "data": orjson.loads(raw_data),
@@ -266,8 +308,7 @@ class EagerQueue(Queue):
             if found is None:
                 outcome = _no_handler(self.name, name)
                 break
-            outcome = execution.run_stored(
-                found.func,
+            ctx = execution.stored_context(
                 self.name,
                 job_id,
                 name,
@@ -275,8 +316,12 @@ class EagerQueue(Queue):
                 fields["attempts_made"],
                 fields["retries"],
                 report,
-                record=record,
+                record,
             )
+            if isinstance(ctx, execution.Outcome):
+                outcome = ctx
+                break
+            outcome = yield _HandlerRun(found.func, ctx)
             if outcome.kind in (execution.RETRY, execution.RATE_LIMITED):
                 fields["retries"] += 1
                 continue
@@ -291,9 +336,7 @@ class EagerQueue(Queue):
             )
         return self._finished(job_id, fields, outcome)
 
-    def _finished(
-        self, job_id: str, fields: dict[str, Any], outcome: execution.Outcome
-    ) -> EagerJob:
+    def _finished(self, job_id: str, fields: dict[str, Any], outcome: execution.Outcome) -> Any:
         fields["finished_at"] = time.time()
         if outcome.kind == execution.COMPLETED:
             fields |= {"state": "completed", "result": orjson.loads(outcome.value)}
@@ -303,9 +346,63 @@ class EagerQueue(Queue):
             fields["traceback"] = outcome.traceback or None
             if outcome.kind == execution.UNRECOVERABLE:
                 fields["attempts_made"] += 1
-        job = EagerJob(self, job_id, fields)
-        job.created = True
-        return job
+        return self.job(job_id, fields, created=True)
+
+
+class EagerQueue(_Eager, Queue):
+    """A stand-in for :class:`sandboxq.Queue` in unit tests that need no
+    Redis: ``add`` and ``add_bulk`` check and encode the job exactly as a
+    queue does, then run it at once, in this process, and return it
+    finished. Failed attempts are retried at once while attempts remain (no
+    backoff wait), as are ``Retry`` and ``RateLimited`` asks, up to
+    ``MAX_EAGER_RUNS`` runs. There is no sandbox, timeout or memory limit.
+
+    ``handlers``: ``{job name: function}``, a list of handlers, or ``None``
+    for those registered with ``@handler`` for this queue. ``get_job``,
+    ``counts`` and the jobs in :attr:`jobs` show what ran; any other queue
+    call needs Redis and raises, saying so. It is a ``Queue``, so it can
+    stand in wherever the code under test takes one.
+    """
+
+    job_type = EagerJob
+    jobs: dict[str, EagerJob]
+
+    def _drive(self, op: Op[Any]) -> Any:
+        """Run an operation, calling the handlers of the jobs it adds."""
+        done, value = self._advance(op, None)
+        while not done:
+            done, value = self._advance(op, execution.run(value.func, value.ctx))
+        return value
+
+    get_job = blocking(_Eager._eager_get_job)
+    counts = blocking(_Eager._eager_counts)
+
+
+class AsyncEagerQueue(_Eager, AsyncQueue):
+    """:class:`EagerQueue` for asyncio code: a stand-in for
+    :class:`sandboxq.aio.AsyncQueue` with the same methods as coroutines and
+    the same semantics (no Redis; ``await add(...)`` runs the job at once
+    and returns it finished). An ``async def`` handler is awaited on the
+    running event loop, so it may use what that loop owns (an app's own
+    clients). It is an ``AsyncQueue``, so it can stand in wherever the code
+    under test takes one (e.g. through a FastAPI dependency override).
+    """
+
+    job_type = AsyncEagerJob
+    jobs: dict[str, AsyncEagerJob]
+
+    async def _drive(self, op: Op[Any]) -> Any:
+        """Run an operation, awaiting the handlers of the jobs it adds."""
+        done, value = self._advance(op, None)
+        while not done:
+            done, value = self._advance(op, await execution.run_async(value.func, value.ctx))
+        return value
+
+    get_job = awaiting(_Eager._eager_get_job)
+    counts = awaiting(_Eager._eager_counts)
+
+    async def close(self) -> None:
+        """Nothing to close: it has no Redis client."""
 
 
 def _no_handler(queue: str, name: str) -> execution.Outcome:

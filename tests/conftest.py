@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from sandboxq.local_redis import (
 )
 from tests.faults import RedisVersion, free_port, redis_versions
 from tests.topologies import RedisClusterNodes, SentinelSet
-from tests.worker_harness import WorkerProcess
+from tests.worker_harness import ROOT, WorkerProcess
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -148,6 +149,31 @@ def start_worker(queue: Queue, redis_url: str) -> Iterator[Callable[..., WorkerP
         worker = WorkerProcess(
             queue.name, url or redis_url, args, modules=modules, env=env, procs=procs
         )
+        started.append(worker)
+        return worker.start(wait_ready=wait_ready)
+
+    yield start
+    for worker in started:
+        worker.cleanup()
+
+
+@pytest.fixture
+def start_command_worker(queue: Queue) -> Iterator[Callable[..., WorkerProcess]]:
+    """``start(*command, env=None, cwd=ROOT, wait_ready=True)``: a worker
+    run as ``python COMMAND`` (``-m django sandboxq_worker ...``), as a
+    framework's users start it, with no ``$SANDBOXQ_REDIS_URL`` in its
+    environment: only the settings it reads name Redis. Killed after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(
+        *command: str,
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+        wait_ready: bool = True,
+    ) -> WorkerProcess:
+        worker = WorkerProcess(queue.name, "", modules=(), env=env, procs=None)
+        worker.command, worker.cwd = [sys.executable, *command], cwd
+        worker.env.pop("SANDBOXQ_REDIS_URL", None)
         started.append(worker)
         return worker.start(wait_ready=wait_ready)
 

@@ -253,6 +253,45 @@ def test_flows_and_defaults_work_as_in_the_blocking_api(queue: Queue, redis_url:
     run(scenario())
 
 
+def test_a_queue_made_at_import_time_serves_each_event_loop_on_the_redis_named_then(
+    monkeypatch: pytest.MonkeyPatch, queue: Queue, redis_url: str
+) -> None:
+    # Given an app's queue, made at import time with no URL, while
+    # SANDBOXQ_REDIS_URL names a Redis that is not there
+    monkeypatch.setenv("SANDBOXQ_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    app_queue = AsyncQueue(queue.name)
+
+    async def request(n: int) -> str:
+        return (await app_queue.add("x", n)).id
+
+    # When tests point SANDBOXQ_REDIS_URL at their Redis, then each runs the
+    # app on an event loop of its own (as pytest's asyncio plugins do)
+    monkeypatch.setenv("SANDBOXQ_REDIS_URL", redis_url)
+    first = run(request(1))
+    second = run(request(2))
+
+    # Then both loops reached that Redis, each through a client of its own
+    assert [queue.get_job(i).data for i in (first, second)] == [1, 2]  # type: ignore[union-attr]
+    assert app_queue.url == redis_url
+
+    async def close_and_use_again() -> int:
+        await app_queue.close()  # (an app's shutdown)
+        return (await app_queue.counts())["waiting"]
+
+    # And one closed is made anew on its next use
+    assert run(close_and_use_again()) == 2
+
+
+def test_a_queue_outside_an_event_loop_has_no_client_to_give() -> None:
+    with pytest.raises(RuntimeError, match="makes a client per event loop"):
+        _ = AsyncQueue("q", url="redis://127.0.0.1:1/0").client
+
+
+def test_a_malformed_url_is_refused_when_the_queue_is_made() -> None:
+    with pytest.raises(ValueError, match="bad Redis URL 'localhost:6379'"):
+        AsyncQueue("q", url="localhost:6379")
+
+
 def test_a_shared_asyncio_client_is_left_open(queue: Queue, redis_url: str) -> None:
     async def scenario() -> None:
         shared = redis.asyncio.Redis.from_url(redis_url)

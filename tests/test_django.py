@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -515,3 +517,146 @@ def test_current_job_is_only_for_a_task_a_worker_runs() -> None:
 
     with pytest.raises(RuntimeError, match="for a Django task that a sandboxq worker runs"):
         current_job()
+
+
+# -- the worker as Django users start it: the Redis of the settings ---------------------
+#: How Django users start a worker. ``python -m django`` runs what manage.py runs.
+MANAGE_PY = ("django", "sandboxq_worker")
+SANDBOXQ_WORKER = ("sandboxq", "worker", "sandboxq.contrib.django")
+
+
+def on_db(url: str, db: int) -> str:
+    """The session server's URL (a unix socket, ``?db=0``) on another database."""
+    assert url.endswith("?db=0"), url
+    return f"{url[: -len('0')]}{db}"
+
+
+@pytest.fixture
+def start_settings_worker(
+    start_command_worker: Callable[..., WorkerProcess], django_env: dict[str, str]
+) -> Callable[..., WorkerProcess]:
+    """``start(command, *args, env=..., wait_ready=True)``: a worker for the
+    test project run as ``command`` (MANAGE_PY or SANDBOXQ_WORKER), with no
+    ``$SANDBOXQ_REDIS_URL`` in its environment: only the settings name Redis."""
+
+    def start(
+        command: tuple[str, ...],
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+    ) -> WorkerProcess:
+        return start_command_worker(
+            "-m",
+            *command,
+            "--procs",
+            "1",
+            *args,
+            env={**django_env, **(env or {})},
+            wait_ready=wait_ready,
+        )
+
+    return start
+
+
+@pytest.fixture
+def db2_queue(queue: Queue, redis_url: str) -> Iterator[Queue]:
+    """The test's queue on database 2 of the session's server, emptied after."""
+    other = Queue(queue.name, url=on_db(redis_url, 2))
+    yield other
+    other.obliterate(force=True)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", [MANAGE_PY, SANDBOXQ_WORKER], ids=["manage.py", "cli"])
+def test_the_worker_serves_the_redis_the_settings_name_without_the_environment(
+    command: tuple[str, ...],
+    django_env: dict[str, str],
+    queue: Queue,
+    db2_queue: Queue,
+    redis_url: str,
+    start_settings_worker: Callable[..., WorkerProcess],
+) -> None:
+    from django.test import override_settings
+
+    # Given TASKS naming Redis database 2 in OPTIONS, and tasks enqueued there
+    db2 = on_db(redis_url, 2)
+    with override_settings(TASKS=tasks_setting(queue, db2)):
+        import tests.django_project.tasks as tasks
+
+        added = tasks.add.using(queue_name=queue.name).enqueue(2, 3)
+        reported = tasks.report.using(queue_name=queue.name).enqueue(40)
+        assert db2_queue.get_job(added.id) is not None
+
+        # When a worker starts as Django users start it, with no
+        # SANDBOXQ_REDIS_URL, and no -q
+        worker = start_settings_worker(command, env={"SANDBOXQ_TEST_DJANGO_URL": db2})
+
+        # Then it serves the settings' Redis and queues, and runs the tasks
+        assert finished(added).return_value["sum"] == 5
+        assert f"serving TASKS 'default' at {db2}" in worker.log
+        assert worker.wait_for_line(r"worker ready").string.endswith(
+            f"queues=default,{queue.name} procs=1"
+        )
+        # and a task reported progress and a log line through its context alone
+        assert finished(reported).return_value == 1
+        job = reported.task.get_backend().get_job(reported.id)
+        assert (job.progress, job.logs()) == (40, ["at 40%"])
+    assert sum(queue.counts().values()) == 0  # nothing went to database 0
+
+
+@pytest.mark.timeout(60)
+def test_backends_on_two_redis_servers_take_one_worker_each(
+    django_env: dict[str, str],
+    queue: Queue,
+    redis_url: str,
+    start_settings_worker: Callable[..., WorkerProcess],
+) -> None:
+    # Given two backends on two Redis databases
+    urls = {"SANDBOXQ_TEST_DJANGO_URL": on_db(redis_url, 2)}
+    urls["SANDBOXQ_TEST_DJANGO_OTHER_URL"] = on_db(redis_url, 3)
+
+    # When one worker is asked to serve both, it refuses, naming them
+    for command in (MANAGE_PY, SANDBOXQ_WORKER):
+        both = start_settings_worker(command, env=urls, wait_ready=False)
+        assert both.wait(30) == EXIT_BOOT_ERROR
+        assert "TASKS backends served are on different Redis servers" in both.log
+        assert f"'other' at {on_db(redis_url, 3)}" in both.log
+
+    # And a --url that is not the backend's is refused, not served
+    elsewhere = start_settings_worker(
+        MANAGE_PY, "--backend", "other", "--url", redis_url, env=urls, wait_ready=False
+    )
+    assert elsewhere.wait(30) == EXIT_BOOT_ERROR
+    assert f"--url {redis_url} is not the Redis TASKS['other'] enqueues to" in elsewhere.log
+
+    # Then one worker per backend serves each (by --backend, or by its queues)
+    other = start_settings_worker(MANAGE_PY, "--backend", "other", env=urls)
+    assert other.wait_for_line(r"worker ready").string.endswith("queues=other procs=1")
+    assert f"serving TASKS 'other' at {on_db(redis_url, 3)}" in other.log
+    default = start_settings_worker(SANDBOXQ_WORKER, "-q", queue.name, env=urls)
+    assert f"serving TASKS 'default' at {on_db(redis_url, 2)}" in default.log
+
+
+def test_manage_py_sandboxq_worker_help_lists_every_worker_option(
+    django_env: dict[str, str],
+) -> None:
+    from sandboxq.cli import build_parser
+
+    # When a Django user asks manage.py for the command's help
+    shown = subprocess.run(
+        [sys.executable, "-m", "django", "sandboxq_worker", "--help"],
+        env={**os.environ, **django_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+
+    # Then it lists every option of `sandboxq worker`, and --backend
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    worker = commands.choices["worker"]  # type: ignore[index]
+    options = {option for action in worker._actions for option in action.option_strings}
+    assert "--max-memory-per-child" in options
+    missing = sorted(option for option in options if option not in shown)
+    assert missing == []
+    assert "--backend NAME" in shown

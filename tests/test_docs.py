@@ -126,6 +126,44 @@ def test_the_site_stands_alone(site: Path) -> None:
         assert "--8<--" not in text, f"{page.relative_to(site)}: a snippet was not included"
 
 
+# -- code the guides show -------------------------------------------------------------------
+#: A fenced block titled with a file of the repository (examples/, deploy/):
+#: the guide shows that file, written out so that the repository's web page
+#: shows it too, not a placeholder.
+SHOWN_FILE = re.compile(
+    r'^(?P<indent> *)```\w+ title="(?P<path>(?:examples|deploy)/[^"]+)"\n'
+    r"(?P<body>.*?)^(?P=indent)```$",
+    re.MULTILINE | re.DOTALL,
+)
+
+
+def shown_files() -> Iterator[tuple[str, str, str]]:
+    """(page, path, the block's text) for each block that shows a file."""
+    for page in sorted(DOCS.rglob("*.md")):
+        for found in SHOWN_FILE.finditer(page.read_text()):
+            indent = len(found["indent"])
+            lines = found["body"].splitlines(keepends=True)
+            body = "".join(line[indent:] if line.strip() else line.lstrip(" ") for line in lines)
+            yield str(page.relative_to(ROOT)), found["path"], body
+
+
+def test_the_code_a_guide_shows_is_the_file_it_names() -> None:
+    shown = list(shown_files())
+    assert {path for _page, path, _body in shown} >= {
+        "examples/fastapi_resize/app.py",
+        "examples/fastapi_resize/jobs.py",
+        "examples/fastapi_resize/test_app.py",
+        "deploy/kubernetes/worker.yaml",
+    }
+    for page, path, body in shown:
+        assert body == (ROOT / path).read_text(), f"{page} shows an old {path}: copy it again"
+
+
+def test_no_page_includes_a_file_the_repository_page_would_not_show() -> None:
+    for page in sorted(DOCS.rglob("*.md")):
+        assert "--8<--" not in page.read_text(), f"{page.relative_to(ROOT)}: write the file out"
+
+
 # -- environment variables ----------------------------------------------------------------
 def python_files() -> Iterator[Path]:
     yield from sorted((ROOT / "sandboxq").rglob("*.py"))

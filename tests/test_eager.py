@@ -1,14 +1,16 @@
-"""``sandboxq.testing.EagerQueue``: jobs run at once, in this process, with
-no Redis at all; validation and outcomes as a real queue gives them."""
+"""``sandboxq.testing.EagerQueue`` and ``AsyncEagerQueue``: jobs run at once,
+in this process, with no Redis at all; validation and outcomes as a real
+queue gives them."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from sandboxq import JobFailed, Retry, Unrecoverable, handler
-from sandboxq.testing import EagerQueue
+from sandboxq.testing import AsyncEagerJob, AsyncEagerQueue, EagerQueue
 
 # An address where nothing listens: eager mode must never connect.
 NO_REDIS = "redis://127.0.0.1:1/0"
@@ -105,3 +107,81 @@ def test_calls_that_need_redis_say_so() -> None:
     q = EagerQueue("q", {})
     with pytest.raises(RuntimeError, match="no Redis: in eager mode only add"):
         q.pause()
+
+
+# -- AsyncEagerQueue: the same, for asyncio code -----------------------------------------
+def test_an_async_eager_queue_runs_jobs_at_add_with_the_same_outcomes() -> None:
+    def resize(job: Any) -> dict[str, int]:
+        job.update_progress(50)
+        job.log("resizing")
+        return {"width": job.data["width"] // 2}
+
+    def flaky(job: Any) -> str:
+        if job.attempts_made < 1:
+            raise RuntimeError("not yet")
+        return "done"
+
+    def give_up(job: Any) -> None:
+        raise Unrecoverable("card declined")
+
+    async def scenario() -> None:
+        async with AsyncEagerQueue(
+            "images", {"resize": resize, "flaky": flaky, "give_up": give_up}
+        ) as q:
+            # When jobs are added
+            job = await q.add("resize", {"width": 640})
+            retried = await q.add("flaky", attempts=2, backoff=600)
+            declined = await q.add("give_up", attempts=5)
+            [bulk] = await q.add_bulk([{"name": "resize", "data": {"width": 10}}])
+
+            # Then each comes back finished, as EagerQueue returns them
+            assert isinstance(job, AsyncEagerJob)
+            assert (job.state, job.result, job.progress) == ("completed", {"width": 320}, 50)
+            assert await job.wait() == {"width": 320}
+            assert await job.refresh() is job
+            assert await job.logs() == ["resizing"]
+            assert (retried.result, retried.attempts_made) == ("done", 2)
+            assert (declined.state, declined.attempts_made) == ("failed", 1)
+            with pytest.raises(JobFailed, match="card declined"):
+                await declined.wait()
+            assert bulk.result == {"width": 5}
+            assert await q.get_job(job.id) is job
+            assert (await q.counts())["completed"] == 3
+            assert (await q.add("typo")).error == "no handler for job 'typo' in queue 'images'"
+
+    asyncio.run(scenario())
+
+
+def test_an_async_handler_is_awaited_on_the_callers_event_loop() -> None:
+    # Given an async handler that uses what the caller's loop owns (a queue bound to it)
+    async def scenario() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[str] = asyncio.Queue()  # bound to this loop
+
+        async def deliver(job: Any) -> bool:
+            await events.put(job.data["to"])
+            return asyncio.get_running_loop() is loop
+
+        q = AsyncEagerQueue("mail", {"deliver": deliver})
+        # When a job is added from async code
+        job = await q.add("deliver", {"to": "ada@example.com"})
+        # Then its handler ran on this loop, to the end, before add returned
+        return [job.result, events.get_nowait()]
+
+    assert asyncio.run(scenario()) == [True, "ada@example.com"]
+
+
+def test_an_async_eager_queue_checks_input_and_refuses_calls_that_need_redis() -> None:
+    async def scenario() -> None:
+        q = AsyncEagerQueue("q", {"x": lambda job: None}, defaults={"attempts": 2})
+        with pytest.raises(TypeError, match="not JSON-serializable"):
+            await q.add("x", {"when": object()})
+        assert (await q.add("x")).attempts == 2
+        first, again = [await q.add("x", job_id="only-once") for _ in range(2)]
+        assert (first.created, again.created, len(q.jobs)) == (True, False, 2)
+        with pytest.raises(RuntimeError, match="AsyncEagerQueue 'q' has no Redis"):
+            await q.pause()
+        with pytest.raises(RuntimeError, match="has no Redis"):
+            _ = q.client
+
+    asyncio.run(scenario())

@@ -1,6 +1,7 @@
 """examples/django_export, run as its README says: ``manage.py migrate``,
-``manage.py runserver`` and a worker over ``sandboxq.contrib.django``, all
-real processes, talking over HTTP, SQLite and Redis."""
+``manage.py runserver`` and ``manage.py sandboxq_worker``, all real
+processes, talking over HTTP, SQLite and Redis: database 2, named by the
+settings alone (no ``SANDBOXQ_REDIS_URL`` in any of their environments)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,21 @@ EXAMPLE = ROOT / "examples" / "django_export"
 StartWorker = Callable[..., WorkerProcess]
 
 
+def on_db_2(url: str) -> str:
+    """The session server's URL (a unix socket, ``?db=0``) on database 2."""
+    assert url.endswith("?db=0"), url
+    return url.removesuffix("0") + "2"
+
+
 @pytest.fixture
-def site_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+def site_env(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.delenv("SANDBOXQ_REDIS_URL", raising=False)  # the settings name Redis
     env = {
+        # (manage.py's default, set here for a test session that set another)
         "DJANGO_SETTINGS_MODULE": "exportsite.settings",
         "PYTHONPATH": str(EXAMPLE),
         "EXPORT_DIR": str(tmp_path),
-        "SANDBOXQ_REDIS_URL": redis_url,
+        "EXPORT_REDIS_URL": on_db_2(redis_url),
     }
     migrate = subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput"],
@@ -44,7 +53,7 @@ def site_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def exports(redis_url: str) -> Iterator[Queue]:
-    queue = Queue("exports", url=redis_url)
+    queue = Queue("exports", url=on_db_2(redis_url))
     yield queue
     queue.obliterate(force=True)
 
@@ -63,7 +72,7 @@ def web(site_env: dict[str, str]) -> Iterator[str]:
 
 @pytest.mark.timeout(180)
 def test_exports_run_on_the_worker_and_a_rolled_back_request_enqueues_nothing(
-    start_worker: StartWorker, exports: Queue, web: str, site_env: dict[str, str]
+    start_command_worker: StartWorker, exports: Queue, web: str, site_env: dict[str, str]
 ) -> None:
     # Given the queue paused, so exports pile up
     exports.pause()
@@ -75,8 +84,11 @@ def test_exports_run_on_the_worker_and_a_rolled_back_request_enqueues_nothing(
     assert [status for status, _h, _b in replies] == [202, 202, 202, 429]
     assert exports.counts()["waiting"] == 3
 
-    # When a worker serves the queue
-    start_worker("-q", "exports", procs=2, modules=("sandboxq.contrib.django",), env=site_env)
+    # When `manage.py sandboxq_worker` serves the settings' queues
+    worker = start_command_worker(
+        "manage.py", "sandboxq_worker", "--procs", "2", env=site_env, cwd=EXAMPLE
+    )
+    assert worker.wait_for_line("worker ready").string.endswith("queues=exports procs=2")
     exports.resume()
 
     # Then each export's CSV is built, with its progress reported

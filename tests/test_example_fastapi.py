@@ -1,10 +1,13 @@
 """examples/fastapi_resize, run as its README says: uvicorn serving the app
 and a worker over its handler, both real processes, talking over HTTP and
-Redis."""
+Redis; and the example's own tests (test_app.py), run with pytest in its
+folder as a user runs them."""
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,3 +95,21 @@ def test_an_upload_is_accepted_at_once_and_resized_by_the_worker(
 
     # And asking for an unknown job is a 404
     assert call(f"{web}/jobs/nope")[0] == 404
+
+
+@pytest.mark.timeout(120)
+def test_the_examples_own_tests_pass_in_process_with_and_without_redis(tmp_path: Path) -> None:
+    pytest.importorskip("httpx", reason="the example's tests need httpx (the test extra)")
+    # When the example's tests run as its README says: pytest in its folder
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_app.py"],
+        cwd=EXAMPLE,
+        env={**os.environ, "RESIZE_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    # Then both pass: the AsyncEagerQueue one, and the one on the fixtures'
+    # Redis that the app's import-time AsyncQueue finds by itself
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 passed" in run.stdout

@@ -31,6 +31,7 @@ from sandboxq.local_redis import LocalRedis
 from sandboxq.schedule import fire_due
 from sandboxq.scripts import now_ms
 from sandboxq.testing import run_until_empty
+from tests.faults import free_port
 
 EMPTY = {
     "waiting": 0,
@@ -89,6 +90,25 @@ def test_queue_url_defaults_to_the_environment(
     # Then it uses that server
     assert q.url == redis_url
     assert queue.counts()["waiting"] == 1
+    q.client.close()
+
+
+def test_a_queue_made_before_the_environment_names_its_redis_finds_it_when_first_used(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, queue: Queue
+) -> None:
+    # Given a queue made at import time, while SANDBOXQ_REDIS_URL names a
+    # Redis that is not there
+    monkeypatch.setenv("SANDBOXQ_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    q = Queue(queue.name)
+
+    # When a test points SANDBOXQ_REDIS_URL at its own Redis before using it
+    monkeypatch.setenv("SANDBOXQ_REDIS_URL", redis_url)
+    q.add("x")
+
+    # Then the queue talks to that Redis, and keeps it afterwards
+    assert queue.counts()["waiting"] == 1
+    monkeypatch.delenv("SANDBOXQ_REDIS_URL")
+    assert q.url == redis_url and q.counts()["waiting"] == 1
     q.client.close()
 
 

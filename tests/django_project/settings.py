@@ -2,8 +2,11 @@
 
 The Redis URL and the test's queue come from the environment a worker gets
 (``SANDBOXQ_REDIS_URL``, ``SANDBOXQ_TEST_QUEUE``; tests/worker_harness.py
-sets both); the test process overrides ``TASKS`` per test. The SQLite file
-is ``$SANDBOXQ_TEST_DJANGO_DB``, in the test session's temp dir.
+sets both), or ``SANDBOXQ_TEST_DJANGO_URL`` names the Redis in ``OPTIONS``
+for a worker started without ``SANDBOXQ_REDIS_URL``; with
+``SANDBOXQ_TEST_DJANGO_OTHER_URL`` a second backend, ``other``, serves the
+queue ``other`` there. The test process overrides ``TASKS`` per test. The
+SQLite file is ``$SANDBOXQ_TEST_DJANGO_DB``, in the test session's temp dir.
 """
 
 import importlib.util
@@ -16,6 +19,7 @@ TIME_ZONE = "UTC"
 INSTALLED_APPS = [
     # The backport is an app; Django >= 6.0 has the framework built in.
     *([] if importlib.util.find_spec("django.tasks") else ["django_tasks"]),
+    "sandboxq.contrib.django",  # manage.py sandboxq_worker
     "tests.django_project",
 ]
 
@@ -32,6 +36,14 @@ TASKS = {
     "default": {
         "BACKEND": "sandboxq.contrib.django.SandboxqBackend",
         "QUEUES": ["default", os.environ.get("SANDBOXQ_TEST_QUEUE", "django-tests")],
-        "OPTIONS": {"url": os.environ.get("SANDBOXQ_REDIS_URL")},
+        "OPTIONS": {
+            "url": os.environ.get("SANDBOXQ_TEST_DJANGO_URL", os.environ.get("SANDBOXQ_REDIS_URL"))
+        },
     }
 }
+if os.environ.get("SANDBOXQ_TEST_DJANGO_OTHER_URL"):
+    TASKS["other"] = {
+        "BACKEND": "sandboxq.contrib.django.SandboxqBackend",
+        "QUEUES": ["other"],
+        "OPTIONS": {"url": os.environ["SANDBOXQ_TEST_DJANGO_OTHER_URL"]},
+    }

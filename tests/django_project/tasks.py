@@ -96,3 +96,11 @@ def inherited_connection() -> dict[str, Any]:
 @task(takes_context=True)
 def introspect(context: TaskContext) -> dict[str, Any]:
     return {"id": context.task_result.id, "attempt": context.attempt}
+
+
+@task(takes_context=True)
+def report(context: Any, percent: int) -> int:
+    """Report progress and a log line through the task's context alone."""
+    context.update_progress(percent)
+    context.log(f"at {percent}%")
+    return context.attempt  # type: ignore[no-any-return]

@@ -1,5 +1,7 @@
 """Settings of the export example: SQLite and the CSV files under
-``$EXPORT_DIR`` (default ``./export-data``), Redis at ``$SANDBOXQ_REDIS_URL``."""
+``$EXPORT_DIR`` (default ``./export-data``), the tasks on Redis database 2
+at ``$EXPORT_REDIS_URL`` (default ``redis://localhost:6379/2``): the web
+process and ``manage.py sandboxq_worker`` both read it here."""
 
 import importlib.util
 import os
@@ -20,6 +22,7 @@ INSTALLED_APPS = [
     # Django >= 6.0 has the tasks framework built in; before, it is the
     # django-tasks backport, an app.
     *([] if importlib.util.find_spec("django.tasks") else ["django_tasks"]),
+    "sandboxq.contrib.django",  # manage.py sandboxq_worker
     "exports",
 ]
 # A JSON API without sessions or forms: no middleware needed.
@@ -33,6 +36,10 @@ TASKS = {
         "QUEUES": ["exports"],
         # A task enqueued inside a transaction is added when it commits.
         "ENQUEUE_ON_COMMIT": True,
-        "OPTIONS": {"url": os.environ.get("SANDBOXQ_REDIS_URL"), "timeout": 600, "attempts": 2},
+        "OPTIONS": {
+            "url": os.environ.get("EXPORT_REDIS_URL", "redis://localhost:6379/2"),
+            "timeout": 600,
+            "attempts": 2,
+        },
     }
 }

@@ -16,7 +16,7 @@ import re
 import uuid
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sandboxq import errors
 from sandboxq.aio import AsyncQueue
@@ -36,9 +36,6 @@ from sandboxq.job import Job, JobRecord
 from sandboxq.keys import QueueKeys
 from sandboxq.payload import to_json
 from sandboxq.queue import Queue
-
-if TYPE_CHECKING:
-    import asyncio
 
 #: The name of every job that runs a Django task.
 JOB_NAME = "django.task"
@@ -129,7 +126,7 @@ class SandboxqBackend(BaseTaskBackend):
         #: True) themselves; Django 6.0 dropped it, and here it is opt-in.
         self.enqueue_on_commit = bool(params.get("ENQUEUE_ON_COMMIT", False))
         self._queues: dict[str, Queue] = {}
-        self._async_queues: dict[tuple[asyncio.AbstractEventLoop, str], AsyncQueue] = {}
+        self._async_queues: dict[str, AsyncQueue] = {}
 
     # -- the queues ------------------------------------------------------------------
     def queue(self, name: str) -> Queue:
@@ -139,17 +136,11 @@ class SandboxqBackend(BaseTaskBackend):
         return self._queues[name]
 
     def async_queue(self, name: str) -> AsyncQueue:
-        """The asyncio queue of that name for the running event loop: a
-        ``redis.asyncio`` client belongs to the loop that made it."""
-        import asyncio
-
-        key = (asyncio.get_running_loop(), name)
-        if key not in self._async_queues:
-            for loop, queue_name in list(self._async_queues):
-                if loop.is_closed():  # its loop is gone, and its client with it
-                    del self._async_queues[(loop, queue_name)]
-            self._async_queues[key] = AsyncQueue(name, self.url, defaults=self.defaults)
-        return self._async_queues[key]
+        """The asyncio queue of that name (one per name, made on first use;
+        it keeps a client per event loop)."""
+        if name not in self._async_queues:
+            self._async_queues[name] = AsyncQueue(name, self.url, defaults=self.defaults)
+        return self._async_queues[name]
 
     def close(self) -> None:
         """Close the clients of the blocking queues (``task_backends.close_all()``)."""
@@ -160,11 +151,8 @@ class SandboxqBackend(BaseTaskBackend):
     async def aclose(self) -> None:
         """Close the clients of the running event loop's queues (e.g. when an
         ASGI app shuts down); other loops' clients are left alone."""
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        for key in [key for key in self._async_queues if key[0] is loop]:
-            await self._async_queues.pop(key).close()
+        for queue in self._async_queues.values():
+            await queue.close()
 
     # -- enqueueing ------------------------------------------------------------------
     def _prepare(

@@ -1,23 +1,30 @@
-"""The worker side: ``DJANGO_SETTINGS_MODULE=mysite.settings sandboxq worker
-sandboxq.contrib.django -q default``.
+"""The worker side: ``python manage.py sandboxq_worker`` (with
+``"sandboxq.contrib.django"`` in ``INSTALLED_APPS``), or
+``DJANGO_SETTINGS_MODULE=mysite.settings sandboxq worker sandboxq.contrib.django``.
 
 Importing :mod:`sandboxq.contrib.django` calls :func:`prepare`: in a process
 where Django is not set up yet (the worker's parent, which imports handler
 modules before it forks) it runs ``django.setup()``, so every child starts
 with the apps loaded; it registers :func:`run_task` for every queue of every
-``SandboxqBackend`` in ``TASKS``; and it has each child forget the database
-connections it inherited.
+``SandboxqBackend`` in ``TASKS``; it has each child forget the database
+connections it inherited; and it has the worker serve the queues and the
+Redis its backends name (:func:`settle_worker_arguments`).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 import traceback
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
-from sandboxq import handler, on_child_start
+from sandboxq import handler, logs, on_child_start
+from sandboxq.addresses import redact
+from sandboxq.cli import on_worker_arguments
+from sandboxq.connection import resolve_url
 from sandboxq.contrib.django.backend import (
     FAILED,
     JOB_NAME,
@@ -44,6 +51,27 @@ _inherited: list[Any] = []
 
 #: The job a task runs as, while it runs (:func:`current_job`).
 _running: ContextVar[JobContext | None] = ContextVar("sandboxq_django_job", default=None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SandboxqTaskContext(TaskContext):
+    """The context a task declared with ``@task(takes_context=True)`` gets
+    from this backend: the framework's (``task_result``, ``attempt``) and
+    the sandboxq job's progress and log, so a task reports them without
+    importing sandboxq: ``context.update_progress(40)``,
+    ``context.log("...")``. (Other backends' contexts have neither.)"""
+
+    job: JobContext
+
+    def update_progress(self, progress: Any) -> None:
+        """Report progress (a number or any JSON), as
+        :meth:`sandboxq.JobContext.update_progress`; read back with
+        ``backend.get_job(result.id).progress``."""
+        self.job.update_progress(progress)
+
+    def log(self, line: str) -> None:
+        """Add a line to the job's log, as :meth:`sandboxq.JobContext.log`."""
+        self.job.log(line)
 
 
 def current_job() -> JobContext:
@@ -89,22 +117,108 @@ def prepare() -> None:
     for name in sorted(queues):
         handler(name, JOB_NAME)(run_task)
     on_child_start(forget_inherited_connections)
+    on_worker_arguments(settle_worker_arguments)
 
 
 def served_queues() -> set[str]:
     """The queues of every ``SandboxqBackend`` (or subclass) in ``TASKS``."""
+    queues: set[str] = set()
+    for params in sandboxq_settings().values():
+        queues.update(params.get("QUEUES", [DEFAULT_TASK_QUEUE_NAME]))
+    return queues
+
+
+def sandboxq_settings() -> dict[str, dict[str, Any]]:
+    """The ``TASKS`` entries whose backend is a ``SandboxqBackend`` (or a
+    subclass), by alias."""
     from django.conf import settings
     from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
-    queues: set[str] = set()
-    for params in (getattr(settings, "TASKS", None) or {}).values():
+    found = {}
+    for alias, params in (getattr(settings, "TASKS", None) or {}).items():
         try:
             backend = import_string(params["BACKEND"])
         except ImportError:
             continue  # the framework reports it when that backend is used
         if isinstance(backend, type) and issubclass(backend, SandboxqBackend):
-            queues.update(params.get("QUEUES", [DEFAULT_TASK_QUEUE_NAME]))
-    return queues
+            found[alias] = params
+    return found
+
+
+def settle_worker_arguments(args: argparse.Namespace) -> None:
+    """Have the worker serve the queues and the Redis of the backends in
+    ``TASKS``: run by ``sandboxq worker`` (and ``manage.py sandboxq_worker``)
+    on its parsed command line.
+
+    The backends served are ``args.backend`` (``--backend`` of the manage.py
+    command) if set, else those with a queue in ``--queue``, else all. With
+    no ``--queue`` the worker serves all their queues. Their Redis is their
+    ``OPTIONS["url"]``; ``--url``, then ``$SANDBOXQ_REDIS_URL``, then the
+    local default, only for a backend without one. Raises ValueError when
+    the backends served are on different Redis servers (one worker serves
+    one), or when ``--url`` names another Redis than a backend's URL.
+    """
+    alias = getattr(args, "backend", None)
+    asked = set(args.queues or ())
+    backends = chosen_backends(alias, asked)
+    if not backends:
+        return  # the queues asked for are no task queues: nothing to settle
+    if alias is not None and asked - backends[alias].queues:
+        outside = ", ".join(sorted(asked - backends[alias].queues))
+        raise ValueError(f"--queue {outside}: not a queue of TASKS[{alias!r}]['QUEUES']")
+    if not asked:
+        args.queues = sorted(set().union(*(backend.queues for backend in backends.values())))
+    args.url = backends_url(backends, args.url)
+    logs.log.info(
+        "serving TASKS %s at %s", ", ".join(map(repr, sorted(backends))), redact(args.url)
+    )
+
+
+def chosen_backends(alias: str | None, asked: set[str]) -> dict[str, SandboxqBackend]:
+    """The backend named ``alias``, else those with a queue in ``asked``,
+    else all sandboxq backends, by alias (made, so their settings are
+    checked: a bad one is a ValueError naming it)."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from sandboxq.contrib.django.compat import task_backends
+
+    found = sandboxq_settings()
+    if alias is not None and alias not in found:
+        names = ", ".join(map(repr, sorted(found))) or "none"
+        raise ValueError(f"--backend {alias!r}: no SandboxqBackend of that name in TASKS ({names})")
+    if alias is not None:
+        wanted = [alias]
+    else:
+        queues = {
+            name: set(params.get("QUEUES", [DEFAULT_TASK_QUEUE_NAME]))
+            for name, params in found.items()
+        }
+        wanted = [name for name in found if not asked or asked & queues[name]]
+    try:
+        return {name: task_backends[name] for name in wanted}
+    except ImproperlyConfigured as exc:
+        raise ValueError(str(exc)) from None
+
+
+def backends_url(backends: dict[str, SandboxqBackend], given: str | None) -> str:
+    """The one Redis URL the backends enqueue to; ``given`` (``--url``)
+    stands in for ``$SANDBOXQ_REDIS_URL`` for those without a URL."""
+    for alias, backend in backends.items():
+        if given and backend.url and backend.url != given:
+            raise ValueError(
+                f"--url {redact(given)} is not the Redis TASKS[{alias!r}] enqueues to "
+                f"({redact(backend.url)}): leave --url out, the worker serves the Redis "
+                "of the backends' OPTIONS"
+            )
+    urls = {alias: backend.url or resolve_url(given) for alias, backend in backends.items()}
+    if len(set(urls.values())) > 1:
+        listed = ", ".join(f"{alias!r} at {redact(url)}" for alias, url in sorted(urls.items()))
+        raise ValueError(
+            f"the TASKS backends served are on different Redis servers ({listed}); a worker "
+            "serves one: run one worker per backend (manage.py sandboxq_worker --backend "
+            "NAME, or --queue with the queues of one backend)"
+        )
+    return next(iter(urls.values()))
 
 
 def forget_inherited_connections() -> None:
@@ -155,7 +269,7 @@ def run_task(job: JobContext) -> Any:
     running = _running.set(job)
     try:
         if task.takes_context:
-            value = task.call(TaskContext(task_result=result), *args, **kwargs)
+            value = task.call(SandboxqTaskContext(task_result=result, job=job), *args, **kwargs)
         else:
             value = task.call(*args, **kwargs)
         try:
