@@ -84,13 +84,16 @@ def main() -> None:
         targets.update({name: name for name in PEERS})
         wheelhouse = scratch / "wheelhouse"
         fill_wheelhouse(wheelhouse, list(targets.values()))
-        results: dict[str, tuple[float, float]] = {}
-        for name, target in targets.items():
-            rounds = [install_once(target, wheelhouse, scratch) for _ in range(args.rounds)]
-            seconds = statistics.median(r[0] for r in rounds)
-            megabytes = statistics.median(r[1] for r in rounds) / 1e6
-            results[name] = (seconds, megabytes)
-            print(f"  measured {name}: {seconds:.2f} s, {megabytes:.1f} MB", file=sys.stderr)
+        # Round-robin, so that a busy spell of the machine hits every package alike
+        rounds: dict[str, list[tuple[float, int]]] = {name: [] for name in targets}
+        for round_number in range(args.rounds):
+            for name, target in targets.items():
+                rounds[name].append(install_once(target, wheelhouse, scratch))
+            print(f"  round {round_number + 1} of {args.rounds} done", file=sys.stderr)
+        results = {
+            name: (statistics.median(s for s, _ in got), statistics.median(b for _, b in got) / 1e6)
+            for name, got in rounds.items()
+        }
     base_seconds, base_mb = results["sandboxq (native wheel)"]
     print(f"{'package':32} {'install s':>9} {'ratio':>6} {'size MB':>8} {'ratio':>6}")
     for name, (seconds, megabytes) in results.items():

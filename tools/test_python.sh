@@ -7,7 +7,7 @@
 # that runs: pyenv's shims name versions that are not selected). A machine
 # without it gets a line saying so, and exit 0: `make test-pythons`
 # runs every version it finds and names the ones it skipped. The venv is
-# .venv-3.12 (pip installs `.[test]` there: Django 6.0 on 3.12+, whose
+# .venv-3.12 (pip installs `.[test,docs]` there: Django 6.0 on 3.12+, whose
 # django.tasks the backend then uses). Its extension is built in place
 # beside the others' (each Python's file has its own ABI tag).
 set -euo pipefail
@@ -32,7 +32,7 @@ venv=".venv-$version"
 echo "== Python $version: $python, in $venv"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/pip" install --quiet --upgrade pip
-"$venv/bin/pip" install --quiet -e '.[test]'
+"$venv/bin/pip" install --quiet -e '.[test,docs]'
 "$venv/bin/python" -c 'import sandboxq, sys; sys.exit(sandboxq.IMPLEMENTATION != "native")' \
   || { echo "Python $version: the native extension did not build"; exit 1; }
 
