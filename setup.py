@@ -85,6 +85,8 @@ class OptionalBuildExt(build_ext):
     def _give_up(self, exc: Exception) -> None:
         if REQUIRE_EXTENSIONS:
             raise exc
+        # Printed, not warnings.warn(): pip shows a build's output with -v, but
+        # an sdist's backend warnings only at its debug level (-vv).
         sys.stderr.write(WARNING.format(reason=str(exc) or type(exc).__name__))
 
 
