@@ -40,12 +40,19 @@ redis7:
 # The whole suite on the native extension, then the suite on the pure-Python
 # twin, less the slow stress tests and the end-to-end runs of other systems
 # (marked integration), whose outcome the twin does not change.
+#
+# Tests run in PYTEST_WORKERS processes (pytest-xdist; most of a test's time
+# is spent waiting on workers and servers, so 3 keep 2 cores busy);
+# PYTEST_WORKERS=0 runs them in one. Tests that build from the checkout share
+# a group, so that two builds never write its build/ at once.
+PYTEST_WORKERS ?= 3
+PARALLEL := -n $(PYTEST_WORKERS) --dist loadgroup
 test: install browser redis7
-	$(PY) -m pytest
-	SANDBOXQ_NO_EXTENSIONS=1 $(PY) -m pytest -m 'not slow and not integration' -q
+	$(PY) -m pytest $(PARALLEL)
+	SANDBOXQ_NO_EXTENSIONS=1 $(PY) -m pytest -m 'not slow and not integration' -q $(PARALLEL)
 
 test-pure: install redis7
-	SANDBOXQ_NO_EXTENSIONS=1 $(PY) -m pytest
+	SANDBOXQ_NO_EXTENSIONS=1 $(PY) -m pytest $(PARALLEL)
 
 # The suite on every other supported Python (3.12 and 3.13: python3.X on PATH
 # or pyenv's), native then pure, each in a venv of its own (.venv-3.X), with
@@ -53,7 +60,7 @@ test-pure: install redis7
 # `make test` runs it on the first Python, in ./.venv.
 OTHER_PYTHONS ?= 3.12 3.13
 test-pythons: redis7
-	@for version in $(OTHER_PYTHONS); do tools/test_python.sh $$version || exit 1; done
+	@for version in $(OTHER_PYTHONS); do tools/test_python.sh $$version $(PARALLEL) || exit 1; done
 
 # This Python's release artifacts into dist/: the sdist (with its generated
 # C), the pure-Python wheel (py3-none-any) and the native wheel repaired to a

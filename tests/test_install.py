@@ -22,7 +22,13 @@ from sandboxq.local_redis import SERVER_ENV, find_redis_server
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "tools"
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.integration,
+    pytest.mark.timeout(900),
+    # the sdist is built in the checkout, as test_packaging's wheel is: not at once
+    pytest.mark.xdist_group("builds_from_the_checkout"),
+]
 
 #: What a wheel must never carry: the extension's sources and build leftovers.
 LEFTOVERS = re.compile(r"\.(c|pyx|html|o)$|(^|/)(build|__pycache__)/|\.egg-info/")
