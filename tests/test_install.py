@@ -5,6 +5,7 @@ running a real job (tools/smoke_install.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -161,3 +162,27 @@ def test_the_pure_wheel_installs_anywhere_and_runs_on_the_twin(
     # Then nothing was built, and the twin runs a real job
     assert "Building wheel for sandboxq" not in said
     smoke(venv, env, "pure", tmp_path)
+
+
+def chosen_by_pip(dists: Dists, *platform: str) -> str:
+    """The file pip picks for ``sandboxq`` among the built artifacts (a dry
+    run: nothing is installed), on this machine or on ``--platform``."""
+    pip = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-"]
+    index = ["--ignore-installed", "--no-deps", "--no-index", "-f", str(dists.sdist.parent)]
+    picked = subprocess.run(
+        [*pip, *index, *platform, "sandboxq"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    [install] = json.loads(picked.stdout)["install"]
+    return Path(install["download_info"]["url"]).name
+
+
+def test_pip_prefers_the_native_wheel_and_falls_back_to_the_pure_one(dists: Dists) -> None:
+    # Given an index holding the sdist and both wheels
+    # Then pip takes the native wheel on this Linux machine
+    assert chosen_by_pip(dists) == dists.native.name
+    # And the pure wheel where no native one fits (a Mac), never the sdist
+    elsewhere = ["--platform", "macosx_14_0_arm64", "--only-binary=:all:", "--target", "unused"]
+    assert chosen_by_pip(dists, *elsewhere) == dists.pure.name
