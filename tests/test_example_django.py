@@ -65,7 +65,7 @@ def web(site_env: dict[str, str]) -> Iterator[str]:
         lambda port: [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
         cwd=EXAMPLE,
         env=site_env,
-        ready="Starting development server",
+        ready="development server at",  # Django 6.1 says "Starting WSGI development server"
     ) as url:
         yield url
 

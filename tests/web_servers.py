@@ -34,16 +34,20 @@ def serving(
         text=True,
     )
     up = threading.Event()
+    said: list[str] = []
 
     def watch() -> None:
         assert server.stdout is not None
         for line in server.stdout:
+            said.append(line)
             if ready in line:
                 up.set()
 
     threading.Thread(target=watch, daemon=True).start()
     try:
-        assert up.wait(30), f"{command(port)[:3]} did not say {ready!r}"
+        assert up.wait(30), f"{command(port)[:3]} did not say {ready!r}; it said:\n" + "".join(
+            said[-30:]
+        )
         yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()

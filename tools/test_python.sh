@@ -7,8 +7,8 @@
 # that runs: pyenv's shims name versions that are not selected). A machine
 # without it gets a line saying so, and exit 0: `make test-pythons`
 # runs every version it finds and names the ones it skipped. The venv is
-# .venv-3.12 (pip installs `.[test,docs]` there: Django 6.0 on 3.12+, whose
-# django.tasks the backend then uses). Its extension is built in place
+# .venv-3.12 (pip installs `.[test,docs]` there, with Django 6.0 on 3.12 and
+# the newest Django after it, whose django.tasks the backend then uses). Its extension is built in place
 # beside the others' (each Python's file has its own ABI tag).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,13 @@ venv=".venv-$version"
 echo "== Python $version: $python, in $venv"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/pip" install --quiet --upgrade pip
-"$venv/bin/pip" install --quiet -e '.[test,docs]'
+# 3.12 keeps Django 6.0, the first with django.tasks; later Pythons get the
+# newest Django. (3.11, in ./.venv, has 5.2 with the django-tasks backport.)
+case $version in
+  3.12) django='django>=6.0,<6.1' ;;
+  *) django='django>=6.0' ;;
+esac
+"$venv/bin/pip" install --quiet -e '.[test,docs]' "$django"
 "$venv/bin/python" -c 'import sandboxq, sys; sys.exit(sandboxq.IMPLEMENTATION != "native")' \
   || { echo "Python $version: the native extension did not build"; exit 1; }
 
