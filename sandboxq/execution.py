@@ -82,19 +82,54 @@ def run(func: Any, ctx: JobContext, max_result_bytes: int = DEFAULT_MAX_RESULT_B
     """Call the handler and classify the result or exception."""
     try:
         result = call_handler(func, ctx)
-    except Retry as exc:
-        outcome = _run_later(RETRY, exc, "delay")
-    except RateLimited as exc:
-        outcome = _run_later(RATE_LIMITED, exc, "retry_after")
-    except Unrecoverable as exc:
-        outcome = Outcome(UNRECOVERABLE, describe_error(exc), format_traceback())
     except Exception as exc:
-        outcome = Outcome(FAILED, describe_error(exc), format_traceback())
+        outcome = raised(exc)
     else:
         outcome = completed(result, max_result_bytes)
     if ctx._unrecorded_step is None:
         return outcome  # the common case: every step's result was kept
     return _not_again_after_unrecorded_step(ctx, outcome)
+
+
+async def run_async(
+    func: Any, ctx: JobContext, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+) -> Outcome:
+    """``run`` for a handler that shares its child's event loop with other
+    jobs (--async-concurrency): awaited in the job's own task, on the loop
+    that is already running. Cancelling that task raises CancelledError
+    out of here (the child reports the stop)."""
+    try:
+        result = hooks.with_middleware(func)(ctx)
+        if inspect.isawaitable(result):
+            result = await result
+    except Exception as exc:
+        outcome = raised(exc)
+    else:
+        outcome = completed(result, max_result_bytes)
+    if ctx._unrecorded_step is None:
+        return outcome
+    return _not_again_after_unrecorded_step(ctx, outcome)
+
+
+def raised(exc: Exception) -> Outcome:
+    """How an attempt that raised ``exc`` ends (call it while handling it:
+    the traceback is the one being handled)."""
+    if isinstance(exc, Retry):
+        return _run_later(RETRY, exc, "delay")
+    if isinstance(exc, RateLimited):
+        return _run_later(RATE_LIMITED, exc, "retry_after")
+    kind = UNRECOVERABLE if isinstance(exc, Unrecoverable) else FAILED
+    return Outcome(kind, describe_error(exc), format_traceback())
+
+
+def runs_concurrently(func: Any) -> bool:
+    """Whether jobs of this handler may share a worker child with other
+    such jobs (--async-concurrency): an ``async def`` handler, which awaits
+    instead of blocking. Any other handler (one that merely returns an
+    awaitable too) runs alone in its child. The worker parent and its
+    children decide with this one function, so they agree on which jobs
+    share a child."""
+    return inspect.iscoroutinefunction(func)
 
 
 def _not_again_after_unrecorded_step(ctx: JobContext, outcome: Outcome) -> Outcome:
@@ -208,16 +243,53 @@ def run_stored(
     (``{key: result}``), still JSON. They are parsed here, in whatever
     process runs the handler, so the worker parent never parses payloads.
     ``record`` takes the steps this attempt records (``job.step``)."""
+    ctx = stored_context(queue, job_id, name, stored, attempts_made, retries, report, record)
+    if isinstance(ctx, Outcome):
+        return ctx
+    return run(func, ctx, max_result_bytes)
+
+
+async def run_stored_async(
+    func: Any,
+    queue: str,
+    job_id: str,
+    name: str,
+    stored: tuple[bytes | None, bytes | None, bytes | None],
+    attempts_made: int,
+    retries: int,
+    report: Callable[[str, str, str], None],
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    record: StepRecorder | None = None,
+) -> Outcome:
+    """``run_stored`` for a job that shares its child's running event loop
+    (see ``run_async``)."""
+    ctx = stored_context(queue, job_id, name, stored, attempts_made, retries, report, record)
+    if isinstance(ctx, Outcome):
+        return ctx
+    return await run_async(func, ctx, max_result_bytes)
+
+
+def stored_context(
+    queue: str,
+    job_id: str,
+    name: str,
+    stored: tuple[bytes | None, bytes | None, bytes | None],
+    attempts_made: int,
+    retries: int,
+    report: Callable[[str, str, str], None],
+    record: StepRecorder | None,
+) -> JobContext | Outcome:
+    """The handler's JobContext for a job as Redis holds it, or the
+    unrecoverable outcome of one whose stored JSON cannot be parsed."""
     data_json, children_json, steps_json = stored
     try:
         data, children = load_json(data_json), load_json(children_json)
         steps = load_json(steps_json)
     except orjson.JSONDecodeError as exc:
         return Outcome.error(f"the job's stored data is not valid JSON: {exc}", unrecoverable=True)
-    ctx = JobContext(
+    return JobContext(
         queue, job_id, name, data, attempts_made, report, retries, children, steps, record
     )
-    return run(func, ctx, max_result_bytes)
 
 
 def record_problem(fields: dict[str, Any]) -> str | None:

@@ -1,0 +1,89 @@
+"""Handlers for tests/test_async_concurrency.py: async jobs that share a
+child (--async-concurrency), and a sync one that must run alone. Each
+records where and when it ran, so the tests judge by what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import time
+from typing import Any
+
+from sandboxq import JobContext, handler
+
+Q = os.environ.get("SANDBOXQ_TEST_QUEUE", "concurrent")
+
+
+def ran(started: float, **more: Any) -> dict[str, Any]:
+    """Where and when a job ran: its child and its start and end times."""
+    return {"pid": os.getpid(), "started": started, "ended": time.time(), **more}
+
+
+@handler(Q)
+async def nap(job: JobContext) -> Any:
+    """Awaits for ``data`` seconds: an I/O-bound job (a webhook, say)."""
+    started = time.time()
+    await asyncio.sleep(float(job.data))
+    return ran(started)
+
+
+@handler(Q)
+async def nap_then_segfault(job: JobContext) -> Any:
+    """Says which child it runs in (progress), then crashes that child once
+    ``data`` seconds passed."""
+    job.update_progress({"pid": os.getpid()})
+    await asyncio.sleep(float(job.data))
+    ctypes.string_at(0)
+    return "never"
+
+
+@handler(Q)
+async def stubborn(job: JobContext) -> Any:
+    """Swallows every cancellation: only killing its child ends it."""
+    job.update_progress({"pid": os.getpid()})
+    deadline = time.monotonic() + float(job.data)
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            continue
+    return "outlived its stop"
+
+
+@handler(Q)
+async def chatty(job: JobContext) -> Any:
+    """Logs and reports progress naming itself, yielding to the others
+    between each: its lines and progress must be its own."""
+    for step in range(5):
+        job.log(f"{job.data} line {step}")
+        job.update_progress({"who": job.data, "step": step})
+        await asyncio.sleep(0.01)
+    return job.data
+
+
+@handler(Q)
+async def stepper(job: JobContext) -> Any:
+    """Records durable steps while other jobs run, then returns them."""
+
+    async def tag(step: int) -> str:
+        await asyncio.sleep(0.01)
+        return f"{job.data}:{step}"
+
+    def plain(step: int) -> str:
+        return f"{job.data}:plain:{step}"
+
+    recorded = []
+    for step in range(3):
+        recorded.append(await job.step(f"async-{step}", tag, step))
+        recorded.append(job.step(f"plain-{step}", plain, step))
+    return recorded
+
+
+@handler(Q)
+def alone(job: JobContext) -> Any:
+    """A sync handler: blocks for ``data`` seconds, so it must have its
+    child to itself."""
+    started = time.time()
+    time.sleep(float(job.data))
+    return ran(started)
