@@ -28,12 +28,28 @@ async def nap(job: JobContext) -> Any:
     return ran(started)
 
 
+async def released(path: str) -> None:
+    """Wait until the test creates ``path``: jobs hold on to their child
+    until the test has seen what it needs, with no clock involved."""
+    while not os.path.exists(path):
+        await asyncio.sleep(0.01)
+
+
 @handler(Q)
-async def nap_then_segfault(job: JobContext) -> Any:
-    """Says which child it runs in (progress), then crashes that child once
-    ``data`` seconds passed."""
+async def hold(job: JobContext) -> Any:
+    """Says which child runs it (progress), then waits for its release."""
+    started = time.time()
     job.update_progress({"pid": os.getpid()})
-    await asyncio.sleep(float(job.data))
+    await released(job.data["release"])
+    return ran(started)
+
+
+@handler(Q)
+async def crash_when(job: JobContext) -> Any:
+    """Says which child runs it, then crashes that child (a segfault) once
+    released."""
+    job.update_progress({"pid": os.getpid()})
+    await released(job.data["release"])
     ctypes.string_at(0)
     return "never"
 
