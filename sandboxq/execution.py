@@ -19,7 +19,7 @@ import orjson
 from sandboxq import hooks
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES, MAX_ERROR_BYTES, MAX_TRACEBACK_BYTES, clip_text
 from sandboxq.errors import RateLimited, Retry, Unrecoverable
-from sandboxq.handlers import JobContext, StepRecorder
+from sandboxq.handlers import AsyncStepRecorder, JobContext, StepRecorder
 from sandboxq.options import Backoff, ms, seconds
 from sandboxq.payload import load_json, to_json
 
@@ -260,10 +260,14 @@ async def run_stored_async(
     report: Callable[[str, str, str], None],
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     record: StepRecorder | None = None,
+    record_async: AsyncStepRecorder | None = None,
 ) -> Outcome:
     """``run_stored`` for a job that shares its child's running event loop
-    (see ``run_async``)."""
-    ctx = stored_context(queue, job_id, name, stored, attempts_made, retries, report, record)
+    (see ``run_async``); ``await job.step(...)`` records with
+    ``record_async``, which lets the other jobs run meanwhile."""
+    ctx = stored_context(
+        queue, job_id, name, stored, attempts_made, retries, report, record, record_async
+    )
     if isinstance(ctx, Outcome):
         return ctx
     return await run_async(func, ctx, max_result_bytes)
@@ -278,6 +282,7 @@ def stored_context(
     retries: int,
     report: Callable[[str, str, str], None],
     record: StepRecorder | None,
+    record_async: AsyncStepRecorder | None = None,
 ) -> JobContext | Outcome:
     """The handler's JobContext for a job as Redis holds it, or the
     unrecoverable outcome of one whose stored JSON cannot be parsed."""
@@ -288,7 +293,17 @@ def stored_context(
     except orjson.JSONDecodeError as exc:
         return Outcome.error(f"the job's stored data is not valid JSON: {exc}", unrecoverable=True)
     return JobContext(
-        queue, job_id, name, data, attempts_made, report, retries, children, steps, record
+        queue,
+        job_id,
+        name,
+        data,
+        attempts_made,
+        report,
+        retries,
+        children,
+        steps,
+        record,
+        record_async,
     )
 
 

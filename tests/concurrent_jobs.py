@@ -80,7 +80,8 @@ async def chatty(job: JobContext) -> Any:
 
 @handler(Q)
 async def stepper(job: JobContext) -> Any:
-    """Records durable steps while other jobs run, then returns them."""
+    """Records durable steps while other jobs run (awaited, plain, and from
+    a thread), then returns them."""
 
     async def tag(step: int) -> str:
         await asyncio.sleep(0.01)
@@ -93,6 +94,7 @@ async def stepper(job: JobContext) -> Any:
     for step in range(3):
         recorded.append(await job.step(f"async-{step}", tag, step))
         recorded.append(job.step(f"plain-{step}", plain, step))
+        recorded.append(await asyncio.to_thread(job.step, f"thread-{step}", plain, -step))
     return recorded
 
 
@@ -103,3 +105,19 @@ def alone(job: JobContext) -> Any:
     started = time.time()
     time.sleep(float(job.data))
     return ran(started)
+
+
+@handler(Q)
+async def leak(job: JobContext) -> Any:
+    """Leaves a task behind that ignores its cancellation and runs on."""
+
+    async def stubborn_task() -> None:
+        while True:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                continue
+
+    asyncio.get_running_loop().create_task(stubborn_task())
+    await asyncio.sleep(0)
+    return os.getpid()

@@ -183,6 +183,52 @@ def test_a_task_that_will_not_stop_costs_its_child_and_every_job_in_it(
     assert worker.stop() == 0
 
 
+def test_a_task_left_behind_that_ignores_cancellation_retires_the_child_after_its_jobs(
+    start_worker: StartWorker, queue: Queue, tmp_path: Path
+) -> None:
+    # Given one child running two held jobs and one that leaves behind a task
+    # which swallows its cancellation
+    release = tmp_path / "release"
+    holding = held_jobs(queue, release, 2)
+    leaker = queue.add("leak").id
+    worker = start_worker("--async-concurrency", "3", procs=1, modules=MODULES)
+    child_pid = running_jobs(queue, holding)[holding[0]].progress["pid"]
+
+    # When the leaking job ends, and more jobs come
+    assert wait_for_job(queue, leaker).result == child_pid
+    line = worker.wait_for_line(r"child leaves after this job, to be replaced")
+    later = [queue.add("nap", 0).id for _ in range(3)]
+
+    # Then the jobs it still runs finish there, and no later job runs there
+    assert "ignored their cancellation" in line.string
+    release.touch()
+    for job in wait_for_jobs(queue, holding, ("completed",), 10).values():
+        assert job.result["pid"] == child_pid
+    for job in wait_for_jobs(queue, later, ("completed",), 10).values():
+        assert job.result["pid"] != child_pid
+    assert worker.stop() == 0
+
+
+def test_max_jobs_per_child_counts_the_jobs_a_child_runs_at_once(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given 9 async jobs, and children replaced after 3 jobs that run up to 5 at once
+    job_ids = [queue.add("nap", 0.2).id for _ in range(9)]
+
+    # When one child at a time runs them
+    worker = start_worker(
+        "--async-concurrency", "5", "--max-jobs-per-child", "3", procs=1, modules=MODULES
+    )
+    jobs = wait_for_jobs(queue, job_ids, ("completed",), 20)
+
+    # Then no child ran more than 3 of them
+    per_child: dict[int, int] = defaultdict(int)
+    for job in jobs.values():
+        per_child[job.result["pid"]] += 1
+    assert max(per_child.values()) <= 3
+    assert worker.stop() == 0
+
+
 # -- what kills a child ------------------------------------------------------------------
 def test_a_segfault_fails_exactly_the_jobs_in_that_child(
     start_worker: StartWorker, queue: Queue, tmp_path: Path
@@ -239,7 +285,8 @@ def test_progress_and_logs_of_concurrent_jobs_reach_their_own_job(
 def test_durable_steps_of_concurrent_jobs_are_recorded_for_their_own_job(
     start_worker: StartWorker, queue: Queue
 ) -> None:
-    # Given 6 async jobs that record async and plain steps while the others run
+    # Given 6 async jobs that record steps (awaited, plain, from a thread) while
+    # the others run
     names = {queue.add("stepper", f"job-{index}").id: f"job-{index}" for index in range(6)}
 
     # When one child runs them all at once
@@ -253,6 +300,7 @@ def test_durable_steps_of_concurrent_jobs_are_recorded_for_their_own_job(
         for step in range(3):
             expected[f"async-{step}"] = f"{name}:{step}"
             expected[f"plain-{step}"] = f"{name}:plain:{step}"
+            expected[f"thread-{step}"] = f"{name}:plain:{-step}"
         assert job.steps == expected
         assert job.result == list(expected.values())
     assert worker.stop() == 0

@@ -110,8 +110,11 @@ class Slots:
         self._tasks_of: dict[str, weakref.WeakSet[asyncio.Task[Any]]] = {}
         #: The tasks that see a job through (this module's, not the job's).
         self._own: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
-        #: Answers to steps a thread of a job waits for, by (job id, key).
-        self._answers: dict[tuple[str, str], concurrent.futures.Future[str]] = {}
+        #: Answers to steps a task or a thread of a job waits for, by (job
+        #: id, key).
+        self._answers: dict[
+            tuple[str, str], concurrent.futures.Future[str] | asyncio.Future[str]
+        ] = {}
         #: A task the child left behind ignored its cancellation.
         self.leaving = False
         self.loop = execution.handler_loop()
@@ -142,6 +145,7 @@ class Slots:
                 if self.inbox.closed and watching:
                     self.loop.remove_reader(fd)  # an end of file stays readable
                     watching = False
+                    self._no_more_answers()
                 self._take_messages()
                 if not self.running and self._alone_next():
                     return
@@ -203,7 +207,7 @@ class Slots:
                 task.cancel()
             return
         waiting = self._answers.pop((message[1], message[2]), None)
-        if waiting is not None:
+        if waiting is not None and not waiting.done():  # (a cancelled task's is)
             waiting.set_result(str(message[3]))
 
     # -- one job ------------------------------------------------------------------
@@ -222,6 +226,7 @@ class Slots:
             self.pipe.report,
             self.max_result_bytes,
             self.record,
+            self.record_async,
         )
         self.running[job.job_id] = self.loop.create_task(work, context=context)
         self._own.add(self.loop.create_task(self._see_through(job.job_id)))
@@ -290,10 +295,10 @@ class Slots:
 
     # -- durable steps ----------------------------------------------------------------
     def record(self, job_id: str, key: str, result: str) -> str:
-        """A durable step of a running job: its answer comes through the
-        loop. On the loop's own thread (a step's function has returned
-        there), it is read at once, blocking: the other jobs wait for one
-        round trip to Redis; a thread of the job waits for the loop."""
+        """A durable step of a plain function (``job.step`` not awaited):
+        its answer comes through the loop. On the loop's own thread, it is
+        read at once, blocking: the other jobs wait for one round trip to
+        Redis; a thread of the job waits for the loop."""
         if threading.get_ident() != self._thread:
             answer: concurrent.futures.Future[str] = concurrent.futures.Future()
             self._answers[(job_id, key)] = answer
@@ -305,6 +310,22 @@ class Slots:
             raise SystemExit(1)
         self._wake_up()  # what came meanwhile waits in the inbox
         return str(found[3])
+
+    def _no_more_answers(self) -> None:
+        """The parent closed the pipe: a step waiting for its answer will
+        never get it, and nothing more can be recorded (the child exits, as
+        child.py's does)."""
+        for waiting in self._answers.values():
+            if not waiting.done():
+                waiting.set_exception(SystemExit(1))
+        self._answers.clear()
+
+    async def record_async(self, job_id: str, key: str, result: str) -> str:
+        """``await job.step(...)``: the other jobs run while Redis records it."""
+        answer: asyncio.Future[str] = self.loop.create_future()
+        self._answers[(job_id, key)] = answer
+        self.pipe.send([protocol.STEP, job_id, key, result])
+        return await answer
 
     def _wake_up(self) -> None:
         if self._wake is not None:
