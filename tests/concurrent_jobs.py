@@ -121,3 +121,15 @@ async def leak(job: JobContext) -> Any:
     asyncio.get_running_loop().create_task(stubborn_task())
     await asyncio.sleep(0)
     return os.getpid()
+
+
+@handler(Q)
+async def bloat(job: JobContext) -> Any:
+    """Says which child runs it; once released, takes ``bytes`` of memory
+    and holds them until its child is killed."""
+    job.update_progress({"pid": os.getpid()})
+    await released(job.data["release"])
+    hog = b"x" * int(job.data["bytes"])
+    while True:
+        await asyncio.sleep(0.05)
+        assert hog

@@ -263,6 +263,35 @@ def test_a_segfault_fails_exactly_the_jobs_in_that_child(
     assert worker.stop() == 0
 
 
+def test_a_memory_kill_fails_every_job_the_child_ran_with_one_reason(
+    start_worker: StartWorker, queue: Queue, tmp_path: Path
+) -> None:
+    # Given one child with a memory limit, running two held jobs and one that
+    # will take more memory than the limit
+    release, grow = tmp_path / "release", tmp_path / "grow"
+    holding = held_jobs(queue, release, 2)
+    hog = queue.add("bloat", {"release": str(grow), "bytes": 300 * 1024 * 1024}).id
+    worker = start_worker(
+        "--async-concurrency", "3", "--max-memory-per-child", "150M", procs=1, modules=MODULES
+    )
+    running_jobs(queue, [*holding, hog])
+
+    # When that job grows past the limit
+    grow.touch()
+    jobs = wait_for_jobs(queue, [hog, *holding], ("failed",), 15)
+
+    # Then the child is killed, and its three jobs fail with one reason that says so
+    reasons = {job.error for job in jobs.values()}
+    assert len(reasons) == 1
+    assert re.fullmatch(
+        r"memory limit exceeded \(\d+ MiB > 150 MiB\); the child was running 3 jobs, "
+        r"which all failed with it",
+        reasons.pop() or "",
+    )
+    worker.wait_pool_size(1, timeout=10)
+    assert worker.stop() == 0
+
+
 # -- what each job reports is its own ----------------------------------------------------------
 def test_progress_and_logs_of_concurrent_jobs_reach_their_own_job(
     start_worker: StartWorker, queue: Queue

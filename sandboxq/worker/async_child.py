@@ -273,7 +273,8 @@ class Slots:
             task.cancel()
         if left:
             await asyncio.wait(left, timeout=execution.LEFTOVER_TASKS_SECONDS)
-        if last and (killed := proctree.kill_leftovers()):
+        # Only while no other job runs: one may have started meanwhile.
+        if len(self.running) == 1 and (killed := proctree.kill_leftovers()):
             line = f"killed {killed} process(es) the job left running"
             self.pipe.report(job_id, protocol.LOG, line)
         return sum(not task.done() for task in left)

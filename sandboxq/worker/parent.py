@@ -1176,7 +1176,8 @@ class Worker:
             return
         timeout = fields.get("timeout") or found.timeout or self.default_timeout
         job = Assignment(queue, job_id, name, fields, timeout, started)
-        job.concurrent = self._concurrent[(queue, name)]
+        if self.async_concurrency > 1:  # else no job shares a child
+            job.concurrent = self._concurrent[(queue, name)]
         self._buffer.append(job)
 
     def _fail_corrupt(self, queue: str, job_id: str, reason: str) -> None:

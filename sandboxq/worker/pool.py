@@ -320,7 +320,7 @@ class Pool:
         else it waits on the pipe behind the child's other jobs. A queued
         job's frame is only buffered: ``flush`` sends it, with any others.
         Returns whether it started now."""
-        runs_now = not child.queued and self.fits(child, job)
+        runs_now = not child.queued and (not child.jobs or self.fits(child, job))
         if runs_now:
             job.started = time.monotonic()
             child.jobs[job.job_id] = job
