@@ -104,6 +104,32 @@ def test_a_sync_job_still_has_its_child_to_itself(start_worker: StartWorker, que
     assert worker.stop() == 0
 
 
+def test_a_stream_of_short_sync_and_async_jobs_keeps_sync_ones_alone(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given 600 short jobs, every third of a sync handler, so the worker
+    # prefetches and queues them behind the children's running jobs
+    names = ["alone" if index % 3 == 0 else "nap" for index in range(600)]
+    queue.pause()
+    job_ids = [job.id for job in queue.add_bulk([{"name": name, "data": 0} for name in names])]
+    worker = start_worker("--async-concurrency", "10", procs=2, modules=MODULES)
+
+    # When the worker drains them
+    queue.resume()
+    jobs = wait_for_jobs(queue, job_ids, ("completed",), 60)
+
+    # Then every one completed, and no async job ran in a child while a sync one ran there
+    by_child: dict[int, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for job in jobs.values():
+        by_child[job.result["pid"]].append((job.name, job.result))
+    for runs in by_child.values():
+        for name, run in runs:
+            for other_name, other in runs:
+                if run is not other and "alone" in (name, other_name):
+                    assert run["ended"] <= other["started"] or run["started"] >= other["ended"]
+    assert worker.stop() == 0
+
+
 # -- one job stopped, the others go on -------------------------------------------------
 def test_a_timeout_stops_that_job_and_leaves_the_others_running(
     start_worker: StartWorker, queue: Queue, tmp_path: Path
