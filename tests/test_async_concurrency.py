@@ -83,6 +83,26 @@ def test_forty_async_jobs_overlap_on_two_children_of_twenty(
     assert worker.stop() == 0
 
 
+def test_jobs_are_spread_over_the_children(
+    start_worker: StartWorker, queue: Queue, tmp_path: Path
+) -> None:
+    # Given two idle children that run up to 10 async jobs each
+    worker = start_worker("--async-concurrency", "10", procs=2, modules=MODULES)
+    idle = [f"sandboxq child {index}: idle" for index in (1, 2)]
+    wait_until(lambda: sorted(worker.child_titles().values()) == idle, 10, "two idle children")
+
+    # When 4 jobs come, one after the other
+    release = tmp_path / "release"
+    job_ids = held_jobs(queue, release, 4)
+    where = [job.progress["pid"] for job in running_jobs(queue, job_ids).values()]
+
+    # Then each child runs 2 of them
+    assert sorted(where.count(pid) for pid in set(where)) == [2, 2]
+    release.touch()
+    wait_for_jobs(queue, job_ids, ("completed",), 10)
+    assert worker.stop() == 0
+
+
 def test_a_sync_job_still_has_its_child_to_itself(start_worker: StartWorker, queue: Queue) -> None:
     # Given async jobs, a sync one, and more async jobs, in that order
     before = [queue.add("nap", 0.3).id for _ in range(3)]

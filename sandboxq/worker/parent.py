@@ -1367,17 +1367,23 @@ class Worker:
             self._flush(child)
 
     def _fill_slots(self, children: list[Child]) -> None:
-        """--async-concurrency: buffered jobs to the children they fit in
-        now, in the order they were leased. A job that fits no child (one
-        that runs alone, while every child runs async jobs) holds back
-        those behind it: the children drain, and the first free one takes
-        it (or, after PREFETCH_MAX_WAIT_SECONDS, it goes back to the queue)."""
+        """--async-concurrency: buffered jobs, in the order they were leased,
+        each to the child with the most free slots it fits in (so a crash
+        costs fewer jobs, and the children share the CPU). A job that fits
+        no child (one that runs alone, while every child runs async jobs)
+        holds back those behind it: the children drain, and the first free
+        one takes it (or, after PREFETCH_MAX_WAIT_SECONDS, it goes back to
+        the queue)."""
         buffer = self._buffer
-        for child in children:
-            while buffer and self._free_slots(child) and self.pool.fits(child, buffer[0]):
-                self._send(child, buffer.popleft())
-            if not buffer:
+        while buffer:
+            job, best, most = buffer[0], None, 0
+            for child in children:
+                free = self._free_slots(child)
+                if free > most and self.pool.fits(child, job):
+                    best, most = child, free
+            if best is None:
                 return
+            self._send(best, buffer.popleft())
 
     def _send(self, child: Child, job: Assignment) -> None:
         """Give ``job`` to ``child`` (a queued job's frame waits for _flush)."""
