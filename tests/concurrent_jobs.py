@@ -133,3 +133,10 @@ async def bloat(job: JobContext) -> Any:
     while True:
         await asyncio.sleep(0.05)
         assert hog
+
+
+@handler(Q)
+async def cancels_itself(job: JobContext) -> Any:
+    """Raises CancelledError of its own (no one stopped it)."""
+    await asyncio.sleep(0)
+    raise asyncio.CancelledError("gave up")

@@ -197,6 +197,20 @@ def test_cancelling_one_job_leaves_the_others_running(
     assert worker.stop() == 0
 
 
+def test_a_handler_that_raises_cancelled_error_itself_fails_like_any_other(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given an async job that raises CancelledError of its own, in a shared child
+    job_id = queue.add("cancels_itself").id
+
+    # When it runs
+    start_worker("--async-concurrency", "4", procs=1, modules=MODULES)
+    failed = wait_for_job(queue, job_id, ("failed",))
+
+    # Then its attempt fails with that error, as it would in a child of its own
+    assert failed.error == "CancelledError: gave up"
+
+
 def test_a_task_that_will_not_stop_costs_its_child_and_every_job_in_it(
     start_worker: StartWorker, queue: Queue, tmp_path: Path
 ) -> None:

@@ -115,6 +115,8 @@ class Slots:
         self._answers: dict[
             tuple[str, str], concurrent.futures.Future[str] | asyncio.Future[str]
         ] = {}
+        #: The running jobs the parent stopped ("stop": a timeout, a cancel).
+        self._stopped: set[str] = set()
         #: A task the child left behind ignored its cancellation.
         self.leaving = False
         self.loop = execution.handler_loop()
@@ -204,6 +206,7 @@ class Slots:
         if message[0] == protocol.STOP:
             task = self.running.get(message[1])
             if task is not None:  # else it ended meanwhile: its done is on its way
+                self._stopped.add(message[1])
                 task.cancel()
             return
         waiting = self._answers.pop((message[1], message[2]), None)
@@ -237,12 +240,14 @@ class Slots:
         handler = self.running[job_id]
         try:
             outcome = await handler
-        except asyncio.CancelledError:  # the parent stopped it, and says how it ends
-            outcome = execution.Outcome(execution.FAILED, "stopped by the worker")
+        except asyncio.CancelledError as exc:
+            if job_id in self._stopped:  # the parent stopped it, and says how it ends
+                outcome = execution.Outcome(execution.FAILED, "stopped by the worker")
+            else:  # the handler's own (it raised CancelledError): a failed attempt
+                outcome = self._raised(exc)
         except BaseException as exc:  # one the loop does not raise out (SystemExit does)
-            outcome = execution.Outcome(
-                execution.FAILED, execution.describe_error(exc), execution.format_traceback()
-            )
+            outcome = self._raised(exc)
+        self._stopped.discard(job_id)
         if not self.pipe.mine:  # a copy the handler forked, back from the handler
             child.forked_copy_returned(job_id)
         stuck = await self._clean_up(job_id)
@@ -256,6 +261,14 @@ class Slots:
         self._title()
         if self._wake is not None:
             self._wake.set()
+
+    @staticmethod
+    def _raised(exc: BaseException) -> execution.Outcome:
+        """A handler that raised what run_async lets through (not an
+        Exception), as child.py reports it: a failed attempt."""
+        return execution.Outcome(
+            execution.FAILED, execution.describe_error(exc), execution.format_traceback()
+        )
 
     async def _clean_up(self, job_id: str) -> int:
         """Cancel the tasks the job left running, and give them a second to
