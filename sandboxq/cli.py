@@ -51,6 +51,20 @@ def parse_procs(text: str) -> int | str:
     return value
 
 
+def parse_async_concurrency(text: str) -> int:
+    """``--async-concurrency``: a whole number from 1 to 1000 (the worker's
+    own check, check_async_concurrency, says so)."""
+    from sandboxq.worker.parent import check_async_concurrency
+
+    try:
+        return check_async_concurrency(int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--async-concurrency must be a whole number of async jobs per child, "
+            f"got {text!r}: {exc}"
+        ) from None
+
+
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h)?\s*$")
 
 
@@ -236,6 +250,15 @@ def add_worker_options(worker: argparse.ArgumentParser) -> None:
         type=parse_procs,
         default="auto",
         help="children: a number, or auto (usable CPUs) [auto]",
+    )
+    worker.add_argument(
+        "--async-concurrency",
+        type=parse_async_concurrency,
+        default=1,
+        metavar="N",
+        help="jobs of async def handlers each child runs at once on its event loop (1 to "
+        "1000); other jobs still run alone. A crash or memory kill of a child fails every "
+        "job it was running [1]",
     )
     worker.add_argument("--url", help="Redis URL [$SANDBOXQ_REDIS_URL or redis://localhost:6379/0]")
     worker.add_argument(
@@ -641,6 +664,7 @@ def run_worker(args: argparse.Namespace) -> int:
             args.queues,
             max_result_bytes=args.max_result_bytes,
             procs=args.procs,
+            async_concurrency=args.async_concurrency,
             url=args.url,
             max_memory_per_child=args.max_memory_per_child,
             max_jobs_per_child=args.max_jobs_per_child,

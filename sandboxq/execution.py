@@ -19,7 +19,7 @@ import orjson
 from sandboxq import hooks
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES, MAX_ERROR_BYTES, MAX_TRACEBACK_BYTES, clip_text
 from sandboxq.errors import RateLimited, Retry, Unrecoverable
-from sandboxq.handlers import JobContext, StepRecorder
+from sandboxq.handlers import AsyncStepRecorder, JobContext, StepRecorder
 from sandboxq.options import Backoff, ms, seconds
 from sandboxq.payload import load_json, to_json
 
@@ -94,27 +94,43 @@ def run(func: Any, ctx: JobContext, max_result_bytes: int = DEFAULT_MAX_RESULT_B
 async def run_async(
     func: Any, ctx: JobContext, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
 ) -> Outcome:
-    """:func:`run` for a caller on an event loop (``AsyncEagerQueue``): an
-    async handler is awaited on the running loop, not on this process's
-    handler loop, so it can use what the caller's loop owns."""
+    """:func:`run` for a caller already on an event loop, awaited on that
+    loop: a child sharing its loop with other jobs (--async-concurrency),
+    each job in a task of its own (cancelling that task raises
+    CancelledError out of here, and the child reports the stop), or
+    ``AsyncEagerQueue``, whose handlers may use what the caller's loop owns."""
     try:
         result = hooks.with_middleware(func)(ctx)
         if inspect.isawaitable(result):
             result = await result
     except Exception as exc:
-        return _not_again_after_unrecorded_step(ctx, raised(exc))
-    return _not_again_after_unrecorded_step(ctx, completed(result, max_result_bytes))
+        outcome = raised(exc)
+    else:
+        outcome = completed(result, max_result_bytes)
+    if ctx._unrecorded_step is None:
+        return outcome
+    return _not_again_after_unrecorded_step(ctx, outcome)
 
 
 def raised(exc: Exception) -> Outcome:
-    """How a run that raised ``exc`` ended; called while ``exc`` is being
-    handled (its traceback is read from there)."""
+    """How an attempt that raised ``exc`` ends (call it while handling it:
+    the traceback is the one being handled)."""
     if isinstance(exc, Retry):
         return _run_later(RETRY, exc, "delay")
     if isinstance(exc, RateLimited):
         return _run_later(RATE_LIMITED, exc, "retry_after")
     kind = UNRECOVERABLE if isinstance(exc, Unrecoverable) else FAILED
     return Outcome(kind, describe_error(exc), format_traceback())
+
+
+def runs_concurrently(func: Any) -> bool:
+    """Whether jobs of this handler may share a worker child with other
+    such jobs (--async-concurrency): an ``async def`` handler, which awaits
+    instead of blocking. Any other handler (one that merely returns an
+    awaitable too) runs alone in its child. The worker parent and its
+    children decide with this one function, so they agree on which jobs
+    share a child."""
+    return inspect.iscoroutinefunction(func)
 
 
 def _not_again_after_unrecorded_step(ctx: JobContext, outcome: Outcome) -> Outcome:
@@ -229,7 +245,33 @@ def run_stored(
     process runs the handler, so the worker parent never parses payloads.
     ``record`` takes the steps this attempt records (``job.step``)."""
     ctx = stored_context(queue, job_id, name, stored, attempts_made, retries, report, record)
-    return ctx if isinstance(ctx, Outcome) else run(func, ctx, max_result_bytes)
+    if isinstance(ctx, Outcome):
+        return ctx
+    return run(func, ctx, max_result_bytes)
+
+
+async def run_stored_async(
+    func: Any,
+    queue: str,
+    job_id: str,
+    name: str,
+    stored: tuple[bytes | None, bytes | None, bytes | None],
+    attempts_made: int,
+    retries: int,
+    report: Callable[[str, str, str], None],
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    record: StepRecorder | None = None,
+    record_async: AsyncStepRecorder | None = None,
+) -> Outcome:
+    """``run_stored`` for a job that shares its child's running event loop
+    (see ``run_async``); ``await job.step(...)`` records with
+    ``record_async``, which lets the other jobs run meanwhile."""
+    ctx = stored_context(
+        queue, job_id, name, stored, attempts_made, retries, report, record, record_async
+    )
+    if isinstance(ctx, Outcome):
+        return ctx
+    return await run_async(func, ctx, max_result_bytes)
 
 
 def stored_context(
@@ -241,9 +283,11 @@ def stored_context(
     retries: int,
     report: Callable[[str, str, str], None],
     record: StepRecorder | None = None,
+    record_async: AsyncStepRecorder | None = None,
 ) -> JobContext | Outcome:
-    """The handler's job context of a job as Redis holds it (see
-    :func:`run_stored`), or the failure of a job whose stored JSON is bad."""
+    """The handler's JobContext for a job as Redis holds it (see
+    :func:`run_stored`), or the unrecoverable outcome of one whose stored
+    JSON cannot be parsed."""
     data_json, children_json, steps_json = stored
     try:
         data, children = load_json(data_json), load_json(children_json)
@@ -251,7 +295,17 @@ def stored_context(
     except orjson.JSONDecodeError as exc:
         return Outcome.error(f"the job's stored data is not valid JSON: {exc}", unrecoverable=True)
     return JobContext(
-        queue, job_id, name, data, attempts_made, report, retries, children, steps, record
+        queue,
+        job_id,
+        name,
+        data,
+        attempts_made,
+        report,
+        retries,
+        children,
+        steps,
+        record,
+        record_async,
     )
 
 

@@ -32,6 +32,9 @@ from sandboxq.payload import to_json
 #: How a step's result reaches Redis: ``record(job_id, key, result_json)``
 #: returns step.lua's status ("recorded", "known", "lost" or "full").
 StepRecorder = Callable[[str, str, str], str]
+#: The same for ``await job.step(...)`` in a worker child whose event loop
+#: runs other jobs meanwhile (--async-concurrency): awaited, not blocking.
+AsyncStepRecorder = Callable[[str, str, str], Awaitable[str]]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -103,6 +106,7 @@ class JobContext:
     __slots__ = (
         "_children",
         "_record",
+        "_record_async",
         "_report",
         "_runs",
         "_steps",
@@ -127,6 +131,7 @@ class JobContext:
         children: dict[str, Any] | None = None,
         steps: dict[str, Any] | None = None,
         record: StepRecorder | None = None,
+        record_async: AsyncStepRecorder | None = None,
     ) -> None:
         self.queue = queue
         self.id = job_id
@@ -141,6 +146,8 @@ class JobContext:
         #: Durable steps recorded by this job's earlier attempts (and this one).
         self._steps = dict(steps or {})
         self._record = record
+        #: How ``await job.step(...)`` records, where it must not block.
+        self._record_async = record_async
         #: The steps under way, made by the first step (a context is made
         #: for every job; most never take a step).
         self._runs: _StepRuns | None = None
@@ -232,7 +239,14 @@ class JobContext:
         except BaseException:
             self._release(key, found)
             raise
-        return self._keep(key, result, found)
+        if self._record_async is None:
+            return self._keep(key, result, found)
+        try:
+            raw = self._encode(key, result)
+            status = await self._record_async(self.id, key, raw.decode())
+            return self._kept(key, raw, status)
+        finally:
+            self._release(key, found)
 
     def _step_runs(self) -> _StepRuns:
         runs = self._runs
@@ -285,27 +299,31 @@ class JobContext:
             raw = self._encode(key, result)
             record = self._record
             assert record is not None, "checked by _claim"
-            runs = self._step_runs()
-            with runs.record_lock:  # one pipe, one question at a time
+            with self._step_runs().record_lock:  # one pipe, one question at a time
                 status = record(self.id, key, raw.decode())
-            if status == "lost":
-                self._not_recorded(
-                    key,
-                    StepNotRecorded,
-                    f"step {key!r} of job {self.id} ran but was not recorded: this worker no "
-                    "longer holds the job",
-                )
-            if status not in ("recorded", "known"):
-                why = "the job has recorded the most steps it may"
-                if status != "full":
-                    why = f"the worker answered {status!r}"
-                self._not_recorded(key, UnrecordableStep, _ran_but(key, why))
-            value = orjson.loads(raw)
-            with runs.lock:
-                self._steps[key] = value
-            return value
+            return self._kept(key, raw, status)
         finally:
             self._release(key, running)
+
+    def _kept(self, key: str, raw: bytes, status: str) -> Any:
+        """The step's result once the worker answered ``status``: as JSON
+        gives it back, or the error saying it was not recorded."""
+        if status == "lost":
+            self._not_recorded(
+                key,
+                StepNotRecorded,
+                f"step {key!r} of job {self.id} ran but was not recorded: this worker no "
+                "longer holds the job",
+            )
+        if status not in ("recorded", "known"):
+            why = "the job has recorded the most steps it may"
+            if status != "full":
+                why = f"the worker answered {status!r}"
+            self._not_recorded(key, UnrecordableStep, _ran_but(key, why))
+        value = orjson.loads(raw)
+        with self._step_runs().lock:
+            self._steps[key] = value
+        return value
 
     def _encode(self, key: str, result: Any) -> bytes:
         """The step's result as JSON, or the reason the job fails for good:

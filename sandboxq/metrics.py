@@ -113,7 +113,11 @@ class WorkerMetrics:
     """Every metric family a worker exports, in a registry of its own."""
 
     def __init__(
-        self, procs: int, active: Callable[[], int], counts: Callable[[], dict[str, dict[str, int]]]
+        self,
+        procs: int,
+        active: Callable[[], int],
+        counts: Callable[[], dict[str, dict[str, int]]],
+        slots: int | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -169,7 +173,18 @@ class WorkerMetrics:
         ).set(1)
         pool = Gauge("sandboxq_pool_size", "Child processes this worker keeps", registry=r)
         pool.set(procs)
-        busy = Gauge("sandboxq_active_jobs", "Children running a job now", registry=r)
+        slot_count = Gauge(
+            "sandboxq_job_slots",
+            "Jobs this worker may run at once: its children times --async-concurrency "
+            "(a job of a sync handler takes a whole child)",
+            registry=r,
+        )
+        slot_count.set(procs if slots is None else slots)
+        busy = Gauge(
+            "sandboxq_active_jobs",
+            "Jobs running now (a child may run several async jobs at once)",
+            registry=r,
+        )
         busy.set_function(active)
         r.register(QueueDepth(counts))
 
@@ -179,8 +194,8 @@ class WorkerMetrics:
 
 def crash_kind(reason: str) -> str:
     """exit, signal, timeout or memory, from a child's failure reason."""
-    if reason.startswith("timed out"):
-        return "timeout"
+    if reason.startswith("timed out") or " timed out after " in reason:
+        return "timeout"  # (a job whose task would not stop killed its child)
     if reason.startswith("memory limit"):
         return "memory"
     return "signal" if "killed by signal" in reason else "exit"

@@ -1,5 +1,8 @@
 """The child's side: run one job at a time, report everything over the pipe.
 
+(A child that runs several async jobs at once, --async-concurrency, is
+served by async_child.py, which runs each job that must run alone here.)
+
 A child never talks to Redis. Once its ``on_child_start`` hooks ran it says
 ``ready``; then it reads a job frame, runs the handler, and answers with
 progress/log frames and one ``done`` frame. Its next jobs may already wait
@@ -35,7 +38,7 @@ from setproctitle import setproctitle
 
 from sandboxq import execution, hooks
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
-from sandboxq.handlers import Handler
+from sandboxq.handlers import Handler, StepRecorder
 from sandboxq.worker import proctree, protocol
 
 
@@ -86,6 +89,10 @@ class ParentPipe:
     def _forked(self) -> None:
         self.mine = False
 
+    def report(self, job_id: str, kind: str, value: str) -> None:
+        """A job's progress or log line (JobContext's reporter)."""
+        self.send([kind, job_id, value])
+
     def send(self, message: list[Any]) -> None:
         if not self.mine:
             raise ForkedCopyError(
@@ -129,20 +136,8 @@ def serve(
     idle_title = f"sandboxq child {index}: idle"
     setproctitle(idle_title)
     pipe = ParentPipe(sock)
-
-    def report(job_id: str, kind: str, value: str) -> None:
-        pipe.send([kind, job_id, value])
-
-    def record(job_id: str, key: str, result: str) -> str:
-        """A durable step: the parent writes it to Redis and answers; the
-        handler goes on only once it is recorded (or could not be)."""
-        pipe.send([protocol.STEP, job_id, key, result])
-        answer = inbox.wait_for(protocol.STEPPED, job_id, key)
-        if answer is None:  # the parent is gone: nothing can be recorded
-            raise SystemExit(1)
-        return str(answer[3])
-
     inbox = protocol.Inbox(sock)
+    record = blocking_recorder(pipe, inbox)
     pipe.send([protocol.READY, ""])
     while (message := inbox.recv()) is not None:
         if message[0] == protocol.DROP:
@@ -152,41 +147,74 @@ def serve(
             pipe.send([protocol.DROPPED, job.job_id])
             continue
         setproctitle(f"sandboxq child {index}: {job.name}#{job.job_id}")
-        try:
-            outcome = execution.run_stored(
-                handlers[(job.queue, job.name)].func,
-                job.queue,
-                job.job_id,
-                job.name,
-                (job.data_json, job.children_json, job.steps_json),
-                job.attempts_made,
-                job.retries,
-                report,
-                max_result_bytes,
-                record,
-            )
-        except SystemExit:
-            raise  # sys.exit() in a handler: the child exits with that code
-        except BaseException as exc:  # e.g. KeyboardInterrupt raised by the handler
-            outcome = execution.Outcome(
-                execution.FAILED, execution.describe_error(exc), execution.format_traceback()
-            )
-        if not pipe.mine:  # a copy the handler forked, back from the handler
-            forked_copy_returned(job.job_id)
-        if left := proctree.kill_leftovers():
-            report(job.job_id, protocol.LOG, f"killed {left} process(es) the job left running")
-        stuck = execution.stuck_tasks()
-        if stuck:
-            why = (
-                f"{stuck} asyncio task(s) the job left behind ignored their cancellation for "
-                f"{execution.LEFTOVER_TASKS_SECONDS:g}s"
-            )
-            pipe.send([protocol.LEAVING, job.job_id, why])
-        send_done(pipe, job.job_id, outcome)
-        sys.stdout.flush()
-        if stuck:
+        if not run_alone(pipe, job, handlers, max_result_bytes, record):
             return  # the parent replaces this child; its loop cannot be cleaned
         setproctitle(idle_title)
+
+
+def blocking_recorder(pipe: ParentPipe, inbox: protocol.Inbox) -> StepRecorder:
+    """Durable steps of a job that has the child to itself: the parent
+    writes each to Redis and answers; the handler goes on only once it is
+    recorded (or could not be). The answer is read here, blocking: nothing
+    else reads the pipe while the job runs."""
+
+    def record(job_id: str, key: str, result: str) -> str:
+        pipe.send([protocol.STEP, job_id, key, result])
+        answer = inbox.wait_for(protocol.STEPPED, job_id, key)
+        if answer is None:  # the parent is gone: nothing can be recorded
+            raise SystemExit(1)
+        return str(answer[3])
+
+    return record
+
+
+def run_alone(
+    pipe: ParentPipe,
+    job: protocol.RunFrame,
+    handlers: dict[tuple[str, str], Handler],
+    max_result_bytes: int,
+    record: StepRecorder,
+) -> bool:
+    """Run one job with the child to itself, clean up after it and send its
+    ``done``; False when a task it left behind ignored its cancellation (the
+    child said ``leaving``, and must exit)."""
+    try:
+        outcome = execution.run_stored(
+            handlers[(job.queue, job.name)].func,
+            job.queue,
+            job.job_id,
+            job.name,
+            (job.data_json, job.children_json, job.steps_json),
+            job.attempts_made,
+            job.retries,
+            pipe.report,
+            max_result_bytes,
+            record,
+        )
+    except SystemExit:
+        raise  # sys.exit() in a handler: the child exits with that code
+    except BaseException as exc:  # e.g. KeyboardInterrupt raised by the handler
+        outcome = execution.Outcome(
+            execution.FAILED, execution.describe_error(exc), execution.format_traceback()
+        )
+    if not pipe.mine:  # a copy the handler forked, back from the handler
+        forked_copy_returned(job.job_id)
+    if left := proctree.kill_leftovers():
+        pipe.report(job.job_id, protocol.LOG, f"killed {left} process(es) the job left running")
+    stuck = execution.stuck_tasks()
+    if stuck:
+        pipe.send([protocol.LEAVING, job.job_id, stuck_reason(stuck)])
+    send_done(pipe, job.job_id, outcome)
+    sys.stdout.flush()
+    return not stuck
+
+
+def stuck_reason(stuck: int) -> str:
+    """Why a child leaves: ``stuck`` tasks ignored their cancellation."""
+    return (
+        f"{stuck} asyncio task(s) the job left behind ignored their cancellation for "
+        f"{execution.LEFTOVER_TASKS_SECONDS:g}s"
+    )
 
 
 def forked_copy_returned(job_id: str) -> None:
@@ -245,6 +273,7 @@ def main(
     parent_pid: int,
     nice: int = 0,
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    slots: int = 1,
 ) -> Any:
     """Entry point right after fork (signals still blocked). Never returns.
 
@@ -252,7 +281,10 @@ def main(
     serves every child (results, the next job, leases) and, on a small host,
     Redis too; when CPU-bound jobs fill every core, a lower priority lets
     both run as soon as they wake instead of waiting for a child's time
-    slice, which is where a child's idle time between jobs went."""
+    slice, which is where a child's idle time between jobs went.
+
+    ``slots``: how many async jobs it runs at once (--async-concurrency);
+    1 runs every job alone, with the loop above."""
     code = 0
     try:
         die_with_parent(parent_pid)
@@ -266,7 +298,12 @@ def main(
                 os.close(fd)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         start_child(index)
-        serve(index, sock, handlers, max_result_bytes)
+        if slots > 1:
+            from sandboxq.worker import async_child
+
+            async_child.serve(index, sock, handlers, max_result_bytes, slots)
+        else:
+            serve(index, sock, handlers, max_result_bytes)
         exit_child(index)
     except SystemExit as exc:  # sys.exit() in a handler: exit with its code
         code = exc.code if isinstance(exc.code, int) else 1

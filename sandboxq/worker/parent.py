@@ -23,7 +23,7 @@ import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -87,6 +87,11 @@ _WAKE, _WAITER, _LINK = "wake", "waiter", "link"
 
 #: The most a child's niceness can be raised above the parent's (nice(2)).
 MAX_CHILD_NICE = 19
+
+#: The most async jobs one child may run at once (--async-concurrency):
+#: far above what one event loop serves well, low enough that a typo (an
+#: extra zero or two) is refused rather than leasing thousands of jobs.
+MAX_ASYNC_CONCURRENCY = 1000
 
 #: The largest result a worker may accept: what fits in a frame with room
 #: for the rest of the done frame.
@@ -191,6 +196,11 @@ class Worker:
     Sizes are bytes, times are seconds. ``run()`` blocks until the worker
     stops and returns its exit code; ``stop()`` asks it to drain, from any
     thread.
+
+    ``async_concurrency`` (``--async-concurrency``, 1 to 1000, default 1):
+    how many jobs of ``async def`` handlers each child runs at once on its
+    event loop; other jobs still run alone in a child. A crash or memory
+    kill of a child fails every job it was running.
     """
 
     def __init__(
@@ -216,8 +226,14 @@ class Worker:
         liveness_idle_timeout: float = 600.0,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         unknown_name_grace: float = 300.0,
+        async_concurrency: int = 1,
     ) -> None:
         self.queues, self.handlers = resolve_handlers(queues, handlers)
+        self.async_concurrency = check_async_concurrency(async_concurrency)
+        #: The handlers whose jobs share a child (async def), by (queue, name).
+        self._concurrent = {
+            key: execution.runs_concurrently(found.func) for key, found in self.handlers.items()
+        }
         if not 0 <= unknown_name_grace < math.inf:
             raise ValueError(f"unknown_name_grace must be >= 0 seconds, got {unknown_name_grace!r}")
         self.unknown_name_grace = unknown_name_grace
@@ -377,6 +393,7 @@ class Worker:
             child_nice=self.child_nice,
             inherited_fds=[wake_r, self._wake_w, self.selector.fileno()],
             max_result_bytes=self.max_result_bytes,
+            slots=self.async_concurrency,
         )
         setproctitle(f"sandboxq parent: {','.join(self.queues)} [{self.procs} procs]")
         for _ in range(self.procs):
@@ -391,7 +408,8 @@ class Worker:
         queues = [Queue(name, connection=probe) for name in self.queues]
         self.metrics = WorkerMetrics(
             self.procs,
-            active=lambda: len(self.pool.busy()),
+            active=self._running_jobs,
+            slots=self.procs * self.async_concurrency,
             counts=lambda: {q.name: q.counts() for q in queues},
         )
         self.health = Health(
@@ -407,6 +425,11 @@ class Worker:
         if self.metrics_port is not None:
             self._http = serve(self.metrics, self.health, self.metrics_host, self.metrics_port)
             self.pool.inherited_fds.append(self._http.fileno())
+
+    def _running_jobs(self) -> int:
+        """Jobs running in the children now (not children: with
+        --async-concurrency a child runs several)."""
+        return sum(len(child.jobs) for child in self.pool.by_pid.values())
 
     def _close(self) -> None:
         """Stop the children and leave Redis. Runs after any exit from the
@@ -471,7 +494,8 @@ class Worker:
             if self._handle_signals():
                 self._reap()
             now = time.monotonic()
-            self.pool.enforce_limits(now)
+            for child in self.pool.enforce_limits(now):
+                self._flush(child)  # "stop" frames
             self._return_stale_prefetch(now)
             self.broker.retry_lapsed_faults(now)
             if result := self.broker.check_step_deadline(now):
@@ -616,10 +640,10 @@ class Worker:
         log lines Redis has not taken yet, stop reading its pipe; the child
         waits on the full pipe (its limits still apply). _release_held reads
         it again once a step took them."""
-        job = child.job
-        if job is None or child.held:
+        if child.held:
             return
-        if self.broker.held_report_bytes(job.queue, job.job_id) >= HELD_REPORT_BYTES:
+        held = self.broker.held_report_bytes
+        if any(held(job.queue, job.job_id) >= HELD_REPORT_BYTES for job in child.jobs.values()):
             child.held = True
             self._watch_child(child)
 
@@ -627,9 +651,9 @@ class Worker:
         for child in self.pool.by_pid.values():
             if not child.held or child.closed:
                 continue
-            job = child.job
-            if job is None or self.broker.held_report_bytes(job.queue, job.job_id) < (
-                HELD_REPORT_BYTES // 2
+            held = self.broker.held_report_bytes
+            if all(
+                held(job.queue, job.job_id) < HELD_REPORT_BYTES // 2 for job in child.jobs.values()
             ):
                 child.held = False
                 self._watch_child(child)
@@ -640,7 +664,7 @@ class Worker:
         for pid, count in child.foreign.items():
             if count < 0:
                 continue  # said already
-            job = child.job
+            job = next(iter(child.jobs.values()), None)
             logs.event(
                 "ignored what a process other than the worker child wrote to its pipe (a copy "
                 "its job's handler forked?): only the child's own frames count",
@@ -664,8 +688,8 @@ class Worker:
             if kind == protocol.READY:
                 self._child_ready(child)
                 return
-            job = child.job
-            if job is None or job.job_id != job_id:
+            job = child.jobs.get(job_id)
+            if job is None:
                 return  # a late frame of a job already settled (killed on timeout)
             if kind == protocol.DROPPED:
                 self._dropped(child, job)
@@ -682,7 +706,9 @@ class Worker:
             self.pool.kill(child, f"child sent an invalid frame: {exc}")
             return
         if kind == protocol.DONE:
-            self._settle(child, outcome)
+            if job.stop_reason is not None and outcome.kind != execution.COMPLETED:
+                outcome = self._stopped_outcome(job)
+            self._settle(child, job, outcome)
             child.jobs_done += 1
             self._birth_failures = 0
             if self.max_jobs_per_child and child.jobs_done >= self.max_jobs_per_child:
@@ -735,36 +761,45 @@ class Worker:
         job.dropped_bytes += len(line)
 
     def _next_queued(self, child: Child) -> None:
-        """The child ended its job and goes on with the one queued behind
-        it, if any: that job starts now."""
-        if child.leaving is not None:  # it exits now: what it was sent never starts
-            child.job = None
+        """The child ended a job and goes on with the ones queued behind
+        it that fit now, if any: those start now."""
+        if child.leaving is not None:  # it exits: what it was sent never starts
             self._take_back_queued(child)
+            if not child.jobs:  # a child that ran several jobs waits for this
+                self.pool.retire(child)
             self._feed_children()
             return
-        job = self.pool.start_queued(child)
-        if job is None:
-            self._feed_children()  # it is free
+        started = self.pool.start_queued(child)
+        if not started:
+            self._feed_children()  # it is free, or has a free slot
             return
         if child.kill_reason is not None:
             # Killed, yet its job ended (its handler caught SIGTERM): it is
             # about to start the next one. Make sure it does not run long.
-            child.job = None
+            for job in started:
+                del child.jobs[job.job_id]
             self.pool.kill(child)
-            self._take_back_queued(child, job)
-        elif job.job_id not in child.dropping:  # else handed back already
-            self._job_started(child, job)
-        elif job.cancelled:
-            # Settled as cancelled when the drop was sent, but the child had
-            # started it already: stop it.
-            self._stop_for_cancel(child)
-        self._feed_children()  # its next jobs, behind this one
+            self._take_back_queued(child, started)
+            self._feed_children()
+            return
+        for job in started:
+            if job.job_id not in child.dropping:  # else handed back already
+                self._job_started(child, job)
+            elif job.cancelled:
+                # Settled as cancelled when the drop was sent, but the child
+                # had started it already: stop it.
+                self._stop_running(child, job, cancels=True)
+        self._feed_children()  # its next jobs, behind these
 
     def _dropped(self, child: Child, job: Assignment) -> None:
-        """The child did not start a job it was asked to drop (handed back
-        when the drop was sent)."""
-        child.job = None
-        child.dropping.discard(job.job_id)
+        """The child did not start a job: one it was asked to drop (handed
+        back when the drop was sent), or one a leaving child refused (back
+        in line now)."""
+        del child.jobs[job.job_id]
+        if job.job_id in child.dropping:
+            child.dropping.discard(job.job_id)
+        else:
+            self._take_back(job)
         self._next_queued(child)  # it goes on with the next one, if any
 
     # -- cancellation -------------------------------------------------------------
@@ -779,8 +814,8 @@ class Worker:
     def _running_child(self, queue: str, job_id: str) -> Child | None:
         """The child running that job, if one does."""
         for child in self.pool.by_pid.values():
-            running = child.job
-            if running is not None and running.queue == queue and running.job_id == job_id:
+            running = child.jobs.get(job_id)
+            if running is not None and running.queue == queue:
                 return child
         return None
 
@@ -798,7 +833,7 @@ class Worker:
                 return
         if (running := self._running_child(queue, job_id)) is not None:
             if running.kill_reason is None and job_id not in running.dropping:
-                self._stop_for_cancel(running)
+                self._stop_running(running, running.jobs[job_id], cancels=True)
             return
         for child in self.pool.by_pid.values():
             for job in child.queued:
@@ -809,20 +844,32 @@ class Worker:
                     self._settle_unstarted(job)
                     return
 
-    def _stop_for_cancel(self, child: Child) -> None:
-        """Stop a child whose job was cancelled: the timeout's path (SIGTERM
-        to the job's processes, SIGKILL after the kill grace); ``_reap``
-        settles the job as cancelled."""
-        job = child.job
-        assert job is not None
-        child.cancelling = True
-        self.pool.kill(child, "cancelled", signal.SIGTERM)
+    def _stop_running(self, child: Child, job: Assignment, *, cancels: bool) -> None:
+        """Stop a running job that was cancelled: the timeout's path. Alone
+        in its child: SIGTERM to the job's processes, SIGKILL after the kill
+        grace; ``_reap`` settles it as cancelled. Sharing its child: its
+        task is cancelled ("stop"), and its done settles it as cancelled;
+        the child is killed only if the task does not stop within the
+        grace."""
+        if self.pool.stop(child, job, "cancelled", cancels=cancels):
+            self._flush(child)
+            how = "cancelling its task (its child is killed if it does not stop within the grace)"
+        else:
+            how = "SIGTERM, SIGKILL after the kill grace"
         logs.event(
-            "job cancelled while running: stopping it (SIGTERM, SIGKILL after the kill grace)",
+            f"job cancelled while running: stopping it ({how})",
             logging.INFO,
             **_run_fields(job, child.pid),
             kill_grace_s=self.kill_grace,
         )
+
+    def _stopped_outcome(self, job: Assignment) -> execution.Outcome:
+        """How a job the parent stopped in a child it shares ends, unless it
+        completed anyway: cancelled, or failed with its timeout."""
+        if job.stop_cancels:
+            return execution.Outcome(execution.CANCELLED, "stopped while running")
+        assert job.stop_reason is not None
+        return execution.Outcome(execution.FAILED, job.stop_reason)
 
     def _settle_unstarted(self, job: Assignment) -> None:
         """Settle a job no child started as cancelled."""
@@ -830,10 +877,8 @@ class Worker:
         self.broker.finish(job.queue, execution.finish_entry(job.job_id, job.fields, outcome))
         self._finishing[(job.queue, job.job_id)] = _Finishing(job.name, job.attempt, 0, 0)
 
-    def _settle(self, child: Child, outcome: execution.Outcome) -> None:
-        job = child.job
-        assert job is not None
-        child.job = None
+    def _settle(self, child: Child, job: Assignment, outcome: execution.Outcome) -> None:
+        del child.jobs[job.job_id]
         duration = time.monotonic() - job.started
         duration_ms = int(duration * 1000)
         self._avg_job = _average(self._avg_job, duration)
@@ -867,15 +912,8 @@ class Worker:
                 self._on_message(child, message)
             self._forget(child)
             self._take_back_queued(child)  # they never started: another child may
-            if child.job is not None and child.cancelling:
-                how = "stopped while running"
-                if child.sigkilled:
-                    how = f"killed while running: SIGTERM did not end it in {self.kill_grace:g}s"
-                self._settle(child, execution.Outcome(execution.CANCELLED, how))
-            elif child.job is not None:
-                reason = describe_exit(status, child.kill_reason)
-                self.metrics.crashes.labels(crash_kind(reason)).inc()
-                self._settle(child, execution.Outcome(execution.FAILED, reason))
+            if child.jobs:
+                self._fail_running(child, status)
             elif not child.ready or (not child.retiring and child.jobs_done == 0 and status != 0):
                 self._birth_failure(child, status)
             elif child.kill_reason is not None:  # idle, and killed: its exit hooks hung
@@ -887,6 +925,26 @@ class Worker:
             if not self._stopping:
                 self._spawn()
         self._feed_children()
+
+    def _fail_running(self, child: Child, status: int) -> None:
+        """A child died: every job it ran ends with the same reason (one
+        stopped because a person cancelled it ends cancelled)."""
+        reason = describe_exit(status, child.kill_reason)
+        jobs = list(child.jobs.values())
+        if len(jobs) > 1:  # say what its death cost
+            reason += f"; the child was running {len(jobs)} jobs, which all failed with it"
+        if not child.cancelling:
+            self.metrics.crashes.labels(crash_kind(reason)).inc()
+        for job in jobs:
+            if child.cancelling:
+                how = "stopped while running"
+                if child.sigkilled:
+                    how = f"killed while running: SIGTERM did not end it in {self.kill_grace:g}s"
+                self._settle(child, job, execution.Outcome(execution.CANCELLED, how))
+            elif job.stop_cancels:
+                self._settle(child, job, execution.Outcome(execution.CANCELLED, reason))
+            else:
+                self._settle(child, job, execution.Outcome(execution.FAILED, reason))
 
     def _birth_failure(self, child: Child, status: int) -> None:
         """A child died before its first job: its on_child_start hooks
@@ -1117,7 +1175,10 @@ class Worker:
             self.broker.finish(queue, execution.finish_entry(job_id, fields, outcome))
             return
         timeout = fields.get("timeout") or found.timeout or self.default_timeout
-        self._buffer.append(Assignment(queue, job_id, name, fields, timeout, started))
+        job = Assignment(queue, job_id, name, fields, timeout, started)
+        if self.async_concurrency > 1:  # else no job shares a child
+            job.concurrent = self._concurrent[(queue, name)]
+        self._buffer.append(job)
 
     def _fail_corrupt(self, queue: str, job_id: str, reason: str) -> None:
         """A job whose stored record cannot be run: it fails for good with
@@ -1197,19 +1258,38 @@ class Worker:
             return 0
         room = self._queue_depth() - len(child.queued)
         if self.max_jobs_per_child:
-            left = self.max_jobs_per_child - child.jobs_done - 1 - len(child.queued)
+            left = self.max_jobs_per_child - child.jobs_done - len(child.jobs) - len(child.queued)
             room = min(room, left)
         return max(room, 0)
 
     def _takes_more(self, child: Child) -> bool:
-        """Whether the child will take a job after the one it runs (or, if
-        free, is about to get) and those queued on it: it takes jobs, and is
-        not due to retire before (--max-jobs-per-child)."""
+        """Whether the child will take a job after those it runs (or, if
+        free, the one it is about to get) and those queued on it: it takes
+        jobs, and is not due to retire before (--max-jobs-per-child)."""
         if not child.takes_jobs:
             return False
         if not self.max_jobs_per_child:
             return True
-        return child.jobs_done + 1 + len(child.queued) < self.max_jobs_per_child
+        taken = child.jobs_done + (len(child.jobs) or 1) + len(child.queued)
+        return taken < self.max_jobs_per_child
+
+    def _free_slots(self, child: Child) -> int:
+        """How many more jobs the child starts at once: 1 when it runs
+        nothing; with --async-concurrency, the slots its async jobs leave
+        (none while it runs a job that runs alone, or has jobs queued);
+        none when it takes no jobs, or is due to retire first."""
+        if not child.takes_jobs:
+            return 0
+        running = child.jobs
+        if not running:
+            free = self.async_concurrency
+        elif child.queued or not next(iter(running.values())).concurrent:
+            return 0
+        else:
+            free = self.async_concurrency - len(running)
+        if self.max_jobs_per_child:
+            free = min(free, self.max_jobs_per_child - child.jobs_done - len(running))
+        return max(free, 0)
 
     def _queue_depth(self) -> int:
         """How many jobs may wait behind a busy child's job: enough for
@@ -1222,17 +1302,23 @@ class Worker:
 
     def _fetch_room(self) -> _Room:
         """How many jobs to lease now, and how many of them a free child
-        takes at once: the free children, and when prefetching a few queued
-        behind each busy child's job plus a buffer of what the children get
-        through in a few round trips; less what the buffer holds."""
+        takes at once: the free children (with --async-concurrency, their
+        free slots), and when prefetching a few queued behind each busy
+        child's jobs plus a buffer of what the children get through in a
+        few round trips; less what the buffer holds."""
         if self._stopping:
             return _Room()
         free = queue_slots = takers = 0
+        alone = self.async_concurrency == 1  # the common case: no slot to count
         for child in self.pool.by_pid.values():
             takers += self._takes_more(child)
-            if child.job is None and child.takes_jobs:
-                free += 1
-            elif child.job is not None:
+            if alone:
+                if not child.jobs:
+                    free += child.takes_jobs
+                    continue
+            else:
+                free += self._free_slots(child)
+            if child.jobs:
                 queue_slots += self._queue_room(child)
         room, refill_at = free, 1
         # No buffer for children that cannot take jobs (starting, retiring):
@@ -1252,14 +1338,18 @@ class Worker:
         queued behind each busy child's job. A job that may not run twice
         (manual_retry_only) never waits behind another: taking a queued job
         back can race with the child starting it."""
-        if not self._buffer:
+        buffer = self._buffer
+        if not buffer:
             return
         children = list(self.pool.by_pid.values())
-        for child in children:
-            if not self._buffer:
-                return
-            if child.job is None and child.takes_jobs:
-                self._send(child, self._buffer.popleft())
+        if self.async_concurrency == 1:
+            for child in children:
+                if not buffer:
+                    return
+                if not child.jobs and child.takes_jobs:
+                    self._send(child, buffer.popleft())
+        else:
+            self._fill_slots(children)
         if not self._prefetching():
             return
         # A child's queue is topped up once half of it ran: its frames go in
@@ -1267,7 +1357,7 @@ class Worker:
         depth = self._queue_depth()
         refill_at = depth - depth // 2
         for child in children:
-            if child.job is None or (room := self._queue_room(child)) < refill_at:
+            if not child.jobs or (room := self._queue_room(child)) < refill_at:
                 continue
             while room and self._buffer:
                 if self._buffer[0].fields.get("manual_retry_only") == "1":
@@ -1276,11 +1366,28 @@ class Worker:
                 room -= 1
             self._flush(child)
 
+    def _fill_slots(self, children: list[Child]) -> None:
+        """--async-concurrency: buffered jobs, in the order they were leased,
+        each to the child with the most free slots it fits in (so a crash
+        costs fewer jobs, and the children share the CPU). A job that fits
+        no child (one that runs alone, while every child runs async jobs)
+        holds back those behind it: the children drain, and the first free
+        one takes it (or, after PREFETCH_MAX_WAIT_SECONDS, it goes back to
+        the queue)."""
+        buffer = self._buffer
+        while buffer:
+            job, best, most = buffer[0], None, 0
+            for child in children:
+                free = self._free_slots(child)
+                if free > most and self.pool.fits(child, job):
+                    best, most = child, free
+            if best is None:
+                return
+            self._send(best, buffer.popleft())
+
     def _send(self, child: Child, job: Assignment) -> None:
         """Give ``job`` to ``child`` (a queued job's frame waits for _flush)."""
-        runs_now = child.job is None
-        self.pool.assign(child, job)
-        if runs_now:
+        if self.pool.assign(child, job):  # it runs now
             self._flush(child)
             self._job_started(child, job)
 
@@ -1302,11 +1409,11 @@ class Worker:
         self.broker.started(job.queue, job.job_id)
         job.start_reported = True
 
-    def _take_back_queued(self, child: Child, first: Assignment | None = None) -> None:
+    def _take_back_queued(self, child: Child, first: Sequence[Assignment] = ()) -> None:
         """The jobs queued on a child that will not run them (dead, or
         killed) go back in line, in order, ``first`` first; those being
         dropped were handed back already."""
-        jobs = [first, *child.queued] if first else list(child.queued)
+        jobs = [*first, *child.queued]
         for job in reversed(jobs):
             if job.job_id not in child.dropping:
                 self._take_back(job)
@@ -1334,11 +1441,14 @@ class Worker:
         back to the queue for any worker; all of them once jobs got long, or
         when stopping (at once)."""
         prefetching = self._prefetching()
-        if prefetching and now < self._stale_checked + STALE_CHECK_SECONDS:
+        # Without prefetching, a buffered job found no child in this turn
+        # and goes back now; with slots, it may wait for one a little.
+        at_once = not prefetching and self.async_concurrency == 1
+        if not at_once and now < self._stale_checked + STALE_CHECK_SECONDS:
             return
         self._stale_checked = now
         too_old = now - PREFETCH_MAX_WAIT_SECONDS
-        while self._buffer and (not prefetching or self._buffer[0].leased <= too_old):
+        while self._buffer and (at_once or self._buffer[0].leased <= too_old):
             job = self._buffer.popleft()
             self.broker.hand_back(job.queue, job.job_id)
         for child in self.pool.by_pid.values():
@@ -1389,7 +1499,7 @@ class Worker:
                 "shutting down: no new jobs, finishing those in flight",
                 logging.INFO,
                 signal=why,
-                in_flight=len(self.pool.busy()),
+                in_flight=self._running_jobs(),
                 timeout_s=self.shutdown_timeout,
             )
         if force:
@@ -1415,12 +1525,12 @@ class Worker:
         self._forced = True
         self._final_deadline = now + self.broker.reply_timeout + 1.0
         for child in busy:
-            for job in (child.job, *child.queued):
-                if job is not None and job.job_id not in child.dropping:
+            for job in (*child.jobs.values(), *child.queued):
+                if job.job_id not in child.dropping:
                     # The child may have started it (a queued one too, since
                     # it last said so): it may have run.
                     self.broker.hand_back(job.queue, job.job_id, ran=True)
-            child.job = None
+            child.jobs.clear()
             child.queued.clear()
             self.pool.kill(child)
         return False
@@ -1437,6 +1547,20 @@ class Worker:
             job_ids=",".join(left),
             unrecorded=sum(len(entries) for entries in self.broker.finishes.values()),
         )
+
+
+def check_async_concurrency(value: Any) -> int:
+    """``async_concurrency`` checked: an int from 1 to MAX_ASYNC_CONCURRENCY."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(
+            f"async_concurrency must be an int from 1 to {MAX_ASYNC_CONCURRENCY}, got {value!r}"
+        )
+    if not 1 <= value <= MAX_ASYNC_CONCURRENCY:
+        raise ValueError(
+            f"async_concurrency must be from 1 to {MAX_ASYNC_CONCURRENCY} (jobs per child), "
+            f"got {value}"
+        )
+    return value
 
 
 def _run_fields(job: Assignment, pid: int) -> dict[str, Any]:

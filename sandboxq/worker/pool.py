@@ -21,7 +21,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,15 @@ class Assignment:
     started: float = 0.0
     #: Settled as cancelled while it waited (a person cancelled it).
     cancelled: bool = False
+    #: Its handler is ``async def``: with --async-concurrency > 1 it shares a
+    #: child with other such jobs (execution.runs_concurrently).
+    concurrent: bool = False
+    #: Why the parent stopped it in a child it shares ("stop" frame): its
+    #: timeout, or a person cancelled it (``stop_cancels``); and when
+    #: (monotonic), for the kill grace.
+    stop_reason: str | None = None
+    stop_cancels: bool = False
+    stop_sent: float = 0.0
     #: The log bytes this run sent, and what it sent past its budget
     #: (dropped: see Worker._on_log).
     log_bytes: int = 0
@@ -88,11 +97,12 @@ class Child:
     ready: bool = False
     reader: protocol.FrameReader = field(default_factory=protocol.FrameReader)
     outbox: bytearray = field(default_factory=bytearray)
-    #: The job it runs.
-    job: Assignment | None = None
-    #: The jobs queued behind it on the pipe, in order, not started yet (as
-    #: far as the parent knows: the child's "done" for ``job`` says the
-    #: first one has).
+    #: The jobs it runs, by id, in start order: one, or with
+    #: --async-concurrency up to that many async jobs (Pool.fits).
+    jobs: dict[str, Assignment] = field(default_factory=dict)
+    #: The jobs queued behind them on the pipe, in order, not started yet
+    #: (as far as the parent knows: the child's "done" for a job it runs
+    #: says the first one has, if it fits then).
     queued: deque[Assignment] = field(default_factory=deque)
     #: Queued jobs the parent asked the child not to start (``drop``).
     dropping: set[str] = field(default_factory=set)
@@ -112,7 +122,8 @@ class Child:
     closed: bool = False
     #: Why the parent killed it (timeout, memory); None if it died on its own.
     kill_reason: str | None = None
-    #: Killed because a person cancelled its job: the job ends cancelled.
+    #: Killed because a person cancelled the job it ran alone: the job ends
+    #: cancelled.
     cancelling: bool = False
     term_sent_at: float | None = None
     sigkilled: bool = False
@@ -123,7 +134,7 @@ class Child:
 
     @property
     def busy(self) -> bool:
-        return self.job is not None
+        return bool(self.jobs)
 
     @property
     def takes_jobs(self) -> bool:
@@ -172,8 +183,11 @@ class Pool:
         child_nice: int = 0,
         inherited_fds: list[int] | None = None,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        slots: int = 1,
     ) -> None:
         self.size = size
+        #: How many async jobs a child runs at once (--async-concurrency).
+        self.slots = slots
         self.handlers = handlers
         self.max_memory_bytes = max_memory_bytes
         self.max_jobs_per_child = max_jobs_per_child
@@ -211,6 +225,7 @@ class Pool:
                     parent_pid,
                     self.child_nice,
                     self.max_result_bytes,
+                    self.slots,
                 )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -284,14 +299,31 @@ class Pool:
         child.signalled += proctree.signal_tree(child.pid, sig)
 
     # -- pipes ---------------------------------------------------------------
-    def assign(self, child: Child, job: Assignment) -> None:
-        """Send ``job`` to ``child``: it starts now if the child is free, else
-        it waits on the pipe behind the child's other jobs. A queued job's
-        frame is only buffered: ``flush`` sends it, with any others."""
-        runs_now = child.job is None
+    def fits(self, child: Child, job: Assignment) -> bool:
+        """Whether ``child`` starts ``job`` as soon as it reads it (with no
+        job queued before it): when it runs nothing, or when both the job
+        and those it runs are async and a slot is free. The child keeps the
+        same rule (async_child.Slots.fits), so the parent knows what it
+        started."""
+        running = child.jobs
+        if not running:
+            return True
+        return (
+            job.concurrent
+            and len(running) < self.slots
+            and next(iter(running.values())).concurrent
+            and job.job_id not in running  # its frames name it by id alone
+        )
+
+    def assign(self, child: Child, job: Assignment) -> bool:
+        """Send ``job`` to ``child``: it starts now if it fits (``fits``),
+        else it waits on the pipe behind the child's other jobs. A queued
+        job's frame is only buffered: ``flush`` sends it, with any others.
+        Returns whether it started now."""
+        runs_now = not child.queued and (not child.jobs or self.fits(child, job))
         if runs_now:
             job.started = time.monotonic()
-            child.job = job
+            child.jobs[job.job_id] = job
             self._limits_due = 0.0
         else:
             child.queued.append(job)
@@ -308,16 +340,45 @@ class Pool:
         )
         if runs_now:
             self.flush(child)
+        return runs_now
 
-    def start_queued(self, child: Child) -> Assignment | None:
-        """The child ended its job: the first one queued behind it (if any)
-        is what it runs now."""
-        job = child.queued.popleft() if child.queued else None
-        child.job = job
-        if job is not None:
+    def start_queued(self, child: Child) -> list[Assignment]:
+        """The child ended a job: the jobs queued behind it that fit now, in
+        order, are what it starts."""
+        queued = child.queued
+        if self.slots == 1:  # the common case, in short
+            if not queued or child.jobs:
+                return []
+            job = queued.popleft()
             job.started = time.monotonic()
+            child.jobs[job.job_id] = job
             self._limits_due = 0.0
-        return job
+            return [job]
+        started = []
+        while queued and self.fits(child, queued[0]):
+            job = queued.popleft()
+            job.started = time.monotonic()
+            child.jobs[job.job_id] = job
+            started.append(job)
+            self._limits_due = 0.0
+        return started
+
+    def stop(self, child: Child, job: Assignment, reason: str, *, cancels: bool) -> bool:
+        """Stop one running job: in a child it shares, cancel its task (a
+        "stop" frame, which ``flush`` sends: True), and kill the child only
+        if it does not stop within the kill grace (enforce_limits). A job
+        that runs alone takes its child with it: SIGTERM, then SIGKILL after
+        the grace (False)."""
+        if self.slots > 1 and job.concurrent:
+            if job.stop_reason is None:
+                job.stop_reason, job.stop_cancels = reason, cancels
+                job.stop_sent = time.monotonic()
+                child.outbox += protocol.encode([protocol.STOP, job.job_id])
+                self._limits_due = 0.0
+            return True
+        child.cancelling = child.cancelling or cancels
+        self.kill(child, reason, signal.SIGTERM)
+        return False
 
     def drop(self, child: Child, job: Assignment) -> None:
         """Ask the child not to start a queued job. It answers "dropped",
@@ -372,23 +433,33 @@ class Pool:
         return messages, False
 
     # -- limits -------------------------------------------------------------
-    def enforce_limits(self, now: float) -> None:
-        """Timeouts (SIGTERM, then SIGKILL after the grace), memory, and the
-        hooks' time, when one is due (the loop calls this every turn)."""
+    def enforce_limits(self, now: float) -> Sequence[Child]:
+        """Timeouts (SIGTERM, then SIGKILL after the grace; or a "stop"
+        frame for a job that shares its child), memory, and the hooks'
+        time, when one is due (the loop calls this every turn). Returns the
+        children sent a frame, for the caller to flush."""
         if now < self._limits_due:
-            return
+            return ()
         self._enforce_hook_time(now)
+        stopped: list[Child] = []
         for child in self.busy():
-            job = child.job
-            assert job is not None
             if child.sigkilled:
                 continue  # only the reaper has something left to do
             if child.term_sent_at is not None:
                 if now - child.term_sent_at >= self.kill_grace:
                     self.kill(child)
                 continue
-            if job.timeout is not None and now - job.started >= job.timeout:
-                self.kill(child, f"timed out after {job.timeout}s", signal.SIGTERM)
+            for job in list(child.jobs.values()):
+                if job.stop_reason is not None:
+                    if now - job.stop_sent >= self.kill_grace:
+                        self.kill(child, self._would_not_stop(job))
+                        break
+                elif job.timeout is not None and now - job.started >= job.timeout:
+                    reason = f"timed out after {job.timeout}s"
+                    if not self.stop(child, job, reason, cancels=False):
+                        break  # the child is being killed
+                    stopped.append(child)
+            if child.term_sent_at is not None or child.sigkilled:
                 continue
             if self.max_memory_bytes is not None:
                 rss = proctree.tree_rss_bytes(child.pid)
@@ -399,6 +470,16 @@ class Pool:
                         f"{self.max_memory_bytes // MIB} MiB)",
                     )
         self._limits_due = self._next_deadline(now)
+        return stopped
+
+    def _would_not_stop(self, job: Assignment) -> str:
+        """Why a child is killed because one of its jobs did not stop: the
+        reason every job it runs fails with."""
+        what = "was cancelled" if job.stop_cancels else job.stop_reason
+        return (
+            f"job {job.job_id} {what} and its task did not stop within the "
+            f"{self.kill_grace:g}s kill grace, so its child was killed"
+        )
 
     def _enforce_hook_time(self, now: float) -> None:
         """Kill a child whose on_child_start hooks (before "ready") or
@@ -430,14 +511,16 @@ class Pool:
             elif child.retiring:
                 deadlines.append(child.retire_deadline)
         for child in self.busy():
-            job = child.job
-            assert job is not None
             if child.sigkilled:
                 continue
             if child.term_sent_at is not None:
                 deadlines.append(child.term_sent_at + self.kill_grace)
-            elif job.timeout is not None:
-                deadlines.append(job.started + job.timeout)
+            else:
+                for job in child.jobs.values():
+                    if job.stop_reason is not None:
+                        deadlines.append(job.stop_sent + self.kill_grace)
+                    elif job.timeout is not None:
+                        deadlines.append(job.started + job.timeout)
             if self.max_memory_bytes is not None:
                 deadlines.append(now + 0.1)  # memory is sampled every 100 ms
         return min(deadlines, default=math.inf)

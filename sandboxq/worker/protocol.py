@@ -2,11 +2,15 @@
 
 A frame is a 4-byte big-endian length and a body of typed items (None, int,
 float, str, bytes; the format is documented in ``sandboxq/_fast_py.py``) whose
-first item is the message kind. A child runs one job at a time, in the
-order it was sent them, and the parent may queue a busy child's next few
-jobs on its pipe, so the child never waits for them. A child's death maps
-to exactly one job: the first it was sent and has not answered; those
-queued behind it never started.
+first item is the message kind. A child starts its jobs in the order it
+was sent them, and the parent may queue a busy child's next few jobs on
+its pipe, so the child never waits for them. A child runs one job at a
+time, unless the worker runs with --async-concurrency N > 1: then it runs
+up to N jobs of ``async def`` handlers at once on its event loop, and any
+other job alone (``Pool.fits`` and ``async_child.Slots.fits`` keep the same
+rule, so the parent always knows which of its jobs a child has started).
+A child's death maps to the jobs it was running: those it started and has
+not answered; those queued behind them never started.
 
 Parent → child:  ["run", job_id, name, data_json, queue, attempts_made, retries,
                   children_json, steps_json] (encode_run / decode_run)
@@ -19,6 +23,11 @@ Parent → child:  ["run", job_id, name, data_json, queue, attempts_made, retrie
                  is stopping, or the job waited too long behind a slow one).
                  ["stepped", job_id, key, status]: step.lua's answer to a
                  "step" (recorded, known, lost or full).
+                 ["stop", job_id]: cancel that running job's task (a
+                 timeout, or a person cancelled it), in a child that runs
+                 several async jobs at once; it answers "done" as usual
+                 once the task ended. (A child that runs one job at a time
+                 is stopped with signals instead, and never gets one.)
 Child → parent:  ["ready", ""]: its on_child_start hooks ran; it takes jobs
                  from now on (the parent sends none before).
                  ["progress", job_id, value_json]
@@ -28,12 +37,14 @@ Child → parent:  ["ready", ""]: its on_child_start hooks ran; it takes jobs
                  ["done", job_id, outcome, value, traceback, delay_seconds]
                  ["dropped", job_id]: it never started that job. A drop that
                  came too late (the job had started) is ignored, and the job
-                 ends with "done" as usual.
+                 ends with "done" as usual. A child that is leaving answers
+                 it, too, to the jobs it is sent after "leaving".
                  ["leaving", job_id, reason]: sent just before that job's
                  "done": the child cannot run another job cleanly (a task
                  the job left on its event loop ignored its cancellation),
-                 and exits after this one; the jobs queued behind it never
-                 start there.
+                 and exits after this one (or, running several jobs at
+                 once, after the others it runs, once the parent closed its
+                 pipe); the jobs queued behind it never start there.
 
 The parent reads each child's pipe with SO_PASSCRED: the kernel says which
 process wrote each chunk, and what a process other than the child wrote (a
@@ -75,6 +86,7 @@ DROP = "drop"
 DROPPED = "dropped"
 STEP = "step"
 STEPPED = "stepped"
+STOP = "stop"
 
 #: The bytes of a frame's length header.
 HEADER_SIZE = 4
@@ -179,7 +191,7 @@ class Inbox:
     def dropped(self, job_id: str) -> bool:
         """Whether the parent asked, by now, not to start ``job_id``: reads
         what the pipe holds without waiting, and takes that drop out."""
-        with contextlib.suppress(BlockingIOError):
+        with contextlib.suppress(BlockingIOError):  # read_available, inline: once per job
             while not self._closed and self._take(self._sock.recv(READ_SIZE, socket.MSG_DONTWAIT)):
                 pass
         for message in self._ready:
@@ -187,6 +199,27 @@ class Inbox:
                 self._ready.remove(message)
                 return True
         return False
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    @property
+    def pending(self) -> deque[list[Any]]:
+        """The messages read and not taken yet, in order (the child's
+        async loop takes them from here)."""
+        return self._ready
+
+    @property
+    def closed(self) -> bool:
+        """Whether the parent closed its end (what came before may still
+        wait in ``pending``)."""
+        return self._closed
+
+    def read_available(self) -> None:
+        """Read what the pipe holds now, without waiting (into ``pending``)."""
+        with contextlib.suppress(BlockingIOError):
+            while not self._closed and self._take(self._sock.recv(READ_SIZE, socket.MSG_DONTWAIT)):
+                pass
 
     def _take(self, chunk: bytes) -> bool:
         if not chunk:
