@@ -72,6 +72,14 @@ def fresh_venv(where: Path) -> dict[str, str]:
     return env
 
 
+def install_fresh(tmp_path: Path, target: Path) -> tuple[Path, dict[str, str], str]:
+    """``target`` installed into a fresh virtualenv with no compiler on its
+    PATH: the venv, the environment to run it in, and what pip said."""
+    venv = tmp_path / "venv"
+    env = fresh_venv(venv)
+    return venv, env, pip_install(venv, env, target)
+
+
 def pip_install(venv: Path, env: dict[str, str], target: Path) -> str:
     installed = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "-v", "--no-cache-dir", str(target)],
@@ -127,11 +135,8 @@ def test_the_build_makes_clean_artifacts_without_a_warning(dists: Dists) -> None
 def test_the_sdist_installs_without_a_compiler_and_runs_on_the_twin(
     dists: Dists, tmp_path: Path
 ) -> None:
-    # Given a fresh virtualenv with no C compiler on its PATH
-    venv = tmp_path / "venv"
-    env = fresh_venv(venv)
-    # When the sdist is installed
-    said = pip_install(venv, env, dists.sdist)
+    # When the sdist is installed into a fresh virtualenv with no C compiler on its PATH
+    venv, env, said = install_fresh(tmp_path, dists.sdist)
     # Then the install succeeds with one warning, without fetching Cython
     assert said.count("WARNING: sandboxq's native extension could not be compiled") == 1
     assert not re.search(r"(?i)collecting cython|installing.*cython", said)
@@ -141,11 +146,8 @@ def test_the_sdist_installs_without_a_compiler_and_runs_on_the_twin(
 
 
 def test_the_manylinux_wheel_installs_native_without_building(dists: Dists, tmp_path: Path) -> None:
-    # Given a fresh virtualenv with no C compiler on its PATH
-    venv = tmp_path / "venv"
-    env = fresh_venv(venv)
-    # When the native wheel is installed
-    said = pip_install(venv, env, dists.native)
+    # When the native wheel is installed into a fresh virtualenv with no C compiler on its PATH
+    venv, env, said = install_fresh(tmp_path, dists.native)
     # Then nothing was built, and the native extension runs a real job
     assert "Building wheel for sandboxq" not in said
     assert "native extension" in smoke(venv, env, "native", tmp_path)
@@ -154,11 +156,8 @@ def test_the_manylinux_wheel_installs_native_without_building(dists: Dists, tmp_
 def test_the_pure_wheel_installs_anywhere_and_runs_on_the_twin(
     dists: Dists, tmp_path: Path
 ) -> None:
-    # Given a fresh virtualenv with no C compiler on its PATH
-    venv = tmp_path / "venv"
-    env = fresh_venv(venv)
-    # When the pure-Python wheel is installed
-    said = pip_install(venv, env, dists.pure)
+    # When the pure wheel is installed into a fresh virtualenv with no C compiler on its PATH
+    venv, env, said = install_fresh(tmp_path, dists.pure)
     # Then nothing was built, and the twin runs a real job
     assert "Building wheel for sandboxq" not in said
     smoke(venv, env, "pure", tmp_path)
