@@ -132,6 +132,9 @@ def test_a_wake_up_whose_jobs_never_arrive_hands_them_back_and_they_run_once(
     proxy.lose_reply(sends_script("fetch", b"BZPOPMIN"))
     worker = start_worker("--lease", "2", "--max-stalls", "0", url=proxy.url, procs=1)
     runs = tmp_path / "runs"
+    # ... and whose wait is on its way (added sooner, a busy machine can let
+    # the worker's first plain fetch take the job before any wait is armed)
+    wait_until(lambda: proxy.lost == 1, timeout=15, what="the wait losing its reply", poll=0.001)
 
     # When a job that must never be retried on its own is added: it wakes the
     # wait, and the wait's fetch leases it
