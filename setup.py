@@ -29,7 +29,6 @@ PYX = "sandboxq/_fast.pyx"
 GENERATED_C = "sandboxq/_fast.c"
 CYTHON_DIRECTIVES = {"language_level": "3"}
 
-
 NO_EXTENSIONS = os.environ.get("SANDBOXQ_NO_EXTENSIONS", "") not in ("", "0")
 REQUIRE_EXTENSIONS = os.environ.get("SANDBOXQ_REQUIRE_EXTENSIONS", "") not in ("", "0")
 
@@ -71,9 +70,9 @@ class OptionalBuildExt(build_ext):
             if in_checkout():
                 write_c()
             super().run()
-        except ImportError as exc:  # a checkout built without its build requirements
-            self._give_up(exc)
-        except (PlatformError, OSError) as exc:  # no compiler to be found at all
+        # No Cython (a checkout built without its build requirements), or no
+        # compiler to be found at all
+        except (ImportError, PlatformError, OSError) as exc:
             self._give_up(exc)
 
     def build_extension(self, ext: Extension) -> None:
