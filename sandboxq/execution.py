@@ -250,30 +250,6 @@ def run_stored(
     return run(func, ctx, max_result_bytes)
 
 
-async def run_stored_async(
-    func: Any,
-    queue: str,
-    job_id: str,
-    name: str,
-    stored: tuple[bytes | None, bytes | None, bytes | None],
-    attempts_made: int,
-    retries: int,
-    report: Callable[[str, str, str], None],
-    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-    record: StepRecorder | None = None,
-    record_async: AsyncStepRecorder | None = None,
-) -> Outcome:
-    """``run_stored`` for a job that shares its child's running event loop
-    (see ``run_async``); ``await job.step(...)`` records with
-    ``record_async``, which lets the other jobs run meanwhile."""
-    ctx = stored_context(
-        queue, job_id, name, stored, attempts_made, retries, report, record, record_async
-    )
-    if isinstance(ctx, Outcome):
-        return ctx
-    return await run_async(func, ctx, max_result_bytes)
-
-
 def stored_context(
     queue: str,
     job_id: str,

@@ -352,6 +352,26 @@ def test_a_memory_kill_fails_every_job_the_child_ran_with_one_reason(
     assert worker.stop() == 0
 
 
+def test_a_job_whose_stored_data_is_bad_fails_alone_in_a_shared_child(
+    start_worker: StartWorker, queue: Queue
+) -> None:
+    # Given two async jobs, one of whose stored data is not JSON
+    broken = queue.add("nap", "0.2", attempts=3)
+    queue.client.hset(queue.keys.job(broken.id), "data", b"{not json")
+    sound = queue.add("nap", "0.2")
+
+    # When one child may run both at once
+    worker = start_worker("--async-concurrency", "2", procs=1, modules=MODULES)
+    jobs = wait_for_jobs(queue, [broken.id, sound.id], timeout=15)
+
+    # Then the broken one fails for good, saying why, and the other completes
+    failed = jobs[broken.id]
+    assert (failed.state, failed.attempts_made) == ("failed", 1), failed.fields
+    assert (failed.error or "").startswith("the job's stored data is not valid JSON: ")
+    assert jobs[sound.id].state == "completed"
+    assert worker.stop() == 0
+
+
 # -- what each job reports is its own ----------------------------------------------------------
 def test_progress_and_logs_of_concurrent_jobs_reach_their_own_job(
     start_worker: StartWorker, queue: Queue

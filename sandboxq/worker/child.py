@@ -32,13 +32,14 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from setproctitle import setproctitle
 
 from sandboxq import execution, hooks
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
-from sandboxq.handlers import Handler, StepRecorder
+from sandboxq.handlers import AsyncStepRecorder, Handler, JobContext, StepRecorder
 from sandboxq.worker import proctree, protocol
 
 
@@ -168,6 +169,28 @@ def blocking_recorder(pipe: ParentPipe, inbox: protocol.Inbox) -> StepRecorder:
     return record
 
 
+def job_context(
+    job: protocol.RunFrame,
+    report: Callable[[str, str, str], None],
+    record: StepRecorder,
+    record_async: AsyncStepRecorder | None = None,
+) -> JobContext | execution.Outcome:
+    """The handler's context of a RUN frame's job, its stored JSON parsed
+    here in the child; or the failure of a job whose JSON is bad. One job
+    alone (run_alone) and jobs sharing the child (async_child) alike."""
+    return execution.stored_context(
+        job.queue,
+        job.job_id,
+        job.name,
+        (job.data_json, job.children_json, job.steps_json),
+        job.attempts_made,
+        job.retries,
+        report,
+        record,
+        record_async,
+    )
+
+
 def run_alone(
     pipe: ParentPipe,
     job: protocol.RunFrame,
@@ -179,18 +202,11 @@ def run_alone(
     ``done``; False when a task it left behind ignored its cancellation (the
     child said ``leaving``, and must exit)."""
     try:
-        outcome = execution.run_stored(
-            handlers[(job.queue, job.name)].func,
-            job.queue,
-            job.job_id,
-            job.name,
-            (job.data_json, job.children_json, job.steps_json),
-            job.attempts_made,
-            job.retries,
-            pipe.report,
-            max_result_bytes,
-            record,
-        )
+        ctx = job_context(job, pipe.report, record)
+        if isinstance(ctx, execution.Outcome):
+            outcome = ctx
+        else:
+            outcome = execution.run(handlers[(job.queue, job.name)].func, ctx, max_result_bytes)
     except SystemExit:
         raise  # sys.exit() in a handler: the child exits with that code
     except BaseException as exc:  # e.g. KeyboardInterrupt raised by the handler
