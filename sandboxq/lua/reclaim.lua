@@ -24,6 +24,7 @@
 --!include retention
 --!include flow
 --!include cancel
+--!include hand_back
 local prefix, token, maxlen, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local given_up = prefix .. 'given_up'
 redis.call('HSET', given_up, token, ARGV[5] .. ' ' .. num(now))
@@ -46,12 +47,9 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local job_key = prefix .. 'job:' .. id
   if not known[id] and redis.pcall('HGET', job_key, 'token') == token then
     redis.call('ZREM', KEYS[1], id)
-    if redis.call('HEXISTS', job_key, 'cancel_requested_at') == 1 then
-      leave_active(prefix, job_key)
-      cancel_for_good(prefix, job_key, id, now, maxlen, KEYS[3], KEYS[4], KEYS[2],
-        'never started', '')
-    else
-      give_back(prefix, job_key, id, now, KEYS[2], maxlen, 'unstarted')
+    local cancel_requested = redis.call('HEXISTS', job_key, 'cancel_requested_at') == 1
+    if hand_back(prefix, job_key, id, now, maxlen, cancel_requested, KEYS[3], KEYS[4], KEYS[2],
+        'never started', 'unstarted') then
       returned[#returned + 1] = id
     end
   end
