@@ -185,6 +185,11 @@ class Scripts:
             return call
         return run_script(self.client, call)
 
+    def _head(self, prefix: str, now: int | str) -> list[Any]:
+        """The arguments every script starts with (lua/include/common.lua):
+        key prefix, now (ms), events maxlen."""
+        return [prefix, now, self.events_maxlen]
+
     def load_all(self) -> None:
         """Load every script into Redis's cache (one round trip)."""
         pipe = self.client.pipeline(transaction=False)
@@ -195,7 +200,7 @@ class Scripts:
     # -- producer ---------------------------------------------------------
     def add(self, k: QueueKeys, now: int, jobs: Sequence[Sequence[Any]]) -> Any:
         """Add jobs; each item is ``(job_id or "", priority, delay_ms, *field_value_pairs)``."""
-        args: list[Any] = [k.prefix, now, self.events_maxlen, *_job_args(jobs)]
+        args: list[Any] = [*self._head(k.prefix, now), *_job_args(jobs)]
         keys = [k.id_counter, k.seq, k.wait, k.delayed, k.marker, k.events]
         return self._run("add", keys, args, decode=_added)
 
@@ -222,12 +227,10 @@ class Scripts:
             "fetch",
             [k.wait, k.delayed, k.active, k.meta, k.marker, k.events, k.seq],
             [
-                k.prefix,
-                now,
+                *self._head(k.prefix, now),
                 count,
                 token,
                 lease_ms,
-                self.events_maxlen,
                 _optional(request),
                 _optional(start_now),
             ],
@@ -250,7 +253,7 @@ class Scripts:
         return self._run(
             "reclaim",
             [k.active, k.events, k.cancelled, k.cancel_requests],
-            [k.prefix, token, self.events_maxlen, now, request, *known],
+            [*self._head(k.prefix, now), token, request, *known],
             pipe,
             decode_ids,
         )
@@ -269,7 +272,7 @@ class Scripts:
         marks prefetched jobs started: ``(id, started_ms)`` each. Returns
         one status per settled job (bytes), or the pipeline when ``pipe``
         is given."""
-        args: list[Any] = [k.prefix, now, token, self.events_maxlen, len(starts)]
+        args: list[Any] = [*self._head(k.prefix, now), token, len(starts)]
         for job_id, started_ms in starts:
             args += [job_id, started_ms]
         for outcome in outcomes:
@@ -302,7 +305,7 @@ class Scripts:
         pipe: redis.client.Pipeline | None = None,
     ) -> Any:
         """Extend leases; returns the ids this token no longer holds."""
-        args = [k.prefix, now, token, lease_ms, *job_ids]
+        args = [k.prefix, now, "", token, lease_ms, *job_ids]
         return self._run("renew", [k.active], args, pipe, decode_ids)
 
     def recover_stalled(
@@ -327,7 +330,7 @@ class Scripts:
                 k.cancel_requests,
                 k.given_up,
             ],
-            [k.prefix, now, max_stalls, self.events_maxlen, limit],
+            [*self._head(k.prefix, now), max_stalls, limit],
             pipe,
             _id_lists,
         )
@@ -349,10 +352,8 @@ class Scripts:
             "release",
             [k.active, k.wait, k.events, k.marker, k.cancelled, k.cancel_requests],
             [
-                k.prefix,
+                *self._head(k.prefix, now_ms() if now is None else now),
                 token,
-                self.events_maxlen,
-                now_ms() if now is None else now,
                 len(unstarted),
                 *unstarted,
                 *interrupted,
@@ -371,7 +372,7 @@ class Scripts:
     ) -> Any:
         """Record ``(job_id, "progress" | "log", value)`` reports of running jobs;
         returns how many were recorded."""
-        args: list[Any] = [k.prefix, token, self.events_maxlen, keep_logs]
+        args: list[Any] = [*self._head(k.prefix, ""), token, keep_logs]
         for report in reports:
             args.extend(report)
         return self._run("report", [k.events], args, pipe)
@@ -386,7 +387,7 @@ class Scripts:
     ) -> Any:
         """Record ``(job_id, key, result_json)`` durable steps of jobs this
         token holds; one status per step (see step.lua)."""
-        args: list[Any] = [k.prefix, token, self.events_maxlen, max_steps]
+        args: list[Any] = [*self._head(k.prefix, ""), token, max_steps]
         for step in steps:
             args.extend(step)
         return self._run("step", [k.events], args, pipe, decode_ids)
@@ -399,7 +400,7 @@ class Scripts:
         return self._run(
             "promote",
             [k.delayed, k.wait, k.seq, k.marker, k.events],
-            [k.prefix, now, self.events_maxlen, job_id, limit, by],
+            [*self._head(k.prefix, now), job_id, limit, by],
             decode=int,
         )
 
@@ -407,13 +408,7 @@ class Scripts:
         return self._run(
             "pause",
             [k.meta, k.marker, k.events],
-            [
-                "1" if paused else "0",
-                self.events_maxlen,
-                k.prefix,
-                now_ms() if now is None else now,
-                by,
-            ],
+            [*self._head(k.prefix, now_ms() if now is None else now), "1" if paused else "0", by],
             decode=_is_one,
         )
 
@@ -430,7 +425,7 @@ class Scripts:
                 k.waiting_children,
                 k.cancelled,
             ],
-            [k.prefix, self.events_maxlen, job_id, now_ms() if now is None else now, by],
+            [*self._head(k.prefix, now_ms() if now is None else now), job_id, by],
             decode=int,
         )
 
@@ -460,10 +455,8 @@ class Scripts:
                 k.given_up,
             ],
             [
-                k.prefix,
-                self.events_maxlen,
+                *self._head(k.prefix, now_ms() if now is None else now),
                 job_id,
-                now_ms() if now is None else now,
                 by,
                 reason,
                 "1" if keep_children else "0",
@@ -485,11 +478,9 @@ class Scripts:
             "retry",
             [k.failed, k.wait, k.seq, k.marker, k.events],
             [
-                k.prefix,
-                self.events_maxlen,
+                *self._head(k.prefix, now_ms() if now is None else now),
                 job_id,
                 limit,
-                now_ms() if now is None else now,
                 by,
                 "1" if reset_steps else "0",
             ],
@@ -509,7 +500,7 @@ class Scripts:
         return self._run(
             "clean",
             [k.state_set(state), k.events],
-            [k.prefix, now, max_count, max_age_ms, limit, self.events_maxlen, by, state],
+            [*self._head(k.prefix, now), max_count, max_age_ms, limit, by, state],
             decode=int,
         )
 
@@ -525,11 +516,9 @@ class Scripts:
             "drain",
             [k.wait, k.delayed, k.events],
             [
-                k.prefix,
+                *self._head(k.prefix, now_ms() if now is None else now),
                 "1" if include_delayed else "0",
                 limit,
-                self.events_maxlen,
-                now_ms() if now is None else now,
                 by,
             ],
             decode=int,
@@ -537,7 +526,7 @@ class Scripts:
 
     def list_waiting(self, k: QueueKeys, start: int, limit: int) -> Any:
         """A page of waiting ids: ungrouped first, then each group's, by name."""
-        args = [k.prefix, start, limit]
+        args = [k.prefix, "", "", start, limit]
         return self._run("list_waiting", [k.wait, k.group_names], args, decode=decode_ids)
 
     def obliterate(
@@ -568,12 +557,10 @@ class Scripts:
             "obliterate",
             [k.active, *sets, *others],
             [
-                k.prefix,
+                *self._head(k.prefix, now_ms() if now is None else now),
                 "1" if force else "0",
                 len(sets),
                 limit,
-                now_ms() if now is None else now,
-                self.events_maxlen,
             ],
             decode=int,
         )
@@ -583,9 +570,8 @@ class Scripts:
         """Upsert (``spec``) or delete (``None``) a schedule; True if it was
         new (upsert) or existed (delete)."""
         keys = [k.schedules, k.schedule_times, k.events, k.schedule_counts, k.marker]
-        args = ["del", key, self.events_maxlen]
-        if spec is not None:
-            args = ["set", key, self.events_maxlen, spec, next_ms]
+        action = "del" if spec is None else "set"
+        args = [*self._head("", ""), action, key, spec or "", next_ms]
         return self._run("schedule", keys, args, decode=_is_one)
 
     def fire_schedule(
@@ -602,9 +588,7 @@ class Scripts:
         """Enqueue a schedule's occurrences if its next time is still
         ``expected_next``; returns jobs created, or -1 if it moved on."""
         args: list[Any] = [
-            k.prefix,
-            now,
-            self.events_maxlen,
+            *self._head(k.prefix, now),
             key,
             expected_next,
             new_next,
@@ -637,7 +621,7 @@ class Scripts:
         """Record a worker's heartbeat and delete up to ``sample`` entries of
         workers unseen for ``stale_ms``; returns how many were deleted."""
         return self._run(
-            "heartbeat", [registry_key], [token, description, now, stale_ms, sample], pipe
+            "heartbeat", [registry_key], ["", now, "", token, description, stale_ms, sample], pipe
         )
 
     # -- flows ------------------------------------------------------------
@@ -645,7 +629,7 @@ class Scripts:
         """Add a tree of jobs; each node is ``(prefix, queue, parent_index,
         fail_parent, ignore_failure, n_children, priority, delay_ms,
         *field_value_pairs)`` with parents first. Returns the ids in order."""
-        args: list[Any] = [now, self.events_maxlen]
+        args: list[Any] = self._head("", now)
         for prefix, queue, parent, fail, ignore, children, priority, delay_ms, *fields in nodes:
             args += [
                 prefix,
@@ -669,7 +653,7 @@ class Scripts:
     ) -> Any:
         """Set (or, with ``None``, clear) flow-control meta fields and wake the
         workers; returns how many waiting jobs were rescored."""
-        args: list[Any] = [k.prefix, self.events_maxlen]
+        args: list[Any] = self._head(k.prefix, "")
         for field, value in settings.items():
             args += [field, "" if value is None else value]
         return self._run("configure", [k.meta, k.marker, k.events], args, pipe, int)

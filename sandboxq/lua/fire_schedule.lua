@@ -1,19 +1,20 @@
 -- fire_schedule: enqueue a schedule's due occurrences exactly once.
 --
--- KEYS[1] schedule counts (hash: key -> occurrences enqueued so far)
--- KEYS[2] schedule times (zset)
--- KEYS[3] id counter   KEYS[4] seq   KEYS[5] wait   KEYS[6] delayed
+-- KEYS[1] schedule_counts (hash: key -> occurrences enqueued so far)
+-- KEYS[2] schedule_times (zset)
+-- KEYS[3] id_counter   KEYS[4] seq   KEYS[5] wait   KEYS[6] delayed
 -- KEYS[7] marker       KEYS[8] events
 --
--- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] events maxlen
--- ARGV[4] schedule key   ARGV[5] the next time (ms) the caller read
--- ARGV[6] the new next time (ms; -1 = the schedule is finished)
--- ARGV[7] how many occurrences this counts toward the schedule's limit
--- then jobs as in add.lua (one per occurrence, with ids derived from the
--- occurrence time, so an occurrence is one job whoever fires it).
+-- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
+-- ARGV[4] key: the schedule's
+-- ARGV[5] expected_next: the next time (ms) the caller read
+-- ARGV[6] new_next: the new next time (ms; -1 = the schedule is finished)
+-- ARGV[7] counted: how many occurrences this counts toward the schedule's limit
+-- ARGV[8..] jobs: as in add.lua (one per occurrence, with ids derived from
+--           the occurrence time, so an occurrence is one job whoever fires it)
 --
 -- Any number of worker parents may try to fire the same schedule: only the
--- one whose ARGV[5] still matches the stored next time does; the others get
+-- one whose expected_next still matches the stored next time does; the others get
 -- 0 and change nothing. Returns the number of jobs created, or -1 if the
 -- schedule moved on (fired elsewhere, updated or deleted).
 --!include common

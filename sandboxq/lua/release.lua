@@ -13,9 +13,11 @@
 -- KEYS[1] active   KEYS[2] wait   KEYS[3] events   KEYS[4] marker
 -- KEYS[5] cancelled   KEYS[6] cancel_requests
 --
--- ARGV[1] key prefix   ARGV[2] lease token   ARGV[3] events maxlen
--- ARGV[4] now (ms)   ARGV[5] N, how many of the ids that follow never ran
--- ARGV[6..5+N] the ids that never ran   ARGV[6+N..] the ids that may have run
+-- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
+-- ARGV[4] token: the lease token
+-- ARGV[5] unstarted_count: how many of the ids that follow never ran
+-- ARGV[6..] unstarted, interrupted: the ids that never ran, then those that
+--           may have run
 --
 -- Returns the ids handed back to waiting (those still leased with this
 -- token, neither cancelled nor failed).
@@ -24,7 +26,7 @@
 --!include flow
 --!include cancel
 --!include hand_back
-local prefix, token, maxlen, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local prefix, now, maxlen, token = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local last_unstarted = 5 + tonumber(ARGV[5])
 local released = {}
 for i = 6, #ARGV do
