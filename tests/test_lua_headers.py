@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from sandboxq.keys import QueueKeys
-from sandboxq.scripts import ScriptCall, Scripts
+from sandboxq.script_call import check_includes
+from sandboxq.scripts import ScriptCall, Scripts, lua_source
 
 LUA = resources.files("sandboxq") / "lua"
 K = QueueKeys.for_queue("headers")
@@ -258,6 +259,21 @@ def test_every_script_file_has_a_wrapper_and_every_wrapper_a_file() -> None:
     assert on_disk == set(Scripts.NAMES)
     assert len(Scripts.NAMES) == len(set(Scripts.NAMES))
     assert set(SAMPLES) == on_disk
+
+
+def test_every_script_includes_what_its_includes_need() -> None:
+    # Given every script, its includes inlined (lua_source checks each
+    # include's "Needs:" line against the script's includes)
+    for script in Scripts.NAMES:
+        assert "\n--!include " not in lua_source(script)
+    # Then a script missing a needed include, or with one in the wrong
+    # order, is refused when it loads rather than failing when that line runs
+    with pytest.raises(RuntimeError, match="includes retention, so it must include flow too"):
+        check_includes("broken", ["common", "retention", "cancel"])
+    with pytest.raises(RuntimeError, match="must include cancel before hand_back"):
+        check_includes("broken", ["common", "retention", "flow", "hand_back", "cancel"])
+    with pytest.raises(RuntimeError, match="must include retention before flow"):
+        check_includes("broken", ["common", "flow", "retention"])
 
 
 @pytest.mark.parametrize("script", sorted(SAMPLES))

@@ -1,4 +1,4 @@
--- Shared helpers, inlined into every script by scripts.py (`--!include common`).
+-- Shared helpers, inlined into every script by script_call.py (`--!include common`).
 -- Key names below are built from the queue's hash-tagged prefix only.
 
 -- The arguments of every script (lua/*.lua) start with the same head:
