@@ -305,3 +305,30 @@ def test_header_matches_what_the_wrapper_sends(script: str) -> None:
     # Then every key and argument is where the header says, in number and order
     check_slots(script, keys, list(call.keys))
     check_slots(script, args, list(call.args))
+
+
+def script_code(script: str) -> str:
+    """``lua/SCRIPT.lua`` without its comments (its includes not inlined)."""
+    lines = (LUA / f"{script}.lua").read_text().splitlines()
+    return "\n".join(line.split("--")[0] for line in lines)
+
+
+@pytest.mark.parametrize("script", sorted(SAMPLES))
+def test_script_reads_the_arguments_its_header_names(script: str) -> None:
+    # Given the ARGV slots the header names
+    args = [slot for slot in header_slots(script) if slot.kind == "ARGV"]
+    tail = args[-1] if args[-1].tail else None
+    fixed = [slot.index for slot in args if not slot.tail and not slot.unused]
+    unused = [slot.index for slot in args if slot.unused]
+    # When the script's code reads ARGV
+    code = script_code(script)
+    read = sorted({int(index) for index in re.findall(r"ARGV\[(\d+)\]", code)})
+    # Then it reads each named slot, none marked unused, and nothing past
+    # them but through the tail the header declares
+    assert read == fixed, f"{script}.lua reads ARGV{read}; its header names ARGV{fixed}"
+    reads_on = re.search(r"#ARGV|ARGV[,)]", code) is not None
+    assert reads_on == (tail is not None), (
+        f"{script}.lua {'reads' if reads_on else 'does not read'} ARGV past its named slots;"
+        f" its header {'declares' if tail else 'does not declare'} a tail ARGV[n..]"
+    )
+    assert not set(read) & set(unused)

@@ -19,15 +19,11 @@
 -- schedule moved on (fired elsewhere, updated or deleted).
 --!include common
 --!include add_jobs
+--!include schedule_times
 local key, expected = ARGV[4], ARGV[5]
 local stored = redis.call('ZSCORE', KEYS[2], key)
 if not stored or num(tonumber(stored)) ~= num(tonumber(expected)) then return -1 end
-local new_next = tonumber(ARGV[6])
-if new_next >= 0 then
-  redis.call('ZADD', KEYS[2], num(new_next), key)
-else
-  redis.call('ZREM', KEYS[2], key)
-end
+set_next_time(KEYS[2], key, tonumber(ARGV[6]))
 local k = {id = KEYS[3], seq = KEYS[4], wait = KEYS[5], delayed = KEYS[6],
            marker = KEYS[7], events = KEYS[8]}
 local out = add_jobs(ARGV[1], tonumber(ARGV[2]), ARGV[3], k, ARGV, 8)

@@ -16,6 +16,7 @@
 -- duplicates it. Returns 1 if the key was new
 -- ("set") or existed ("del"), else 0.
 --!include common
+--!include schedule_times
 local key, maxlen = ARGV[5], ARGV[3]
 if ARGV[4] == 'del' then
   redis.call('ZREM', KEYS[2], key)
@@ -26,11 +27,7 @@ if ARGV[4] == 'del' then
 end
 local created = redis.call('HSET', KEYS[1], key, ARGV[6])
 local next_ms = tonumber(ARGV[7])
-if next_ms >= 0 then
-  redis.call('ZADD', KEYS[2], num(next_ms), key)
-else
-  redis.call('ZREM', KEYS[2], key)
-end
+set_next_time(KEYS[2], key, next_ms)
 redis.call('ZADD', KEYS[5], 0, '0')
 emit(KEYS[3], maxlen, 'scheduled', '', 'schedule', key, 'next_ms', num(next_ms))
 return created
