@@ -3,12 +3,12 @@
 One script per transition lives in ``sandboxq/lua/`` (how one is loaded and
 called: :mod:`sandboxq.script_call`; the arguments every script starts with:
 ``lua/include/common.lua``). :class:`Scripts` holds the producer's, the
-admin and the schedule transitions, and inherits the worker's from
-:class:`sandboxq.worker_scripts.WorkerScripts`. Every method takes the time
-as milliseconds, so tests control the clock. Built with a client, a method
-runs its script through EVALSHA (loading it again on NOSCRIPT:
-:func:`run_script`) and decodes the reply; built with ``None``, it returns
-the :class:`ScriptCall` it would run.
+admin, the schedule and the flow transitions, and inherits the worker's
+from :class:`sandboxq.worker_scripts.WorkerScripts`. A method that needs
+the time takes it in milliseconds (tests control the clock). Built with a
+client, a method runs its script through EVALSHA (loading it again on
+NOSCRIPT: :func:`run_script`) and decodes the reply; built with ``None``,
+it returns the :class:`ScriptCall` it would run.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 :class:`WorkerScripts` wraps each in a typed method, as
 :class:`sandboxq.scripts.Scripts` (which adds the producer's and the admin
-transitions) does the rest. Every method takes the time as milliseconds, so
-tests control the clock, and an optional ``pipe``: the call is then queued
-on that pipeline and its raw reply comes back from ``pipe.execute()``.
+transitions) does the rest. A method that needs the time takes it in
+milliseconds, so tests control the clock; each takes an optional ``pipe``:
+the call is then queued on that pipeline and its raw reply comes back from
+``pipe.execute()``.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ the head every script starts with: prefix, now, maxlen), ``ARGV[n..] names``
 for a variable tail, and ``(unused)`` after a head slot the script does not
 read (the wrapper sends ""). Each wrapper is called in describe mode
 (``Scripts(None)``) with sample arguments that tell its parameters apart,
-and what it would send is compared with its script's header, slot by slot.
-No Redis needed.
+and what it would send is compared with its script's header, slot by slot;
+the script's code must read the slots its header names and no other. No
+Redis needed.
 """
 
 from __future__ import annotations
