@@ -1,11 +1,11 @@
 -- add: create jobs (one or a batch) and put each into `waiting` or `delayed`.
 --
--- KEYS[1] id counter        KEYS[2] seq counter     KEYS[3] wait (zset)
--- KEYS[4] delayed (zset)    KEYS[5] marker (zset)   KEYS[6] events (stream)
+-- KEYS[1] id_counter   KEYS[2] seq   KEYS[3] wait   KEYS[4] delayed
+-- KEYS[5] marker   KEYS[6] events
 --
--- ARGV[1] key prefix "sq:{name}:"   ARGV[2] now (ms)   ARGV[3] events maxlen
--- then per job: job_id ("" = generate), priority, delay_ms, n, then n
---               field/value pairs written to the job hash as they are.
+-- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
+-- ARGV[4..] jobs: per job, job_id ("" = generate), priority, delay_ms, n,
+--           then n field/value pairs written to the job hash as they are
 --
 -- Returns a flat array: per job its id and 1 if created, 0 if the id existed
 -- (a custom job id deduplicates: adding it again changes nothing).

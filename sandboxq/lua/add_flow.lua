@@ -3,25 +3,27 @@
 -- A parent's `children:<id>` hash lists its children, "queue:id" -> the
 -- child's key prefix, so cancelling the parent can cancel them (cancel.lua).
 --
--- KEYS[1] the root queue's events stream (names the slot; every queue of the
---         flow shares its hash tag, checked by the caller)
+-- KEYS[1] events: the root queue's stream (names the slot; every queue of
+--         the flow shares its hash tag, checked by the caller)
 --
--- ARGV[1] now (ms)   ARGV[2] events maxlen
--- then per node, parents before their children:
---   key prefix, queue name, parent node index (1-based; 0 = the root),
---   fail_parent ("1"/"0"), ignore_failure ("1"/"0"), number of children,
---   priority, delay_ms, n, then n field/value pairs for the job hash.
+-- ARGV[1] prefix (unused: each node names its own)   ARGV[2] now   ARGV[3] maxlen
+--         (the head: include/common.lua)
+-- ARGV[4..] nodes: per node, parents before their children: key prefix,
+--           queue name, parent node index (1-based; 0 = the root),
+--           fail_parent ("1"/"0"), ignore_failure ("1"/"0"), number of
+--           children, priority, delay_ms, n, then n field/value pairs for
+--           the job hash
 --
 -- Returns the new job ids, one per node, in the same order.
 --!include common
-local now, maxlen = tonumber(ARGV[1]), ARGV[2]
+local now, maxlen = tonumber(ARGV[2]), ARGV[3]
 local ids, prefixes = {}, {}
 
 -- Every queue's job id counter must count before anything is written: a
 -- flow added in part would leave parents waiting for children that never
 -- came. (Restarting a counter could hand out the ids of existing jobs.)
 local checked = {}
-local i = 3
+local i = 4
 while i <= #ARGV do
   local counter = ARGV[i] .. 'id'
   if not checked[counter] then
@@ -35,7 +37,7 @@ while i <= #ARGV do
   i = i + 9 + 2 * tonumber(ARGV[i + 8])
 end
 
-i = 3
+i = 4
 while i <= #ARGV do
   local prefix, queue, parent = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local fail_parent, ignore_failure = ARGV[i + 3], ARGV[i + 4]

@@ -1,13 +1,13 @@
 -- cancel: stop one job for good, at a person's request. Never retried.
 --
--- KEYS[1] wait   KEYS[2] delayed   KEYS[3] active   KEYS[4] waiting-children
+-- KEYS[1] wait   KEYS[2] delayed   KEYS[3] active   KEYS[4] waiting_children
 -- KEYS[5] cancelled   KEYS[6] cancel_requests   KEYS[7] events
 -- KEYS[8] given_up (where an old version's hash named `cancelled` moves)
 --
--- ARGV[1] key prefix   ARGV[2] events maxlen   ARGV[3] job id
--- ARGV[4] now (ms)   ARGV[5] who asked   ARGV[6] why ("" = not said)
--- ARGV[7] keep its flow children ("1") or cancel them too ("0")
--- ARGV[8] the queue's name (how the job's children name it: "queue:id")
+-- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
+-- ARGV[4] job_id   ARGV[5] by: who asked   ARGV[6] reason: why ("" = not said)
+-- ARGV[7] keep_children: keep its flow children ("1") or cancel them too ("0")
+-- ARGV[8] queue_name: how the job's children name its queue ("queue:id")
 --
 -- A waiting, delayed or waiting-children job moves to `cancelled` now (a
 -- flow parent counts it as a child that failed for good). An active job
@@ -16,13 +16,13 @@
 -- cancelled; if that worker died, stalled recovery does. Both are audited
 -- (the job's audit list and the queue's audit stream) with the reason.
 --
--- Unless ARGV[7] is "1", a flow parent's unfinished children are cancelled
+-- Unless keep_children is "1", a flow parent's unfinished children are cancelled
 -- with it, the same way, and theirs, down the whole flow: each with its own
 -- audit entry and event, its reason saying "its flow parent <queue:id> was
 -- cancelled". The parent goes first, so no child counts against it. Its
 -- children are listed in `children:<id>` (add_flow.lua), each with its key
 -- prefix, in this queue or another of its hash tag: a prefix outside the
--- hash tag of ARGV[1] is skipped, never touched.
+-- hash tag of `prefix` is skipped, never touched.
 --
 -- Returns "cancelled", "cancelling" (active: its worker will stop it; also
 -- when it was asked before), "finished:<state>" when there is nothing to
@@ -33,7 +33,7 @@
 --!include retention
 --!include flow
 --!include cancel
-local prefix, maxlen, id, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local prefix, now, maxlen, id = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local by, reason = ARGV[5], clip(ARGV[6], EVENT_TEXT_BYTES)
 local keep_children, queue_name = ARGV[7] == '1', ARGV[8]
 

@@ -3,19 +3,20 @@
 --
 -- KEYS[1] meta   KEYS[2] marker   KEYS[3] events
 --
--- ARGV[1] key prefix   ARGV[2] events maxlen
--- then field/value pairs; an empty value clears the field. Fields:
--- rl_max, rl_window_ms, concurrency, grl_max, grl_window_ms, gconcurrency,
--- aging_ms, rl_until.
+-- ARGV[1] prefix   ARGV[2] now (unused)   ARGV[3] maxlen
+--         (the head: include/common.lua)
+-- ARGV[4..] settings: field/value pairs; an empty value clears the field.
+--           Fields: rl_max, rl_window_ms, concurrency, grl_max,
+--           grl_window_ms, gconcurrency, aging_ms, rl_until
 --
 -- Changing aging_ms rescores every waiting job (the score formula depends on
 -- it; see wait_score); one whose key holds no hash keeps its score (fetch.lua
 -- sets it aside when its turn comes). Returns the number of jobs rescored.
 --!include common
-local prefix, maxlen = ARGV[1], ARGV[2]
+local prefix, maxlen = ARGV[1], ARGV[3]
 local old_aging = aging_ms(prefix)
 local changes = {}
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local field, value = ARGV[i], ARGV[i + 1]
   if value == '' then
     redis.call('HDEL', KEYS[1], field)

@@ -3,9 +3,9 @@
 --
 -- KEYS[1] wait   KEYS[2] delayed   KEYS[3] events
 --
--- ARGV[1] key prefix   ARGV[2] "1" to include delayed jobs
--- ARGV[3] limit (jobs per call)   ARGV[4] events maxlen   ARGV[5] now (ms)
--- ARGV[6] who asked ("" = no audit entry)
+-- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
+-- ARGV[4] include_delayed: "1" to include delayed jobs
+-- ARGV[5] limit: jobs per call   ARGV[6] by: who asked ("" = no audit entry)
 --
 -- A flow child that its parent waits for counts as a failed child.
 --
@@ -13,7 +13,7 @@
 --!include common
 --!include retention
 --!include flow
-local prefix, limit, maxlen, now = ARGV[1], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local prefix, now, maxlen, limit = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[5])
 local removed = 0
 local function take(set_key)
   local ids = redis.call('ZRANGE', set_key, 0, limit - removed - 1)
@@ -28,7 +28,7 @@ for _, group in ipairs(redis.call('SMEMBERS', prefix .. 'group_names')) do
   take(prefix .. 'gwait:' .. group)
   incr(prefix .. 'gcount', before - removed)
 end
-if ARGV[2] == '1' and removed < limit then take(KEYS[2]) end
+if ARGV[4] == '1' and removed < limit then take(KEYS[2]) end
 if removed > 0 then
   emit(KEYS[3], maxlen, 'drained', '', 'count', removed)
   if (ARGV[6] or '') ~= '' then

@@ -2,16 +2,17 @@
 -- within the queue's limits.
 --
 -- KEYS[1] wait     KEYS[2] delayed   KEYS[3] active   KEYS[4] meta
--- KEYS[5] marker   KEYS[6] events    KEYS[7] seq counter
+-- KEYS[5] marker   KEYS[6] events    KEYS[7] seq
 --
--- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] count   ARGV[4] lease token
--- ARGV[5] lease (ms)   ARGV[6] events maxlen
--- ARGV[7] request number (this token's fetches count up; "" = none)
--- ARGV[8] how many of the jobs start now ("" = all): the worker has a free
---         child for each. The others are prefetched: leased (in `active`,
---         their lease renewed like any other) but not started. They get
---         `started_at` and their `active` event when a child takes them
---         (finish.lua's starts), so both mark the real start.
+-- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
+-- ARGV[4] count: the most jobs to lease   ARGV[5] token: the lease token
+-- ARGV[6] lease_ms: how long a lease lasts
+-- ARGV[7] request: this fetch's number (a token's fetches count up; "" = none)
+-- ARGV[8] start_now: how many of the jobs start now ("" = all): the worker
+--         has a free child for each. The others are prefetched: leased (in
+--         `active`, their lease renewed like any other) but not started.
+--         They get `started_at` and their `active` event when a child takes
+--         them (finish.lua's starts), so both mark the real start.
 --
 -- A lease is the token stored on the job plus a deadline, the job's score in
 -- `active`. Renewing moves the deadline; a deadline in the past means stalled.
@@ -57,8 +58,8 @@
 --!include promote
 --!include retention
 --!include flow
-local prefix, now, count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local token, lease, maxlen = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local prefix, now, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local count, token, lease = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local request = tonumber(ARGV[7] or '')
 local start_now = tonumber(ARGV[8] or '') or count
 local checks = {}

@@ -2,15 +2,16 @@
 --
 -- KEYS[1] active    KEYS[2] wait     KEYS[3] delayed   KEYS[4] completed
 -- KEYS[5] failed    KEYS[6] events   KEYS[7] seq       KEYS[8] marker
--- KEYS[9] cancelled KEYS[10] cancel_requests
+-- KEYS[9] cancelled   KEYS[10] cancel_requests
 --
--- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] lease token
--- ARGV[4] events maxlen   ARGV[5] how many starts follow
--- then per start 2 values: id, started (ms): prefetched jobs (fetch.lua) a
+-- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
+-- ARGV[4] token: the lease token   ARGV[5] start_count: how many starts follow
+-- ARGV[6..] starts, outcomes:
+-- starts, 2 values each: id, started (ms): prefetched jobs (fetch.lua) a
 --   child took since, marked started (`started_at`, the `active` event)
 --   before any job is settled, as they happened first; a job no longer
 --   leased with this token is left alone
--- then per job 6 values: id, outcome, value, traceback, delay_ms, lease
+-- outcomes, 6 values each: id, outcome, value, traceback, delay_ms, lease
 --   lease: the job's `leases` count when this worker fetched it (fetch.lua),
 --   or "" (then a finish sent twice is not recognized)
 --   outcome "completed":     value = result (JSON)
@@ -54,7 +55,7 @@
 --!include retention
 --!include flow
 --!include cancel
-local prefix, now, token, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local prefix, now, maxlen, token = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local out = {}
 
 local function mark_started(job_key, id, started)

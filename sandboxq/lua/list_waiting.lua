@@ -3,12 +3,14 @@
 --
 -- KEYS[1] wait   KEYS[2] group_names
 --
--- ARGV[1] key prefix   ARGV[2] start (0-based)   ARGV[3] limit
+-- ARGV[1] prefix   ARGV[2] now (unused)   ARGV[3] maxlen (unused)
+--         (the head: include/common.lua)
+-- ARGV[4] start: 0-based   ARGV[5] limit
 --
 -- Order: the ungrouped jobs in the order they run, then each group's jobs in
 -- the order they run, groups sorted by name. (Groups take turns with the
 -- ungrouped jobs, so this is not the order of the whole queue.)
-local prefix, start, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local prefix, start, limit = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
 local ids = {}
 local function page(set_key)
   local size = redis.call('ZCARD', set_key)

@@ -1,20 +1,22 @@
 -- obliterate: delete a queue's jobs and keys, in bounded steps.
 --
--- KEYS[1] active   KEYS[2..n] every other key of the queue; the sets of jobs
--- among them are listed first, as many as ARGV[3] says.
+-- KEYS[1] active   KEYS[2..] sets, others: every other key of the queue,
+--         the sets of jobs first, as many as set_count says
 --
--- ARGV[1] key prefix   ARGV[2] "1" to go ahead even with active jobs
--- ARGV[3] how many of KEYS[2..] are job sets   ARGV[4] limit (jobs per call)
--- ARGV[5] now (ms)   ARGV[6] events maxlen (for the events of flow parents
---         in other queues of the group, whose children this deletes)
+-- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua;
+--         maxlen for the events of flow parents in other queues of the
+--         group, whose children this deletes)
+-- ARGV[4] force: "1" to go ahead even with active jobs
+-- ARGV[5] set_count: how many of KEYS[2..] are job sets
+-- ARGV[6] limit: jobs per call
 --
 -- Returns -1 if jobs are active and force was not given, else how many jobs
 -- were deleted in this step; 0 means the queue is gone.
 --!include common
 --!include retention
 --!include flow
-local prefix, force, nsets, limit = ARGV[1], ARGV[2] == '1', tonumber(ARGV[3]), tonumber(ARGV[4])
-local now, maxlen = tonumber(ARGV[5]), ARGV[6]
+local prefix, now, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local force, nsets, limit = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6])
 if not force and redis.call('ZCARD', KEYS[1]) > 0 then return -1 end
 local removed = 0
 local groups = redis.call('SMEMBERS', prefix .. 'group_names')

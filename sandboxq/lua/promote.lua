@@ -3,9 +3,9 @@
 --
 -- KEYS[1] delayed   KEYS[2] wait   KEYS[3] seq   KEYS[4] marker   KEYS[5] events
 --
--- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] events maxlen
--- ARGV[4] job id, or "" for every due job   ARGV[5] limit (jobs per call)
--- ARGV[6] who asked, for one named job (recorded in the audit log)
+-- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
+-- ARGV[4] job_id: or "" for every due job   ARGV[5] limit: jobs per call
+-- ARGV[6] by: who asked, for one named job (recorded in the audit log)
 --
 -- A job whose key holds no hash goes to `failed` instead (quarantine, in
 -- include/common.lua). Returns how many jobs were promoted.

@@ -11,9 +11,9 @@
 --
 -- KEYS[1] active   KEYS[2] events   KEYS[3] cancelled   KEYS[4] cancel_requests
 --
--- ARGV[1] key prefix   ARGV[2] lease token   ARGV[3] events maxlen
--- ARGV[4] now (ms)   ARGV[5] the highest request number given up
--- ARGV[6..] the ids the worker knows it holds
+-- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
+-- ARGV[4] token: the lease token   ARGV[5] request: the highest number given up
+-- ARGV[6..] known: the ids the worker knows it holds
 --
 -- A job whose cancel was asked meanwhile (include/cancel.lua) is cancelled
 -- instead of handed back. An id whose key holds no hash is left to
@@ -24,7 +24,8 @@
 --!include retention
 --!include flow
 --!include cancel
-local prefix, token, maxlen, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+--!include hand_back
+local prefix, now, maxlen, token = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local given_up = prefix .. 'given_up'
 redis.call('HSET', given_up, token, ARGV[5] .. ' ' .. num(now))
 
@@ -46,12 +47,9 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local job_key = prefix .. 'job:' .. id
   if not known[id] and redis.pcall('HGET', job_key, 'token') == token then
     redis.call('ZREM', KEYS[1], id)
-    if redis.call('HEXISTS', job_key, 'cancel_requested_at') == 1 then
-      leave_active(prefix, job_key)
-      cancel_for_good(prefix, job_key, id, now, maxlen, KEYS[3], KEYS[4], KEYS[2],
-        'never started', '')
-    else
-      give_back(prefix, job_key, id, now, KEYS[2], maxlen, 'unstarted')
+    local cancel_requested = redis.call('HEXISTS', job_key, 'cancel_requested_at') == 1
+    if hand_back(prefix, job_key, id, now, maxlen, cancel_requested, KEYS[3], KEYS[4], KEYS[2],
+        'never started', 'unstarted') then
       returned[#returned + 1] = id
     end
   end

@@ -5,10 +5,10 @@
 -- KEYS[4] events   KEYS[5] marker   KEYS[6] cancelled
 -- KEYS[7] cancel_requests   KEYS[8] given_up
 --
--- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] max stalls
--- ARGV[4] events maxlen   ARGV[5] limit (jobs per call)
+-- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
+-- ARGV[4] max_stalls   ARGV[5] limit: jobs per call
 --
--- A job that stalled more than `max stalls` times fails with the reason
+-- A job that stalled more than `max_stalls` times fails with the reason
 -- "stalled N times" instead of looping forever (a poison job that kills its
 -- worker). Otherwise it returns to `waiting` at its original place in line.
 -- A job whose cancel was asked while it ran (include/cancel.lua) is
@@ -24,8 +24,8 @@
 --!include retention
 --!include flow
 --!include cancel
-local prefix, now, max_stalls = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local maxlen, limit = ARGV[4], tonumber(ARGV[5])
+local prefix, now, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local max_stalls, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
 local requeued, failed, cancelled = {}, {}, {}
 claim_cancelled_key(KEYS[6], KEYS[8])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. num(now), 'LIMIT', 0, limit)

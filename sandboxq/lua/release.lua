@@ -13,9 +13,11 @@
 -- KEYS[1] active   KEYS[2] wait   KEYS[3] events   KEYS[4] marker
 -- KEYS[5] cancelled   KEYS[6] cancel_requests
 --
--- ARGV[1] key prefix   ARGV[2] lease token   ARGV[3] events maxlen
--- ARGV[4] now (ms)   ARGV[5] N, how many of the ids that follow never ran
--- ARGV[6..5+N] the ids that never ran   ARGV[6+N..] the ids that may have run
+-- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
+-- ARGV[4] token: the lease token
+-- ARGV[5] unstarted_count: how many of the ids that follow never ran
+-- ARGV[6..] unstarted, interrupted: the ids that never ran, then those that
+--           may have run
 --
 -- Returns the ids handed back to waiting (those still leased with this
 -- token, neither cancelled nor failed).
@@ -23,7 +25,8 @@
 --!include retention
 --!include flow
 --!include cancel
-local prefix, token, maxlen, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+--!include hand_back
+local prefix, now, maxlen, token = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local last_unstarted = 5 + tonumber(ARGV[5])
 local released = {}
 for i = 6, #ARGV do
@@ -32,13 +35,10 @@ for i = 6, #ARGV do
   local may_have_run = i > last_unstarted
   if redis.pcall('HGET', job_key, 'token') == token and redis.call('ZREM', KEYS[1], id) == 1 then
     local f = redis.call('HMGET', job_key, 'manual_retry_only', 'cancel_requested_at')
-    if f[2] then
+    if may_have_run and f[1] == '1' and not f[2] then
       leave_active(prefix, job_key)
-      local detail = may_have_run and 'its worker let go of it' or 'never started'
-      cancel_for_good(prefix, job_key, id, now, maxlen, KEYS[5], KEYS[6], KEYS[3], detail, '')
-    elseif may_have_run and f[1] == '1' then
-      leave_active(prefix, job_key)
-      -- It may have half-run (a charge): only a person may send it back.
+      -- It may have half-run (a charge): only a person may send it back. (A
+      -- pending cancel wins: hand_back below cancels the job instead.)
       local message = 'interrupted by a forced shutdown (not retried: manual_retry_only)'
       redis.call('HSET', job_key, 'error', message, 'traceback', '')
       hincr(job_key, 'attempts_made', 1)
@@ -46,8 +46,11 @@ for i = 6, #ARGV do
       finalize(prefix, job_key, prefix .. 'failed', id, 'failed', now, 'kf_count', 'kf_age', maxlen)
       emit(KEYS[3], maxlen, 'failed', id, 'error', message)
     else
-      give_back(prefix, job_key, id, now, KEYS[3], maxlen, 'released')
-      released[#released + 1] = id
+      local detail = may_have_run and 'its worker let go of it' or 'never started'
+      if hand_back(prefix, job_key, id, now, maxlen, f[2], KEYS[5], KEYS[6], KEYS[3], detail,
+          'released') then
+        released[#released + 1] = id
+      end
     end
   end
 end

@@ -1,10 +1,10 @@
 -- remove: delete one job that is not running.
 --
 -- KEYS[1] wait   KEYS[2] delayed   KEYS[3] active   KEYS[4] completed
--- KEYS[5] failed   KEYS[6] events   KEYS[7] waiting-children   KEYS[8] cancelled
+-- KEYS[5] failed   KEYS[6] events   KEYS[7] waiting_children   KEYS[8] cancelled
 --
--- ARGV[1] key prefix   ARGV[2] events maxlen   ARGV[3] job id
--- ARGV[4] now (ms)   ARGV[5] who asked (kept in the queue's audit log)
+-- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
+-- ARGV[4] job_id   ARGV[5] by: who asked (kept in the queue's audit log)
 --
 -- A flow child that its parent still waits for counts as a failed child.
 -- A key that holds something other than a hash (quarantined: see
@@ -15,7 +15,7 @@
 --!include common
 --!include retention
 --!include flow
-local prefix, maxlen, id, now, by = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local prefix, now, maxlen, id, by = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local job_key = prefix .. 'job:' .. id
 local kind = job_type(job_key)
 if kind == 'none' then return 0 end

@@ -2,17 +2,18 @@
 --
 -- KEYS[1] events
 --
--- ARGV[1] key prefix   ARGV[2] lease token
--- ARGV[3] events maxlen   ARGV[4] log lines kept per job
--- then per report 3 values: job id, kind ("progress" or "log"), value
+-- ARGV[1] prefix   ARGV[2] now (unused)   ARGV[3] maxlen
+--         (the head: include/common.lua)
+-- ARGV[4] token: the lease token   ARGV[5] keep_logs: log lines kept per job
+-- ARGV[6..] reports: 3 values each: job id, kind ("progress" or "log"), value
 --
 -- Reports for a job this token no longer holds (or whose key holds no hash)
 -- are dropped, and so is a log line whose log key holds no list. Returns
 -- how many were recorded.
 --!include common
-local prefix, token, maxlen, keep_logs = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local prefix, maxlen, token, keep_logs = ARGV[1], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local recorded = 0
-for i = 5, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   local id, kind, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local job_key = prefix .. 'job:' .. id
   local holder = redis.pcall('HGET', job_key, 'token')

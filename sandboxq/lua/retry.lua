@@ -2,10 +2,11 @@
 --
 -- KEYS[1] failed   KEYS[2] wait   KEYS[3] seq   KEYS[4] marker   KEYS[5] events
 --
--- ARGV[1] key prefix   ARGV[2] events maxlen
--- ARGV[3] job id, or "" for the oldest failed jobs   ARGV[4] limit
--- ARGV[5] now (ms)   ARGV[6] who asked (recorded in the audit log)
--- ARGV[7] "1" to forget the job's durable steps (step.lua), so it redoes them
+-- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
+-- ARGV[4] job_id: or "" for the oldest failed jobs   ARGV[5] limit
+-- ARGV[6] by: who asked (recorded in the audit log)
+-- ARGV[7] reset_steps: "1" to forget the job's durable steps (step.lua), so
+--         it redoes them
 --
 -- The last error and traceback stay on the job for reference until it fails
 -- again or completes. A failed id whose key holds no hash (quarantined: see
@@ -14,8 +15,8 @@
 -- hash is gone leaves the set. Returns the ids moved (empty if the job is
 -- not failed).
 --!include common
-local prefix, maxlen, id, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local now, by, reset_steps = tonumber(ARGV[5]), ARGV[6], ARGV[7] == '1'
+local prefix, now, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local id, limit, by, reset_steps = ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7] == '1'
 
 local function send_back(job_id)
   local job_key = prefix .. 'job:' .. job_id

@@ -2,9 +2,10 @@
 --
 -- KEYS[1] events
 --
--- ARGV[1] key prefix   ARGV[2] lease token   ARGV[3] events maxlen
--- ARGV[4] the most steps one job may record
--- then per step 3 values: job id, step key, result (JSON)
+-- ARGV[1] prefix   ARGV[2] now (unused)   ARGV[3] maxlen
+--         (the head: include/common.lua)
+-- ARGV[4] token: the lease token   ARGV[5] max_steps: the most one job may record
+-- ARGV[6..] steps: 3 values each: job id, step key, result (JSON)
 --
 -- A step is recorded only while this token holds the job's lease: a worker
 -- that lost the job cannot record for it. Each lands in the job's own hash
@@ -18,10 +19,10 @@
 -- holds no hash); "full" when the job has recorded the most steps it may.
 -- A `step_count` that is not a count counts as 0.
 --!include common
-local prefix, token, maxlen = ARGV[1], ARGV[2], ARGV[3]
-local max_steps = tonumber(ARGV[4])
+local prefix, maxlen, token = ARGV[1], ARGV[3], ARGV[4]
+local max_steps = tonumber(ARGV[5])
 local statuses = {}
-for i = 5, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   local id, key, result = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local job_key = prefix .. 'job:' .. id
   local field = 'step:' .. key

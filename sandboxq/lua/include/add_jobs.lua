@@ -5,6 +5,7 @@
 --
 -- `k` holds the key names: id, seq, wait, delayed, marker, events.
 -- Returns a flat array (id, 1 if created else 0, ...).
+-- Needs: common.
 local function add_jobs(prefix, now, maxlen, k, args, first_index)
   local out = {}
   local woke = false

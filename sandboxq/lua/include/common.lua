@@ -1,5 +1,17 @@
--- Shared helpers, inlined into every script by scripts.py (`--!include common`).
+-- Shared helpers, inlined into every script by script_call.py (`--!include common`).
 -- Key names below are built from the queue's hash-tagged prefix only.
+
+-- The arguments of every script (lua/*.lua) start with the same head:
+--   ARGV[1] prefix: the queue's key prefix, "sq:{name}:"
+--   ARGV[2] now: the time in ms (the caller's clock, so tests control it)
+--   ARGV[3] maxlen: about how many events the queue's stream keeps
+-- then the script's own arguments from ARGV[4] on. A script with no use for
+-- one of the three gets "" there and its header marks it `(unused)`, so no
+-- argument ever moves. A header names each of its KEYS and ARGV: `KEYS[n]
+-- name` with the sandboxq.keys.QueueKeys field (or the Python wrapper's
+-- parameter), `ARGV[n] name` with the wrapper's parameter, `ARGV[n..] names`
+-- for a variable tail; tests/test_lua_headers.py checks every header
+-- against its wrapper and its script's code.
 
 -- Redis formats Lua numbers passed to redis.call with "%.14g" (6.2: "%.17g"),
 -- which can round large scores and millisecond timestamps. Every number that

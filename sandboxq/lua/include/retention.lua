@@ -1,7 +1,7 @@
 -- Retention: drop the oldest finished jobs of one set (completed or failed)
 -- beyond a count and/or an age. A negative value means "no bound".
--- Needs: common, and flow after it (scripts.py checks that every script
--- including this one includes flow too).
+-- Needs: common, and flow after it (script_call.py checks every include's
+-- Needs line against the includes of each script).
 
 -- Set by flow.lua: a deleted job that a flow parent still waits for counts
 -- as a failed child, so the parent never waits forever.
