@@ -29,6 +29,7 @@ from sandboxq.options import (
     MAX_EPOCH_SECONDS,
     MAX_SCHEDULE_LIMIT,
     MAX_SECONDS,
+    SCHEDULE_OPTION_NAMES,
     JobOptions,
     ms,
     seconds,
@@ -129,14 +130,7 @@ class Schedule:
         start_ms, end_ms = _epoch_ms("start_at", start_at), _epoch_ms("end_at", end_at)
         if start_ms is not None and end_ms is not None and end_ms <= start_ms:
             raise ValueError("end_at must be after start_at")
-        unknown = set(options) - {
-            "priority",
-            "attempts",
-            "backoff",
-            "timeout",
-            "keep_completed",
-            "keep_failed",
-        }
+        unknown = set(options) - SCHEDULE_OPTION_NAMES
         if unknown:
             raise TypeError(f"unknown schedule options: {', '.join(sorted(unknown))}")
         JobOptions.build(**options)  # validate now, rebuilt at each occurrence
