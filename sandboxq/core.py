@@ -26,6 +26,7 @@ from sandboxq.options import (
     positive_int,
     rate_limit_fields,
 )
+from sandboxq.rows import FlowNode, JobRow
 from sandboxq.schedule import Schedule
 from sandboxq.scripts import STEP_LIMIT, now_ms
 
@@ -145,45 +146,36 @@ class QueueCore(Generic[J]):
         chosen = {k: v for k, v in given.items() if v is not None}
         return JobOptions.build(**(self.defaults | chosen if self.defaults else chosen))
 
-    def _encode(self, name: Any, data: Any, options: JobOptions) -> list[Any]:
-        """One job as the add script's arguments; raises before any write."""
+    def _encode(self, name: Any, data: Any, options: JobOptions) -> JobRow:
+        """One job as the add script writes it; raises before any write."""
         validate_name("job name", name)
         raw = payload.dump_json(data, f"data of job {name!r}", self.max_payload_bytes)
-        return [
-            options.job_id or "",
-            options.priority,
-            ms(options.delay),
-            "name",
-            name,
-            "data",
-            raw,
-            *options.hash_fields(),
-        ]
+        return JobRow.of(name, raw, options)
 
     def _add_encoded(
-        self, encoded: list[list[Any]], data: list[Any], options: list[JobOptions]
+        self, encoded: list[JobRow], data: list[Any], options: list[JobOptions]
     ) -> Op[list[J]]:
         """Run the add script on encoded jobs. A new job comes back as the
         snapshot just written; an id that existed already, as the job it is
         (read back in one more round trip), with ``created`` False."""
         now = now_ms()
-        added = yield PLAN.add(self.keys, now, encoded)
+        added = yield PLAN.add(self.keys, now, [row.script_args() for row in encoded])
         jobs: list[J | None] = []
-        for (job_id, is_new), args, value, opts in zip(added, encoded, data, options, strict=True):
+        for (job_id, is_new), row, value, opts in zip(added, encoded, data, options, strict=True):
             if not is_new:
                 jobs.append(None)
                 continue
             fields = {
-                "name": args[4],
+                "name": row.name,
                 "data": value,
                 "priority": opts.priority,
                 "attempts": opts.attempts,
                 "timeout": opts.timeout,
                 "attempts_made": 0,
                 "stalls": 0,
-                # add.lua decides on the delay in ms (args[2]); a delay under
-                # half a millisecond rounds to none.
-                "state": "delayed" if args[2] > 0 else "waiting",
+                # add.lua decides on the delay in ms; a delay under half a
+                # millisecond rounds to none.
+                "state": "delayed" if row.delay_ms > 0 else "waiting",
                 "created_at": now / 1000.0,
             }
             jobs.append(self.job(job_id, fields, created=True))
@@ -308,28 +300,17 @@ class QueueCore(Generic[J]):
         """
         root = {**parent, "children": list(children), "queue": self.name}
         defaults = (fail_parent_on_failure, ignore_failed_children)
-        nodes: list[list[Any]] = []
+        nodes: list[FlowNode] = []
         queues: list[QueueCore[J]] = []
         self._flatten(root, 0, defaults, nodes, queues)
-        ids = yield PLAN.add_flow(self.keys, now_ms(), nodes)
+        ids = yield PLAN.add_flow(self.keys, now_ms(), [node.script_args() for node in nodes])
         flows = [
-            Flow(
-                q.job(
-                    job_id,
-                    {
-                        "name": node[9],
-                        "state": "waiting-children"
-                        if node[5]
-                        else ("delayed" if node[7] > 0 else "waiting"),
-                    },
-                    created=True,
-                )
-            )
+            Flow(q.job(job_id, {"name": node.row.name, "state": _added_state(node)}, created=True))
             for q, job_id, node in zip(queues, ids, nodes, strict=True)
         ]
         for flow, node in zip(flows, nodes, strict=True):
-            if node[2]:
-                flows[node[2] - 1].children.append(flow)
+            if node.parent_index:
+                flows[node.parent_index - 1].children.append(flow)
         return flows[0]
 
     def _flatten(
@@ -337,7 +318,7 @@ class QueueCore(Generic[J]):
         node: Mapping[str, Any],
         parent_index: int,
         defaults: tuple[bool, bool],
-        nodes: list[list[Any]],
+        nodes: list[FlowNode],
         queues: list[QueueCore[J]],
     ) -> None:
         """Validate one node and its subtree, parents first, into ``nodes``."""
@@ -370,17 +351,16 @@ class QueueCore(Generic[J]):
         children = list(node.get("children") or ())
         fail = node.get("fail_parent_on_failure", defaults[0])
         ignore = node.get("ignore_failed_children", defaults[1])
-        encoded = self._encode(node["name"], node.get("data"), opts)
         nodes.append(
-            [
-                queue.keys.prefix,
-                queue_name,
-                parent_index,
-                "1" if fail else "0",
-                "1" if ignore else "0",
-                len(children),
-                *encoded[1:],
-            ]
+            FlowNode(
+                prefix=queue.keys.prefix,
+                queue=queue_name,
+                parent_index=parent_index,
+                fail_parent=bool(fail),
+                ignore_failed_children=bool(ignore),
+                children=len(children),
+                row=self._encode(node["name"], node.get("data"), opts),
+            )
         )
         queues.append(queue)
         index = len(nodes)
@@ -716,6 +696,13 @@ class QueueCore(Generic[J]):
     def _unschedule(self, key: str) -> Op[bool]:
         """Delete a schedule (jobs it already enqueued stay). False if unknown."""
         return bool((yield PLAN.schedule(self.keys, key, None)))
+
+
+def _added_state(node: FlowNode) -> str:
+    """The state add_flow.lua gives a node it adds."""
+    if node.children:
+        return "waiting-children"
+    return "delayed" if node.row.delay_ms > 0 else "waiting"
 
 
 def describe_schedule(spec: Schedule, next_ms: int | None, count: int) -> dict[str, Any]:

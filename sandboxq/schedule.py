@@ -34,6 +34,7 @@ from sandboxq.options import (
     ms,
     seconds,
 )
+from sandboxq.rows import JobRow
 
 if TYPE_CHECKING:
     from sandboxq.keys import QueueKeys
@@ -279,18 +280,15 @@ def occurrence_jobs(
     options = JobOptions.build(**schedule.options)
     raw = payload.to_json(schedule.data, f"data of schedule {key!r}")
     jobs = [
-        [
-            occurrence_job_id(key, o),
-            options.priority,
-            0,
-            "name",
+        # An occurrence is due now: a delay in a stored spec is not used.
+        JobRow.of(
             schedule.name,
-            "data",
             raw,
-            "schedule",
-            key,
-            *options.hash_fields(),
-        ]
+            options,
+            job_id=occurrence_job_id(key, o),
+            delay_ms=0,
+            schedule=key,
+        ).script_args()
         for o in fire
     ]
     return fire, new_next, jobs

@@ -40,6 +40,7 @@ from sandboxq.job import STATES, Job, JobRecord
 from sandboxq.ops import Op, awaiting, blocking
 from sandboxq.options import JobOptions
 from sandboxq.queue import Queue
+from sandboxq.rows import JobRow
 from sandboxq.scripts import now_ms
 from sandboxq.steps import record_in, steps_json
 
@@ -259,18 +260,18 @@ class _Eager(QueueCore[Any]):
         yield
 
     def _add_encoded(
-        self, encoded: list[list[Any]], data: list[Any], options: list[JobOptions]
+        self, encoded: list[JobRow], data: list[Any], options: list[JobOptions]
     ) -> Op[list[Any]]:
         """What the add script does, then the jobs' runs, here and now."""
         jobs: list[Any] = []
-        for args, opts in zip(encoded, options, strict=True):
-            job_id = args[0] or str(next(self._ids))
+        for row, opts in zip(encoded, options, strict=True):
+            job_id = row.job_id or str(next(self._ids))
             if job_id in self.jobs:
                 existing = self.jobs[job_id]
                 jobs.append(self.job(job_id, existing.fields, created=False))
             else:
                 # (it yields handler calls, not Redis steps: see _advance)
-                run = self._run_now(job_id, args[4], args[6], opts)
+                run = self._run_now(job_id, row.name, row.data, opts)
                 self.jobs[job_id] = yield from run  # type: ignore[misc]
                 jobs.append(self.jobs[job_id])
         return jobs
