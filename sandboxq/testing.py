@@ -308,55 +308,75 @@ class _Eager(QueueCore[Any]):
         for _run in range(MAX_EAGER_RUNS):
             if found is None:
                 outcome = _no_handler(self.name, name)
-                break
-            ctx = execution.stored_context(
-                self.name,
-                job_id,
-                name,
-                (raw_data, None, steps_json(fields)),
-                fields["attempts_made"],
-                fields["retries"],
-                report,
-                record,
-            )
-            if isinstance(ctx, execution.Outcome):
-                outcome = ctx
-                break
-            outcome = yield _HandlerRun(found.func, ctx)
-            if outcome.kind in (execution.RETRY, execution.RATE_LIMITED):
-                fields["retries"] += 1
-                continue
-            if outcome.kind != execution.FAILED:
-                break
-            fields["attempts_made"] += 1
-            if opts.manual_retry_only or fields["attempts_made"] >= opts.attempts:
+            else:
+                ctx = execution.stored_context(
+                    self.name,
+                    job_id,
+                    name,
+                    (raw_data, None, steps_json(fields)),
+                    fields["attempts_made"],
+                    fields["retries"],
+                    report,
+                    record,
+                )
+                if isinstance(ctx, execution.Outcome):
+                    outcome = ctx
+                else:
+                    outcome = yield _HandlerRun(found.func, ctx)
+            if _settle(fields, outcome, opts):
                 break
         else:
-            outcome = execution.Outcome.error(
-                f"ran {MAX_EAGER_RUNS} times in eager mode without finishing", unrecoverable=True
-            )
-        return self._finished(job_id, fields, outcome)
-
-    def _finished(self, job_id: str, fields: dict[str, Any], outcome: execution.Outcome) -> Any:
+            fields["attempts_made"] += 1
+            _fail(fields, f"ran {MAX_EAGER_RUNS} times in eager mode without finishing", "")
         fields["finished_at"] = time.time()
-        if outcome.kind == execution.COMPLETED:
-            fields |= {"state": "completed", "result": orjson.loads(outcome.value)}
-            fields["attempts_made"] += 1
-        else:
-            fields |= {"state": "failed", "error": outcome.value}
-            fields["traceback"] = outcome.traceback or None
-            if outcome.kind == execution.UNRECOVERABLE:
-                fields["attempts_made"] += 1
         return self.job(job_id, fields, created=True)
+
+
+def _settle(fields: dict[str, Any], outcome: execution.Outcome, opts: JobOptions) -> bool:
+    """What finish.lua does with one run's outcome, on an eager job's fields
+    (tests/test_eager_agrees.py checks the two agree, case by case), but
+    for the waits: a job to run again runs at once. Whether the job ended."""
+    kind, made = outcome.kind, fields["attempts_made"] + 1
+    if kind == execution.COMPLETED:
+        fields |= {"state": "completed", "result": orjson.loads(outcome.value)}
+        fields["attempts_made"] = made
+        return True
+    if opts.manual_retry_only:
+        # Never run again automatically: any unfinished run fails it for good.
+        message = outcome.value
+        if kind in (execution.RETRY, execution.RATE_LIMITED):
+            message += " (not retried: manual_retry_only)"
+        fields["attempts_made"] = made
+        _fail(fields, message, outcome.traceback)
+        return True
+    if kind == execution.RETRY:
+        fields["retries"] += 1  # no attempt spent
+        return False
+    if kind == execution.RATE_LIMITED:
+        return False  # no attempt spent, and not counted as a retry ask
+    # A failed attempt: its error stays on the job, even if a retry completes.
+    fields["attempts_made"] = made
+    fields |= {"error": outcome.value, "traceback": outcome.traceback or None}
+    if kind == execution.FAILED and made < opts.attempts:
+        return False
+    fields["state"] = "failed"
+    return True
+
+
+def _fail(fields: dict[str, Any], message: str, traceback: str) -> None:
+    fields |= {"state": "failed", "error": message, "traceback": traceback or None}
 
 
 class EagerQueue(_Eager, Queue):
     """A stand-in for :class:`sandboxq.Queue` in unit tests that need no
     Redis: ``add`` and ``add_bulk`` check and encode the job exactly as a
     queue does, then run it at once, in this process, and return it
-    finished. Failed attempts are retried at once while attempts remain (no
-    backoff wait), as are ``Retry`` and ``RateLimited`` asks, up to
-    ``MAX_EAGER_RUNS`` runs. There is no sandbox, timeout or memory limit.
+    finished. It settles each run as the finish script does, but runs a job
+    to run again at once: failed attempts are retried while attempts remain
+    (no backoff wait), as are ``Retry`` and ``RateLimited`` asks (unless the
+    job is ``manual_retry_only``), up to ``MAX_EAGER_RUNS`` runs. Every job
+    stays in :attr:`jobs`, whatever its retention. There is no sandbox,
+    timeout or memory limit.
 
     ``handlers``: ``{job name: function}``, a list of handlers, or ``None``
     for those registered with ``@handler`` for this queue. ``get_job``,
