@@ -36,10 +36,10 @@ from sandboxq.caps import MAX_STEPS
 from sandboxq.core import MAX_PAYLOAD_BYTES, QueueCore
 from sandboxq.errors import JobFailed
 from sandboxq.handlers import Handler, JobContext, handlers_for
-from sandboxq.job import STATES, Job, JobRecord
+from sandboxq.job import STATES, JobRecord
 from sandboxq.ops import Op, awaiting, blocking
 from sandboxq.options import JobOptions
-from sandboxq.queue import Queue
+from sandboxq.queue import Job, Queue
 from sandboxq.rows import JobRow
 from sandboxq.scripts import now_ms
 from sandboxq.steps import record_in, steps_json
