@@ -53,6 +53,10 @@ class JobCancelled(SandboxqError):
         self.job = job
 
 
+class JobIsActive(SandboxqError):
+    """The job is running; it cannot be removed until it finishes."""
+
+
 class StepNotRecorded(SandboxqError):
     """Raised by ``job.step`` when the step's result could not be recorded
     because the worker no longer holds the job (its lease was lost: another

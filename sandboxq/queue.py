@@ -19,10 +19,10 @@ from sandboxq.core import (
     DEFAULT_TIMEOUT,
     MAX_PAYLOAD_BYTES,
     Flow,
-    JobIsActive,
     QueueCore,
 )
 from sandboxq.drive import drive
+from sandboxq.errors import JobIsActive
 from sandboxq.events import Event, Follower
 from sandboxq.job import JobRecord
 from sandboxq.ops import Op, blocking
