@@ -1,22 +1,21 @@
 """The admin commands of ``sandboxq``: look at queues and jobs, and act on them.
 
 ``sandboxq.cli`` parses the arguments and calls :func:`run` (or
-:func:`run_dev`). Each command prints an aligned table or text by default and
-JSON with ``--json``, and returns the exit code: 0 done, 1 the action could
-not be done (no such job, the job is active...), 2 bad input or a Redis that
-cannot be reached.
+:func:`sandboxq.dev_redis.run_dev`). Each command prints an aligned table
+or text by default and JSON with ``--json``, and returns the exit code: 0
+done, 1 the action could not be done (no such job, the job is active...), 2
+bad input or a Redis that cannot be reached. What it reports is found in
+:mod:`sandboxq.reports` (shared with the dashboard) and printed with
+:mod:`sandboxq.console`.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import shlex
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -26,14 +25,28 @@ from sandboxq import registry
 from sandboxq.addresses import redact
 from sandboxq.caps import terminal_safe
 from sandboxq.connection import connect, describe, resolve_url, url_in_errors
+from sandboxq.console import (
+    EXIT_FAILED,
+    EXIT_OK,
+    first_line,
+    format_duration,
+    pretty_json,
+    print_section,
+    table_lines,
+)
+
+# sandboxq.cli imports these from here (they live in console and dev_redis).
+from sandboxq.console import EXIT_USAGE as EXIT_USAGE
+from sandboxq.console import fail as fail
+from sandboxq.console import format_time as format_time
+from sandboxq.console import print_json as print_json
+from sandboxq.console import print_table as print_table
+from sandboxq.dev_redis import run_dev as run_dev
 from sandboxq.errors import ConnectionFailed
 from sandboxq.job import FINISHED_STATES, STATES
-from sandboxq.local_redis import LocalRedis
 from sandboxq.queue import Job, JobIsActive, Queue
 from sandboxq.reports import discover_queues, job_report, job_summary
 from sandboxq.scripts import now_ms
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 #: ``stats`` reports throughput over this many seconds.
 THROUGHPUT_WINDOW = 60.0
@@ -48,87 +61,6 @@ class CommandError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.code = code
-
-
-# -- output ----------------------------------------------------------------------
-def print_json(value: Any, *, compact: bool = False) -> None:
-    option = 0 if compact else orjson.OPT_INDENT_2
-    print(orjson.dumps(value, option=option).decode(), flush=True)
-
-
-def cell(value: Any) -> str:
-    """One table cell: ``-`` for nothing, yes/no, floats to 2 decimals."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    if isinstance(value, (dict, list)):
-        return orjson.dumps(value).decode()
-    return terminal_safe(str(value))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def table_lines(rows: Sequence[Sequence[Any]], headers: Sequence[str] = ()) -> list[str]:
-    """Rows as aligned columns (two spaces apart); numeric columns align right."""
-    grid = ([list(headers)] if headers else []) + [[cell(v) for v in row] for row in rows]
-    if not grid:
-        return []
-    columns = range(len(grid[0]))
-    widths = [max(len(line[i]) for line in grid) for i in columns]
-    right = [bool(rows) and all(_is_number(row[i]) for row in rows) for i in columns]
-    return [
-        "  ".join(
-            text.rjust(widths[i]) if right[i] else text.ljust(widths[i])
-            for i, text in enumerate(line)
-        ).rstrip()
-        for line in grid
-    ]
-
-
-def print_table(
-    rows: Sequence[Sequence[Any]], headers: Sequence[str] = (), indent: str = ""
-) -> None:
-    for line in table_lines(rows, headers):
-        print(indent + line)
-
-
-def format_time(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
-
-
-def format_duration(seconds: float) -> str:
-    """The two largest units: ``42s``, ``5m 3s``, ``2h 0m``, ``3d 4h``."""
-    left = max(int(seconds), 0)
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        amount, left = divmod(left, size)
-        if amount or parts:
-            parts.append(f"{amount}{unit}")
-    return " ".join(parts[:2]) or "0s"
-
-
-def first_line(text: str | None, width: int) -> str | None:
-    if text is None:
-        return None
-    line = text.strip().split("\n", 1)[0]
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
-def print_section(title: str, lines: Iterable[str]) -> None:
-    print(f"\n{terminal_safe(title)}")
-    for line in lines:
-        print(f"  {terminal_safe(line)}")
-
-
-def pretty_json(value: Any) -> list[str]:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode().splitlines()
 
 
 # -- connecting ----------------------------------------------------------------------
@@ -151,17 +83,6 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"Redis at {redact(where)} said: {exc}", EXIT_USAGE, as_json)
     finally:
         client.close()
-
-
-def fail(message: str, code: int, as_json: bool = False) -> int:
-    """Report an error on stderr, on one line (as JSON with ``--json``);
-    return the exit code."""
-    line = " ".join(message.split())
-    if as_json:
-        print(orjson.dumps({"error": line, "code": code}).decode(), file=sys.stderr)
-    else:
-        print(f"sandboxq: {terminal_safe(line)}", file=sys.stderr)
-    return code
 
 
 def open_queue(client: redis.Redis, name: str) -> Queue:
@@ -555,71 +476,3 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, redis.Redis], int]] = {
     "workers": workers,
     "add": add,
 }
-
-
-# -- dev -----------------------------------------------------------------------------
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def run_dev(args: argparse.Namespace) -> int:
-    """Run a persistent Redis under ``<dir>/dev-redis`` until SIGINT or SIGTERM."""
-    server = LocalRedis(Path(args.dir) / "dev-redis", persistent=True, port=args.port)
-    if _answers(server):
-        return fail(f"a Redis is running in {server.directory} already", EXIT_FAILED)
-    try:
-        server.start()
-    except (OSError, RuntimeError) as exc:
-        return fail(f"cannot start Redis: {exc}", EXIT_FAILED)
-    try:
-        return serve_until_signal(server)
-    finally:
-        server.stop()
-
-
-def _answers(server: LocalRedis) -> bool:
-    if not server.socket.exists():
-        return False
-    client = redis.Redis(unix_socket_path=str(server.socket))
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-def serve_until_signal(server: LocalRedis) -> int:
-    """Print the export line, wait for a stop signal (or Redis exiting on its
-    own), then stop Redis. Signals are blocked and taken with sigwait: no
-    handler can interrupt the clean stop halfway."""
-    assert server.process is not None
-    watched = {*_STOP_SIGNALS, signal.SIGCHLD}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
-    try:
-        print(f"export SANDBOXQ_REDIS_URL={shlex.quote(server.url)}", flush=True)
-        print(
-            f"sandboxq dev: Redis in {server.directory} (AOF on); Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
-        )
-        while server.process.poll() is None:
-            if signal.sigwait(watched) != signal.SIGCHLD:
-                server.stop()
-                print("sandboxq dev: Redis stopped, data kept", file=sys.stderr)
-                return EXIT_OK
-        code = server.process.returncode
-        if code == 0:  # told to shut down from elsewhere (SHUTDOWN, the terminal's Ctrl-C)
-            return EXIT_OK
-        log = server.directory / "redis.log"
-        return fail(f"redis-server exited with code {code}; see {log}", EXIT_FAILED)
-    finally:
-        _unblock_dropping_pending(old_mask)
-
-
-def _unblock_dropping_pending(old_mask: Iterable[int]) -> None:
-    """Restore the signal mask; a second Ctrl-C still pending is dropped."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in _STOP_SIGNALS}
-    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    for signum, handler in previous.items():
-        if handler is not None:
-            signal.signal(signum, handler)
