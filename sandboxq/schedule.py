@@ -97,20 +97,7 @@ class Schedule:
             raise ValueError("a schedule needs exactly one of cron= or every=")
         if cron is not None and (not isinstance(cron, str) or not croniter.is_valid(cron)):
             raise ValueError(f"bad cron expression {cron!r}")
-        every_ms = None
-        if every is not None:
-            if isinstance(every, bool) or not isinstance(every, (int, float)):
-                raise ValueError(f"every must be a positive number of seconds, got {every!r}")
-            try:
-                interval = seconds("every", every)
-            except ValueError:
-                interval = 0.0
-            if interval <= 0:
-                raise ValueError(
-                    f"every must be a positive number of seconds, at most {MAX_SECONDS:.0f} "
-                    f"(100 years), got {every!r}"
-                )
-            every_ms = max(ms(interval), 1)
+        every_ms = None if every is None else _every_ms(every)
         try:
             ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError, TypeError):
@@ -119,15 +106,7 @@ class Schedule:
             raise ValueError(
                 f"misfire must be one of {', '.join(MISFIRE_POLICIES)}, got {misfire!r}"
             )
-        if limit is not None and (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 1 <= limit <= MAX_SCHEDULE_LIMIT
-        ):
-            raise ValueError(
-                f"limit must be an int from 1 to {MAX_SCHEDULE_LIMIT} (None: no limit), "
-                f"got {limit!r}"
-            )
+        _check_limit(limit)
         start_ms, end_ms = _epoch_ms("start_at", start_at), _epoch_ms("end_at", end_at)
         if start_ms is not None and end_ms is not None and end_ms <= start_ms:
             raise ValueError("end_at must be after start_at")
@@ -176,6 +155,35 @@ class Schedule:
 
     def describe(self) -> str:
         return f"cron {self.cron!r} ({self.tz})" if self.cron else f"every {self.every_ms} ms"
+
+
+def _every_ms(every: Any) -> int:
+    """A fixed interval in ms: more than 0 (at least 1 ms) and at most
+    MAX_SECONDS."""
+    if isinstance(every, bool) or not isinstance(every, (int, float)):
+        raise ValueError(f"every must be a positive number of seconds, got {every!r}")
+    try:
+        interval = seconds("every", every)
+    except ValueError:
+        interval = 0.0
+    if interval <= 0:
+        raise ValueError(
+            f"every must be a positive number of seconds, at most {MAX_SECONDS:.0f} "
+            f"(100 years), got {every!r}"
+        )
+    return max(ms(interval), 1)
+
+
+def _check_limit(limit: Any) -> None:
+    """A schedule's ``limit``: None, or an int from 1 to MAX_SCHEDULE_LIMIT."""
+    if limit is not None and (
+        isinstance(limit, bool)
+        or not isinstance(limit, int)
+        or not 1 <= limit <= MAX_SCHEDULE_LIMIT
+    ):
+        raise ValueError(
+            f"limit must be an int from 1 to {MAX_SCHEDULE_LIMIT} (None: no limit), got {limit!r}"
+        )
 
 
 def _epoch_ms(what: str, value: Any) -> int | None:
