@@ -58,7 +58,9 @@ class FrontEndMethods(griffe.Extension):
             return None
         owner_expr, op_name = target.values[0], target.values[-1]
         owner = cls.modules_collection[cls.resolve(str(owner_expr))]
-        op = owner.members[str(op_name)]
+        # all_members: the operation may live in a part QueueCore is made
+        # of (sandboxq.core_looking...), a base class.
+        op = owner.all_members[str(op_name)]
         if isinstance(op, griffe.Alias):
             op = op.final_target
         if not isinstance(op, griffe.Function):
@@ -117,7 +119,7 @@ def _unwrap_op(returns: Any) -> Any:
 
 def _type_arguments(cls: griffe.Class, owner: griffe.Object) -> dict[str, str]:
     """The type variables of generic ``owner`` as ``cls`` binds them:
-    ``QueueCore(Generic[J])`` and ``Queue(QueueCore[Job])`` → ``{"J": "Job"}``."""
+    ``QueueCore(..., Generic[J])`` and ``Queue(QueueCore[Job])`` → ``{"J": "Job"}``."""
     params: list[str] = []
     for base in getattr(owner, "bases", ()):
         if isinstance(base, griffe.ExprSubscript) and str(base.left) == "Generic":

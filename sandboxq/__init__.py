@@ -11,7 +11,6 @@ from sandboxq.errors import (
     UnrecordableStep,
     Unrecoverable,
 )
-from sandboxq.events import QueueEvents
 from sandboxq.fast import IMPLEMENTATION
 from sandboxq.handlers import JobContext, handler
 from sandboxq.hooks import (
@@ -21,9 +20,8 @@ from sandboxq.hooks import (
     on_worker_start,
     on_worker_stop,
 )
-from sandboxq.job import Job
 from sandboxq.options import Backoff, Retention
-from sandboxq.queue import JobIsActive, Queue
+from sandboxq.queue import Job, JobIsActive, Queue, QueueEvents
 
 __version__ = "0.1.0"
 

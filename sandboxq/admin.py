@@ -1,23 +1,21 @@
 """The admin commands of ``sandboxq``: look at queues and jobs, and act on them.
 
 ``sandboxq.cli`` parses the arguments and calls :func:`run` (or
-:func:`run_dev`). Each command prints an aligned table or text by default and
-JSON with ``--json``, and returns the exit code: 0 done, 1 the action could
-not be done (no such job, the job is active...), 2 bad input or a Redis that
-cannot be reached.
+:func:`sandboxq.dev_redis.run_dev`). Each command prints an aligned table
+or text by default and JSON with ``--json``, and returns the exit code: 0
+done, 1 the action could not be done (no such job, the job is active...), 2
+bad input or a Redis that cannot be reached. What it reports is found in
+:mod:`sandboxq.reports` (shared with the dashboard) and printed with
+:mod:`sandboxq.console`.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import re
-import shlex
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -27,14 +25,28 @@ from sandboxq import registry
 from sandboxq.addresses import redact
 from sandboxq.caps import terminal_safe
 from sandboxq.connection import connect, describe, resolve_url, url_in_errors
-from sandboxq.errors import ConnectionFailed
-from sandboxq.job import FINISHED_STATES, STATES, Job
-from sandboxq.keys import QueueKeys
-from sandboxq.local_redis import LocalRedis
-from sandboxq.queue import JobIsActive, Queue
-from sandboxq.scripts import now_ms
+from sandboxq.console import (
+    EXIT_FAILED,
+    EXIT_OK,
+    first_line,
+    format_duration,
+    pretty_json,
+    print_section,
+    table_lines,
+)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# sandboxq.cli imports these from here (they live in console and dev_redis).
+from sandboxq.console import EXIT_USAGE as EXIT_USAGE
+from sandboxq.console import fail as fail
+from sandboxq.console import format_time as format_time
+from sandboxq.console import print_json as print_json
+from sandboxq.console import print_table as print_table
+from sandboxq.dev_redis import run_dev as run_dev
+from sandboxq.errors import ConnectionFailed
+from sandboxq.job import FINISHED_STATES, STATES
+from sandboxq.queue import Job, JobIsActive, Queue
+from sandboxq.reports import discover_queues, job_report, job_summary
+from sandboxq.scripts import now_ms
 
 #: ``stats`` reports throughput over this many seconds.
 THROUGHPUT_WINDOW = 60.0
@@ -49,87 +61,6 @@ class CommandError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.code = code
-
-
-# -- output ----------------------------------------------------------------------
-def print_json(value: Any, *, compact: bool = False) -> None:
-    option = 0 if compact else orjson.OPT_INDENT_2
-    print(orjson.dumps(value, option=option).decode(), flush=True)
-
-
-def cell(value: Any) -> str:
-    """One table cell: ``-`` for nothing, yes/no, floats to 2 decimals."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    if isinstance(value, (dict, list)):
-        return orjson.dumps(value).decode()
-    return terminal_safe(str(value))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def table_lines(rows: Sequence[Sequence[Any]], headers: Sequence[str] = ()) -> list[str]:
-    """Rows as aligned columns (two spaces apart); numeric columns align right."""
-    grid = ([list(headers)] if headers else []) + [[cell(v) for v in row] for row in rows]
-    if not grid:
-        return []
-    columns = range(len(grid[0]))
-    widths = [max(len(line[i]) for line in grid) for i in columns]
-    right = [bool(rows) and all(_is_number(row[i]) for row in rows) for i in columns]
-    return [
-        "  ".join(
-            text.rjust(widths[i]) if right[i] else text.ljust(widths[i])
-            for i, text in enumerate(line)
-        ).rstrip()
-        for line in grid
-    ]
-
-
-def print_table(
-    rows: Sequence[Sequence[Any]], headers: Sequence[str] = (), indent: str = ""
-) -> None:
-    for line in table_lines(rows, headers):
-        print(indent + line)
-
-
-def format_time(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
-
-
-def format_duration(seconds: float) -> str:
-    """The two largest units: ``42s``, ``5m 3s``, ``2h 0m``, ``3d 4h``."""
-    left = max(int(seconds), 0)
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        amount, left = divmod(left, size)
-        if amount or parts:
-            parts.append(f"{amount}{unit}")
-    return " ".join(parts[:2]) or "0s"
-
-
-def first_line(text: str | None, width: int) -> str | None:
-    if text is None:
-        return None
-    line = text.strip().split("\n", 1)[0]
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
-def print_section(title: str, lines: Iterable[str]) -> None:
-    print(f"\n{terminal_safe(title)}")
-    for line in lines:
-        print(f"  {terminal_safe(line)}")
-
-
-def pretty_json(value: Any) -> list[str]:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode().splitlines()
 
 
 # -- connecting ----------------------------------------------------------------------
@@ -154,17 +85,6 @@ def run(args: argparse.Namespace) -> int:
         client.close()
 
 
-def fail(message: str, code: int, as_json: bool = False) -> int:
-    """Report an error on stderr, on one line (as JSON with ``--json``);
-    return the exit code."""
-    line = " ".join(message.split())
-    if as_json:
-        print(orjson.dumps({"error": line, "code": code}).decode(), file=sys.stderr)
-    else:
-        print(f"sandboxq: {terminal_safe(line)}", file=sys.stderr)
-    return code
-
-
 def open_queue(client: redis.Redis, name: str) -> Queue:
     try:
         return Queue(name, connection=client)
@@ -177,38 +97,6 @@ def existing_job(queue: Queue, job_id: str) -> Job:
     if job is None:
         raise CommandError(f"no job {job_id} in queue {queue.name!r}")
     return job
-
-
-def queue_name_of(prefix: str) -> str | None:
-    """The queue whose keys start with ``prefix`` (``sq:{images}:`` → images,
-    ``sq:{media}/thumbs:`` → media:thumbs), or None if no queue's do."""
-    match = re.fullmatch(r"sq:\{([^{}]+)\}(?:/([^{}]+))?:", prefix)
-    if match is None:
-        return None
-    name = match[1] if match[2] is None else f"{match[1]}:{match[2]}"
-    try:
-        keys = QueueKeys.for_queue(name)
-    except ValueError:  # e.g. keys left by a version that allowed more ':'
-        return None
-    return name if keys.prefix == prefix else None
-
-
-def discover_queues(client: redis.Redis) -> list[str]:
-    """The name of every queue on this Redis, sorted.
-
-    Every script that changes a queue (add, pause, schedule, configure...)
-    appends to its events stream, and trimming never deletes the stream, so
-    each queue in use has one. SCAN rather than KEYS: it walks the keyspace in
-    small steps without blocking Redis. A full walk is fine for an operator's
-    command, never for a worker's hot path. ``TYPE stream`` skips the per-job
-    keys (lists, hashes) of a job whose id happens to end in ``:events``.
-    """
-    names = set()
-    for key in client.scan_iter(match="sq:{*:events", count=1000, _type="stream"):
-        name = queue_name_of(key.decode()[: -len("events")])
-        if name is not None:
-            names.add(name)
-    return sorted(names)
 
 
 def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
@@ -310,23 +198,6 @@ def _watch_header(interval: float) -> None:
 
 
 # -- jobs --------------------------------------------------------------------------
-def job_summary(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "name": job.name,
-        "state": job.state,
-        "attempts_made": job.attempts_made,
-        "attempts": job.attempts,
-        # A record that cannot be read says so where its error would be.
-        "error": job.error or job.corrupt,
-        "corrupt": job.corrupt,
-        "created_at": job.created_at,
-        "finished_at": job.finished_at,
-        "cancelled_by": job.cancelled_by,
-        "cancel_reason": job.cancel_reason,
-    }
-
-
 def jobs(args: argparse.Namespace, client: redis.Redis) -> int:
     queue = open_queue(client, args.queue)
     found = [job_summary(j) for j in queue.get_jobs(queue.job_ids(args.state, 0, args.limit))]
@@ -349,64 +220,6 @@ def jobs(args: argparse.Namespace, client: redis.Redis) -> int:
 
 
 # -- job ---------------------------------------------------------------------------
-def _retention(fields: dict[str, Any], prefix: str) -> dict[str, Any] | None:
-    count, age = fields.get(f"{prefix}_count"), fields.get(f"{prefix}_age")
-    return None if count is None and age is None else {"count": count, "age": age}
-
-
-def job_options(fields: dict[str, Any]) -> dict[str, Any]:
-    """The options a job was added with, as :meth:`Queue.add` names them."""
-    return {
-        "priority": fields.get("priority", 0),
-        "attempts": fields.get("attempts", 1),
-        "timeout": fields.get("timeout"),
-        "backoff": fields.get("backoff"),
-        "group": fields.get("group"),
-        "manual_retry_only": fields.get("manual_retry_only") == "1",
-        "keep_completed": _retention(fields, "kc"),
-        "keep_failed": _retention(fields, "kf"),
-    }
-
-
-def job_parent(fields: dict[str, Any]) -> dict[str, Any] | None:
-    if "parent_id" not in fields:
-        return None
-    return {"queue": queue_name_of(fields.get("parent_prefix", "")), "id": fields["parent_id"]}
-
-
-def job_report(job: Job) -> dict[str, Any]:
-    """Everything known about a job."""
-    return {
-        "queue": job.queue.name,
-        "id": job.id,
-        "name": job.name,
-        "state": job.state,
-        "corrupt": job.corrupt,
-        "data": job.data,
-        "options": job_options(job.fields),
-        "progress": job.progress,
-        "result": job.result,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "attempts_made": job.attempts_made,
-        "attempts": job.attempts,
-        "stalls": job.stalls,
-        "retries": job.retries,
-        "error": job.error,
-        "traceback": job.traceback,
-        "cancelled_by": job.cancelled_by,
-        "cancel_reason": job.cancel_reason,
-        "logs": job.logs(),
-        "steps": job.steps,
-        "audit": job.audit(),
-        "parent": job_parent(job.fields),
-        "children_pending": job.fields.get("pending"),
-        "children_results": job.children_results(),
-        "children_failures": job.children_failures(),
-    }
-
-
 def show_job(report: dict[str, Any]) -> None:
     took = None
     if report["started_at"] and report["finished_at"]:
@@ -663,71 +476,3 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, redis.Redis], int]] = {
     "workers": workers,
     "add": add,
 }
-
-
-# -- dev -----------------------------------------------------------------------------
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def run_dev(args: argparse.Namespace) -> int:
-    """Run a persistent Redis under ``<dir>/dev-redis`` until SIGINT or SIGTERM."""
-    server = LocalRedis(Path(args.dir) / "dev-redis", persistent=True, port=args.port)
-    if _answers(server):
-        return fail(f"a Redis is running in {server.directory} already", EXIT_FAILED)
-    try:
-        server.start()
-    except (OSError, RuntimeError) as exc:
-        return fail(f"cannot start Redis: {exc}", EXIT_FAILED)
-    try:
-        return serve_until_signal(server)
-    finally:
-        server.stop()
-
-
-def _answers(server: LocalRedis) -> bool:
-    if not server.socket.exists():
-        return False
-    client = redis.Redis(unix_socket_path=str(server.socket))
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-def serve_until_signal(server: LocalRedis) -> int:
-    """Print the export line, wait for a stop signal (or Redis exiting on its
-    own), then stop Redis. Signals are blocked and taken with sigwait: no
-    handler can interrupt the clean stop halfway."""
-    assert server.process is not None
-    watched = {*_STOP_SIGNALS, signal.SIGCHLD}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
-    try:
-        print(f"export SANDBOXQ_REDIS_URL={shlex.quote(server.url)}", flush=True)
-        print(
-            f"sandboxq dev: Redis in {server.directory} (AOF on); Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
-        )
-        while server.process.poll() is None:
-            if signal.sigwait(watched) != signal.SIGCHLD:
-                server.stop()
-                print("sandboxq dev: Redis stopped, data kept", file=sys.stderr)
-                return EXIT_OK
-        code = server.process.returncode
-        if code == 0:  # told to shut down from elsewhere (SHUTDOWN, the terminal's Ctrl-C)
-            return EXIT_OK
-        log = server.directory / "redis.log"
-        return fail(f"redis-server exited with code {code}; see {log}", EXIT_FAILED)
-    finally:
-        _unblock_dropping_pending(old_mask)
-
-
-def _unblock_dropping_pending(old_mask: Iterable[int]) -> None:
-    """Restore the signal mask; a second Ctrl-C still pending is dropped."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in _STOP_SIGNALS}
-    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    for signum, handler in previous.items():
-        if handler is not None:
-            signal.signal(signum, handler)

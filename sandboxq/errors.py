@@ -6,12 +6,25 @@ trouble) and control-flow errors a handler raises to steer its own job.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from sandboxq.options import seconds
 
-if TYPE_CHECKING:
-    from sandboxq.job import JobRecord
+
+class FinishedJob(Protocol):
+    """The job an error about a finished job carries: a
+    :class:`sandboxq.job.JobRecord`. Named by what it has, so that this
+    module, which almost every other imports, imports no job model."""
+
+    id: str
+    name: str
+    state: str
+    data: Any
+    result: Any
+    error: str | None
+    traceback: str | None
+    cancelled_by: str | None
+    cancel_reason: str | None
 
 
 class SandboxqError(Exception):
@@ -25,7 +38,7 @@ class ConnectionFailed(SandboxqError, ConnectionError):
 class JobFailed(SandboxqError):
     """Raised by :meth:`Job.wait` when the job ended in the failed state."""
 
-    def __init__(self, job: JobRecord) -> None:
+    def __init__(self, job: FinishedJob) -> None:
         super().__init__(f"job {job.id} ({job.name}) failed: {job.error}")
         self.job = job
 
@@ -33,11 +46,15 @@ class JobFailed(SandboxqError):
 class JobCancelled(SandboxqError):
     """Raised by :meth:`Job.wait` when the job was cancelled."""
 
-    def __init__(self, job: JobRecord) -> None:
+    def __init__(self, job: FinishedJob) -> None:
         who = f" by {job.cancelled_by}" if job.cancelled_by else ""
         why = f": {job.cancel_reason}" if job.cancel_reason else " (no reason given)"
         super().__init__(f"job {job.id} ({job.name}) was cancelled{who}{why}")
         self.job = job
+
+
+class JobIsActive(SandboxqError):
+    """The job is running; it cannot be removed until it finishes."""
 
 
 class StepNotRecorded(SandboxqError):

@@ -6,22 +6,19 @@ their own cursor (a stream id), so any number of them can follow the same
 queue and resume where they left off.
 
 The reading is written once, as sans-I/O operations (:mod:`sandboxq.ops`):
-:class:`QueueEvents` runs them blocking, :class:`sandboxq.aio.AsyncQueueEvents`
-on an event loop.
+:class:`sandboxq.queue.QueueEvents` runs them blocking,
+:class:`sandboxq.aio.AsyncQueueEvents` on an event loop.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
 from sandboxq.ops import Command, Op, cmd
-
-if TYPE_CHECKING:
-    from sandboxq.queue import Queue
 
 Event = tuple[str, str, dict[str, Any]]
 
@@ -130,42 +127,3 @@ class Follower:
         if wanted:
             self.idle_since = time.monotonic()
         return wanted
-
-
-class QueueEvents:
-    """Follow one queue's lifecycle events.
-
-    ``listen()`` yields ``(event, job_id, payload)`` with events such as
-    ``added``, ``active``, ``progress``, ``completed``, ``failed``,
-    ``retrying``, ``stalled``, ``waiting`` and ``removed``. Payload values
-    are decoded: ``progress`` carries ``{"progress": value}``, ``completed``
-    ``{"result": value}`` (or ``{"result_bytes": n}`` for a result over
-    4 KiB: read it from the job), ``failed`` ``{"error": text}``.
-    ``last_id`` is the stream id of the last event read; pass it as
-    ``since`` to resume.
-    """
-
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
-        self.last_id: str | None = None
-
-    def listen(
-        self,
-        since: str | None = None,
-        *,
-        job_id: str | None = None,
-        block_seconds: float = 1.0,
-        stop_after: float | None = None,
-    ) -> Iterator[Event]:
-        """Events newer than ``since`` (a stream id; ``None``: from this call,
-        ``"0"``: from the oldest kept), only those of ``job_id`` if given.
-        Runs forever unless ``stop_after`` seconds pass without a new event.
-        The starting point is fixed before this returns, so an event that
-        happens after the call is never missed."""
-        follower = Follower(self, since, job_id, block_seconds, stop_after)
-        self.queue._drive(follower.start_op())
-        return self._follow(follower)
-
-    def _follow(self, follower: Follower) -> Iterator[Event]:
-        while (batch := self.queue._drive(follower.next_op())) is not None:
-            yield from batch

@@ -8,16 +8,13 @@ blocking, :class:`sandboxq.aio.AsyncJob` on an event loop.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import orjson
 
 from sandboxq import events, fast, payload, steps
 from sandboxq.errors import JobCancelled, JobFailed
-from sandboxq.ops import Op, blocking, cmd
-
-if TYPE_CHECKING:
-    from sandboxq.queue import Queue
+from sandboxq.ops import Op, cmd
 
 #: Every state a job can be in.
 STATES = ("waiting", "delayed", "active", "completed", "failed", "waiting-children", "cancelled")
@@ -199,20 +196,3 @@ def decode_hash(raw: dict[Any, Any]) -> tuple[dict[str, Any], str | None]:
                 problems.append(str(exc).removeprefix("corrupt record: "))
         return payload.with_json_decoded(fields), "corrupt record: " + "; ".join(problems)
     return payload.with_json_decoded(fields), None
-
-
-class Job(JobRecord):
-    """A job of a :class:`sandboxq.Queue`; its methods block."""
-
-    queue: Queue
-
-    def _drive(self, op: Op[Any]) -> Any:
-        return self.queue._drive(op)
-
-    refresh = blocking(JobRecord._refresh)
-    children_results = blocking(JobRecord._children_results)
-    children_failures = blocking(JobRecord._children_failures)
-    audit = blocking(JobRecord._audit)
-    logs = blocking(JobRecord._logs)
-    wait = blocking(JobRecord._wait)
-    cancel = blocking(JobRecord._cancel)

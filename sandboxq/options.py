@@ -7,6 +7,7 @@ layer stores milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -80,22 +81,6 @@ MAX_SCHEDULE_LIMIT = 10**9
 #: 9999, the last one Python's datetime (which works out the occurrences)
 #: can hold; in milliseconds, far below 2**53.
 MAX_EPOCH_SECONDS = 253_402_300_799
-
-#: Options ``Queue.add`` and ``add_bulk`` accept, besides name and data.
-JOB_OPTION_NAMES = frozenset(
-    {
-        "job_id",
-        "delay",
-        "priority",
-        "attempts",
-        "backoff",
-        "timeout",
-        "keep_completed",
-        "keep_failed",
-        "group",
-        "manual_retry_only",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +364,16 @@ class JobOptions:
             if keep is not None and keep.age is not None:
                 fields += [f"{prefix}_age", ms(keep.age)]
         return fields
+
+
+#: Options ``Queue.add`` and ``add_bulk`` accept, besides name and data:
+#: the fields of :class:`JobOptions`, so a new option is named once.
+JOB_OPTION_NAMES = frozenset(option.name for option in dataclasses.fields(JobOptions))
+
+#: Options a schedule takes: those of ``add`` but ``job_id`` (each
+#: occurrence's id is derived from its time) and ``delay`` (the schedule
+#: says when it runs).
+SCHEDULE_OPTION_NAMES = JOB_OPTION_NAMES - {"job_id", "delay"}
 
 
 def _flag(what: str, value: Any) -> bool:

@@ -1,12 +1,13 @@
-"""The blocking producer and admin API: ``Queue``.
+"""The blocking producer and admin API: ``Queue``, ``Job`` and ``QueueEvents``.
 
-Every method runs one of the operations of :class:`sandboxq.core.QueueCore`
-(shared with :class:`sandboxq.aio.AsyncQueue`) on a blocking redis-py client.
+Every method runs one of the operations of :class:`sandboxq.core.QueueCore`,
+:class:`sandboxq.job.JobRecord` or :class:`sandboxq.events.Follower`
+(shared with :mod:`sandboxq.aio`) on a blocking redis-py client.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import redis
@@ -18,15 +19,41 @@ from sandboxq.core import (
     DEFAULT_TIMEOUT,
     MAX_PAYLOAD_BYTES,
     Flow,
-    JobIsActive,
     QueueCore,
 )
 from sandboxq.drive import drive
-from sandboxq.job import Job
+from sandboxq.errors import JobIsActive
+from sandboxq.events import Event, Follower
+from sandboxq.job import JobRecord
 from sandboxq.ops import Op, blocking
 from sandboxq.scripts import Scripts
 
-__all__ = ["BULK_CHUNK", "MAX_PAYLOAD_BYTES", "Flow", "JobIsActive", "Queue"]
+__all__ = [
+    "BULK_CHUNK",
+    "MAX_PAYLOAD_BYTES",
+    "Flow",
+    "Job",
+    "JobIsActive",
+    "Queue",
+    "QueueEvents",
+]
+
+
+class Job(JobRecord):
+    """A job of a :class:`sandboxq.Queue`; its methods block."""
+
+    queue: Queue
+
+    def _drive(self, op: Op[Any]) -> Any:
+        return self.queue._drive(op)
+
+    refresh = blocking(JobRecord._refresh)
+    children_results = blocking(JobRecord._children_results)
+    children_failures = blocking(JobRecord._children_failures)
+    audit = blocking(JobRecord._audit)
+    logs = blocking(JobRecord._logs)
+    wait = blocking(JobRecord._wait)
+    cancel = blocking(JobRecord._cancel)
 
 
 class Queue(QueueCore[Job]):
@@ -117,3 +144,42 @@ class Queue(QueueCore[Job]):
     schedule = blocking(QueueCore._schedule)
     schedules = blocking(QueueCore._schedules)
     unschedule = blocking(QueueCore._unschedule)
+
+
+class QueueEvents:
+    """Follow one queue's lifecycle events.
+
+    ``listen()`` yields ``(event, job_id, payload)`` with events such as
+    ``added``, ``active``, ``progress``, ``completed``, ``failed``,
+    ``retrying``, ``stalled``, ``waiting`` and ``removed``. Payload values
+    are decoded: ``progress`` carries ``{"progress": value}``, ``completed``
+    ``{"result": value}`` (or ``{"result_bytes": n}`` for a result over
+    4 KiB: read it from the job), ``failed`` ``{"error": text}``.
+    ``last_id`` is the stream id of the last event read; pass it as
+    ``since`` to resume.
+    """
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.last_id: str | None = None
+
+    def listen(
+        self,
+        since: str | None = None,
+        *,
+        job_id: str | None = None,
+        block_seconds: float = 1.0,
+        stop_after: float | None = None,
+    ) -> Iterator[Event]:
+        """Events newer than ``since`` (a stream id; ``None``: from this call,
+        ``"0"``: from the oldest kept), only those of ``job_id`` if given.
+        Runs forever unless ``stop_after`` seconds pass without a new event.
+        The starting point is fixed before this returns, so an event that
+        happens after the call is never missed."""
+        follower = Follower(self, since, job_id, block_seconds, stop_after)
+        self.queue._drive(follower.start_op())
+        return self._follow(follower)
+
+    def _follow(self, follower: Follower) -> Iterator[Event]:
+        while (batch := self.queue._drive(follower.next_op())) is not None:
+            yield from batch

@@ -29,10 +29,12 @@ from sandboxq.options import (
     MAX_EPOCH_SECONDS,
     MAX_SCHEDULE_LIMIT,
     MAX_SECONDS,
+    SCHEDULE_OPTION_NAMES,
     JobOptions,
     ms,
     seconds,
 )
+from sandboxq.rows import JobRow
 
 if TYPE_CHECKING:
     from sandboxq.keys import QueueKeys
@@ -95,20 +97,7 @@ class Schedule:
             raise ValueError("a schedule needs exactly one of cron= or every=")
         if cron is not None and (not isinstance(cron, str) or not croniter.is_valid(cron)):
             raise ValueError(f"bad cron expression {cron!r}")
-        every_ms = None
-        if every is not None:
-            if isinstance(every, bool) or not isinstance(every, (int, float)):
-                raise ValueError(f"every must be a positive number of seconds, got {every!r}")
-            try:
-                interval = seconds("every", every)
-            except ValueError:
-                interval = 0.0
-            if interval <= 0:
-                raise ValueError(
-                    f"every must be a positive number of seconds, at most {MAX_SECONDS:.0f} "
-                    f"(100 years), got {every!r}"
-                )
-            every_ms = max(ms(interval), 1)
+        every_ms = None if every is None else _every_ms(every)
         try:
             ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError, TypeError):
@@ -117,26 +106,11 @@ class Schedule:
             raise ValueError(
                 f"misfire must be one of {', '.join(MISFIRE_POLICIES)}, got {misfire!r}"
             )
-        if limit is not None and (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 1 <= limit <= MAX_SCHEDULE_LIMIT
-        ):
-            raise ValueError(
-                f"limit must be an int from 1 to {MAX_SCHEDULE_LIMIT} (None: no limit), "
-                f"got {limit!r}"
-            )
+        _check_limit(limit)
         start_ms, end_ms = _epoch_ms("start_at", start_at), _epoch_ms("end_at", end_at)
         if start_ms is not None and end_ms is not None and end_ms <= start_ms:
             raise ValueError("end_at must be after start_at")
-        unknown = set(options) - {
-            "priority",
-            "attempts",
-            "backoff",
-            "timeout",
-            "keep_completed",
-            "keep_failed",
-        }
+        unknown = set(options) - SCHEDULE_OPTION_NAMES
         if unknown:
             raise TypeError(f"unknown schedule options: {', '.join(sorted(unknown))}")
         JobOptions.build(**options)  # validate now, rebuilt at each occurrence
@@ -181,6 +155,35 @@ class Schedule:
 
     def describe(self) -> str:
         return f"cron {self.cron!r} ({self.tz})" if self.cron else f"every {self.every_ms} ms"
+
+
+def _every_ms(every: Any) -> int:
+    """A fixed interval in ms: more than 0 (at least 1 ms) and at most
+    MAX_SECONDS."""
+    if isinstance(every, bool) or not isinstance(every, (int, float)):
+        raise ValueError(f"every must be a positive number of seconds, got {every!r}")
+    try:
+        interval = seconds("every", every)
+    except ValueError:
+        interval = 0.0
+    if interval <= 0:
+        raise ValueError(
+            f"every must be a positive number of seconds, at most {MAX_SECONDS:.0f} "
+            f"(100 years), got {every!r}"
+        )
+    return max(ms(interval), 1)
+
+
+def _check_limit(limit: Any) -> None:
+    """A schedule's ``limit``: None, or an int from 1 to MAX_SCHEDULE_LIMIT."""
+    if limit is not None and (
+        isinstance(limit, bool)
+        or not isinstance(limit, int)
+        or not 1 <= limit <= MAX_SCHEDULE_LIMIT
+    ):
+        raise ValueError(
+            f"limit must be an int from 1 to {MAX_SCHEDULE_LIMIT} (None: no limit), got {limit!r}"
+        )
 
 
 def _epoch_ms(what: str, value: Any) -> int | None:
@@ -285,18 +288,15 @@ def occurrence_jobs(
     options = JobOptions.build(**schedule.options)
     raw = payload.to_json(schedule.data, f"data of schedule {key!r}")
     jobs = [
-        [
-            occurrence_job_id(key, o),
-            options.priority,
-            0,
-            "name",
+        # An occurrence is due now: a delay in a stored spec is not used.
+        JobRow.of(
             schedule.name,
-            "data",
             raw,
-            "schedule",
-            key,
-            *options.hash_fields(),
-        ]
+            options,
+            job_id=occurrence_job_id(key, o),
+            delay_ms=0,
+            schedule=key,
+        ).script_args()
         for o in fire
     ]
     return fire, new_next, jobs

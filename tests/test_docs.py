@@ -254,24 +254,25 @@ def test_every_environment_variable_read_is_documented() -> None:
 # -- the dashboard's routes ------------------------------------------------------------------
 def dashboard_routes() -> set[str]:
     """Every path the dashboard serves, from its dispatch code: the ``match``
-    patterns of ``Dashboard.get`` and ``Dashboard.act`` (a guard
+    patterns of ``Dashboard.get`` and ``actions.act`` (a guard
     ``verb in (...)`` expands to each verb) and the ``segments == [...]``
     tests. Captures are ``{}``."""
-    # sandboxq.dashboard.app is also the name of the app() function: import the module.
-    app_module = importlib.import_module("sandboxq.dashboard.app")
-    tree = ast.parse(Path(str(app_module.__file__)).read_text())
     routes = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.match_case):
-            for pattern in _alternatives(node.pattern):
-                for path in _expand(pattern, node.guard, app_module):
-                    routes.add("/" + "/".join(path))
-        elif (
-            isinstance(node, ast.Compare)
-            and isinstance(node.comparators[0], ast.List)
-            and not isinstance(node.left, ast.Subscript)  # segments[:1] == ["api"]
-        ):
-            routes.add("/" + "/".join(ast.literal_eval(node.comparators[0])))
+    # sandboxq.dashboard.app is also the name of the app() function: import the module.
+    for name in ("sandboxq.dashboard.app", "sandboxq.dashboard.actions"):
+        module = importlib.import_module(name)
+        tree = ast.parse(Path(str(module.__file__)).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.match_case):
+                for pattern in _alternatives(node.pattern):
+                    for path in _expand(pattern, node.guard, module):
+                        routes.add("/" + "/".join(path))
+            elif (
+                isinstance(node, ast.Compare)
+                and isinstance(node.comparators[0], ast.List)
+                and not isinstance(node.left, ast.Subscript)  # segments[:1] == ["api"]
+            ):
+                routes.add("/" + "/".join(ast.literal_eval(node.comparators[0])))
     return routes
 
 

@@ -17,8 +17,8 @@ TOKEN = "tok"
 
 
 def add(queue: Queue, name: str, now: int = NOW, **options: Any) -> str:
-    encoded = queue._encode(name, None, JobOptions.build(**options))
-    [(job_id, _created)] = queue.scripts.add(queue.keys, now, [encoded])
+    row = queue._encode(name, None, JobOptions.build(**options))
+    [(job_id, _created)] = queue.scripts.add(queue.keys, now, [row.script_args()])
     return job_id
 
 

@@ -148,6 +148,28 @@ def test_occurrences_carry_the_schedule_name_data_and_options(queue: Queue) -> N
     assert (job.name, job.data, job.attempts) == ("send-digest", {"to": "ops"}, 3)
 
 
+def test_a_schedule_takes_every_option_of_add_but_job_id_and_delay(queue: Queue) -> None:
+    # Given a queue whose defaults put jobs in a group, and a schedule that
+    # also asks for manual retries only
+    grouped = Queue(queue.name, connection=queue.client, defaults={"group": "reports"})
+    first = int(grouped.schedule("tick", every=60, manual_retry_only=True)["next_run"] * 1000)
+
+    # When the occurrence fires
+    fire_due(grouped.scripts, grouped.keys, first)
+
+    # Then its job carries both options
+    job = grouped.get_job(f"tick@{first}")
+    assert job is not None
+    assert (job.fields.get("group"), job.fields.get("manual_retry_only")) == ("reports", "1")
+
+
+@pytest.mark.parametrize("option", ["job_id", "delay"])
+def test_a_schedule_refuses_job_id_and_delay(queue: Queue, option: str) -> None:
+    with pytest.raises(TypeError, match=f"unknown schedule options: {option}"):
+        queue.schedule("bad", every=5, **{option: "x" if option == "job_id" else 1.0})
+    assert queue.schedules() == []
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

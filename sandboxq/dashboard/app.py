@@ -19,7 +19,7 @@ import redis
 
 from sandboxq.addresses import redact
 from sandboxq.connection import connect, resolve_url
-from sandboxq.dashboard import templates
+from sandboxq.dashboard import actions, templates
 from sandboxq.dashboard.auth import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -33,6 +33,7 @@ from sandboxq.dashboard.auth import (
 from sandboxq.dashboard.http import (
     AllowedHosts,
     BodyTooLarge,
+    HTTPError,
     Receive,
     Request,
     Response,
@@ -44,34 +45,16 @@ from sandboxq.dashboard.redact import Redactor
 from sandboxq.dashboard.store import NotFound, Store
 from sandboxq.dashboard.users import TokenHash, load_users
 from sandboxq.errors import ConnectionFailed
-from sandboxq.job import STATES
 from sandboxq.queue import JobIsActive
 
 DEFAULT_REDACT = ("password", "token", "card", "secret")
-#: What a job's page can do to it (POST .../jobs/<id>/<verb>).
-JOB_ACTIONS = ("retry", "promote", "remove", "cancel")
-#: What a job list can do to the jobs selected on it (POST .../bulk).
-BULK_ACTIONS = ("retry", "remove", "cancel")
-#: The most jobs one bulk action takes.
-MAX_BULK = 500
 TOKEN_ENV = "SANDBOXQ_DASHBOARD_TOKEN"
-#: The largest ``older_than`` (seconds) or ``keep`` a clean takes: beyond any
-#: real use, and exact in Lua's doubles even as milliseconds.
-MAX_NUMBER = 10**12
-
 ASGIApp = Callable[[Scope, Receive, Send], Any]
 #: ``authenticate``: given the ASGI scope, the name of the user the host
 #: application logged in, or None; a plain function or a coroutine function.
 Authenticate = Callable[[Scope], str | Awaitable[str | None] | None]
 
 log = logging.getLogger("sandboxq.dashboard")
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = list(headers)
 
 
 #: What ``respond`` answers with an error page rather than a crash.
@@ -372,105 +355,10 @@ class Dashboard:
             # A browser's form post without JavaScript: ask first.
             failed = self.store.queue(path[1]).counts()["failed"]
             return Response.html(templates.confirm_retry_failed(ctx, path[1], failed))
-        message, result, back = self.act(path, request, by)
+        message, result, back = actions.act(self.store, path, request, by)
         if scripted:
             return Response.json({"ok": True, "message": message, "result": result})
         return Response.redirect(back)
-
-    def bulk(self, q: str, request: Request, by: str) -> tuple[str, Any, str]:
-        """``action`` (retry, remove or cancel) on each of the jobs ``ids``
-        (a repeated field, a JSON list, or ids separated by commas or
-        spaces), each audited; those it does not apply to are skipped."""
-        verb = request.form.get("action", "")
-        if verb not in BULK_ACTIONS:
-            raise HTTPError(400, f"unknown bulk action {verb[:40]!r}")
-        ids = list(
-            dict.fromkeys(i for v in request.values("ids") for i in v.replace(",", " ").split())
-        )
-        if not ids:
-            raise HTTPError(400, "no jobs selected")
-        if len(ids) > MAX_BULK:
-            raise HTTPError(400, f"at most {MAX_BULK} jobs at once, got {len(ids)}")
-        queue = self.store.queue(q)
-        done: list[str] = []
-        skipped: list[str] = []
-        for job_id in ids:
-            try:
-                if verb == "retry":
-                    ok: Any = queue.retry(job_id, by=by)
-                elif verb == "remove":
-                    ok = queue.remove(job_id, by=by)
-                else:
-                    ok = queue.cancel(job_id, reason=request.form.get("reason") or None, by=by)
-            except JobIsActive:
-                ok = False
-            (done if ok else skipped).append(job_id)
-        message = f"{verb}: {len(done)} of {len(ids)} job(s)"
-        if skipped:
-            message += f" ({len(skipped)} not in a state that allows it)"
-        state = request.form.get("state", "")
-        back = templates.url(request.root, "queues", q, state=state if state in STATES else "")
-        return message, {"done": done, "skipped": skipped}, back
-
-    def act(self, path: list[str], request: Request, by: str) -> tuple[str, Any, str]:
-        """Run one action; (message, result, page to go back to)."""
-        url, form, root = templates.url, request.form, request.root
-        match path:
-            case ["queues", q, "bulk"]:
-                return self.bulk(q, request, by)
-            case ["queues", q, "jobs", job_id, verb] if verb in JOB_ACTIONS:
-                queue = self.store.queue(q)
-                back = url(root, "queues", q, "jobs", job_id)
-                done: Any
-                if verb == "retry":
-                    done = queue.retry(job_id, by=by)
-                elif verb == "promote":
-                    done = queue.promote(job_id, by=by)
-                elif verb == "cancel":
-                    done = queue.cancel(job_id, reason=form.get("reason") or None, by=by)
-                    if done is not None:
-                        return f"cancel: job {job_id} ({done})", done, back
-                else:
-                    done = queue.remove(job_id, by=by)
-                    back = url(root, "queues", q)
-                if not done:
-                    raise HTTPError(
-                        409, f"cannot {verb} job {job_id}: not in a state that allows it"
-                    )
-                return f"{verb}: job {job_id}", done, back
-            case ["queues", q, verb] if verb in ("pause", "resume"):
-                queue = self.store.queue(q)
-                done = queue.pause(by=by) if verb == "pause" else queue.resume(by=by)
-                return (
-                    f"{verb}d queue {q}" if done else f"queue {q} was already {verb}d",
-                    done,
-                    url(root, "queues", q),
-                )
-            case ["queues", q, "retry-failed"]:
-                moved = self.store.queue(q).retry_failed(by=by)
-                return (
-                    f"retried {moved} failed job(s)",
-                    moved,
-                    url(root, "queues", q, state="failed"),
-                )
-            case ["queues", q, "clean"]:
-                state = form.get("state", "")
-                if state not in STATES:
-                    raise HTTPError(400, f"unknown state {state!r}")
-                older = form.get("older_than") or None
-                keep = form.get("keep") or None
-                removed = self.store.queue(q).clean(
-                    state,
-                    older_than=None if older is None else _seconds(older, "older_than"),
-                    keep=None if keep is None else _count(keep, "keep"),
-                    by=by,
-                )
-                return (
-                    f"removed {removed} {state} job(s)",
-                    removed,
-                    url(root, "queues", q, state=state),
-                )
-        raise HTTPError(404, "no such action")
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -493,28 +381,6 @@ def _int(text: str | None, default: int) -> int:
         return int(text) if text else default
     except ValueError:
         return default
-
-
-def _seconds(text: str, name: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise HTTPError(400, f"{name} must be a number, got {text[:40]!r}") from None
-    return _bounded(value, text, name)
-
-
-def _count(text: str, name: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise HTTPError(400, f"{name} must be a whole number, got {text[:40]!r}") from None
-    return int(_bounded(value, text, name))
-
-
-def _bounded(value: float, text: str, name: str) -> float:
-    if not 0 <= value <= MAX_NUMBER:  # NaN and infinities fail this too
-        raise HTTPError(400, f"{name} must be from 0 to {MAX_NUMBER:.0e}, got {text[:40]!r}")
-    return value
 
 
 _SCRIPT: bytes | None = None

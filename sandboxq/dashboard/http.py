@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
@@ -17,6 +17,15 @@ Send = Callable[[Message], Awaitable[None]]
 
 #: The largest request body read (forms are tiny).
 MAX_BODY = 64 * 1024
+
+
+class HTTPError(Exception):
+    """A request refused with ``status`` and a message for the user."""
+
+    def __init__(self, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = list(headers)
 
 
 class BodyTooLarge(ValueError):

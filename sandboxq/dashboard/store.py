@@ -14,12 +14,12 @@ from typing import Any
 import redis
 
 from sandboxq import stats
-from sandboxq.admin import discover_queues, job_report, job_summary
 from sandboxq.dashboard.redact import Redactor
 from sandboxq.job import STATES
 from sandboxq.keys import QueueKeys
 from sandboxq.queue import Queue
 from sandboxq.registry import live_workers
+from sandboxq.reports import discover_queues, job_report, job_summary
 from sandboxq.scripts import now_ms
 
 #: Jobs per page of a job list.

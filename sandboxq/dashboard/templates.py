@@ -356,6 +356,32 @@ def bulk_form(ctx: Context, q: str, state: str) -> str:
 def jobs_page(ctx: Context, page: dict[str, Any]) -> str:
     q, state = page["queue"], page["state"]
     body = queue_header(ctx, q, page["paused"], page["counts"], state)
+    chooser = bulk_form(ctx, q, state)
+    body += (
+        jobs_search(ctx, page)
+        + f"<p>{' '.join(queue_actions(ctx, page))}</p>"
+        + chooser
+        + f"<p>{' · '.join(pager(ctx, page))}</p>"
+        + jobs_table(ctx, page, bool(chooser))
+    )
+    if not page["jobs"]:
+        body += f"<p>No {h(state)} jobs{' match' if page['job_id'] or page['search'] else ''}.</p>"
+    live = "" if page["job_id"] or page["search"] else "1"
+    return layout(
+        ctx,
+        f"{q} · {state}",
+        body,
+        "jobs",
+        queue=q,
+        state=state,
+        page_number=str(page["page"]),
+        live=live,
+    )
+
+
+def jobs_search(ctx: Context, page: dict[str, Any]) -> str:
+    """The search by id or name, and what a search by name looked at."""
+    q, state = page["queue"], page["state"]
     search = (
         f'<form method="get" action="{h(url(ctx.root, "queues", q))}">'
         f'<input type="hidden" name="state" value="{h(state)}">'
@@ -369,9 +395,15 @@ def jobs_page(ctx: Context, page: dict[str, Any]) -> str:
             f"“{h(page['search'])}” among the first {h(page['scanned'])} of "
             f"{h(page['total'])} (a search looks at the first {h(page['scan_limit'])}).</p>"
         )
-    bulk = []
+    return search
+
+
+def queue_actions(ctx: Context, page: dict[str, Any]) -> list[str]:
+    """The buttons that act on every job of the listed state."""
+    q, state = page["queue"], page["state"]
+    found = []
     if state == "failed" and page["counts"]["failed"]:
-        bulk.append(
+        found.append(
             action(
                 ctx,
                 url(ctx.root, "queues", q, "retry-failed"),
@@ -387,52 +419,47 @@ def jobs_page(ctx: Context, page: dict[str, Any]) -> str:
             else {"state": state, "keep": "0"}
         )
         label = "Clean older than 1h" if state in FINISHED_STATES else f"Clean all {state}"
-        bulk.append(action(ctx, url(ctx.root, "queues", q, "clean"), label, fields))
-    pager = []
-    search_term = page["search"]
+        found.append(action(ctx, url(ctx.root, "queues", q, "clean"), label, fields))
+    return found
+
+
+def pager(ctx: Context, page: dict[str, Any]) -> list[str]:
+    """Links to the newer and older pages of a job list, and where it is."""
+    q, state, search_term = page["queue"], page["state"], page["search"]
+    parts = []
     if page["page"] > 1:
-        pager.append(
+        parts.append(
             link(
                 url(ctx.root, "queues", q, state=state, page=page["page"] - 1, q=search_term),
                 "« newer",
             )
         )
-    pager.append(
+    parts.append(
         f'page <span data-field="page">{h(page["page"])}</span> of '
         f'<span data-field="pages">{h(page["pages"])}</span>'
     )
     if page["page"] < page["pages"]:
-        pager.append(
+        parts.append(
             link(
                 url(ctx.root, "queues", q, state=state, page=page["page"] + 1, q=search_term),
                 "older »",
             )
         )
-    chooser = bulk_form(ctx, q, state)
-    body += search + f"<p>{' '.join(bulk)}</p>" + chooser + f"<p>{' · '.join(pager)}</p>"
+    return parts
+
+
+def jobs_table(ctx: Context, page: dict[str, Any], selectable: bool) -> str:
+    """The listed jobs, each with a box to select it when ``selectable``."""
     heads = ["Id", "Name", "State", "Attempts", "Created", "Finished", "Error"]
     pick_all = (
         '<th><input type="checkbox" id="select-all" aria-label="select every job shown"></th>'
-        if chooser
+        if selectable
         else ""
     )
-    rows = "".join(job_row(ctx, q, j, bool(chooser)) for j in page["jobs"])
-    body += (
+    rows = "".join(job_row(ctx, page["queue"], j, selectable) for j in page["jobs"])
+    return (
         f"<table><thead><tr>{pick_all}{''.join(f'<th>{h(x)}</th>' for x in heads)}</tr></thead>"
         f'<tbody id="jobs">{rows}</tbody></table>'
-    )
-    if not page["jobs"]:
-        body += f"<p>No {h(state)} jobs{' match' if page['job_id'] or page['search'] else ''}.</p>"
-    live = "" if page["job_id"] or page["search"] else "1"
-    return layout(
-        ctx,
-        f"{q} · {state}",
-        body,
-        "jobs",
-        queue=q,
-        state=state,
-        page_number=str(page["page"]),
-        live=live,
     )
 
 
@@ -469,8 +496,21 @@ def steps_section(steps: dict[str, Any]) -> str:
 
 def job_page(ctx: Context, r: dict[str, Any]) -> str:
     q, jid = r["queue"], r["id"]
-    base = url(ctx.root, "queues", q, "jobs", jid)
-    buttons = (
+    body = (
+        f"<h1>Job {h(jid)} <small>{h(r['name'])}</small></h1>"
+        f"<p>{link(url(ctx.root, 'queues', q, state=r['state']), '« queue ' + q)} "
+        f"{job_buttons(ctx, url(ctx.root, 'queues', q, 'jobs', jid))}</p>"
+        + table(["", ""], (f"<tr><th>{h(k)}</th><td>{v}</td></tr>" for k, v in job_summary(ctx, r)))
+        + job_sections(r)
+    )
+    if r["children"] or r["children_failed"]:
+        body += children_section(ctx, r)
+    return layout(ctx, f"job {jid}", body, "job", queue=q, job=jid, state=r["state"])
+
+
+def job_buttons(ctx: Context, base: str) -> str:
+    """A job's actions; dashboard.js shows those its state allows."""
+    return (
         action(ctx, base + "/retry", "Retry", states="failed")
         + action(ctx, base + "/promote", "Promote", states="delayed")
         + action(
@@ -487,6 +527,10 @@ def job_page(ctx: Context, r: dict[str, Any]) -> str:
             states="waiting delayed active waiting-children",
         )
     )
+
+
+def job_summary(ctx: Context, r: dict[str, Any]) -> list[tuple[str, str]]:
+    """A job's state, attempts, times and relations: (label, HTML) rows."""
     summary = [
         ("State", f'<span class="state {h(r["state"])}" data-field="state">{h(r["state"])}</span>'),
         (
@@ -514,11 +558,13 @@ def job_page(ctx: Context, r: dict[str, Any]) -> str:
         )
     if r["children_pending"]:
         summary.append(("Children pending", h(r["children_pending"])))
-    body = (
-        f"<h1>Job {h(jid)} <small>{h(r['name'])}</small></h1>"
-        f"<p>{link(url(ctx.root, 'queues', q, state=r['state']), '« queue ' + q)} {buttons}</p>"
-        + table(["", ""], (f"<tr><th>{h(k)}</th><td>{v}</td></tr>" for k, v in summary))
-        + section("Data", f"<pre>{h(pretty(r['data']))}</pre>")
+    return summary
+
+
+def job_sections(r: dict[str, Any]) -> str:
+    """A job's data, options, progress, result, steps, error, logs and audit."""
+    return (
+        section("Data", f"<pre>{h(pretty(r['data']))}</pre>")
         + section("Options", f"<pre>{h(pretty(r['options']))}</pre>")
         + section("Progress", f'<pre data-field="progress">{h(pretty(r["progress"]))}</pre>')
         + section("Result", f'<pre data-field="result">{h(pretty(r["result"]))}</pre>')
@@ -542,18 +588,20 @@ def job_page(ctx: Context, r: dict[str, Any]) -> str:
             ),
         )
     )
-    if r["children"] or r["children_failed"]:
-        rows = [
-            f"<tr><td>{link(url(ctx.root, 'queues', c['queue'], 'jobs', c['id']), c['ref'])}</td>"
-            f"<td><pre>{h(pretty(c['result']))}</pre></td></tr>"
-            for c in r["children"]
-        ] + [
-            f"<tr><td>{link(url(ctx.root, 'queues', c['queue'], 'jobs', c['id']), c['ref'])}</td>"
-            f'<td class="err">failed, skipped: {h(c["error"])}</td></tr>'
-            for c in r["children_failed"]
-        ]
-        body += section("Children", table(["Child", "Result"], rows))
-    return layout(ctx, f"job {jid}", body, "job", queue=q, job=jid, state=r["state"])
+
+
+def children_section(ctx: Context, r: dict[str, Any]) -> str:
+    """A flow parent's finished children: results, and the failed it skipped."""
+    rows = [
+        f"<tr><td>{link(url(ctx.root, 'queues', c['queue'], 'jobs', c['id']), c['ref'])}</td>"
+        f"<td><pre>{h(pretty(c['result']))}</pre></td></tr>"
+        for c in r["children"]
+    ] + [
+        f"<tr><td>{link(url(ctx.root, 'queues', c['queue'], 'jobs', c['id']), c['ref'])}</td>"
+        f'<td class="err">failed, skipped: {h(c["error"])}</td></tr>'
+        for c in r["children_failed"]
+    ]
+    return section("Children", table(["Child", "Result"], rows))
 
 
 def schedule_when(s: dict[str, Any]) -> str:

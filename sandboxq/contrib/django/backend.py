@@ -32,10 +32,10 @@ from sandboxq.contrib.django.compat import (
     task_enqueued,
 )
 from sandboxq.core import check_defaults
-from sandboxq.job import Job, JobRecord
+from sandboxq.job import JobRecord
 from sandboxq.keys import QueueKeys
 from sandboxq.payload import to_json
-from sandboxq.queue import Queue
+from sandboxq.queue import Job, Queue
 
 #: The name of every job that runs a Django task.
 JOB_NAME = "django.task"

@@ -1,0 +1,100 @@
+"""The rows the add scripts write: one job (:class:`JobRow`) and one job
+of a flow (:class:`FlowNode`), with named fields.
+
+``Queue.add``, flows, schedule occurrences and ``EagerQueue`` build and
+read these; only :meth:`JobRow.script_args` and
+:meth:`FlowNode.script_args` know the positional shape the script wrappers
+in :mod:`sandboxq.scripts` take.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from sandboxq.options import JobOptions, ms
+
+
+class JobRow(NamedTuple):
+    """One job to add, checked and encoded: nothing is left to validate."""
+
+    #: The id asked for; "" lets the add script generate one.
+    job_id: str
+    priority: int
+    #: How long the job waits before it may run; 0: it waits for a worker now.
+    delay_ms: int
+    name: str
+    #: The job's data as JSON.
+    data: bytes
+    #: The job-hash fields its options set (:meth:`JobOptions.hash_fields`).
+    option_fields: tuple[Any, ...] = ()
+    #: The key of the schedule whose occurrence this job is, if any.
+    schedule: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        data: bytes,
+        options: JobOptions,
+        *,
+        job_id: str | None = None,
+        delay_ms: int | None = None,
+        schedule: str | None = None,
+    ) -> JobRow:
+        """The row of a job with these options; ``job_id`` and ``delay_ms``,
+        when given, stand for the options' own."""
+        return cls(
+            job_id=job_id or options.job_id or "",
+            priority=options.priority,
+            delay_ms=ms(options.delay) if delay_ms is None else delay_ms,
+            name=name,
+            data=data,
+            option_fields=tuple(options.hash_fields()),
+            schedule=schedule,
+        )
+
+    def hash_fields(self) -> list[Any]:
+        """The job-hash fields the row sets, as a flat field/value list."""
+        fields: list[Any] = ["name", self.name, "data", self.data]
+        if self.schedule is not None:
+            fields += ["schedule", self.schedule]
+        return [*fields, *self.option_fields]
+
+    def script_args(self) -> list[Any]:
+        """The job as ``Scripts.add`` and ``Scripts.fire_schedule`` take it:
+        ``[job_id, priority, delay_ms, *field_value_pairs]``."""
+        return [self.job_id, self.priority, self.delay_ms, *self.hash_fields()]
+
+
+class FlowNode(NamedTuple):
+    """One job of a flow to add: its row and its place in the tree."""
+
+    #: The key prefix of the job's queue (flows may span queues).
+    prefix: str
+    queue: str
+    #: The 1-based index of its parent among the flow's nodes; 0: the root.
+    parent_index: int
+    #: Whether its failing for good fails its parent.
+    fail_parent: bool
+    #: Whether it waits for its children even if some failed for good.
+    ignore_failed_children: bool
+    #: How many children it has (it waits for them when any).
+    children: int
+    #: The job itself (its ``job_id`` is not used: flow ids are generated).
+    row: JobRow
+
+    def script_args(self) -> list[Any]:
+        """The node as ``Scripts.add_flow`` takes it: ``[prefix, queue,
+        parent_index, fail_parent, ignore_failure, n_children, priority,
+        delay_ms, *field_value_pairs]``, flags as "1" or "0"."""
+        return [
+            self.prefix,
+            self.queue,
+            self.parent_index,
+            "1" if self.fail_parent else "0",
+            "1" if self.ignore_failed_children else "0",
+            self.children,
+            self.row.priority,
+            self.row.delay_ms,
+            *self.row.hash_fields(),
+        ]
