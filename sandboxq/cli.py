@@ -9,6 +9,7 @@ development (``dev``) or the demo, and look at and administer queues and jobs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import math
 import os
@@ -17,15 +18,18 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 import redis
 
 from sandboxq import logs
-from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.job import STATES
 from sandboxq.options import rate_limit_fields
+
+if TYPE_CHECKING:
+    from sandboxq.worker.settings import WorkerSettings
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
@@ -54,7 +58,7 @@ def parse_procs(text: str) -> int | str:
 def parse_async_concurrency(text: str) -> int:
     """``--async-concurrency``: a whole number from 1 to 1000 (the worker's
     own check, check_async_concurrency, says so)."""
-    from sandboxq.worker.parent import check_async_concurrency
+    from sandboxq.worker.settings import check_async_concurrency
 
     try:
         return check_async_concurrency(int(text))
@@ -233,10 +237,134 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerOption:
+    """One option of ``sandboxq worker``: the WorkerSettings field ``name``
+    (its flag is ``--name`` with dashes; its default is the field's) or,
+    for the options that are not settings, ``default``."""
+
+    name: str
+    help: str
+    type: Callable[[str], Any] | None = None
+    metavar: str | None = None
+    choices: Sequence[Any] | None = None
+    default: Any = None
+
+
+#: The options of ``sandboxq worker`` but its MODULE arguments and
+#: ``--queue``, in the order ``--help`` lists them: every WorkerSettings
+#: knob, then the logging options.
+WORKER_OPTIONS = (
+    WorkerOption("procs", "children: a number, or auto (usable CPUs) [auto]", parse_procs),
+    WorkerOption(
+        "async_concurrency",
+        "jobs of async def handlers each child runs at once on its event loop (1 to "
+        "1000); other jobs still run alone. A crash or memory kill of a child fails every "
+        "job it was running [1]",
+        parse_async_concurrency,
+        "N",
+    ),
+    WorkerOption("url", "Redis URL [$SANDBOXQ_REDIS_URL or redis://localhost:6379/0]"),
+    WorkerOption(
+        "max_memory_per_child",
+        "kill a child whose memory (with the processes its job started) goes over "
+        "this, failing its job (e.g. 512M)",
+        parse_size,
+        "SIZE",
+    ),
+    WorkerOption(
+        "max_result_bytes",
+        "fail a job whose result is bigger than this as JSON [1M]",
+        parse_size,
+        "SIZE",
+    ),
+    WorkerOption("max_jobs_per_child", "replace a child after N jobs", int, "N"),
+    WorkerOption(
+        "shutdown_timeout",
+        "how long SIGTERM waits for jobs in flight [30]",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption(
+        "lease",
+        "job lease; renewed by the parent every third of it [30]",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption("max_stalls", "fail a job after its worker died more than N times [1]", int, "N"),
+    WorkerOption(
+        "default_timeout",
+        "timeout of jobs whose handler and options set none",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption(
+        "unknown_name_grace",
+        "a job whose name no handler here runs goes back to the queue (for a newer "
+        "worker) until it is this old, then fails (default 300)",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption(
+        "kill_grace",
+        "after a timeout's SIGTERM, wait this long before SIGKILL [2]",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption(
+        "child_hook_timeout",
+        "how long a child's on_child_start or on_child_exit hooks may take before "
+        "the child is killed and replaced [10]",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption(
+        "child_nice",
+        "run children N levels of nice(1) below the parent, which serves them all "
+        "(0 to 19; 0 = the same priority) [5]",
+        int,
+        "N",
+        choices=range(20),
+    ),
+    WorkerOption(
+        "rate_limit",
+        "at most N job starts per period across all workers, e.g. 100/60s, 20/s, 5/2m "
+        "(stored on the queues, like Queue.set_rate_limit)",
+        parse_rate,
+        "N/PERIOD",
+    ),
+    WorkerOption(
+        "metrics_port",
+        "serve Prometheus /metrics and the /healthz and /readyz probes on this port",
+        int,
+        "PORT",
+    ),
+    WorkerOption("metrics_host", "address to bind [0.0.0.0]"),
+    WorkerOption(
+        "liveness_tick_timeout",
+        "/healthz fails when the worker loop has not run for this long [30]",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption(
+        "liveness_idle_timeout",
+        "/healthz fails when no job finished for this long while jobs wait [600]",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption("log_format", "", choices=("text", "json"), default="text"),
+    WorkerOption("log_level", "", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO"),
+)
+
+
 def add_worker_options(worker: argparse.ArgumentParser) -> None:
     """The options of ``sandboxq worker`` (all but its MODULE arguments), on
     ``worker``: the command's parser, or another front end's (Django's
-    ``manage.py sandboxq_worker``), so they are defined once."""
+    ``manage.py sandboxq_worker``), so they are defined once, from
+    :data:`WORKER_OPTIONS` and the defaults of WorkerSettings."""
+    from sandboxq.worker.settings import WorkerSettings
+
+    defaults = {field.name: field.default for field in dataclasses.fields(WorkerSettings)}
     worker.add_argument(
         "-q",
         "--queue",
@@ -245,130 +373,23 @@ def add_worker_options(worker: argparse.ArgumentParser) -> None:
         metavar="QUEUE",
         help="queue to serve (repeatable; default: the handlers' queues)",
     )
-    worker.add_argument(
-        "--procs",
-        type=parse_procs,
-        default="auto",
-        help="children: a number, or auto (usable CPUs) [auto]",
-    )
-    worker.add_argument(
-        "--async-concurrency",
-        type=parse_async_concurrency,
-        default=1,
-        metavar="N",
-        help="jobs of async def handlers each child runs at once on its event loop (1 to "
-        "1000); other jobs still run alone. A crash or memory kill of a child fails every "
-        "job it was running [1]",
-    )
-    worker.add_argument("--url", help="Redis URL [$SANDBOXQ_REDIS_URL or redis://localhost:6379/0]")
-    worker.add_argument(
-        "--max-memory-per-child",
-        type=parse_size,
-        metavar="SIZE",
-        help="kill a child whose memory (with the processes its job started) goes over "
-        "this, failing its job (e.g. 512M)",
-    )
-    worker.add_argument(
-        "--max-result-bytes",
-        type=parse_size,
-        default=DEFAULT_MAX_RESULT_BYTES,
-        metavar="SIZE",
-        help="fail a job whose result is bigger than this as JSON [1M]",
-    )
-    worker.add_argument(
-        "--max-jobs-per-child", type=int, metavar="N", help="replace a child after N jobs"
-    )
-    worker.add_argument(
-        "--shutdown-timeout",
-        type=positive_seconds,
-        default=30.0,
-        metavar="SECONDS",
-        help="how long SIGTERM waits for jobs in flight [30]",
-    )
-    worker.add_argument(
-        "--lease",
-        type=positive_seconds,
-        default=30.0,
-        metavar="SECONDS",
-        help="job lease; renewed by the parent every third of it [30]",
-    )
-    worker.add_argument(
-        "--max-stalls",
-        type=int,
-        default=1,
-        metavar="N",
-        help="fail a job after its worker died more than N times [1]",
-    )
-    worker.add_argument(
-        "--default-timeout",
-        type=positive_seconds,
-        metavar="SECONDS",
-        help="timeout of jobs whose handler and options set none",
-    )
-    worker.add_argument(
-        "--unknown-name-grace",
-        type=positive_seconds,
-        default=300.0,
-        metavar="SECONDS",
-        help="a job whose name no handler here runs goes back to the queue (for a newer "
-        "worker) until it is this old, then fails (default 300)",
-    )
-    worker.add_argument(
-        "--kill-grace",
-        type=positive_seconds,
-        default=2.0,
-        metavar="SECONDS",
-        help="after a timeout's SIGTERM, wait this long before SIGKILL [2]",
-    )
-    worker.add_argument(
-        "--child-hook-timeout",
-        type=positive_seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long a child's on_child_start or on_child_exit hooks may take before "
-        "the child is killed and replaced [10]",
-    )
-    worker.add_argument(
-        "--child-nice",
-        type=int,
-        choices=range(20),
-        default=5,
-        metavar="N",
-        help="run children N levels of nice(1) below the parent, which serves them all "
-        "(0 to 19; 0 = the same priority) [5]",
-    )
-    worker.add_argument(
-        "--rate-limit",
-        type=parse_rate,
-        metavar="N/PERIOD",
-        help="at most N job starts per period across all workers, e.g. 100/60s, 20/s, 5/2m "
-        "(stored on the queues, like Queue.set_rate_limit)",
-    )
-    worker.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve Prometheus /metrics and the /healthz and /readyz probes on this port",
-    )
-    worker.add_argument("--metrics-host", default="0.0.0.0", help="address to bind [0.0.0.0]")
-    worker.add_argument(
-        "--liveness-tick-timeout",
-        type=positive_seconds,
-        default=30.0,
-        metavar="SECONDS",
-        help="/healthz fails when the worker loop has not run for this long [30]",
-    )
-    worker.add_argument(
-        "--liveness-idle-timeout",
-        type=positive_seconds,
-        default=600.0,
-        metavar="SECONDS",
-        help="/healthz fails when no job finished for this long while jobs wait [600]",
-    )
-    worker.add_argument("--log-format", choices=("text", "json"), default="text")
-    worker.add_argument(
-        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
-    )
+    for option in WORKER_OPTIONS:
+        extra: dict[str, Any] = {}
+        for key in ("type", "metavar", "choices", "help"):
+            if value := getattr(option, key):
+                extra[key] = value
+        worker.add_argument(
+            "--" + option.name.replace("_", "-"),
+            default=defaults.get(option.name, option.default),
+            **extra,
+        )
+
+
+def worker_settings(args: argparse.Namespace) -> WorkerSettings:
+    """The WorkerSettings of a parsed ``sandboxq worker`` command line."""
+    from sandboxq.worker.settings import SETTING_NAMES, WorkerSettings
+
+    return WorkerSettings(**{name: getattr(args, name) for name in SETTING_NAMES})
 
 
 #: The commands ``sandboxq.admin.run`` implements.
@@ -633,7 +654,8 @@ NOT_LINUX = (
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from sandboxq.worker.parent import EXIT_BOOT_ERROR, EXIT_INTERNAL_ERROR, BootError, Worker
+    from sandboxq.worker.exit_codes import EXIT_BOOT_ERROR, EXIT_INTERNAL_ERROR, BootError
+    from sandboxq.worker.parent import Worker
 
     logs.setup(args.log_format, args.log_level)
     log_version()
@@ -660,28 +682,7 @@ def run_worker(args: argparse.Namespace) -> int:
         logs.log.error("cannot start: %s", exc)
         return EXIT_BOOT_ERROR
     try:
-        worker = Worker(
-            args.queues,
-            max_result_bytes=args.max_result_bytes,
-            procs=args.procs,
-            async_concurrency=args.async_concurrency,
-            url=args.url,
-            max_memory_per_child=args.max_memory_per_child,
-            max_jobs_per_child=args.max_jobs_per_child,
-            shutdown_timeout=args.shutdown_timeout,
-            lease=args.lease,
-            max_stalls=args.max_stalls,
-            default_timeout=args.default_timeout,
-            kill_grace=args.kill_grace,
-            child_hook_timeout=args.child_hook_timeout,
-            child_nice=args.child_nice,
-            rate_limit=args.rate_limit,
-            metrics_port=args.metrics_port,
-            metrics_host=args.metrics_host,
-            liveness_tick_timeout=args.liveness_tick_timeout,
-            liveness_idle_timeout=args.liveness_idle_timeout,
-            unknown_name_grace=args.unknown_name_grace,
-        )
+        worker = Worker(args.queues, settings=worker_settings(args))
     except (BootError, ValueError) as exc:
         logs.log.error("cannot start: %s", exc)
         return EXIT_BOOT_ERROR

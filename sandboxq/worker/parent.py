@@ -32,27 +32,48 @@ from setproctitle import setproctitle
 
 from sandboxq import execution, hooks, logs
 from sandboxq.addresses import redact
-from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
-from sandboxq.connection import connect, resolve_url
+from sandboxq.connection import connect
 from sandboxq.execution import record_problem
 from sandboxq.fast import CorruptRecord
-from sandboxq.handlers import REGISTRY, Handler
+from sandboxq.handlers import Handler, handler_table
 from sandboxq.keys import validate_name
 from sandboxq.metrics import Health, WorkerMetrics, crash_kind, serve
-from sandboxq.options import rate_limit_fields
 from sandboxq.queue import Queue
 from sandboxq.worker import protocol
 from sandboxq.worker.broker import Broker, StepResult
-from sandboxq.worker.cpus import available_cpus
-from sandboxq.worker.link import Endpoint
+from sandboxq.worker.exit_codes import (
+    EXIT_BOOT_ERROR,
+    EXIT_FORCED,
+    EXIT_INTERNAL_ERROR,
+    EXIT_OK,
+    EXIT_STOP_HOOK_FAILED,
+    BootError,
+)
 from sandboxq.worker.pool import HANDLED_SIGNALS, MIB, Assignment, Child, Pool, describe_exit
+from sandboxq.worker.settings import (
+    MAX_ASYNC_CONCURRENCY,
+    MAX_CHILD_NICE,
+    MAX_RESULT_BYTES,
+    WorkerSettings,
+    check_async_concurrency,
+)
 from sandboxq.worker.trouble import is_transient
 
-EXIT_OK = 0  # drained cleanly
-EXIT_FORCED = 1  # stopped before the jobs in flight finished; they were handed back
-EXIT_BOOT_ERROR = 3  # could not start: bad handlers or modules, children dying at birth
-EXIT_STOP_HOOK_FAILED = 4  # drained cleanly, then an on_worker_stop hook failed (logged)
-EXIT_INTERNAL_ERROR = 70  # an unexpected error stopped the worker (EX_SOFTWARE): a bug to report
+__all__ = [
+    "EXIT_BOOT_ERROR",
+    "EXIT_FORCED",
+    "EXIT_INTERNAL_ERROR",
+    "EXIT_OK",
+    "EXIT_STOP_HOOK_FAILED",
+    "MAX_ASYNC_CONCURRENCY",
+    "MAX_CHILD_NICE",
+    "MAX_RESULT_BYTES",
+    "BootError",
+    "Worker",
+    "WorkerSettings",
+    "check_async_concurrency",
+    "resolve_handlers",
+]
 
 #: How long a job no handler here runs goes back to the queue before it is
 #: offered again (within --unknown-name-grace).
@@ -85,18 +106,6 @@ RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
 _WAKE, _WAITER, _LINK = "wake", "waiter", "link"
 
 
-#: The most a child's niceness can be raised above the parent's (nice(2)).
-MAX_CHILD_NICE = 19
-
-#: The most async jobs one child may run at once (--async-concurrency):
-#: far above what one event loop serves well, low enough that a typo (an
-#: extra zero or two) is refused rather than leasing thousands of jobs.
-MAX_ASYNC_CONCURRENCY = 1000
-
-#: The largest result a worker may accept: what fits in a frame with room
-#: for the rest of the done frame.
-MAX_RESULT_BYTES = protocol.MAX_FRAME_SIZE - 64 * 1024
-
 # Prefetching: when jobs are short next to a round trip to Redis, the parent
 # leases more jobs than it has free children. Each busy child gets its next
 # jobs queued on its pipe, and a local buffer holds about as many more as the
@@ -128,10 +137,6 @@ AVERAGE_WEIGHT = 0.2
 #: or until this many entries, to share a step with more.
 BATCH_SECONDS = 0.002
 BATCH_ENTRIES = 64
-
-
-class BootError(RuntimeError):
-    """The worker cannot start; the CLI exits with EXIT_BOOT_ERROR."""
 
 
 class _Room(NamedTuple):
@@ -168,15 +173,9 @@ def resolve_handlers(
     Queues default to those the handlers belong to.
     """
     wanted = None if queues is None else [validate_name("queue name", q) for q in queues]
-    if handlers is None:
-        found = list(REGISTRY.values())
-    elif isinstance(handlers, Mapping):
-        if not wanted:
-            raise BootError("a {name: function} handler map needs the queues to serve")
-        found = [Handler(q, name, func) for q in wanted for name, func in handlers.items()]
-    else:
-        found = list(handlers)
-    table = {(h.queue, h.name): h for h in found if wanted is None or h.queue in wanted}
+    if isinstance(handlers, Mapping) and not wanted:
+        raise BootError("a {name: function} handler map needs the queues to serve")
+    table = handler_table(wanted, handlers)
     queue_list = wanted or sorted({q for q, _ in table})
     if not queue_list:
         raise BootError(
@@ -208,81 +207,27 @@ class Worker:
         queues: Iterable[str] | None = None,
         handlers: Mapping[str, Callable[..., Any]] | Iterable[Handler] | None = None,
         *,
-        procs: int | str = "auto",
-        url: str | None = None,
-        max_memory_per_child: int | None = None,
-        max_jobs_per_child: int | None = None,
-        shutdown_timeout: float = 30.0,
-        lease: float = 30.0,
-        max_stalls: int = 1,
-        default_timeout: float | None = None,
-        kill_grace: float = 2.0,
-        child_hook_timeout: float = 10.0,
-        child_nice: int = 5,
-        rate_limit: tuple[int, float] | None = None,
-        metrics_port: int | None = None,
-        metrics_host: str = "0.0.0.0",
-        liveness_tick_timeout: float = 30.0,
-        liveness_idle_timeout: float = 600.0,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-        unknown_name_grace: float = 300.0,
-        async_concurrency: int = 1,
+        settings: WorkerSettings | None = None,
+        **knobs: Any,
     ) -> None:
         self.queues, self.handlers = resolve_handlers(queues, handlers)
-        self.async_concurrency = check_async_concurrency(async_concurrency)
+        if settings is None:
+            settings = WorkerSettings(**knobs)
+        elif knobs:
+            raise TypeError(f"pass settings or keyword arguments, not both: {sorted(knobs)}")
+        self.settings = settings
         #: The handlers whose jobs share a child (async def), by (queue, name).
         self._concurrent = {
             key: execution.runs_concurrently(found.func) for key, found in self.handlers.items()
         }
-        if not 0 <= unknown_name_grace < math.inf:
-            raise ValueError(f"unknown_name_grace must be >= 0 seconds, got {unknown_name_grace!r}")
-        self.unknown_name_grace = unknown_name_grace
         #: Jobs with no handler here this worker handed back, until when it
         #: steps aside if they come back to it (monotonic).
         self._handed_back_unknown: dict[tuple[str, str], float] = {}
-        # --rate-limit is stored on the queues (Queue.set_rate_limit), so it
-        # holds across every worker, not per process.
-        self.settings = {} if rate_limit is None else rate_limit_fields("rl", *rate_limit)
-        if procs == "auto":
-            procs = available_cpus()
-        if not isinstance(procs, int) or procs < 1:
-            raise ValueError(f"procs must be 'auto' or an int >= 1, got {procs!r}")
-        if lease <= 0 or shutdown_timeout < 0 or max_stalls < 0:
-            raise ValueError("lease must be > 0, shutdown_timeout and max_stalls >= 0")
-        if not 0 < child_hook_timeout < math.inf:
-            raise ValueError(
-                f"child_hook_timeout must be > 0 seconds and finite, got {child_hook_timeout!r}"
-            )
-        if (
-            isinstance(max_result_bytes, bool)
-            or not isinstance(max_result_bytes, int)
-            or not 1 <= max_result_bytes <= MAX_RESULT_BYTES
-        ):
-            raise ValueError(
-                f"max_result_bytes must be an int from 1 to {MAX_RESULT_BYTES}, "
-                f"got {max_result_bytes!r}"
-            )
-        if not isinstance(child_nice, int) or not 0 <= child_nice <= MAX_CHILD_NICE:
-            raise ValueError(
-                f"child_nice must be an int from 0 to {MAX_CHILD_NICE}, got {child_nice!r}"
-            )
-        self.procs = procs
-        self.url = resolve_url(url)
-        Endpoint.from_url(self.url, connect_timeout=1.0)  # a bad URL is a boot error, now
+        self.procs = settings.pool_size
+        self.url = settings.redis_url
         self.url_shown = redact(self.url)  # for logs: no password
-        self.max_memory_per_child = max_memory_per_child
-        self.max_jobs_per_child = max_jobs_per_child
-        self.shutdown_timeout = shutdown_timeout
-        self.lease = lease
-        self.max_stalls = max_stalls
-        self.default_timeout = default_timeout
-        self.kill_grace = kill_grace
-        self.child_hook_timeout = child_hook_timeout
-        self.child_nice = child_nice
-        self.max_result_bytes = max_result_bytes
-        self.metrics_port, self.metrics_host = metrics_port, metrics_host
-        self.liveness_tick_timeout = liveness_tick_timeout
-        self.liveness_idle_timeout = liveness_idle_timeout
+        self.async_concurrency = settings.async_concurrency
+        self.max_jobs_per_child = settings.max_jobs_per_child
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._signals: list[int] = []
         self._wake_w = -1
@@ -360,9 +305,9 @@ class Worker:
             self.url,
             self.queues,
             self.token,
-            lease=self.lease,
-            max_stalls=self.max_stalls,
-            settings=self.settings,
+            lease=self.settings.lease,
+            max_stalls=self.settings.max_stalls,
+            settings=self.settings.rate_limit_fields,
             description={
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
@@ -384,16 +329,9 @@ class Worker:
             for signum in HANDLED_SIGNALS:
                 signal.signal(signum, self._on_signal)
         self.pool = Pool(
-            self.procs,
+            self.settings,
             self.handlers,
-            max_memory_bytes=self.max_memory_per_child,
-            max_jobs_per_child=self.max_jobs_per_child,
-            kill_grace=self.kill_grace,
-            hook_timeout=self.child_hook_timeout,
-            child_nice=self.child_nice,
             inherited_fds=[wake_r, self._wake_w, self.selector.fileno()],
-            max_result_bytes=self.max_result_bytes,
-            slots=self.async_concurrency,
         )
         setproctitle(f"sandboxq parent: {','.join(self.queues)} [{self.procs} procs]")
         for _ in range(self.procs):
@@ -413,8 +351,8 @@ class Worker:
             counts=lambda: {q.name: q.counts() for q in queues},
         )
         self.health = Health(
-            tick_timeout=self.liveness_tick_timeout,
-            idle_timeout=self.liveness_idle_timeout,
+            tick_timeout=self.settings.liveness_tick_timeout,
+            idle_timeout=self.settings.liveness_idle_timeout,
             redis_ok=lambda: bool(probe.ping()),
             pool_up=lambda: len(self.pool.by_pid) == self.procs and not self._stopping,
             # A paused queue's waiting jobs are not work this worker may do.
@@ -422,8 +360,10 @@ class Worker:
         )
         self._probe = probe
         self._http = None
-        if self.metrics_port is not None:
-            self._http = serve(self.metrics, self.health, self.metrics_host, self.metrics_port)
+        if self.settings.metrics_port is not None:
+            self._http = serve(
+                self.metrics, self.health, self.settings.metrics_host, self.settings.metrics_port
+            )
             self.pool.inherited_fds.append(self._http.fileno())
 
     def _running_jobs(self) -> int:
@@ -443,8 +383,8 @@ class Worker:
             self.pool.retire(child)
         # Idle children exit within milliseconds of EOF, unless their
         # on_child_exit hooks take time: those get the hooks' timeout.
-        wait = self.child_hook_timeout if hooks.HOOKS[hooks.CHILD_EXIT] else 1.0
-        deadline = time.monotonic() + max(self.kill_grace, wait)
+        wait = self.settings.child_hook_timeout if hooks.HOOKS[hooks.CHILD_EXIT] else 1.0
+        deadline = time.monotonic() + max(self.settings.kill_grace, wait)
         while self.pool.by_pid and time.monotonic() < deadline:
             for child, _status in self.pool.reap():
                 self._forget(child)
@@ -695,7 +635,7 @@ class Worker:
                 self._dropped(child, job)
                 return
             if kind == protocol.DONE:
-                outcome = protocol.check_done(message, self.max_result_bytes)
+                outcome = protocol.check_done(message, self.settings.max_result_bytes)
             elif kind == protocol.STEP:
                 key, result = protocol.check_step(message)
             elif kind == protocol.LEAVING:
@@ -860,7 +800,7 @@ class Worker:
             f"job cancelled while running: stopping it ({how})",
             logging.INFO,
             **_run_fields(job, child.pid),
-            kill_grace_s=self.kill_grace,
+            kill_grace_s=self.settings.kill_grace,
         )
 
     def _stopped_outcome(self, job: Assignment) -> execution.Outcome:
@@ -939,7 +879,8 @@ class Worker:
             if child.cancelling:
                 how = "stopped while running"
                 if child.sigkilled:
-                    how = f"killed while running: SIGTERM did not end it in {self.kill_grace:g}s"
+                    grace = self.settings.kill_grace
+                    how = f"killed while running: SIGTERM did not end it in {grace:g}s"
                 self._settle(child, job, execution.Outcome(execution.CANCELLED, how))
             elif job.stop_cancels:
                 self._settle(child, job, execution.Outcome(execution.CANCELLED, reason))
@@ -1174,7 +1115,7 @@ class Worker:
                 )
             self.broker.finish(queue, execution.finish_entry(job_id, fields, outcome))
             return
-        timeout = fields.get("timeout") or found.timeout or self.default_timeout
+        timeout = fields.get("timeout") or found.timeout or self.settings.default_timeout
         job = Assignment(queue, job_id, name, fields, timeout, started)
         if self.async_concurrency > 1:  # else no job shares a child
             job.concurrent = self._concurrent[(queue, name)]
@@ -1225,7 +1166,7 @@ class Worker:
         problem += f"{', '.join(known)})"
         self.metrics.unknown_names.labels(queue).inc()
         age = self.broker.now_ms() / 1000 - float(fields.get("created_at") or 0)
-        if age < self.unknown_name_grace:
+        if age < self.settings.unknown_name_grace:
             logs.event(
                 f"{problem}; handed back for {UNKNOWN_NAME_RETRY_SECONDS:g}s, for a worker "
                 "that knows it",
@@ -1235,7 +1176,7 @@ class Worker:
                 job_name=name,
             )
             return execution.Outcome(execution.UNSTARTED, problem, delay=UNKNOWN_NAME_RETRY_SECONDS)
-        message = f"{problem}; no worker ran it within {self.unknown_name_grace:g}s"
+        message = f"{problem}; no worker ran it within {self.settings.unknown_name_grace:g}s"
         logs.event(message, logging.WARNING, queue=queue, job_id=job_id, job_name=name)
         return execution.Outcome.error(message, unrecoverable=True)
 
@@ -1492,7 +1433,7 @@ class Worker:
         now = time.monotonic()
         if not self._stopping:
             self._stopping = True
-            self._stop_deadline = now + self.shutdown_timeout
+            self._stop_deadline = now + self.settings.shutdown_timeout
             if not self.broker.wake_fetch_armed:  # else it answers within a second
                 self._unarm_wait()
             logs.event(
@@ -1500,7 +1441,7 @@ class Worker:
                 logging.INFO,
                 signal=why,
                 in_flight=self._running_jobs(),
-                timeout_s=self.shutdown_timeout,
+                timeout_s=self.settings.shutdown_timeout,
             )
         if force:
             self._stop_deadline = now
@@ -1547,20 +1488,6 @@ class Worker:
             job_ids=",".join(left),
             unrecorded=sum(len(entries) for entries in self.broker.finishes.values()),
         )
-
-
-def check_async_concurrency(value: Any) -> int:
-    """``async_concurrency`` checked: an int from 1 to MAX_ASYNC_CONCURRENCY."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(
-            f"async_concurrency must be an int from 1 to {MAX_ASYNC_CONCURRENCY}, got {value!r}"
-        )
-    if not 1 <= value <= MAX_ASYNC_CONCURRENCY:
-        raise ValueError(
-            f"async_concurrency must be from 1 to {MAX_ASYNC_CONCURRENCY} (jobs per child), "
-            f"got {value}"
-        )
-    return value
 
 
 def _run_fields(job: Assignment, pid: int) -> dict[str, Any]:

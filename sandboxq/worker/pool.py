@@ -25,11 +25,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.handlers import Handler
 from sandboxq.steps import steps_json
 from sandboxq.worker import child as child_main
 from sandboxq.worker import proctree, protocol
+from sandboxq.worker.settings import WorkerSettings
 
 #: Signals the parent handles; blocked around fork() so a child never runs
 #: one of the parent's handlers before it has reset them.
@@ -171,33 +171,27 @@ def describe_exit(status: int, kill_reason: str | None) -> str:
 
 
 class Pool:
+    """The children and the jobs they hold: the one place a child's state
+    changes."""
+
     def __init__(
         self,
-        size: int,
+        settings: WorkerSettings,
         handlers: dict[tuple[str, str], Handler],
         *,
-        max_memory_bytes: int | None = None,
-        max_jobs_per_child: int | None = None,
-        kill_grace: float = 2.0,
-        hook_timeout: float = 10.0,
-        child_nice: int = 0,
         inherited_fds: list[int] | None = None,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-        slots: int = 1,
     ) -> None:
-        self.size = size
         #: How many async jobs a child runs at once (--async-concurrency).
-        self.slots = slots
+        self.slots = settings.async_concurrency
         self.handlers = handlers
-        self.max_memory_bytes = max_memory_bytes
-        self.max_jobs_per_child = max_jobs_per_child
-        self.kill_grace = kill_grace
-        self.hook_timeout = hook_timeout
-        self.child_nice = child_nice
-        self.max_result_bytes = max_result_bytes
+        self.max_memory_bytes = settings.max_memory_per_child
+        self.kill_grace = settings.kill_grace
+        self.hook_timeout = settings.child_hook_timeout
+        self.child_nice = settings.child_nice
+        self.max_result_bytes = settings.max_result_bytes
         self.inherited_fds = inherited_fds or []  # parent fds a child must close
         self.by_pid: dict[int, Child] = {}
-        self._free_indexes = list(range(size, 0, -1))
+        self._free_indexes = list(range(settings.pool_size, 0, -1))
         #: When enforce_limits next has something to do (monotonic); 0 when
         #: a job started or a kill began since it last looked.
         self._limits_due = 0.0
