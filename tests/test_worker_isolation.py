@@ -357,7 +357,8 @@ def test_a_corrupt_frame_kills_only_the_child_that_sent_it() -> None:
     import subprocess
     import sys
 
-    from sandboxq.worker.pool import Child, Pool
+    from sandboxq.worker.child_state import Child
+    from sandboxq.worker.pool import Pool
     from sandboxq.worker.settings import WorkerSettings
 
     parent_end, child_end = socket_module.socketpair()
