@@ -1,7 +1,8 @@
-"""The pool of forked children: fork, dispatch, reap, limits, recycling.
+"""The pool of forked children: fork, pipes, reap, limits, recycling.
 
-The pool knows processes and pipes, not Redis. It tells the parent loop what
-happened (messages, deaths with a readable reason) and the parent decides.
+The pool knows processes and pipes, not Redis: the one place a child's state
+(:class:`~sandboxq.worker.child_state.Child`) changes. It tells the parent's
+parts what happened (frames, deaths with a readable reason) and they decide.
 
 What a child's pipe carries is untrusted: the kernel names the process that
 wrote each chunk (SO_PASSCRED), and only the child's own bytes are decoded.
