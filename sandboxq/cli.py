@@ -4,156 +4,71 @@ development (``dev``) or the demo, and look at and administer queues and jobs
 ``resume``, ``clean``, ``workers``, ``add``, ``schedules``), or serve the web
 ``dashboard``."""
 
-# This module parses and dispatches; sandboxq.admin implements the admin commands.
+# This module builds the parser, runs the worker and dispatches: the options of
+# ``sandboxq worker`` are WORKER_OPTIONS (one table, defaults from
+# WorkerSettings); the other commands' parsers are in sandboxq.cli_commands, the
+# argparse types in sandboxq.cli_values, and sandboxq.admin implements the
+# admin commands.
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
-import math
 import os
 import platform
-import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 import redis
 
 from sandboxq import logs
-from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
-from sandboxq.job import STATES
-from sandboxq.options import rate_limit_fields
+from sandboxq.cli_commands import (
+    ADMIN_COMMANDS,
+    add_admin_commands,
+    add_dashboard_command,
+    add_dev_command,
+)
+from sandboxq.cli_values import (
+    non_negative_int,
+    parse_async_concurrency,
+    parse_backoff,
+    parse_duration,
+    parse_json,
+    parse_procs,
+    parse_rate,
+    parse_size,
+    positive_int,
+    positive_seconds,
+)
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+if TYPE_CHECKING:
+    from sandboxq.worker.settings import WorkerSettings
 
-
-def parse_size(text: str) -> int:
-    """``512M``, ``1.5G``, ``256MiB`` or plain bytes → bytes (powers of 1024)."""
-    match = _SIZE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512M or 2G)")
-    number, unit = float(match.group(1)), match.group(2).lower()
-    return int(number * 1024 ** " kmgt".index(unit or " "))
-
-
-def parse_procs(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--procs must be 'auto' or a number >= 1, got {text!r}")
-    return value
-
-
-def parse_async_concurrency(text: str) -> int:
-    """``--async-concurrency``: a whole number from 1 to 1000 (the worker's
-    own check, check_async_concurrency, says so)."""
-    from sandboxq.worker.parent import check_async_concurrency
-
-    try:
-        return check_async_concurrency(int(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"--async-concurrency must be a whole number of async jobs per child, "
-            f"got {text!r}: {exc}"
-        ) from None
-
-
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h)?\s*$")
-
-
-def parse_rate(text: str) -> tuple[int, float]:
-    """``100/60s``, ``20/s``, ``5/2m``, ``1000/h`` → (max jobs, seconds)."""
-    match = _RATE.match(text)
-    if not match or int(match.group(1)) < 1 or (not match.group(2) and not match.group(3)):
-        raise argparse.ArgumentTypeError(f"not a rate: {text!r} (try 100/60s or 20/s)")
-    amount = float(match.group(2) or 1)
-    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(3) or "s"]
-    if amount * unit <= 0:
-        raise argparse.ArgumentTypeError(f"the period of {text!r} must be > 0")
-    rate = int(match.group(1)), amount * unit
-    try:
-        rate_limit_fields("rl", *rate)  # the bounds Queue.set_rate_limit checks
-    except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-    return rate
-
-
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < math.inf:  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
-    return value
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_SECONDS_PER = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-def parse_duration(text: str) -> float:
-    """``30s``, ``15m``, ``2h``, ``1d``, ``1w``, ``500ms`` or plain seconds → seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(
-            f"not a duration: {text!r} (try 30s, 15m, 2h, 1d or 1w; plain numbers are seconds)"
-        )
-    return float(match.group(1)) * _SECONDS_PER[match.group(2) or "s"]
-
-
-def parse_json(text: str) -> object:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(
-            f"not JSON: {exc} (quote it for the shell, e.g. --data '{{\"n\": 1}}')"
-        ) from None
-
-
-def parse_backoff(text: str) -> object:
-    """``5`` or ``5s`` (fixed), ``exponential:2s``, or a JSON object as
-    ``Backoff.parse`` takes it; checked here, so a bad one is a usage error."""
-    from sandboxq.options import Backoff
-
-    hint = f"not a backoff: {text!r} (try 5s, exponential:2s or a JSON object)"
-    try:
-        if text.lstrip().startswith("{"):
-            spec = parse_json(text)
-        else:
-            kind, _, delay = text.rpartition(":")
-            spec = {"type": kind or "fixed", "delay": parse_duration(delay)}
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(hint) from None
-    try:
-        return Backoff.parse(spec).to_dict()
-    except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f"{hint}: {exc}") from None
-
-
-def _whole_number(text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    return _whole_number(text, 0)
-
-
-def positive_int(text: str) -> int:
-    return _whole_number(text, 1)
+__all__ = [
+    "ADMIN_COMMANDS",
+    "WORKER_OPTIONS",
+    "add_worker_options",
+    "build_parser",
+    "main",
+    "non_negative_int",
+    "on_worker_arguments",
+    "parse_async_concurrency",
+    "parse_backoff",
+    "parse_duration",
+    "parse_json",
+    "parse_procs",
+    "parse_rate",
+    "parse_size",
+    "positive_int",
+    "positive_seconds",
+    "run_worker",
+    "worker_settings",
+]
 
 
 class Parser(argparse.ArgumentParser):
@@ -233,10 +148,134 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerOption:
+    """One option of ``sandboxq worker``: the WorkerSettings field ``name``
+    (its flag is ``--name`` with dashes; its default is the field's) or,
+    for the options that are not settings, ``default``."""
+
+    name: str
+    help: str
+    type: Callable[[str], Any] | None = None
+    metavar: str | None = None
+    choices: Sequence[Any] | None = None
+    default: Any = None
+
+
+#: The options of ``sandboxq worker`` but its MODULE arguments and
+#: ``--queue``, in the order ``--help`` lists them: every WorkerSettings
+#: knob, then the logging options.
+WORKER_OPTIONS = (
+    WorkerOption("procs", "children: a number, or auto (usable CPUs) [auto]", parse_procs),
+    WorkerOption(
+        "async_concurrency",
+        "jobs of async def handlers each child runs at once on its event loop (1 to "
+        "1000); other jobs still run alone. A crash or memory kill of a child fails every "
+        "job it was running [1]",
+        parse_async_concurrency,
+        "N",
+    ),
+    WorkerOption("url", "Redis URL [$SANDBOXQ_REDIS_URL or redis://localhost:6379/0]"),
+    WorkerOption(
+        "max_memory_per_child",
+        "kill a child whose memory (with the processes its job started) goes over "
+        "this, failing its job (e.g. 512M)",
+        parse_size,
+        "SIZE",
+    ),
+    WorkerOption(
+        "max_result_bytes",
+        "fail a job whose result is bigger than this as JSON [1M]",
+        parse_size,
+        "SIZE",
+    ),
+    WorkerOption("max_jobs_per_child", "replace a child after N jobs", int, "N"),
+    WorkerOption(
+        "shutdown_timeout",
+        "how long SIGTERM waits for jobs in flight [30]",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption(
+        "lease",
+        "job lease; renewed by the parent every third of it [30]",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption("max_stalls", "fail a job after its worker died more than N times [1]", int, "N"),
+    WorkerOption(
+        "default_timeout",
+        "timeout of jobs whose handler and options set none",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption(
+        "unknown_name_grace",
+        "a job whose name no handler here runs goes back to the queue (for a newer "
+        "worker) until it is this old, then fails (default 300)",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption(
+        "kill_grace",
+        "after a timeout's SIGTERM, wait this long before SIGKILL [2]",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption(
+        "child_hook_timeout",
+        "how long a child's on_child_start or on_child_exit hooks may take before "
+        "the child is killed and replaced [10]",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption(
+        "child_nice",
+        "run children N levels of nice(1) below the parent, which serves them all "
+        "(0 to 19; 0 = the same priority) [5]",
+        int,
+        "N",
+        choices=range(20),
+    ),
+    WorkerOption(
+        "rate_limit",
+        "at most N job starts per period across all workers, e.g. 100/60s, 20/s, 5/2m "
+        "(stored on the queues, like Queue.set_rate_limit)",
+        parse_rate,
+        "N/PERIOD",
+    ),
+    WorkerOption(
+        "metrics_port",
+        "serve Prometheus /metrics and the /healthz and /readyz probes on this port",
+        int,
+        "PORT",
+    ),
+    WorkerOption("metrics_host", "address to bind [0.0.0.0]"),
+    WorkerOption(
+        "liveness_tick_timeout",
+        "/healthz fails when the worker loop has not run for this long [30]",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption(
+        "liveness_idle_timeout",
+        "/healthz fails when no job finished for this long while jobs wait [600]",
+        positive_seconds,
+        "SECONDS",
+    ),
+    WorkerOption("log_format", "", choices=("text", "json"), default="text"),
+    WorkerOption("log_level", "", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO"),
+)
+
+
 def add_worker_options(worker: argparse.ArgumentParser) -> None:
     """The options of ``sandboxq worker`` (all but its MODULE arguments), on
     ``worker``: the command's parser, or another front end's (Django's
-    ``manage.py sandboxq_worker``), so they are defined once."""
+    ``manage.py sandboxq_worker``), so they are defined once, from
+    :data:`WORKER_OPTIONS` and the defaults of WorkerSettings."""
+    from sandboxq.worker.settings import WorkerSettings
+
+    defaults = {field.name: field.default for field in dataclasses.fields(WorkerSettings)}
     worker.add_argument(
         "-q",
         "--queue",
@@ -245,360 +284,23 @@ def add_worker_options(worker: argparse.ArgumentParser) -> None:
         metavar="QUEUE",
         help="queue to serve (repeatable; default: the handlers' queues)",
     )
-    worker.add_argument(
-        "--procs",
-        type=parse_procs,
-        default="auto",
-        help="children: a number, or auto (usable CPUs) [auto]",
-    )
-    worker.add_argument(
-        "--async-concurrency",
-        type=parse_async_concurrency,
-        default=1,
-        metavar="N",
-        help="jobs of async def handlers each child runs at once on its event loop (1 to "
-        "1000); other jobs still run alone. A crash or memory kill of a child fails every "
-        "job it was running [1]",
-    )
-    worker.add_argument("--url", help="Redis URL [$SANDBOXQ_REDIS_URL or redis://localhost:6379/0]")
-    worker.add_argument(
-        "--max-memory-per-child",
-        type=parse_size,
-        metavar="SIZE",
-        help="kill a child whose memory (with the processes its job started) goes over "
-        "this, failing its job (e.g. 512M)",
-    )
-    worker.add_argument(
-        "--max-result-bytes",
-        type=parse_size,
-        default=DEFAULT_MAX_RESULT_BYTES,
-        metavar="SIZE",
-        help="fail a job whose result is bigger than this as JSON [1M]",
-    )
-    worker.add_argument(
-        "--max-jobs-per-child", type=int, metavar="N", help="replace a child after N jobs"
-    )
-    worker.add_argument(
-        "--shutdown-timeout",
-        type=positive_seconds,
-        default=30.0,
-        metavar="SECONDS",
-        help="how long SIGTERM waits for jobs in flight [30]",
-    )
-    worker.add_argument(
-        "--lease",
-        type=positive_seconds,
-        default=30.0,
-        metavar="SECONDS",
-        help="job lease; renewed by the parent every third of it [30]",
-    )
-    worker.add_argument(
-        "--max-stalls",
-        type=int,
-        default=1,
-        metavar="N",
-        help="fail a job after its worker died more than N times [1]",
-    )
-    worker.add_argument(
-        "--default-timeout",
-        type=positive_seconds,
-        metavar="SECONDS",
-        help="timeout of jobs whose handler and options set none",
-    )
-    worker.add_argument(
-        "--unknown-name-grace",
-        type=positive_seconds,
-        default=300.0,
-        metavar="SECONDS",
-        help="a job whose name no handler here runs goes back to the queue (for a newer "
-        "worker) until it is this old, then fails (default 300)",
-    )
-    worker.add_argument(
-        "--kill-grace",
-        type=positive_seconds,
-        default=2.0,
-        metavar="SECONDS",
-        help="after a timeout's SIGTERM, wait this long before SIGKILL [2]",
-    )
-    worker.add_argument(
-        "--child-hook-timeout",
-        type=positive_seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long a child's on_child_start or on_child_exit hooks may take before "
-        "the child is killed and replaced [10]",
-    )
-    worker.add_argument(
-        "--child-nice",
-        type=int,
-        choices=range(20),
-        default=5,
-        metavar="N",
-        help="run children N levels of nice(1) below the parent, which serves them all "
-        "(0 to 19; 0 = the same priority) [5]",
-    )
-    worker.add_argument(
-        "--rate-limit",
-        type=parse_rate,
-        metavar="N/PERIOD",
-        help="at most N job starts per period across all workers, e.g. 100/60s, 20/s, 5/2m "
-        "(stored on the queues, like Queue.set_rate_limit)",
-    )
-    worker.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve Prometheus /metrics and the /healthz and /readyz probes on this port",
-    )
-    worker.add_argument("--metrics-host", default="0.0.0.0", help="address to bind [0.0.0.0]")
-    worker.add_argument(
-        "--liveness-tick-timeout",
-        type=positive_seconds,
-        default=30.0,
-        metavar="SECONDS",
-        help="/healthz fails when the worker loop has not run for this long [30]",
-    )
-    worker.add_argument(
-        "--liveness-idle-timeout",
-        type=positive_seconds,
-        default=600.0,
-        metavar="SECONDS",
-        help="/healthz fails when no job finished for this long while jobs wait [600]",
-    )
-    worker.add_argument("--log-format", choices=("text", "json"), default="text")
-    worker.add_argument(
-        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
-    )
+    for option in WORKER_OPTIONS:
+        extra: dict[str, Any] = {}
+        for key in ("type", "metavar", "choices", "help"):
+            if value := getattr(option, key):
+                extra[key] = value
+        worker.add_argument(
+            "--" + option.name.replace("_", "-"),
+            default=defaults.get(option.name, option.default),
+            **extra,
+        )
 
 
-#: The commands ``sandboxq.admin.run`` implements.
-ADMIN_COMMANDS = (
-    "stats",
-    "jobs",
-    "job",
-    "retry",
-    "remove",
-    "cancel",
-    "promote",
-    "drain",
-    "obliterate",
-    "pause",
-    "resume",
-    "clean",
-    "workers",
-    "add",
-)
+def worker_settings(args: argparse.Namespace) -> WorkerSettings:
+    """The WorkerSettings of a parsed ``sandboxq worker`` command line."""
+    from sandboxq.worker.settings import SETTING_NAMES, WorkerSettings
 
-
-def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url", help="Redis URL [$SANDBOXQ_REDIS_URL, else redis://localhost:6379/0]"
-    )
-    common.add_argument("--json", action="store_true", help="print JSON, for scripts")
-    return common
-
-
-def _by_option() -> argparse.ArgumentParser:
-    by = argparse.ArgumentParser(add_help=False)
-    by.add_argument("--by", metavar="WHO", help="who did it, for the audit log [the OS user]")
-    return by
-
-
-def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common, by = _common_options(), _by_option()
-
-    def command(name: str, summary: str, *, audited: bool = False) -> argparse.ArgumentParser:
-        parents = [common, by] if audited else [common]
-        return commands.add_parser(name, help=summary, description=summary, parents=parents)
-
-    stats = command(
-        "stats",
-        "job counts, paused flag, throughput (jobs per second over the last minute) "
-        "and live workers, per queue",
-    )
-    stats.add_argument("queue", nargs="?", metavar="QUEUE", help="one queue [every queue]")
-    stats.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    stats.add_argument(
-        "--interval",
-        type=parse_duration,
-        default=2.0,
-        metavar="SECONDS",
-        help="between refreshes with --watch [2s]",
-    )
-    stats.add_argument(
-        "--iterations",
-        type=positive_int,
-        metavar="N",
-        help="with --watch, stop after N refreshes (implies --watch)",
-    )
-
-    jobs = command("jobs", "list the jobs in one state, newest first for finished jobs")
-    jobs.add_argument("queue", metavar="QUEUE")
-    jobs.add_argument("--state", choices=STATES, default="failed", help="[failed]")
-    jobs.add_argument("--limit", type=positive_int, default=20, metavar="N", help="[20]")
-
-    job = command("job", "everything about one job: data, options, logs, error, audit...")
-    job.add_argument("queue", metavar="QUEUE")
-    job.add_argument("job_id", metavar="ID")
-
-    retry = command("retry", "send a failed job (or all) back to waiting", audited=True)
-    retry.add_argument("queue", metavar="QUEUE")
-    which = retry.add_mutually_exclusive_group(required=True)
-    which.add_argument("job_id", nargs="?", metavar="ID")
-    which.add_argument("--all-failed", action="store_true", help="every failed job")
-    retry.add_argument(
-        "--reset-steps",
-        action="store_true",
-        help="forget the job's recorded steps (job.step), so it redoes them all",
-    )
-
-    remove = command("remove", "delete a job that is not running", audited=True)
-    remove.add_argument("queue", metavar="QUEUE")
-    remove.add_argument("job_id", metavar="ID")
-
-    cancel = command(
-        "cancel",
-        "cancel a job for good: at once unless it is running, else the worker holding it "
-        "stops it (SIGTERM, then SIGKILL after its --kill-grace); never retried. A flow "
-        "parent's unfinished children are cancelled with it",
-        audited=True,
-    )
-    cancel.add_argument("queue", metavar="QUEUE")
-    cancel.add_argument("job_id", metavar="ID")
-    cancel.add_argument("--reason", metavar="TEXT", help="why, for the job and the audit log")
-    cancel.add_argument(
-        "--keep-children",
-        action="store_true",
-        help="a flow parent's children run on (default: the unfinished ones are cancelled too)",
-    )
-
-    for name, summary in (("pause", "stop handing out jobs"), ("resume", "hand out jobs again")):
-        command(name, summary, audited=True).add_argument("queue", metavar="QUEUE")
-
-    promote = command("promote", "run a delayed job now", audited=True)
-    promote.add_argument("queue", metavar="QUEUE")
-    promote.add_argument("job_id", metavar="ID")
-
-    drain = command("drain", "delete every job that has not started (asks first)", audited=True)
-    drain.add_argument("queue", metavar="QUEUE")
-    drain.add_argument("--keep-delayed", action="store_true", help="delete waiting jobs only")
-    drain.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
-
-    obliterate = command(
-        "obliterate", "delete a queue: every job, schedule and its history (asks first)"
-    )
-    obliterate.add_argument("queue", metavar="QUEUE")
-    obliterate.add_argument(
-        "--force", action="store_true", help="even with active jobs (their workers lose them)"
-    )
-    obliterate.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
-
-    clean = command(
-        "clean", "delete finished jobs older than AGE, or all but the newest N", audited=True
-    )
-    clean.add_argument("queue", metavar="QUEUE")
-    clean.add_argument("--state", required=True, choices=[s for s in STATES if s != "active"])
-    clean.add_argument(
-        "--older-than",
-        type=parse_duration,
-        metavar="AGE",
-        help="finished more than AGE ago, e.g. 30s, 15m, 2h, 1d, 1w",
-    )
-    clean.add_argument("--keep", type=non_negative_int, metavar="N", help="all but the newest N")
-
-    command("workers", "live workers: host, pid, queues, procs, uptime")
-
-    add = command("add", "add a job")
-    add.add_argument("queue", metavar="QUEUE")
-    add.add_argument("name", metavar="NAME", help="job name (picks the handler)")
-    add.add_argument("--data", type=parse_json, metavar="JSON", help="job data [null]")
-    add.add_argument(
-        "--delay", type=parse_duration, default=0.0, metavar="SECONDS", help="run later"
-    )
-    add.add_argument("--priority", type=int, default=0, metavar="N", help="lower runs first [0]")
-    add.add_argument("--attempts", type=int, default=1, metavar="N", help="tries in all [1]")
-    add.add_argument(
-        "--backoff",
-        type=parse_backoff,
-        metavar="SPEC",
-        help="wait between attempts: SECONDS (fixed), exponential:SECONDS, or a JSON object",
-    )
-    add.add_argument(
-        "--timeout", type=parse_duration, metavar="SECONDS", help="per attempt [the handler's]"
-    )
-    add.add_argument("--group", metavar="NAME", help="the job's group, for per-group limits")
-    add.add_argument("--job-id", metavar="ID", help="custom id; an existing id adds nothing")
-
-
-def add_dev_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    dev = commands.add_parser(
-        "dev",
-        help="run a local Redis for development (AOF on) until Ctrl-C",
-        description="Start a persistent local Redis, print the export line of its URL, "
-        "and keep it running until SIGINT or SIGTERM.",
-    )
-    dev.add_argument("--dir", default=".sandboxq", help="Redis goes in DIR/dev-redis [.sandboxq]")
-    dev.add_argument(
-        "--port", type=int, metavar="PORT", help="also listen on 127.0.0.1:PORT [unix socket only]"
-    )
-
-
-def add_dashboard_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    dash = commands.add_parser(
-        "dashboard",
-        help="serve the web dashboard (needs: pip install 'sandboxq[dashboard]')",
-        description="Serve the web dashboard: queues, jobs, schedules and admin actions. "
-        "A token (or --users) is required unless bound to a loopback address with --no-auth.",
-    )
-    dash.add_argument("--host", default="127.0.0.1", help="address to bind [127.0.0.1]")
-    dash.add_argument("--port", type=int, default=8080, help="[8080]")
-    dash.add_argument("--url", help="Redis URL [$SANDBOXQ_REDIS_URL or redis://localhost:6379/0]")
-    dash.add_argument(
-        "--token", help="one access token shared by all users [$SANDBOXQ_DASHBOARD_TOKEN]"
-    )
-    dash.add_argument(
-        "--users",
-        metavar="FILE",
-        help="named users instead: NAME:HASH lines (HASH from 'sandboxq dashboard hash-token'); "
-        "the audit records who acted",
-    )
-    dash.add_argument(
-        "--no-auth", action="store_true", help="no authentication (loopback addresses only)"
-    )
-    dash.add_argument("--read-only", action="store_true", help="hide actions and refuse POSTs")
-    dash.add_argument(
-        "--allowed-host",
-        action="append",
-        metavar="NAME",
-        help="a Host name clients use, besides the bound address and the loopback names "
-        "(repeatable; '*' for any); other Hosts get 400",
-    )
-    dash.add_argument(
-        "--session-ttl",
-        type=parse_duration,
-        default=12 * 3600.0,
-        metavar="DURATION",
-        help="how long a login lasts (30m, 12h, 2d; plain numbers are seconds) [12h]",
-    )
-    dash.add_argument(
-        "--trust-proxy-headers",
-        action="store_true",
-        help="believe X-Forwarded-Proto (Secure cookie over HTTPS) and X-Forwarded-For "
-        "(the client's address): only behind a proxy that sets them",
-    )
-    dash_commands = dash.add_subparsers(
-        dest="dashboard_command",
-        metavar="[hash-token]",
-        help="instead of serving: print the hash of a user's token, for a --users file",
-    )
-    dash_commands.add_parser(
-        "hash-token",
-        help="print the hash of a user's token, for a --users file",
-        description="Read a token (prompted for without echo on a terminal, else one line "
-        "of standard input) and print its scrypt hash: the HASH of a NAME:HASH line of "
-        "the --users file.",
-    )
+    return WorkerSettings(**{name: getattr(args, name) for name in SETTING_NAMES})
 
 
 #: Functions ``func(args)`` that ``sandboxq worker`` calls with its parsed
@@ -633,7 +335,8 @@ NOT_LINUX = (
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from sandboxq.worker.parent import EXIT_BOOT_ERROR, EXIT_INTERNAL_ERROR, BootError, Worker
+    from sandboxq.worker.exit_codes import EXIT_BOOT_ERROR, EXIT_INTERNAL_ERROR, BootError
+    from sandboxq.worker.parent import Worker
 
     logs.setup(args.log_format, args.log_level)
     log_version()
@@ -660,28 +363,7 @@ def run_worker(args: argparse.Namespace) -> int:
         logs.log.error("cannot start: %s", exc)
         return EXIT_BOOT_ERROR
     try:
-        worker = Worker(
-            args.queues,
-            max_result_bytes=args.max_result_bytes,
-            procs=args.procs,
-            async_concurrency=args.async_concurrency,
-            url=args.url,
-            max_memory_per_child=args.max_memory_per_child,
-            max_jobs_per_child=args.max_jobs_per_child,
-            shutdown_timeout=args.shutdown_timeout,
-            lease=args.lease,
-            max_stalls=args.max_stalls,
-            default_timeout=args.default_timeout,
-            kill_grace=args.kill_grace,
-            child_hook_timeout=args.child_hook_timeout,
-            child_nice=args.child_nice,
-            rate_limit=args.rate_limit,
-            metrics_port=args.metrics_port,
-            metrics_host=args.metrics_host,
-            liveness_tick_timeout=args.liveness_tick_timeout,
-            liveness_idle_timeout=args.liveness_idle_timeout,
-            unknown_name_grace=args.unknown_name_grace,
-        )
+        worker = Worker(args.queues, settings=worker_settings(args))
     except (BootError, ValueError) as exc:
         logs.log.error("cannot start: %s", exc)
         return EXIT_BOOT_ERROR

@@ -10,7 +10,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -76,16 +76,29 @@ def handler(
     return register
 
 
+def handler_table(
+    queues: Collection[str] | None,
+    handlers: Mapping[str, Callable[..., Any]] | Iterable[Handler] | None = None,
+) -> dict[tuple[str, str], Handler]:
+    """The handlers of ``queues`` (None: of every queue) by (queue, job name),
+    from a ``{name: function}`` mapping (served on each of ``queues``), a
+    list of :class:`Handler`, or (``None``) the registry. The one reading of
+    a ``handlers`` argument: the worker's and ``EagerQueue``'s."""
+    found: Iterable[Handler]
+    if handlers is None:
+        found = REGISTRY.values()
+    elif isinstance(handlers, Mapping):
+        found = [Handler(q, name, func) for q in queues or () for name, func in handlers.items()]
+    else:
+        found = handlers
+    return {(h.queue, h.name): h for h in found if queues is None or h.queue in queues}
+
+
 def handlers_for(
     queue: str, handlers: Mapping[str, Callable[..., Any]] | Iterable[Handler] | None = None
 ) -> dict[str, Handler]:
-    """The handlers of ``queue`` by job name: from a ``{name: function}``
-    mapping, a list of :class:`Handler`, or (``None``) the registry."""
-    if handlers is None:
-        return {name: h for (q, name), h in REGISTRY.items() if q == queue}
-    if isinstance(handlers, Mapping):
-        return {name: Handler(queue, name, func) for name, func in handlers.items()}
-    return {h.name: h for h in handlers if h.queue == queue}
+    """The handlers of ``queue`` by job name (see :func:`handler_table`)."""
+    return {name: found for (_queue, name), found in handler_table([queue], handlers).items()}
 
 
 class JobContext:

@@ -357,7 +357,9 @@ def test_a_corrupt_frame_kills_only_the_child_that_sent_it() -> None:
     import subprocess
     import sys
 
-    from sandboxq.worker.pool import Child, Pool
+    from sandboxq.worker.child_state import Child
+    from sandboxq.worker.pool import Pool
+    from sandboxq.worker.settings import WorkerSettings
 
     parent_end, child_end = socket_module.socketpair()
     parent_end.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_PASSCRED, 1)
@@ -373,7 +375,7 @@ def test_a_corrupt_frame_kills_only_the_child_that_sent_it() -> None:
         pass_fds=[child_end.fileno()],
     )
     child = Child(1, process.pid, parent_end)
-    pool = Pool(1, {})
+    pool = Pool(WorkerSettings(procs=1), {})
     assert select.select([parent_end], [], [], 10)[0], "the child sent nothing"
     # When the parent reads it
     messages, closed = pool.read(child)

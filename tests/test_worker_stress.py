@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from sandboxq import Queue
-from sandboxq.worker.parent import BUFFER_PER_CHILD, MAX_QUEUED_PER_CHILD
+from sandboxq.worker.dispatch import BUFFER_PER_CHILD, MAX_QUEUED_PER_CHILD
 from tests.worker_harness import (
     WorkerProcess,
     job_field,

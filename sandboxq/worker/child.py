@@ -41,6 +41,7 @@ from sandboxq import execution, hooks
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.handlers import AsyncStepRecorder, Handler, JobContext, StepRecorder
 from sandboxq.worker import proctree, protocol
+from sandboxq.worker.exit_codes import EXIT_INTERNAL_ERROR
 
 
 def reset_signals() -> None:
@@ -327,7 +328,7 @@ def main(
         import traceback
 
         traceback.print_exc()
-        code = 70  # EX_SOFTWARE
+        code = EXIT_INTERNAL_ERROR
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

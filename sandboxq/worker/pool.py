@@ -1,7 +1,8 @@
-"""The pool of forked children: fork, dispatch, reap, limits, recycling.
+"""The pool of forked children: fork, pipes, reap, limits, recycling.
 
-The pool knows processes and pipes, not Redis. It tells the parent loop what
-happened (messages, deaths with a readable reason) and the parent decides.
+The pool knows processes and pipes, not Redis: the one place a child's state
+(:class:`~sandboxq.worker.child_state.Child`) changes. It tells the parent's
+parts what happened (frames, deaths with a readable reason) and they decide.
 
 What a child's pipe carries is untrusted: the kernel names the process that
 wrote each chunk (SO_PASSCRED), and only the child's own bytes are decoded.
@@ -20,16 +21,14 @@ import signal
 import socket
 import struct
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.handlers import Handler
-from sandboxq.steps import steps_json
 from sandboxq.worker import child as child_main
 from sandboxq.worker import proctree, protocol
+from sandboxq.worker.child_state import Assignment, Child
+from sandboxq.worker.settings import WorkerSettings
 
 #: Signals the parent handles; blocked around fork() so a child never runs
 #: one of the parent's handlers before it has reset them.
@@ -45,104 +44,6 @@ READS_PER_TURN = 16
 #: SCM_CREDENTIALS: pid, uid, gid (struct ucred), sent with every chunk.
 _UCRED = struct.Struct("iII")
 _CREDENTIALS_SPACE = socket.CMSG_SPACE(_UCRED.size)
-
-
-@dataclass(slots=True)
-class Assignment:
-    """A job leased for this worker: buffered, queued on a child, or running."""
-
-    queue: str
-    job_id: str
-    name: str
-    fields: dict[str, Any]
-    timeout: float | None
-    #: Whether Redis already marked it started (fetch.lua, for the jobs a
-    #: free child takes at once); else the parent reports its real start.
-    start_reported: bool = False
-    #: When it was leased (monotonic): a prefetched job waits for a child of
-    #: this worker only so long (the parent hands it back after that).
-    leased: float = field(default_factory=time.monotonic)
-    #: When a child started it (monotonic): what its timeout counts from.
-    started: float = 0.0
-    #: Settled as cancelled while it waited (a person cancelled it).
-    cancelled: bool = False
-    #: Its handler is ``async def``: with --async-concurrency > 1 it shares a
-    #: child with other such jobs (execution.runs_concurrently).
-    concurrent: bool = False
-    #: Why the parent stopped it in a child it shares ("stop" frame): its
-    #: timeout, or a person cancelled it (``stop_cancels``); and when
-    #: (monotonic), for the kill grace.
-    stop_reason: str | None = None
-    stop_cancels: bool = False
-    stop_sent: float = 0.0
-    #: The log bytes this run sent, and what it sent past its budget
-    #: (dropped: see Worker._on_log).
-    log_bytes: int = 0
-    dropped_lines: int = 0
-    dropped_bytes: int = 0
-
-    @property
-    def attempt(self) -> int:
-        return int(self.fields.get("attempts_made", 0)) + 1
-
-
-@dataclass(slots=True, eq=False)
-class Child:
-    index: int
-    pid: int
-    sock: socket.socket
-    #: When it was forked (monotonic): its start hooks get hook_timeout.
-    born: float = field(default_factory=time.monotonic)
-    #: It said "ready": its on_child_start hooks ran; it takes jobs.
-    ready: bool = False
-    reader: protocol.FrameReader = field(default_factory=protocol.FrameReader)
-    outbox: bytearray = field(default_factory=bytearray)
-    #: The jobs it runs, by id, in start order: one, or with
-    #: --async-concurrency up to that many async jobs (Pool.fits).
-    jobs: dict[str, Assignment] = field(default_factory=dict)
-    #: The jobs queued behind them on the pipe, in order, not started yet
-    #: (as far as the parent knows: the child's "done" for a job it runs
-    #: says the first one has, if it fits then).
-    queued: deque[Assignment] = field(default_factory=deque)
-    #: Queued jobs the parent asked the child not to start (``drop``).
-    dropping: set[str] = field(default_factory=set)
-    jobs_done: int = 0
-    retiring: bool = False
-    #: When a retiring child's exit hooks are out of time (monotonic).
-    retire_deadline: float = math.inf
-    #: Why it leaves after its job ("leaving"): it takes no more jobs.
-    leaving: str | None = None
-    #: Processes other than the child that wrote to its pipe (a copy its
-    #: handler forked), and the bytes each wrote: discarded.
-    foreign: dict[int, int] = field(default_factory=dict)
-    #: The parent does not read its pipe for now (its job's reports wait
-    #: for Redis): the child blocks on a full pipe until it reads again.
-    held: bool = False
-    #: Its end of the pipe closed: it is exiting, not yet reaped.
-    closed: bool = False
-    #: Why the parent killed it (timeout, memory); None if it died on its own.
-    kill_reason: str | None = None
-    #: Killed because a person cancelled the job it ran alone: the job ends
-    #: cancelled.
-    cancelling: bool = False
-    term_sent_at: float | None = None
-    sigkilled: bool = False
-    #: The job's processes when the parent first signalled them: a process
-    #: that left the group is re-parented away if the child dies first, and
-    #: must still get the SIGKILL.
-    signalled: proctree.Snapshot = field(default_factory=list)
-
-    @property
-    def busy(self) -> bool:
-        return bool(self.jobs)
-
-    @property
-    def takes_jobs(self) -> bool:
-        """Ready, and neither asked to exit nor exiting."""
-        return self.ready and not self.retiring and not self.closed and self.leaving is None
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
 
 def _sender(ancillary: list[tuple[int, int, bytes]]) -> int:
@@ -171,33 +72,28 @@ def describe_exit(status: int, kill_reason: str | None) -> str:
 
 
 class Pool:
+    """The children and the jobs they hold: the one place a child's state
+    changes."""
+
     def __init__(
         self,
-        size: int,
+        settings: WorkerSettings,
         handlers: dict[tuple[str, str], Handler],
         *,
-        max_memory_bytes: int | None = None,
-        max_jobs_per_child: int | None = None,
-        kill_grace: float = 2.0,
-        hook_timeout: float = 10.0,
-        child_nice: int = 0,
         inherited_fds: list[int] | None = None,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-        slots: int = 1,
     ) -> None:
-        self.size = size
         #: How many async jobs a child runs at once (--async-concurrency).
-        self.slots = slots
+        self.slots = settings.async_concurrency
         self.handlers = handlers
-        self.max_memory_bytes = max_memory_bytes
-        self.max_jobs_per_child = max_jobs_per_child
-        self.kill_grace = kill_grace
-        self.hook_timeout = hook_timeout
-        self.child_nice = child_nice
-        self.max_result_bytes = max_result_bytes
+        self.max_jobs_per_child = settings.max_jobs_per_child
+        self.max_memory_bytes = settings.max_memory_per_child
+        self.kill_grace = settings.kill_grace
+        self.hook_timeout = settings.child_hook_timeout
+        self.child_nice = settings.child_nice
+        self.max_result_bytes = settings.max_result_bytes
         self.inherited_fds = inherited_fds or []  # parent fds a child must close
         self.by_pid: dict[int, Child] = {}
-        self._free_indexes = list(range(size, 0, -1))
+        self._free_indexes = list(range(settings.pool_size, 0, -1))
         #: When enforce_limits next has something to do (monotonic); 0 when
         #: a job started or a kill began since it last looked.
         self._limits_due = 0.0
@@ -298,7 +194,88 @@ class Pool:
         self.retire(child)
         child.signalled += proctree.signal_tree(child.pid, sig)
 
+    def running_jobs(self) -> int:
+        """Jobs running in the children now (not children: with
+        --async-concurrency a child runs several)."""
+        return sum(len(child.jobs) for child in self.by_pid.values())
+
+    def running_child(self, queue: str, job_id: str) -> Child | None:
+        """The child running that job, if one does."""
+        for child in self.by_pid.values():
+            running = child.jobs.get(job_id)
+            if running is not None and running.queue == queue:
+                return child
+        return None
+
+    # -- what the parent learnt of a child -------------------------------------
+    def mark_ready(self, child: Child) -> bool:
+        """Its on_child_start hooks ran: it takes jobs from now on. False if
+        it said so before."""
+        if child.ready:
+            return False
+        child.ready = True
+        return True
+
+    def leaving(self, child: Child, reason: str) -> None:
+        """The child exits after its jobs ("leaving"): it gets no more."""
+        child.leaving = reason
+
+    def hold(self, child: Child, held: bool) -> None:
+        """Stop (or go back to) reading the child's pipe: back-pressure."""
+        child.held = held
+
+    def new_foreign_writers(self, child: Child) -> list[tuple[int, int]]:
+        """The processes other than the child that wrote to its pipe since
+        last asked, with the bytes each wrote (each is told once)."""
+        found = [(pid, count) for pid, count in child.foreign.items() if count >= 0]
+        for pid, _count in found:
+            child.foreign[pid] = -1
+        return found
+
+    def job_ended(self, child: Child, job: Assignment) -> None:
+        """The child no longer runs ``job`` (it ended, or the child died)."""
+        del child.jobs[job.job_id]
+
+    def count_done(self, child: Child) -> bool:
+        """The child finished a job; True once it did --max-jobs-per-child."""
+        child.jobs_done += 1
+        limit = self.max_jobs_per_child
+        return limit is not None and limit > 0 and child.jobs_done >= limit
+
+    def dropped(self, child: Child, job: Assignment) -> bool:
+        """The child did not start ``job``; True if the parent had asked it
+        to drop that job (and handed it back then)."""
+        del child.jobs[job.job_id]
+        if job.job_id in child.dropping:
+            child.dropping.discard(job.job_id)
+            return True
+        return False
+
+    def unstart(self, child: Child, jobs: Sequence[Assignment]) -> None:
+        """Jobs start_queued started in a child being killed: they never run
+        there after all."""
+        for job in jobs:
+            del child.jobs[job.job_id]
+
+    def take_queued(self, child: Child) -> list[Assignment]:
+        """The jobs queued on a child that will not run them, in order."""
+        jobs = list(child.queued)
+        child.queued.clear()
+        return jobs
+
+    def take_all_jobs(self, child: Child) -> list[Assignment]:
+        """Every job the child runs or has queued but those it was asked to
+        drop (a forced stop hands them back); it holds none after."""
+        jobs = [*child.jobs.values(), *child.queued]
+        child.jobs.clear()
+        child.queued.clear()
+        return [job for job in jobs if job.job_id not in child.dropping]
+
     # -- pipes ---------------------------------------------------------------
+    def send(self, child: Child, message: list[Any]) -> None:
+        """Queue a frame for the child (``flush`` writes it)."""
+        child.outbox += protocol.encode(message)
+
     def fits(self, child: Child, job: Assignment) -> bool:
         """Whether ``child`` starts ``job`` as soon as it reads it (with no
         job queued before it): when it runs nothing, or when both the job
@@ -327,17 +304,7 @@ class Pool:
             self._limits_due = 0.0
         else:
             child.queued.append(job)
-        fields = job.fields
-        child.outbox += protocol.encode_run(
-            job.job_id,
-            job.name,
-            fields.get("data"),
-            job.queue,
-            fields.get("attempts_made", 0),
-            fields.get("retries", 0),
-            fields.get("children"),
-            steps_json(fields),
-        )
+        child.outbox += protocol.encode_run(job.run)
         if runs_now:
             self.flush(child)
         return runs_now
@@ -380,9 +347,11 @@ class Pool:
         self.kill(child, reason, signal.SIGTERM)
         return False
 
-    def drop(self, child: Child, job: Assignment) -> None:
-        """Ask the child not to start a queued job. It answers "dropped",
-        or runs the job if it had started it already."""
+    def drop(self, child: Child, job: Assignment, *, cancelled: bool = False) -> None:
+        """Ask the child not to start a queued job (``cancelled``: a person
+        cancelled it, and it was settled so). It answers "dropped", or runs
+        the job if it had started it already."""
+        job.cancelled = job.cancelled or cancelled
         child.dropping.add(job.job_id)
         child.outbox += protocol.encode([protocol.DROP, job.job_id])
 

@@ -107,7 +107,10 @@ FrameReader = fast.FrameDecoder
 
 
 class RunFrame(NamedTuple):
-    """A "run" frame's items after its kind: one job for the child."""
+    """A "run" frame's items after its kind: one job for the child. The
+    parent builds it from the job's record when it leases the job
+    (``Dispatch.add_leased``); :func:`encode_run` and :func:`decode_run`
+    are the frame's one encoding."""
 
     job_id: str
     name: str
@@ -119,21 +122,9 @@ class RunFrame(NamedTuple):
     steps_json: bytes | None
 
 
-def encode_run(
-    job_id: str,
-    name: str,
-    data_json: bytes | None,
-    queue: str,
-    attempts_made: int,
-    retries: int,
-    children_json: bytes | None,
-    steps_json: bytes | None,
-) -> bytes:
-    """A "run" frame: RunFrame's items, in its order (no tuple built on
-    the parent's hot path)."""
-    return encode(
-        [RUN, job_id, name, data_json, queue, attempts_made, retries, children_json, steps_json]
-    )
+def encode_run(frame: RunFrame) -> bytes:
+    """A "run" frame: the kind, then RunFrame's items in its order."""
+    return encode([RUN, *frame])
 
 
 def decode_run(message: list[Any]) -> RunFrame:
