@@ -14,8 +14,6 @@ import ast
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parent.parent / "sandboxq"
 
 
@@ -153,11 +151,6 @@ def test_no_import_cycle_outside_the_worker() -> None:
     assert outside == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sandboxq.worker.child <-> sandboxq.worker.async_child (the parent helper's files, "
-    "#27): remove this marker once that cycle is broken",
-)
 def test_no_import_cycle_through_the_worker() -> None:
     assert cycles(import_graph()) == []
 
@@ -174,11 +167,6 @@ def test_the_dashboard_does_not_import_the_command_line() -> None:
     assert wrong == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sandboxq/worker/pool.py imports sandboxq.steps (the parent helper's files, #27): "
-    "remove this marker once the pool no longer does",
-)
 def test_the_pool_knows_no_redis_format() -> None:
     path = PACKAGE / "worker" / "pool.py"
     names = imported_names(path)

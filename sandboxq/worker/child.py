@@ -41,7 +41,6 @@ from sandboxq import execution, hooks
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
 from sandboxq.handlers import AsyncStepRecorder, Handler, JobContext, StepRecorder
 from sandboxq.worker import proctree, protocol
-from sandboxq.worker.exit_codes import EXIT_INTERNAL_ERROR
 
 
 def reset_signals() -> None:
@@ -280,57 +279,3 @@ def exit_child(index: int) -> None:
 
         print(f"sandboxq child {index}: an on_child_exit hook failed:", file=sys.stderr)
         traceback.print_exc()
-
-
-def main(
-    index: int,
-    sock: socket.socket,
-    handlers: dict[tuple[str, str], Handler],
-    close_fds: list[int],
-    parent_pid: int,
-    nice: int = 0,
-    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-    slots: int = 1,
-) -> Any:
-    """Entry point right after fork (signals still blocked). Never returns.
-
-    ``nice``: how much lower than the parent this child runs. The parent
-    serves every child (results, the next job, leases) and, on a small host,
-    Redis too; when CPU-bound jobs fill every core, a lower priority lets
-    both run as soon as they wake instead of waiting for a child's time
-    slice, which is where a child's idle time between jobs went.
-
-    ``slots``: how many async jobs it runs at once (--async-concurrency);
-    1 runs every job alone, with the loop above."""
-    code = 0
-    try:
-        die_with_parent(parent_pid)
-        prefer_for_oom_kill()
-        own_the_job_processes()
-        if nice:
-            os.nice(nice)
-        reset_signals()
-        for fd in close_fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        start_child(index)
-        if slots > 1:
-            from sandboxq.worker import async_child
-
-            async_child.serve(index, sock, handlers, max_result_bytes, slots)
-        else:
-            serve(index, sock, handlers, max_result_bytes)
-        exit_child(index)
-    except SystemExit as exc:  # sys.exit() in a handler: exit with its code
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        code = EXIT_INTERNAL_ERROR
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Skip the atexit handlers inherited from the parent.
-        os._exit(code)

@@ -25,8 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sandboxq.handlers import Handler
-from sandboxq.worker import child as child_main
-from sandboxq.worker import proctree, protocol
+from sandboxq.worker import child_start, proctree, protocol
 from sandboxq.worker.child_state import Assignment, Child
 from sandboxq.worker.settings import WorkerSettings
 
@@ -113,7 +112,7 @@ class Pool:
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child, which never returns
-                child_main.main(
+                child_start.main(
                     index,
                     child_sock,
                     self.handlers,
