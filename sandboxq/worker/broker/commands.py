@@ -24,6 +24,7 @@ from sandboxq.worker.broker.charts import Charts
 from sandboxq.worker.broker.result import StepResult
 from sandboxq.worker.broker.server_setup import ServerSetup
 from sandboxq.worker.clock import ServerClock
+from sandboxq.worker.trouble import is_transient
 
 
 @dataclass(slots=True)
@@ -61,6 +62,10 @@ class Command:
 
     def undo(self, error: Exception) -> None:
         """It failed or its reply was lost: keep what it carried."""
+
+    def answered_by(self, refusal: Exception) -> bool:
+        """Whether Redis refusing it is an answer to apply, not a failure."""
+        return False
 
 
 @dataclass(slots=True)
@@ -125,6 +130,12 @@ class ConfigCommand(InfoCommand):
     """CONFIG GET of one risky setting; after the last, the verdict."""
 
     kind = "config"
+
+    def answered_by(self, refusal: Exception) -> bool:
+        """CONFIG refused for good (disabled or renamed, as on managed
+        services; not allowed to this user) gets the check's note, as in
+        check_server; trouble that passes is waited out."""
+        return not is_transient(refusal)
 
     def apply(self, reply: Any, end: RoundEnd) -> None:
         self.check.note_config(reply)

@@ -65,7 +65,7 @@ class RoundReader:
                 faulted.add(command.queue)
                 continue
             reply = replies[index]
-            if isinstance(reply, Exception):
+            if isinstance(reply, Exception) and not command.answered_by(reply):
                 self.undo(command, reply)
                 self._refused(command, reply, end.result)
                 faulted.add(command.queue)
