@@ -6,7 +6,7 @@ the connections' readiness (``on_step_io``, ``on_wait_io``) and gets each
 round's :class:`StepResult`. The state lives in the parts: the outbox
 (what is owed), the leases, the timers, fetching, the schedules' check, the
 rate windows, the charts, the setup, the faults and the wait; plan.py
-builds a round from them and rounds.py reads its replies.
+builds a round from them, rounds.py sends it and reads its replies.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import time
 from typing import Any
-
-import redis
 
 from sandboxq import registry
 from sandboxq.keys import QueueKeys
@@ -26,9 +24,8 @@ from sandboxq.worker.broker.fetching import Fetching
 from sandboxq.worker.broker.leases import Leases
 from sandboxq.worker.broker.outbox import Outbox
 from sandboxq.worker.broker.plan import Planner
-from sandboxq.worker.broker.queue_commands import FetchCommand
 from sandboxq.worker.broker.result import StepResult
-from sandboxq.worker.broker.rounds import Round, RoundReader
+from sandboxq.worker.broker.rounds import RoundReader, Rounds
 from sandboxq.worker.broker.schedules import Schedules
 from sandboxq.worker.broker.server_setup import ServerSetup
 from sandboxq.worker.broker.timers import Timers
@@ -85,9 +82,14 @@ class Broker:
             leases=self.leases,
             setup=self.setup,
         )
-        self._round: Round | None = None
-        #: The wait's fetch reply, held while a round is in flight.
-        self._wake_held: tuple[FetchCommand, Any] | None = None
+        self.rounds = Rounds(
+            self.link,
+            self.planner,
+            self.reader,
+            self.fetching,
+            clock=self.clock,
+            reply_timeout=self.reply_timeout,
+        )
 
     def _make_parts(self, lease: float) -> None:
         """The parts that hold the broker's state (see the package's map)."""
@@ -174,7 +176,7 @@ class Broker:
     def has_pending(self) -> bool:
         """Something waits to be sent (a queue at fault holds its own), or a
         round is on its way."""
-        if self._round is not None or self.schedules.busy():
+        if self.rounds.in_flight or self.schedules.busy():
             return True
         now = time.monotonic()
         return any(
@@ -201,11 +203,11 @@ class Broker:
 
     @property
     def in_flight(self) -> bool:
-        return self._round is not None
+        return self.rounds.in_flight
 
     @property
     def step_deadline(self) -> float | None:
-        return self._round.deadline if self._round is not None else None
+        return self.rounds.deadline
 
     def next_timer(self) -> float:
         due = min(self.timers.next(self.holds_jobs()), self.schedules.next_check)
@@ -274,26 +276,10 @@ class Broker:
         (the rest are prefetched). Returns a result at once only if it could
         not be sent (no connection); else the result comes from
         :meth:`on_step_io` or :meth:`check_step_deadline`."""
-        assert self._round is None, "a round is in flight"
         clock = time.monotonic()
         if self.fetching.held(clock) or self.wait.fetch is not None:
             free_slots = start_now = 0  # while a wait carries a fetch, it is the one to ask
-        worked = self.clock.measured
-        commands = self.planner.build(clock, free_slots, start_now)
-        if not commands:
-            return None
-        fetch = next((c for c in commands if isinstance(c, FetchCommand)), None)
-        asked = fetch.count if fetch is not None else 0
-        self._round = Round(commands, time.time(), clock + self.reply_timeout, fetch=fetch)
-        self._round.start_now = min(start_now, asked)
-        self._round.worked = worked
-        try:
-            if not self.link.is_open:
-                self.link.open()
-            self.link.send([command.build() for command in commands])
-        except LinkError as exc:
-            return self._end_round(exc)
-        return None
+        return self.rounds.start(clock, free_slots, start_now)
 
     def on_step_io(
         self, readable: bool, writable: bool, fd: int | None = None
@@ -301,53 +287,12 @@ class Broker:
         """The round's connection (its socket ``fd``) is ready: write or
         read. Returns the round's result once its last reply arrived, or as
         soon as it failed."""
-        current = self._round
-        try:
-            if writable:
-                self.link.on_writable(fd)
-            if readable:
-                replies = self.link.read(fd)
-                if current is None:
-                    return None  # e.g. the replies to what close() sent
-                current.replies += replies
-        except LinkError as exc:
-            if current is None:
-                return None
-            current.replies += exc.replies
-            return self._end_round(exc)
-        if current is not None and len(current.replies) >= len(current.commands):
-            return self._end_round(None)
-        return None
+        return self.rounds.on_io(readable, writable, fd)
 
     def check_step_deadline(self, now: float) -> StepResult | None:
         """A round whose replies are overdue is given up: the connection is
         dropped (its replies may be lost on the way) and the round fails."""
-        if self._round is None or now < self._round.deadline:
-            return None
-        self.link.close()
-        return self._end_round(redis.TimeoutError(f"no reply from Redis in {self.reply_timeout}s"))
-
-    def _end_round(self, error: Exception | None) -> StepResult:
-        """Use the replies that came, undo what the others carried."""
-        ended = self._round
-        assert ended is not None
-        self._round = None
-        received_at = time.time()
-        result = StepResult(worked=ended.worked, round_trip=received_at - ended.sent_at)
-        result.started_now = ended.start_now
-        end = RoundEnd(result, ended.sent_at, received_at)
-        faulted = self.reader.read(ended.commands, ended.replies, end, error)
-        if self._wake_held is not None:  # the wait's jobs, after the round's replies
-            (fetch, reply), self._wake_held = self._wake_held, None
-            result.started_now = min(result.started_now, len(result.fetched))
-            self.reader.use(fetch, reply, RoundEnd(result, ended.sent_at, received_at))
-        if error is not None:
-            result.error = error
-        elif ended.fetch is not None and result.error is None:
-            fetch = ended.fetch
-            self.fetching.after(fetch.queue, fetch.count, result, end.next_due)
-        self.reader.end_faults(ended.commands, faulted, result)
-        return result
+        return self.rounds.check_deadline(now)
 
     # -- the blocking wait --------------------------------------------------------------
     def arm_wait(self, free_slots: int = 0) -> None:
@@ -397,12 +342,12 @@ class Broker:
         self._woken()
         if fetched is None:
             return None
-        if self._round is not None:
+        if self.rounds.in_flight:
             # The round in flight may be what put these jobs back in line (a
             # hand-back, a retry): its replies go first, as on one connection,
             # or a job handed back and leased again would look like a lease
             # that lapsed while it ran here.
-            self._wake_held = fetched
+            self.rounds.wake_held = fetched
             return None
         result = StepResult()
         self.reader.use(*fetched, RoundEnd(result))
@@ -425,7 +370,7 @@ class Broker:
         Best effort and without waiting: written if the connection takes it
         now, whatever state Redis is in."""
         self.cancel_wait()
-        if self.link.is_open and self._round is None:
+        if self.link.is_open and not self.rounds.in_flight:
             farewell: list[tuple[Any, ...]] = []
             if self.description:
                 farewell.append(("HDEL", registry.WORKERS, self.token))

@@ -1,15 +1,18 @@
-"""Reading a round: its replies applied behind each queue's fault barrier.
+"""A round on its way: sent on the link, its replies gathered, then read
+behind each queue's fault barrier.
 
 Replies come in order, so a failure cuts a round after its last reply:
 the replies that did arrive are used, and what the other commands carried
 goes in the next round (each command's ``undo``, commands.py). A reply
 that cannot be used, or a queue's command Redis refused for the queue's
 own reason, pauses that queue, not the worker (faults.py); any other
-Redis error is the worker's trouble to wait out.
+Redis error is the worker's trouble to wait out. One round is in flight at
+a time; its deadline gives up on replies that never come.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +21,13 @@ import redis
 
 from sandboxq.worker.broker.commands import Command, RoundEnd
 from sandboxq.worker.broker.faults import BadSetting, QueueFaults
+from sandboxq.worker.broker.fetching import Fetching
+from sandboxq.worker.broker.plan import Planner
 from sandboxq.worker.broker.queue_commands import FetchCommand
 from sandboxq.worker.broker.result import StepResult
-from sandboxq.worker.link import LinkError
+from sandboxq.worker.clock import ServerClock
+from sandboxq.worker.cluster import ClusterLink
+from sandboxq.worker.link import LinkError, RedisLink
 from sandboxq.worker.trouble import is_transient
 
 
@@ -126,3 +133,104 @@ class RoundReader:
         faulted.update(queue for queue, _kind, _reason in result.faults)
         tried = [(command.queue, command.reads_settings) for command in commands]
         self.faults.end_lapsed(tried, faulted, result)
+
+
+class Rounds:
+    """The round in flight on the link: built (plan.py), sent, its replies
+    gathered, and ended into a StepResult."""
+
+    def __init__(
+        self,
+        link: RedisLink | ClusterLink,
+        planner: Planner,
+        reader: RoundReader,
+        fetching: Fetching,
+        *,
+        clock: ServerClock,
+        reply_timeout: float,
+    ) -> None:
+        self.link = link
+        self.planner = planner
+        self.reader = reader
+        self.fetching = fetching
+        self.clock = clock
+        self.reply_timeout = reply_timeout
+        self.current: Round | None = None
+        #: An answered wait's fetch and reply, held while a round is in
+        #: flight: the round's replies go first (Broker.on_wait_io).
+        self.wake_held: tuple[FetchCommand, Any] | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        return self.current is not None
+
+    @property
+    def deadline(self) -> float | None:
+        return self.current.deadline if self.current is not None else None
+
+    def start(self, clock: float, free_slots: int, start_now: int) -> StepResult | None:
+        """Build and send a round (see Broker.start_step)."""
+        assert self.current is None, "a round is in flight"
+        worked = self.clock.measured
+        commands = self.planner.build(clock, free_slots, start_now)
+        if not commands:
+            return None
+        fetch = next((c for c in commands if isinstance(c, FetchCommand)), None)
+        asked = fetch.count if fetch is not None else 0
+        self.current = Round(commands, time.time(), clock + self.reply_timeout, fetch=fetch)
+        self.current.start_now = min(start_now, asked)
+        self.current.worked = worked
+        try:
+            if not self.link.is_open:
+                self.link.open()
+            self.link.send([command.build() for command in commands])
+        except LinkError as exc:
+            return self._end(exc)
+        return None
+
+    def on_io(self, readable: bool, writable: bool, fd: int | None) -> StepResult | None:
+        current = self.current
+        try:
+            if writable:
+                self.link.on_writable(fd)
+            if readable:
+                replies = self.link.read(fd)
+                if current is None:
+                    return None  # e.g. the replies to what Broker.close sent
+                current.replies += replies
+        except LinkError as exc:
+            if current is None:
+                return None
+            current.replies += exc.replies
+            return self._end(exc)
+        if current is not None and len(current.replies) >= len(current.commands):
+            return self._end(None)
+        return None
+
+    def check_deadline(self, now: float) -> StepResult | None:
+        if self.current is None or now < self.current.deadline:
+            return None
+        self.link.close()
+        return self._end(redis.TimeoutError(f"no reply from Redis in {self.reply_timeout}s"))
+
+    def _end(self, error: Exception | None) -> StepResult:
+        """Use the replies that came, undo what the others carried."""
+        ended = self.current
+        assert ended is not None
+        self.current = None
+        received_at = time.time()
+        result = StepResult(worked=ended.worked, round_trip=received_at - ended.sent_at)
+        result.started_now = ended.start_now
+        end = RoundEnd(result, ended.sent_at, received_at)
+        faulted = self.reader.read(ended.commands, ended.replies, end, error)
+        if self.wake_held is not None:  # the wait's jobs, after the round's replies
+            (fetch, reply), self.wake_held = self.wake_held, None
+            result.started_now = min(result.started_now, len(result.fetched))
+            self.reader.use(fetch, reply, RoundEnd(result, ended.sent_at, received_at))
+        if error is not None:
+            result.error = error
+        elif ended.fetch is not None and result.error is None:
+            fetch = ended.fetch
+            self.fetching.after(fetch.queue, fetch.count, result, end.next_due)
+        self.reader.end_faults(ended.commands, faulted, result)
+        return result
