@@ -17,6 +17,7 @@ from typing import Any
 
 from sandboxq import registry
 from sandboxq.keys import QueueKeys
+from sandboxq.stats import MinuteCounts
 from sandboxq.worker.broker.charts import Charts
 from sandboxq.worker.broker.commands import RoundEnd
 from sandboxq.worker.broker.faults import QueueFault, QueueFaults
@@ -42,6 +43,8 @@ WAKE_FETCH_LEASE_SLACK_MS = 1
 
 
 class Broker:
+    """One worker parent's Redis: its rounds and its wait, over ``queues``."""
+
     def __init__(
         self,
         url: str,
@@ -126,7 +129,7 @@ class Broker:
 
     # -- the parts' state the parent reads ------------------------------------------
     @property
-    def stats(self) -> Any:
+    def stats(self) -> MinuteCounts:
         """Settled jobs counted for the dashboard's charts (sandboxq.stats)."""
         return self.charts.counts
 
