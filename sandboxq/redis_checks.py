@@ -1,4 +1,10 @@
-"""Checks of the Redis server a worker is about to trust with jobs."""
+"""Checks of the Redis server a worker is about to trust with jobs.
+
+:class:`ServerCheck` is the check itself, fed one reply at a time: the
+worker's broker sends its :meth:`~ServerCheck.commands` in its first round
+and feeds it the raw replies; :func:`check_server` is the same check on a
+blocking client (tests, tools).
+"""
 
 from __future__ import annotations
 
@@ -23,19 +29,67 @@ def parse_version(text: str) -> tuple[int, ...]:
 RISKY_SETTINGS = ("maxmemory-policy", "appendonly", "save")
 
 
+class ServerCheck:
+    """The server's version (INFO) and risky settings (CONFIG GET), noted as
+    their replies come, raw or as redis-py parsed them; then the verdict."""
+
+    def __init__(self) -> None:
+        self.version = "0"
+        #: The settings read so far; None once CONFIG was refused (disabled,
+        #: as on managed services): the verdict is then a note, not a check.
+        self.config: dict[str, str] | None = {}
+        self._config_replies = 0
+
+    @staticmethod
+    def commands() -> list[tuple[str, ...]]:
+        """What to send: INFO, then one CONFIG GET per risky setting."""
+        return [("INFO", "server"), *(("CONFIG", "GET", name) for name in RISKY_SETTINGS)]
+
+    def note_info(self, reply: Any) -> None:
+        """INFO server's reply: its text, or redis-py's dict of it."""
+        if isinstance(reply, dict):
+            self.version = str(reply.get("redis_version", "0"))
+        else:
+            self.version = info_field(reply, "redis_version") or "0"
+
+    def note_config(self, reply: Any) -> None:
+        """One CONFIG GET reply: name, value pairs (a flat list, or redis-py's
+        dict), or the error of a refused CONFIG."""
+        self._config_replies += 1
+        if self.config is None:
+            return
+        if isinstance(reply, Exception):
+            self.config = None
+            return
+        pairs = (
+            reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+        )
+        self.config.update((_text(name), _text(value)) for name, value in pairs)
+
+    @property
+    def complete(self) -> bool:
+        """Every reply the verdict needs came (or CONFIG was refused)."""
+        return self.config is None or self._config_replies >= len(RISKY_SETTINGS)
+
+    def verdict(self) -> list[str]:
+        """Raise UnsupportedRedis, or return the warnings (judge_server)."""
+        return judge_server(self.version, self.config)
+
+
 def check_server(client: Any) -> list[str]:
     """Refuse a Redis older than 6.2; return warnings about settings that can
     lose jobs (an eviction policy other than noeviction, no persistence).
     Managed services that disable CONFIG get a note instead of a check."""
-    version = str(client.info("server").get("redis_version", "0"))
-    require_version(version)
-    config: dict[str, str] = {}
-    try:
-        for name in RISKY_SETTINGS:
-            config.update({_text(k): _text(v) for k, v in client.config_get(name).items()})
-    except redis.ResponseError:
-        return judge_server(version, None)
-    return judge_server(version, config)
+    check = ServerCheck()
+    check.note_info(client.info("server"))
+    require_version(check.version)  # before CONFIG: an old server may lack it
+    for name in RISKY_SETTINGS:
+        try:
+            check.note_config(client.config_get(name))
+        except redis.ResponseError as exc:
+            check.note_config(exc)
+            break
+    return check.verdict()
 
 
 def require_version(version: str) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -240,41 +240,93 @@ def occurrence_job_id(key: str, occurrence_ms: int) -> str:
     return f"{key}@{occurrence_ms}"
 
 
+class Fire(NamedTuple):
+    """One due schedule's fire_schedule.lua call: its occurrences' jobs, if
+    its next time is still ``expected_next`` (see Scripts.fire_schedule)."""
+
+    key: str
+    expected_next: int
+    new_next: int
+    counted: int
+    jobs: list[list[Any]]
+
+
+# The due check, one round trip at a time: the worker's broker sends these
+# commands in its rounds (worker/broker/schedules.py), fire_due on a
+# blocking client; both read the replies with the functions below.
+def next_times_command(keys: QueueKeys) -> tuple[Any, ...]:
+    """The queue's next occurrence times, the due ones first."""
+    return ("ZRANGE", keys.schedule_times, 0, DUE_BATCH - 1, "WITHSCORES")
+
+
+def due_schedules(reply: Any, now_ms: int) -> tuple[list[tuple[str, int]], int | None]:
+    """From next_times_command's reply: the due schedules (key, next time),
+    and the earliest time one not due yet is (None: none). The reply is raw
+    (key, score, key, score...) or, from redis-py, (key, score) pairs."""
+    paired = bool(reply) and isinstance(reply[0], list | tuple)
+    pairs = reply if paired else zip(reply[::2], reply[1::2], strict=True)
+    times = [(key.decode(), int(float(score))) for key, score in pairs]
+    due = [(key, score) for key, score in times if score <= now_ms]
+    upcoming = min((score for _key, score in times if score > now_ms), default=None)
+    return due, upcoming
+
+
+def spec_commands(keys: QueueKeys, due: list[tuple[str, int]]) -> list[tuple[Any, ...]]:
+    """The due schedules' specs, then their counts (one HMGET each)."""
+    names = [key for key, _score in due]
+    return [("HMGET", keys.schedules, *names), ("HMGET", keys.schedule_counts, *names)]
+
+
+def plan_fires(
+    due: list[tuple[str, int]], specs: list[Any], counts: list[Any], now_ms: int
+) -> tuple[list[Fire], list[tuple[str, str]]]:
+    """The fire_schedule.lua calls for the due schedules whose specs and
+    counts spec_commands read, and the schedules that cannot be fired with
+    why (a spec something else wrote, or one from an incompatible version):
+    those are fired with no jobs and looked at again in BROKEN_RETRY_MS. A
+    schedule deleted meanwhile (no spec) is left out."""
+    fires: list[Fire] = []
+    broken: list[tuple[str, str]] = []
+    for (key, score), spec, count in zip(due, specs, counts, strict=True):
+        if spec is None:
+            continue
+        try:
+            fire, new_next, jobs = occurrence_jobs(key, spec, score, count, now_ms)
+        except (TypeError, ValueError, KeyError, ArithmeticError) as exc:  # a spec gone bad
+            broken.append((key, f"{type(exc).__name__}: {exc}"))
+            fires.append(Fire(key, score, now_ms + BROKEN_RETRY_MS, 0, []))
+            continue
+        fires.append(Fire(key, score, new_next, len(fire), jobs))
+    return fires, broken
+
+
+def fired(reply: Any) -> int:
+    """How many jobs a fire_schedule.lua call created (-1, it moved on: 0)."""
+    return max(int(reply), 0)
+
+
 def fire_due(scripts: Scripts, keys: QueueKeys, now_ms: int) -> tuple[int, list[tuple[str, str]]]:
     """Enqueue every due occurrence of the queue's schedules. Returns how
     many jobs were created, and the schedules that could not be fired with
-    why (a spec something else wrote, or one from an incompatible version):
-    those are looked at again in BROKEN_RETRY_MS, and never stop the caller.
-    Safe to call from any number of processes.
+    why (see :func:`plan_fires`); they never stop the caller. Safe to call
+    from any number of processes.
 
     This is the blocking form, for callers that may wait (tests, tools). The
-    worker does the same over three of its non-blocking steps
-    (``worker/broker.py``), with the same :func:`occurrence_jobs`.
+    worker runs the same check over three of its non-blocking rounds, with
+    the same functions above.
 
     The data's size is not checked here: ``Queue.schedule`` checked it
     against the queue's ``max_payload_bytes`` when the schedule was made."""
     client = scripts.client
-    due: Any = client.zrangebyscore(
-        keys.schedule_times, "-inf", now_ms, start=0, num=DUE_BATCH, withscores=True
-    )
-    created = 0
-    broken: list[tuple[str, str]] = []
-    for raw_key, score in due:
-        key = raw_key.decode()
-        pipe = client.pipeline(transaction=False)
-        pipe.hget(keys.schedules, key)
-        pipe.hget(keys.schedule_counts, key)
-        spec_raw, count_raw = pipe.execute()
-        if spec_raw is None:
-            continue
-        try:
-            fire, new_next, jobs = occurrence_jobs(key, spec_raw, int(score), count_raw, now_ms)
-        except (TypeError, ValueError, KeyError, ArithmeticError) as exc:  # a spec gone bad
-            broken.append((key, f"{type(exc).__name__}: {exc}"))
-            scripts.fire_schedule(keys, now_ms, key, int(score), now_ms + BROKEN_RETRY_MS, 0, [])
-            continue
-        result = scripts.fire_schedule(keys, now_ms, key, int(score), new_next, len(fire), jobs)
-        created += max(result, 0)
+    due, _upcoming = due_schedules(client.execute_command(*next_times_command(keys)), now_ms)
+    if not due:
+        return 0, []
+    pipe = client.pipeline(transaction=False)
+    for command in spec_commands(keys, due):
+        pipe.execute_command(*command)
+    specs, counts = pipe.execute()
+    fires, broken = plan_fires(due, specs, counts, now_ms)
+    created = sum(fired(scripts.fire_schedule(keys, now_ms, *fire)) for fire in fires)
     return created, broken
 
 

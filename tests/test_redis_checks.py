@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -10,7 +11,7 @@ import redis
 from sandboxq.local_redis import LocalRedis
 from sandboxq.redis_checks import UnsupportedRedis, check_server, parse_version
 from tests.faults import RedisVersion
-from tests.worker_harness import WorkerProcess
+from tests.worker_harness import READY, WorkerProcess
 
 
 class OldRedis:
@@ -59,3 +60,21 @@ def test_an_eviction_policy_is_warned_about_by_the_worker(
     line = worker.wait_for_line("maxmemory-policy", timeout=10).string
     assert "allkeys-lru" in line and "noeviction" in line
     worker.wait_for_line("persistence is off", timeout=10)
+
+
+def test_a_server_with_config_disabled_gets_a_note_and_the_worker_runs(
+    tmp_path: Path, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    # Given a server that refuses CONFIG, as managed services do
+    with LocalRedis(tmp_path / "no-config", options=["--rename-command", "CONFIG", ""]) as server:
+        client = redis.Redis.from_url(server.url)
+        with pytest.raises(redis.ResponseError):
+            client.config_get("save")
+        # When the server is checked, and a worker starts on it
+        warnings = check_server(client)
+        worker = start_worker(procs=1, url=server.url, wait_ready=False)
+        # Then both note that the config cannot be read, and the worker gets ready
+        assert [w for w in warnings if "cannot read the Redis config" in w]
+        worker.wait_for_line("cannot read the Redis config", timeout=10)
+        worker.wait_for_line(READY, timeout=10)
+        client.close()

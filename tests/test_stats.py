@@ -102,12 +102,12 @@ def test_the_counts_never_make_a_step_of_their_own(redis_url: str, queue: Queue)
     broker = Broker(redis_url, [queue.name], "stats-token", lease=30, max_stalls=1)
     try:
         broker.clock.measured = True
-        broker._set_up = True
+        broker.setup.done = True
         far = 1e12
-        broker.next_renew = broker.next_recover = broker.next_schedules = far
-        broker.next_cancel_check = far
-        broker._resync.clear()
-        broker.next_stats_flush = 0.0  # due
+        broker.timers.next_renew = broker.timers.next_recover = far
+        broker.schedules.next_check = broker.timers.next_cancel_check = far
+        broker.windows.resync.clear()
+        broker.timers.next_stats_flush = 0.0  # due
         broker.stats.note(queue.name, 100, "resize", "completed", 12)
         assert broker.start_step(free_slots=0) is None
         assert not broker.in_flight  # nothing else due: no step, the counts wait
@@ -115,8 +115,8 @@ def test_the_counts_never_make_a_step_of_their_own(redis_url: str, queue: Queue)
         # A step that goes anyway (a log line to report) carries them.
         broker.report(queue.name, "1", "log", "a line")
         broker.start_step(free_slots=0)
-        step: Any = broker._step
-        kinds = [c.kind for c in step.plan]
+        sent: Any = broker.rounds.current
+        kinds = [c.kind for c in sent.commands]
         assert kinds[0] == "report" and kinds.count("stats") == 3  # 2 HINCRBY, 1 EXPIRE
         assert not broker.stats
     finally:
