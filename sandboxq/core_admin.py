@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from sandboxq import stats
+from sandboxq.core_looking import is_paused_op
 from sandboxq.errors import JobIsActive
 from sandboxq.job import FINISHED_STATES
 from sandboxq.keys import QueueKeys
@@ -22,7 +23,7 @@ from sandboxq.options import (
     positive_int,
     rate_limit_fields,
 )
-from sandboxq.scripts import STEP_LIMIT, now_ms
+from sandboxq.scripts import MAX_PER_CALL, now_ms
 
 
 class AdminOps:
@@ -41,7 +42,7 @@ class AdminOps:
 
     def _is_paused(self) -> Op[bool]:
         """Whether the queue is paused."""
-        return bool((yield cmd("HEXISTS", self.keys.meta, "paused")))
+        return (yield from is_paused_op(self.keys))
 
     def _retry(self, job_id: str, *, by: str | None = None, reset_steps: bool = False) -> Op[bool]:
         """Send a failed job back to waiting with a fresh attempt budget.
@@ -53,7 +54,7 @@ class AdminOps:
     def _retry_failed(self, *, by: str | None = None) -> Op[int]:
         """Retry every failed job; returns how many."""
         total, by = 0, who(by)
-        while moved := (yield PLAN.retry(self.keys, "", STEP_LIMIT, by=by)):
+        while moved := (yield PLAN.retry(self.keys, "", MAX_PER_CALL, by=by)):
             total += len(moved)
         return total
 
@@ -132,11 +133,13 @@ class AdminOps:
         total, by = 0, who(by)
         while (
             removed := (
-                yield PLAN.clean(self.keys, state, now_ms(), max_count, max_age, STEP_LIMIT, by=by)
+                yield PLAN.clean(
+                    self.keys, state, now_ms(), max_count, max_age, MAX_PER_CALL, by=by
+                )
             )
         ) > 0:
             total += removed
-            if removed < STEP_LIMIT:
+            if removed < MAX_PER_CALL:
                 break
         return total
 
@@ -144,14 +147,14 @@ class AdminOps:
         """Remove every job that has not started. Returns how many; the
         queue's audit log records who drained (``by``, default the OS user)."""
         total, by = 0, who(by)
-        while (removed := (yield PLAN.drain(self.keys, include_delayed, STEP_LIMIT, by=by))) > 0:
+        while (removed := (yield PLAN.drain(self.keys, include_delayed, MAX_PER_CALL, by=by))) > 0:
             total += removed
         return total
 
     def _obliterate(self, *, force: bool = False) -> Op[None]:
         """Delete the queue: every job and key. Refuses while jobs are active
         unless ``force`` (their workers will find their leases gone)."""
-        while (removed := (yield PLAN.obliterate(self.keys, force, STEP_LIMIT))) != 0:
+        while (removed := (yield PLAN.obliterate(self.keys, force, MAX_PER_CALL))) != 0:
             if removed < 0:
                 raise JobIsActive(
                     f"queue {self.name!r} has active jobs; pass force=True to obliterate anyway"

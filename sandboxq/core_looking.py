@@ -17,6 +17,24 @@ from sandboxq.scripts import now_ms
 J = TypeVar("J", bound=JobRecord)
 
 
+def counts_op(keys: QueueKeys) -> Op[dict[str, int]]:
+    """How many jobs of a queue are in each state (one round trip, no
+    scans); the worker's metrics read them too."""
+    replies = yield [
+        *(cmd("ZCARD", getattr(keys, key)) for key in JOB_SETS),
+        cmd("GET", keys.gcount),
+    ]
+    *sizes, grouped = replies
+    counts = {state: size for state, size in zip(STATES, sizes, strict=True)}
+    counts["waiting"] += int(grouped or 0)  # grouped jobs wait in their group's set
+    return counts
+
+
+def is_paused_op(keys: QueueKeys) -> Op[bool]:
+    """Whether a queue is paused."""
+    return bool((yield cmd("HEXISTS", keys.meta, "paused")))
+
+
 class LookingOps(Generic[J]):
     """Reading a queue's jobs and figures; changes nothing."""
 
@@ -43,14 +61,7 @@ class LookingOps(Generic[J]):
 
     def _counts(self) -> Op[dict[str, int]]:
         """How many jobs are in each state (one round trip, no scans)."""
-        replies = yield [
-            *(cmd("ZCARD", getattr(self.keys, key)) for key in JOB_SETS),
-            cmd("GET", self.keys.gcount),
-        ]
-        *sizes, grouped = replies
-        counts = {state: size for state, size in zip(STATES, sizes, strict=True)}
-        counts["waiting"] += int(grouped or 0)  # grouped jobs wait in their group's set
-        return counts
+        return (yield from counts_op(self.keys))
 
     def _job_ids(self, state: str, start: int = 0, limit: int = 100) -> Op[list[str]]:
         """Ids in ``state``: the next to run first for waiting and delayed, the

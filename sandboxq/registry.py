@@ -29,12 +29,11 @@ STALE_MS = 60_000
 TRIM_SAMPLE = 5
 
 
-def heartbeat(
-    scripts: Scripts, pipe: Any, token: str, description: dict[str, Any], now_ms: int
-) -> None:
-    """Queue this worker's heartbeat on a pipeline: one script call."""
+def heartbeat(scripts: Scripts, token: str, description: dict[str, Any], now_ms: int) -> Any:
+    """This worker's heartbeat: one script call (a ``ScriptCall`` when
+    ``scripts`` has no client, which is how the worker sends it)."""
     raw = orjson.dumps({**description, "last_seen": now_ms / 1000.0})
-    scripts.heartbeat(WORKERS, token, raw, now_ms, STALE_MS, TRIM_SAMPLE, pipe)
+    return scripts.heartbeat(WORKERS, token, raw, now_ms, STALE_MS, TRIM_SAMPLE)
 
 
 def forget(client: Any, token: str) -> None:

@@ -35,7 +35,7 @@ EVENTS_MAXLEN = 10_000
 
 #: The most jobs a bulk step (promote, clean, drain, retry-all) touches per call,
 #: so one call never blocks Redis for long.
-STEP_LIMIT = 1000
+MAX_PER_CALL = 1000
 
 _NEEDS = re.compile(r"^-- Needs: ([^(\n]*)", re.MULTILINE)
 
@@ -165,18 +165,10 @@ class ScriptRunner:
         name: str,
         keys: Sequence[str],
         args: Sequence[Any],
-        pipe: redis.client.Pipeline | None = None,
         decode: Callable[[Any], Any] = _raw,
     ) -> Any:
-        """Run one script and decode its reply; or, with ``pipe``, queue it
-        there (the raw reply comes from ``pipe.execute()``); or, with no
-        client, describe it."""
-        if pipe is not None:
-            # Straight EVALSHA: redis-py would otherwise send SCRIPT EXISTS
-            # before every pipeline, a second round trip. Callers load the
-            # scripts once (load_all) and again if the pipeline fails with
-            # NoScriptError.
-            return pipe.evalsha(script_sha(name), len(keys), *keys, *args)
+        """Run one script and decode its reply; or, with no client, describe
+        it (the :class:`ScriptCall` that drivers pipeline: ``command()``)."""
         call = ScriptCall(name, keys, args, decode)
         if self.client is None:
             return call

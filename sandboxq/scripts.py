@@ -16,12 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-
 from sandboxq.keys import QueueKeys
 from sandboxq.script_call import (
     EVENTS_MAXLEN,
-    STEP_LIMIT,
+    MAX_PER_CALL,
     ScriptCall,
     decode_ids,
     decode_text,
@@ -34,7 +32,7 @@ from sandboxq.worker_scripts import WorkerScripts
 
 __all__ = [
     "EVENTS_MAXLEN",
-    "STEP_LIMIT",
+    "MAX_PER_CALL",
     "ScriptCall",
     "Scripts",
     "decode_ids",
@@ -72,7 +70,7 @@ class Scripts(WorkerScripts):
         "finish",
         "renew",
         "recover_stalled",
-        "release",
+        "hand_back",
         "report",
         "promote",
         "pause",
@@ -101,7 +99,7 @@ class Scripts(WorkerScripts):
     # -- admin ------------------------------------------------------------
     # The admin transitions take ``by``: who asked, for the audit log.
     def promote(
-        self, k: QueueKeys, now: int, job_id: str = "", limit: int = STEP_LIMIT, by: str = ""
+        self, k: QueueKeys, now: int, job_id: str = "", limit: int = MAX_PER_CALL, by: str = ""
     ) -> Any:
         return self._run(
             "promote",
@@ -175,7 +173,7 @@ class Scripts(WorkerScripts):
         self,
         k: QueueKeys,
         job_id: str = "",
-        limit: int = STEP_LIMIT,
+        limit: int = MAX_PER_CALL,
         now: int | None = None,
         by: str = "",
         reset_steps: bool = False,
@@ -200,7 +198,7 @@ class Scripts(WorkerScripts):
         now: int,
         max_count: int = -1,
         max_age_ms: int = -1,
-        limit: int = STEP_LIMIT,
+        limit: int = MAX_PER_CALL,
         by: str = "",
     ) -> Any:
         return self._run(
@@ -214,7 +212,7 @@ class Scripts(WorkerScripts):
         self,
         k: QueueKeys,
         include_delayed: bool,
-        limit: int = STEP_LIMIT,
+        limit: int = MAX_PER_CALL,
         now: int | None = None,
         by: str = "",
     ) -> Any:
@@ -236,7 +234,7 @@ class Scripts(WorkerScripts):
         return self._run("list_waiting", [k.wait, k.group_names], args, decode=decode_ids)
 
     def obliterate(
-        self, k: QueueKeys, force: bool, limit: int = STEP_LIMIT, now: int | None = None
+        self, k: QueueKeys, force: bool, limit: int = MAX_PER_CALL, now: int | None = None
     ) -> Any:
         sets = [k.wait, k.delayed, k.completed, k.failed, k.waiting_children, k.cancelled]
         others = [
@@ -289,7 +287,6 @@ class Scripts(WorkerScripts):
         new_next: int,
         counted: int,
         jobs: Sequence[Sequence[Any]],
-        pipe: redis.client.Pipeline | None = None,
     ) -> Any:
         """Enqueue a schedule's occurrences if its next time is still
         ``expected_next``; returns jobs created, or -1 if it moved on."""
@@ -311,7 +308,7 @@ class Scripts(WorkerScripts):
             k.marker,
             k.events,
         ]
-        return self._run("fire_schedule", keys, args, pipe, int)
+        return self._run("fire_schedule", keys, args, int)
 
     # -- flows ------------------------------------------------------------
     def add_flow(self, root: QueueKeys, now: int, nodes: Sequence[Sequence[Any]]) -> Any:
@@ -338,11 +335,10 @@ class Scripts(WorkerScripts):
         self,
         k: QueueKeys,
         settings: dict[str, Any],
-        pipe: redis.client.Pipeline | None = None,
     ) -> Any:
         """Set (or, with ``None``, clear) flow-control meta fields and wake the
         workers; returns how many waiting jobs were rescored."""
         args: list[Any] = self._head(k.prefix, "")
         for field, value in settings.items():
             args += [field, "" if value is None else value]
-        return self._run("configure", [k.meta, k.marker, k.events], args, pipe, int)
+        return self._run("configure", [k.meta, k.marker, k.events], args, int)

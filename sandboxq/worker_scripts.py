@@ -3,9 +3,9 @@
 :class:`WorkerScripts` wraps each in a typed method, as
 :class:`sandboxq.scripts.Scripts` (which adds the producer's and the admin
 transitions) does the rest. A method that needs the time takes it in
-milliseconds, so tests control the clock; each takes an optional ``pipe``:
-the call is then queued on that pipeline and its raw reply comes back from
-``pipe.execute()``.
+milliseconds, so tests control the clock. Built without a client
+(``Scripts(None)``), each returns the :class:`ScriptCall` it would run,
+which is how the worker's broker pipelines them.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-
 from sandboxq.keys import QueueKeys
-from sandboxq.script_call import STEP_LIMIT, ScriptRunner, decode_ids, now_ms
+from sandboxq.script_call import MAX_PER_CALL, ScriptRunner, decode_ids, now_ms
 
 
 def _optional(value: int | None) -> int | str:
@@ -38,7 +36,6 @@ class WorkerScripts(ScriptRunner):
         count: int,
         token: str,
         lease_ms: int,
-        pipe: redis.client.Pipeline | None = None,
         request: int | None = None,
         start_now: int | None = None,
     ) -> Any:
@@ -60,7 +57,6 @@ class WorkerScripts(ScriptRunner):
                 _optional(request),
                 _optional(start_now),
             ],
-            pipe,
         )
 
     def reclaim(
@@ -70,17 +66,15 @@ class WorkerScripts(ScriptRunner):
         token: str,
         request: int,
         known: Sequence[str],
-        pipe: redis.client.Pipeline | None = None,
     ) -> Any:
         """After a lost fetch reply: hand back the jobs ``token`` holds but
         does not know (``known`` are those it does), and make its fetches up
         to ``request`` lease nothing if they arrive later. Returns the ids
-        handed back (raw when ``pipe`` is given)."""
+        handed back."""
         return self._run(
             "reclaim",
             [k.active, k.events, k.cancelled, k.cancel_requests],
             [*self._head(k.prefix, now), token, request, *known],
-            pipe,
             decode_ids,
         )
 
@@ -90,14 +84,12 @@ class WorkerScripts(ScriptRunner):
         now: int,
         token: str,
         outcomes: Sequence[Sequence[Any]],
-        pipe: redis.client.Pipeline | None = None,
         starts: Sequence[tuple[str, int]] = (),
     ) -> Any:
         """Settle jobs; each outcome is ``(id, outcome, value, traceback,
         delay_ms, lease)`` (``execution.finish_entry``). First, ``starts``
         marks prefetched jobs started: ``(id, started_ms)`` each. Returns
-        one status per settled job (bytes), or the pipeline when ``pipe``
-        is given."""
+        one status per settled job (bytes)."""
         args: list[Any] = [*self._head(k.prefix, now), token, len(starts)]
         for job_id, started_ms in starts:
             args += [job_id, started_ms]
@@ -118,7 +110,6 @@ class WorkerScripts(ScriptRunner):
                 k.cancel_requests,
             ],
             args,
-            pipe,
         )
 
     def renew(
@@ -128,19 +119,17 @@ class WorkerScripts(ScriptRunner):
         token: str,
         lease_ms: int,
         job_ids: Sequence[str],
-        pipe: redis.client.Pipeline | None = None,
     ) -> Any:
         """Extend leases; returns the ids this token no longer holds."""
         args = [k.prefix, now, "", token, lease_ms, *job_ids]
-        return self._run("renew", [k.active], args, pipe, decode_ids)
+        return self._run("renew", [k.active], args, decode_ids)
 
     def recover_stalled(
         self,
         k: QueueKeys,
         now: int,
         max_stalls: int,
-        limit: int = STEP_LIMIT,
-        pipe: redis.client.Pipeline | None = None,
+        limit: int = MAX_PER_CALL,
     ) -> Any:
         """Requeue or fail jobs whose lease lapsed (cancel those whose cancel
         was asked); returns (requeued, failed, cancelled) ids."""
@@ -157,25 +146,23 @@ class WorkerScripts(ScriptRunner):
                 k.given_up,
             ],
             [*self._head(k.prefix, now), max_stalls, limit],
-            pipe,
             _id_lists,
         )
 
-    def release(
+    def hand_back(
         self,
         k: QueueKeys,
         token: str,
         unstarted: Sequence[str],
         interrupted: Sequence[str],
         now: int | None = None,
-        pipe: redis.client.Pipeline | None = None,
     ) -> Any:
         """Hand leased jobs back: ``unstarted`` never ran (they go back with
         nothing spent, whatever their options), ``interrupted`` may have run
         (a manual_retry_only one fails instead). Returns the ids handed back
-        to waiting (raw when ``pipe`` is given); see release.lua."""
+        to waiting; see hand_back.lua."""
         return self._run(
-            "release",
+            "hand_back",
             [k.active, k.wait, k.events, k.marker, k.cancelled, k.cancel_requests],
             [
                 *self._head(k.prefix, now_ms() if now is None else now),
@@ -184,7 +171,6 @@ class WorkerScripts(ScriptRunner):
                 *unstarted,
                 *interrupted,
             ],
-            pipe,
             decode_ids,
         )
 
@@ -194,14 +180,13 @@ class WorkerScripts(ScriptRunner):
         token: str,
         reports: Sequence[tuple[str, str, Any]],
         keep_logs: int = 1000,
-        pipe: redis.client.Pipeline | None = None,
     ) -> Any:
         """Record ``(job_id, "progress" | "log", value)`` reports of running jobs;
         returns how many were recorded."""
         args: list[Any] = [*self._head(k.prefix, ""), token, keep_logs]
         for report in reports:
             args.extend(report)
-        return self._run("report", [k.events], args, pipe)
+        return self._run("report", [k.events], args)
 
     def step(
         self,
@@ -209,14 +194,13 @@ class WorkerScripts(ScriptRunner):
         token: str,
         steps: Sequence[tuple[str, str, str]],
         max_steps: int,
-        pipe: redis.client.Pipeline | None = None,
     ) -> Any:
         """Record ``(job_id, key, result_json)`` durable steps of jobs this
         token holds; one status per step (see step.lua)."""
         args: list[Any] = [*self._head(k.prefix, ""), token, max_steps]
         for step in steps:
             args.extend(step)
-        return self._run("step", [k.events], args, pipe, decode_ids)
+        return self._run("step", [k.events], args, decode_ids)
 
     # -- the worker registry (one global key, not a queue's) ----------------
     def heartbeat(
@@ -227,10 +211,9 @@ class WorkerScripts(ScriptRunner):
         now: int,
         stale_ms: int,
         sample: int,
-        pipe: redis.client.Pipeline | None = None,
     ) -> Any:
         """Record a worker's heartbeat and delete up to ``sample`` entries of
         workers unseen for ``stale_ms``; returns how many were deleted."""
         return self._run(
-            "heartbeat", [registry_key], ["", now, "", token, description, stale_ms, sample], pipe
+            "heartbeat", [registry_key], ["", now, "", token, description, stale_ms, sample]
         )

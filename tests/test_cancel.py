@@ -512,7 +512,7 @@ def test_a_job_handed_back_with_a_pending_request_is_cancelled(queue: Queue) -> 
     queue.cancel(reclaimed)
 
     # When the worker releases one and reclaims what it does not know of
-    assert queue.scripts.release(queue.keys, WORKER, [], [released], now=NOW + 5) == []
+    assert queue.scripts.hand_back(queue.keys, WORKER, [], [released], now=NOW + 5) == []
     assert queue.scripts.reclaim(queue.keys, NOW + 6, WORKER, 1, []) == []
 
     # Then both are cancelled, neither handed back to waiting

@@ -95,7 +95,7 @@ def test_a_stalled_manual_retry_only_job_fails_instead_of_running_again(queue: Q
 def test_a_released_manual_retry_only_job_fails_instead_of_going_back(queue: Queue) -> None:
     job = queue.add("charge", manual_retry_only=True)
     queue.scripts.fetch(queue.keys, NOW, 1, "w", 60_000)
-    assert queue.scripts.release(queue.keys, "w", [], [job.id], now=NOW + 10) == []
+    assert queue.scripts.hand_back(queue.keys, "w", [], [job.id], now=NOW + 10) == []
     done = queue.get_job(job.id)
     assert done is not None and done.state == "failed"
     assert "forced shutdown" in (done.error or "")

@@ -109,7 +109,7 @@ SAMPLES: dict[str, Sample] = {
     ),
     "renew": Sample({"now": NOW, "token": "tok", "lease_ms": 30_001, "job_ids": ["1", "2"]}),
     "recover_stalled": Sample({"now": NOW, "max_stalls": 5, "limit": 11}),
-    "release": Sample(
+    "hand_back": Sample(
         {"token": "tok", "unstarted": ["1"], "interrupted": ["2", "3"], "now": NOW},
         {"unstarted_count": 1},
     ),
@@ -271,8 +271,8 @@ def test_every_script_includes_what_its_includes_need() -> None:
     # order, is refused when it loads rather than failing when that line runs
     with pytest.raises(RuntimeError, match="includes retention, so it must include flow too"):
         check_includes("broken", ["common", "retention", "cancel"])
-    with pytest.raises(RuntimeError, match="must include cancel before hand_back"):
-        check_includes("broken", ["common", "retention", "flow", "hand_back", "cancel"])
+    with pytest.raises(RuntimeError, match="must include cancel before hand_back_one"):
+        check_includes("broken", ["common", "retention", "flow", "hand_back_one", "cancel"])
     with pytest.raises(RuntimeError, match="must include retention before flow"):
         check_includes("broken", ["common", "flow", "retention"])
 

@@ -854,7 +854,7 @@ def test_release_gives_jobs_back_at_their_place_without_counting_a_stall(
     assert fetch_ids(queue, NOW, 2) == [first, second]
 
     # When it releases them
-    released = queue.scripts.release(queue.keys, TOKEN, [first], [second])
+    released = queue.scripts.hand_back(queue.keys, TOKEN, [first], [second])
 
     # Then they wait again in their original order, with no stall or attempt counted
     assert released == [first, second]
@@ -871,7 +871,7 @@ def test_release_ignores_jobs_of_another_token(queue: Queue) -> None:
     job_id = leased_job(queue, token=OTHER)
 
     # When worker A tries to release it
-    released = queue.scripts.release(queue.keys, TOKEN, [job_id], [])
+    released = queue.scripts.hand_back(queue.keys, TOKEN, [job_id], [])
 
     # Then nothing happens
     assert released == []
@@ -896,7 +896,7 @@ def test_release_tells_jobs_that_never_ran_from_jobs_that_may_have_run(queue: Qu
 
     # When the worker releases them: one of each kind never ran, and one of
     # each may have run (a forced shutdown)
-    released = queue.scripts.release(
+    released = queue.scripts.hand_back(
         queue.keys,
         TOKEN,
         [never_ran, cancelled[0]],
@@ -1454,7 +1454,7 @@ def test_every_key_the_scripts_touch_is_under_the_queue_hash_tag(
     queue.scripts.retry(queue.keys)
     add(queue)
     fetch_ids(queue, NOW + 20 * LEASE)
-    queue.scripts.release(queue.keys, TOKEN, ["custom", "1", "2"], ["3", "4", "5"])
+    queue.scripts.hand_back(queue.keys, TOKEN, ["custom", "1", "2"], ["3", "4", "5"])
     queue.scripts.remove(queue.keys, "4")
     created = set(client.keys("*")) - before
     queue.scripts.clean(queue.keys, "failed", NOW, max_count=0)
@@ -1597,7 +1597,7 @@ def visit_every_script(q: Queue, job_ids: list[str], now: int) -> None:
     q.scripts.report(q.keys, TOKEN, [(j, "progress", "1") for j in job_ids])
     q.scripts.report(q.keys, TOKEN, [(j, "log", "line") for j in job_ids])
     q.scripts.step(q.keys, TOKEN, [(j, "k", "1") for j in job_ids], 1000)
-    q.scripts.release(q.keys, TOKEN, held[::2], held[1::2], now=now + 1)
+    q.scripts.hand_back(q.keys, TOKEN, held[::2], held[1::2], now=now + 1)
     raw_fetch(q, now + 2)
     q.scripts.reclaim(q.keys, now + 3, TOKEN, 1, held[:1])
     raw_fetch(q, now + 4)
@@ -1808,7 +1808,7 @@ def test_a_leased_job_whose_key_turns_into_a_string_fails_no_script(queue: Queue
     recorded = queue.scripts.report(queue.keys, TOKEN, [(broken, "log", "x"), (sound, "log", "y")])
     stepped = queue.scripts.step(queue.keys, TOKEN, [(broken, "k", "1"), (sound, "k", "1")], 10)
     statuses = finish(queue, NOW + 2, outcome(broken, "completed", 1), outcome(sound, "retry"))
-    released = queue.scripts.release(queue.keys, TOKEN, [broken], [broken], now=NOW + 3)
+    released = queue.scripts.hand_back(queue.keys, TOKEN, [broken], [broken], now=NOW + 3)
     handed = queue.scripts.reclaim(queue.keys, NOW + 4, TOKEN, 1, [])
 
     # Then the broken one is lost to it and the sound one goes on as ever

@@ -25,6 +25,7 @@ from sandboxq.stats import (
     summarize,
 )
 from sandboxq.worker.broker import Broker
+from sandboxq.worker.settings import WorkerSettings
 from tests.worker_harness import WorkerProcess, wait_for_jobs, wait_until
 
 
@@ -99,7 +100,7 @@ def test_buckets_and_percentiles() -> None:
 
 
 def test_the_counts_never_make_a_step_of_their_own(redis_url: str, queue: Queue) -> None:
-    broker = Broker(redis_url, [queue.name], "stats-token", lease=30, max_stalls=1)
+    broker = Broker(WorkerSettings(url=redis_url), [queue.name], "stats-token")
     try:
         broker.clock.measured = True
         broker.setup.done = True
@@ -109,12 +110,12 @@ def test_the_counts_never_make_a_step_of_their_own(redis_url: str, queue: Queue)
         broker.windows.resync.clear()
         broker.timers.next_stats_flush = 0.0  # due
         broker.stats.note(queue.name, 100, "resize", "completed", 12)
-        assert broker.start_step(free_slots=0) is None
+        assert broker.start_round(free_slots=0) is None
         assert not broker.in_flight  # nothing else due: no step, the counts wait
         assert broker.stats
         # A step that goes anyway (a log line to report) carries them.
         broker.report(queue.name, "1", "log", "a line")
-        broker.start_step(free_slots=0)
+        broker.start_round(free_slots=0)
         sent: Any = broker.rounds.current
         kinds = [c.kind for c in sent.commands]
         assert kinds[0] == "report" and kinds.count("stats") == 3  # 2 HINCRBY, 1 EXPIRE

@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable
 
 from sandboxq import Job, Queue
-from sandboxq.worker.broker import Broker, StepResult
+from sandboxq.worker.broker import Broker, RoundResult
+from sandboxq.worker.settings import WorkerSettings
 from tests.worker_harness import WorkerProcess, wait_for_job, wait_for_jobs, wait_until
 
 StartWorker = Callable[..., WorkerProcess]
@@ -202,9 +203,9 @@ def test_children_recycled_with_jobs_queued_lose_none(
     assert not worker.matching_lines(r"WARNING job|ERROR|child (exited|killed)")
 
 
-def run_step(broker: Broker, free_slots: int = 0) -> StepResult:
+def run_step(broker: Broker, free_slots: int = 0) -> RoundResult:
     """Send one step of ``broker`` and wait for its replies."""
-    result = broker.start_step(free_slots)
+    result = broker.start_round(free_slots)
     deadline = time.monotonic() + 10
     while result is None:
         assert time.monotonic() < deadline, "no reply from Redis"
@@ -213,7 +214,7 @@ def run_step(broker: Broker, free_slots: int = 0) -> StepResult:
             [fd for fd, _ in sockets], [fd for fd, wants in sockets if wants], [], 1.0
         )
         for fd, _ in sockets:
-            result = result or broker.on_step_io(fd in readable, fd in writable, fd)
+            result = result or broker.on_round_io(fd in readable, fd in writable, fd)
     return result
 
 
@@ -221,7 +222,7 @@ def test_the_broker_hands_back_jobs_that_never_ran_apart_from_those_that_may_hav
     queue: Queue, redis_url: str
 ) -> None:
     # Given a worker's broker holding two manual_retry_only jobs
-    broker = Broker(redis_url, [queue.name], "w-token", lease=30, max_stalls=1)
+    broker = Broker(WorkerSettings(url=redis_url), [queue.name], "w-token")
     try:
         never_ran = queue.add("charge", manual_retry_only=True)
         may_have_run = queue.add("charge", manual_retry_only=True)

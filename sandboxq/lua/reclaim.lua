@@ -24,7 +24,7 @@
 --!include retention
 --!include flow
 --!include cancel
---!include hand_back
+--!include hand_back_one
 local prefix, now, maxlen, token = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local given_up = prefix .. 'given_up'
 redis.call('HSET', given_up, token, ARGV[5] .. ' ' .. num(now))
@@ -48,7 +48,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if not known[id] and redis.pcall('HGET', job_key, 'token') == token then
     redis.call('ZREM', KEYS[1], id)
     local cancel_requested = redis.call('HEXISTS', job_key, 'cancel_requested_at') == 1
-    if hand_back(prefix, job_key, id, now, maxlen, cancel_requested, KEYS[3], KEYS[4], KEYS[2],
+    if hand_back_one(prefix, job_key, id, now, maxlen, cancel_requested, KEYS[3], KEYS[4], KEYS[2],
         'never started', 'unstarted') then
       returned[#returned + 1] = id
     end

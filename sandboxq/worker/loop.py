@@ -202,7 +202,7 @@ class Loop:
                 self._watch.drain_wake_pipe()
             elif key.data == _LINK:
                 readable, writable = mask & selectors.EVENT_READ, mask & selectors.EVENT_WRITE
-                if result := broker.on_step_io(bool(readable), bool(writable), key.fd):
+                if result := broker.on_round_io(bool(readable), bool(writable), key.fd):
                     self._rounds.done(result)
             elif key.data == _WAITER:
                 writable = bool(mask & selectors.EVENT_WRITE)
@@ -218,7 +218,7 @@ class Loop:
             self._dispatch.flush(child)  # "stop" frames
         self._dispatch.hand_back_stale(now)
         self._broker.retry_lapsed_faults(now)
-        if result := self._broker.check_step_deadline(now):
+        if result := self._broker.check_round_deadline(now):
             self._rounds.done(result)
         if self._broker.wait_overdue(now):
             self._broker.cancel_wait()  # its reply was lost: look for work instead

@@ -30,10 +30,11 @@ from setproctitle import setproctitle
 from sandboxq import hooks, logs
 from sandboxq.addresses import redact
 from sandboxq.connection import connect
+from sandboxq.core_looking import counts_op, is_paused_op
+from sandboxq.drive import drive
 from sandboxq.handlers import Handler, handler_table
-from sandboxq.keys import validate_name
+from sandboxq.keys import QueueKeys, validate_name
 from sandboxq.metrics import Health, WorkerMetrics, serve
-from sandboxq.queue import Queue
 from sandboxq.worker.broker import Broker
 from sandboxq.worker.dispatch import BUFFER_PER_CHILD, MAX_QUEUED_PER_CHILD, Dispatch
 from sandboxq.worker.exit_codes import (
@@ -195,12 +196,9 @@ class Worker:
         """Connect, fork the children, and wire the parts together."""
         settings = self.settings
         self.broker = Broker(
-            self.url,
+            settings,
             self.queues,
             self.token,
-            lease=settings.lease,
-            max_stalls=settings.max_stalls,
-            settings=settings.rate_limit_fields,
             description={
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
@@ -283,12 +281,12 @@ class Worker:
         Scrapes and probes use their own short-timeout Redis client, so a
         slow scrape never holds up the loop."""
         probe = connect(self.url, socket_timeout=1.0)
-        queues = [Queue(name, connection=probe) for name in self.queues]
+        keys = [QueueKeys.for_queue(name) for name in self.queues]
         self.metrics = WorkerMetrics(
             self.procs,
             active=self.pool.running_jobs,
             slots=self.procs * self.settings.async_concurrency,
-            counts=lambda: {q.name: q.counts() for q in queues},
+            counts=lambda: {k.name: drive(probe, counts_op(k)) for k in keys},
         )
         self.health = Health(
             tick_timeout=self.settings.liveness_tick_timeout,
@@ -296,7 +294,10 @@ class Worker:
             redis_ok=lambda: bool(probe.ping()),
             pool_up=lambda: len(self.pool.by_pid) == self.procs and not self.shutdown.stopping,
             # A paused queue's waiting jobs are not work this worker may do.
-            queues_empty=lambda: all(q.counts()["waiting"] == 0 or q.is_paused() for q in queues),
+            queues_empty=lambda: all(
+                drive(probe, counts_op(k))["waiting"] == 0 or drive(probe, is_paused_op(k))
+                for k in keys
+            ),
         )
         self._probe = probe
         self._http = None

@@ -1,6 +1,6 @@
 """Rounds: when the parent goes to Redis, and what it does with the answer.
 
-A round is one Redis round trip of the parent (``Broker.start_step``): it
+A round is one Redis round trip of the parent (``Broker.start_round``): it
 carries whatever is pending (finishes, reports, hand-backs, renewals) and,
 when there is room, a fetch. :class:`Rounds` owns when the next round is
 due (at once when a child is free, else batched a little while every child
@@ -18,7 +18,7 @@ import redis
 
 from sandboxq import logs
 from sandboxq.metrics import WorkerMetrics
-from sandboxq.worker.broker import Broker, StepResult
+from sandboxq.worker.broker import Broker, RoundResult
 from sandboxq.worker.dispatch import Dispatch, Room
 from sandboxq.worker.exit_codes import BootError
 from sandboxq.worker.settling import Settling
@@ -75,7 +75,7 @@ class Rounds:
         if self.next_at(now, room) > now:
             return
         fetch = room.fetch > 0 and self._broker.maybe_work
-        if result := self._broker.start_step(
+        if result := self._broker.start_round(
             room.fetch if fetch else 0, room.start_now if fetch else 0
         ):
             self.done(result)
@@ -106,7 +106,7 @@ class Rounds:
         """When the loop must look at Redis next (monotonic): the round in
         flight's deadline, else the next round's time, never before the
         retry time after a failed one."""
-        if (deadline := self._broker.step_deadline) is not None:
+        if (deadline := self._broker.round_deadline) is not None:
             redis_due = deadline
         else:
             redis_due = self.next_at(now, room)
@@ -133,7 +133,7 @@ class Rounds:
             self._trouble(exc)
 
     # -- what a round did ------------------------------------------------------------
-    def done(self, result: StepResult) -> None:
+    def done(self, result: RoundResult) -> None:
         """A round ended: act on what it did, then on its error if any."""
         if result.unsupported is not None:
             raise BootError(result.unsupported)
@@ -174,7 +174,7 @@ class Rounds:
         self._backoff = min(self._backoff * 2, RECONNECT_MAX)
         self._broker.cancel_wait()
 
-    def after(self, result: StepResult) -> None:
+    def after(self, result: RoundResult) -> None:
         """Hand each part what a round (or the idle wait) brought back."""
         self._note_queue_faults(result)
         for queue, job_id, status in result.finished:
@@ -212,7 +212,7 @@ class Rounds:
         self._supervisor.resume_reading()
         self._dispatch.feed_children()
 
-    def _log_hand_backs(self, result: StepResult) -> None:
+    def _log_hand_backs(self, result: RoundResult) -> None:
         for queue, returned in result.reclaimed:
             logs.event(
                 "handed back jobs a lost fetch reply had leased here; they never started",
@@ -228,7 +228,7 @@ class Rounds:
                 message, level = "handed prefetched jobs back to the queue", logging.INFO
             logs.event(message, level, queue=queue, released=",".join(released))
 
-    def _note_recovered(self, result: StepResult) -> None:
+    def _note_recovered(self, result: RoundResult) -> None:
         for queue, requeued, failed, cancelled in result.recovered:
             self._metrics.stalled.labels(queue, "requeued").inc(len(requeued))
             self._metrics.stalled.labels(queue, "failed").inc(len(failed))
@@ -242,7 +242,7 @@ class Rounds:
                 cancelled=",".join(cancelled),
             )
 
-    def _note_queue_faults(self, result: StepResult) -> None:
+    def _note_queue_faults(self, result: RoundResult) -> None:
         """Log and count the queues a round found at fault (this worker
         leaves them alone for a while, serving the rest), and those usable
         again."""

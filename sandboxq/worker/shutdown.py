@@ -93,7 +93,7 @@ class Shutdown:
         """Stopping while Redis does not answer: what is still pending can
         only come back through the leases."""
         broker = self._broker
-        handing_back = (*broker.releases.values(), *broker.interrupted.values())
+        handing_back = (*broker.to_hand_back.values(), *broker.interrupted.values())
         left = [job_id for ids in handing_back for job_id in ids]
         logs.event(
             "could not reach Redis before stopping: jobs not handed back and results "

@@ -5,7 +5,7 @@
 -- reads every half second; that worker stops it and settles it as
 -- `cancelled`. Every script that settles or gives back a leased job honours
 -- a request still pending: finish (any outcome that would run the job
--- again), recover_stalled, release and reclaim.
+-- again), recover_stalled, hand_back and reclaim.
 -- Needs: common, retention and flow.
 
 -- The job's error once cancelled: who asked, why, and what became of the

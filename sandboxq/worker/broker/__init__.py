@@ -5,9 +5,9 @@ children sent, marks prefetched jobs started when a child took them,
 settles finished jobs, hands back jobs, leases new jobs and, when due,
 renews every lease, recovers stalled jobs, fires schedules and looks for
 cancel requests on the jobs it holds. The parent never waits for it:
-:meth:`Broker.start_step` writes it to a non-blocking connection (link.py),
+:meth:`Broker.start_round` writes it to a non-blocking connection (link.py),
 the parent's ``select`` watches that connection next to the children's
-pipes, and :meth:`Broker.on_step_io` returns the round's result once its
+pipes, and :meth:`Broker.on_round_io` returns the round's result once its
 last reply arrived. One round is in flight at a time. A second connection
 only ever waits: a BZPOPMIN on the queues' markers, so an idle worker wakes
 within a millisecond of an add.
@@ -29,7 +29,7 @@ Redis faults are waited out, never fatal, and lose nothing:
 
 The modules, each owning one part (imports go down this list, never up):
 
-- result.py: :class:`StepResult`, what a round brought back to the parent;
+- result.py: :class:`RoundResult`, what a round brought back to the parent;
 - faults.py: queues at fault (paused for now), and settings read back;
 - outbox.py: what the worker owes Redis for the jobs it holds;
 - leases.py: the jobs it holds, and the fetches that may have leased more;
@@ -49,6 +49,6 @@ The modules, each owning one part (imports go down this list, never up):
 """
 
 from sandboxq.worker.broker.facade import Broker
-from sandboxq.worker.broker.result import StepResult
+from sandboxq.worker.broker.result import RoundResult
 
-__all__ = ["Broker", "StepResult"]
+__all__ = ["Broker", "RoundResult"]

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from sandboxq.redis_checks import ServerCheck, UnsupportedRedis
 from sandboxq.scripts import ScriptCall, lua_source
 from sandboxq.worker.broker.charts import Charts
-from sandboxq.worker.broker.result import StepResult
+from sandboxq.worker.broker.result import RoundResult
 from sandboxq.worker.broker.server_setup import ServerSetup
 from sandboxq.worker.clock import ServerClock
 from sandboxq.worker.trouble import is_transient
@@ -33,7 +33,7 @@ class RoundEnd:
     and answered (time.time(), for the clock), and when the fetches said to
     look again."""
 
-    result: StepResult
+    result: RoundResult
     sent_at: float = 0.0
     received_at: float = 0.0
     next_due: list[int] = field(default_factory=list)

@@ -1,9 +1,9 @@
 """The Broker: what the parent loop asks of Redis, made of the parts.
 
 The parent hands it what children sent (``finish``, ``report``, ``step``,
-``hand_back``...), starts a round when one is due (``start_step``), feeds it
-the connections' readiness (``on_step_io``, ``on_wait_io``) and gets each
-round's :class:`StepResult`. The state lives in the parts: the outbox
+``hand_back``...), starts a round when one is due (``start_round``), feeds it
+the connections' readiness (``on_round_io``, ``on_wait_io``) and gets each
+round's :class:`RoundResult`. The state lives in the parts: the outbox
 (what is owed), the leases, the timers, fetching, the schedules' check, the
 rate windows, the charts, the setup, the faults and the wait; plan.py
 builds a round from them, rounds.py sends it and reads its replies.
@@ -25,7 +25,7 @@ from sandboxq.worker.broker.fetching import Fetching
 from sandboxq.worker.broker.leases import Leases
 from sandboxq.worker.broker.outbox import Outbox
 from sandboxq.worker.broker.plan import Planner
-from sandboxq.worker.broker.result import StepResult
+from sandboxq.worker.broker.result import RoundResult
 from sandboxq.worker.broker.rounds import RoundReader, Rounds
 from sandboxq.worker.broker.schedules import Schedules
 from sandboxq.worker.broker.server_setup import ServerSetup
@@ -35,6 +35,7 @@ from sandboxq.worker.broker.windows import RateWindows
 from sandboxq.worker.clock import ServerClock
 from sandboxq.worker.cluster import ClusterLink, ClusterTopology, ClusterWaiter
 from sandboxq.worker.link import Endpoint, LinkError, RedisLink
+from sandboxq.worker.settings import WorkerSettings
 from sandboxq.worker.trouble import reply_timeout
 
 #: A wait's fetch leases its jobs this much past the wait's timeout, so
@@ -47,16 +48,16 @@ class Broker:
 
     def __init__(
         self,
-        url: str,
+        settings: WorkerSettings,
         queues: list[str],
         token: str,
-        *,
-        lease: float,
-        max_stalls: int,
-        settings: dict[str, Any] | None = None,
         description: dict[str, Any] | None = None,
     ) -> None:
-        self.url = url
+        """``settings``: the worker's (the URL, the lease, the stalls allowed
+        and the queue settings ``--rate-limit`` stores); ``description``:
+        what the worker registry shows of this worker."""
+        self.url = url = settings.redis_url
+        lease = settings.lease
         self.queues = list(queues)
         self.token = token
         self.lease_ms = int(lease * 1000)
@@ -70,8 +71,8 @@ class Broker:
             self.keys,
             token=token,
             lease_ms=self.lease_ms,
-            max_stalls=max_stalls,
-            settings=settings or {},
+            max_stalls=settings.max_stalls,
+            settings=settings.rate_limit_fields,
             description=self.description,
             clock=self.clock,
             parts=(self.outbox, self.leases, self.timers, self.queue_faults, self.fetching),
@@ -168,8 +169,8 @@ class Broker:
         return self.outbox.finishes
 
     @property
-    def releases(self) -> dict[str, list[str]]:
-        return self.outbox.releases
+    def to_hand_back(self) -> dict[str, list[str]]:
+        return self.outbox.to_hand_back
 
     @property
     def interrupted(self) -> dict[str, list[str]]:
@@ -209,7 +210,7 @@ class Broker:
         return self.rounds.in_flight
 
     @property
-    def step_deadline(self) -> float | None:
+    def round_deadline(self) -> float | None:
         return self.rounds.deadline
 
     def next_timer(self) -> float:
@@ -262,37 +263,37 @@ class Broker:
 
     def step(self, queue: str, job_id: str, key: str, result: str) -> None:
         """Record a durable step in the next round (step.lua); its status
-        comes back in ``StepResult.stepped``."""
+        comes back in ``RoundResult.stepped``."""
         self.outbox.step(queue, job_id, key, result)
 
     def hand_back(self, queue: str, job_id: str, *, ran: bool = False) -> None:
-        """Give a leased job back to its queue in the next round (release.lua).
+        """Give a leased job back to its queue in the next round (hand_back.lua).
         ``ran``: it may have run (a forced shutdown interrupted it), so a
         manual_retry_only job fails instead; one that never ran goes back
         with nothing spent, whatever its options."""
         self.outbox.hand_back(queue, job_id, ran=ran)
 
     # -- a round: start, I/O, end ------------------------------------------------------
-    def start_step(self, free_slots: int, start_now: int = 0) -> StepResult | None:
+    def start_round(self, free_slots: int, start_now: int = 0) -> RoundResult | None:
         """Send one round (none may be in flight), fetching up to
         ``free_slots`` jobs of which ``start_now`` go to a free child at once
         (the rest are prefetched). Returns a result at once only if it could
         not be sent (no connection); else the result comes from
-        :meth:`on_step_io` or :meth:`check_step_deadline`."""
+        :meth:`on_round_io` or :meth:`check_round_deadline`."""
         clock = time.monotonic()
         if self.fetching.held(clock) or self.wait.fetch is not None:
             free_slots = start_now = 0  # while a wait carries a fetch, it is the one to ask
         return self.rounds.start(clock, free_slots, start_now)
 
-    def on_step_io(
+    def on_round_io(
         self, readable: bool, writable: bool, fd: int | None = None
-    ) -> StepResult | None:
+    ) -> RoundResult | None:
         """The round's connection (its socket ``fd``) is ready: write or
         read. Returns the round's result once its last reply arrived, or as
         soon as it failed."""
         return self.rounds.on_io(readable, writable, fd)
 
-    def check_step_deadline(self, now: float) -> StepResult | None:
+    def check_round_deadline(self, now: float) -> RoundResult | None:
         """A round whose replies are overdue is given up: the connection is
         dropped (its replies may be lost on the way) and the round fails."""
         return self.rounds.check_deadline(now)
@@ -335,7 +336,7 @@ class Broker:
     def wait_deadline(self) -> float | None:
         return self.wait.deadline if self.wait.armed else None
 
-    def on_wait_io(self, writable: bool, fd: int | None = None) -> StepResult | None:
+    def on_wait_io(self, writable: bool, fd: int | None = None) -> RoundResult | None:
         """The waiting connection (its socket ``fd``) is ready. Once the wait
         answered (a marker, its timeout, or a failure) the worker looks for
         work again; returns what the wait's fetch leased, if it carried one."""
@@ -352,7 +353,7 @@ class Broker:
             # that lapsed while it ran here.
             self.rounds.wake_held = fetched
             return None
-        result = StepResult()
+        result = RoundResult()
         self.reader.use(*fetched, RoundEnd(result))
         return result
 

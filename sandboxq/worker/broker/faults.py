@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sandboxq.worker.broker.result import StepResult
+from sandboxq.worker.broker.result import RoundResult
 
 #: A queue whose settings or commands fail is left alone this long, doubling
 #: up to the most while it keeps failing; then the worker tries it again.
@@ -77,7 +77,7 @@ class QueueFaults:
         return min((fault.until for fault in self.by_queue.values()), default=None)
 
     def add(
-        self, queue: str, kind: str, reason: str, result: StepResult, *, holds_work: bool
+        self, queue: str, kind: str, reason: str, result: RoundResult, *, holds_work: bool
     ) -> None:
         """Leave the queue alone for a while (with ``holds_work``, what the
         worker owes it too), longer each time it fails again."""
@@ -103,7 +103,7 @@ class QueueFaults:
         return lapsed
 
     def end_lapsed(
-        self, tried: list[tuple[str, bool]], faulted: set[str], result: StepResult
+        self, tried: list[tuple[str, bool]], faulted: set[str], result: RoundResult
     ) -> None:
         """Queues whose fault lapsed and that a round tried again without
         trouble (``tried``: each command's queue, and whether it reads what a

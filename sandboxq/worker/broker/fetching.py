@@ -15,7 +15,7 @@ from typing import Any
 from sandboxq import fast
 from sandboxq.worker.broker.faults import BadSetting, QueueFaults
 from sandboxq.worker.broker.leases import Leases
-from sandboxq.worker.broker.result import StepResult
+from sandboxq.worker.broker.result import RoundResult
 from sandboxq.worker.broker.timers import Timers
 from sandboxq.worker.broker.windows import RateWindows
 from sandboxq.worker.clock import ServerClock
@@ -122,7 +122,7 @@ class Fetching:
         return None if self.faults.paused(queue, time.monotonic()) else queue
 
     # -- what a fetch brought -------------------------------------------------------
-    def take(self, queue: str, reply: Any, result: StepResult, next_due: list[int]) -> None:
+    def take(self, queue: str, reply: Any, result: RoundResult, next_due: list[int]) -> None:
         """fetch.lua's reply: the jobs it leased, whether a limit held some
         back, and when to look again."""
         rows, due, limited, has_limits, problem = reply
@@ -155,7 +155,7 @@ class Fetching:
         if due >= 0:
             next_due.append(int(due))
 
-    def after(self, queue: str, asked: int, result: StepResult, next_due: list[int]) -> None:
+    def after(self, queue: str, asked: int, result: RoundResult, next_due: list[int]) -> None:
         """A fetch that filled its slots means more may wait: fetch again.
         One that came back short means this queue is empty (or limited) for
         now."""

@@ -38,9 +38,9 @@ class Outbox:
         self.report_bytes: dict[tuple[str, str], int] = {}
         #: Durable steps children wait on.
         self.steps: dict[str, list[DurableStep]] = {q: [] for q in queues}
-        #: Jobs to hand back (release.lua), per queue: those that never ran,
+        #: Jobs to hand back (hand_back.lua), per queue: those that never ran,
         #: and those that may have run (a forced shutdown interrupted them).
-        self.releases: dict[str, list[str]] = {q: [] for q in queues}
+        self.to_hand_back: dict[str, list[str]] = {q: [] for q in queues}
         self.interrupted: dict[str, list[str]] = {q: [] for q in queues}
         #: Since when entries wait to be sent (monotonic), and how many.
         self.pending_since: float | None = None
@@ -81,7 +81,7 @@ class Outbox:
 
     def hand_back(self, queue: str, job_id: str, *, ran: bool) -> None:
         """A job handed back before its start was sent never starts."""
-        (self.interrupted if ran else self.releases)[queue].append(job_id)
+        (self.interrupted if ran else self.to_hand_back)[queue].append(job_id)
         self.note_pending()
         if any(started == job_id for started, _ms in self.starts[queue]):
             self.starts[queue] = [s for s in self.starts[queue] if s[0] != job_id]
@@ -94,7 +94,7 @@ class Outbox:
             or self.reports[queue]
             or self.progress[queue]
             or self.steps[queue]
-            or self.releases[queue]
+            or self.to_hand_back[queue]
             or self.interrupted[queue]
         )
 
@@ -122,8 +122,8 @@ class Outbox:
 
     def take_hand_backs(self, queue: str) -> tuple[list[str], list[str]]:
         """The jobs that never ran, and those that may have."""
-        taken = self.releases[queue], self.interrupted[queue]
-        self.releases[queue], self.interrupted[queue] = [], []
+        taken = self.to_hand_back[queue], self.interrupted[queue]
+        self.to_hand_back[queue], self.interrupted[queue] = [], []
         return taken
 
     def all_taken(self) -> None:
@@ -164,6 +164,6 @@ class Outbox:
         self.note_pending(len(sent))
 
     def put_back_hand_backs(self, queue: str, unstarted: list[str], interrupted: list[str]) -> None:
-        self.releases[queue][:0] = unstarted
+        self.to_hand_back[queue][:0] = unstarted
         self.interrupted[queue][:0] = interrupted
         self.note_pending(len(unstarted) + len(interrupted))

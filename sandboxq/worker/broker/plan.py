@@ -14,8 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from sandboxq import registry, stats
 from sandboxq.caps import MAX_STEPS
 from sandboxq.keys import QueueKeys
@@ -172,7 +170,7 @@ class Planner:
             commands.append(self._finish(queue, now, settle=True))
         unstarted, interrupted = outbox.take_hand_backs(queue)
         if unstarted or interrupted:
-            call = DESCRIBE.release(k, token, unstarted, interrupted, now)
+            call = DESCRIBE.hand_back(k, token, unstarted, interrupted, now)
             commands.append(
                 HandBackCommand(call, outbox, self.leases, unstarted, interrupted, queue=queue)
             )
@@ -195,17 +193,12 @@ class Planner:
         settle the pending finishes too."""
         starts = self.outbox.take_starts(queue)
         finishes = self.outbox.take_finishes(queue) if settle else []
-        call = DESCRIBE.finish(self.keys[queue], now, self.token, finishes, None, starts)
+        call = DESCRIBE.finish(self.keys[queue], now, self.token, finishes, starts)
         return FinishCommand(call, self.outbox, self.leases, finishes, starts, queue=queue)
 
     def _heartbeat(self, now: int) -> Command:
-        """This worker's registry entry (registry.heartbeat's call: that
-        function queues it on a pipeline, so it cannot be described)."""
-        entry = orjson.dumps({**self.description, "last_seen": now / 1000.0})
-        call = DESCRIBE.heartbeat(
-            registry.WORKERS, self.token, entry, now, registry.STALE_MS, registry.TRIM_SAMPLE
-        )
-        return HeartbeatCommand(call)
+        """This worker's registry entry."""
+        return HeartbeatCommand(registry.heartbeat(DESCRIBE, self.token, self.description, now))
 
     def _reads(self, queue: str, k: QueueKeys, now: int, due: Due) -> list[Command]:
         """A queue's schedules check (the next times, the due ones' specs
@@ -237,7 +230,7 @@ class Planner:
         request = self.leases.next_request()
         start_now = min(start_now, count)
         call = DESCRIBE.fetch(
-            self.keys[queue], now, count, self.token, lease_ms, None, request, start_now
+            self.keys[queue], now, count, self.token, lease_ms, request, start_now
         )
         return FetchCommand(call, self.fetching, request, count, queue=queue)
 

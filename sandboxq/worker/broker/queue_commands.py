@@ -77,9 +77,9 @@ class FinishCommand(ScriptCommand):
 
 @dataclass(slots=True)
 class HandBackCommand(ScriptCommand):
-    """release.lua: leased jobs handed back."""
+    """hand_back.lua: leased jobs handed back."""
 
-    kind = "release"
+    kind = "hand_back"
     carries = True
     outbox: Outbox
     leases: Leases

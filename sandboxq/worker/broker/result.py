@@ -1,4 +1,4 @@
-"""What one round brought back to the parent loop (:class:`StepResult`)."""
+"""What one round brought back to the parent loop (:class:`RoundResult`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sandboxq import fast
 
 
 @dataclass(slots=True)
-class StepResult:
+class RoundResult:
     """One round's outcome: what its replies (and an answered wait's fetch)
     mean for the parent. Named for the round's old name, "step", until the
     rename across the worker."""
@@ -43,7 +43,7 @@ class StepResult:
     still_running: list[tuple[str, str]] = field(default_factory=list)
     #: Jobs a lost fetch reply had leased here, handed back: (queue, ids).
     reclaimed: list[tuple[str, list[str]]] = field(default_factory=list)
-    #: Jobs this worker handed back (release.lua): (queue, ids).
+    #: Jobs this worker handed back (hand_back.lua): (queue, ids).
     released: list[tuple[str, list[str]]] = field(default_factory=list)
     #: What the server check found worth a warning (at start).
     warnings: list[str] = field(default_factory=list)

@@ -24,7 +24,7 @@ from sandboxq.worker.broker.faults import BadSetting, QueueFaults
 from sandboxq.worker.broker.fetching import Fetching
 from sandboxq.worker.broker.plan import Planner
 from sandboxq.worker.broker.queue_commands import FetchCommand
-from sandboxq.worker.broker.result import StepResult
+from sandboxq.worker.broker.result import RoundResult
 from sandboxq.worker.clock import ServerClock
 from sandboxq.worker.cluster import ClusterLink
 from sandboxq.worker.link import LinkError, RedisLink
@@ -96,7 +96,7 @@ class RoundReader:
             return False
         return True
 
-    def _refused(self, command: Command, reply: Exception, result: StepResult) -> None:
+    def _refused(self, command: Command, reply: Exception, result: RoundResult) -> None:
         """Redis refused one command (its work was kept by undo). Trouble
         that passes is the worker's to wait out; any other refusal of a
         queue's command is that queue's fault: it pauses, the rest go on.
@@ -109,7 +109,7 @@ class RoundReader:
             return
         result.error = result.error or reply
 
-    def _unusable(self, command: Command, exc: Exception, result: StepResult) -> None:
+    def _unusable(self, command: Command, exc: Exception, result: RoundResult) -> None:
         """A reply for one queue could not be used (a setting out of range,
         a score that is not a number, a shape no script returns...): that
         queue pauses; its command is undone (a fetch's jobs are reclaimed,
@@ -123,12 +123,12 @@ class RoundReader:
             reason = f"could not use Redis's reply to its {command.kind}: {what}"
         self._fault(command, kind, reason, result)
 
-    def _fault(self, command: Command, kind: str, reason: str, result: StepResult) -> None:
+    def _fault(self, command: Command, kind: str, reason: str, result: RoundResult) -> None:
         queue = command.queue
         self.faults.add(queue, kind, reason, result, holds_work=command.carries)
         self._on_fault(queue)
 
-    def end_faults(self, commands: list[Command], faulted: set[str], result: StepResult) -> None:
+    def end_faults(self, commands: list[Command], faulted: set[str], result: RoundResult) -> None:
         """Queues whose fault lapsed and that this round used without trouble."""
         faulted.update(queue for queue, _kind, _reason in result.faults)
         tried = [(command.queue, command.reads_settings) for command in commands]
@@ -137,7 +137,7 @@ class RoundReader:
 
 class Rounds:
     """The round in flight on the link: built (plan.py), sent, its replies
-    gathered, and ended into a StepResult."""
+    gathered, and ended into a RoundResult."""
 
     def __init__(
         self,
@@ -168,8 +168,8 @@ class Rounds:
     def deadline(self) -> float | None:
         return self.current.deadline if self.current is not None else None
 
-    def start(self, clock: float, free_slots: int, start_now: int) -> StepResult | None:
-        """Build and send a round (see Broker.start_step)."""
+    def start(self, clock: float, free_slots: int, start_now: int) -> RoundResult | None:
+        """Build and send a round (see Broker.start_round)."""
         assert self.current is None, "a round is in flight"
         worked = self.clock.measured
         commands = self.planner.build(clock, free_slots, start_now)
@@ -188,7 +188,7 @@ class Rounds:
             return self._end(exc)
         return None
 
-    def on_io(self, readable: bool, writable: bool, fd: int | None) -> StepResult | None:
+    def on_io(self, readable: bool, writable: bool, fd: int | None) -> RoundResult | None:
         current = self.current
         try:
             if writable:
@@ -207,19 +207,19 @@ class Rounds:
             return self._end(None)
         return None
 
-    def check_deadline(self, now: float) -> StepResult | None:
+    def check_deadline(self, now: float) -> RoundResult | None:
         if self.current is None or now < self.current.deadline:
             return None
         self.link.close()
         return self._end(redis.TimeoutError(f"no reply from Redis in {self.reply_timeout}s"))
 
-    def _end(self, error: Exception | None) -> StepResult:
+    def _end(self, error: Exception | None) -> RoundResult:
         """Use the replies that came, undo what the others carried."""
         ended = self.current
         assert ended is not None
         self.current = None
         received_at = time.time()
-        result = StepResult(worked=ended.worked, round_trip=received_at - ended.sent_at)
+        result = RoundResult(worked=ended.worked, round_trip=received_at - ended.sent_at)
         result.started_now = ended.start_now
         end = RoundEnd(result, ended.sent_at, received_at)
         faulted = self.reader.read(ended.commands, ended.replies, end, error)

@@ -15,7 +15,7 @@ from typing import Any
 
 from sandboxq.schedule import Fire, due_schedules, fired, plan_fires
 from sandboxq.worker.broker.fetching import Fetching
-from sandboxq.worker.broker.result import StepResult
+from sandboxq.worker.broker.result import RoundResult
 from sandboxq.worker.clock import ServerClock
 
 #: The longest a worker goes between looks at its queues' schedules. It
@@ -78,7 +78,7 @@ class Schedules:
         self._specs[queue] = reply  # used with the counts, the next reply
 
     def on_counts(
-        self, queue: str, due: list[tuple[str, int]], reply: Any, result: StepResult
+        self, queue: str, due: list[tuple[str, int]], reply: Any, result: RoundResult
     ) -> None:
         """Work out the due schedules' occurrences, to fire in the next
         round. A broken spec is reported and looked at again later."""
@@ -89,7 +89,7 @@ class Schedules:
         self.fires.setdefault(queue, []).extend(fires)
         result.broken_schedules += [(queue, key, why) for key, why in broken]
 
-    def on_fired(self, queue: str, reply: Any, result: StepResult) -> None:
+    def on_fired(self, queue: str, reply: Any, result: RoundResult) -> None:
         if created := fired(reply):
             result.scheduled.append((queue, created))
             self.fetching.look_again()

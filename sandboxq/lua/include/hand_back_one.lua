@@ -1,4 +1,4 @@
--- Handing back a leased job (release.lua, reclaim.lua): the worker gives it
+-- Handing back a leased job (hand_back.lua, reclaim.lua): the worker gives it
 -- up before any outcome, so it goes back to waiting at its place with no
 -- attempt and no stall counted; one whose cancel was asked meanwhile
 -- (include/cancel.lua) is cancelled for good instead, as it must not run
@@ -7,7 +7,7 @@
 -- `detail`: what became of its run, for a cancel's message; `from`: the
 -- `waiting` event's source. Returns true if the job went back to waiting.
 -- Needs: common, retention, flow and cancel.
-local function hand_back(prefix, job_key, id, now, maxlen, cancel_requested, cancelled_key,
+local function hand_back_one(prefix, job_key, id, now, maxlen, cancel_requested, cancelled_key,
     requests_key, events_key, detail, from)
   if cancel_requested then
     leave_active(prefix, job_key)

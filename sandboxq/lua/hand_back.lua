@@ -1,4 +1,4 @@
--- release: give a worker's unfinished jobs back to the queue at once, instead
+-- hand_back: give a worker's unfinished jobs back to the queue at once, instead
 -- of waiting for their leases to lapse. Two kinds:
 -- - jobs that never ran (prefetched, and no child took them): each goes back
 --   to waiting at its place, with no attempt and no stall counted, whatever
@@ -25,7 +25,7 @@
 --!include retention
 --!include flow
 --!include cancel
---!include hand_back
+--!include hand_back_one
 local prefix, now, maxlen, token = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local last_unstarted = 5 + tonumber(ARGV[5])
 local released = {}
@@ -38,7 +38,7 @@ for i = 6, #ARGV do
     if may_have_run and f[1] == '1' and not f[2] then
       leave_active(prefix, job_key)
       -- It may have half-run (a charge): only a person may send it back. (A
-      -- pending cancel wins: hand_back below cancels the job instead.)
+      -- pending cancel wins: hand_back_one below cancels the job instead.)
       local message = 'interrupted by a forced shutdown (not retried: manual_retry_only)'
       redis.call('HSET', job_key, 'error', message, 'traceback', '')
       hincr(job_key, 'attempts_made', 1)
@@ -47,7 +47,7 @@ for i = 6, #ARGV do
       emit(KEYS[3], maxlen, 'failed', id, 'error', message)
     else
       local detail = may_have_run and 'its worker let go of it' or 'never started'
-      if hand_back(prefix, job_key, id, now, maxlen, f[2], KEYS[5], KEYS[6], KEYS[3], detail,
+      if hand_back_one(prefix, job_key, id, now, maxlen, f[2], KEYS[5], KEYS[6], KEYS[3], detail,
           'released') then
         released[#released + 1] = id
       end
