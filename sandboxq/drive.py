@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from sandboxq.ops import Command, Op, Request, Step, settle_replies, step_block
+from sandboxq.ops import Command, Op, Request, Round, round_block, settle_replies
 from sandboxq.scripts import ScriptCall, lua_source, run_script
 
 
@@ -22,22 +22,22 @@ def drive(client: Any, op: Op[Any]) -> Any:
     reply = None
     try:
         while True:
-            reply = _step(client, op.send(reply))
+            reply = _round(client, op.send(reply))
     except StopIteration as done:
         return done.value
 
 
-def _step(client: Any, step: Step) -> Any:
-    if isinstance(step, Command):
-        return client.execute_command(*step.args, **step.options)
-    if isinstance(step, ScriptCall):
-        return run_script(client, step)
+def _round(client: Any, round_: Round) -> Any:
+    if isinstance(round_, Command):
+        return client.execute_command(*round_.args, **round_.options)
+    if isinstance(round_, ScriptCall):
+        return run_script(client, round_)
     pipe = client.pipeline(transaction=False)
-    for request in step:
+    for request in round_:
         _queue(pipe, request)
     replies = pipe.execute(raise_on_error=False)
-    for index in settle_replies(step, replies):
-        replies[index] = run_script(client, step[index])  # type: ignore[arg-type]
+    for index in settle_replies(round_, replies):
+        replies[index] = run_script(client, round_[index])  # type: ignore[arg-type]
     return replies
 
 
@@ -57,27 +57,27 @@ async def drive_async(client: Any, op: Op[Any], timeout: float) -> Any:
     reply = None
     try:
         while True:
-            step = op.send(reply)
+            round_ = op.send(reply)
             try:
-                async with asyncio.timeout(timeout + step_block(step)):
-                    reply = await _step_async(client, step)
+                async with asyncio.timeout(timeout + round_block(round_)):
+                    reply = await _round_async(client, round_)
             except TimeoutError as exc:  # the round trip's, not the operation's own
                 raise redis.TimeoutError(f"no reply within {timeout}s") from exc
     except StopIteration as done:
         return done.value
 
 
-async def _step_async(client: Any, step: Step) -> Any:
-    if isinstance(step, Command):
-        return await client.execute_command(*step.args, **step.options)
-    if isinstance(step, ScriptCall):
-        return await _script_async(client, step)
+async def _round_async(client: Any, round_: Round) -> Any:
+    if isinstance(round_, Command):
+        return await client.execute_command(*round_.args, **round_.options)
+    if isinstance(round_, ScriptCall):
+        return await _script_async(client, round_)
     pipe = client.pipeline(transaction=False)
-    for request in step:
+    for request in round_:
         _queue(pipe, request)
     replies = await pipe.execute(raise_on_error=False)
-    for index in settle_replies(step, replies):
-        replies[index] = await _script_async(client, step[index])  # type: ignore[arg-type]
+    for index in settle_replies(round_, replies):
+        replies[index] = await _script_async(client, round_[index])  # type: ignore[arg-type]
     return replies
 
 

@@ -127,11 +127,11 @@ class _Eager(QueueCore[Any]):
         or ``(True, result)`` at its end. An operation that needs a round
         trip is refused."""
         try:
-            step = op.send(reply)
+            request = op.send(reply)
         except StopIteration as done:
             return True, done.value
-        if isinstance(step, _HandlerRun):
-            return False, step
+        if isinstance(request, _HandlerRun):
+            return False, request
         op.close()
         raise RuntimeError(self._no_redis())
 
@@ -157,7 +157,7 @@ class _Eager(QueueCore[Any]):
                 existing = self.jobs[job_id]
                 jobs.append(self.job(job_id, existing.fields, created=False))
             else:
-                # (it yields handler calls, not Redis steps: see _advance)
+                # (it yields handler calls, not Redis round trips: see _advance)
                 run = self._run_now(job_id, row.name, row.data, opts)
                 self.jobs[job_id] = yield from run  # type: ignore[misc]
                 jobs.append(self.jobs[job_id])

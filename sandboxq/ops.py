@@ -39,18 +39,18 @@ class Command:
 
 
 Request = Command | ScriptCall
-Step = Request | list[Request]
+Round = Request | list[Request]
 R = TypeVar("R")
-Op = Generator[Step, Any, R]
+Op = Generator[Round, Any, R]
 
 
 def cmd(*args: Any, **options: Any) -> Command:
     return Command(args, options)
 
 
-def step_block(step: Step) -> float:
-    """The longest a step's blocking commands may wait."""
-    requests = step if isinstance(step, list) else [step]
+def round_block(round_: Round) -> float:
+    """The longest a round trip's blocking commands may wait."""
+    requests = round_ if isinstance(round_, list) else [round_]
     return max((r.block for r in requests if isinstance(r, Command)), default=0.0)
 
 

@@ -1,7 +1,7 @@
 """Per-queue, per-minute counters for the dashboard's charts.
 
 A worker parent counts each settled job in memory (:class:`MinuteCounts`,
-one dict increment per field) and flushes the sums into the steps it sends
+one dict increment per field) and flushes the sums into the rounds it sends
 anyway, at most every :data:`FLUSH_SECONDS`: ``HINCRBY`` and ``EXPIRE`` on
 ``sq:{queue}:stats:<minute>`` (minutes since the epoch), never a round trip
 of its own. Each hash holds:

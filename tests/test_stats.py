@@ -116,7 +116,7 @@ def test_the_counts_never_make_a_step_of_their_own(redis_url: str, queue: Queue)
         # A step that goes anyway (a log line to report) carries them.
         broker.report(queue.name, "1", "log", "a line")
         broker.start_round(free_slots=0)
-        sent: Any = broker.rounds.current
+        sent: Any = broker.round_trip.current
         kinds = [c.kind for c in sent.commands]
         assert kinds[0] == "report" and kinds.count("stats") == 3  # 2 HINCRBY, 1 EXPIRE
         assert not broker.stats

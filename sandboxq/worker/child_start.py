@@ -1,4 +1,4 @@
-"""A child's first steps after the fork: the process set-up every child
+"""A child's start after the fork: the process set-up every child
 needs, then the loop that serves its jobs, one at a time (child.py) or
 several async jobs at once (async_child.py). Its own module so that neither
 loop imports the other."""

@@ -1,10 +1,10 @@
-"""The worker's Redis Cluster links: one step and one wait, spread over shards.
+"""The worker's Redis Cluster links: one round and one wait, spread over shards.
 
 A queue's keys share one hash tag, so each of its transitions is one script
 on the shard that owns the tag's slot. A worker serving queues on several
-shards still sends one step and one wait at a time, as on a single server:
+shards still sends one round and one wait at a time, as on a single server:
 
-- :class:`ClusterLink` takes a step's commands, sends each to the master of
+- :class:`ClusterLink` takes a round's commands, sends each to the master of
   its key's slot (one :class:`RedisLink` per master, all driven by the
   parent's one ``select``), and hands the replies back in the order the
   commands were given. ``SCRIPT LOAD`` goes to every master; the keyless
@@ -16,11 +16,11 @@ shards still sends one step and one wait at a time, as on a single server:
   different slots). The first marker's reply answers the wait; the others
   stay blocked, and a later wait takes over their replies.
 
-The slot map (``CLUSTER SLOTS``) is read without blocking when the step link
+The slot map (``CLUSTER SLOTS``) is read without blocking when the round link
 opens, from the URL's seed nodes or any node the last map named. A node that
 fails, or a MOVED/ASK reply (a failover or a resharding moved the slot),
-marks the map stale: the next step reads it again, and the replies lost on
-the way are handled like any lost reply (broker.py).
+marks the map stale: the next round reads it again, and the replies lost on
+the way are handled like any lost reply (the broker package).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _moved(reply: Any) -> bool:
 
 
 class ClusterTopology:
-    """Which master serves which slot, shared by a worker's step link and
+    """Which master serves which slot, shared by a worker's round link and
     its waiter. ``stale`` asks for the map to be read again."""
 
     def __init__(self, endpoint: Endpoint) -> None:
@@ -107,7 +107,7 @@ class ClusterTopology:
 
 
 class ClusterLink:
-    """The step connection of a worker on a Redis Cluster: RedisLink's
+    """The round connection of a worker on a Redis Cluster: RedisLink's
     interface, over one link per master (see the module's docstring)."""
 
     def __init__(self, topology: ClusterTopology, home_key: str) -> None:
@@ -217,8 +217,8 @@ class ClusterLink:
         return [(a, link) for a, link in links if link.is_open and fd in (None, link.fileno())]
 
     def _node_failed(self, address: Address, exc: LinkError) -> Any:
-        """A node's connection failed: the step fails (the replies that came
-        in order are kept), and the next step reads the slot map again, in
+        """A node's connection failed: the round fails (the replies that came
+        in order are kept), and the next round reads the slot map again, in
         case a replica took over the node's slots."""
         self.topology.stale = True
         where = "the node giving the slot map" if address == self._ASKING else address

@@ -1,6 +1,6 @@
 """Redis trouble: which errors pass, and how long to wait for a reply.
 
-The worker waits every Redis error out (see broker.py); this module only
+The worker waits every Redis error out (see the broker package); this module only
 tells trouble that passes (logged as a warning) from a refusal that points
 at a bug or at data something else wrote (logged as an error).
 """

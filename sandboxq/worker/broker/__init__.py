@@ -42,7 +42,7 @@ The modules, each owning one part (imports go down this list, never up):
 - commands.py, queue_commands.py: one class per command a round sends
   (build, apply, undo);
 - plan.py: which commands a round sends, in which order;
-- rounds.py: the round in flight, sent and read behind each queue's fault
+- round_trip.py: the round in flight, sent and read behind each queue's fault
   barrier;
 - wait.py: the blocking wait on the queues' markers, and its fetch;
 - facade.py: :class:`Broker`, what the parent loop calls.

@@ -6,7 +6,7 @@ the connections' readiness (``on_round_io``, ``on_wait_io``) and gets each
 round's :class:`RoundResult`. The state lives in the parts: the outbox
 (what is owed), the leases, the timers, fetching, the schedules' check, the
 rate windows, the charts, the setup, the faults and the wait; plan.py
-builds a round from them, rounds.py sends it and reads its replies.
+builds a round from them, round_trip.py sends it and reads its replies.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from sandboxq.worker.broker.leases import Leases
 from sandboxq.worker.broker.outbox import Outbox
 from sandboxq.worker.broker.plan import Planner
 from sandboxq.worker.broker.result import RoundResult
-from sandboxq.worker.broker.rounds import RoundReader, Rounds
+from sandboxq.worker.broker.round_trip import RoundReader, RoundTrip
 from sandboxq.worker.broker.schedules import Schedules
 from sandboxq.worker.broker.server_setup import ServerSetup
 from sandboxq.worker.broker.timers import Timers
@@ -86,7 +86,7 @@ class Broker:
             leases=self.leases,
             setup=self.setup,
         )
-        self.rounds = Rounds(
+        self.round_trip = RoundTrip(
             self.link,
             self.planner,
             self.reader,
@@ -180,7 +180,7 @@ class Broker:
     def has_pending(self) -> bool:
         """Something waits to be sent (a queue at fault holds its own), or a
         round is on its way."""
-        if self.rounds.in_flight or self.schedules.busy():
+        if self.round_trip.in_flight or self.schedules.busy():
             return True
         now = time.monotonic()
         return any(
@@ -207,11 +207,11 @@ class Broker:
 
     @property
     def in_flight(self) -> bool:
-        return self.rounds.in_flight
+        return self.round_trip.in_flight
 
     @property
     def round_deadline(self) -> float | None:
-        return self.rounds.deadline
+        return self.round_trip.deadline
 
     def next_timer(self) -> float:
         due = min(self.timers.next(self.holds_jobs()), self.schedules.next_check)
@@ -283,7 +283,7 @@ class Broker:
         clock = time.monotonic()
         if self.fetching.held(clock) or self.wait.fetch is not None:
             free_slots = start_now = 0  # while a wait carries a fetch, it is the one to ask
-        return self.rounds.start(clock, free_slots, start_now)
+        return self.round_trip.start(clock, free_slots, start_now)
 
     def on_round_io(
         self, readable: bool, writable: bool, fd: int | None = None
@@ -291,12 +291,12 @@ class Broker:
         """The round's connection (its socket ``fd``) is ready: write or
         read. Returns the round's result once its last reply arrived, or as
         soon as it failed."""
-        return self.rounds.on_io(readable, writable, fd)
+        return self.round_trip.on_io(readable, writable, fd)
 
     def check_round_deadline(self, now: float) -> RoundResult | None:
         """A round whose replies are overdue is given up: the connection is
         dropped (its replies may be lost on the way) and the round fails."""
-        return self.rounds.check_deadline(now)
+        return self.round_trip.check_deadline(now)
 
     # -- the blocking wait --------------------------------------------------------------
     def arm_wait(self, free_slots: int = 0) -> None:
@@ -346,12 +346,12 @@ class Broker:
         self._woken()
         if fetched is None:
             return None
-        if self.rounds.in_flight:
+        if self.round_trip.in_flight:
             # The round in flight may be what put these jobs back in line (a
             # hand-back, a retry): its replies go first, as on one connection,
             # or a job handed back and leased again would look like a lease
             # that lapsed while it ran here.
-            self.rounds.wake_held = fetched
+            self.round_trip.wake_held = fetched
             return None
         result = RoundResult()
         self.reader.use(*fetched, RoundEnd(result))
@@ -374,7 +374,7 @@ class Broker:
         Best effort and without waiting: written if the connection takes it
         now, whatever state Redis is in."""
         self.cancel_wait()
-        if self.link.is_open and not self.rounds.in_flight:
+        if self.link.is_open and not self.round_trip.in_flight:
             farewell: list[tuple[Any, ...]] = []
             if self.description:
                 farewell.append(("HDEL", registry.WORKERS, self.token))

@@ -135,7 +135,7 @@ class RoundReader:
         self.faults.end_lapsed(tried, faulted, result)
 
 
-class Rounds:
+class RoundTrip:
     """The round in flight on the link: built (plan.py), sent, its replies
     gathered, and ended into a RoundResult."""
 
