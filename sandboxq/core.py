@@ -154,7 +154,7 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
         snapshot just written; an id that existed already, as the job it is
         (read back in one more round trip), with ``created`` False."""
         now = now_ms()
-        added = yield PLAN.add(self.keys, now, [row.script_args() for row in encoded])
+        added = yield PLAN.add(self.keys, now, encoded)
         jobs: list[J | None] = []
         for (job_id, is_new), row, value, opts in zip(added, encoded, data, options, strict=True):
             if not is_new:
@@ -298,7 +298,7 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
         nodes: list[FlowNode] = []
         queues: list[QueueCore[J]] = []
         self._flatten(root, 0, defaults, nodes, queues)
-        ids = yield PLAN.add_flow(self.keys, now_ms(), [node.script_args() for node in nodes])
+        ids = yield PLAN.add_flow(self.keys, now_ms(), nodes)
         flows = [
             Flow(q.job(job_id, {"name": node.row.name, "state": _added_state(node)}, created=True))
             for q, job_id, node in zip(queues, ids, nodes, strict=True)

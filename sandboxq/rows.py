@@ -2,13 +2,14 @@
 of a flow (:class:`FlowNode`), with named fields.
 
 ``Queue.add``, flows, schedule occurrences and ``EagerQueue`` build and
-read these; only :meth:`JobRow.script_args` and
-:meth:`FlowNode.script_args` know the positional shape the script wrappers
-in :mod:`sandboxq.scripts` take.
+read these, and the script wrappers in :mod:`sandboxq.scripts` take them;
+only :meth:`JobRow.script_args` and :meth:`FlowNode.script_args` know the
+positional shape the Lua scripts read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from sandboxq.options import JobOptions, ms
@@ -26,7 +27,7 @@ class JobRow(NamedTuple):
     #: The job's data as JSON.
     data: bytes
     #: The job-hash fields its options set (:meth:`JobOptions.hash_fields`).
-    option_fields: tuple[Any, ...] = ()
+    option_fields: Sequence[Any] = ()
     #: The key of the schedule whose occurrence this job is, if any.
     schedule: str | None = None
 
@@ -42,28 +43,39 @@ class JobRow(NamedTuple):
         schedule: str | None = None,
     ) -> JobRow:
         """The row of a job with these options; ``job_id`` and ``delay_ms``,
-        when given, stand for the options' own."""
+        when given, stand for the options' own. (Positional: every
+        ``Queue.add`` builds one, and keywords cost a NamedTuple more.)"""
         return cls(
-            job_id=job_id or options.job_id or "",
-            priority=options.priority,
-            delay_ms=ms(options.delay) if delay_ms is None else delay_ms,
-            name=name,
-            data=data,
-            option_fields=tuple(options.hash_fields()),
-            schedule=schedule,
+            job_id or options.job_id or "",
+            options.priority,
+            ms(options.delay) if delay_ms is None else delay_ms,
+            name,
+            data,
+            options.hash_fields(),
+            schedule,
         )
 
-    def hash_fields(self) -> list[Any]:
-        """The job-hash fields the row sets, as a flat field/value list."""
-        fields: list[Any] = ["name", self.name, "data", self.data]
-        if self.schedule is not None:
-            fields += ["schedule", self.schedule]
-        return [*fields, *self.option_fields]
-
     def script_args(self) -> list[Any]:
-        """The job as ``Scripts.add`` and ``Scripts.fire_schedule`` take it:
-        ``[job_id, priority, delay_ms, *field_value_pairs]``."""
-        return [self.job_id, self.priority, self.delay_ms, *self.hash_fields()]
+        """The job as add_jobs.lua reads it (``Scripts.add``,
+        ``Scripts.fire_schedule``, and inside a flow node): id, priority,
+        delay_ms, how many field/value pairs, the pairs. Built in one list:
+        every ``Queue.add`` sends one."""
+        scheduled = self.schedule is not None
+        pairs = 2 + scheduled + len(self.option_fields) // 2
+        args = [
+            self.job_id,
+            self.priority,
+            self.delay_ms,
+            pairs,
+            "name",
+            self.name,
+            "data",
+            self.data,
+        ]
+        if scheduled:
+            args += ["schedule", self.schedule]
+        args += self.option_fields
+        return args
 
 
 class FlowNode(NamedTuple):
@@ -84,9 +96,9 @@ class FlowNode(NamedTuple):
     row: JobRow
 
     def script_args(self) -> list[Any]:
-        """The node as ``Scripts.add_flow`` takes it: ``[prefix, queue,
-        parent_index, fail_parent, ignore_failure, n_children, priority,
-        delay_ms, *field_value_pairs]``, flags as "1" or "0"."""
+        """The node as add_flow.lua reads it: prefix, queue, parent_index,
+        fail_parent, ignore_failure, n_children (flags as "1" or "0"), then
+        its job as :meth:`JobRow.script_args` gives it, less the job id."""
         return [
             self.prefix,
             self.queue,
@@ -94,7 +106,5 @@ class FlowNode(NamedTuple):
             "1" if self.fail_parent else "0",
             "1" if self.ignore_failed_children else "0",
             self.children,
-            self.row.priority,
-            self.row.delay_ms,
-            *self.row.hash_fields(),
+            *self.row.script_args()[1:],
         ]

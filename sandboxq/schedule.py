@@ -248,7 +248,7 @@ class Fire(NamedTuple):
     expected_next: int
     new_next: int
     counted: int
-    jobs: list[list[Any]]
+    jobs: list[JobRow]
 
 
 # The due check, one round trip at a time: the worker's broker sends these
@@ -332,7 +332,7 @@ def fire_due(scripts: Scripts, keys: QueueKeys, now_ms: int) -> tuple[int, list[
 
 def occurrence_jobs(
     key: str, spec_raw: bytes, next_ms: int, count_raw: bytes | None, now_ms: int
-) -> tuple[list[int], int, list[list[Any]]]:
+) -> tuple[list[int], int, list[JobRow]]:
     """The occurrences to fire, the next time to store, and their jobs as
     fire_schedule.lua takes them; raises on a broken spec."""
     schedule = Schedule.from_json(spec_raw)
@@ -348,7 +348,7 @@ def occurrence_jobs(
             job_id=occurrence_job_id(key, o),
             delay_ms=0,
             schedule=key,
-        ).script_args()
+        )
         for o in fire
     ]
     return fire, new_next, jobs

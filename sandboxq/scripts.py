@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sandboxq.keys import QueueKeys
+from sandboxq.rows import FlowNode, JobRow
 from sandboxq.script_call import (
     EVENTS_MAXLEN,
     MAX_PER_CALL,
@@ -43,11 +44,11 @@ __all__ = [
 ]
 
 
-def _job_args(jobs: Sequence[Sequence[Any]]) -> list[Any]:
-    """Jobs as add_jobs.lua reads them: id, priority, delay_ms, n, n pairs."""
+def _job_args(rows: Sequence[JobRow]) -> list[Any]:
+    """Jobs as add_jobs.lua reads them, one after the other."""
     args: list[Any] = []
-    for job_id, priority, delay_ms, *fields in jobs:
-        args += [job_id, priority, delay_ms, len(fields) // 2, *fields]
+    for row in rows:
+        args += row.script_args()
     return args
 
 
@@ -90,8 +91,8 @@ class Scripts(WorkerScripts):
     )
 
     # -- producer ---------------------------------------------------------
-    def add(self, k: QueueKeys, now: int, jobs: Sequence[Sequence[Any]]) -> Any:
-        """Add jobs; each item is ``(job_id or "", priority, delay_ms, *field_value_pairs)``."""
+    def add(self, k: QueueKeys, now: int, jobs: Sequence[JobRow]) -> Any:
+        """Add jobs (a row's ``job_id`` "" lets the script make one)."""
         args: list[Any] = [*self._head(k.prefix, now), *_job_args(jobs)]
         keys = [k.id_counter, k.seq, k.wait, k.delayed, k.marker, k.events]
         return self._run("add", keys, args, decode=_added)
@@ -286,7 +287,7 @@ class Scripts(WorkerScripts):
         expected_next: int,
         new_next: int,
         counted: int,
-        jobs: Sequence[Sequence[Any]],
+        jobs: Sequence[JobRow],
     ) -> Any:
         """Enqueue a schedule's occurrences if its next time is still
         ``expected_next``; returns jobs created, or -1 if it moved on."""
@@ -311,24 +312,11 @@ class Scripts(WorkerScripts):
         return self._run("fire_schedule", keys, args, int)
 
     # -- flows ------------------------------------------------------------
-    def add_flow(self, root: QueueKeys, now: int, nodes: Sequence[Sequence[Any]]) -> Any:
-        """Add a tree of jobs; each node is ``(prefix, queue, parent_index,
-        fail_parent, ignore_failure, n_children, priority, delay_ms,
-        *field_value_pairs)`` with parents first. Returns the ids in order."""
+    def add_flow(self, root: QueueKeys, now: int, nodes: Sequence[FlowNode]) -> Any:
+        """Add a tree of jobs, parents first. Returns the ids in order."""
         args: list[Any] = self._head("", now)
-        for prefix, queue, parent, fail, ignore, children, priority, delay_ms, *fields in nodes:
-            args += [
-                prefix,
-                queue,
-                parent,
-                fail,
-                ignore,
-                children,
-                priority,
-                delay_ms,
-                len(fields) // 2,
-                *fields,
-            ]
+        for node in nodes:
+            args += node.script_args()
         return self._run("add_flow", [root.events], args, decode=decode_ids)
 
     def configure(

@@ -18,7 +18,7 @@ TOKEN = "tok"
 
 def add(queue: Queue, name: str, now: int = NOW, **options: Any) -> str:
     row = queue._encode(name, None, JobOptions.build(**options))
-    [(job_id, _created)] = queue.scripts.add(queue.keys, now, [row.script_args()])
+    [(job_id, _created)] = queue.scripts.add(queue.keys, now, [row])
     return job_id
 
 

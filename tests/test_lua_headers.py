@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from sandboxq.keys import QueueKeys
+from sandboxq.rows import FlowNode, JobRow
 from sandboxq.script_call import check_includes
 from sandboxq.scripts import ScriptCall, Scripts, lua_source
 
@@ -74,15 +75,18 @@ class Sample:
     derived: dict[str, Any] = field(default_factory=dict)
 
 
-JOBS = [("", 5, 0, "name", "a"), ("job-9", 0, 100)]
-JOBS_ARGS = ["", 5, 0, 1, "name", "a", "job-9", 0, 100, 0]
+JOBS = [JobRow("", 5, 0, "a", b"{}"), JobRow("job-9", 0, 100, "b", b"1", ["attempts", 3])]
+JOBS_ARGS = [
+    *("", 5, 0, 2, "name", "a", "data", b"{}"),
+    *("job-9", 0, 100, 3, "name", "b", "data", b"1", "attempts", 3),
+]
 NODES = [
-    (K.prefix, "headers", 0, "0", "0", 1, 0, 0, "name", "p"),
-    (K.prefix, "headers", 1, "1", "0", 0, 3, 50),
+    FlowNode(K.prefix, "headers", 0, False, False, 1, JobRow("", 0, 0, "p", b"{}")),
+    FlowNode(K.prefix, "headers", 1, True, False, 0, JobRow("", 3, 50, "c", b"2")),
 ]
 NODES_ARGS = [
-    *(K.prefix, "headers", 0, "0", "0", 1, 0, 0, 1, "name", "p"),
-    *(K.prefix, "headers", 1, "1", "0", 0, 3, 50, 0),
+    *(K.prefix, "headers", 0, "0", "0", 1, 0, 0, 2, "name", "p", "data", b"{}"),
+    *(K.prefix, "headers", 1, "1", "0", 0, 3, 50, 2, "name", "c", "data", b"2"),
 ]
 
 SAMPLES: dict[str, Sample] = {

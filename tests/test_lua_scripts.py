@@ -29,6 +29,7 @@ from sandboxq.options import (
     ms,
 )
 from sandboxq.payload import with_json_decoded
+from sandboxq.rows import JobRow
 from sandboxq.scripts import Scripts
 from tests.conftest import fresh_queue
 
@@ -47,15 +48,15 @@ def spec(
     name: str = "work",
     data: Any = None,
     **fields: Any,
-) -> list[Any]:
-    """One job as the add script takes it."""
-    pairs: list[Any] = ["name", name, "data", orjson.dumps(data)]
+) -> JobRow:
+    """One job as the add script takes it; ``fields``: more job-hash fields."""
+    pairs: list[Any] = []
     for field, value in fields.items():
         pairs += [field, value]
-    return [job_id, priority, delay_ms, *pairs]
+    return JobRow(job_id, priority, delay_ms, name, orjson.dumps(data), pairs)
 
 
-def add(q: Queue, *jobs: list[Any], now: int = NOW) -> list[str]:
+def add(q: Queue, *jobs: JobRow, now: int = NOW) -> list[str]:
     return [job_id for job_id, _created in q.scripts.add(q.keys, now, jobs or [spec()])]
 
 

@@ -203,7 +203,7 @@ def test_children_recycled_with_jobs_queued_lose_none(
     assert not worker.matching_lines(r"WARNING job|ERROR|child (exited|killed)")
 
 
-def run_step(broker: Broker, free_slots: int = 0) -> RoundResult:
+def run_round(broker: Broker, free_slots: int = 0) -> RoundResult:
     """Send one step of ``broker`` and wait for its replies."""
     result = broker.start_round(free_slots)
     deadline = time.monotonic() + 10
@@ -228,14 +228,14 @@ def test_the_broker_hands_back_jobs_that_never_ran_apart_from_those_that_may_hav
         may_have_run = queue.add("charge", manual_retry_only=True)
         leased: list[str] = []
         while len(leased) < 2:
-            leased += [job_id for _queue, job_id, _fields in run_step(broker, 2).fetched]
+            leased += [job_id for _queue, job_id, _fields in run_round(broker, 2).fetched]
 
         # When it hands one back as never run, the other as interrupted
         broker.hand_back(queue.name, never_ran.id)
         broker.hand_back(queue.name, may_have_run.id, ran=True)
         released: list[str] = []
         while broker.has_pending():
-            released += [i for _queue, ids in run_step(broker).released for i in ids]
+            released += [i for _queue, ids in run_round(broker).handed_back for i in ids]
 
         # Then the one that never ran waits again, nothing spent, and the
         # other fails as manual_retry_only says

@@ -220,13 +220,13 @@ class Rounds:
                 queue=queue,
                 job_ids=",".join(returned),
             )
-        for queue, released in result.released:
+        for queue, handed_back in result.handed_back:
             if self._shutdown.forced:
                 message = "stopped before jobs finished; handed them back to the queue"
                 level = logging.WARNING
             else:  # stopping, or they waited too long behind slow jobs
                 message, level = "handed prefetched jobs back to the queue", logging.INFO
-            logs.event(message, level, queue=queue, released=",".join(released))
+            logs.event(message, level, queue=queue, released=",".join(handed_back))
 
     def _note_recovered(self, result: RoundResult) -> None:
         for queue, requeued, failed, cancelled in result.recovered:

@@ -90,7 +90,7 @@ class HandBackCommand(ScriptCommand):
         self.leases.let_go(self.queue, self.unstarted)
         self.leases.let_go(self.queue, self.interrupted)
         if handed_back := decode_ids(reply):
-            end.result.released.append((self.queue, handed_back))
+            end.result.handed_back.append((self.queue, handed_back))
 
     def undo(self, error: Exception) -> None:
         self.outbox.put_back_hand_backs(self.queue, self.unstarted, self.interrupted)

@@ -11,8 +11,7 @@ from sandboxq import fast
 @dataclass(slots=True)
 class RoundResult:
     """One round's outcome: what its replies (and an answered wait's fetch)
-    mean for the parent. Named for the round's old name, "step", until the
-    rename across the worker."""
+    mean for the parent."""
 
     #: Leased jobs: (queue, job id, decoded hash fields), or for a record
     #: that cannot be decoded (queue, stored id, its CorruptRecord).
@@ -22,7 +21,7 @@ class RoundResult:
     #: How many of ``fetched`` (the first ones) Redis marked started; the
     #: others were prefetched, and their start is reported later.
     started_now: int = 0
-    #: Seconds from sending the step to its last reply.
+    #: Seconds from sending the round to its last reply.
     round_trip: float = 0.0
     #: Settled jobs: (queue, job id, status) with status completed, failed,
     #: retrying, rate-limited, settled:<status> (sent twice) or lost.
@@ -44,19 +43,19 @@ class RoundResult:
     #: Jobs a lost fetch reply had leased here, handed back: (queue, ids).
     reclaimed: list[tuple[str, list[str]]] = field(default_factory=list)
     #: Jobs this worker handed back (hand_back.lua): (queue, ids).
-    released: list[tuple[str, list[str]]] = field(default_factory=list)
+    handed_back: list[tuple[str, list[str]]] = field(default_factory=list)
     #: What the server check found worth a warning (at start).
     warnings: list[str] = field(default_factory=list)
-    #: The step did the worker's work (not only its setup): at start, the
-    #: first such step is when the worker is ready.
+    #: The round did the worker's work (not only its setup): at start, the
+    #: first such round is when the worker is ready.
     worked: bool = False
     #: Why the server cannot be used (too old), from the server check.
     unsupported: str | None = None
-    #: Queues this step found at fault (paused for now): (queue, kind,
+    #: Queues this round found at fault (paused for now): (queue, kind,
     #: reason), kind "bad_setting" or "queue_error".
     faults: list[tuple[str, str, str]] = field(default_factory=list)
-    #: Queues whose fault is over: the step used them without trouble.
+    #: Queues whose fault is over: the round used them without trouble.
     recovered_queues: list[str] = field(default_factory=list)
-    #: The Redis error this step ran into, if any; what is listed above
+    #: The Redis error this round ran into, if any; what is listed above
     #: happened anyway, and what the failed commands carried is pending again.
     error: Exception | None = None
