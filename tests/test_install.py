@@ -32,7 +32,7 @@ pytestmark = [
 ]
 
 #: What a wheel must never carry: the extension's sources and build leftovers.
-LEFTOVERS = re.compile(r"\.(c|pyx|html|o)$|(^|/)(build|__pycache__)/|\.egg-info/")
+LEFTOVERS = re.compile(r"\.(c|pyx|pxi|html|o)$|(^|/)(build|__pycache__)/|\.egg-info/")
 
 
 @dataclass
@@ -118,10 +118,12 @@ def test_the_build_makes_clean_artifacts_without_a_warning(dists: Dists) -> None
     assert not any(n.endswith(".so") for n in pure)
     for wheel in (native, pure):
         assert {"sandboxq/lua/fetch.lua", "sandboxq/dashboard/static/dashboard.js"} <= set(wheel)
-    # And the sdist ships the generated C beside the .pyx, and the build backend
+    # And the sdist ships the generated C beside the Cython sources, and the
+    # build backend
     with tarfile.open(dists.sdist) as sdist:
         shipped = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
-    assert {"sandboxq/_fast.c", "sandboxq/_fast.pyx", "build_backend/sandboxq_build.py"} <= shipped
+    sources = {"sandboxq/_fast.c", "sandboxq/_fast.pyx", "sandboxq/_fast_window.pxi"}
+    assert sources | {"build_backend/sandboxq_build.py"} <= shipped
     # And setuptools said nothing to warn about (pip's own notes about this
     # machine's package indexes are not the build's)
     warnings = [
