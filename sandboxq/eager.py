@@ -196,16 +196,17 @@ class _Eager(QueueCore[Any]):
             if found is None:
                 outcome = no_handler(self.name, name)
             else:
-                ctx = execution.stored_context(
-                    self.name,
+                stored = execution.StoredJob(
                     job_id,
                     name,
-                    (raw_data, None, steps_json(fields)),
+                    raw_data,
+                    self.name,
                     fields["attempts_made"],
                     fields["retries"],
-                    report,
-                    record,
+                    None,
+                    steps_json(fields),
                 )
+                ctx = execution.stored_context(stored, report, record)
                 if isinstance(ctx, execution.Outcome):
                     outcome = ctx
                 else:

@@ -12,7 +12,7 @@ import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -22,6 +22,7 @@ from sandboxq.errors import RateLimited, Retry, Unrecoverable
 from sandboxq.handlers import AsyncStepRecorder, JobContext, StepRecorder
 from sandboxq.options import Backoff, ms, seconds
 from sandboxq.payload import load_json, to_json
+from sandboxq.steps import steps_json
 
 COMPLETED = "completed"
 FAILED = "failed"  # an attempt failed; retries may follow
@@ -227,57 +228,76 @@ def completed(result: Any, max_result_bytes: int) -> Outcome:
     return Outcome(COMPLETED, raw.decode())
 
 
+class StoredJob(NamedTuple):
+    """One job as a handler runs it, its JSON still as Redis holds it: what
+    the worker parent sends a child (the RUN frame: ``protocol.encode_run``),
+    and what ``run_until_empty`` and ``EagerQueue`` run. The JSON is parsed
+    where the handler runs (:func:`stored_context`), so the worker parent
+    never parses a payload."""
+
+    job_id: str
+    name: str
+    data_json: bytes | None
+    queue: str
+    attempts_made: int
+    retries: int
+    #: A flow parent's children's results.
+    children_json: bytes | None
+    #: The durable steps earlier attempts recorded (``{key: result}``).
+    steps_json: bytes | None
+
+    @classmethod
+    def of_record(cls, queue: str, job_id: str, name: str, fields: dict[str, Any]) -> StoredJob:
+        """The job from its decoded hash (``fast.decode_job_*``), its JSON
+        fields still the bytes Redis returned."""
+        return cls(
+            job_id,
+            name,
+            fields.get("data"),
+            queue,
+            fields.get("attempts_made", 0),
+            fields.get("retries", 0),
+            fields.get("children"),
+            steps_json(fields),
+        )
+
+
 def run_stored(
     func: Any,
-    queue: str,
-    job_id: str,
-    name: str,
-    stored: tuple[bytes | None, bytes | None, bytes | None],
-    attempts_made: int,
-    retries: int,
+    job: StoredJob,
     report: Callable[[str, str, str], None],
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     record: StepRecorder | None = None,
 ) -> Outcome:
-    """Run a job as Redis holds it: ``stored`` is its data, (a flow parent)
-    its children's results, and the durable steps earlier attempts recorded
-    (``{key: result}``), still JSON. They are parsed here, in whatever
-    process runs the handler, so the worker parent never parses payloads.
-    ``record`` takes the steps this attempt records (``job.step``)."""
-    ctx = stored_context(queue, job_id, name, stored, attempts_made, retries, report, record)
+    """Run a job as Redis holds it. ``record`` takes the steps this attempt
+    records (``job.step``)."""
+    ctx = stored_context(job, report, record)
     if isinstance(ctx, Outcome):
         return ctx
     return run(func, ctx, max_result_bytes)
 
 
 def stored_context(
-    queue: str,
-    job_id: str,
-    name: str,
-    stored: tuple[bytes | None, bytes | None, bytes | None],
-    attempts_made: int,
-    retries: int,
+    job: StoredJob,
     report: Callable[[str, str, str], None],
     record: StepRecorder | None = None,
     record_async: AsyncStepRecorder | None = None,
 ) -> JobContext | Outcome:
-    """The handler's JobContext for a job as Redis holds it (see
-    :func:`run_stored`), or the unrecoverable outcome of one whose stored
-    JSON cannot be parsed."""
-    data_json, children_json, steps_json = stored
+    """The handler's JobContext for a job as Redis holds it, or the
+    unrecoverable outcome of one whose stored JSON cannot be parsed."""
     try:
-        data, children = load_json(data_json), load_json(children_json)
-        steps = load_json(steps_json)
+        data, children = load_json(job.data_json), load_json(job.children_json)
+        steps = load_json(job.steps_json)
     except orjson.JSONDecodeError as exc:
         return Outcome.error(f"the job's stored data is not valid JSON: {exc}", unrecoverable=True)
     return JobContext(
-        queue,
-        job_id,
-        name,
+        job.queue,
+        job.job_id,
+        job.name,
         data,
-        attempts_made,
+        job.attempts_made,
         report,
-        retries,
+        job.retries,
         children,
         steps,
         record,

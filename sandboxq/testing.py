@@ -40,7 +40,6 @@ from sandboxq.eager import (
 from sandboxq.handlers import Handler, handlers_for
 from sandboxq.queue import Queue
 from sandboxq.scripts import now_ms
-from sandboxq.steps import steps_json
 
 __all__ = [
     "MAX_EAGER_RUNS",
@@ -140,17 +139,8 @@ def _run_one(
         [status] = queue.scripts.step(queue.keys, token, [(jid, key, result)], MAX_STEPS)
         return str(status)
 
-    return execution.run_stored(
-        found.func,
-        queue.name,
-        job_id,
-        name,
-        (fields.get("data"), fields.get("children"), steps_json(fields)),
-        fields.get("attempts_made", 0),
-        fields.get("retries", 0),
-        report,
-        record=record,
-    )
+    stored = execution.StoredJob.of_record(queue.name, job_id, name, fields)
+    return execution.run_stored(found.func, stored, report, record=record)
 
 
 # -- a real worker, for tests -----------------------------------------------------------

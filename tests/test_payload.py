@@ -111,9 +111,8 @@ def test_run_stored_parses_data_and_children_where_the_handler_runs() -> None:
         return {"ok": True}
 
     # When it runs
-    result = execution.run_stored(
-        handler, "q", "7", "resize", (b'{"w": 256}', b'{"q:1": 5}', None), 0, 2, lambda *a: None
-    )
+    job = execution.StoredJob("7", "resize", b'{"w": 256}', "q", 0, 2, b'{"q:1": 5}', None)
+    result = execution.run_stored(handler, job, lambda *a: None)
 
     # Then the handler got values, and the result is JSON text
     assert seen == {"data": {"w": 256}, "children": {"q:1": 5}, "retries": 2}
@@ -123,9 +122,8 @@ def test_run_stored_parses_data_and_children_where_the_handler_runs() -> None:
 def test_run_stored_fails_a_job_whose_stored_data_is_not_json_without_retries() -> None:
     # Given data that is not JSON (written by something other than sandboxq)
     # When the job runs
-    result = execution.run_stored(
-        lambda ctx: None, "q", "7", "resize", (b"{oops", None, None), 0, 0, lambda *a: None
-    )
+    job = execution.StoredJob("7", "resize", b"{oops", "q", 0, 0, None, None)
+    result = execution.run_stored(lambda ctx: None, job, lambda *a: None)
 
     # Then it fails for good, saying why, and the handler never ran
     assert result.kind == execution.UNRECOVERABLE

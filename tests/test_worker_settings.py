@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sandboxq.cli import WORKER_OPTIONS, build_parser, worker_settings
+from sandboxq.execution import StoredJob
 from sandboxq.handlers import Handler, handler_table, handlers_for
 from sandboxq.worker import Worker, WorkerSettings, protocol
 from sandboxq.worker.cpus import available_cpus
@@ -130,7 +131,7 @@ def test_the_command_line_builds_the_settings_it_was_given() -> None:
 
 def test_a_run_frame_decodes_as_it_was_encoded() -> None:
     # Given a run frame, as the parent builds it for a leased job
-    frame = protocol.RunFrame("id-1", "resize", b'{"w": 1}', "images", "2", "0", None, b'{"a": 1}')
+    frame = StoredJob("id-1", "resize", b'{"w": 1}', "images", 2, 0, None, b'{"a": 1}')
 
     # When it crosses the pipe
     (message,) = protocol.FrameReader().feed(protocol.encode_run(frame))

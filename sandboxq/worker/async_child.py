@@ -38,6 +38,7 @@ from typing import Any
 from setproctitle import setproctitle
 
 from sandboxq import execution
+from sandboxq.execution import StoredJob
 from sandboxq.handlers import Handler
 from sandboxq.worker import child, proctree, protocol
 
@@ -124,7 +125,7 @@ class Slots:
         self._thread = threading.get_ident()
         self._wake: asyncio.Event | None = None
 
-    def concurrent(self, job: protocol.RunFrame) -> bool:
+    def concurrent(self, job: StoredJob) -> bool:
         """Whether the job shares the child (an ``async def`` handler's)."""
         return self._concurrent[(job.queue, job.name)]
 
@@ -192,7 +193,7 @@ class Slots:
                 continue
             self._start(job)
 
-    def fits(self, job: protocol.RunFrame) -> bool:
+    def fits(self, job: StoredJob) -> bool:
         """The rule ``Pool.fits`` keeps in the parent: an async job starts
         while fewer than ``slots`` run; any other runs alone (here: never,
         it goes back to the loop of child.py once none runs)."""
@@ -214,7 +215,7 @@ class Slots:
             waiting.set_result(str(message[3]))
 
     # -- one job ------------------------------------------------------------------
-    def _start(self, job: protocol.RunFrame) -> None:
+    def _start(self, job: StoredJob) -> None:
         context = contextvars.copy_context()
         context.run(_JOB.set, job.job_id)
         self._tasks_of[job.job_id] = weakref.WeakSet()

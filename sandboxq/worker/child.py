@@ -39,6 +39,7 @@ from setproctitle import setproctitle
 
 from sandboxq import execution, hooks
 from sandboxq.caps import DEFAULT_MAX_RESULT_BYTES
+from sandboxq.execution import StoredJob
 from sandboxq.handlers import AsyncStepRecorder, Handler, JobContext, StepRecorder
 from sandboxq.worker import proctree, protocol
 
@@ -170,7 +171,7 @@ def blocking_recorder(pipe: ParentPipe, inbox: protocol.Inbox) -> StepRecorder:
 
 
 def job_context(
-    job: protocol.RunFrame,
+    job: StoredJob,
     report: Callable[[str, str, str], None],
     record: StepRecorder,
     record_async: AsyncStepRecorder | None = None,
@@ -178,22 +179,12 @@ def job_context(
     """The handler's context of a RUN frame's job, its stored JSON parsed
     here in the child; or the failure of a job whose JSON is bad. One job
     alone (run_alone) and jobs sharing the child (async_child) alike."""
-    return execution.stored_context(
-        job.queue,
-        job.job_id,
-        job.name,
-        (job.data_json, job.children_json, job.steps_json),
-        job.attempts_made,
-        job.retries,
-        report,
-        record,
-        record_async,
-    )
+    return execution.stored_context(job, report, record, record_async)
 
 
 def run_alone(
     pipe: ParentPipe,
-    job: protocol.RunFrame,
+    job: StoredJob,
     handlers: dict[tuple[str, str], Handler],
     max_result_bytes: int,
     record: StepRecorder,

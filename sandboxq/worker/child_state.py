@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandboxq.execution import StoredJob
 from sandboxq.worker import proctree, protocol
 
 
@@ -24,7 +25,7 @@ class Assignment:
     fields: dict[str, Any]
     timeout: float | None
     #: What the child is sent to run it.
-    run: protocol.RunFrame
+    run: StoredJob
     #: Whether Redis already marked it started (fetch.lua, for the jobs a
     #: free child takes at once); else the parent reports its real start.
     start_reported: bool = False

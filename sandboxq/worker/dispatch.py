@@ -22,9 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from sandboxq import execution, logs
+from sandboxq.execution import StoredJob
 from sandboxq.handlers import Handler
-from sandboxq.steps import steps_json
-from sandboxq.worker import protocol
 from sandboxq.worker.broker import Broker
 from sandboxq.worker.child_state import Assignment, Child
 from sandboxq.worker.pool import Pool
@@ -109,7 +108,7 @@ class Dispatch:
         """A job leased for this worker joins the buffer; ``started``: Redis
         marked it started already (a free child takes it at once)."""
         timeout = fields.get("timeout") or found.timeout or self._default_timeout
-        run = _run_frame(queue, job_id, found.name, fields)
+        run = StoredJob.of_record(queue, job_id, found.name, fields)
         # With --async-concurrency 1 no job shares a child.
         concurrent = self._slots > 1 and self._concurrent[(queue, found.name)]
         job = Assignment(
@@ -362,22 +361,6 @@ class Dispatch:
             self._broker.hand_back(job.queue, job.job_id)
             self._pool.drop(child, job)
         self.flush(child)
-
-
-def _run_frame(queue: str, job_id: str, name: str, fields: dict[str, Any]) -> protocol.RunFrame:
-    """The run frame of a job, from its record in Redis: its data, its
-    flow children's results and its recorded steps as the JSON bytes Redis
-    holds (the parent never parses a payload)."""
-    return protocol.RunFrame(
-        job_id,
-        name,
-        fields.get("data"),
-        queue,
-        fields.get("attempts_made", 0),
-        fields.get("retries", 0),
-        fields.get("children"),
-        steps_json(fields),
-    )
 
 
 def _average(average: float | None, sample: float) -> float:

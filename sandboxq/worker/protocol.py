@@ -61,7 +61,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections import deque
-from typing import Any, NamedTuple
+from typing import Any
 
 from sandboxq import execution, fast
 from sandboxq.caps import (
@@ -106,30 +106,15 @@ encode = fast.encode_frame
 FrameReader = fast.FrameDecoder
 
 
-class RunFrame(NamedTuple):
-    """A "run" frame's items after its kind: one job for the child. The
-    parent builds it from the job's record when it leases the job
-    (``Dispatch.add_leased``); :func:`encode_run` and :func:`decode_run`
-    are the frame's one encoding."""
-
-    job_id: str
-    name: str
-    data_json: bytes | None
-    queue: str
-    attempts_made: int
-    retries: int
-    children_json: bytes | None
-    steps_json: bytes | None
+def encode_run(job: execution.StoredJob) -> bytes:
+    """A "run" frame: the kind, then the StoredJob's items in its order
+    (this and :func:`decode_run` are the frame's one encoding)."""
+    return encode([RUN, *job])
 
 
-def encode_run(frame: RunFrame) -> bytes:
-    """A "run" frame: the kind, then RunFrame's items in its order."""
-    return encode([RUN, *frame])
-
-
-def decode_run(message: list[Any]) -> RunFrame:
+def decode_run(message: list[Any]) -> execution.StoredJob:
     """A run frame the child read (from its own parent: trusted)."""
-    return RunFrame(*message[1:])
+    return execution.StoredJob(*message[1:])
 
 
 def send(sock: socket.socket, message: list[Any]) -> None:
