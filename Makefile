@@ -42,10 +42,10 @@ redis7:
 # (marked integration), whose outcome the twin does not change.
 #
 # Tests run in PYTEST_WORKERS processes (pytest-xdist; most of a test's time
-# is spent waiting on workers and servers, so 3 keep 2 cores busy);
+# is spent waiting on workers and servers, so 4 keep 2 cores busy);
 # PYTEST_WORKERS=0 runs them in one. Tests that build from the checkout share
 # a group, so that two builds never write its build/ at once.
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 PARALLEL := -n $(PYTEST_WORKERS) --dist loadgroup
 test: install browser redis7
 	$(PY) -m pytest $(PARALLEL)
