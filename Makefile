@@ -43,8 +43,8 @@ redis7:
 #
 # Tests run in PYTEST_WORKERS processes (pytest-xdist; most of a test's time
 # is spent waiting on workers and servers, so 4 keep 2 cores busy);
-# PYTEST_WORKERS=0 runs them in one. Tests that build from the checkout share
-# a group, so that two builds never write its build/ at once.
+# PYTEST_WORKERS=0 runs them in one. Tests marked with an xdist_group run in
+# one process (test_install's share the dists they build once).
 PYTEST_WORKERS ?= 4
 PARALLEL := -n $(PYTEST_WORKERS) --dist loadgroup
 test: install browser redis7

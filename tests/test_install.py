@@ -27,8 +27,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.integration,
     pytest.mark.timeout(900),
-    # the sdist is built in the checkout, as test_packaging's wheel is: not at once
-    pytest.mark.xdist_group("builds_from_the_checkout"),
+    # one test process builds the dists once for all of the module's tests
+    pytest.mark.xdist_group("install"),
 ]
 
 #: What a wheel must never carry: the extension's sources and build leftovers.

@@ -14,7 +14,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.xdist_group("builds_from_the_checkout")  # pip writes the checkout's build/
 def test_the_wheel_ships_every_module_script_and_the_extension(tmp_path: Path) -> None:
     # Given a wheel built from this checkout, as the Dockerfile builds it
     subprocess.run(
