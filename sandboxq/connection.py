@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-import hiredis
 import redis
 from redis.connection import parse_url
 
@@ -103,35 +102,6 @@ def _client(
         return single.from_url(url, decode_responses=False, health_check_interval=30, **options)
     except ValueError as exc:
         raise ValueError(f"bad Redis URL {addresses.redact(url)!r}: {exc}") from None
-
-
-def execute(client: redis.Redis, args: tuple[Any, ...]) -> Any:
-    """Run one command (str, bytes and int arguments) and return its raw reply.
-
-    On a plain ``redis.Redis`` this takes a connection from the client's pool
-    and writes the packed command itself, skipping redis-py's client layer
-    (argument checks, observability hooks, response callbacks): on the
-    development box that layer costs about as much CPU as the round trip, and
-    a producer's ``add`` is one command. What matters stays redis-py's: the
-    pool, connecting (AUTH, SELECT, TLS), health checks, the client's retry
-    policy, and error replies raised as the same exceptions. Other clients
-    (a single-connection client, a cluster client) go the usual way.
-    """
-    if type(client) is not redis.Redis or client.connection is not None:
-        return client.execute_command(*args)  # type: ignore[no-untyped-call]
-    packed = [hiredis.pack_command(args)]
-    pool = client.connection_pool
-    conn = pool.get_connection()
-
-    def round_trip() -> Any:
-        conn.send_packed_command(packed)  # type: ignore[no-untyped-call]
-        return conn.read_response()
-
-    try:
-        disconnect = conn.disconnect  # on a failure, before a retry reconnects
-        return conn.retry.call_with_retry(round_trip, lambda _error: disconnect())  # type: ignore[no-untyped-call]
-    finally:
-        pool.release(conn)
 
 
 def describe(client: Any) -> str:

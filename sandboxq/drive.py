@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from sandboxq.direct import execute_async
 from sandboxq.ops import Command, Op, Request, Round, round_block, settle_replies
 from sandboxq.scripts import ScriptCall, lua_source, run_script
 
@@ -83,8 +84,8 @@ async def _round_async(client: Any, round_: Round) -> Any:
 
 async def _script_async(client: Any, call: ScriptCall) -> Any:
     try:
-        raw = await client.execute_command(*call.command())
+        raw = await execute_async(client, call.command())
     except redis.exceptions.NoScriptError:
         await client.script_load(lua_source(call.name))
-        raw = await client.execute_command(*call.command())
+        raw = await execute_async(client, call.command())
     return call.decode(raw)

@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from sandboxq.connection import execute
+from sandboxq.direct import execute
 
 #: How many lifecycle events a queue's stream keeps (approximately).
 EVENTS_MAXLEN = 10_000
