@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 from sandboxq import payload
@@ -48,10 +49,11 @@ class Flow(Generic[J]):
     children: list[Flow[J]] = field(default_factory=list)
 
 
-def check_defaults(defaults: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A queue's default job options, checked as ``add`` would check them."""
+def check_defaults(defaults: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """A queue's default job options, checked as ``add`` would check them;
+    read-only (the queue encodes them once, for every plain add)."""
     if defaults is None:
-        return {}
+        return MappingProxyType({})
     if not isinstance(defaults, Mapping):
         raise TypeError(f"defaults must be a dict of add() options, got {defaults!r}")
     unknown = set(defaults) - JOB_OPTION_NAMES
@@ -59,7 +61,7 @@ def check_defaults(defaults: Mapping[str, Any] | None) -> dict[str, Any]:
         bad = ", ".join(sorted(unknown | ({"job_id"} & set(defaults))))
         raise TypeError(f"defaults take the options of add() except job_id; not: {bad}")
     JobOptions.build(**defaults)  # raises on a bad value, naming it
-    return dict(defaults)
+    return MappingProxyType(dict(defaults))
 
 
 # Generic[J] named last as well: the API reference's griffe extension
@@ -123,6 +125,10 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
         self.max_payload_bytes = max_payload_bytes
         self.defaults = check_defaults(defaults)
         self.timeout = timeout
+        # A plain add (no option given) takes these: its options and row,
+        # checked and encoded once
+        self._plain_options = JobOptions.build(**self.defaults)
+        self._plain_row = JobRow.of("", b"", self._plain_options)
 
     def sibling(self, name: str) -> QueueCore[J]:
         """Another queue on the same connection (a flow's other queues)."""
@@ -139,12 +145,17 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
         """One job's options: the queue's defaults, then those given (a
         ``None`` is not given)."""
         chosen = {k: v for k, v in given.items() if v is not None}
-        return JobOptions.build(**(self.defaults | chosen if self.defaults else chosen))
+        if not chosen:
+            return self._plain_options
+        return JobOptions.build(**{**self.defaults, **chosen})
 
     def _encode(self, name: Any, data: Any, options: JobOptions) -> JobRow:
         """One job as the add script writes it; raises before any write."""
         validate_name("job name", name)
         raw = payload.dump_json(data, f"data of job {name!r}", self.max_payload_bytes)
+        if options is self._plain_options:  # its fields were encoded once
+            plain = self._plain_row
+            return JobRow("", plain.priority, plain.delay_ms, name, raw, plain.option_fields)
         return JobRow.of(name, raw, options)
 
     def _add_encoded(
@@ -226,20 +237,34 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
             manual_retry_only: Never retry automatically: a failure, a stall
                 or a forced stop leaves the job failed for a person to retry.
         """
-        options = self._options(
-            {
-                "job_id": job_id,
-                "delay": delay,
-                "priority": priority,
-                "attempts": attempts,
-                "backoff": backoff,
-                "timeout": timeout,
-                "keep_completed": keep_completed,
-                "keep_failed": keep_failed,
-                "group": group,
-                "manual_retry_only": manual_retry_only,
-            }
-        )
+        if (
+            job_id is None
+            and delay is None
+            and priority is None
+            and attempts is None
+            and backoff is None
+            and timeout is None
+            and keep_completed is None
+            and keep_failed is None
+            and group is None
+            and manual_retry_only is None
+        ):
+            options = self._plain_options  # the plain add: checked once
+        else:
+            options = self._options(
+                {
+                    "job_id": job_id,
+                    "delay": delay,
+                    "priority": priority,
+                    "attempts": attempts,
+                    "backoff": backoff,
+                    "timeout": timeout,
+                    "keep_completed": keep_completed,
+                    "keep_failed": keep_failed,
+                    "group": group,
+                    "manual_retry_only": manual_retry_only,
+                }
+            )
         encoded = self._encode(name, data, options)
         return (yield from self._add_encoded([encoded], [data], [options]))[0]
 

@@ -5,6 +5,7 @@ A part of :class:`sandboxq.core.QueueCore`, sans-I/O like the rest (see
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sandboxq import payload
@@ -18,7 +19,7 @@ class ScheduleOps:
     """Schedules of one queue, stored in its Redis keys."""
 
     keys: QueueKeys
-    defaults: dict[str, Any]
+    defaults: Mapping[str, Any]
     max_payload_bytes: int
 
     def _schedule(

@@ -1074,6 +1074,20 @@ def test_queue_defaults_fill_the_options_a_call_leaves_out(redis_url: str, queue
     assert (bulk.attempts, bulk.priority) == (4, 7)
 
 
+def test_queue_defaults_are_read_only(redis_url: str, queue: Queue) -> None:
+    # Given a queue with defaults, which it checked and encoded once
+    given = {"attempts": 4}
+    q = Queue(queue.name, url=redis_url, defaults=given)
+    # When the caller's dict changes, or someone writes to the queue's
+    given["attempts"] = 9
+    with pytest.raises(TypeError):
+        q.defaults["attempts"] = 9  # type: ignore[index]
+    # Then the queue's defaults are the ones it checked, and a plain add takes them
+    assert q.defaults == {"attempts": 4}
+    assert q.add("x").attempts == 4
+    assert q.add("x", delay=5).attempts == 4
+
+
 def test_queue_defaults_reach_schedules(redis_url: str, queue: Queue) -> None:
     q = Queue(queue.name, url=redis_url, defaults={"attempts": 5, "delay": 60})
     first = int(q.schedule("tick", every=1, name="x")["next_run"] * 1000)
