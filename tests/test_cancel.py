@@ -479,7 +479,7 @@ def test_a_prefetched_job_dropped_for_its_cancel_spends_no_attempt(queue: Queue)
 
     # Then no attempt was made and it never started
     job = fields(queue, job_id)
-    assert (job["attempts_made"], job.get("started_at")) == (0, None)
+    assert (job.get("attempts_made", 0), job.get("started_at")) == (0, None)
 
 
 # -- a request outlives its worker --------------------------------------------------------

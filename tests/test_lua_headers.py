@@ -274,11 +274,13 @@ def test_every_script_includes_what_its_includes_need() -> None:
     # Then a script missing a needed include, or with one in the wrong
     # order, is refused when it loads rather than failing when that line runs
     with pytest.raises(RuntimeError, match="includes retention, so it must include flow too"):
-        check_includes("broken", ["common", "retention", "cancel"])
+        check_includes("broken", ["common", "moves", "retention", "cancel"])
     with pytest.raises(RuntimeError, match="must include cancel before hand_back_one"):
-        check_includes("broken", ["common", "retention", "flow", "hand_back_one", "cancel"])
+        check_includes(
+            "broken", ["common", "moves", "retention", "flow", "hand_back_one", "cancel"]
+        )
     with pytest.raises(RuntimeError, match="must include retention before flow"):
-        check_includes("broken", ["common", "flow", "retention"])
+        check_includes("broken", ["common", "moves", "flow", "retention"])
 
 
 @pytest.mark.parametrize("script", sorted(SAMPLES))

@@ -153,7 +153,11 @@ def test_add_without_delay_writes_the_hash_and_puts_the_job_in_wait(queue: Queue
     assert job["name"] == "work"
     assert job["data"] == {"n": 1}
     assert job["created_at"] == NOW / 1000
-    assert (job["attempts"], job["attempts_made"], job["stalls"]) == (3, 0, 0)
+    assert job["attempts"] == 3
+    # and the counts that start at 0 are not written: a missing count reads as 0
+    assert "attempts_made" not in job and "stalls" not in job
+    added = queue.get_job("1")
+    assert (added.attempts_made, added.stalls) == (0, 0)
     # and a blocked worker is woken, and an event records it
     assert queue.client.zcard(queue.keys.marker) == 1
     assert events(queue) == [("added", {"state": "waiting"})]
@@ -482,7 +486,7 @@ def test_completing_a_job_stores_the_result_and_moves_it_to_completed(queue: Que
     assert job["state"] == "completed"
     assert job["result"] == {"ok": [1, 2]}
     assert job["finished_at"] == (NOW + 2_000) / 1000
-    assert job["attempts_made"] == 1
+    assert job.get("attempts_made", 0) == 1
     assert "token" not in job
     assert event_names(queue, job_id) == ["added", "active", "completed"]
 
@@ -504,7 +508,7 @@ def test_a_failed_attempt_with_attempts_left_is_retried_after_the_delay(queue: Q
     job = fields(queue, job_id)
     assert job["state"] == "delayed"
     assert (job["error"], job["traceback"]) == ("ValueError: boom", "Traceback...")
-    assert job["attempts_made"] == 1
+    assert job.get("attempts_made", 0) == 1
     assert "token" not in job
     assert events(queue, job_id)[-2:] == [
         ("retrying", {"delay_ms": "2000"}),
@@ -544,7 +548,7 @@ def test_a_failed_last_attempt_fails_the_job_for_good(queue: Queue) -> None:
     assert queue.client.zcard(queue.keys.wait) == 0
     job = fields(queue, job_id)
     assert (job["state"], job["error"], job["traceback"]) == ("failed", "second", "tb")
-    assert job["attempts_made"] == 2
+    assert job.get("attempts_made", 0) == 2
     assert job["finished_at"] == (NOW + 3) / 1000
     assert events(queue, job_id)[-1] == ("failed", {"error": "second"})
 
@@ -560,7 +564,7 @@ def test_an_unrecoverable_error_fails_at_once_despite_attempts_left(queue: Queue
     assert statuses == ["failed"]
     assert ids(queue, queue.keys.failed) == [job_id]
     job = fields(queue, job_id)
-    assert (job["state"], job["error"], job["attempts_made"]) == (
+    assert (job["state"], job["error"], job.get("attempts_made", 0)) == (
         "failed",
         "Unrecoverable: bad",
         1,
@@ -577,12 +581,12 @@ def test_a_retry_outcome_reschedules_without_spending_an_attempt(queue: Queue) -
     # Then it is delayed and its one attempt is still unspent
     assert statuses == ["retrying"]
     assert members(queue, queue.keys.delayed) == [(job_id, NOW + 1_010)]
-    assert fields(queue, job_id)["attempts_made"] == 0
+    assert fields(queue, job_id).get("attempts_made", 0) == 0
 
     # and when it runs again and fails, that first real attempt fails it
     assert fetch_ids(queue, NOW + 1_010) == [job_id]
     assert finish(queue, NOW + 1_020, outcome(job_id, "failed", "boom")) == ["failed"]
-    assert fields(queue, job_id)["attempts_made"] == 1
+    assert fields(queue, job_id).get("attempts_made", 0) == 1
 
 
 @pytest.mark.parametrize("manual_retry_only", ["0", "1"])
@@ -602,7 +606,7 @@ def test_an_unstarted_job_waits_again_at_its_place_with_nothing_spent(
     assert statuses == ["unstarted"]
     assert ids(queue, queue.keys.wait) == [job_id, *behind]
     job = fields(queue, job_id)
-    assert (job["state"], job["attempts_made"], job["retries"]) == ("waiting", 1, 2)
+    assert (job["state"], job.get("attempts_made", 0), job["retries"]) == ("waiting", 1, 2)
     assert "token" not in job and "started_at" not in job
     assert events(queue, job_id)[-1] == ("waiting", {"from": "unstarted"})
     assert queue.client.zcard(queue.keys.active) == 0
@@ -621,7 +625,7 @@ def test_an_unstarted_job_with_a_delay_waits_in_delayed(queue: Queue) -> None:
     # Then it is delayed until then, nothing spent
     assert members(queue, queue.keys.delayed) == [(job_id, NOW + 5001)]
     job = fields(queue, job_id)
-    assert (job["state"], job["attempts_made"]) == ("delayed", 0)
+    assert (job["state"], job.get("attempts_made", 0)) == ("delayed", 0)
     assert events(queue, job_id)[-1] == ("delayed", {"delay_ms": "5000"})
 
 
@@ -636,7 +640,7 @@ def test_an_unstarted_job_with_a_cancel_request_is_cancelled(queue: Queue) -> No
     # Then it is cancelled instead, and it never ran
     assert statuses == ["cancelled"]
     job = fields(queue, job_id)
-    assert (job["state"], job["attempts_made"]) == ("cancelled", 0)
+    assert (job["state"], job.get("attempts_made", 0)) == ("cancelled", 0)
     assert job["error"] == "cancelled by bob: done (never started)"
     assert queue.client.zcard(queue.keys.delayed) == 0
 
@@ -737,7 +741,7 @@ def test_a_repeated_finish_of_a_retried_job_still_says_settled(queue: Queue) -> 
     # Then it says how that lease was settled, and the new lease is untouched
     assert statuses == ["settled:retrying"]
     assert fields(queue, job_id)["token"] == OTHER
-    assert fields(queue, job_id)["attempts_made"] == 1
+    assert fields(queue, job_id).get("attempts_made", 0) == 1
 
 
 # -- renew --------------------------------------------------------------------
@@ -789,7 +793,7 @@ def test_an_expired_lease_goes_back_to_wait_at_its_original_place(queue: Queue) 
     assert ids(queue, queue.keys.wait) == [first, second, third]
     assert queue.client.zcard(queue.keys.active) == 0
     job = fields(queue, first)
-    assert (job["state"], job["stalls"], job["attempts_made"]) == ("waiting", 1, 0)
+    assert (job["state"], job.get("stalls", 0), job.get("attempts_made", 0)) == ("waiting", 1, 0)
     assert "token" not in job
     assert events(queue, first)[-2:] == [
         ("stalled", {"stalls": "1"}),
@@ -812,7 +816,7 @@ def test_a_job_that_stalls_more_than_max_stalls_fails(queue: Queue) -> None:
     assert members(queue, queue.keys.failed) == [(job_id, later)]
     assert queue.client.zcard(queue.keys.wait) == 0
     job = fields(queue, job_id)
-    assert (job["state"], job["error"], job["stalls"]) == ("failed", "stalled 2 times", 2)
+    assert (job["state"], job["error"], job.get("stalls", 0)) == ("failed", "stalled 2 times", 2)
     assert job["finished_at"] == later / 1000
     assert events(queue, job_id)[-1] == ("failed", {"error": "stalled 2 times"})
 
@@ -862,7 +866,7 @@ def test_release_gives_jobs_back_at_their_place_without_counting_a_stall(
     assert ids(queue, queue.keys.wait) == [first, second, third]
     assert queue.client.zcard(queue.keys.active) == 0
     job = fields(queue, first)
-    assert (job["state"], job["stalls"], job["attempts_made"]) == ("waiting", 0, 0)
+    assert (job["state"], job.get("stalls", 0), job.get("attempts_made", 0)) == ("waiting", 0, 0)
     assert "token" not in job and "started_at" not in job
     assert events(queue, first)[-1] == ("waiting", {"from": "released"})
 
@@ -910,11 +914,11 @@ def test_release_tells_jobs_that_never_ran_from_jobs_that_may_have_run(queue: Qu
     assert released == [never_ran, plain]
     assert ids(queue, queue.keys.wait) == [never_ran, plain]
     job = fields(queue, never_ran)
-    assert (job["state"], job["attempts_made"], job["stalls"]) == ("waiting", 0, 0)
+    assert (job["state"], job.get("attempts_made", 0), job.get("stalls", 0)) == ("waiting", 0, 0)
     assert events(queue, never_ran)[-1] == ("waiting", {"from": "released"})
     # ... the manual_retry_only one that may have run fails, as before
     job = fields(queue, may_have_run)
-    assert (job["state"], job["attempts_made"]) == ("failed", 1)
+    assert (job["state"], job.get("attempts_made", 0)) == ("failed", 1)
     assert job["error"] == "interrupted by a forced shutdown (not retried: manual_retry_only)"
     # ... and a pending cancel cancels either kind, saying whether it ran
     assert ids(queue, queue.keys.cancelled) == cancelled
@@ -946,7 +950,11 @@ def test_reclaim_hands_back_the_jobs_a_lost_fetch_leased_without_a_stall(
     assert sorted(ids(queue, queue.keys.active)) == sorted([running, theirs])
     for job_id in (lost, manual):
         job = fields(queue, job_id)
-        assert (job["state"], job["stalls"], job["attempts_made"]) == ("waiting", 0, 0)
+        assert (job["state"], job.get("stalls", 0), job.get("attempts_made", 0)) == (
+            "waiting",
+            0,
+            0,
+        )
         assert "token" not in job
         assert events(queue, job_id)[-1] == ("waiting", {"from": "unstarted"})
 
@@ -1397,7 +1405,7 @@ def test_retry_sends_a_failed_job_back_with_a_fresh_budget(queue: Queue) -> None
     assert ids(queue, queue.keys.wait) == [waiting, job_id]
     assert queue.client.zcard(queue.keys.failed) == 0
     job = fields(queue, job_id)
-    assert (job["state"], job["attempts_made"], job["error"]) == ("waiting", 0, "boom")
+    assert (job["state"], job.get("attempts_made", 0), job["error"]) == ("waiting", 0, "boom")
     assert "finished_at" not in job and "started_at" not in job
     # and retrying a job that is not failed does nothing
     assert queue.scripts.retry(queue.keys, waiting) == []

@@ -16,6 +16,7 @@
 --
 -- Returns the new job ids, one per node, in the same order.
 --!include common
+--!include moves
 local now, maxlen = tonumber(ARGV[2]), ARGV[3]
 local ids, prefixes = {}, {}
 
@@ -48,7 +49,7 @@ while i <= #ARGV do
   local id = tostring(redis.call('INCR', prefix .. 'id'))
   local job_key = prefix .. 'job:' .. id
   redis.call('HSET', job_key, 'priority', priority, 'created_at', num(now),
-    'attempts_made', 0, 'stalls', 0, unpack(ARGV, first, last))
+    unpack(ARGV, first, last))
   if parent > 0 then
     redis.call('HSET', job_key, 'parent_prefix', prefixes[parent], 'parent_id', ids[parent],
       'ref', queue .. ':' .. id, 'fail_parent', fail_parent, 'ignore_failure', ignore_failure)

@@ -30,6 +30,7 @@
 -- job, or "corrupt" when its key holds something other than a hash (remove
 -- it instead). Nothing is written (nor audited) in the last three cases.
 --!include common
+--!include moves
 --!include retention
 --!include flow
 --!include cancel

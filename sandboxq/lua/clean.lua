@@ -15,6 +15,7 @@
 -- own set: the count applies to the ungrouped set and to each group's.
 -- Returns how many jobs were removed; call again while it returns `limit`.
 --!include common
+--!include moves
 --!include retention
 --!include flow
 local prefix, now, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]

@@ -11,6 +11,7 @@
 --
 -- Returns how many jobs were removed; call again while it returns `limit`.
 --!include common
+--!include moves
 --!include retention
 --!include flow
 local prefix, now, maxlen, limit = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[5])

@@ -55,6 +55,7 @@
 -- are usable, else a message such as "setting 'rl_max' = 'abc' is not a
 -- number" (the value cut to 50 bytes, other than printable ASCII as \xNN).
 --!include common
+--!include moves
 --!include promote
 --!include retention
 --!include flow

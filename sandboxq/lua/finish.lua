@@ -52,6 +52,7 @@
 -- lease expired and it was recovered, or it was removed). A lost or settled
 -- job is left untouched.
 --!include common
+--!include moves
 --!include retention
 --!include flow
 --!include cancel

@@ -22,6 +22,7 @@
 -- Returns the ids handed back to waiting (those still leased with this
 -- token, neither cancelled nor failed).
 --!include common
+--!include moves
 --!include retention
 --!include flow
 --!include cancel

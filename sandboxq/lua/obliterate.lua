@@ -13,6 +13,7 @@
 -- Returns -1 if jobs are active and force was not given, else how many jobs
 -- were deleted in this step; 0 means the queue is gone.
 --!include common
+--!include moves
 --!include retention
 --!include flow
 local prefix, now, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]

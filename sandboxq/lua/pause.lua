@@ -8,6 +8,7 @@
 --
 -- Returns 1 if the state changed, 0 if it already was as asked.
 --!include common
+--!include moves
 local prefix, now, maxlen, by = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[5]
 local changed
 if ARGV[4] == '1' then

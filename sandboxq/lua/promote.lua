@@ -10,6 +10,7 @@
 -- A job whose key holds no hash goes to `failed` instead (quarantine, in
 -- include/common.lua). Returns how many jobs were promoted.
 --!include common
+--!include moves
 --!include promote
 local prefix, now, maxlen, id = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 if id == '' then

@@ -21,6 +21,7 @@
 --
 -- Returns the ids handed back.
 --!include common
+--!include moves
 --!include retention
 --!include flow
 --!include cancel

@@ -21,6 +21,7 @@
 --
 -- Returns {requeued ids, failed ids, cancelled ids}.
 --!include common
+--!include moves
 --!include retention
 --!include flow
 --!include cancel

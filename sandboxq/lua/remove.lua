@@ -13,6 +13,7 @@
 -- Returns 1 if removed, 0 if there is no such job, -1 if the job is active
 -- (a worker holds its lease; remove it once it finishes).
 --!include common
+--!include moves
 --!include retention
 --!include flow
 local prefix, now, maxlen, id, by = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]

@@ -15,6 +15,7 @@
 -- hash is gone leaves the set. Returns the ids moved (empty if the job is
 -- not failed).
 --!include common
+--!include moves
 local prefix, now, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local id, limit, by, reset_steps = ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7] == '1'
 

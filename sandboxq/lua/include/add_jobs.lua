@@ -1,7 +1,8 @@
 -- Create jobs from a run of ARGV, shared by add.lua and fire_schedule.lua.
 -- Per job: job_id ("" = generate), priority, delay_ms, n, then n field/value
 -- pairs written to the job hash as they are. A job id that exists already
--- is left alone (deduplication).
+-- is left alone (deduplication). Counts that start at 0 (attempts_made,
+-- stalls) are not written: every reader takes a missing count for 0.
 --
 -- `k` holds the key names: id, seq, wait, delayed, marker, events.
 -- Returns a flat array (id, 1 if created else 0, ...).
@@ -35,7 +36,7 @@ local function add_jobs(prefix, now, maxlen, k, args, first_index)
     else
       if delay > 0 then
         redis.call('HSET', job_key, 'priority', priority, 'created_at', num(now),
-          'attempts_made', 0, 'stalls', 0, 'state', 'delayed', unpack(args, first, last))
+          'state', 'delayed', unpack(args, first, last))
         redis.call('ZADD', k.delayed, num(now + delay), id)
         emit(k.events, maxlen, 'added', id, 'state', 'delayed', 'delay_ms', num(delay))
         emit(k.events, maxlen, 'delayed', id, 'delay_ms', num(delay))
@@ -47,8 +48,7 @@ local function add_jobs(prefix, now, maxlen, k, args, first_index)
         end
         local seq, since = next_seq(prefix .. 'seq'), num(now)
         redis.call('HSET', job_key, 'priority', priority, 'created_at', since,
-          'attempts_made', 0, 'stalls', 0, 'state', 'waiting', 'seq', seq, 'waiting_since', since,
-          unpack(args, first, last))
+          'state', 'waiting', 'seq', seq, 'waiting_since', since, unpack(args, first, last))
         enter_wait(prefix, id, wait_score(prefix, priority, seq, since), group)
         emit(k.events, maxlen, 'added', id, 'state', 'waiting')
       end

@@ -3,7 +3,7 @@
 -- child's "queue:id"), fail_parent and ignore_failure ("1"/"0"). The parent's
 -- keys are built from parent_prefix, which add_flow.lua checked shares this
 -- queue's hash tag, so they are in the same slot.
--- Needs: common, retention (whose on_job_deleted this sets).
+-- Needs: common, moves, retention (whose on_job_deleted this sets).
 
 -- The children's results a parent reads, as one JSON object {ref: result}.
 local function children_json(prefix, id)

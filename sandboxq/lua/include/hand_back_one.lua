@@ -6,7 +6,7 @@
 -- caller's token) and read whether a cancel is pending, so no read repeats.
 -- `detail`: what became of its run, for a cancel's message; `from`: the
 -- `waiting` event's source. Returns true if the job went back to waiting.
--- Needs: common, retention, flow and cancel.
+-- Needs: common, moves, retention, flow and cancel.
 local function hand_back_one(prefix, job_key, id, now, maxlen, cancel_requested, cancelled_key,
     requests_key, events_key, detail, from)
   if cancel_requested then

@@ -1,7 +1,7 @@
 -- Move delayed jobs whose time has come into the waiting set (one whose
 -- key holds no hash goes to `failed` instead: see quarantine).
 -- Returns how many were moved (at most `limit`).
--- Needs: common.
+-- Needs: common, moves.
 local function promote_due(prefix, delayed_key, events_key, maxlen, now, limit)
   local due = redis.call('ZRANGEBYSCORE', delayed_key, '-inf', num(now), 'LIMIT', 0, limit)
   for _, id in ipairs(due) do
