@@ -511,7 +511,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     # The issue's goals last, in its order, each beside its bound: the block
     # to read first. A goal whose tests did not run has no line.
     by_number = sorted(goals.items(), key=lambda item: int(item[0].split()[1]))
-    _write_section(tr, "goals (issue: speed; this run only)", dict(by_number))
+    _write_section(tr, "goals (issue #28, speed third round; this run only)", dict(by_number))
 
 
 def _write_section(tr: Any, title: str, lines: dict[str, str]) -> None:
