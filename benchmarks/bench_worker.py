@@ -203,8 +203,8 @@ def timed_drain(
     benchmark: Any, queue: Queue, worker: WorkerProcess, jobs: int
 ) -> tuple[float, float, float, ForeignLoad]:
     """Resume the paused ``queue`` its idle worker serves and time the drain
-    of its ``jobs`` jobs: seconds until the last one finished, the CPU per
-    job (us) of the worker's parent and of its children together, and how
+    of its ``jobs`` jobs: seconds until the last one finished, the worker
+    parent's CPU per job (us), all its children's CPU per job (us), and how
     busy other processes kept the machine. The CPU times are read before
     ``resume()`` and once the jobs are done, with the worker still running."""
     worker.wait_idle()
