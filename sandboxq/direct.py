@@ -38,6 +38,7 @@ from typing import Any
 import hiredis
 import redis
 import redis.asyncio
+import redis.asyncio.connection
 
 #: A pool may be bounded on purpose (``max_connections``), and a connection
 #: kept out of a small one would starve its other users; redis-py's own
@@ -46,15 +47,28 @@ PINNED_POOL_MIN_CONNECTIONS = 16
 
 _PINNED_ATTRIBUTE = "_sandboxq_pinned"
 
+#: How many forks this process descends from: a pinned connection made
+#: before the last one is the parent's. (Counted at fork rather than
+#: os.getpid() per command: getpid is a system call, on the hot path.)
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
 
 class _Pinned:
     """The connection a client's :func:`execute` keeps: kept on the client
     (as ``_sandboxq_pinned``), so it lives and dies with it."""
 
-    __slots__ = ("connection", "lock", "pid")
+    __slots__ = ("connection", "forks", "lock")
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
-        self.pid = os.getpid()
+        self.forks = _forks
         self.lock = threading.Lock()
         # Handed out by the pool and never given back: the pool counts it as
         # in use, so closing the client closes it too.
@@ -94,7 +108,7 @@ def _pinned(client: redis.Redis) -> _Pinned | None:
     """The client's pinned connection, made on first use; None where its
     pool is not redis-py's own or is a small one."""
     pinned: _Pinned | None = client.__dict__.get(_PINNED_ATTRIBUTE)
-    if pinned is not None and pinned.pid == os.getpid():
+    if pinned is not None and pinned.forks == _forks:
         return pinned
     pool = client.connection_pool
     if type(pool) is not redis.ConnectionPool or pool.max_connections < PINNED_POOL_MIN_CONNECTIONS:
@@ -129,10 +143,10 @@ def _round_trip(connection: Any, packed: list[bytes]) -> Any:
 class _PinnedAsync:
     """:class:`_Pinned` for an asyncio client: one per event loop and process."""
 
-    __slots__ = ("busy", "connection", "loop", "pid")
+    __slots__ = ("busy", "connection", "forks", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.pid = os.getpid()
+        self.forks = _forks
         self.loop = loop
         self.busy = False
         self.connection: Any = None  # made by the first command (the pool's is a coroutine)
@@ -161,10 +175,19 @@ async def execute_async(client: redis.asyncio.Redis, args: tuple[Any, ...]) -> A
         pinned.busy = False
 
 
+#: The asyncio connection's readiness check: redis-py 8 renamed it, and
+#: warns (at a cost on every call) where the old name is used.
+_ASYNC_CAN_READ = (
+    "can_read"
+    if hasattr(redis.asyncio.connection.AbstractConnection, "can_read")
+    else "can_read_destructive"
+)
+
+
 async def _check_idle_async(connection: Any) -> None:
     """:func:`_check_idle` on an asyncio connection."""
     try:
-        stale = await connection.can_read_destructive()
+        stale = await getattr(connection, _ASYNC_CAN_READ)()
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         stale = True
     if stale:
@@ -187,7 +210,7 @@ async def _round_trip_async(connection: Any, packed: list[bytes]) -> Any:
 def _pinned_async(client: redis.asyncio.Redis) -> _PinnedAsync | None:
     loop = asyncio.get_running_loop()
     pinned: _PinnedAsync | None = client.__dict__.get(_PINNED_ATTRIBUTE)
-    if pinned is not None and pinned.loop is loop and pinned.pid == os.getpid():
+    if pinned is not None and pinned.loop is loop and pinned.forks == _forks:
         return pinned
     pool = client.connection_pool
     if (
