@@ -1029,6 +1029,30 @@ def test_keep_completed_count_keeps_only_the_newest_jobs(queue: Queue) -> None:
     assert queue.client.exists(queue.keys.job(jobs[1])) == 1
 
 
+def test_a_finish_batch_keeps_what_finishing_one_by_one_keeps(queue: Queue) -> None:
+    # Given two completed jobs kept "at most 2", and five more leased: three
+    # kept "at most 2" (a run that finish.lua trims once), then one kept
+    # "at most 1", then one kept always
+    old = [queue.add("x", keep_completed=2).id for _ in range(2)]
+    for job_id in old:
+        run_to_completion(queue, job_id, NOW)
+    run = [queue.add("x", keep_completed=2).id for _ in range(3)]
+    single = queue.add("x", keep_completed=1).id
+    always = queue.add("x", keep_completed=True).id
+    assert fetch_ids(queue, NOW + 1, 5) == [*run, single, always]
+
+    # When all five finish in one call
+    entries = [outcome(job_id, "completed", 1) for job_id in [*run, single, always]]
+    assert finish(queue, NOW + 1, *entries) == ["completed"] * 5
+
+    # Then each job's retention held as it would have one job at a time: the
+    # run kept the newest two of its set, the next job the newest one, and
+    # the job kept always entered after that trim, so it stays too
+    assert ids(queue, queue.keys.completed) == [single, always]
+    gone = [*old, *run]
+    assert queue.client.exists(*(queue.keys.job(job_id) for job_id in gone)) == 0
+
+
 def test_keep_completed_age_drops_jobs_finished_too_long_ago(queue: Queue) -> None:
     # Given jobs that keep completed jobs for 10 s
     a, b, c = (queue.add("x", keep_completed={"age": 10}).id for _ in range(3))

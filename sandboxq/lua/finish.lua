@@ -211,7 +211,8 @@ for i = first_job, #ARGV, 6 do
     redis.call(unpack(settle))
     if started then emit(KEYS[6], maxlen, 'active', id) end
     if f[4] then notify_parent(job_key, now, maxlen, true, value) end
-    file_finished(prefix, job_key, KEYS[4], id, now, 'kc_count', 'kc_age', maxlen, {f[7], f[8]})
+    file_finished(prefix, job_key, KEYS[4], id, now, 'kc_count', 'kc_age', maxlen, {f[7], f[8]},
+      true)
     -- The result travels in the event when small; a follower reads a big
     -- one from the job (`result_bytes` says how big it is).
     if #value <= EVENT_RESULT_BYTES then
@@ -246,4 +247,5 @@ for i = first_job, #ARGV, 6 do
   end
   out[#out + 1] = status
 end
+flush_trims()
 return out

@@ -42,20 +42,53 @@ local function trim_finished(prefix, set_key, now, max_count, max_age_ms, limit,
   return removed
 end
 
+-- A batch that files many jobs into one finished set (finish.lua) trims
+-- once for a run of jobs with the same retention: per set, the run's
+-- retention waits here until a job with another one is filed into that
+-- set, or the script ends (flush_trims). Keeping the newest N, or those
+-- younger than an age at one `now`, ends the same whether trimmed after
+-- each job or once after the run.
+local deferred_trims, deferred_order = {}, {}
+
+local function trim_deferred(set_key)
+  local t = deferred_trims[set_key]
+  if t then
+    deferred_trims[set_key] = nil
+    trim_finished(t.prefix, set_key, t.now, t.count, t.age, 1000, t.maxlen)
+  end
+end
+
+-- Apply every deferred trim, in the order their sets were first filed.
+local function flush_trims()
+  for _, set_key in ipairs(deferred_order) do trim_deferred(set_key) end
+  deferred_order = {}
+end
+
 -- Put a job whose state and finished_at are written into its finished set
--- (completed or failed), then apply the job's own retention for that set.
--- `count_field` and `age_field` name the job's count/age fields; `keep`,
--- their values if the caller read them already.
+-- (completed or failed), then apply the job's own retention for that set:
+-- at once, or with `defer` once for its run (the caller then calls
+-- flush_trims before it returns). `count_field` and `age_field` name the
+-- job's count/age fields; `keep`, their values if the caller read them.
 local function file_finished(prefix, job_key, set_key, id, now, count_field, age_field, maxlen,
-    keep)
+    keep, defer)
   redis.call('HDEL', job_key, 'token')
-  redis.call('ZADD', set_key, num(now), id)
   keep = keep or redis.call('HMGET', job_key, count_field, age_field)
   -- Stored on the job: one that is not a count or a number keeps all.
   local max_count = stored_integer(keep[1], -1)
   local max_age_ms = stored_integer(keep[2], -1)
-  if max_count >= 0 or max_age_ms >= 0 then
+  local t = deferred_trims[set_key]
+  if t and (not defer or t.count ~= max_count or t.age ~= max_age_ms or t.now ~= now) then
+    trim_deferred(set_key)  -- a run ends: trim for it before this job enters
+    t = nil
+  end
+  redis.call('ZADD', set_key, num(now), id)
+  if max_count < 0 and max_age_ms < 0 then return end
+  if not defer then
     trim_finished(prefix, set_key, now, max_count, max_age_ms, 1000, maxlen)
+  elseif not t then
+    deferred_trims[set_key] = {prefix = prefix, now = now, count = max_count, age = max_age_ms,
+      maxlen = maxlen}
+    deferred_order[#deferred_order + 1] = set_key
   end
 end
 
