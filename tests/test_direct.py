@@ -36,6 +36,15 @@ def name() -> str:
 
 
 @pytest.fixture
+def client(redis_url: str, name: str) -> Iterator[redis.Redis]:
+    """A blocking client whose connections carry the test's name (this
+    module's, in place of the suite's ``client``)."""
+    conn = redis.Redis.from_url(redis_url, client_name=name)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
 def observer(redis_url: str) -> Iterator[redis.Redis]:
     """Another client: it reads CLIENT LIST and pushes what unblocks a BLPOP."""
     conn = redis.Redis.from_url(redis_url)
@@ -62,11 +71,10 @@ def wait_until_blocked(observer: redis.Redis, name: str, *, is_blocked: bool = T
 
 
 def test_a_command_interrupted_while_waiting_leaves_no_reply_for_the_next(
-    redis_url: str, observer: redis.Redis, name: str
+    client: redis.Redis, observer: redis.Redis, name: str
 ) -> None:
     # Given a client whose kept connection is blocked in a BLPOP, and a
     # signal that interrupts it once Redis shows it blocked
-    client = redis.Redis.from_url(redis_url, client_name=name)
     key = f"{name}:list"
 
     def interrupt(_signum: int, _frame: Any) -> None:
@@ -88,14 +96,12 @@ def test_a_command_interrupted_while_waiting_leaves_no_reply_for_the_next(
     observer.lpush(key, "v")
     assert execute(client, ("LLEN", key)) == 1
     observer.delete(key)
-    client.close()
 
 
 def test_a_thread_finding_the_kept_connection_busy_uses_another(
-    redis_url: str, observer: redis.Redis, name: str
+    client: redis.Redis, observer: redis.Redis, name: str
 ) -> None:
     # Given one thread whose command holds the kept connection (BLPOP)
-    client = redis.Redis.from_url(redis_url, client_name=name)
     key = f"{name}:list"
     popped: list[Any] = []
     blocked = Thread(target=lambda: popped.append(execute(client, ("BLPOP", key, "20"))))
@@ -109,14 +115,12 @@ def test_a_thread_finding_the_kept_connection_busy_uses_another(
     observer.lpush(key, "v")
     blocked.join(timeout=10)
     assert popped == [[key.encode(), b"v"]]
-    client.close()
 
 
 def test_a_forked_child_keeps_a_connection_of_its_own(
-    redis_url: str, observer: redis.Redis, name: str
+    client: redis.Redis, observer: redis.Redis, name: str
 ) -> None:
     # Given a client that already kept a connection
-    client = redis.Redis.from_url(redis_url, client_name=name)
     key = f"{name}:key"
     assert execute(client, ("PING",)) == b"PONG"
     # When a forked child runs commands on the same client object
@@ -133,7 +137,6 @@ def test_a_forked_child_keeps_a_connection_of_its_own(
     assert execute(client, ("GET", key)) == b"from-child"
     assert execute(client, ("PING",)) == b"PONG"
     observer.delete(key)
-    client.close()
 
 
 def test_closing_the_client_closes_the_kept_connection(
