@@ -46,6 +46,9 @@ import redis.asyncio.connection
 PINNED_POOL_MIN_CONNECTIONS = 16
 
 _PINNED_ATTRIBUTE = "_sandboxq_pinned"
+#: Held while a client's pinned connection is made (the first command of a
+#: client, or of a forked child).
+_PINNING = threading.Lock()
 
 #: How many forks this process descends from: a pinned connection made
 #: before the last one is the parent's. (Counted at fork rather than
@@ -54,8 +57,9 @@ _forks = 0
 
 
 def _count_fork() -> None:
-    global _forks
+    global _forks, _PINNING
     _forks += 1
+    _PINNING = threading.Lock()  # another thread of the parent may have held it
 
 
 os.register_at_fork(after_in_child=_count_fork)
@@ -84,7 +88,7 @@ def execute(client: redis.Redis, args: tuple[Any, ...]) -> Any:
         return _on_pooled_connection(client.connection_pool, args)
     try:
         connection = pinned.connection
-        if connection._sock is not None:
+        if connection._sock is not None:  # else it connects as it sends
             _check_idle(connection)
         return _round_trip(connection, [hiredis.pack_command(args)])
     finally:
@@ -113,10 +117,11 @@ def _pinned(client: redis.Redis) -> _Pinned | None:
     pool = client.connection_pool
     if type(pool) is not redis.ConnectionPool or pool.max_connections < PINNED_POOL_MIN_CONNECTIONS:
         return None
-    # (Two threads may both make one here at first; the one not kept is
-    # closed when it is collected.)
-    pinned = _Pinned(pool)
-    client.__dict__[_PINNED_ATTRIBUTE] = pinned
+    # Made once: a second one would stay "in use" in the pool for good.
+    with _PINNING:
+        pinned = client.__dict__.get(_PINNED_ATTRIBUTE)
+        if pinned is None or pinned.forks != _forks:
+            pinned = client.__dict__[_PINNED_ATTRIBUTE] = _Pinned(pool)
     return pinned
 
 
