@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,16 +236,30 @@ def test_stats_watch_refreshes_the_given_number_of_times(queue: Queue, cli: Cli)
     assert [s["counts"]["waiting"] for s in snapshots] == [1, 1, 1]
 
 
+@contextmanager
+def ctrl_c_reaches_children() -> Iterator[None]:
+    """Processes started inside get SIGINT's default action (Python's
+    KeyboardInterrupt) even where this one ignores SIGINT, as it does when
+    the suite was started in the background or under nohup: an ignored
+    signal stays ignored across exec, a handler does not."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_stats_watch_runs_until_ctrl_c(queue: Queue, redis_url: str) -> None:
     queue.add("x")
     command = ["stats", queue.name, "--watch", "--interval", "0.05", "--json", "--url", redis_url]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sandboxq", *command],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    with ctrl_c_reaches_children():
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sandboxq", *command],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
     try:
         assert json.loads(read_line(process))["counts"]["waiting"] == 1
         process.send_signal(signal.SIGINT)
