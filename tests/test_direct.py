@@ -1,8 +1,8 @@
-"""``sandboxq.direct``: the producer's commands on a connection it keeps.
+"""``sandboxq.direct``: the producer's commands, past redis-py's client layer.
 
 Each test gives its client a name of its own, so Redis's CLIENT LIST tells
 its connections apart from every other test's: a connection blocked in
-BLPOP is how a test knows a command is under way on the kept connection.
+BLPOP is how a test knows a command is under way.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import redis.asyncio
 
 from sandboxq import Queue
 from sandboxq.direct import execute, execute_async
+from tests.topologies import SentinelSet
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,7 +74,7 @@ def wait_until_blocked(observer: redis.Redis, name: str, *, is_blocked: bool = T
 def test_a_command_interrupted_while_waiting_leaves_no_reply_for_the_next(
     client: redis.Redis, observer: redis.Redis, name: str
 ) -> None:
-    # Given a client whose kept connection is blocked in a BLPOP, and a
+    # Given a client whose command is blocked in a BLPOP, and a
     # signal that interrupts it once Redis shows it blocked
     key = f"{name}:list"
 
@@ -98,10 +99,10 @@ def test_a_command_interrupted_while_waiting_leaves_no_reply_for_the_next(
     observer.delete(key)
 
 
-def test_a_thread_finding_the_kept_connection_busy_uses_another(
+def test_a_thread_runs_a_command_while_another_waits_for_its_reply(
     client: redis.Redis, observer: redis.Redis, name: str
 ) -> None:
-    # Given one thread whose command holds the kept connection (BLPOP)
+    # Given one thread whose command waits for its reply (BLPOP)
     key = f"{name}:list"
     popped: list[Any] = []
     blocked = Thread(target=lambda: popped.append(execute(client, ("BLPOP", key, "20"))))
@@ -117,10 +118,10 @@ def test_a_thread_finding_the_kept_connection_busy_uses_another(
     assert popped == [[key.encode(), b"v"]]
 
 
-def test_a_forked_child_keeps_a_connection_of_its_own(
+def test_a_forked_childs_replies_are_its_own(
     client: redis.Redis, observer: redis.Redis, name: str
 ) -> None:
-    # Given a client that already kept a connection
+    # Given a client that has a connection already
     key = f"{name}:key"
     assert execute(client, ("PING",)) == b"PONG"
     # When a forked child runs commands on the same client object
@@ -139,10 +140,10 @@ def test_a_forked_child_keeps_a_connection_of_its_own(
     observer.delete(key)
 
 
-def test_closing_the_client_closes_the_kept_connection(
+def test_closing_the_client_closes_the_connections_adds_used(
     redis_url: str, observer: redis.Redis, name: str
 ) -> None:
-    # Given a queue whose client kept a connection for its adds
+    # Given a queue whose client ran an add
     client = redis.Redis.from_url(redis_url, client_name=name)
     queue = Queue(f"t-{name}", connection=client)
     queue.add("x", {"n": 1})
@@ -163,7 +164,7 @@ def test_an_async_command_cancelled_while_waiting_leaves_no_reply_for_the_next(
     key = f"{name}:list"
 
     async def scenario() -> Any:
-        # Given an asyncio client whose kept connection is blocked in a BLPOP
+        # Given an asyncio client whose command is blocked in a BLPOP
         client = redis.asyncio.Redis.from_url(redis_url, client_name=name)
         waiting = asyncio.create_task(execute_async(client, ("BLPOP", key, "20")))
         await asyncio.to_thread(wait_until_blocked, observer, name)
@@ -184,13 +185,13 @@ def test_an_async_command_cancelled_while_waiting_leaves_no_reply_for_the_next(
     observer.delete(key)
 
 
-def test_an_async_command_finding_the_kept_connection_busy_uses_another(
+def test_an_async_command_runs_while_another_waits_for_its_reply(
     redis_url: str, observer: redis.Redis, name: str
 ) -> None:
     key = f"{name}:list"
 
     async def scenario() -> tuple[Any, Any]:
-        # Given a coroutine whose command holds the kept connection (BLPOP)
+        # Given a coroutine whose command waits for its reply (BLPOP)
         client = redis.asyncio.Redis.from_url(redis_url, client_name=name)
         waiting = asyncio.create_task(execute_async(client, ("BLPOP", key, "20")))
         await asyncio.to_thread(wait_until_blocked, observer, name)
@@ -204,3 +205,29 @@ def test_an_async_command_finding_the_kept_connection_busy_uses_another(
         return pong, popped
 
     assert asyncio.run(scenario()) == (b"PONG", [key.encode(), b"v"])
+
+
+def test_a_wait_through_the_client_counts_the_add_before_it(sentinel_set: SentinelSet) -> None:
+    # Given a plain client of a master whose replica is stopped (SIGSTOP),
+    # so that it acknowledges nothing, and a queue on that client
+    master, replica = sentinel_set.servers
+    assert replica.process is not None
+    client = redis.Redis(host=master.host, port=master.port)
+    queue = Queue(f"t-wait-{uuid.uuid4().hex[:8]}", connection=client)
+    queue.add("x")  # connected, scripts loaded
+    # (and the replica has acknowledged everything so far)
+    assert client.execute_command("WAIT", 1, 5000) == 1
+    os.kill(replica.process.pid, signal.SIGSTOP)
+    try:
+        # When a producer adds a job, then sends WAIT through the client
+        # (docs/deploy.md: how to know a replica has the add)
+        queue.add("x", {"n": 1})
+        acknowledged = client.execute_command("WAIT", 1, 300)
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+    # Then WAIT ran on the add's connection and counted its writes, which no
+    # replica has (on a connection that last wrote before the add, it would
+    # count that connection's writes alone, acknowledged already, and say 1)
+    assert acknowledged == 0
+    queue.obliterate(force=True)
+    client.close()
