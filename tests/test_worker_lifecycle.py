@@ -190,14 +190,16 @@ def test_progress_and_log_lines_reach_redis(start_worker: StartWorker, queue: Qu
 def test_payloads_travel_as_bytes_and_bad_stored_json_fails_only_that_job(
     start_worker: StartWorker, queue: Queue
 ) -> None:
-    # Given a worker, a job with a large nested payload, and a job whose
-    # stored data another writer broke (the parent forwards data unparsed)
-    start_worker(procs=1)
+    # Given a job with a large nested payload, and a job whose stored data
+    # another writer broke (the parent forwards data unparsed), waiting for
+    # a worker (started after the damage: a running one could take the job
+    # before it)
     payload = {"rows": [{"id": i, "name": f"row {i}", "tags": ["a", "é"]} for i in range(3000)]}
     big = queue.add("ok", payload)
     broken = queue.add("ok", {"fine": True}, attempts=3)
     queue.client.hset(queue.keys.job(broken.id), "data", b"{not json")
     after = queue.add("ok", [1, 2])
+    start_worker(procs=1)
 
     # Then the payload reaches the handler whole, the broken job fails for
     # good (no retries) saying why, and the worker carries on
