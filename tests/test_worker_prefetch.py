@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import select
 import signal
+import threading
 import time
 from collections.abc import Callable
+
+import redis
 
 from sandboxq import Job, Queue
 from sandboxq.worker.broker import Broker, RoundResult
@@ -247,3 +250,75 @@ def test_the_broker_hands_back_jobs_that_never_ran_apart_from_those_that_may_hav
         assert "interrupted by a forced shutdown" in (failed.error or "")
     finally:
         broker.close()
+
+
+# -- an idle worker's wait ------------------------------------------------------------
+#: How long the idle worker's traffic is watched: well inside the 15 s
+#: between its stalled-job recoveries, and long enough for several of the
+#: 1 s re-arms an idle worker used to make.
+IDLE_WINDOW_SECONDS = 3.0
+
+
+def blocked_in_wait(queue: Queue) -> bool:
+    """A client is blocked in BZPOPMIN on the queue's marker: the idle wait."""
+    return any(
+        c.get("cmd") == "bzpopmin" and "b" in c.get("flags", "") for c in queue.client.client_list()
+    )
+
+
+def commands_seen(queue: Queue, seconds: float) -> list[str]:
+    """The commands clients sent Redis for ``seconds`` (MONITOR; not those
+    scripts ran), up to a marker ECHO the test sends, which is left out."""
+    marker = f"window-end-{time.monotonic_ns()}"
+    pool = queue.client.connection_pool
+    ender = redis.Redis(
+        connection_pool=redis.ConnectionPool(
+            connection_class=pool.connection_class, **pool.connection_kwargs
+        )
+    )
+    ender.ping()  # connected before the window opens
+    end_window = threading.Timer(seconds, ender.echo, (marker,))
+    seen: list[str] = []
+    with ender, queue.client.monitor() as monitor:
+        end_window.start()
+        try:
+            while marker not in (command := monitor.next_command())["command"]:
+                if command["client_type"] != "lua":
+                    seen.append(command["command"])
+        finally:
+            end_window.join()
+    return seen
+
+
+def test_an_idle_worker_sends_nothing_but_its_wait(queue: Queue, start_worker: StartWorker) -> None:
+    # Given an idle worker (a 60 s lease: recoveries 15 s apart)
+    start_worker("--lease", "60", procs=1)
+    wait_until(lambda: blocked_in_wait(queue), 10, "the worker blocked in its wait")
+
+    # When nothing happens for a while
+    seen = commands_seen(queue, IDLE_WINDOW_SECONDS)
+
+    # Then its wait is all it has in Redis: no re-arming fetch, no look at
+    # the schedules
+    assert seen == []
+    assert blocked_in_wait(queue)
+
+
+def test_an_idle_worker_stops_at_once_ending_its_wait(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    # Given an idle worker whose wait (carrying a fetch) lasts 30 s
+    worker = start_worker("--lease", "60", procs=1)
+    wait_until(lambda: blocked_in_wait(queue), 10, "the worker blocked in its wait")
+
+    # When it is asked to stop
+    worker.send_signal(signal.SIGTERM)
+
+    # Then it unblocks the wait rather than wait it out, and exits cleanly
+    # with nothing its wait's fetch leased left behind
+    assert worker.wait(20) == EXIT_OK, worker.log
+    assert not blocked_in_wait(queue)
+    assert worker.matching_lines("stopped cleanly")
+    assert not worker.matching_lines("lost fetch reply")
+    job = queue.add("noop")
+    assert queue.get_job(job.id).state == "waiting"  # no worker took it

@@ -418,6 +418,38 @@ def test_an_idle_worker_stops_cleanly_while_redis_refuses_writes(
     assert not worker.matching_lines("Traceback")
 
 
+def test_an_idle_worker_whose_user_may_not_unblock_still_stops_at_once(
+    start_worker: StartWorker, server: LocalRedis, admin: redis.Redis, producer: Queue
+) -> None:
+    # Given an idle worker whose Redis user may not use CLIENT (managed
+    # Redis often forbids it), waiting with a fetch for up to 30 s
+    admin.acl_setuser(
+        "no-client", enabled=True, passwords=["+secret"], keys=["*"], channels=["*"],
+        commands=["+@all", "-client"],
+    )  # fmt: skip
+    url = f"redis://no-client:secret@127.0.0.1:{server.port}/0"
+    worker = start_worker("--lease", "60", url=url, procs=1)
+    wait_until(lambda: blocked_waiters(admin), 10, "the worker blocked in its wait")
+
+    # When it is asked to stop
+    worker.send_signal(signal.SIGTERM)
+
+    # Then it gives its wait up instead, reclaims what the wait's fetch may
+    # have leased, and exits cleanly
+    assert worker.wait(20) == EXIT_OK, worker.log
+    assert worker.matching_lines("stopped cleanly")
+    assert not worker.matching_lines("Traceback")
+    job = producer.add("echo", 1)
+    assert producer.get_job(job.id).state == "waiting"  # nothing took it
+
+
+def blocked_waiters(admin: redis.Redis) -> bool:
+    """A client is blocked in BZPOPMIN: an idle worker's wait."""
+    return any(
+        c.get("cmd") == "bzpopmin" and "b" in c.get("flags", "") for c in admin.client_list()
+    )
+
+
 def test_a_busy_redis_is_waited_out(
     start_worker: StartWorker, server: LocalRedis, producer: Queue, tmp_path: Path
 ) -> None:

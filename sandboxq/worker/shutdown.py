@@ -41,8 +41,7 @@ class Shutdown:
         if not self.stopping:
             self.stopping = True
             self.stop_deadline = now + self._settings.shutdown_timeout
-            if not self._broker.wake_fetch_armed:  # else it answers within a second
-                self._broker.cancel_wait()
+            self._broker.stop_waiting()  # an idle wait may last a lease
             logs.event(
                 "shutting down: no new jobs, finishing those in flight",
                 logging.INFO,

@@ -16,7 +16,7 @@ non-blocking link.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sandboxq.redis_checks import ServerCheck, UnsupportedRedis
 from sandboxq.scripts import ScriptCall, lua_source
@@ -25,6 +25,9 @@ from sandboxq.worker.broker.result import RoundResult
 from sandboxq.worker.broker.server_setup import ServerSetup
 from sandboxq.worker.clock import ServerClock
 from sandboxq.worker.trouble import is_transient
+
+if TYPE_CHECKING:
+    from sandboxq.worker.broker.wait import Wait
 
 
 @dataclass(slots=True)
@@ -201,3 +204,19 @@ class DepthCommand(RawCommand):
 
     def undo(self, error: Exception) -> None:
         self.charts.forget_depth(self.queue)
+
+
+@dataclass(slots=True)
+class UnblockCommand(RawCommand):
+    """Stopping: CLIENT UNBLOCK of the idle wait, which then answers at once
+    (as if it timed out) with its fetch's reply (wait.py)."""
+
+    kind = "unblock"
+    wait: Wait
+
+    def answered_by(self, refusal: Exception) -> bool:
+        return True  # any refusal: give the wait up instead (apply)
+
+    def apply(self, reply: Any, end: RoundEnd) -> None:
+        if isinstance(reply, Exception):
+            self.wait.unblock_refused()

@@ -67,6 +67,14 @@ class Broker:
         self._connect(Endpoint.from_url(url, connect_timeout=self.reply_timeout))
         self.clock = ServerClock()
         self._make_parts(lease)
+        self.wait = Wait(
+            self.waiter,
+            self.keys,
+            reply_timeout=self.reply_timeout,
+            lease=lease,
+            leases=self.leases,
+            setup=self.setup,
+        )
         self.planner = Planner(
             self.keys,
             token=token,
@@ -77,15 +85,9 @@ class Broker:
             clock=self.clock,
             parts=(self.outbox, self.leases, self.timers, self.queue_faults, self.fetching),
             reads=(self.schedules, self.windows, self.charts, self.setup),
+            wait=self.wait,
         )
         self.reader = RoundReader(self.queue_faults, self.schedules.forget, self.setup.redo)
-        self.wait = Wait(
-            self.waiter,
-            self.keys,
-            reply_timeout=self.reply_timeout,
-            leases=self.leases,
-            setup=self.setup,
-        )
         self.round_trip = RoundTrip(
             self.link,
             self.planner,
@@ -180,7 +182,7 @@ class Broker:
     def has_pending(self) -> bool:
         """Something waits to be sent (a queue at fault holds its own), or a
         round is on its way."""
-        if self.round_trip.in_flight or self.schedules.busy():
+        if self.round_trip.in_flight or self.schedules.busy() or self.wait.unblock_wanted:
             return True
         now = time.monotonic()
         return any(
@@ -194,7 +196,7 @@ class Broker:
         jobs a lost reply may have leased, a schedule half-way fired, a
         durable step a child waits on (steps of several children still share
         a round when they come while one is in flight)."""
-        if self.schedules.busy():
+        if self.schedules.busy() or self.wait.unblock_wanted:
             return True
         unsure, steps = self.leases.unsure, self.outbox.steps
         if not unsure and not any(steps.values()):
@@ -225,9 +227,11 @@ class Broker:
 
     def retry_lapsed_faults(self, now: float) -> None:
         """A queue whose fault lapsed is tried again: look for work (the
-        next fetch from it says whether its settings are usable now)."""
+        next fetch from it says whether its settings are usable now) and at
+        its schedules."""
         if self.queue_faults.retry_lapsed(now):
             self.fetching.look_again()
+            self.schedules.look_now()
 
     def holds_jobs(self) -> bool:
         return self.leases.holds_jobs()
@@ -324,9 +328,18 @@ class Broker:
 
     @property
     def wake_fetch_armed(self) -> bool:
-        """The armed wait carries a fetch: let it answer rather than cancel
-        it, or what it may lease has to be reclaimed."""
-        return self.wait.fetch is not None
+        """The armed wait carries a fetch: a worker that stops lets it
+        answer (``stop_waiting``), and hands back what it brought."""
+        return self.wait.armed and self.wait.fetch is not None
+
+    def stop_waiting(self) -> None:
+        """The worker stops: end the wait. One that carries a fetch is
+        unblocked by the next round, so the fetch's reply comes and nothing
+        is left leased; else (or if it cannot be) it is dropped, and what
+        its fetch may have leased is reclaimed."""
+        if self.wake_fetch_armed and self.wait.ask_unblock(time.monotonic()):
+            return
+        self.cancel_wait()
 
     def wait_overdue(self, now: float) -> bool:
         """The armed wait's reply is later than its timeout allows."""
@@ -343,7 +356,10 @@ class Broker:
         if not self.wait.on_io(writable, fd):
             return None
         fetched = self.wait.take_fetch()
-        self._woken()
+        if self.wait.timed_out:
+            self.fetching.woken()  # a delayed job may be due; nothing else changed
+        else:
+            self._woken()
         if fetched is None:
             return None
         if self.round_trip.in_flight:

@@ -30,6 +30,7 @@ from sandboxq.worker.broker.commands import (
     LoadCommand,
     StatsCommand,
     TimeCommand,
+    UnblockCommand,
 )
 from sandboxq.worker.broker.faults import QueueFaults
 from sandboxq.worker.broker.fetching import Fetching
@@ -55,6 +56,7 @@ from sandboxq.worker.broker.queue_commands import (
 from sandboxq.worker.broker.schedules import Schedules
 from sandboxq.worker.broker.server_setup import ServerSetup
 from sandboxq.worker.broker.timers import Due, Timers
+from sandboxq.worker.broker.wait import Wait
 from sandboxq.worker.broker.windows import RateWindows
 from sandboxq.worker.clock import ServerClock
 
@@ -77,6 +79,7 @@ class Planner:
         clock: ServerClock,
         parts: tuple[Outbox, Leases, Timers, QueueFaults, Fetching],
         reads: tuple[Schedules, RateWindows, Charts, ServerSetup],
+        wait: Wait,
     ) -> None:
         self.keys = keys
         self.token = token
@@ -87,11 +90,14 @@ class Planner:
         self.clock = clock
         self.outbox, self.leases, self.timers, self.faults, self.fetching = parts
         self.schedules, self.windows, self.charts, self.setup = reads
+        self.wait = wait
 
     def build(self, clock: float, free_slots: int, start_now: int) -> list[Command]:
         """A round's commands (none: nothing is due); what they carry left
         the parts. A fetch, if any, is the round's last FetchCommand."""
         commands: list[Command] = []
+        if (unblock := self.wait.unblock_command()) is not None:  # the worker stops
+            commands.append(UnblockCommand(unblock, wait=self.wait))
         if not self.setup.done:
             commands += self._setup()
         if not self.clock.measured:
@@ -120,7 +126,7 @@ class Planner:
         """Everything due: what children sent, timers, schedules, a fetch."""
         now = self.clock.now_ms()
         due = self.timers.due(clock)
-        self.schedules.start(clock)
+        self.schedules.start(clock, recovering=due.recover)
         commands: list[Command] = []
         if due.recover:  # first: the server reads its clock as soon as it can
             commands.append(TimeCommand(self.clock))

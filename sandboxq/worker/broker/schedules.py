@@ -10,6 +10,7 @@ runs on a blocking client; this part only spreads them over rounds.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -18,13 +19,15 @@ from sandboxq.worker.broker.fetching import Fetching
 from sandboxq.worker.broker.result import RoundResult
 from sandboxq.worker.clock import ServerClock
 
-#: The longest a worker goes between looks at its queues' schedules. It
-#: looks sooner when a schedule is due sooner, and after a wake-up (a
-#: schedule may have been added or changed).
-SCHEDULE_CHECK_SECONDS = 1.0
-
 
 class Schedules:
+    """When a worker looks at its queues' schedules: when the earliest one
+    it read is due, after a wake-up (setting a schedule adds the marker, and
+    the worker it wakes looks at once), after a fire or a failed look, and
+    with every stalled-job recovery (timers.py), where a worker that was not
+    the one woken learns of a new schedule. So an idle worker sends no round
+    trip of its own for schedules none of which is due."""
+
     def __init__(self, clock: ServerClock, fetching: Fetching) -> None:
         self.clock = clock
         self.fetching = fetching
@@ -42,10 +45,11 @@ class Schedules:
         """A check is half-way: its next round must not wait."""
         return bool(self.reads or self.fires)
 
-    def start(self, clock: float) -> None:
-        """At a round built at ``clock``: read the next times if due."""
-        if clock >= self.next_check:
-            self.next_check = clock + SCHEDULE_CHECK_SECONDS
+    def start(self, clock: float, *, recovering: bool) -> None:
+        """At a round built at ``clock``: read the next times if due, or
+        with the round's stalled-job recovery (``recovering``)."""
+        if clock >= self.next_check or recovering:
+            self.next_check = math.inf  # until the times read say when
             self.reading_times = True
 
     def look_now(self) -> None:
@@ -60,8 +64,9 @@ class Schedules:
         self._specs.pop(queue, None)
 
     def redo(self, queue: str) -> None:
-        """A command of the check failed: read them again from the start."""
-        self.reading_times = True
+        """A command of the check failed: read them again from the start,
+        in the next round."""
+        self.look_now()
         self._specs.pop(queue, None)
 
     # -- the replies -------------------------------------------------------------
