@@ -27,6 +27,7 @@ each job it kills what the job started and left running (see proctree.py).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -135,13 +136,16 @@ def serve(
 ) -> None:
     """The child's main loop; returns when the parent closes the pipe, or
     after a job that left this child unfit for more (``leaving``)."""
-    idle_title = f"sandboxq child {index}: idle"
-    setproctitle(idle_title)
+    show_idle = functools.partial(setproctitle, f"sandboxq child {index}: idle")
+    show_idle()
     pipe = ParentPipe(sock)
     inbox = protocol.Inbox(sock)
     record = blocking_recorder(pipe, inbox)
     pipe.send([protocol.READY, ""])
-    while (message := inbox.recv()) is not None:
+    # The title says idle only while the child waits for a job: a busy
+    # child's next job is on the pipe already, and goes straight from one
+    # job's title to the next one's (a title costs a few system calls).
+    while (message := inbox.next_message(show_idle)) is not None:
         if message[0] == protocol.DROP:
             continue  # too late: that job ran already
         job = protocol.decode_run(message)
@@ -151,7 +155,6 @@ def serve(
         setproctitle(f"sandboxq child {index}: {job.name}#{job.job_id}")
         if not run_alone(pipe, job, handlers, max_result_bytes, record):
             return  # the parent replaces this child; its loop cannot be cleaned
-        setproctitle(idle_title)
 
 
 def blocking_recorder(pipe: ParentPipe, inbox: protocol.Inbox) -> StepRecorder:

@@ -61,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from sandboxq import execution, fast
@@ -139,8 +140,15 @@ class Inbox:
         # parent's frames, a child has no limit of its own to keep.
         self._reader = FrameReader(fast.MAX_FRAME_LIMIT)
         self._ready: deque[list[Any]] = deque()
-
         self._closed = False
+        #: Reads so far, and whether the last one emptied the pipe (it
+        #: returned less than READ_SIZE: a stream socket hands over all it
+        #: holds, up to the size asked for).
+        self._reads = 0
+        self._emptied = False
+        #: Whether the message next_message just returned came with a read
+        #: that emptied the pipe: then dropped() needs no read of its own.
+        self._fresh = False
 
     def recv(self) -> list[Any] | None:
         """The next message; None once the parent closed its end."""
@@ -148,6 +156,26 @@ class Inbox:
             if self._closed or not self._take(self._sock.recv(READ_SIZE)):
                 return None
         return self._ready.popleft()
+
+    def next_message(self, before_waiting: Callable[[], None]) -> list[Any] | None:
+        """The next message for a child between jobs: one read already, else
+        what the pipe holds now (one read, without waiting); only when that
+        is nothing does ``before_waiting()`` run (the child shows it is
+        idle), and this blocks until a message comes. None once the parent
+        closed its end. A busy child's next job is usually on the pipe
+        already, so it reads once between jobs, and when that read emptied
+        the pipe the next :meth:`dropped` reads nothing more: a drop sent
+        before the job was read came with it (one sent later is too late
+        either way: the child starts the job, and answers ``done``)."""
+        self._fresh = False
+        reads = self._reads
+        if not self._ready:
+            self.read_available()
+        if not self._ready:
+            before_waiting()
+        message = self.recv()
+        self._fresh = self._reads != reads and self._emptied
+        return message
 
     def wait_for(self, kind: str, job_id: str, key: str) -> list[Any] | None:
         """The parent's ``kind`` answer about ``job_id``'s ``key``: blocks
@@ -166,10 +194,12 @@ class Inbox:
 
     def dropped(self, job_id: str) -> bool:
         """Whether the parent asked, by now, not to start ``job_id``: reads
-        what the pipe holds without waiting, and takes that drop out."""
-        with contextlib.suppress(BlockingIOError):  # read_available, inline: once per job
-            while not self._closed and self._take(self._sock.recv(READ_SIZE, socket.MSG_DONTWAIT)):
-                pass
+        what the pipe holds without waiting (unless :meth:`next_message`
+        just emptied it), and takes that drop out."""
+        if self._fresh:
+            self._fresh = False
+        else:
+            self.read_available()
         for message in self._ready:
             if message[0] == DROP and message[1] == job_id:
                 self._ready.remove(message)
@@ -192,15 +222,20 @@ class Inbox:
         return self._closed
 
     def read_available(self) -> None:
-        """Read what the pipe holds now, without waiting (into ``pending``)."""
+        """Read what the pipe holds now, without waiting (into ``pending``):
+        until a read returns less than it asked for, which emptied the pipe
+        (no further read to see it empty, usually an error raised)."""
         with contextlib.suppress(BlockingIOError):
             while not self._closed and self._take(self._sock.recv(READ_SIZE, socket.MSG_DONTWAIT)):
-                pass
+                if self._emptied:
+                    return
 
     def _take(self, chunk: bytes) -> bool:
+        self._reads += 1
         if not chunk:
             self._closed = True
             return False
+        self._emptied = len(chunk) < READ_SIZE
         self._ready.extend(self._reader.feed(chunk))
         return True
 
