@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,11 +16,12 @@ from typing import Any
 
 import pytest
 
+import sandboxq
 from sandboxq import Dedupe, JobFailed, Queue
 from sandboxq.aio import AsyncQueue
 from sandboxq.events import decode_payload
 from sandboxq.handlers import JobContext
-from sandboxq.options import MAX_DEDUPE_ID_BYTES
+from sandboxq.options import MAX_DEDUPE_ID_BYTES, JobOptions
 from sandboxq.scripts import now_ms
 from sandboxq.testing import run_until_empty
 from tests.test_lua_scripts import fetch_ids
@@ -559,3 +561,23 @@ def test_junk_in_the_held_jobs_fields_spares_a_replace(queue: Queue, junk: bytes
     # Then the job is replaced, with a creation time it can use
     assert (again.created, again.id, again.data, again.dedupe_id) == (False, first.id, 2, "doc-1")
     assert again.created_at is not None and again.created_at * 1000 >= before
+
+
+def test_a_replace_clears_every_field_options_may_set() -> None:
+    # Given every field some job's options write
+    every = JobOptions.build(
+        group="g",
+        manual_retry_only=True,
+        backoff=1,
+        timeout=1,
+        keep_completed={"count": 1, "age": 1},
+        keep_failed={"count": 1, "age": 1},
+        dedupe={"id": "d"},
+    ).hash_fields()
+    written = set(every[::2])
+
+    # Then the HDEL of a replacing add (add_jobs.lua) names exactly those
+    source = (Path(sandboxq.__file__).parent / "lua" / "include" / "add_jobs.lua").read_text()
+    hdel = re.search(r"'HDEL', job_key, ([^)]*)\)", source)
+    assert hdel is not None
+    assert set(re.findall(r"'([a-z_]+)'", hdel.group(1))) == written

@@ -18,13 +18,6 @@
 -- Returns a flat array (id, 1 if created else 0, ...).
 -- Needs: common, moves.
 
--- The fields a job's options may set (JobOptions.hash_fields; a test checks
--- they agree): a replacing add clears those its own options do not set.
-local OPTION_FIELDS = {'attempts', 'group', 'manual_retry_only', 'backoff', 'timeout',
-  'kc_count', 'kc_age', 'kf_count', 'kf_age', 'dedupe_id'}
-
-local FINISHED = {completed = true, failed = true, cancelled = true}
-
 -- A job's arguments from its first one, i: its dedupe window (id "" for
 -- none: ttl_ms, extend and replace are then nil), and the first and last of
 -- its field/value pairs. (No table: every plain add reads its job here.)
@@ -62,7 +55,8 @@ local function open_window(prefix, key)
   if not held then return nil end
   local state = redis.pcall('HGET', prefix .. 'job:' .. held, 'state')
   if is_error(state) then state = false end  -- not a hash: no job to wait for
-  if (state and not FINISHED[state]) or redis.call('PTTL', key) > 0 then
+  local unfinished = state and state ~= 'completed' and state ~= 'failed' and state ~= 'cancelled'
+  if unfinished or redis.call('PTTL', key) > 0 then
     return held, state
   end
   return nil
@@ -107,7 +101,10 @@ local function replace_job(prefix, now, maxlen, k, id, state, priority, delay, a
     unwait(prefix, job_key, id)  -- (reads the group it waits in: before it is cleared)
   end
   local created = stored_integer(redis.call('HGET', job_key, 'created_at'), nil)
-  redis.call('HDEL', job_key, unpack(OPTION_FIELDS))
+  -- The fields a job's options may set (JobOptions.hash_fields; a test
+  -- checks they agree): those the new options do not set must go.
+  redis.call('HDEL', job_key, 'attempts', 'group', 'manual_retry_only', 'backoff', 'timeout',
+    'kc_count', 'kc_age', 'kf_count', 'kf_age', 'dedupe_id')
   return place_job(prefix, now, maxlen, k, id, priority, delay, args, first, last,
     created and num(created) or num(now))
 end
