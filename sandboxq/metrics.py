@@ -142,7 +142,7 @@ class WorkerMetrics:
         active: Callable[[], int],
         counts: Callable[[], dict[str, dict[str, int]]],
         slots: int | None = None,
-        deduplicated: Callable[[], dict[str, int]] | None = None,
+        deduplicated: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -212,8 +212,7 @@ class WorkerMetrics:
         )
         busy.set_function(active)
         r.register(QueueDepth(counts))
-        if deduplicated is not None:
-            r.register(DeduplicatedAdds(deduplicated))
+        r.register(DeduplicatedAdds(deduplicated))
 
     def settled(self, queue: str, name: str, outcome: str, duration_ms: int) -> None:
         self.settled_jobs.record(queue, name, outcome, duration_ms / 1000.0)

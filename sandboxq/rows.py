@@ -66,11 +66,30 @@ class JobRow(NamedTuple):
         pairs, the pairs. Built in one list: every ``Queue.add`` sends one."""
         scheduled = self.schedule is not None
         pairs = 2 + scheduled + len(self.option_fields) // 2
-        if self.dedupe is None:
-            args = [self.job_id, self.priority, self.delay_ms, "", pairs]
+        if self.dedupe is None:  # (the plain add: one list, as before dedupe)
+            args = [
+                self.job_id,
+                self.priority,
+                self.delay_ms,
+                "",
+                pairs,
+                "name",
+                self.name,
+                "data",
+                self.data,
+            ]
         else:
-            args = [self.job_id, self.priority, self.delay_ms, *self.dedupe.script_args(), pairs]
-        args += ["name", self.name, "data", self.data]
+            args = [
+                self.job_id,
+                self.priority,
+                self.delay_ms,
+                *self.dedupe.script_args(),
+                pairs,
+                "name",
+                self.name,
+                "data",
+                self.data,
+            ]
         if scheduled:
             args += ["schedule", self.schedule]
         args += self.option_fields

@@ -10,6 +10,7 @@ import json
 import math
 import re
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -581,3 +582,23 @@ def test_a_replace_clears_every_field_options_may_set() -> None:
     hdel = re.search(r"'HDEL', job_key, ([^)]*)\)", source)
     assert hdel is not None
     assert set(re.findall(r"'([a-z_]+)'", hdel.group(1))) == written
+
+
+# -- the guide ------------------------------------------------------------------
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guides" / "dedupe.md"
+
+
+def test_the_guides_examples_run(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
+    # Given the guide's examples, on a queue of their own on the test Redis
+    monkeypatch.setenv("SANDBOXQ_REDIS_URL", redis_url)
+    name = f"guide-{uuid.uuid4().hex[:8]}"
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.DOTALL)
+    assert len(blocks) >= 4
+
+    # When each runs in turn, then none fails (each checks what it shows)
+    try:
+        for block in blocks:
+            code = block.replace('Queue("search")', f'Queue("{name}")')
+            exec(compile(code, str(GUIDE), "exec"), {})
+    finally:
+        Queue(name, url=redis_url).obliterate(force=True)
