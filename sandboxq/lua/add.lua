@@ -14,7 +14,6 @@
 -- nothing), and so does an open dedupe window, whose job's id comes back
 -- (see include/add_jobs.lua; with replace, that job took the new fields).
 --!include common
---!include moves
 --!include add_jobs
 local k = {id = KEYS[1], seq = KEYS[2], wait = KEYS[3], delayed = KEYS[4],
            marker = KEYS[5], events = KEYS[6]}

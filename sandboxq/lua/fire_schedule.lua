@@ -18,7 +18,6 @@
 -- 0 and change nothing. Returns the number of jobs created, or -1 if the
 -- schedule moved on (fired elsewhere, updated or deleted).
 --!include common
---!include moves
 --!include add_jobs
 --!include schedule_times
 local key, expected = ARGV[4], ARGV[5]
