@@ -1,5 +1,6 @@
 """Enqueue throughput, end to end against a private redis-server: ``Queue.add``
-one tiny job at a time, and ``Queue.add_bulk`` of 10,000 tiny jobs, against
+one tiny job at a time (also with a dedupe window on each add, against the
+plain add), and ``Queue.add_bulk`` of 10,000 tiny jobs, against
 a bare ``EVALSHA`` of a script that does nothing (the floor under an add);
 the same pair for ``AsyncQueue.add`` on a ``redis.asyncio`` client; and, with
 ``$SANDBOXQ_BENCH_BASELINE`` naming another checkout, ``add_bulk`` of this
@@ -73,6 +74,36 @@ def test_add(benchmark: Any, queues: QueueFactory, record_summary: Any) -> None:
         benchmark, record_summary, "enqueue: add (1 job per call)", ADDS_PER_ROUND
     )
     record_per_call(benchmark, record_summary, "add", ADDS_PER_ROUND)
+
+
+@pytest.mark.benchmark(group="enqueue: add with dedupe")
+@pytest.mark.parametrize("kind", ["new windows", "replacing"])
+def test_add_dedupe(benchmark: Any, queues: QueueFactory, record_summary: Any, kind: str) -> None:
+    """``test_add`` with a dedupe window on each add: ``new windows`` gives
+    each add an id of its own (each opens a window: the price of asking),
+    ``replacing`` gives all one id with ``replace`` (each add after the
+    first replaces the waiting job: a debounce)."""
+    specs = [tiny_job(n) for n in range(ADDS_PER_ROUND)]
+    if kind == "new windows":
+        windows = [{"id": f"doc-{n}"} for n in range(ADDS_PER_ROUND)]
+    else:
+        windows = [{"id": "doc", "replace": True}] * ADDS_PER_ROUND
+
+    def setup() -> tuple[tuple[Queue], dict[str, Any]]:
+        return (queues.new(),), {}
+
+    def add_one_by_one(queue: Queue) -> None:
+        for spec, window in zip(specs, windows, strict=True):
+            queue.add(spec["name"], spec["data"], dedupe=window)
+
+    benchmark.pedantic(add_one_by_one, setup=setup, rounds=50, warmup_rounds=3)
+    assert queues.current is not None
+    waiting = queues.current.counts()["waiting"]
+    assert waiting == (ADDS_PER_ROUND if kind == "new windows" else 1)
+    record_jobs_per_second(
+        benchmark, record_summary, f"enqueue: add with dedupe, {kind}", ADDS_PER_ROUND
+    )
+    record_per_call(benchmark, record_summary, f"add dedupe {kind}", ADDS_PER_ROUND)
 
 
 @pytest.mark.benchmark(group="enqueue: add_bulk 10k")
@@ -195,6 +226,14 @@ def record_per_call(benchmark: Any, record_summary: Any, name: str, per_round: i
                 goal,
                 f"{add / bare:.2f}x (goal <= 1.5x): {add_name} {add * 1e6:.0f} us, "
                 f"EVALSHA of 'return 1' {bare * 1e6:.0f} us (medians per call)",
+            )
+    for kind in ("new windows", "replacing"):
+        windowed, plain = _PER_CALL.get(f"add dedupe {kind}"), _PER_CALL.get("add")
+        if windowed is not None and plain is not None:
+            record_summary(
+                f"add with dedupe ({kind}) / plain add",
+                f"{windowed / plain:.2f}x: {windowed * 1e6:.0f} us with dedupe, "
+                f"{plain * 1e6:.0f} us plain (medians per call, same run)",
             )
     bulk, bare = _PER_CALL.get("add_bulk"), _PER_CALL.get("evalsha")
     if bulk is not None and bare is not None:

@@ -157,7 +157,9 @@ def metrics_reference() -> str:
     from sandboxq.metrics import DURATION_BUCKETS, WorkerMetrics
 
     # One sample in every series whose labels only samples show.
-    metrics = WorkerMetrics(1, lambda: 0, lambda: {"QUEUE": {"STATE": 0}})
+    metrics = WorkerMetrics(
+        1, lambda: 0, lambda: {"QUEUE": {"STATE": 0}}, deduplicated=lambda: {"QUEUE": 0}
+    )
     metrics.settled("QUEUE", "NAME", "OUTCOME", 1)
     rows = []
     for collector in list(metrics.registry._collector_to_names):

@@ -20,7 +20,7 @@ from sandboxq.hooks import (
     on_worker_start,
     on_worker_stop,
 )
-from sandboxq.options import Backoff, Retention
+from sandboxq.options import Backoff, Dedupe, Retention
 from sandboxq.queue import Job, JobIsActive, Queue, QueueEvents
 
 __version__ = "0.1.0"
@@ -29,6 +29,7 @@ __all__ = [
     "IMPLEMENTATION",
     "Backoff",
     "ConnectionFailed",
+    "Dedupe",
     "Job",
     "JobCancelled",
     "JobContext",

@@ -239,6 +239,7 @@ def show_job(report: dict[str, Any]) -> None:
         ("took", took),
         ("cancelled by", report["cancelled_by"]),
         ("cancel reason", report["cancel_reason"]),
+        ("dedupe id", report["dedupe_id"]),
         ("parent", f"{parent['queue']} {parent['id']}" if parent else None),
         ("children", f"{pending} pending" if pending else None),
     ]

@@ -23,7 +23,7 @@ from sandboxq.core_schedules import ScheduleOps
 from sandboxq.job import JobRecord
 from sandboxq.keys import QueueKeys, validate_name
 from sandboxq.ops import PLAN, Op, cmd
-from sandboxq.options import JOB_OPTION_NAMES, JobOptions
+from sandboxq.options import JOB_OPTION_NAMES, PER_JOB_OPTION_NAMES, JobOptions
 from sandboxq.rows import FlowNode, JobRow
 from sandboxq.scripts import now_ms
 
@@ -57,9 +57,10 @@ def check_defaults(defaults: Mapping[str, Any] | None) -> Mapping[str, Any]:
     if not isinstance(defaults, Mapping):
         raise TypeError(f"defaults must be a dict of add() options, got {defaults!r}")
     unknown = set(defaults) - JOB_OPTION_NAMES
-    if unknown or "job_id" in defaults:
-        bad = ", ".join(sorted(unknown | ({"job_id"} & set(defaults))))
-        raise TypeError(f"defaults take the options of add() except job_id; not: {bad}")
+    per_job = PER_JOB_OPTION_NAMES & set(defaults)
+    if unknown or per_job:
+        bad = ", ".join(sorted(unknown | per_job))
+        raise TypeError(f"defaults take the options of add() except job_id and dedupe; not: {bad}")
     JobOptions.build(**defaults)  # raises on a bad value, naming it
     return MappingProxyType(dict(defaults))
 
@@ -209,6 +210,7 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
         keep_failed: Any = None,
         group: str | None = None,
         manual_retry_only: bool | None = None,
+        dedupe: Any = None,
     ) -> Op[J]:
         """Add one job and return it; an option left ``None`` takes the
         queue's default. A ``job_id`` that exists already adds nothing and
@@ -236,6 +238,13 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
             group: A group name: groups take turns, and have their own limits.
             manual_retry_only: Never retry automatically: a failure, a stall
                 or a forced stop leaves the job failed for a person to retry.
+            dedupe: A deduplication window, ``{"id", "ttl", "extend",
+                "replace"}`` or a :class:`Dedupe`: while a job added with
+                that id is unfinished (or for ``ttl`` seconds), another add
+                with it adds nothing and returns that job, with ``created``
+                False; with ``replace``, a job still waiting or delayed takes
+                the new data and options, and its delay starts again (a
+                debounce). See the guide "Deduplication and debounce".
         """
         if (
             job_id is None
@@ -248,6 +257,7 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
             and keep_failed is None
             and group is None
             and manual_retry_only is None
+            and dedupe is None
         ):
             options = self._plain_options  # the plain add: checked once
         else:
@@ -263,6 +273,7 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
                     "keep_failed": keep_failed,
                     "group": group,
                     "manual_retry_only": manual_retry_only,
+                    "dedupe": dedupe,
                 }
             )
         encoded = self._encode(name, data, options)
@@ -355,6 +366,10 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
         options = {k: v for k, v in node.items() if k not in flow_keys}
         if "job_id" in options:
             raise TypeError("flow nodes take no job_id: their ids are generated")
+        if "dedupe" in options:
+            raise TypeError(
+                "flow nodes take no dedupe: a flow adds all of its jobs or none of them"
+            )
         if set(options) - JOB_OPTION_NAMES:
             raise TypeError(
                 f"unknown flow node options: {', '.join(sorted(set(options) - JOB_OPTION_NAMES))}"

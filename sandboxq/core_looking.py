@@ -30,6 +30,13 @@ def counts_op(keys: QueueKeys) -> Op[dict[str, int]]:
     return counts
 
 
+def deduplicated_op(keys: QueueKeys) -> Op[int]:
+    """How many adds the queue's dedupe windows held back, ever (the add
+    script's counter; one that is not an integer counts as 0)."""
+    raw = yield cmd("GET", keys.deduplicated)
+    return int(raw) if raw is not None and raw.lstrip(b"-").isdigit() else 0
+
+
 def is_paused_op(keys: QueueKeys) -> Op[bool]:
     """Whether a queue is paused."""
     return bool((yield cmd("HEXISTS", keys.meta, "paused")))

@@ -26,7 +26,7 @@ from sandboxq.errors import JobFailed
 from sandboxq.handlers import Handler, JobContext, handlers_for
 from sandboxq.job import STATES, JobRecord
 from sandboxq.ops import Op, awaiting, blocking
-from sandboxq.options import JobOptions
+from sandboxq.options import Dedupe, JobOptions
 from sandboxq.queue import Job, Queue
 from sandboxq.rows import JobRow
 from sandboxq.steps import record_in, steps_json
@@ -107,6 +107,10 @@ class _Eager(QueueCore[Any]):
         #: Every job added, by id, in the order added.
         self.jobs: dict[str, Any] = {}
         self._ids = itertools.count(1)
+        #: Open dedupe windows with a ttl: dedupe id -> (job id, when the
+        #: window ends, time.monotonic()). A job here has finished by the
+        #: time its add returns, so a window without a ttl is never open.
+        self._windows: dict[str, tuple[str, float]] = {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -152,16 +156,33 @@ class _Eager(QueueCore[Any]):
         """What the add script does, then the jobs' runs, here and now."""
         jobs: list[Any] = []
         for row, opts in zip(encoded, options, strict=True):
-            job_id = row.job_id or str(next(self._ids))
+            held = self._open_window(opts.dedupe) if row.job_id not in self.jobs else None
+            job_id = held or row.job_id or str(next(self._ids))
             if job_id in self.jobs:
                 existing = self.jobs[job_id]
                 jobs.append(self.job(job_id, existing.fields, created=False))
             else:
+                if opts.dedupe is not None and opts.dedupe.ttl is not None:
+                    self._windows[opts.dedupe.id] = (job_id, time.monotonic() + opts.dedupe.ttl)
                 # (it yields handler calls, not Redis round trips: see _advance)
                 run = self._run_now(job_id, row.name, row.data, opts)
                 self.jobs[job_id] = yield from run  # type: ignore[misc]
                 jobs.append(self.jobs[job_id])
         return jobs
+
+    def _open_window(self, dedupe: Dedupe | None) -> str | None:
+        """The id of the job whose dedupe window (with a ttl) is open, after
+        starting its ttl again if ``extend`` says so; None when none is."""
+        if dedupe is None or dedupe.id not in self._windows:
+            return None
+        job_id, ends = self._windows[dedupe.id]
+        now = time.monotonic()
+        if now >= ends:
+            del self._windows[dedupe.id]
+            return None
+        if dedupe.extend and dedupe.ttl is not None:
+            self._windows[dedupe.id] = (job_id, now + dedupe.ttl)
+        return job_id
 
     def _run_now(
         self, job_id: str, name: str, raw_data: bytes, opts: JobOptions
@@ -264,7 +285,10 @@ class EagerQueue(_Eager, Queue):
     (no backoff wait), as are ``Retry`` and ``RateLimited`` asks (unless the
     job is ``manual_retry_only``), up to ``MAX_EAGER_RUNS`` runs. Every job
     stays in :attr:`jobs`, whatever its retention. There is no sandbox,
-    timeout or memory limit.
+    timeout or memory limit. A job has finished when its add returns, so a
+    dedupe window lasts only its ``ttl``: an add within it returns the job
+    that opened it, with ``created`` False (``replace`` changes nothing: that
+    job ran already).
 
     ``handlers``: ``{job name: function}``, a list of handlers, or ``None``
     for those registered with ``@handler`` for this queue. ``get_job``,

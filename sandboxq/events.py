@@ -27,7 +27,9 @@ MAX_BLOCK_SECONDS = 2.0
 
 #: Payload fields holding JSON (a job's progress, its result), and whole numbers.
 JSON_FIELDS = frozenset({"progress", "result"})
-INT_FIELDS = frozenset({"delay_ms", "until_ms", "next_ms", "stalls", "count", "result_bytes"})
+INT_FIELDS = frozenset(
+    {"delay_ms", "until_ms", "next_ms", "stalls", "count", "result_bytes", "replaced"}
+)
 
 
 def decode_payload(raw: dict[bytes, bytes]) -> tuple[str, str, dict[str, Any]]:

@@ -54,6 +54,7 @@ class JobRecord:
         finished_at: When it completed, failed or was cancelled.
         cancelled_by: Who cancelled it (set once a cancel was asked).
         cancel_reason: Why it was cancelled, if a reason was given.
+        dedupe_id: The id of the dedupe window it was added with, or None.
         fields: Every field of the job's hash, decoded.
         corrupt: Why the stored record cannot be read as written, or None:
             e.g. ``corrupt record: field 'timeout' = '1.5' is not an
@@ -101,6 +102,7 @@ class JobRecord:
         #: Who cancelled it and why (set once a cancel was asked).
         self.cancelled_by: str | None = fields.get("cancelled_by")
         self.cancel_reason: str | None = fields.get("cancel_reason") or None
+        self.dedupe_id: str | None = fields.get("dedupe_id")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.queue.name}/{self.id} {self.name!r} {self.state}>"

@@ -34,6 +34,7 @@ PER_ID_KINDS = (
     "gwait",
     "glimiter",
     "stats",
+    "dedupe",
 )
 
 
@@ -79,6 +80,7 @@ class QueueKeys:
     limiter: str  # the queue's rate-limit log of start times
     audit: str  # stream of manual actions (retry, remove, pause...)
     given_up: str  # fetch requests workers gave up on (reclaim.lua)
+    deduplicated: str  # how many adds a dedupe window held back (a counter)
 
     @property
     def hash_tag(self) -> str:
@@ -124,12 +126,13 @@ class QueueKeys:
             limiter=prefix + "limiter",
             audit=prefix + "audit",
             given_up=prefix + "given_up",
+            deduplicated=prefix + "deduplicated",
         )
 
     def of(self, kind: str, name: str) -> str:
         """The key of one job or group: ``kind`` is one of PER_ID_KINDS
         (``gwait`` and ``glimiter`` take a group name, ``stats`` a minute,
-        the others a job id)."""
+        ``dedupe`` a dedupe id, the others a job id)."""
         if kind not in PER_ID_KINDS:
             raise ValueError(f"unknown key kind {kind!r}")
         return f"{self.prefix}{kind}:{name}"
@@ -141,6 +144,11 @@ class QueueKeys:
         """One minute's counters for the dashboard's charts (sandboxq.stats);
         ``minute``: minutes since the epoch."""
         return self.of("stats", str(minute))
+
+    def dedupe(self, dedupe_id: str) -> str:
+        """A dedupe window: the id of the job that holds it (add_jobs.lua),
+        with the window's ttl when it has one."""
+        return self.of("dedupe", dedupe_id)
 
     def logs(self, job_id: str) -> str:
         return self.of("logs", job_id)

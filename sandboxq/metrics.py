@@ -53,6 +53,30 @@ class QueueDepth:
         yield family
 
 
+class DeduplicatedAdds:
+    """A collector that reads, at scrape time, how many adds each queue's
+    dedupe windows held back: the counter the add script keeps in Redis
+    (so it counts every producer's adds, not this worker's), one GET per
+    queue."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "sandboxq_jobs_deduplicated",
+            "Adds a dedupe window held back (the existing job was returned, or replaced)",
+            labels=["queue"],
+        )
+        try:
+            per_queue = self.counts()
+        except Exception:  # Redis is down: no sample rather than a failed scrape
+            per_queue = {}
+        for queue, value in per_queue.items():
+            family.add_metric([queue], value)
+        yield family
+
+
 class _Durations:
     """One series of the duration histogram: a count per bucket (the last
     one past every bound) and the sum."""
@@ -118,6 +142,7 @@ class WorkerMetrics:
         active: Callable[[], int],
         counts: Callable[[], dict[str, dict[str, int]]],
         slots: int | None = None,
+        deduplicated: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -187,6 +212,7 @@ class WorkerMetrics:
         )
         busy.set_function(active)
         r.register(QueueDepth(counts))
+        r.register(DeduplicatedAdds(deduplicated))
 
     def settled(self, queue: str, name: str, outcome: str, duration_ms: int) -> None:
         self.settled_jobs.record(queue, name, outcome, duration_ms / 1000.0)

@@ -217,6 +217,90 @@ class Retention:
         return cls(count, None if age is None else seconds(f"{what} age", age))
 
 
+#: The longest dedupe id, in bytes of UTF-8: it is part of a Redis key.
+MAX_DEDUPE_ID_BYTES = 1024
+
+#: The shortest dedupe window: windows are kept in whole milliseconds.
+MIN_DEDUPE_TTL_SECONDS = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class Dedupe:
+    """A deduplication window (``Queue.add(..., dedupe=...)``): while it is
+    open, another add with the same ``id`` adds nothing and returns the job
+    that holds the window, with ``created`` False.
+
+    Without ``ttl`` the window lasts while that job is unfinished (not
+    completed, failed or cancelled). With ``ttl`` it lasts ``ttl`` seconds
+    from the add that opened it, whatever becomes of the job (a throttle);
+    ``extend`` starts those seconds again at each deduplicated add (a
+    leading-edge debounce). ``replace``: a deduplicated add whose job is
+    still waiting or delayed gives that job its own data and options, and
+    its delay starts again (with ``delay``: a trailing-edge debounce).
+    """
+
+    id: str
+    ttl: float | None = None
+    extend: bool = False
+    replace: bool = False
+
+    @classmethod
+    def parse(cls, spec: Any) -> Dedupe:
+        """Accept a :class:`Dedupe` or a dict ``{"id", "ttl", "extend",
+        "replace"}`` (only ``id`` is required; an int id becomes its text).
+        Raises ``TypeError`` or ``ValueError`` naming the bad value."""
+        if isinstance(spec, Dedupe):
+            spec = {"id": spec.id, "ttl": spec.ttl, "extend": spec.extend, "replace": spec.replace}
+        if not isinstance(spec, dict):
+            raise TypeError(
+                "dedupe must be a dict {'id', 'ttl', 'extend', 'replace'} or a Dedupe, "
+                f"got {spec!r}"
+            )
+        unknown = set(spec) - {"id", "ttl", "extend", "replace"}
+        if unknown:
+            raise ValueError(
+                f"dedupe has unknown keys {', '.join(sorted(map(repr, unknown)))}: "
+                "expected id, ttl, extend, replace"
+            )
+        if "id" not in spec:
+            raise ValueError(f"dedupe needs an 'id', got {spec!r}")
+        dedupe_id = spec["id"]
+        if isinstance(dedupe_id, int) and not isinstance(dedupe_id, bool):
+            dedupe_id = str(dedupe_id)
+        validate_name("dedupe id", dedupe_id)
+        size = len(dedupe_id.encode("utf-8", "surrogatepass"))
+        if size > MAX_DEDUPE_ID_BYTES:
+            raise ValueError(
+                f"dedupe id must be at most {MAX_DEDUPE_ID_BYTES} bytes, got {size}: "
+                f"{dedupe_id[:40]!r}..."
+            )
+        ttl = spec.get("ttl")
+        if ttl is not None:
+            ttl = seconds("dedupe ttl", ttl)
+            if ttl < MIN_DEDUPE_TTL_SECONDS:
+                raise ValueError(
+                    f"dedupe ttl must be at least {MIN_DEDUPE_TTL_SECONDS} seconds "
+                    f"(None: while the job is unfinished), got {spec['ttl']!r}"
+                )
+        extend = _flag("dedupe extend", spec.get("extend", False))
+        if extend and ttl is None:
+            raise ValueError(
+                "dedupe extend restarts the ttl: it needs a ttl "
+                f"(without one the window lasts while the job is unfinished), got {spec!r}"
+            )
+        return cls(dedupe_id, ttl, extend, _flag("dedupe replace", spec.get("replace", False)))
+
+    def script_args(self) -> list[Any]:
+        """The window as add_jobs.lua reads it: id, ttl_ms (0: none),
+        extend and replace ("1" or "0")."""
+        return [
+            self.id,
+            0 if self.ttl is None else max(ms(self.ttl), 1),
+            "1" if self.extend else "0",
+            "1" if self.replace else "0",
+        ]
+
+
 #: Doublings that take the shortest backoff delay past the longest cap
 #: (MIN_BACKOFF_SECONDS * 2**42 > MAX_SECONDS), with room to spare.
 _MAX_DOUBLINGS = 64
@@ -293,6 +377,7 @@ class JobOptions:
     keep_failed: Retention | None = None
     group: str | None = None
     manual_retry_only: bool = False
+    dedupe: Dedupe | None = None
 
     @classmethod
     def build(
@@ -308,6 +393,7 @@ class JobOptions:
         keep_failed: Any = None,
         group: Any = None,
         manual_retry_only: Any = False,
+        dedupe: Any = None,
     ) -> JobOptions:
         """Check and normalize the options of one job, as ``Queue.add``
         takes them; raises ``TypeError`` or ``ValueError`` naming the bad one."""
@@ -345,6 +431,7 @@ class JobOptions:
             keep_failed=Retention.parse("keep_failed", keep_failed),
             group=None if group is None else validate_name("group", group),
             manual_retry_only=_flag("manual_retry_only", manual_retry_only),
+            dedupe=None if dedupe is None else Dedupe.parse(dedupe),
         )
 
     def hash_fields(self) -> list[Any]:
@@ -363,6 +450,8 @@ class JobOptions:
                 fields += [f"{prefix}_count", keep.count]
             if keep is not None and keep.age is not None:
                 fields += [f"{prefix}_age", ms(keep.age)]
+        if self.dedupe is not None:
+            fields += ["dedupe_id", self.dedupe.id]
         return fields
 
 
@@ -371,9 +460,12 @@ class JobOptions:
 JOB_OPTION_NAMES = frozenset(option.name for option in dataclasses.fields(JobOptions))
 
 #: Options a schedule takes: those of ``add`` but ``job_id`` (each
-#: occurrence's id is derived from its time) and ``delay`` (the schedule
-#: says when it runs).
-SCHEDULE_OPTION_NAMES = JOB_OPTION_NAMES - {"job_id", "delay"}
+#: occurrence's id is derived from its time), ``delay`` (the schedule
+#: says when it runs) and ``dedupe`` (an occurrence is one job already).
+SCHEDULE_OPTION_NAMES = JOB_OPTION_NAMES - {"job_id", "delay", "dedupe"}
+
+#: Options that name one job, so a queue's ``defaults`` cannot hold them.
+PER_JOB_OPTION_NAMES = frozenset({"job_id", "dedupe"})
 
 
 def _flag(what: str, value: Any) -> bool:

@@ -111,6 +111,7 @@ def job_report(job: Job) -> dict[str, Any]:
         "traceback": job.traceback,
         "cancelled_by": job.cancelled_by,
         "cancel_reason": job.cancel_reason,
+        "dedupe_id": job.dedupe_id,
         "logs": job.logs(),
         "steps": job.steps,
         "audit": job.audit(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from sandboxq.options import JobOptions, ms
+from sandboxq.options import Dedupe, JobOptions, ms
 
 
 class JobRow(NamedTuple):
@@ -30,6 +30,8 @@ class JobRow(NamedTuple):
     option_fields: Sequence[Any] = ()
     #: The key of the schedule whose occurrence this job is, if any.
     schedule: str | None = None
+    #: Its deduplication window, if any (its id is among the option fields too).
+    dedupe: Dedupe | None = None
 
     @classmethod
     def of(
@@ -53,25 +55,41 @@ class JobRow(NamedTuple):
             data,
             options.hash_fields(),
             schedule,
+            options.dedupe,
         )
 
     def script_args(self) -> list[Any]:
         """The job as add_jobs.lua reads it (``Scripts.add``,
         ``Scripts.fire_schedule``, and inside a flow node): id, priority,
-        delay_ms, how many field/value pairs, the pairs. Built in one list:
-        every ``Queue.add`` sends one."""
+        delay_ms, dedupe id ("" for none; else ttl_ms, extend and replace
+        follow it, see :meth:`Dedupe.script_args`), how many field/value
+        pairs, the pairs. Built in one list: every ``Queue.add`` sends one."""
         scheduled = self.schedule is not None
         pairs = 2 + scheduled + len(self.option_fields) // 2
-        args = [
-            self.job_id,
-            self.priority,
-            self.delay_ms,
-            pairs,
-            "name",
-            self.name,
-            "data",
-            self.data,
-        ]
+        if self.dedupe is None:  # (the plain add: one list, as before dedupe)
+            args = [
+                self.job_id,
+                self.priority,
+                self.delay_ms,
+                "",
+                pairs,
+                "name",
+                self.name,
+                "data",
+                self.data,
+            ]
+        else:
+            args = [
+                self.job_id,
+                self.priority,
+                self.delay_ms,
+                *self.dedupe.script_args(),
+                pairs,
+                "name",
+                self.name,
+                "data",
+                self.data,
+            ]
         if scheduled:
             args += ["schedule", self.schedule]
         args += self.option_fields
@@ -98,7 +116,12 @@ class FlowNode(NamedTuple):
     def script_args(self) -> list[Any]:
         """The node as add_flow.lua reads it: prefix, queue, parent_index,
         fail_parent, ignore_failure, n_children (flags as "1" or "0"), then
-        its job as :meth:`JobRow.script_args` gives it, less the job id."""
+        its job as :meth:`JobRow.script_args` gives it, less the job id and
+        the dedupe id (flow nodes take no dedupe)."""
+        if self.row.dedupe is not None:
+            raise ValueError("flow nodes take no dedupe")
+        job = self.row.script_args()
+        del job[3]  # the dedupe id: ""
         return [
             self.prefix,
             self.queue,
@@ -106,5 +129,5 @@ class FlowNode(NamedTuple):
             "1" if self.fail_parent else "0",
             "1" if self.ignore_failed_children else "0",
             self.children,
-            *self.row.script_args()[1:],
+            *job[1:],
         ]

@@ -257,6 +257,7 @@ class Scripts(WorkerScripts):
             k.schedule_counts,
             k.given_up,
             k.cancel_requests,
+            k.deduplicated,
         ]
         return self._run(
             "obliterate",

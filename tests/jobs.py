@@ -7,6 +7,7 @@ must stay importable from the repository root.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -376,3 +377,11 @@ async def async_leave_task(job: JobContext) -> Any:
     asyncio.get_running_loop().create_task(scribble())
     await asyncio.sleep(0)
     return "left a task"
+
+
+@handler(Q)
+def record_data(job: JobContext) -> Any:
+    """Append ``<job id> <data as JSON>`` to ``data["runs"]`` (one O_APPEND
+    write): which job ran, and with which data."""
+    append_line(job.data["runs"], f"{job.id} {json.dumps(job.data, sort_keys=True)}")
+    return job.id

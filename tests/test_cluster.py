@@ -162,6 +162,32 @@ def test_cancelling_a_flow_parent_cancels_its_children_across_the_group_on_a_clu
             q.obliterate(force=True)
 
 
+def test_dedupe_windows_work_on_queues_spread_over_shards(cluster: RedisClusterNodes) -> None:
+    # Given queues on several masters
+    queues = spread_queues(cluster)
+    try:
+        # When each adds one dedupe id three times, replacing: twice in one
+        # batch, then alone
+        for queue in queues:
+            queue.add_bulk(
+                [
+                    {"name": "record", "data": n, "dedupe": {"id": "doc", "replace": True}}
+                    for n in (0, 1)
+                ]
+            )
+            again = queue.add("record", 2, dedupe={"id": "doc", "ttl": 60, "replace": True})
+
+            # Then each queue holds one job, with the last data (no CROSSSLOT:
+            # the window's key is in the queue's slot)
+            assert not again.created
+            assert queue.counts()["waiting"] == 1
+            assert queue.get_job(again.id).data == 2  # type: ignore[union-attr]
+            assert int(queue.client.get(queue.keys.deduplicated)) == 2
+    finally:
+        for queue in queues:
+            queue.obliterate(force=True)
+
+
 def test_the_admin_cli_lists_queues_on_every_shard(cluster: RedisClusterNodes) -> None:
     queues = spread_queues(cluster)
     for queue in queues:

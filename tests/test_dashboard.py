@@ -589,6 +589,20 @@ def test_job_page_and_api_show_recorded_steps_redacted(user: Client, queue: Queu
     assert page.index("fetch &lt;page&gt;") < page.index("ch_42")
 
 
+def test_job_page_and_api_show_a_jobs_dedupe_id(user: Client, queue: Queue) -> None:
+    # Given a job added with a dedupe id, and one without
+    job = queue.add("index", {"doc": 42}, dedupe={"id": "doc-<42>"})
+    plain = queue.add("index", {"doc": 43})
+
+    # Then its report and page show the id; the other's say nothing of it
+    report = user.get(f"/api/queues/{queue.name}/jobs/{job.id}").json()
+    assert report["dedupe_id"] == "doc-<42>"
+    page = user.get(f"/queues/{queue.name}/jobs/{job.id}").text
+    assert '<th>Dedupe id</th><td><span data-field="dedupe_id">doc-&lt;42&gt;</span>' in page
+    assert user.get(f"/api/queues/{queue.name}/jobs/{plain.id}").json()["dedupe_id"] is None
+    assert "Dedupe id" not in user.get(f"/queues/{queue.name}/jobs/{plain.id}").text
+
+
 def test_steps_recorded_through_the_scripts_show_up(user: Client, queue: Queue) -> None:
     job = queue.add("leased", None)
     queue.scripts.fetch(queue.keys, int(time.time() * 1000), 1, "w", 60_000)

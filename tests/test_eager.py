@@ -11,6 +11,7 @@ import pytest
 
 from sandboxq import JobFailed, Retry, Unrecoverable, handler
 from sandboxq.testing import AsyncEagerJob, AsyncEagerQueue, EagerQueue
+from tests.worker_harness import wait_until
 
 # An address where nothing listens: eager mode must never connect.
 NO_REDIS = "redis://127.0.0.1:1/0"
@@ -185,3 +186,36 @@ def test_an_async_eager_queue_checks_input_and_refuses_calls_that_need_redis() -
             _ = q.client
 
     asyncio.run(scenario())
+
+
+def test_a_dedupe_window_with_a_ttl_holds_back_adds_until_it_ends() -> None:
+    # Given an eager job that opened a window of 50 ms
+    ran: list[Any] = []
+    q = EagerQueue("eager-dedupe", {"work": lambda job: ran.append(job.data)})
+    first = q.add("work", 1, dedupe={"id": "d", "ttl": 0.05})
+
+    # When the id is added again until an add is not held back
+    adds = []
+
+    def add_again() -> bool:
+        adds.append(q.add("work", len(adds) + 2, dedupe={"id": "d", "ttl": 0.05}))
+        return bool(adds[-1].created)
+
+    wait_until(add_again, 10, "the window to end")
+
+    # Then every add within the window returned the first job, unrun, and
+    # the one after it ran
+    *held, fresh = adds
+    assert all((job.created, job.id) == (False, first.id) for job in held)
+    assert fresh.id != first.id
+    assert ran == [1, fresh.data]
+
+
+def test_a_dedupe_window_without_a_ttl_holds_nothing_back_in_eager_mode() -> None:
+    # Given an eager job added with a dedupe id and no ttl (it has finished)
+    q = EagerQueue("eager-dedupe", {"work": lambda job: job.data})
+    first = q.add("work", 1, dedupe={"id": "d"})
+
+    # When the id is added again, then it is a new job
+    again = q.add("work", 2, dedupe={"id": "d", "replace": True})
+    assert again.created and again.id != first.id and again.result == 2

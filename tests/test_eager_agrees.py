@@ -149,3 +149,43 @@ def test_retention_applies_on_redis_and_eager_keeps_every_job(
     assert (queue.get_job(added.id) is not None) == kept_on_redis
     assert eager.get_job(in_eager.id) is in_eager
     assert in_eager.state == ("completed" if runs == ["ok"] else "failed")
+
+
+DEDUPE_CASES = {
+    "no ttl: the window closed when the job completed": (["ok"], {"id": "d"}),
+    "no ttl: the window closed when the job failed": (["fail"], {"id": "d"}),
+    "a ttl holds after the job completed": (["ok"], {"id": "d", "ttl": 60}),
+    "a ttl holds after the job failed": (["fail"], {"id": "d", "ttl": 60}),
+    "a replace of a finished job only deduplicates": (
+        ["ok"],
+        {"id": "d", "ttl": 60, "extend": True, "replace": True},
+    ),
+}
+
+
+@pytest.mark.parametrize(("runs", "dedupe"), list(DEDUPE_CASES.values()), ids=list(DEDUPE_CASES))
+def test_eager_and_the_scripts_deduplicate_alike(
+    queue: Queue, runs: list[str], dedupe: dict[str, Any]
+) -> None:
+    # Given a job added with a dedupe id on Redis and on an EagerQueue, run
+    # to its end on each
+    ran: dict[str, list[Any]] = {"redis": [], "eager": []}
+
+    def handler(where: str) -> Callable[[Any], str]:
+        script = scripted(runs)
+        return lambda job: (ran[where].append(job.data), script(job))[1]
+
+    eager = EagerQueue(queue.name, {"work": handler("eager")})
+    first_redis = queue.add("work", 1, dedupe=dedupe)
+    run_until_empty(queue, {"work": handler("redis")})
+    first_eager = eager.add("work", 1, dedupe=dedupe)
+
+    # When the same dedupe id is added again on each
+    again_redis = queue.add("work", 2, dedupe=dedupe)
+    run_until_empty(queue, {"work": handler("redis")})
+    again_eager = eager.add("work", 2, dedupe=dedupe)
+
+    # Then both held it back, or both made a new job, and ran the same data
+    assert again_redis.created == again_eager.created
+    assert (again_redis.id == first_redis.id) == (again_eager.id == first_eager.id)
+    assert ran["redis"] == ran["eager"]

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from sandboxq.keys import QueueKeys
+from sandboxq.options import Dedupe
 from sandboxq.rows import FlowNode, JobRow
 from sandboxq.script_call import check_includes
 from sandboxq.scripts import ScriptCall, Scripts, lua_source
@@ -75,10 +76,15 @@ class Sample:
     derived: dict[str, Any] = field(default_factory=dict)
 
 
-JOBS = [JobRow("", 5, 0, "a", b"{}"), JobRow("job-9", 0, 100, "b", b"1", ["attempts", 3])]
+JOBS = [
+    JobRow("", 5, 0, "a", b"{}"),
+    JobRow("job-9", 0, 100, "b", b"1", ["attempts", 3]),
+    JobRow("", 0, 0, "c", b"2", ["dedupe_id", "d-1"], dedupe=Dedupe("d-1", 1.5, True, False)),
+]
 JOBS_ARGS = [
-    *("", 5, 0, 2, "name", "a", "data", b"{}"),
-    *("job-9", 0, 100, 3, "name", "b", "data", b"1", "attempts", 3),
+    *("", 5, 0, "", 2, "name", "a", "data", b"{}"),
+    *("job-9", 0, 100, "", 3, "name", "b", "data", b"1", "attempts", 3),
+    *("", 0, 0, "d-1", 1500, "1", "0", 3, "name", "c", "data", b"2", "dedupe_id", "d-1"),
 ]
 NODES = [
     FlowNode(K.prefix, "headers", 0, False, False, 1, JobRow("", 0, 0, "p", b"{}")),

@@ -1577,6 +1577,8 @@ JOB_FIELDS = [
     "pending",
     "name",
     "data",
+    "dedupe_id",
+    "created_at",
 ]
 
 #: Every outcome finish.lua takes.

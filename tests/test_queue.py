@@ -1100,7 +1100,8 @@ def test_queue_defaults_reach_schedules(redis_url: str, queue: Queue) -> None:
 @pytest.mark.parametrize(
     ("defaults", "error", "message"),
     [
-        ({"job_id": "a"}, TypeError, "except job_id; not: job_id"),
+        ({"job_id": "a"}, TypeError, "except job_id and dedupe; not: job_id"),
+        ({"dedupe": {"id": "a"}}, TypeError, "except job_id and dedupe; not: dedupe"),
         ({"colour": "red"}, TypeError, "not: colour"),
         ({"attempts": 0}, ValueError, "attempts must be >= 1"),
         ({"keep_completed": "forever"}, ValueError, "keep_completed must be"),

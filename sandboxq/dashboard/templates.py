@@ -547,6 +547,8 @@ def job_summary(ctx: Context, r: dict[str, Any]) -> list[tuple[str, str]]:
     if r["cancelled_by"] is not None:
         reason = r["cancel_reason"] or "no reason given"
         summary.append(("Cancelled by", f"{h(r['cancelled_by'])} ({h(reason)})"))
+    if r.get("dedupe_id") is not None:
+        summary.append(("Dedupe id", f'<span data-field="dedupe_id">{h(r["dedupe_id"])}</span>'))
     if r["parent"]:
         p = r["parent"]
         summary.append(

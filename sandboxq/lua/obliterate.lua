@@ -27,7 +27,11 @@ for _, group in ipairs(groups) do sets[#sets + 1] = prefix .. 'gwait:' .. group 
 for _, set_key in ipairs(sets) do
   if removed >= limit then return removed end
   local ids = redis.call('ZRANGE', set_key, 0, limit - removed - 1)
-  for _, id in ipairs(ids) do delete_job(prefix, id, now, maxlen) end
+  for _, id in ipairs(ids) do
+    -- (its dedupe window goes too, even one with a ttl: so does the queue)
+    release_dedupe(prefix, id, redis.pcall('HGET', prefix .. 'job:' .. id, 'dedupe_id'), true)
+    delete_job(prefix, id, now, maxlen)
+  end
   if #ids > 0 then redis.call('ZREM', set_key, unpack(ids)) end
   removed = removed + #ids
 end

@@ -30,7 +30,7 @@ from setproctitle import setproctitle
 from sandboxq import hooks, logs
 from sandboxq.addresses import redact
 from sandboxq.connection import connect
-from sandboxq.core_looking import counts_op, is_paused_op
+from sandboxq.core_looking import counts_op, deduplicated_op, is_paused_op
 from sandboxq.drive import drive
 from sandboxq.handlers import Handler, handler_table
 from sandboxq.keys import QueueKeys, validate_name
@@ -287,6 +287,7 @@ class Worker:
             active=self.pool.running_jobs,
             slots=self.procs * self.settings.async_concurrency,
             counts=lambda: {k.name: drive(probe, counts_op(k)) for k in keys},
+            deduplicated=lambda: {k.name: drive(probe, deduplicated_op(k)) for k in keys},
         )
         self.health = Health(
             tick_timeout=self.settings.liveness_tick_timeout,

@@ -7,8 +7,22 @@
 -- as a failed child, so the parent never waits forever.
 local on_job_deleted
 
+-- A job that finishes or is deleted releases its dedupe window
+-- (include/add_jobs.lua) if the window is its own and has no ttl, so a
+-- dedupe id leaves no key behind; a window with a ttl lasts its ttl
+-- whatever becomes of the job (unless `even_with_ttl`: the queue goes).
+-- `dedupe_id`: the job's field as read (anything but text: none).
+local function release_dedupe(prefix, id, dedupe_id, even_with_ttl)
+  if type(dedupe_id) ~= 'string' then return end
+  local key = prefix .. 'dedupe:' .. dedupe_id
+  if redis.pcall('GET', key) == id and (even_with_ttl or redis.call('PTTL', key) == -1) then
+    redis.call('DEL', key)
+  end
+end
+
 local function delete_job(prefix, id, now, maxlen)
   on_job_deleted(prefix, id, now, maxlen)
+  release_dedupe(prefix, id, redis.pcall('HGET', prefix .. 'job:' .. id, 'dedupe_id'))
   redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'logs:' .. id,
     prefix .. 'deps:' .. id, prefix .. 'ignored:' .. id, prefix .. 'audit:' .. id,
     prefix .. 'children:' .. id)
@@ -68,11 +82,13 @@ end
 -- (completed or failed), then apply the job's own retention for that set:
 -- at once, or with `defer` once for its run (the caller then calls
 -- flush_trims before it returns). `count_field` and `age_field` name the
--- job's count/age fields; `keep`, their values if the caller read them.
+-- job's count/age fields; `keep`, their values and its dedupe_id if the
+-- caller read them. A finished job releases its dedupe window.
 local function file_finished(prefix, job_key, set_key, id, now, count_field, age_field, maxlen,
     keep, defer)
   redis.call('HDEL', job_key, 'token')
-  keep = keep or redis.call('HMGET', job_key, count_field, age_field)
+  keep = keep or redis.call('HMGET', job_key, count_field, age_field, 'dedupe_id')
+  release_dedupe(prefix, id, keep[3])
   -- Stored on the job: one that is not a count or a number keeps all.
   local max_count = stored_integer(keep[1], -1)
   local max_age_ms = stored_integer(keep[2], -1)
