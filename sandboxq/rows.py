@@ -63,33 +63,13 @@ class JobRow(NamedTuple):
         ``Scripts.fire_schedule``, and inside a flow node): id, priority,
         delay_ms, dedupe id ("" for none; else ttl_ms, extend and replace
         follow it, see :meth:`Dedupe.script_args`), how many field/value
-        pairs, the pairs. Built in one list: every ``Queue.add`` sends one."""
+        pairs, the pairs. Every ``Queue.add`` builds one."""
         scheduled = self.schedule is not None
         pairs = 2 + scheduled + len(self.option_fields) // 2
-        if self.dedupe is None:  # (the plain add: one list, as before dedupe)
-            args = [
-                self.job_id,
-                self.priority,
-                self.delay_ms,
-                "",
-                pairs,
-                "name",
-                self.name,
-                "data",
-                self.data,
-            ]
-        else:
-            args = [
-                self.job_id,
-                self.priority,
-                self.delay_ms,
-                *self.dedupe.script_args(),
-                pairs,
-                "name",
-                self.name,
-                "data",
-                self.data,
-            ]
+        args = [self.job_id, self.priority, self.delay_ms, ""]
+        if self.dedupe is not None:
+            args[3:] = self.dedupe.script_args()
+        args += [pairs, "name", self.name, "data", self.data]
         if scheduled:
             args += ["schedule", self.schedule]
         args += self.option_fields
