@@ -15,8 +15,9 @@ non-blocking link.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from sandboxq.redis_checks import ServerCheck, UnsupportedRedis
 from sandboxq.scripts import ScriptCall, lua_source
@@ -25,9 +26,6 @@ from sandboxq.worker.broker.result import RoundResult
 from sandboxq.worker.broker.server_setup import ServerSetup
 from sandboxq.worker.clock import ServerClock
 from sandboxq.worker.trouble import is_transient
-
-if TYPE_CHECKING:
-    from sandboxq.worker.broker.wait import Wait
 
 
 @dataclass(slots=True)
@@ -212,11 +210,12 @@ class UnblockCommand(RawCommand):
     (as if it timed out) with its fetch's reply (wait.py)."""
 
     kind = "unblock"
-    wait: Wait
+    #: What to do if Redis refuses it (Wait.unblock_refused).
+    refused: Callable[[], None]
 
     def answered_by(self, refusal: Exception) -> bool:
         return True  # any refusal: give the wait up instead (apply)
 
     def apply(self, reply: Any, end: RoundEnd) -> None:
         if isinstance(reply, Exception):
-            self.wait.unblock_refused()
+            self.refused()

@@ -97,7 +97,7 @@ class Planner:
         the parts. A fetch, if any, is the round's last FetchCommand."""
         commands: list[Command] = []
         if (unblock := self.wait.unblock_command()) is not None:  # the worker stops
-            commands.append(UnblockCommand(unblock, wait=self.wait))
+            commands.append(UnblockCommand(unblock, refused=self.wait.unblock_refused))
         if not self.setup.done:
             commands += self._setup()
         if not self.clock.measured:
