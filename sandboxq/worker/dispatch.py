@@ -65,6 +65,10 @@ class Room(NamedTuple):
     free: int = 0
     #: The room at which a fetch is worth a round of its own.
     refill_at: int = 1
+    #: Seconds of work every child has queued behind the job it runs (about:
+    #: jobs times the average job), so a refill may wait that long; 0 when
+    #: a child has none, or the worker is not prefetching.
+    queued_cover: float = 0.0
 
 
 class Dispatch:
@@ -193,9 +197,12 @@ class Dispatch:
         if self._shutdown.stopping:
             return Room()
         free = queue_slots = takers = 0
+        least_queued = MAX_QUEUED_PER_CHILD
         alone = self._slots == 1  # the common case: no slot to count
         for child in self._pool.by_pid.values():
             takers += self._takes_more(child)
+            if child.takes_jobs:
+                least_queued = min(least_queued, len(child.queued) if child.jobs else 0)
             if alone:
                 if not child.jobs:
                     free += child.takes_jobs
@@ -204,7 +211,7 @@ class Dispatch:
                 free += self._free_slots(child)
             if child.jobs:
                 queue_slots += self._queue_room(child)
-        room, refill_at = free, 1
+        room, refill_at, cover = free, 1, 0.0
         # No buffer for children that cannot take jobs (starting, retiring):
         # its jobs would only wait, then go back.
         if self.prefetching() and takers:
@@ -214,8 +221,9 @@ class Dispatch:
             )
             room += queue_slots + min(math.ceil(per_round), BUFFER_PER_CHILD * takers)
             refill_at = max(room // 2, 1)  # fetch in batches of half or more
+            cover = least_queued * self._avg_job
         held = len(self.buffer)
-        return Room(max(room - held, 0), max(free - held, 0), free, refill_at)
+        return Room(max(room - held, 0), max(free - held, 0), free, refill_at, cover)
 
     # -- feeding the children ---------------------------------------------------
     def feed_children(self) -> None:

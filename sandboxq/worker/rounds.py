@@ -91,7 +91,13 @@ class Rounds:
         if self._shutdown.stopping:
             return now if broker.has_pending() else broker.next_timer()
         fetch = room.fetch > 0 and broker.maybe_work and not broker.fetches_held(now)
-        if broker.has_urgent() or (fetch and (room.start_now > 0 or room.fetch >= room.refill_at)):
+        refill = fetch and room.fetch >= room.refill_at
+        if refill and broker.pending_since is not None and room.queued_cover >= BATCH_SECONDS:
+            # Every child has its next job: the refill rides with the results
+            # batched below. A round at once would land on the CPU of the
+            # child that just sent one, between its two jobs.
+            refill = False
+        if broker.has_urgent() or (fetch and room.start_now > 0) or refill:
             return now
         due = broker.next_timer()
         if broker.fetches_held(now):
