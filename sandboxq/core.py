@@ -24,7 +24,7 @@ from sandboxq.job import FINISHED_STATES, JobRecord
 from sandboxq.keys import QueueKeys, validate_name
 from sandboxq.ops import PLAN, Op, cmd
 from sandboxq.options import JOB_OPTION_NAMES, PER_JOB_OPTION_NAMES, JobOptions
-from sandboxq.rows import FlowNode, JobRow
+from sandboxq.rows import Dependency, FlowNode, JobRow
 from sandboxq.scripts import now_ms
 
 #: Default limit on a job's data, as JSON.
@@ -280,7 +280,7 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
                 dedupe=dedupe,
             )
             if dependent is not None:
-                return dependent  # type: ignore[no-any-return]
+                return dependent
         if (
             job_id is None
             and delay is None
@@ -338,6 +338,17 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
         if options.dedupe is not None:
             raise ValueError("a job with depends_on takes no dedupe")
         row = self._encode(name, data, options)
+        return (yield from self._add_waiting(row, data, options, policy, found))
+
+    def _add_waiting(
+        self,
+        row: JobRow,
+        data: Any,
+        options: JobOptions,
+        policy: str,
+        found: list[Dependency],
+    ) -> Op[J]:
+        """Run the add_dependent script on a checked job; the job as added."""
         now = now_ms()
         job_id, created, state = yield PLAN.add_dependent(self.keys, now, policy, found, row)
         if not created or state in FINISHED_STATES:
