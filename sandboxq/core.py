@@ -261,26 +261,6 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
                 cancels it; ``"run"`` runs it anyway
                 (``dependency_failures()`` says which failed).
         """
-        if depends_on is not None or on_dependency_failure is not None:
-            dependent = yield from self._add_dependent(
-                name,
-                data,
-                depends_on,
-                on_dependency_failure,
-                job_id=job_id,
-                delay=delay,
-                priority=priority,
-                attempts=attempts,
-                backoff=backoff,
-                timeout=timeout,
-                keep_completed=keep_completed,
-                keep_failed=keep_failed,
-                group=group,
-                manual_retry_only=manual_retry_only,
-                dedupe=dedupe,
-            )
-            if dependent is not None:
-                return dependent
         if (
             job_id is None
             and delay is None
@@ -293,24 +273,31 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
             and group is None
             and manual_retry_only is None
             and dedupe is None
+            and depends_on is None
+            and on_dependency_failure is None
         ):
             options = self._plain_options  # the plain add: checked once
         else:
-            options = self._options(
-                {
-                    "job_id": job_id,
-                    "delay": delay,
-                    "priority": priority,
-                    "attempts": attempts,
-                    "backoff": backoff,
-                    "timeout": timeout,
-                    "keep_completed": keep_completed,
-                    "keep_failed": keep_failed,
-                    "group": group,
-                    "manual_retry_only": manual_retry_only,
-                    "dedupe": dedupe,
-                }
-            )
+            given = {
+                "job_id": job_id,
+                "delay": delay,
+                "priority": priority,
+                "attempts": attempts,
+                "backoff": backoff,
+                "timeout": timeout,
+                "keep_completed": keep_completed,
+                "keep_failed": keep_failed,
+                "group": group,
+                "manual_retry_only": manual_retry_only,
+                "dedupe": dedupe,
+            }
+            if depends_on is not None or on_dependency_failure is not None:
+                dependent = yield from self._add_dependent(
+                    name, data, depends_on, on_dependency_failure, given
+                )
+                if dependent is not None:
+                    return dependent
+            options = self._options(given)
         encoded = self._encode(name, data, options)
         return (yield from self._add_encoded([encoded], [data], [options]))[0]
 
@@ -320,7 +307,7 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
         data: Any,
         depends_on: Any,
         on_dependency_failure: str | None,
-        **given: Any,
+        given: Mapping[str, Any],
     ) -> Op[J | None]:
         """Add one job that waits for ``depends_on`` (see ``add``); None,
         having done nothing, when ``depends_on`` is empty: a plain add."""
