@@ -8,6 +8,7 @@ from sandboxq.errors import (
     Retry,
     SandboxqError,
     StepNotRecorded,
+    UnknownDependency,
     UnrecordableStep,
     Unrecoverable,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "Retry",
     "SandboxqError",
     "StepNotRecorded",
+    "UnknownDependency",
     "UnrecordableStep",
     "Unrecoverable",
     "__version__",

@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
-from sandboxq import payload
+from sandboxq import dependencies, payload
 from sandboxq.connection import check_url, describe, resolve_url
 from sandboxq.core_admin import AdminOps
 from sandboxq.core_looking import LookingOps
 from sandboxq.core_schedules import ScheduleOps
-from sandboxq.job import JobRecord
+from sandboxq.job import FINISHED_STATES, JobRecord
 from sandboxq.keys import QueueKeys, validate_name
 from sandboxq.ops import PLAN, Op, cmd
 from sandboxq.options import JOB_OPTION_NAMES, PER_JOB_OPTION_NAMES, JobOptions
-from sandboxq.rows import FlowNode, JobRow
+from sandboxq.rows import Dependency, FlowNode, JobRow
 from sandboxq.scripts import now_ms
 
 #: Default limit on a job's data, as JSON.
@@ -211,6 +211,8 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
         group: str | None = None,
         manual_retry_only: bool | None = None,
         dedupe: Any = None,
+        depends_on: Any = None,
+        on_dependency_failure: str | None = None,
     ) -> Op[J]:
         """Add one job and return it; an option left ``None`` takes the
         queue's default. A ``job_id`` that exists already adds nothing and
@@ -245,6 +247,19 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
                 False; with ``replace``, a job still waiting or delayed takes
                 the new data and options, and its delay starts again (a
                 debounce). See the guide "Deduplication and debounce".
+            depends_on: Jobs that exist, which this one waits for (in
+                ``waiting-deps``) until every one has finished: jobs, job
+                ids of this queue, or ``(queue name, job id)`` tuples, of
+                queues of this queue's hash-tag group; at most 1,000. An id
+                that does not exist refuses the add
+                (:class:`sandboxq.UnknownDependency` naming it) and writes
+                nothing. Not with ``delay`` or
+                ``dedupe``. See the guide "Dependencies".
+            on_dependency_failure: What a dependency that failed, was
+                cancelled or was removed does to this job: ``"fail"`` (the
+                default) fails it, naming the dependency; ``"cancel"``
+                cancels it; ``"run"`` runs it anyway
+                (``dependency_failures()`` says which failed).
         """
         if (
             job_id is None
@@ -258,26 +273,91 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
             and group is None
             and manual_retry_only is None
             and dedupe is None
+            and depends_on is None
+            and on_dependency_failure is None
         ):
             options = self._plain_options  # the plain add: checked once
         else:
-            options = self._options(
-                {
-                    "job_id": job_id,
-                    "delay": delay,
-                    "priority": priority,
-                    "attempts": attempts,
-                    "backoff": backoff,
-                    "timeout": timeout,
-                    "keep_completed": keep_completed,
-                    "keep_failed": keep_failed,
-                    "group": group,
-                    "manual_retry_only": manual_retry_only,
-                    "dedupe": dedupe,
-                }
-            )
+            given = {
+                "job_id": job_id,
+                "delay": delay,
+                "priority": priority,
+                "attempts": attempts,
+                "backoff": backoff,
+                "timeout": timeout,
+                "keep_completed": keep_completed,
+                "keep_failed": keep_failed,
+                "group": group,
+                "manual_retry_only": manual_retry_only,
+                "dedupe": dedupe,
+            }
+            if depends_on is not None or on_dependency_failure is not None:
+                dependent = yield from self._add_dependent(
+                    name, data, depends_on, on_dependency_failure, given
+                )
+                if dependent is not None:
+                    return dependent
+            options = self._options(given)
         encoded = self._encode(name, data, options)
         return (yield from self._add_encoded([encoded], [data], [options]))[0]
+
+    def _add_dependent(
+        self,
+        name: str,
+        data: Any,
+        depends_on: Any,
+        on_dependency_failure: str | None,
+        given: Mapping[str, Any],
+    ) -> Op[J | None]:
+        """Add one job that waits for ``depends_on`` (see ``add``); None,
+        having done nothing, when ``depends_on`` is empty: a plain add."""
+        policy = dependencies.check_policy(on_dependency_failure)
+        if depends_on is None:
+            raise TypeError("on_dependency_failure needs depends_on")
+        found = dependencies.resolve(self.keys, depends_on)
+        options = self._options(given)
+        if not found:
+            return None
+        if options.delay:
+            raise ValueError(
+                "a job with depends_on takes no delay: it waits for its dependencies instead"
+            )
+        if options.dedupe is not None:
+            raise ValueError("a job with depends_on takes no dedupe")
+        row = self._encode(name, data, options)
+        return (yield from self._add_waiting(row, data, options, policy, found))
+
+    def _add_waiting(
+        self,
+        row: JobRow,
+        data: Any,
+        options: JobOptions,
+        policy: str,
+        found: list[Dependency],
+    ) -> Op[J]:
+        """Run the add_dependent script on a checked job; the job as added."""
+        now = now_ms()
+        job_id, created, state = yield PLAN.add_dependent(self.keys, now, policy, found, row)
+        if not created or state in FINISHED_STATES:
+            # One that existed, or one a failed dependency ended at once: as it is.
+            raw = yield cmd("HGETALL", self.keys.job(job_id))
+            job = self.job_type.from_hash(self, job_id, raw)
+        else:
+            fields = {
+                "name": row.name,
+                "data": data,
+                "priority": options.priority,
+                "attempts": options.attempts,
+                "timeout": options.timeout,
+                "attempts_made": 0,
+                "stalls": 0,
+                "state": state,
+                "created_at": now / 1000.0,
+                "on_dependency_failure": policy,
+            }
+            job = self.job(job_id, fields)
+        job.created = created
+        return job
 
     def _add_bulk(self, jobs: Iterable[Mapping[str, Any]]) -> Op[list[J]]:
         """Add many jobs, one round trip per chunk of 1,000.
@@ -290,6 +370,11 @@ class QueueCore(LookingOps[J], AdminOps, ScheduleOps, Generic[J]):
         for index, spec in enumerate(specs):
             if not isinstance(spec, Mapping) or "name" not in spec:
                 raise TypeError(f"add_bulk item {index} must be a dict with a 'name', got {spec!r}")
+            if "depends_on" in spec or "on_dependency_failure" in spec:
+                raise TypeError(
+                    f"add_bulk item {index}: depends_on is not supported in add_bulk; "
+                    "add each job that has dependencies with add()"
+                )
             unknown = set(spec) - JOB_OPTION_NAMES - {"name", "data"}
             if unknown:
                 raise TypeError(

@@ -22,13 +22,13 @@ from sandboxq import execution
 from sandboxq.aio import AsyncJob, AsyncQueue
 from sandboxq.caps import MAX_STEPS
 from sandboxq.core import MAX_PAYLOAD_BYTES, QueueCore
-from sandboxq.errors import JobFailed
+from sandboxq.errors import JobFailed, UnknownDependency
 from sandboxq.handlers import Handler, JobContext, handlers_for
 from sandboxq.job import STATES, JobRecord
 from sandboxq.ops import Op, awaiting, blocking
 from sandboxq.options import Dedupe, JobOptions
 from sandboxq.queue import Job, Queue
-from sandboxq.rows import JobRow
+from sandboxq.rows import Dependency, JobRow
 from sandboxq.steps import record_in, steps_json
 
 #: The most runs an eager job gets (attempts, and Retry or RateLimited asks).
@@ -51,6 +51,18 @@ class EagerJob(Job):
         """The log lines its handler wrote."""
         return list(self.fields.get("logs", ()))
 
+    def dependency_results(self) -> dict[str, Any]:
+        """Its dependencies' results, when added with ``depends_on``."""
+        return dict(self.fields.get("dependency_results", {}))
+
+    def dependency_failures(self) -> dict[str, str]:
+        """Its dependencies' errors, when added with ``depends_on``."""
+        return dict(self.fields.get("dependency_failures", {}))
+
+    def pending_dependencies(self) -> list[str]:
+        """None: every eager job has finished."""
+        return []
+
 
 class AsyncEagerJob(AsyncJob):
     """A job an :class:`AsyncEagerQueue` ran: :class:`EagerJob`'s methods,
@@ -67,6 +79,18 @@ class AsyncEagerJob(AsyncJob):
     async def logs(self) -> list[str]:
         """The log lines its handler wrote."""
         return list(self.fields.get("logs", ()))
+
+    async def dependency_results(self) -> dict[str, Any]:
+        """Its dependencies' results, when added with ``depends_on``."""
+        return dict(self.fields.get("dependency_results", {}))
+
+    async def dependency_failures(self) -> dict[str, str]:
+        """Its dependencies' errors, when added with ``depends_on``."""
+        return dict(self.fields.get("dependency_failures", {}))
+
+    async def pending_dependencies(self) -> list[str]:
+        """None: every eager job has finished."""
+        return []
 
 
 def _eager_result(job: JobRecord) -> Any:
@@ -170,6 +194,56 @@ class _Eager(QueueCore[Any]):
                 jobs.append(self.jobs[job_id])
         return jobs
 
+    def _add_waiting(
+        self,
+        row: JobRow,
+        data: Any,
+        options: JobOptions,
+        policy: str,
+        found: list[Dependency],
+    ) -> Op[Any]:
+        """What add_dependent.lua does: every job here has finished, so the
+        dependencies count at once; a failed one ends the job (its
+        ``on_dependency_failure``) or is recorded (``"run"``). Only this
+        queue's jobs are known: a dependency of another queue is unknown."""
+        if row.job_id in self.jobs:
+            return self.job(row.job_id, self.jobs[row.job_id].fields, created=False)
+        results: dict[str, Any] = {}
+        failures: dict[str, tuple[str, str]] = {}
+        for dependency in found:
+            ref = f"{dependency.queue}:{dependency.job_id}"
+            done = self.jobs.get(dependency.job_id) if dependency.queue == self.name else None
+            if done is None:
+                raise UnknownDependency(
+                    f"unknown dependency {ref}: no such job (an eager queue knows its own jobs)"
+                )
+            if done.state == "completed":
+                results[ref] = done.result
+            else:
+                verb = "" if done.state == "cancelled" else "failed: "
+                failures[ref] = (done.error or "", f"dependency {ref} {verb}{done.error or ''}")
+        job_id = row.job_id or str(next(self._ids))
+        if failures and policy != "run":
+            message = next(iter(failures.values()))[1]
+            fields = {"name": row.name, "data": data, "priority": options.priority}
+            fields |= {"attempts": options.attempts, "attempts_made": 0, "stalls": 0}
+            fields |= {"created_at": time.time(), "finished_at": time.time()}
+            fields |= {"dependency_results": results, "error": message, "traceback": None}
+            if policy == "cancel":
+                fields |= {"state": "cancelled", "error": f"cancelled: {message}"}
+                fields["cancel_reason"] = message
+            else:
+                fields["state"] = "failed"
+            self.jobs[job_id] = self.job(job_id, fields, created=True)
+            return self.jobs[job_id]
+        children = orjson.dumps(results)
+        run = self._run_now(job_id, row.name, row.data, options, children)
+        job = yield from run  # type: ignore[misc]
+        job.fields["dependency_results"] = results
+        job.fields["dependency_failures"] = {ref: error for ref, (error, _) in failures.items()}
+        self.jobs[job_id] = job
+        return job
+
     def _open_window(self, dedupe: Dedupe | None) -> str | None:
         """The id of the job whose dedupe window (with a ttl) is open, after
         starting its ttl again if ``extend`` says so; None when none is."""
@@ -185,10 +259,16 @@ class _Eager(QueueCore[Any]):
         return job_id
 
     def _run_now(
-        self, job_id: str, name: str, raw_data: bytes, opts: JobOptions
+        self,
+        job_id: str,
+        name: str,
+        raw_data: bytes,
+        opts: JobOptions,
+        children_json: bytes | None = None,
     ) -> Generator[_HandlerRun, execution.Outcome, Any]:
         """Run a job's attempts until it ends (asking the front end to make
-        each handler call); the job, finished."""
+        each handler call); the job, finished. ``children_json``: the
+        results its handler reads (``dependency_results()``)."""
         fields: dict[str, Any] = {
             "name": name,
             "data": orjson.loads(raw_data),
@@ -224,7 +304,7 @@ class _Eager(QueueCore[Any]):
                     self.name,
                     fields["attempts_made"],
                     fields["retries"],
-                    None,
+                    children_json,
                     steps_json(fields),
                 )
                 ctx = execution.stored_context(stored, report, record)

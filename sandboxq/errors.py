@@ -53,6 +53,11 @@ class JobCancelled(SandboxqError):
         self.job = job
 
 
+class UnknownDependency(SandboxqError, LookupError):
+    """``add(..., depends_on=...)`` named a job that does not exist (or
+    whose record cannot be read); the message names it. Nothing was added."""
+
+
 class JobIsActive(SandboxqError):
     """The job is running; it cannot be removed until it finishes."""
 

@@ -176,6 +176,11 @@ class JobContext:
         """In a flow parent: each finished child's result, by ``"queue:id"``."""
         return dict(self._children or {})
 
+    def dependency_results(self) -> dict[str, Any]:
+        """In a job added with ``depends_on``: each completed dependency's
+        result, by ``"queue:id"``."""
+        return dict(self._children or {})
+
     def update_progress(self, value: Any) -> None:
         """Record progress: any JSON value, e.g. a percentage or a dict. One
         over 4 KiB as JSON is stored as a string of its clipped text."""

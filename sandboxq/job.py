@@ -17,7 +17,16 @@ from sandboxq.errors import JobCancelled, JobFailed
 from sandboxq.ops import Op, cmd
 
 #: Every state a job can be in.
-STATES = ("waiting", "delayed", "active", "completed", "failed", "waiting-children", "cancelled")
+STATES = (
+    "waiting",
+    "delayed",
+    "active",
+    "completed",
+    "failed",
+    "waiting-children",
+    "waiting-deps",
+    "cancelled",
+)
 FINISHED_STATES = ("completed", "failed", "cancelled")
 
 #: The longest single blocking read of the events stream inside ``wait``;
@@ -37,7 +46,7 @@ class JobRecord:
         name: The job's name, which picks its handler.
         data: The job's data, decoded from JSON.
         state: ``waiting``, ``delayed``, ``active``, ``waiting-children``,
-            ``completed``, ``failed`` or ``cancelled``.
+            ``waiting-deps``, ``completed``, ``failed`` or ``cancelled``.
         priority: Lower runs first.
         progress: The last value the handler gave ``update_progress``.
         result: What the handler returned (once completed).
@@ -131,6 +140,23 @@ class JobRecord:
         """Children that failed and were skipped (``ignore_failed_children``)."""
         raw = yield cmd("HGETALL", self.queue.keys.ignored(self.id))
         return {ref.decode(): error.decode() for ref, error in raw.items()}
+
+    def _dependency_results(self) -> Op[dict[str, Any]]:
+        """A job added with ``depends_on``: its completed dependencies'
+        results, by ``"queue:id"`` (so far, while it waits)."""
+        return (yield from self._children_results())
+
+    def _dependency_failures(self) -> Op[dict[str, str]]:
+        """A job added with ``depends_on``: the errors of its dependencies
+        that failed, were cancelled or were removed, by ``"queue:id"``,
+        when it ran anyway (``on_dependency_failure="run"``). With "fail"
+        or "cancel", its ``error`` names the dependency instead."""
+        return (yield from self._children_failures())
+
+    def _pending_dependencies(self) -> Op[list[str]]:
+        """The dependencies it still waits for, as ``"queue:id"``."""
+        raw = yield cmd("HKEYS", self.queue.keys.awaits(self.id))
+        return sorted(ref.decode() for ref in raw)
 
     def _audit(self) -> Op[list[dict[str, Any]]]:
         """Manual actions on this job, oldest first: at, by, action."""

@@ -20,7 +20,16 @@ from dataclasses import dataclass
 
 #: The sets that hold job ids, one per state (``active`` is the lease table),
 #: in the order of ``sandboxq.job.STATES``.
-JOB_SETS = ("wait", "delayed", "active", "completed", "failed", "waiting_children", "cancelled")
+JOB_SETS = (
+    "wait",
+    "delayed",
+    "active",
+    "completed",
+    "failed",
+    "waiting_children",
+    "waiting_deps",
+    "cancelled",
+)
 
 #: Every kind of key that belongs to one job or group: ``<prefix>KIND:<id>``.
 #: The Lua scripts build them the same way (``prefix .. 'job:' .. id``).
@@ -35,6 +44,8 @@ PER_ID_KINDS = (
     "glimiter",
     "stats",
     "dedupe",
+    "awaits",
+    "dependents",
 )
 
 
@@ -71,6 +82,7 @@ class QueueKeys:
     schedule_times: str
     schedule_counts: str
     waiting_children: str
+    waiting_deps: str  # jobs waiting for their dependencies, score = when added
     groups: str  # groups with ready jobs, in round-robin order
     group_paused: str  # groups paused by a rate limit, score = until (ms)
     group_active: str  # group -> active jobs
@@ -117,6 +129,7 @@ class QueueKeys:
             schedule_times=prefix + "schedule_times",
             schedule_counts=prefix + "schedule_counts",
             waiting_children=prefix + "waiting_children",
+            waiting_deps=prefix + "waiting_deps",
             groups=prefix + "groups",
             group_paused=prefix + "group_paused",
             group_active=prefix + "group_active",
@@ -154,8 +167,18 @@ class QueueKeys:
         return self.of("logs", job_id)
 
     def deps(self, job_id: str) -> str:
-        """A flow parent's children's results: ``queue:id`` → result JSON."""
+        """A flow parent's children's results, or a dependent job's
+        dependencies' results: ``queue:id`` → result JSON."""
         return self.of("deps", job_id)
+
+    def awaits(self, job_id: str) -> str:
+        """A dependent job's unfinished dependencies: ``queue:id`` → their
+        key prefix (lua/include/dependents.lua)."""
+        return self.of("awaits", job_id)
+
+    def dependents(self, job_id: str) -> str:
+        """The jobs that await this one: a set of ``<key prefix>|<id>``."""
+        return self.of("dependents", job_id)
 
     def children(self, job_id: str) -> str:
         """A flow parent's children: ``queue:id`` → the child's key prefix
@@ -167,7 +190,9 @@ class QueueKeys:
         return self.of("audit", job_id)
 
     def ignored(self, job_id: str) -> str:
-        """A flow parent's children that failed and were skipped: ``queue:id`` → error."""
+        """A flow parent's children that failed and were skipped, or a
+        dependent job's dependencies that failed (``on_dependency_failure``
+        "run"): ``queue:id`` → error."""
         return self.of("ignored", job_id)
 
     def state_set(self, state: str) -> str:
@@ -179,6 +204,7 @@ class QueueKeys:
             "completed": self.completed,
             "failed": self.failed,
             "waiting-children": self.waiting_children,
+            "waiting-deps": self.waiting_deps,
             "cancelled": self.cancelled,
         }.get(state)
         if key is None:

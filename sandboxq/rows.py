@@ -1,5 +1,6 @@
-"""The rows the add scripts write: one job (:class:`JobRow`) and one job
-of a flow (:class:`FlowNode`), with named fields.
+"""The rows the add scripts write: one job (:class:`JobRow`), one job
+of a flow (:class:`FlowNode`) and one dependency of a job
+(:class:`Dependency`), with named fields.
 
 ``Queue.add``, flows, schedule occurrences and ``EagerQueue`` build and
 read these, and the script wrappers in :mod:`sandboxq.scripts` take them;
@@ -111,3 +112,13 @@ class FlowNode(NamedTuple):
             self.children,
             *job[1:],
         ]
+
+
+class Dependency(NamedTuple):
+    """A job another job depends on (``Queue.add(..., depends_on=...)``),
+    as add_dependent.lua reads it: its queue's key prefix, that queue's
+    name, its id."""
+
+    prefix: str
+    queue: str
+    job_id: str

@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sandboxq.errors import UnknownDependency
 from sandboxq.keys import QueueKeys
-from sandboxq.rows import FlowNode, JobRow
+from sandboxq.rows import Dependency, FlowNode, JobRow
 from sandboxq.script_call import (
     EVENTS_MAXLEN,
     MAX_PER_CALL,
@@ -61,6 +62,15 @@ def _added(raw: Sequence[Any]) -> list[tuple[str, bool]]:
     return [(decode_text(raw[i]), raw[i + 1] == 1) for i in range(0, len(raw), 2)]
 
 
+def _added_dependent(raw: Sequence[Any]) -> tuple[str, bool, str]:
+    """add_dependent.lua's reply: the job's id, whether this call created
+    it, and the state it was added in ("" when not created). A refused add
+    (a dependency that does not exist, say) raises UnknownDependency."""
+    if raw[1] == -1:
+        raise UnknownDependency(decode_text(raw[2]))
+    return decode_text(raw[0]), raw[1] == 1, decode_text(raw[2])
+
+
 class Scripts(WorkerScripts):
     """One Redis client's handles on every transition script."""
 
@@ -84,6 +94,7 @@ class Scripts(WorkerScripts):
         "schedule",
         "fire_schedule",
         "add_flow",
+        "add_dependent",
         "configure",
         "list_waiting",
         "heartbeat",
@@ -129,6 +140,7 @@ class Scripts(WorkerScripts):
                 k.events,
                 k.waiting_children,
                 k.cancelled,
+                k.waiting_deps,
             ],
             [*self._head(k.prefix, now_ms() if now is None else now), job_id, by],
             decode=int,
@@ -158,6 +170,7 @@ class Scripts(WorkerScripts):
                 k.cancel_requests,
                 k.events,
                 k.given_up,
+                k.waiting_deps,
             ],
             [
                 *self._head(k.prefix, now_ms() if now is None else now),
@@ -237,7 +250,15 @@ class Scripts(WorkerScripts):
     def obliterate(
         self, k: QueueKeys, force: bool, limit: int = MAX_PER_CALL, now: int | None = None
     ) -> Any:
-        sets = [k.wait, k.delayed, k.completed, k.failed, k.waiting_children, k.cancelled]
+        sets = [
+            k.wait,
+            k.delayed,
+            k.completed,
+            k.failed,
+            k.waiting_children,
+            k.waiting_deps,
+            k.cancelled,
+        ]
         others = [
             k.groups,
             k.group_paused,
@@ -319,6 +340,24 @@ class Scripts(WorkerScripts):
         for node in nodes:
             args += node.script_args()
         return self._run("add_flow", [root.events], args, decode=decode_ids)
+
+    # -- dependencies -----------------------------------------------------
+    def add_dependent(
+        self,
+        k: QueueKeys,
+        now: int,
+        on_failure: str,
+        dependencies: Sequence[Dependency],
+        job: JobRow,
+    ) -> Any:
+        """Add one job that waits for ``dependencies`` (jobs that exist, of
+        this queue's hash tag); returns (id, created, state)."""
+        args: list[Any] = [*self._head(k.prefix, now), on_failure, len(dependencies)]
+        for dependency in dependencies:
+            args += dependency
+        args += job.script_args()
+        keys = [k.id_counter, k.waiting_deps, k.events]
+        return self._run("add_dependent", keys, args, decode=_added_dependent)
 
     def configure(
         self,

@@ -161,6 +161,19 @@ def sum_tree(job: JobContext) -> Any:
 
 
 @handler(Q)
+def gated_value(job: JobContext) -> Any:
+    """Return ``data["value"]`` once the file ``data["gate"]`` exists."""
+    wait_for_file(job.data["gate"])
+    return job.data["value"]
+
+
+@handler(Q)
+def join_dependencies(job: JobContext) -> Any:
+    """A job added with depends_on: its dependencies' results."""
+    return job.dependency_results()
+
+
+@handler(Q)
 def stamp(job: JobContext) -> Any:
     """Return when it started (seconds since the epoch)."""
     return time.time()

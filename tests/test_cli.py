@@ -136,6 +136,7 @@ def test_stats_shows_counts_paused_and_throughput_of_a_queue(queue: Queue, cli: 
     queue.add_flow(parent={"name": "parent"}, children=[{"name": "child"}])
     queue.add("later", delay=3600)
     queue.add("unwanted").cancel()
+    queue.add("after", depends_on=[active])
     queue.pause(by="ops")
 
     # When the stats are asked for as a table
@@ -151,6 +152,7 @@ def test_stats_shows_counts_paused_and_throughput_of_a_queue(queue: Queue, cli: 
         "COMPLETED",
         "FAILED",
         "WAITING-CHILDREN",
+        "WAITING-DEPS",
         "CANCELLED",
         "PAUSED",
         "COMPLETED/S",
@@ -158,7 +160,7 @@ def test_stats_shows_counts_paused_and_throughput_of_a_queue(queue: Queue, cli: 
         "WORKERS",
     ]
     assert table.row(queue.name)[1:] == [
-        *["1", "1", "1", "1", "1", "1", "1"],
+        *["1", "1", "1", "1", "1", "1", "1", "1"],
         *["yes", "0.02", "0.02", "0"],
     ]
 
@@ -172,6 +174,7 @@ def test_stats_shows_counts_paused_and_throughput_of_a_queue(queue: Queue, cli: 
         "completed": 1,
         "failed": 1,
         "waiting-children": 1,
+        "waiting-deps": 1,
         "cancelled": 1,
     }
     assert stats["paused"] is True

@@ -189,3 +189,46 @@ def test_eager_and_the_scripts_deduplicate_alike(
     assert again_redis.created == again_eager.created
     assert (again_redis.id == first_redis.id) == (again_eager.id == first_eager.id)
     assert ran["redis"] == ran["eager"]
+
+
+#: Dependencies: the runs of two dependencies, and the dependent's policy.
+DEPENDENCY_CASES = {
+    "both completed: it runs with their results": ((["ok"], ["ok"]), "fail"),
+    "one failed, fail: it fails naming it": ((["ok"], ["fail"]), "fail"),
+    "one failed, cancel: it is cancelled": ((["ok"], ["fail"]), "cancel"),
+    "one failed, run: it runs anyway": ((["ok"], ["unrecoverable"]), "run"),
+}
+
+
+@pytest.mark.parametrize(
+    ("runs", "policy"), list(DEPENDENCY_CASES.values()), ids=list(DEPENDENCY_CASES)
+)
+def test_eager_and_the_scripts_settle_dependents_alike(
+    queue: Queue, runs: tuple[list[str], list[str]], policy: str
+) -> None:
+    # Given two dependencies and a job waiting for both, on Redis and on an
+    # EagerQueue (where the dependencies have finished by the time it is added)
+    def handlers() -> dict[str, Callable[[Any], Any]]:
+        return {
+            "first": scripted(runs[0]),
+            "second": scripted(runs[1]),
+            "report": lambda job: sorted(job.dependency_results().values()),
+        }
+
+    eager = EagerQueue(queue.name, handlers())
+    on_redis = handlers()
+    redis_deps = [queue.add("first"), queue.add("second")]
+    dependent = queue.add("report", depends_on=redis_deps, on_dependency_failure=policy)
+    eager_deps = [eager.add("first"), eager.add("second")]
+    eager_dependent = eager.add("report", depends_on=eager_deps, on_dependency_failure=policy)
+
+    # When the Redis side runs to its end
+    run_until_empty(queue, on_redis)
+
+    # Then the dependents ended alike, with the same results and failures
+    redis_done = queue.get_job(dependent.id)
+    assert redis_done is not None
+    assert settled(redis_done) == settled(eager_dependent)
+    assert redis_done.cancel_reason == eager_dependent.cancel_reason
+    assert redis_done.dependency_results() == eager_dependent.dependency_results()
+    assert redis_done.dependency_failures() == eager_dependent.dependency_failures()

@@ -24,7 +24,7 @@ import pytest
 
 from sandboxq.keys import QueueKeys
 from sandboxq.options import Dedupe
-from sandboxq.rows import FlowNode, JobRow
+from sandboxq.rows import Dependency, FlowNode, JobRow
 from sandboxq.script_call import check_includes
 from sandboxq.scripts import ScriptCall, Scripts, lua_source
 
@@ -144,7 +144,7 @@ SAMPLES: dict[str, Sample] = {
         {"state_set": K.completed},
     ),
     "drain": Sample({"include_delayed": True, "limit": 11, "now": NOW, "by": "bob"}),
-    "obliterate": Sample({"force": True, "limit": 11, "now": NOW}, {"set_count": 6}),
+    "obliterate": Sample({"force": True, "limit": 11, "now": NOW}, {"set_count": 7}),
     "schedule": Sample(
         {"key": "tick", "spec": b'{"every": 60}', "next_ms": NOW + 60_000}, {"action": "set"}
     ),
@@ -160,6 +160,15 @@ SAMPLES: dict[str, Sample] = {
         {"jobs": JOBS_ARGS},
     ),
     "add_flow": Sample({"now": NOW, "nodes": NODES}, {"nodes": NODES_ARGS}),
+    "add_dependent": Sample(
+        {
+            "now": NOW,
+            "on_failure": "run",
+            "dependencies": [Dependency(K.prefix, "headers", "3"), Dependency("p2", "q2", "4")],
+            "job": JOBS[1],
+        },
+        {"dependency_count": 2, "job": JOBS_ARGS[9:20]},
+    ),
     "configure": Sample({"settings": {"rl_max": 5, "concurrency": None}}),
     "list_waiting": Sample({"start": 16, "limit": 11}),
     "heartbeat": Sample(
@@ -283,10 +292,13 @@ def test_every_script_includes_what_its_includes_need() -> None:
         check_includes("broken", ["common", "moves", "retention", "cancel"])
     with pytest.raises(RuntimeError, match="must include cancel before hand_back_one"):
         check_includes(
-            "broken", ["common", "moves", "retention", "flow", "hand_back_one", "cancel"]
+            "broken",
+            ["common", "moves", "retention", "flow", "dependents", "hand_back_one", "cancel"],
         )
     with pytest.raises(RuntimeError, match="must include retention before flow"):
-        check_includes("broken", ["common", "moves", "flow", "retention"])
+        check_includes("broken", ["common", "moves", "flow", "retention", "dependents"])
+    with pytest.raises(RuntimeError, match="includes retention, so it must include dependents"):
+        check_includes("broken", ["common", "moves", "retention", "flow"])
 
 
 @pytest.mark.parametrize("script", sorted(SAMPLES))

@@ -6,6 +6,7 @@ Time is whatever the test passes: ``NOW`` is an arbitrary millisecond clock.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 import sandboxq
-from sandboxq import Queue, Retention
+from sandboxq import Queue, Retention, UnknownDependency
 from sandboxq.fast import decode_fetched, decode_job_mapping
 from sandboxq.options import (
     DEFAULT_KEEP_COMPLETED,
@@ -29,7 +30,7 @@ from sandboxq.options import (
     ms,
 )
 from sandboxq.payload import with_json_decoded
-from sandboxq.rows import JobRow
+from sandboxq.rows import Dependency, JobRow
 from sandboxq.scripts import Scripts
 from tests.conftest import fresh_queue
 
@@ -1579,6 +1580,10 @@ JOB_FIELDS = [
     "data",
     "dedupe_id",
     "created_at",
+    "awaited_as",
+    "on_dependency_failure",
+    "result",
+    "error",
 ]
 
 #: Every outcome finish.lua takes.
@@ -1626,6 +1631,10 @@ def spoil(q: Queue, job_id: str, field: str, value: bytes) -> None:
 def visit_every_script(q: Queue, job_ids: list[str], now: int) -> None:
     """Run every script that reads a job by id over ``job_ids`` (wherever
     they are), in the order a job's life goes; any script error raises."""
+    # A job that awaits them all, told by each script that ends one
+    dependencies = [Dependency(q.keys.prefix, q.name, job_id) for job_id in job_ids]
+    with contextlib.suppress(UnknownDependency):  # (a key that holds no job is refused)
+        q.scripts.add_dependent(q.keys, now, "run", dependencies, JobRow("", 0, 0, "d", b"1"))
     leased = raw_fetch(q, now)  # those back in line
     held = list(leased)
     q.scripts.renew(q.keys, now, TOKEN, LEASE, job_ids)

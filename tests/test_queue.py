@@ -40,6 +40,7 @@ EMPTY = {
     "completed": 0,
     "failed": 0,
     "waiting-children": 0,
+    "waiting-deps": 0,
     "cancelled": 0,
 }
 

@@ -83,3 +83,36 @@ def test_an_every_second_schedule_fires_once_per_occurrence_across_deploys(
         assert job is not None
         assert ran[job_id] == 1 or job.stalls > 0, (job_id, ran[job_id])
     assert time.time() * 1000 - occurrences[0] >= 9000
+
+
+@pytest.mark.parametrize("first", [0, 1], ids=["first export first", "second export first"])
+def test_a_job_with_two_dependencies_runs_on_a_worker_once_both_finished(
+    queue: Queue, start_worker: Callable[..., WorkerProcess], tmp_path: Path, first: int
+) -> None:
+    # Given a worker, two exports held at their gates, and a report that
+    # depends on both, added after them
+    start_worker(procs=2)
+    gates = [tmp_path / "gate-0", tmp_path / "gate-1"]
+    exports = [
+        queue.add("gated_value", {"gate": str(gate), "value": f"rows {n}"})
+        for n, gate in enumerate(gates)
+    ]
+    report = queue.add("join_dependencies", depends_on=exports)
+    assert report.state == "waiting-deps"
+
+    # When one export finishes
+    gates[first].touch()
+    wait_for_job(queue, exports[first].id, "completed", timeout=15)
+    # Then the report still waits for the other
+    waiting = queue.get_job(report.id)
+    assert waiting is not None and waiting.state == "waiting-deps"
+    assert waiting.pending_dependencies() == [f"{queue.name}:{exports[1 - first].id}"]
+
+    # When the other finishes too
+    gates[1 - first].touch()
+    # Then the report runs, reading both results
+    done = wait_for_job(queue, report.id, "completed", timeout=15)
+    assert done.result == {
+        f"{queue.name}:{exports[0].id}": "rows 0",
+        f"{queue.name}:{exports[1].id}": "rows 1",
+    }

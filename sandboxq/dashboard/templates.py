@@ -310,8 +310,16 @@ def queue_header(ctx: Context, q: str, paused: bool, counts: dict[str, int], sta
 #: The states whose jobs each bulk action applies to.
 BULK_STATES = {
     "retry": ("failed",),
-    "remove": ("waiting", "delayed", "completed", "failed", "waiting-children", "cancelled"),
-    "cancel": ("waiting", "delayed", "active", "waiting-children"),
+    "remove": (
+        "waiting",
+        "delayed",
+        "completed",
+        "failed",
+        "waiting-children",
+        "waiting-deps",
+        "cancelled",
+    ),
+    "cancel": ("waiting", "delayed", "active", "waiting-children", "waiting-deps"),
 }
 
 
@@ -517,14 +525,14 @@ def job_buttons(ctx: Context, base: str) -> str:
             ctx,
             base + "/remove",
             "Remove",
-            states="waiting delayed completed failed waiting-children cancelled",
+            states="waiting delayed completed failed waiting-children waiting-deps cancelled",
         )
         + action(
             ctx,
             base + "/cancel",
             "Cancel",
             inputs={"reason": "reason (optional)"},
-            states="waiting delayed active waiting-children",
+            states="waiting delayed active waiting-children waiting-deps",
         )
     )
 

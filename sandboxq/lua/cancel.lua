@@ -3,14 +3,16 @@
 -- KEYS[1] wait   KEYS[2] delayed   KEYS[3] active   KEYS[4] waiting_children
 -- KEYS[5] cancelled   KEYS[6] cancel_requests   KEYS[7] events
 -- KEYS[8] given_up (where an old version's hash named `cancelled` moves)
+-- KEYS[9] waiting_deps
 --
 -- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
 -- ARGV[4] job_id   ARGV[5] by: who asked   ARGV[6] reason: why ("" = not said)
 -- ARGV[7] keep_children: keep its flow children ("1") or cancel them too ("0")
 -- ARGV[8] queue_name: how the job's children name its queue ("queue:id")
 --
--- A waiting, delayed or waiting-children job moves to `cancelled` now (a
--- flow parent counts it as a child that failed for good). An active job
+-- A waiting, delayed, waiting-children or waiting-deps job moves to
+-- `cancelled` now (a flow parent counts it as a child that failed for good,
+-- and the jobs that await it (include/dependents.lua) as a failed dependency). An active job
 -- gets a request (include/cancel.lua): the worker holding it stops its
 -- processes (SIGTERM, then SIGKILL after its kill grace) and settles it as
 -- cancelled; if that worker died, stalled recovery does. Both are audited
@@ -33,6 +35,7 @@
 --!include moves
 --!include retention
 --!include flow
+--!include dependents
 --!include cancel
 local prefix, now, maxlen, id = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local by, reason = ARGV[5], clip(ARGV[6], EVENT_TEXT_BYTES)
@@ -67,6 +70,8 @@ local function cancel_job(k, job_prefix, job_id, why)
     redis.call('ZREM', k.delayed, job_id)
   elseif state == 'waiting-children' then
     redis.call('ZREM', k.waiting_children, job_id)
+  elseif state == 'waiting-deps' then
+    redis.call('ZREM', k.waiting_deps, job_id)
   else
     return 'finished:' .. (state or '')
   end
@@ -79,7 +84,8 @@ end
 -- The keys cancel_job needs, of the queue whose key prefix is `p`.
 local function keys_of(p)
   return {active = p .. 'active', delayed = p .. 'delayed',
-    waiting_children = p .. 'waiting_children', cancelled = p .. 'cancelled',
+    waiting_children = p .. 'waiting_children', waiting_deps = p .. 'waiting_deps',
+    cancelled = p .. 'cancelled',
     cancel_requests = p .. 'cancel_requests', events = p .. 'events', given_up = p .. 'given_up'}
 end
 
@@ -123,7 +129,8 @@ local function cancel_children(children, parent_ref)
 end
 
 local root_keys = {active = KEYS[3], delayed = KEYS[2], waiting_children = KEYS[4],
-  cancelled = KEYS[5], cancel_requests = KEYS[6], events = KEYS[7], given_up = KEYS[8]}
+  cancelled = KEYS[5], cancel_requests = KEYS[6], events = KEYS[7], given_up = KEYS[8],
+  waiting_deps = KEYS[9]}
 local children, ref = {}, nil
 if not keep_children and job_type(prefix .. 'job:' .. id) == 'hash' then
   children = children_of(prefix, id)

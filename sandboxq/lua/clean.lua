@@ -18,6 +18,7 @@
 --!include moves
 --!include retention
 --!include flow
+--!include dependents
 local prefix, now, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local max_count, max_age, limit = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local by, state = ARGV[7], ARGV[8]

@@ -14,6 +14,7 @@
 --!include moves
 --!include retention
 --!include flow
+--!include dependents
 local prefix, now, maxlen, limit = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[5])
 local removed = 0
 local function take(set_key)

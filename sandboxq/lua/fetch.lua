@@ -59,6 +59,7 @@
 --!include promote
 --!include retention
 --!include flow
+--!include dependents
 local prefix, now, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local count, token, lease = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local request = tonumber(ARGV[7] or '')
@@ -246,7 +247,8 @@ local function lease_job(id)
     return false
   end
   if #fields == 0 then return false end
-  local leases, flow_parent = nil, false
+  -- (a flow parent, or a job that waited for dependencies, reads their results)
+  local leases, reads_results = nil, false
   for i = 1, #fields, 2 do
     local name = fields[i]
     if name == 'leases' then
@@ -254,8 +256,8 @@ local function lease_job(id)
       fields[i + 1] = tostring(leases)
     elseif name == 'state' then
       fields[i + 1] = 'active'
-    elseif name == 'pending' then
-      flow_parent = true
+    elseif name == 'pending' or name == 'on_dependency_failure' then
+      reads_results = true
     end
   end
   if not leases then
@@ -272,7 +274,7 @@ local function lease_job(id)
   else
     redis.call('HSET', job_key, 'state', 'active', 'token', token, 'leases', leases)
   end
-  if flow_parent then
+  if reads_results then
     fields[#fields + 1] = 'children'
     fields[#fields + 1] = children_json(prefix, id)
   end

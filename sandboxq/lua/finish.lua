@@ -55,6 +55,7 @@
 --!include moves
 --!include retention
 --!include flow
+--!include dependents
 --!include cancel
 local prefix, now, maxlen, token = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local out = {}
@@ -148,7 +149,8 @@ for i = first_job, #ARGV, 6 do
   -- no token: lost). Each field is a scan of the job's hash: what only a
   -- failure or a retry needs is read there, not for every completed job.
   local f = redis.pcall('HMGET', job_key, 'token', 'group', 'manual_retry_only', 'parent_prefix',
-    'settled', 'attempts_made', 'kc_count', 'kc_age', 'cancel_requested_at', 'dedupe_id')
+    'settled', 'attempts_made', 'kc_count', 'kc_age', 'cancel_requested_at', 'dedupe_id',
+    'awaited_as')
   if is_error(f) then f = {} end
   local held = f[1] == token and redis.call('ZREM', KEYS[1], id) == 1
   local cancelling = held and f[9]
@@ -212,7 +214,7 @@ for i = first_job, #ARGV, 6 do
     if started then emit(KEYS[6], maxlen, 'active', id) end
     if f[4] then notify_parent(job_key, now, maxlen, true, value) end
     file_finished(prefix, job_key, KEYS[4], id, now, 'kc_count', 'kc_age', maxlen,
-      {f[7], f[8], f[10]}, true)
+      {f[7], f[8], f[10], f[11]}, true)
     -- The result travels in the event when small; a follower reads a big
     -- one from the job (`result_bytes` says how big it is).
     if #value <= EVENT_RESULT_BYTES then

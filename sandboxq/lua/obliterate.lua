@@ -16,6 +16,7 @@
 --!include moves
 --!include retention
 --!include flow
+--!include dependents
 local prefix, now, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local force, nsets, limit = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6])
 if not force and redis.call('ZCARD', KEYS[1]) > 0 then return -1 end

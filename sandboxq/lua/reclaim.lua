@@ -24,6 +24,7 @@
 --!include moves
 --!include retention
 --!include flow
+--!include dependents
 --!include cancel
 --!include hand_back_one
 local prefix, now, maxlen, token = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]

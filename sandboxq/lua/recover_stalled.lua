@@ -24,6 +24,7 @@
 --!include moves
 --!include retention
 --!include flow
+--!include dependents
 --!include cancel
 local prefix, now, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local max_stalls, limit = tonumber(ARGV[4]), tonumber(ARGV[5])

@@ -2,11 +2,14 @@
 --
 -- KEYS[1] wait   KEYS[2] delayed   KEYS[3] active   KEYS[4] completed
 -- KEYS[5] failed   KEYS[6] events   KEYS[7] waiting_children   KEYS[8] cancelled
+-- KEYS[9] waiting_deps
 --
 -- ARGV[1] prefix   ARGV[2] now   ARGV[3] maxlen   (the head: include/common.lua)
 -- ARGV[4] job_id   ARGV[5] by: who asked (kept in the queue's audit log)
 --
--- A flow child that its parent still waits for counts as a failed child.
+-- A flow child that its parent still waits for counts as a failed child,
+-- and an unfinished job others await (include/dependents.lua) as a failed
+-- dependency.
 -- A key that holds something other than a hash (quarantined: see
 -- include/common.lua) is removed too: that is how a person clears it.
 --
@@ -16,6 +19,7 @@
 --!include moves
 --!include retention
 --!include flow
+--!include dependents
 local prefix, now, maxlen, id, by = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local job_key = prefix .. 'job:' .. id
 local kind = job_type(job_key)
@@ -27,6 +31,7 @@ for k = 2, 5 do
 end
 redis.call('ZREM', KEYS[7], id)
 redis.call('ZREM', KEYS[8], id)
+redis.call('ZREM', KEYS[9], id)
 audit(prefix, id, now, by, 'remove')  -- the queue's audit log outlives the job
 delete_job(prefix, id, now, maxlen)
 emit(KEYS[6], maxlen, 'removed', id, 'by', by)

@@ -52,6 +52,7 @@ STATUSES = {
     "waiting": READY,
     "delayed": READY,
     "waiting-children": READY,
+    "waiting-deps": READY,
     "active": RUNNING,
     "completed": SUCCESSFUL,
     "failed": FAILED,

@@ -1,11 +1,14 @@
 -- Retention: drop the oldest finished jobs of one set (completed or failed)
 -- beyond a count and/or an age. A negative value means "no bound".
--- Needs: common, and flow after it (script_call.py checks every include's
--- Needs line against the includes of each script).
+-- Needs: common, and flow after it, dependents after it (script_call.py
+-- checks every include's Needs line against the includes of each script).
 
 -- Set by flow.lua: a deleted job that a flow parent still waits for counts
 -- as a failed child, so the parent never waits forever.
 local on_job_deleted
+-- Set by dependents.lua: a job that other jobs await (its `awaited_as`
+-- field) tells them it finished, or was deleted unfinished.
+local settle_dependents
 
 -- A job that finishes or is deleted releases its dedupe window
 -- (include/add_jobs.lua) if the window is its own and has no ttl, so a
@@ -21,11 +24,16 @@ local function release_dedupe(prefix, id, dedupe_id, even_with_ttl)
 end
 
 local function delete_job(prefix, id, now, maxlen)
+  local job_key = prefix .. 'job:' .. id
   on_job_deleted(prefix, id, now, maxlen)
-  release_dedupe(prefix, id, redis.pcall('HGET', prefix .. 'job:' .. id, 'dedupe_id'))
-  redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'logs:' .. id,
+  local f = redis.pcall('HMGET', job_key, 'dedupe_id', 'awaited_as')
+  if is_error(f) then f = {} end
+  -- (a finished job told its dependents as it finished: no `awaited_as` left)
+  if f[2] then settle_dependents(prefix, id, job_key, now, maxlen, true) end
+  release_dedupe(prefix, id, f[1])
+  redis.call('DEL', job_key, prefix .. 'logs:' .. id,
     prefix .. 'deps:' .. id, prefix .. 'ignored:' .. id, prefix .. 'audit:' .. id,
-    prefix .. 'children:' .. id)
+    prefix .. 'children:' .. id, prefix .. 'awaits:' .. id, prefix .. 'dependents:' .. id)
 end
 
 -- Returns the number of jobs removed; never more than `limit` per call so a
@@ -83,12 +91,14 @@ end
 -- at once, or with `defer` once for its run (the caller then calls
 -- flush_trims before it returns). `count_field` and `age_field` name the
 -- job's count/age fields; `keep`, their values and its dedupe_id if the
--- caller read them. A finished job releases its dedupe window.
+-- caller read them, then its awaited_as. A finished job releases its dedupe
+-- window, and tells the jobs that await it (before retention may delete it).
 local function file_finished(prefix, job_key, set_key, id, now, count_field, age_field, maxlen,
     keep, defer)
   redis.call('HDEL', job_key, 'token')
-  keep = keep or redis.call('HMGET', job_key, count_field, age_field, 'dedupe_id')
+  keep = keep or redis.call('HMGET', job_key, count_field, age_field, 'dedupe_id', 'awaited_as')
   release_dedupe(prefix, id, keep[3])
+  if keep[4] then settle_dependents(prefix, id, job_key, now, maxlen, false) end
   -- Stored on the job: one that is not a count or a number keeps all.
   local max_count = stored_integer(keep[1], -1)
   local max_age_ms = stored_integer(keep[2], -1)
