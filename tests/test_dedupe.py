@@ -10,7 +10,6 @@ import json
 import math
 import re
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from sandboxq.handlers import JobContext
 from sandboxq.options import MAX_DEDUPE_ID_BYTES, JobOptions
 from sandboxq.scripts import now_ms
 from sandboxq.testing import run_until_empty
+from tests.guide_examples import run_guide_examples
 from tests.test_lua_scripts import fetch_ids
 from tests.test_worker_metrics import free_port, samples, value
 from tests.worker_harness import WorkerProcess, wait_for_job, wait_until
@@ -585,20 +585,7 @@ def test_a_replace_clears_every_field_options_may_set() -> None:
 
 
 # -- the guide ------------------------------------------------------------------
-GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guides" / "dedupe.md"
-
-
 def test_the_guides_examples_run(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
     # Given the guide's examples, on a queue of their own on the test Redis
-    monkeypatch.setenv("SANDBOXQ_REDIS_URL", redis_url)
-    name = f"guide-{uuid.uuid4().hex[:8]}"
-    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.DOTALL)
-    assert len(blocks) >= 4
-
     # When each runs in turn, then none fails (each checks what it shows)
-    try:
-        for block in blocks:
-            code = block.replace('Queue("search")', f'Queue("{name}")')
-            exec(compile(code, str(GUIDE), "exec"), {})
-    finally:
-        Queue(name, url=redis_url).obliterate(force=True)
+    run_guide_examples("dedupe.md", 'Queue("search")', 'Queue("{name}")', monkeypatch, redis_url)

@@ -6,10 +6,8 @@ a finishing (or removed) dependency tells it in the same script.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +16,7 @@ from sandboxq import JobContext, Queue, UnknownDependency
 from sandboxq.dependencies import MAX_DEPENDENCIES
 from sandboxq.scripts import now_ms
 from sandboxq.testing import run_until_empty
+from tests.guide_examples import run_guide_examples
 
 
 @pytest.fixture
@@ -441,19 +440,7 @@ def test_junk_in_an_awaits_hash_or_policy_loses_nothing(queue: Queue) -> None:
 
 
 # -- the guide ---------------------------------------------------------------------
-GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guides" / "dependencies.md"
-
-
 def test_the_guides_examples_run(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
     # Given the guide's examples, on a queue of their own on the test Redis
-    monkeypatch.setenv("SANDBOXQ_REDIS_URL", redis_url)
-    name = f"guide-{uuid.uuid4().hex[:8]}"
-    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.DOTALL)
-    assert len(blocks) >= 4
-
     # When each runs in turn, then none fails (each checks what it shows)
-    try:
-        for block in blocks:
-            exec(compile(block.replace("reports", name), str(GUIDE), "exec"), {})
-    finally:
-        Queue(name, url=redis_url).obliterate(force=True)
+    run_guide_examples("dependencies.md", "reports", "{name}", monkeypatch, redis_url)
