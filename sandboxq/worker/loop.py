@@ -225,9 +225,13 @@ class Loop:
 
     def _timeout(self, room: Room) -> float:
         """How long the select may wait: until Redis, a child's limit, a
-        stale prefetched job or the shutdown is due, and at most a second."""
+        stale prefetched job or the shutdown is due, and at most a second,
+        or a quarter of the liveness tick timeout if that is less: an idle
+        worker's loop has nothing else to wake it, and a loop that sleeps
+        as long as the timeout would look stuck."""
         now = time.monotonic()
-        candidates = [self._rounds.due(now, room), now + 1.0]
+        longest = min(1.0, max(self._health.tick_timeout / 4, 0.01))
+        candidates = [self._rounds.due(now, room), now + longest]
         if (limit := self._pool.next_deadline()) is not None:
             candidates.append(limit)
         if (stale := self._dispatch.next_stale_check()) is not None:
