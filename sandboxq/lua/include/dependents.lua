@@ -33,7 +33,9 @@ end
 
 -- End a dependent that waits no more because a dependency failed: cancel
 -- it (policy "cancel") or fail it (anything else), saying which dependency.
--- Its own dependents are told in turn (file_finished).
+-- Its own dependents are told in turn (file_finished). (Not cancel.lua's
+-- cancel_for_good: a dependent has no flow parent and no cancel request,
+-- and including cancel.lua would add its closures to every fetch.)
 local function end_dependent(dprefix, dkey, did, policy, message, now, maxlen)
   message = clip(message, EVENT_TEXT_BYTES)
   local events = dprefix .. 'events'
